@@ -1,0 +1,276 @@
+//! Accounts and their operations. Every change answers 202 with the operation that
+//! carries it out; the account's desired state is written in the same transaction.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use uuid::Uuid;
+
+use super::AppState;
+use super::auth::{Caller, CustomerAuth};
+use super::model::{
+    Account, AccountAccepted, AccountList, CreateAccount, OfferBody, Operation, UpdateAccount,
+};
+use super::problem::{ApiError, ApiJson, Problem};
+use crate::domain::{AccountName, IpAllow, Offer, OriginTypeName};
+use crate::store::{
+    AccountChange, AccountRow, NewAccount, NewOperation, OperationFilter, StoreError,
+};
+
+fn not_found(name: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
+    move |e| match e {
+        StoreError::NotFound => ApiError::NotFound(format!("account {name}")),
+        other => other.into(),
+    }
+}
+
+async fn increment_of(s: &AppState, origin_type: &str, field: &str) -> Result<u32, ApiError> {
+    let t =
+        s.store.origin_type(origin_type).await?.ok_or_else(|| {
+            ApiError::invalid(field, format!("unknown origin type '{origin_type}'"))
+        })?;
+    Ok(u32::try_from(t.sla_increment_mbps).unwrap_or(100))
+}
+
+fn parse_offer(o: &OfferBody, increment: u32) -> Result<Offer, ApiError> {
+    Ok(Offer::parse(o.kind, o.mbps, increment)?)
+}
+
+/// Creates an account: trial and payg join a shared pool, sla gets a dedicated pool.
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])), request_body = CreateAccount,
+    responses((status = 202, body = AccountAccepted), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn create_account(
+    State(s): State<AppState>,
+    auth: CustomerAuth,
+    ApiJson(body): ApiJson<CreateAccount>,
+) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
+    let name = AccountName::parse(&body.name)?;
+    let origin_type = OriginTypeName::parse("origin_type", &body.origin_type)?;
+    let increment = increment_of(&s, origin_type.as_str(), "origin_type").await?;
+    let offer = parse_offer(&body.offer, increment)?;
+    let ip_allow = IpAllow::parse(body.ip_allow.as_deref().unwrap_or_default())?;
+    let account_id = Uuid::now_v7();
+    let locator = format!(
+        "{}/{}/",
+        s.settings.locator_base.trim_end_matches('/'),
+        name
+    );
+    let new = NewAccount {
+        customer_id: auth.customer_id,
+        name,
+        origin_type: origin_type.as_str().to_owned(),
+        offer,
+        ip_allow,
+        locator,
+    };
+    let op = NewOperation {
+        account_id: Some(account_id),
+        customer_id: Some(auth.customer_id),
+        origin_type: Some(new.origin_type.clone()),
+        input: serde_json::json!({"offer": body.offer}),
+        ..NewOperation::new("create")
+    };
+    let (account, operation) = s
+        .store
+        .create_account(&new, &op, s.clock.now_ms())
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict {
+                field: "origin_type",
+            } => ApiError::Conflict {
+                detail: format!(
+                    "this customer already has a live {} account",
+                    new.origin_type
+                ),
+                field: Some("origin_type".into()),
+            },
+            StoreError::Conflict { field } => ApiError::Conflict {
+                detail: format!("account name {} is taken", new.name),
+                field: Some(field.into()),
+            },
+            other => other.into(),
+        })?;
+    s.wake.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(AccountAccepted {
+            account: account.into(),
+            operation: operation.into(),
+        }),
+    ))
+}
+
+/// The calling customer's live accounts.
+#[utoipa::path(get, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, body = AccountList), (status = 401, body = Problem)))]
+pub async fn list_accounts(
+    State(s): State<AppState>,
+    auth: CustomerAuth,
+) -> Result<Json<AccountList>, ApiError> {
+    let items = s
+        .store
+        .accounts(auth.customer_id)
+        .await?
+        .into_iter()
+        .map(Account::from)
+        .collect();
+    Ok(Json(AccountList { items }))
+}
+
+/// One account, with its locator and pool. Another customer's account is 404.
+#[utoipa::path(get, path = "/v1/accounts/{name}", tag = "accounts", security(("bearer" = [])),
+    params(("name" = String, Path)), responses((status = 200, body = Account), (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn get_account(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Account>, ApiError> {
+    Ok(Json(find(&s, caller, &name).await?.into()))
+}
+
+async fn find(s: &AppState, caller: Caller, name: &str) -> Result<AccountRow, ApiError> {
+    s.store
+        .account(name, caller.customer_scope())
+        .await
+        .map_err(not_found(name))
+}
+
+/// Writes `change` with its operation and answers 202.
+async fn change(
+    s: &AppState,
+    caller: Caller,
+    account: AccountRow,
+    change: AccountChange,
+) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
+    let op = NewOperation {
+        account_id: Some(account.id),
+        customer_id: Some(account.customer_id),
+        origin_type: Some(account.origin_type.clone()),
+        ..NewOperation::new(change.operation_kind())
+    };
+    let operation = s
+        .store
+        .change_account(&account, &change, &op, &caller.actor(), s.clock.now_ms())
+        .await?;
+    s.wake.notify_one();
+    let account = s.store.account_by_id(account.id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(AccountAccepted {
+            account: account.into(),
+            operation: Operation::from(operation),
+        }),
+    ))
+}
+
+/// Changes the offer and/or the IP allow-list.
+#[utoipa::path(patch, path = "/v1/accounts/{name}", tag = "accounts", security(("bearer" = [])), request_body = UpdateAccount,
+    params(("name" = String, Path)),
+    responses((status = 202, body = AccountAccepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn update_account(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<UpdateAccount>,
+) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
+    if body.offer.is_none() && body.ip_allow.is_none() {
+        return Err(ApiError::invalid(
+            "offer",
+            "give an offer, an ip_allow, or both",
+        ));
+    }
+    let account = find(&s, caller, &name).await?;
+    let offer = match &body.offer {
+        Some(o) => Some(parse_offer(
+            o,
+            increment_of(&s, &account.origin_type, "offer").await?,
+        )?),
+        None => None,
+    };
+    let ip_allow = body.ip_allow.as_deref().map(IpAllow::parse).transpose()?;
+    change(
+        &s,
+        caller,
+        account,
+        AccountChange::Update { offer, ip_allow },
+    )
+    .await
+}
+
+/// Stops serving the account; its pool is kept until `retain_until`.
+#[utoipa::path(post, path = "/v1/accounts/{name}/deactivate", tag = "accounts", security(("bearer" = [])),
+    params(("name" = String, Path)), responses((status = 202, body = AccountAccepted), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn deactivate(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
+    let retain_until = s.clock.now_ms() + s.settings.retention_ms;
+    change(
+        &s,
+        caller,
+        find(&s, caller, &name).await?,
+        AccountChange::Deactivate { retain_until },
+    )
+    .await
+}
+
+/// Serves a deactivated account again, behind the same locator.
+#[utoipa::path(post, path = "/v1/accounts/{name}/reactivate", tag = "accounts", security(("bearer" = [])),
+    params(("name" = String, Path)), responses((status = 202, body = AccountAccepted), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn reactivate(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
+    change(
+        &s,
+        caller,
+        find(&s, caller, &name).await?,
+        AccountChange::Reactivate,
+    )
+    .await
+}
+
+/// Deletes the account and releases its pool.
+#[utoipa::path(delete, path = "/v1/accounts/{name}", tag = "accounts", security(("bearer" = [])),
+    params(("name" = String, Path)), responses((status = 202, body = AccountAccepted), (status = 404, body = Problem)))]
+pub async fn delete_account(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
+    change(
+        &s,
+        caller,
+        find(&s, caller, &name).await?,
+        AccountChange::Delete,
+    )
+    .await
+}
+
+/// An operation: its state and the steps it has finished.
+#[utoipa::path(get, path = "/v1/operations/{id}", tag = "operations", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), responses((status = 200, body = Operation), (status = 404, body = Problem)))]
+pub async fn get_operation(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Operation>, ApiError> {
+    let missing = || ApiError::NotFound(format!("operation {id}"));
+    let op_id = Uuid::try_parse(&id).map_err(|_| missing())?;
+    let filter = match caller.customer_scope() {
+        Some(c) => OperationFilter::Customer(c),
+        None => OperationFilter::Any,
+    };
+    let op = s
+        .store
+        .operation(op_id, filter)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => missing(),
+            other => other.into(),
+        })?;
+    Ok(Json(op.into()))
+}

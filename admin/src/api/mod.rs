@@ -1,0 +1,156 @@
+//! The provisioning REST API (v1). The stack in [`router`] reads top to bottom in
+//! the order a request meets it.
+
+mod accounts;
+pub mod auth;
+mod customers;
+pub mod middleware;
+pub mod model;
+mod operator;
+pub mod problem;
+mod system;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use tokio::sync::Notify;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::clock::Clock;
+use crate::store::Store;
+pub use middleware::RateLimits;
+pub use system::Metrics;
+
+/// Settings the handlers need.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Compared (in constant time) with the bearer token of operator routes.
+    pub operator_token: String,
+    /// Base URL of the router; an account's locator is `{locator_base}/{name}/`.
+    pub locator_base: String,
+    /// How long a deactivated account's pool is kept.
+    pub retention_ms: i64,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    /// Rung when an operation is enqueued, so the worker starts at once.
+    pub wake: Arc<Notify>,
+    pub settings: Arc<ApiSettings>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Arc<RateLimits>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Headwater admin API", description = "Provisioning of video-on-demand origin service."),
+    modifiers(&BearerAuth),
+    components(schemas(problem::Problem))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The routes and their OpenAPI description, from the same handler list.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(customers::create_customer))
+        .routes(routes!(customers::me))
+        .routes(routes!(customers::create_key))
+        .routes(routes!(customers::revoke_key))
+        .routes(routes!(accounts::create_account, accounts::list_accounts))
+        .routes(routes!(
+            accounts::get_account,
+            accounts::update_account,
+            accounts::delete_account
+        ))
+        .routes(routes!(accounts::deactivate))
+        .routes(routes!(accounts::reactivate))
+        .routes(routes!(accounts::get_operation))
+        .routes(routes!(
+            operator::list_origin_types,
+            operator::create_origin_type
+        ))
+        .routes(routes!(
+            operator::get_origin_type,
+            operator::update_origin_type
+        ))
+        .routes(routes!(operator::create_image))
+        .routes(routes!(operator::list_pools))
+        .routes(routes!(operator::list_nodes))
+        .routes(routes!(operator::list_allocations))
+        .routes(routes!(operator::list_events))
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::readyz))
+        .routes(routes!(system::metrics))
+        .split_for_parts()
+}
+
+/// The whole admin HTTP service.
+pub fn router(state: AppState) -> Router {
+    let (routes, openapi) = routes();
+    let openapi = Arc::new(openapi);
+    let settings = state.settings.clone();
+    routes
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move { axum::Json(openapi.as_ref().clone()) }),
+        )
+        .fallback(|| async { problem::ApiError::NotFound("route".into()) })
+        .method_not_allowed_fallback(|| async {
+            let mut res = problem::ApiError::Malformed {
+                detail: "method not allowed on this route".into(),
+            }
+            .into_response();
+            *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            res
+        })
+        // Per-route metrics need the matched route, so they sit inside routing.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::track,
+        ))
+        // Replays of idempotent requests, innermost so a replay still passes the limits.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::idempotency,
+        ))
+        // 429 before any work is done.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::rate_limit,
+        ))
+        // Bodies past the limit are refused while being read (413).
+        .layer(RequestBodyLimitLayer::new(settings.max_body_bytes))
+        // A slow client or a stuck handler gets 408 instead of holding a connection.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            settings.request_timeout,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

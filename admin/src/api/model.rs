@@ -1,0 +1,443 @@
+//! The JSON shapes of the REST API (requests and responses), with their OpenAPI
+//! schemas, and the conversions from store rows.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::clock::rfc3339;
+use crate::domain::OfferKind;
+use crate::store::{
+    AccountRow, AllocationRow, ApiKeyRow, CustomerRow, EventRow, ImageRow, NodeRow, OperationRow,
+    OriginTypeRow, PoolRow,
+};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCustomer {
+    pub name: String,
+    pub email: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerCreated {
+    pub id: Uuid,
+    pub name: String,
+    pub email: String,
+    /// The API key: shown this once, stored only as a hash.
+    pub api_key: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyInfo {
+    pub id: Uuid,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+impl From<&ApiKeyRow> for ApiKeyInfo {
+    fn from(k: &ApiKeyRow) -> Self {
+        Self {
+            id: k.id,
+            created_at: rfc3339(k.created_at),
+            revoked_at: k.revoked_at.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Customer {
+    pub id: Uuid,
+    pub name: String,
+    pub email: String,
+    pub created_at: String,
+    pub keys: Vec<ApiKeyInfo>,
+}
+
+impl Customer {
+    pub fn new(c: CustomerRow, keys: &[ApiKeyRow]) -> Self {
+        Self {
+            id: c.id,
+            name: c.name,
+            email: c.email,
+            created_at: rfc3339(c.created_at),
+            keys: keys.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewApiKey {
+    pub id: Uuid,
+    /// The API key: shown this once.
+    pub api_key: String,
+    pub created_at: String,
+}
+
+/// An offer: `trial`, `payg`, or `sla` with a guaranteed `mbps`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfferBody {
+    pub kind: OfferKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mbps: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccount {
+    pub name: String,
+    pub origin_type: String,
+    pub offer: OfferBody,
+    #[serde(default)]
+    pub ip_allow: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAccount {
+    #[serde(default)]
+    pub offer: Option<OfferBody>,
+    #[serde(default)]
+    pub ip_allow: Option<Vec<String>>,
+}
+
+/// The pool serving an account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolSummary {
+    pub id: Uuid,
+    pub kind: String,
+    pub desired_nodes: i32,
+    pub ready_nodes: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Account {
+    pub id: Uuid,
+    pub name: String,
+    pub origin_type: String,
+    pub offer: OfferBody,
+    /// `provisioning`, `active`, `deactivated` or `deleted`.
+    pub state: String,
+    /// The stable URL of the account's content: `{locator}{asset}/{file}`.
+    pub locator: String,
+    pub ip_allow: Vec<String>,
+    pub pool: Option<PoolSummary>,
+    /// Share of successful probes over the last window, once nodes are probed.
+    pub availability: Option<f64>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub deactivated_at: Option<String>,
+    pub retain_until: Option<String>,
+}
+
+impl From<AccountRow> for Account {
+    fn from(a: AccountRow) -> Self {
+        let pool = match (a.pool_id, a.pool_kind, a.pool_desired_nodes) {
+            (Some(id), Some(kind), Some(desired_nodes)) => Some(PoolSummary {
+                id,
+                kind,
+                desired_nodes,
+                ready_nodes: a.pool_ready_nodes.unwrap_or(0),
+            }),
+            _ => None,
+        };
+        Self {
+            id: a.id,
+            name: a.name,
+            origin_type: a.origin_type,
+            offer: OfferBody {
+                kind: OfferKind::from_db(&a.offer).unwrap_or(OfferKind::Trial),
+                mbps: a.sla_mbps.map(i64::from),
+            },
+            state: a.state,
+            locator: a.locator,
+            ip_allow: a.ip_allow.0,
+            pool,
+            availability: None,
+            created_at: rfc3339(a.created_at),
+            updated_at: rfc3339(a.updated_at),
+            deactivated_at: a.deactivated_at.map(rfc3339),
+            retain_until: a.retain_until.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StepView {
+    pub step: String,
+    pub at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Operation {
+    pub id: Uuid,
+    /// `create`, `change_offer`, `update`, `scale`, `upgrade`, `deactivate`, `reactivate` or `delete`.
+    pub kind: String,
+    /// `pending`, `running`, `succeeded` or `failed`.
+    pub state: String,
+    pub account_id: Option<Uuid>,
+    pub origin_type: Option<String>,
+    /// The last finished step.
+    pub step: Option<String>,
+    pub steps: Vec<StepView>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<OperationRow> for Operation {
+    fn from(o: OperationRow) -> Self {
+        Self {
+            id: o.id,
+            kind: o.kind,
+            state: o.state,
+            account_id: o.account_id,
+            origin_type: o.origin_type,
+            step: o.step,
+            steps: o
+                .steps
+                .0
+                .into_iter()
+                .map(|s| StepView {
+                    step: s.step,
+                    at: rfc3339(s.at),
+                })
+                .collect(),
+            attempts: o.attempts,
+            last_error: o.last_error,
+            created_at: rfc3339(o.created_at),
+            updated_at: rfc3339(o.updated_at),
+        }
+    }
+}
+
+/// An accepted change to an account: its state now, and the operation carrying it out.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountAccepted {
+    pub account: Account,
+    pub operation: Operation,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountList {
+    pub items: Vec<Account>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OriginType {
+    pub name: String,
+    pub node_capacity_mbps: i32,
+    pub sla_increment_mbps: i32,
+    pub trial_cap_mbps: i32,
+    pub payg_cap_mbps: i32,
+    pub current_image: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<OriginTypeRow> for OriginType {
+    fn from(t: OriginTypeRow) -> Self {
+        Self {
+            name: t.name,
+            node_capacity_mbps: t.node_capacity_mbps,
+            sla_increment_mbps: t.sla_increment_mbps,
+            trial_cap_mbps: t.trial_cap_mbps,
+            payg_cap_mbps: t.payg_cap_mbps,
+            current_image: t.current_image,
+            created_at: rfc3339(t.created_at),
+            updated_at: rfc3339(t.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OriginTypeList {
+    pub items: Vec<OriginType>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOriginType {
+    pub name: String,
+    pub node_capacity_mbps: i64,
+    #[serde(default)]
+    pub sla_increment_mbps: Option<i64>,
+    #[serde(default)]
+    pub trial_cap_mbps: Option<i64>,
+    #[serde(default)]
+    pub payg_cap_mbps: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateOriginType {
+    #[serde(default)]
+    pub node_capacity_mbps: Option<i64>,
+    #[serde(default)]
+    pub sla_increment_mbps: Option<i64>,
+    #[serde(default)]
+    pub trial_cap_mbps: Option<i64>,
+    #[serde(default)]
+    pub payg_cap_mbps: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateImage {
+    pub version: String,
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Image {
+    pub origin_type: String,
+    pub version: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub created_at: String,
+}
+
+impl From<ImageRow> for Image {
+    fn from(i: ImageRow) -> Self {
+        Self {
+            origin_type: i.origin_type,
+            version: i.version,
+            command: i.command,
+            args: i.args.0,
+            created_at: rfc3339(i.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Pool {
+    pub id: Uuid,
+    pub origin_type: String,
+    /// `shared` or `dedicated`.
+    pub kind: String,
+    pub image_version: Option<String>,
+    pub desired_nodes: i32,
+    pub ready_nodes: i64,
+    pub accounts: i64,
+    pub state: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<PoolRow> for Pool {
+    fn from(p: PoolRow) -> Self {
+        Self {
+            id: p.id,
+            origin_type: p.origin_type,
+            kind: p.kind,
+            image_version: p.image_version,
+            desired_nodes: p.desired_nodes,
+            ready_nodes: p.ready_nodes,
+            accounts: p.accounts,
+            state: p.state,
+            created_at: rfc3339(p.created_at),
+            updated_at: rfc3339(p.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Node {
+    pub id: Uuid,
+    pub pool_id: Uuid,
+    pub address: Option<String>,
+    pub image_version: Option<String>,
+    pub upgrade_domain: i32,
+    pub state: String,
+    pub last_heartbeat: Option<String>,
+    pub created_at: String,
+}
+
+impl From<NodeRow> for Node {
+    fn from(n: NodeRow) -> Self {
+        Self {
+            id: n.id,
+            pool_id: n.pool_id,
+            address: n.address,
+            image_version: n.image_version,
+            upgrade_domain: n.upgrade_domain,
+            state: n.state,
+            last_heartbeat: n.last_heartbeat.map(rfc3339),
+            created_at: rfc3339(n.created_at),
+        }
+    }
+}
+
+/// A row of the global allocation table: what is live for one account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Allocation {
+    pub account_id: Uuid,
+    pub account: String,
+    pub origin_type: String,
+    pub offer: String,
+    pub sla_mbps: Option<i32>,
+    pub pool_id: Uuid,
+    pub locator: String,
+    pub state: String,
+    pub updated_at: String,
+}
+
+impl From<AllocationRow> for Allocation {
+    fn from(a: AllocationRow) -> Self {
+        Self {
+            account_id: a.account_id,
+            account: a.account_name,
+            origin_type: a.origin_type,
+            offer: a.offer,
+            sla_mbps: a.sla_mbps,
+            pool_id: a.pool_id,
+            locator: a.locator,
+            state: a.state,
+            updated_at: rfc3339(a.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Event {
+    pub id: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub reason: String,
+}
+
+impl From<EventRow> for Event {
+    fn from(e: EventRow) -> Self {
+        Self {
+            id: e.id,
+            at: rfc3339(e.at),
+            actor: e.actor,
+            action: e.action,
+            subject: e.subject,
+            reason: e.reason,
+        }
+    }
+}
+
+/// One page of a listing; pass `next_cursor` as `cursor` for the next page.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T: ToSchema> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// At most this many items (1–500, default 100).
+    pub limit: Option<i64>,
+    /// Where the previous page ended.
+    pub cursor: Option<String>,
+}

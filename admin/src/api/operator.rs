@@ -1,0 +1,308 @@
+//! Operator routes: origin types and images, and the platform's tables (pools,
+//! nodes, the global allocation table, the event trail), paged.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use sqlx::types::Json as SqlJson;
+use uuid::Uuid;
+
+use super::AppState;
+use super::auth::OperatorAuth;
+use super::model::{
+    Allocation, CreateImage, CreateOriginType, Event, Node, Operation, OriginType, OriginTypeList,
+    Page, PageQuery, Pool, UpdateOriginType,
+};
+use super::problem::{ApiError, ApiJson, ApiQuery, Problem};
+use crate::domain::{Mbps, OriginTypeName};
+use crate::store::{ImageRow, NewOperation, OriginTypeSettings, StoreError};
+
+fn mbps(field: &str, v: i64) -> Result<i32, ApiError> {
+    Ok(i32::try_from(Mbps::parse(field, v)?.get()).unwrap_or(i32::MAX))
+}
+
+fn type_not_found(name: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
+    move |e| match e {
+        StoreError::NotFound => ApiError::NotFound(format!("origin type {name}")),
+        other => other.into(),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/origin-types", tag = "operator", security(("bearer" = [])),
+    responses((status = 200, body = OriginTypeList), (status = 401, body = Problem)))]
+pub async fn list_origin_types(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+) -> Result<Json<OriginTypeList>, ApiError> {
+    Ok(Json(OriginTypeList {
+        items: s
+            .store
+            .origin_types()
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/origin-types", tag = "operator", security(("bearer" = [])), request_body = CreateOriginType,
+    responses((status = 201, body = OriginType), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn create_origin_type(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    ApiJson(b): ApiJson<CreateOriginType>,
+) -> Result<(StatusCode, Json<OriginType>), ApiError> {
+    let name = OriginTypeName::parse("name", &b.name)?;
+    let d = OriginTypeSettings::DEFAULT;
+    let settings = OriginTypeSettings {
+        node_capacity_mbps: mbps("node_capacity_mbps", b.node_capacity_mbps)?,
+        sla_increment_mbps: b
+            .sla_increment_mbps
+            .map(|v| mbps("sla_increment_mbps", v))
+            .transpose()?
+            .unwrap_or(d.sla_increment_mbps),
+        trial_cap_mbps: b
+            .trial_cap_mbps
+            .map(|v| mbps("trial_cap_mbps", v))
+            .transpose()?
+            .unwrap_or(d.trial_cap_mbps),
+        payg_cap_mbps: b
+            .payg_cap_mbps
+            .map(|v| mbps("payg_cap_mbps", v))
+            .transpose()?
+            .unwrap_or(d.payg_cap_mbps),
+    };
+    let row = s
+        .store
+        .create_origin_type(name.as_str(), &settings, "operator", s.clock.now_ms())
+        .await?;
+    Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+#[utoipa::path(get, path = "/v1/origin-types/{type}", tag = "operator", security(("bearer" = [])),
+    params(("type" = String, Path)), responses((status = 200, body = OriginType), (status = 404, body = Problem)))]
+pub async fn get_origin_type(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    Path(name): Path<String>,
+) -> Result<Json<OriginType>, ApiError> {
+    let t = s
+        .store
+        .origin_type(&name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("origin type {name}")))?;
+    Ok(Json(t.into()))
+}
+
+#[utoipa::path(patch, path = "/v1/origin-types/{type}", tag = "operator", security(("bearer" = [])), request_body = UpdateOriginType,
+    params(("type" = String, Path)),
+    responses((status = 200, body = OriginType), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn update_origin_type(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<UpdateOriginType>,
+) -> Result<Json<OriginType>, ApiError> {
+    let t = s
+        .store
+        .origin_type(&name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("origin type {name}")))?;
+    let pick = |field: &str, v: Option<i64>, cur: i32| {
+        v.map(|v| mbps(field, v))
+            .transpose()
+            .map(|v| v.unwrap_or(cur))
+    };
+    let settings = OriginTypeSettings {
+        node_capacity_mbps: pick(
+            "node_capacity_mbps",
+            b.node_capacity_mbps,
+            t.node_capacity_mbps,
+        )?,
+        sla_increment_mbps: pick(
+            "sla_increment_mbps",
+            b.sla_increment_mbps,
+            t.sla_increment_mbps,
+        )?,
+        trial_cap_mbps: pick("trial_cap_mbps", b.trial_cap_mbps, t.trial_cap_mbps)?,
+        payg_cap_mbps: pick("payg_cap_mbps", b.payg_cap_mbps, t.payg_cap_mbps)?,
+    };
+    let row = s
+        .store
+        .update_origin_type(&name, &settings, "operator", s.clock.now_ms())
+        .await
+        .map_err(type_not_found(&name))?;
+    Ok(Json(row.into()))
+}
+
+/// Records a new image version for a type and starts its upgrade operation.
+#[utoipa::path(post, path = "/v1/origin-types/{type}/images", tag = "operator", security(("bearer" = [])), request_body = CreateImage,
+    params(("type" = String, Path)),
+    responses((status = 202, body = Operation), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn create_image(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<CreateImage>,
+) -> Result<(StatusCode, Json<Operation>), ApiError> {
+    s.store
+        .origin_type(&name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("origin type {name}")))?;
+    let version = b.version.trim();
+    if version.is_empty()
+        || version.len() > 64
+        || !version
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-+".contains(&c))
+    {
+        return Err(ApiError::invalid("version", "1 to 64 of [A-Za-z0-9._+-]"));
+    }
+    if b.command.trim().is_empty() || b.command.chars().any(char::is_control) {
+        return Err(ApiError::invalid("command", "must name a program"));
+    }
+    if let Some(i) = b.args.iter().position(|a| a.contains('\0')) {
+        return Err(ApiError::invalid(
+            format!("args[{i}]"),
+            "must not contain NUL",
+        ));
+    }
+    let now = s.clock.now_ms();
+    let image = ImageRow {
+        origin_type: name.clone(),
+        version: version.to_owned(),
+        command: b.command,
+        args: SqlJson(b.args),
+        created_at: now,
+    };
+    let op = NewOperation {
+        origin_type: Some(name.clone()),
+        input: serde_json::json!({"version": version}),
+        ..NewOperation::new("upgrade")
+    };
+    let row = s
+        .store
+        .create_image(&image, &op, "operator", now)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict { .. } => ApiError::Conflict {
+                detail: format!("image {version} of {name} exists"),
+                field: Some("version".into()),
+            },
+            other => other.into(),
+        })?;
+    s.wake.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(row.into())))
+}
+
+fn limit(q: &PageQuery) -> Result<i64, ApiError> {
+    match q.limit {
+        None => Ok(100),
+        Some(l) if (1..=500).contains(&l) => Ok(l),
+        Some(_) => Err(ApiError::invalid("limit", "must be between 1 and 500")),
+    }
+}
+
+fn uuid_cursor(q: &PageQuery) -> Result<Option<Uuid>, ApiError> {
+    q.cursor
+        .as_deref()
+        .map(|c| {
+            Uuid::try_parse(c)
+                .map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page"))
+        })
+        .transpose()
+}
+
+/// A full page has a next cursor: the last item's key.
+fn page<T: utoipa::ToSchema>(items: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Page<T> {
+    let next_cursor = if items.len() as i64 == limit {
+        items.last().map(&key)
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+#[utoipa::path(get, path = "/v1/pools", tag = "operator", security(("bearer" = [])), params(PageQuery),
+    responses((status = 200, body = Page<Pool>), (status = 401, body = Problem)))]
+pub async fn list_pools(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Page<Pool>>, ApiError> {
+    let l = limit(&q)?;
+    let items = s
+        .store
+        .pools(uuid_cursor(&q)?, l)
+        .await?
+        .into_iter()
+        .map(Pool::from)
+        .collect();
+    Ok(Json(page(items, l, |p: &Pool| p.id.to_string())))
+}
+
+#[utoipa::path(get, path = "/v1/nodes", tag = "operator", security(("bearer" = [])), params(PageQuery),
+    responses((status = 200, body = Page<Node>), (status = 401, body = Problem)))]
+pub async fn list_nodes(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Page<Node>>, ApiError> {
+    let l = limit(&q)?;
+    let items = s
+        .store
+        .nodes(uuid_cursor(&q)?, l)
+        .await?
+        .into_iter()
+        .map(Node::from)
+        .collect();
+    Ok(Json(page(items, l, |n: &Node| n.id.to_string())))
+}
+
+/// The global allocation table: one row per live account.
+#[utoipa::path(get, path = "/v1/allocations", tag = "operator", security(("bearer" = [])), params(PageQuery),
+    responses((status = 200, body = Page<Allocation>), (status = 401, body = Problem)))]
+pub async fn list_allocations(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Page<Allocation>>, ApiError> {
+    let l = limit(&q)?;
+    let items = s
+        .store
+        .allocations(uuid_cursor(&q)?, l)
+        .await?
+        .into_iter()
+        .map(Allocation::from)
+        .collect();
+    Ok(Json(page(items, l, |a: &Allocation| {
+        a.account_id.to_string()
+    })))
+}
+
+/// The audit trail, newest first.
+#[utoipa::path(get, path = "/v1/events", tag = "operator", security(("bearer" = [])), params(PageQuery),
+    responses((status = 200, body = Page<Event>), (status = 401, body = Problem)))]
+pub async fn list_events(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Page<Event>>, ApiError> {
+    let l = limit(&q)?;
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page"))
+        })
+        .transpose()?;
+    let items = s
+        .store
+        .events(cursor, l)
+        .await?
+        .into_iter()
+        .map(Event::from)
+        .collect();
+    Ok(Json(page(items, l, |e: &Event| e.id.to_string())))
+}

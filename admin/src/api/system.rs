@@ -1,0 +1,86 @@
+//! Health, readiness and metrics.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use super::AppState;
+
+/// The admin's Prometheus metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub latency: HistogramVec,
+    pub rate_limited: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("headwater_admin".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "API requests by route and status"),
+            &["method", "route", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "API request handling time")
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            &["method", "route"],
+        )?;
+        let rate_limited = IntCounter::new("rate_limited_total", "requests refused with 429")?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            rate_limited,
+        })
+    }
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "alive")))]
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the store answers and every migration is applied.
+#[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
+pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    match s.store.ready().await {
+        Ok(true) => (StatusCode::OK, "ready\n".to_owned()),
+        Ok(false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "migrations pending\n".to_owned(),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unreachable: {e}\n"),
+        ),
+    }
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let mut buf = Vec::new();
+    let enc = TextEncoder::new();
+    if let Err(e) = enc.encode(&s.metrics.registry.gather(), &mut buf) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            e.to_string().into_bytes(),
+        );
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        buf,
+    )
+}

@@ -1,0 +1,10 @@
+//! The Headwater admin service: the provisioning REST API, the store, and the
+//! worker that carries out operations. See DESIGN.md §2 (`admin/`).
+
+pub mod api;
+pub mod clock;
+pub mod domain;
+pub mod keys;
+pub mod server;
+pub mod store;
+pub mod worker;

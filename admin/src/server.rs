@@ -1,0 +1,180 @@
+//! `headwater admin`: configuration and the serving loop.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiSettings, AppState, Metrics, RateLimits};
+use crate::clock::{Clock, SystemClock};
+use crate::keys;
+use crate::store::Store;
+use crate::worker::Worker;
+
+/// Flags of `headwater admin`; each also reads a `HEADWATER_*` variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminConfig {
+    /// Address of the REST API.
+    #[arg(long, env = "HEADWATER_LISTEN", default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+    /// `sqlite://PATH` (embedded, created on first start) or `postgres://…`.
+    #[arg(
+        long,
+        env = "HEADWATER_DATABASE_URL",
+        default_value = "sqlite://headwater-data/headwater.db"
+    )]
+    pub database_url: String,
+    /// Redis for the bus between admin replicas (operation wake-ups); in-process without it.
+    #[arg(long, env = "HEADWATER_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Where generated credentials are kept.
+    #[arg(long, env = "HEADWATER_DATA_DIR", default_value = "headwater-data")]
+    pub data_dir: PathBuf,
+    /// Bearer token of operator routes; generated into DATA_DIR/operator-token when unset.
+    #[arg(long, env = "HEADWATER_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: Option<String>,
+    /// Base URL of the router, from which each account's locator is made.
+    #[arg(
+        long,
+        env = "HEADWATER_LOCATOR_BASE",
+        default_value = "http://127.0.0.1:7401"
+    )]
+    pub locator_base: String,
+    /// How long a deactivated account's pool is kept, in hours.
+    #[arg(long, env = "HEADWATER_RETENTION_HOURS", default_value_t = 168)]
+    pub retention_hours: u32,
+    /// Requests per second per API key (bursts to twice that).
+    #[arg(long, env = "HEADWATER_RATE_LIMIT_PER_KEY", default_value = "20")]
+    pub rate_limit_per_key: NonZeroU32,
+    /// Sign-ups per minute per client IP.
+    #[arg(long, env = "HEADWATER_SIGNUP_RATE_LIMIT", default_value = "10")]
+    pub signup_rate_limit: NonZeroU32,
+    /// Largest request body in bytes.
+    #[arg(long, env = "HEADWATER_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Time a request may take, including reading its body, in seconds.
+    #[arg(long, env = "HEADWATER_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+}
+
+/// Reads the operator token from the flag, or from DATA_DIR/operator-token, making
+/// and saving one (readable by the owner only) on first start.
+fn operator_token(cfg: &AdminConfig) -> anyhow::Result<String> {
+    if let Some(t) = cfg.operator_token.as_ref().filter(|t| !t.is_empty()) {
+        return Ok(t.clone());
+    }
+    let path = cfg.data_dir.join("operator-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return Ok(t.trim().to_owned());
+    }
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let token = keys::random_token();
+    write_private(&path, &token)?;
+    eprintln!("operator token generated and saved in {}", path.display());
+    Ok(token)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Everything `admin` runs, assembled: used by `headwater admin` and by `up`.
+pub struct Admin {
+    pub state: AppState,
+    pub worker: Worker,
+}
+
+impl Admin {
+    pub async fn build(cfg: &AdminConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let store = Store::connect(&cfg.database_url)
+            .await
+            .context("opening the store")?;
+        store
+            .seed_builtin_types(clock.now_ms())
+            .await
+            .context("seeding origin types")?;
+        let wake = Arc::new(Notify::new());
+        let settings = ApiSettings {
+            operator_token: operator_token(cfg)?,
+            locator_base: cfg.locator_base.clone(),
+            retention_ms: i64::from(cfg.retention_hours) * 3_600_000,
+            max_body_bytes: cfg.max_body_bytes,
+            request_timeout: Duration::from_secs(cfg.request_timeout_secs),
+        };
+        let state = AppState {
+            store: store.clone(),
+            clock: clock.clone(),
+            wake: wake.clone(),
+            settings: Arc::new(settings),
+            metrics: Arc::new(Metrics::new()?),
+            limits: Arc::new(RateLimits::new(
+                cfg.rate_limit_per_key,
+                cfg.signup_rate_limit,
+            )),
+        };
+        Ok(Self {
+            state,
+            worker: Worker::new(store, clock, wake),
+        })
+    }
+
+    /// Serves the API on `listener` and runs the worker until `shutdown`, then
+    /// drains in-flight requests.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let store = self.state.store.clone();
+        let limits = self.state.limits.clone();
+        let worker = tokio::spawn(self.worker.run(shutdown.clone()));
+        let sweeper = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tick.tick() => limits.retain_recent(),
+                    }
+                }
+            })
+        };
+        let app = api::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await?;
+        shutdown.cancel();
+        let _ = tokio::join!(worker, sweeper);
+        store.close().await;
+        Ok(())
+    }
+}
+
+/// `headwater admin`: binds, prints where it listens, serves until Ctrl-C or SIGTERM.
+pub async fn run(cfg: AdminConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let admin = Admin::build(&cfg, Arc::new(SystemClock)).await?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, store = admin.state.store.backend_name(), "admin listening");
+    println!("headwater admin listening on http://{addr}");
+    admin.run(listener, shutdown).await
+}

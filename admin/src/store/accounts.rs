@@ -1,0 +1,226 @@
+//! Accounts: the desired state of each origin service. Every change to an account
+//! is written together with the operation that carries it out, in one transaction.
+
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::operations::insert_operation;
+use super::{AccountRow, NewOperation, OperationRow, Result, Store, StoreError, event, on_pool};
+use crate::clock::UnixMs;
+use crate::domain::{AccountName, IpAllow, Offer};
+
+/// The account columns plus a summary of the pool that serves it.
+macro_rules! account_select {
+    () => {
+        "SELECT a.id, a.customer_id, a.name, a.origin_type, a.offer, a.sla_mbps, a.state, a.locator, a.ip_allow,
+                a.deactivated_at, a.retain_until, a.created_at, a.updated_at,
+                m.pool_id, p.kind AS pool_kind, p.desired_nodes AS pool_desired_nodes,
+                (SELECT COUNT(*) FROM nodes n WHERE n.pool_id = m.pool_id AND n.state = 'ready') AS pool_ready_nodes
+         FROM accounts a
+         LEFT JOIN account_pool_mappings m ON m.account_id = a.id
+         LEFT JOIN pools p ON p.id = m.pool_id"
+    };
+}
+
+/// A new account as validated by the API.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub customer_id: Uuid,
+    pub name: AccountName,
+    pub origin_type: String,
+    pub offer: Offer,
+    pub ip_allow: IpAllow,
+    pub locator: String,
+}
+
+/// A change a customer or operator asks of an account.
+#[derive(Debug, Clone)]
+pub enum AccountChange {
+    Update {
+        offer: Option<Offer>,
+        ip_allow: Option<IpAllow>,
+    },
+    Deactivate {
+        retain_until: UnixMs,
+    },
+    Reactivate,
+    Delete,
+}
+
+impl AccountChange {
+    pub fn operation_kind(&self) -> &'static str {
+        match self {
+            AccountChange::Update { offer: Some(_), .. } => "change_offer",
+            AccountChange::Update { offer: None, .. } => "update",
+            AccountChange::Deactivate { .. } => "deactivate",
+            AccountChange::Reactivate => "reactivate",
+            AccountChange::Delete => "delete",
+        }
+    }
+}
+
+impl Store {
+    /// Creates an account in `provisioning` and enqueues its `create` operation.
+    pub async fn create_account(
+        &self,
+        a: &NewAccount,
+        op: &NewOperation,
+        now: UnixMs,
+    ) -> Result<(AccountRow, OperationRow)> {
+        let id = op.account_id.unwrap_or_else(Uuid::now_v7);
+        let op_row = on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "INSERT INTO accounts (id, customer_id, name, origin_type, offer, sla_mbps, state, locator, ip_allow,
+                     created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'provisioning', $7, $8, $9, $9)",
+            )
+            .bind(id)
+            .bind(a.customer_id)
+            .bind(a.name.as_str())
+            .bind(&a.origin_type)
+            .bind(a.offer.kind().as_str())
+            .bind(a.offer.sla_mbps())
+            .bind(&a.locator)
+            .bind(Json(a.ip_allow.to_strings()))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let who = format!("customer:{}", a.customer_id);
+            event!(
+                tx,
+                now,
+                &who,
+                "account.created",
+                format!("account:{id}"),
+                format!("{} offer on {}", a.offer.kind().as_str(), a.origin_type)
+            )?;
+            let op_row = insert_operation!(tx, op, now)?;
+            tx.commit().await?;
+            op_row
+        });
+        Ok((self.account_by_id(id).await?, op_row))
+    }
+
+    pub async fn account_by_id(&self, id: Uuid) -> Result<AccountRow> {
+        on_pool!(self, |p| {
+            Ok(
+                sqlx::query_as(concat!(account_select!(), " WHERE a.id = $1"))
+                    .bind(id)
+                    .fetch_one(p)
+                    .await?,
+            )
+        })
+    }
+
+    /// A live (not deleted) account by name; `customer` limits it to one customer's.
+    pub async fn account(&self, name: &str, customer: Option<Uuid>) -> Result<AccountRow> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(concat!(
+                account_select!(),
+                " WHERE a.name = $1 AND ($2 IS NULL OR a.customer_id = $2) AND a.state <> 'deleted'"
+            ))
+            .bind(name)
+            .bind(customer)
+            .fetch_one(p)
+            .await?)
+        })
+    }
+
+    /// A customer's live accounts, by name.
+    pub async fn accounts(&self, customer: Uuid) -> Result<Vec<AccountRow>> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(concat!(
+                account_select!(),
+                " WHERE a.customer_id = $1 AND a.state <> 'deleted' ORDER BY a.name"
+            ))
+            .bind(customer)
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
+    /// Applies a change to an account's desired state and enqueues the operation
+    /// that makes it real. `InvalidState` when the account cannot take the change.
+    pub async fn change_account(
+        &self,
+        account: &AccountRow,
+        change: &AccountChange,
+        op: &NewOperation,
+        actor: &str,
+        now: UnixMs,
+    ) -> Result<OperationRow> {
+        let allowed = match change {
+            AccountChange::Update { .. } | AccountChange::Delete => account.state != "deleted",
+            AccountChange::Deactivate { .. } => {
+                account.state == "active" || account.state == "provisioning"
+            }
+            AccountChange::Reactivate => account.state == "deactivated",
+        };
+        if !allowed {
+            return Err(StoreError::InvalidState(format!(
+                "account {} is {} and cannot take a {} request",
+                account.name,
+                account.state,
+                change.operation_kind()
+            )));
+        }
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            // The state guard makes a concurrent change lose cleanly instead of racing.
+            let q = match change {
+                AccountChange::Update { offer, ip_allow } => {
+                    let (kind, sla) = match offer {
+                        Some(o) => (o.kind().as_str().to_owned(), o.sla_mbps()),
+                        None => (account.offer.clone(), account.sla_mbps),
+                    };
+                    let allow = ip_allow.as_ref().map(IpAllow::to_strings).unwrap_or_else(|| account.ip_allow.0.clone());
+                    sqlx::query("UPDATE accounts SET offer = $2, sla_mbps = $3, ip_allow = $4, updated_at = $5 WHERE id = $1 AND state = $6")
+                        .bind(account.id)
+                        .bind(kind)
+                        .bind(sla)
+                        .bind(Json(allow))
+                        .bind(now)
+                        .bind(&account.state)
+                }
+                AccountChange::Deactivate { retain_until } => sqlx::query(
+                    "UPDATE accounts SET state = 'deactivated', deactivated_at = $2, retain_until = $3, updated_at = $2
+                     WHERE id = $1 AND state = $4",
+                )
+                .bind(account.id)
+                .bind(now)
+                .bind(*retain_until)
+                .bind(&account.state),
+                AccountChange::Reactivate => sqlx::query(
+                    "UPDATE accounts SET state = 'active', deactivated_at = NULL, retain_until = NULL, updated_at = $2
+                     WHERE id = $1 AND state = $3",
+                )
+                .bind(account.id)
+                .bind(now)
+                .bind(&account.state),
+                AccountChange::Delete => sqlx::query("UPDATE accounts SET state = 'deleted', updated_at = $2 WHERE id = $1 AND state = $3")
+                    .bind(account.id)
+                    .bind(now)
+                    .bind(&account.state),
+            };
+            if q.execute(&mut *tx).await?.rows_affected() == 0 {
+                return Err(StoreError::InvalidState(format!(
+                    "account {} changed meanwhile; try again",
+                    account.name
+                )));
+            }
+            let action = format!("account.{}", change.operation_kind());
+            event!(
+                tx,
+                now,
+                actor,
+                action,
+                format!("account:{}", account.id),
+                format!("operation:{}", op.id)
+            )?;
+            let row = insert_operation!(tx, op, now)?;
+            tx.commit().await?;
+            Ok(row)
+        })
+    }
+}

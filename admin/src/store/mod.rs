@@ -1,0 +1,252 @@
+//! The store: every table of DESIGN.md §3 behind one type, on PostgreSQL or SQLite.
+//!
+//! Both backends run the same SQL text (sqlx binds `$1` on SQLite too); where the
+//! dialects differ the SQL is chosen per backend next to its twin. [`on_pool!`]
+//! expands a body once per backend so each is compiled against its own driver —
+//! no `Any` driver, no lost types. Migrations are embedded in the binary and run
+//! at start-up.
+
+mod accounts;
+mod catalog;
+mod customers;
+mod idempotency;
+mod operations;
+mod rows;
+
+use std::borrow::Cow;
+use std::str::FromStr;
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+pub use accounts::{AccountChange, NewAccount};
+pub use catalog::{BUILTIN_TYPES, OriginTypeSettings};
+pub use idempotency::IdempotencyStart;
+pub use operations::{Effect, OperationFilter};
+pub use rows::*;
+
+/// Expands `$body` once per backend with `$p` bound to that backend's pool.
+macro_rules! on_pool {
+    ($store:expr, |$p:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Postgres($p) => $body,
+            $crate::store::Backend::Sqlite($p) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// Writes one row of the audit trail inside the caller's transaction.
+macro_rules! event {
+    ($tx:expr, $at:expr, $actor:expr, $action:expr, $subject:expr, $reason:expr) => {
+        sqlx::query(
+            "INSERT INTO events (at, actor, action, subject, reason) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind($at)
+        .bind($actor)
+        .bind($action)
+        .bind($subject)
+        .bind($reason)
+        .execute(&mut *$tx)
+        .await
+    };
+}
+pub(crate) use event;
+
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// The admin's durable state. Cheap to clone (pools are shared handles).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) backend: Backend,
+}
+
+/// What went wrong in the store, sorted so callers can answer without string matching.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique rule of the schema refused the write; `field` names what collided.
+    #[error("{field} is already taken")]
+    Conflict { field: &'static str },
+    /// A check, trigger or foreign key of the schema refused the write.
+    #[error("the store refused the value: {0}")]
+    Constraint(String),
+    #[error("not found")]
+    NotFound,
+    /// The row is not in a state that allows the change.
+    #[error("{0}")]
+    InvalidState(String),
+    #[error("unsupported database url '{0}': use postgres://… or sqlite://…")]
+    Url(String),
+    #[error("database: {0}")]
+    Db(#[source] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::RowNotFound = e {
+            return StoreError::NotFound;
+        }
+        if let Some(db) = e.as_database_error() {
+            let what = format!("{} {}", db.constraint().unwrap_or_default(), db.message());
+            if db.is_unique_violation() {
+                return StoreError::Conflict {
+                    field: conflict_field(&what),
+                };
+            }
+            if db.is_check_violation()
+                || db.is_foreign_key_violation()
+                || what.contains("CHECK constraint failed")
+            {
+                return StoreError::Constraint(db.message().to_owned());
+            }
+        }
+        StoreError::Db(e)
+    }
+}
+
+/// Names the field behind a unique violation from the constraint (PostgreSQL) or
+/// the message (SQLite lists the columns).
+fn conflict_field(what: &str) -> &'static str {
+    if what.contains("email") {
+        "email"
+    } else if what.contains("one_per_type")
+        || what.contains("accounts.customer_id, accounts.origin_type")
+    {
+        "origin_type"
+    } else if what.contains("images") {
+        "version"
+    } else {
+        "name"
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+const PG_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "foundation",
+    include_str!("../../../migrations/postgres/0001_foundation.sql"),
+)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "foundation",
+    include_str!("../../../migrations/sqlite/0001_foundation.sql"),
+)];
+
+fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {
+    let migrations = set
+        .iter()
+        .map(|(v, d, sql)| {
+            Migration::new(
+                *v,
+                Cow::Borrowed(*d),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}
+
+impl Store {
+    /// Connects to `url` (`postgres://…` or `sqlite://path`), creating the SQLite file
+    /// and its directory when missing, and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url).map_err(StoreError::Db)?;
+            Backend::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(16)
+                    .connect_with(opts)
+                    .await?,
+            )
+        } else if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            let file = path.split('?').next().unwrap_or(path);
+            if let Some(dir) = std::path::Path::new(file)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(StoreError::Db)?
+                .create_if_missing(true)
+                .foreign_keys(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(std::time::Duration::from_secs(10));
+            Backend::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(opts)
+                    .await?,
+            )
+        } else {
+            return Err(StoreError::Url(url.to_owned()));
+        };
+        let store = Store { backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the embedded migrations of this backend.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Postgres(p) => migrator(PG_MIGRATIONS).run(p).await?,
+            Backend::Sqlite(p) => migrator(SQLITE_MIGRATIONS).run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// `postgres` or `sqlite`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres(_) => "postgres",
+            Backend::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Ready when the store answers and every embedded migration is applied.
+    pub async fn ready(&self) -> Result<bool> {
+        let expected = match self.backend {
+            Backend::Postgres(_) => PG_MIGRATIONS.len(),
+            Backend::Sqlite(_) => SQLITE_MIGRATIONS.len(),
+        };
+        let applied: i64 = on_pool!(self, |p| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(p)
+                .await?
+        });
+        Ok(usize::try_from(applied).unwrap_or(0) >= expected)
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, |p| p.close().await)
+    }
+}
+
+/// The fewest nodes a shared pool runs with.
+pub const SHARED_POOL_MIN_NODES: i32 = 2;

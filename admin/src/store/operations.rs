@@ -1,0 +1,449 @@
+//! `allocation_operations`: the durable work queue. An operation is claimed with a
+//! lease; each step commits its effect and its record in one transaction, so a
+//! worker that dies mid-operation loses nothing and repeats nothing: its lease
+//! expires, another worker claims the operation and continues after the last
+//! recorded step. Operations of one account run one at a time, oldest first.
+
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{OperationRow, Result, StepRecord, Store, StoreError, event, on_pool};
+use crate::clock::UnixMs;
+
+/// Inserts an operation inside the caller's transaction, returning its row.
+macro_rules! insert_operation {
+    ($tx:expr, $op:expr, $now:expr) => {
+        sqlx::query_as::<_, $crate::store::OperationRow>(
+            "INSERT INTO allocation_operations (id, kind, account_id, origin_type, customer_id, state, steps, input,
+                 attempts, not_before, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, 0, $8, $8, $8)
+             RETURNING id, kind, account_id, origin_type, customer_id, state, step, steps, input, attempts,
+                 last_error, lease_owner, lease_until, not_before, created_at, updated_at",
+        )
+        .bind($op.id)
+        .bind($op.kind)
+        .bind($op.account_id)
+        .bind(&$op.origin_type)
+        .bind($op.customer_id)
+        .bind(sqlx::types::Json(Vec::<$crate::store::StepRecord>::new()))
+        .bind(sqlx::types::Json(&$op.input))
+        .bind($now)
+        .fetch_one(&mut *$tx)
+        .await
+    };
+}
+pub(crate) use insert_operation;
+
+/// Which operations a caller may see.
+#[derive(Debug, Clone, Copy)]
+pub enum OperationFilter {
+    /// The operator sees all of them.
+    Any,
+    /// A customer sees only its own.
+    Customer(Uuid),
+}
+
+/// A change to the allocation tables that one step of an operation makes. Each is
+/// idempotent and level-triggered: it reads the account's desired state (the
+/// `accounts` row) and makes the pool and allocation tables agree with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Put the account in the pool its offer calls for: a shared pool of its type for
+    /// trial/payg, its own dedicated pool of `dedicated_nodes` nodes for sla. Releases
+    /// the pool it leaves.
+    AssignPool {
+        account_id: Uuid,
+        dedicated_nodes: i32,
+    },
+    /// Write the account's row in the global allocation table from its desired state,
+    /// and mark the account active (or its pool retained when deactivated).
+    RecordAllocation { account_id: Uuid },
+    /// Remove the account from its pool and from the allocation table (deletion).
+    Release { account_id: Uuid },
+    /// Make `version` the current image of an origin type.
+    SetCurrentImage {
+        origin_type: String,
+        version: String,
+    },
+}
+
+const CLAIM_POSTGRES: &str = "UPDATE allocation_operations SET state = 'running', attempts = attempts + 1,
+        lease_owner = $1, lease_until = $2, updated_at = $3
+    WHERE id = (
+        SELECT o.id FROM allocation_operations o
+        WHERE o.state IN ('pending', 'running') AND o.not_before <= $3
+          AND (o.lease_until IS NULL OR o.lease_until < $3)
+          AND NOT EXISTS (SELECT 1 FROM allocation_operations e
+                          WHERE e.account_id = o.account_id AND e.state IN ('pending', 'running') AND e.id < o.id)
+        ORDER BY o.id LIMIT 1
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id, kind, account_id, origin_type, customer_id, state, step, steps, input, attempts,
+        last_error, lease_owner, lease_until, not_before, created_at, updated_at";
+
+/// SQLite has one writer at a time, so the sub-select and the update are atomic
+/// without row locks.
+const CLAIM_SQLITE: &str = "UPDATE allocation_operations SET state = 'running', attempts = attempts + 1,
+        lease_owner = $1, lease_until = $2, updated_at = $3
+    WHERE id = (
+        SELECT o.id FROM allocation_operations o
+        WHERE o.state IN ('pending', 'running') AND o.not_before <= $3
+          AND (o.lease_until IS NULL OR o.lease_until < $3)
+          AND NOT EXISTS (SELECT 1 FROM allocation_operations e
+                          WHERE e.account_id = o.account_id AND e.state IN ('pending', 'running') AND e.id < o.id)
+        ORDER BY o.id LIMIT 1)
+    RETURNING id, kind, account_id, origin_type, customer_id, state, step, steps, input, attempts,
+        last_error, lease_owner, lease_until, not_before, created_at, updated_at";
+
+/// Lets go of the pool an account leaves: a shared pool counts one account less, a
+/// dedicated pool is marked for deletion with no nodes desired.
+macro_rules! release_pool {
+    ($tx:expr, $pool:expr, $kind:expr, $now:expr, $account:expr) => {
+        if $kind == "shared" {
+            sqlx::query("UPDATE shared_pools SET accounts = accounts - 1 WHERE pool_id = $1 AND accounts > 0")
+                .bind($pool)
+                .execute(&mut *$tx)
+                .await?;
+        } else {
+            sqlx::query("UPDATE pools SET state = 'deleting', desired_nodes = 0, updated_at = $2 WHERE id = $1")
+                .bind($pool)
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?;
+            event!($tx, $now, "pool-manager", "pool.released", format!("pool:{}", $pool),
+                format!("account:{} left it", $account))?;
+        }
+    };
+}
+
+/// Applies an [`Effect`] inside the caller's transaction.
+macro_rules! apply_effect {
+    ($tx:expr, $effect:expr, $now:expr) => {
+        match $effect {
+            Effect::AssignPool { account_id, dedicated_nodes } => {
+                let (offer, origin_type): (String, String) =
+                    sqlx::query_as("SELECT offer, origin_type FROM accounts WHERE id = $1")
+                        .bind(account_id)
+                        .fetch_one(&mut *$tx)
+                        .await?;
+                let current: Option<(Uuid, String)> = sqlx::query_as(
+                    "SELECT p.id, p.kind FROM account_pool_mappings m JOIN pools p ON p.id = m.pool_id WHERE m.account_id = $1",
+                )
+                .bind(account_id)
+                .fetch_optional(&mut *$tx)
+                .await?;
+                let wants_dedicated = offer == "sla";
+                let target = match (&current, wants_dedicated) {
+                    (Some((pool, kind)), true) if kind == "dedicated" => {
+                        sqlx::query("UPDATE pools SET desired_nodes = $2, updated_at = $3 WHERE id = $1")
+                            .bind(pool)
+                            .bind(dedicated_nodes)
+                            .bind($now)
+                            .execute(&mut *$tx)
+                            .await?;
+                        None
+                    }
+                    (Some((_, kind)), false) if kind == "shared" => None,
+                    (_, true) => {
+                        let pool = Uuid::now_v7();
+                        sqlx::query(
+                            "INSERT INTO pools (id, origin_type, kind, desired_nodes, state, created_at, updated_at)
+                             VALUES ($1, $2, 'dedicated', $3, 'creating', $4, $4)",
+                        )
+                        .bind(pool)
+                        .bind(&origin_type)
+                        .bind(dedicated_nodes)
+                        .bind($now)
+                        .execute(&mut *$tx)
+                        .await?;
+                        event!($tx, $now, "pool-manager", "pool.created", format!("pool:{pool}"),
+                            format!("dedicated pool of {dedicated_nodes} nodes for account:{account_id}"))?;
+                        Some(pool)
+                    }
+                    (_, false) => {
+                        // Least-loaded shared pool of the type, or a new one.
+                        let existing: Option<Uuid> = sqlx::query_scalar(
+                            "SELECT s.pool_id FROM shared_pools s JOIN pools p ON p.id = s.pool_id
+                             WHERE s.origin_type = $1 AND p.state IN ('creating', 'ready')
+                             ORDER BY s.accounts, s.pool_id LIMIT 1",
+                        )
+                        .bind(&origin_type)
+                        .fetch_optional(&mut *$tx)
+                        .await?;
+                        let pool = match existing {
+                            Some(p) => p,
+                            None => {
+                                let pool = Uuid::now_v7();
+                                sqlx::query(
+                                    "INSERT INTO pools (id, origin_type, kind, desired_nodes, state, created_at, updated_at)
+                                     VALUES ($1, $2, 'shared', $3, 'creating', $4, $4)",
+                                )
+                                .bind(pool)
+                                .bind(&origin_type)
+                                .bind(crate::store::SHARED_POOL_MIN_NODES)
+                                .bind($now)
+                                .execute(&mut *$tx)
+                                .await?;
+                                sqlx::query("INSERT INTO shared_pools (pool_id, origin_type) VALUES ($1, $2)")
+                                    .bind(pool)
+                                    .bind(&origin_type)
+                                    .execute(&mut *$tx)
+                                    .await?;
+                                event!($tx, $now, "pool-manager", "pool.created", format!("pool:{pool}"),
+                                    format!("first shared pool of type {origin_type}"))?;
+                                pool
+                            }
+                        };
+                        sqlx::query("UPDATE shared_pools SET accounts = accounts + 1 WHERE pool_id = $1")
+                            .bind(pool)
+                            .execute(&mut *$tx)
+                            .await?;
+                        Some(pool)
+                    }
+                };
+                if let Some(pool) = target {
+                    if let Some((old, kind)) = &current {
+                        release_pool!($tx, old, kind, $now, account_id);
+                    }
+                    sqlx::query(
+                        "INSERT INTO account_pool_mappings (account_id, pool_id, updated_at) VALUES ($1, $2, $3)
+                         ON CONFLICT (account_id) DO UPDATE SET pool_id = excluded.pool_id, updated_at = excluded.updated_at",
+                    )
+                    .bind(account_id)
+                    .bind(pool)
+                    .bind($now)
+                    .execute(&mut *$tx)
+                    .await?;
+                    event!($tx, $now, "pool-manager", "account.mapped", format!("account:{account_id}"), format!("pool:{pool}"))?;
+                }
+            }
+            Effect::RecordAllocation { account_id } => {
+                let (state, pool): (String, Option<Uuid>) = sqlx::query_as(
+                    "SELECT a.state, m.pool_id FROM accounts a LEFT JOIN account_pool_mappings m ON m.account_id = a.id
+                     WHERE a.id = $1",
+                )
+                .bind(account_id)
+                .fetch_one(&mut *$tx)
+                .await?;
+                let pool = pool.ok_or_else(|| StoreError::Constraint(format!("account {account_id} has no pool")))?;
+                if state == "provisioning" {
+                    sqlx::query("UPDATE accounts SET state = 'active', updated_at = $2 WHERE id = $1")
+                        .bind(account_id)
+                        .bind($now)
+                        .execute(&mut *$tx)
+                        .await?;
+                }
+                let live = if state == "deactivated" { "deactivated" } else { "active" };
+                sqlx::query(
+                    "INSERT INTO global_allocations (account_id, origin_type, offer, sla_mbps, pool_id, locator, state, updated_at)
+                     SELECT id, origin_type, offer, sla_mbps, $2, locator, $3, $4 FROM accounts WHERE id = $1
+                     ON CONFLICT (account_id) DO UPDATE SET origin_type = excluded.origin_type, offer = excluded.offer,
+                         sla_mbps = excluded.sla_mbps, pool_id = excluded.pool_id, locator = excluded.locator,
+                         state = excluded.state, updated_at = excluded.updated_at",
+                )
+                .bind(account_id)
+                .bind(pool)
+                .bind(live)
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?;
+                // A deactivated account's dedicated pool is kept (retained) for reactivation.
+                let pool_state = if live == "deactivated" { "retained" } else { "ready" };
+                sqlx::query(
+                    "UPDATE pools SET state = $2, updated_at = $3
+                     WHERE id = $1 AND kind = 'dedicated' AND state IN ('creating', 'ready', 'retained')",
+                )
+                .bind(pool)
+                .bind(pool_state)
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?;
+                event!($tx, $now, "pool-manager", "allocation.recorded", format!("account:{account_id}"), live)?;
+            }
+            Effect::Release { account_id } => {
+                let current: Option<(Uuid, String)> = sqlx::query_as(
+                    "SELECT p.id, p.kind FROM account_pool_mappings m JOIN pools p ON p.id = m.pool_id WHERE m.account_id = $1",
+                )
+                .bind(account_id)
+                .fetch_optional(&mut *$tx)
+                .await?;
+                sqlx::query("DELETE FROM global_allocations WHERE account_id = $1")
+                    .bind(account_id)
+                    .execute(&mut *$tx)
+                    .await?;
+                sqlx::query("DELETE FROM account_pool_mappings WHERE account_id = $1")
+                    .bind(account_id)
+                    .execute(&mut *$tx)
+                    .await?;
+                if let Some((old, kind)) = &current {
+                    release_pool!($tx, old, kind, $now, account_id);
+                }
+                event!($tx, $now, "pool-manager", "allocation.released", format!("account:{account_id}"), "account deleted")?;
+            }
+            Effect::SetCurrentImage { origin_type, version } => {
+                sqlx::query("UPDATE origin_types SET current_image = $2, updated_at = $3 WHERE name = $1")
+                    .bind(origin_type)
+                    .bind(version)
+                    .bind($now)
+                    .execute(&mut *$tx)
+                    .await?;
+                event!($tx, $now, "pool-manager", "image.current", format!("origin_type:{origin_type}"), version)?;
+            }
+        }
+    };
+}
+
+impl Store {
+    pub async fn operation(&self, id: Uuid, filter: OperationFilter) -> Result<OperationRow> {
+        let customer = match filter {
+            OperationFilter::Any => None,
+            OperationFilter::Customer(c) => Some(c),
+        };
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(
+                "SELECT id, kind, account_id, origin_type, customer_id, state, step, steps, input, attempts,
+                        last_error, lease_owner, lease_until, not_before, created_at, updated_at
+                 FROM allocation_operations WHERE id = $1 AND ($2 IS NULL OR customer_id = $2)",
+            )
+            .bind(id)
+            .bind(customer)
+            .fetch_one(p)
+            .await?)
+        })
+    }
+
+    /// Claims the oldest runnable operation for `owner` until `now + lease_ms`.
+    pub async fn claim_operation(
+        &self,
+        owner: &str,
+        now: UnixMs,
+        lease_ms: i64,
+    ) -> Result<Option<OperationRow>> {
+        let row = match &self.backend {
+            super::Backend::Postgres(p) => {
+                sqlx::query_as(CLAIM_POSTGRES)
+                    .bind(owner)
+                    .bind(now + lease_ms)
+                    .bind(now)
+                    .fetch_optional(p)
+                    .await?
+            }
+            super::Backend::Sqlite(p) => {
+                sqlx::query_as(CLAIM_SQLITE)
+                    .bind(owner)
+                    .bind(now + lease_ms)
+                    .bind(now)
+                    .fetch_optional(p)
+                    .await?
+            }
+        };
+        Ok(row)
+    }
+
+    /// Applies `effect` and records `step` as finished, atomically, provided `owner`
+    /// still holds the lease. `finish` also marks the operation succeeded.
+    /// Returns `NotFound` when the lease was lost (another worker took over).
+    pub async fn complete_step(
+        &self,
+        op: &OperationRow,
+        owner: &str,
+        step: &str,
+        effect: Option<&Effect>,
+        finish: bool,
+        now: UnixMs,
+    ) -> Result<OperationRow> {
+        let mut steps = op.steps.0.clone();
+        steps.push(StepRecord {
+            step: step.to_owned(),
+            at: now,
+        });
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let row: Option<OperationRow> = sqlx::query_as(
+                "UPDATE allocation_operations SET step = $3, steps = $4, updated_at = $5, last_error = NULL,
+                     state = CASE WHEN $6 THEN 'succeeded' ELSE state END,
+                     lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END,
+                     lease_until = CASE WHEN $6 THEN NULL ELSE lease_until END
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'running'
+                 RETURNING id, kind, account_id, origin_type, customer_id, state, step, steps, input, attempts,
+                     last_error, lease_owner, lease_until, not_before, created_at, updated_at",
+            )
+            .bind(op.id)
+            .bind(owner)
+            .bind(step)
+            .bind(Json(&steps))
+            .bind(now)
+            .bind(finish)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let row = row.ok_or(StoreError::NotFound)?;
+            if let Some(effect) = effect {
+                apply_effect!(tx, effect, now);
+            }
+            if finish {
+                event!(
+                    tx,
+                    now,
+                    "worker",
+                    "operation.succeeded",
+                    format!("operation:{}", op.id),
+                    op.kind.clone()
+                )?;
+            }
+            tx.commit().await?;
+            Ok(row)
+        })
+    }
+
+    /// Records a failed attempt: the operation is retried after `retry_at`, or marked
+    /// failed when `give_up`.
+    pub async fn fail_attempt(
+        &self,
+        op: &OperationRow,
+        owner: &str,
+        error: &str,
+        retry_at: UnixMs,
+        give_up: bool,
+        now: UnixMs,
+    ) -> Result<()> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "UPDATE allocation_operations SET last_error = $3, not_before = $4, updated_at = $5,
+                     lease_owner = NULL, lease_until = NULL,
+                     state = CASE WHEN $6 THEN 'failed' ELSE state END
+                 WHERE id = $1 AND lease_owner = $2",
+            )
+            .bind(op.id)
+            .bind(owner)
+            .bind(error)
+            .bind(retry_at)
+            .bind(now)
+            .bind(give_up)
+            .execute(&mut *tx)
+            .await?;
+            if give_up {
+                event!(
+                    tx,
+                    now,
+                    "worker",
+                    "operation.failed",
+                    format!("operation:{}", op.id),
+                    error
+                )?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Whether any operation is waiting to run; used by tests and `operations wait`.
+    pub async fn open_operations(&self) -> Result<i64> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_scalar(
+                "SELECT COUNT(*) FROM allocation_operations WHERE state IN ('pending', 'running')",
+            )
+            .fetch_one(p)
+            .await?)
+        })
+    }
+}

@@ -1,0 +1,178 @@
+//! Rows as the store returns them. The API turns them into its own response types.
+
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::clock::UnixMs;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CustomerRow {
+    pub id: Uuid,
+    pub name: String,
+    pub email: String,
+    pub created_at: UnixMs,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKeyRow {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub secret_hash: Vec<u8>,
+    pub created_at: UnixMs,
+    pub revoked_at: Option<UnixMs>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OriginTypeRow {
+    pub name: String,
+    pub node_capacity_mbps: i32,
+    pub sla_increment_mbps: i32,
+    pub trial_cap_mbps: i32,
+    pub payg_cap_mbps: i32,
+    pub current_image: Option<String>,
+    pub created_at: UnixMs,
+    pub updated_at: UnixMs,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ImageRow {
+    pub origin_type: String,
+    pub version: String,
+    pub command: String,
+    pub args: Json<Vec<String>>,
+    pub created_at: UnixMs,
+}
+
+/// An account with a summary of the pool currently serving it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccountRow {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub name: String,
+    pub origin_type: String,
+    pub offer: String,
+    pub sla_mbps: Option<i32>,
+    pub state: String,
+    pub locator: String,
+    pub ip_allow: Json<Vec<String>>,
+    pub deactivated_at: Option<UnixMs>,
+    pub retain_until: Option<UnixMs>,
+    pub created_at: UnixMs,
+    pub updated_at: UnixMs,
+    pub pool_id: Option<Uuid>,
+    pub pool_kind: Option<String>,
+    pub pool_desired_nodes: Option<i32>,
+    pub pool_ready_nodes: Option<i64>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PoolRow {
+    pub id: Uuid,
+    pub origin_type: String,
+    pub kind: String,
+    pub image_version: Option<String>,
+    pub desired_nodes: i32,
+    pub state: String,
+    pub created_at: UnixMs,
+    pub updated_at: UnixMs,
+    /// Accounts mapped to the pool.
+    pub accounts: i64,
+    pub ready_nodes: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NodeRow {
+    pub id: Uuid,
+    pub pool_id: Uuid,
+    pub handle: Option<String>,
+    pub address: Option<String>,
+    pub image_version: Option<String>,
+    pub upgrade_domain: i32,
+    pub state: String,
+    pub last_heartbeat: Option<UnixMs>,
+    pub created_at: UnixMs,
+    pub updated_at: UnixMs,
+}
+
+/// One row of the global allocation table: what is live for an account.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AllocationRow {
+    pub account_id: Uuid,
+    pub account_name: String,
+    pub origin_type: String,
+    pub offer: String,
+    pub sla_mbps: Option<i32>,
+    pub pool_id: Uuid,
+    pub locator: String,
+    pub state: String,
+    pub updated_at: UnixMs,
+}
+
+/// A finished step of an operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: String,
+    pub at: UnixMs,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OperationRow {
+    pub id: Uuid,
+    pub kind: String,
+    pub account_id: Option<Uuid>,
+    pub origin_type: Option<String>,
+    pub customer_id: Option<Uuid>,
+    pub state: String,
+    pub step: Option<String>,
+    pub steps: Json<Vec<StepRecord>>,
+    pub input: Json<serde_json::Value>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<UnixMs>,
+    pub not_before: UnixMs,
+    pub created_at: UnixMs,
+    pub updated_at: UnixMs,
+}
+
+impl OperationRow {
+    /// Whether `step` has already finished (so a resumed operation skips it).
+    pub fn done(&self, step: &str) -> bool {
+        self.steps.0.iter().any(|s| s.step == step)
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EventRow {
+    pub id: i64,
+    pub at: UnixMs,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub reason: String,
+}
+
+/// A new operation to enqueue beside the change that asks for it.
+#[derive(Debug, Clone)]
+pub struct NewOperation {
+    pub id: Uuid,
+    pub kind: &'static str,
+    pub account_id: Option<Uuid>,
+    pub origin_type: Option<String>,
+    pub customer_id: Option<Uuid>,
+    pub input: serde_json::Value,
+}
+
+impl NewOperation {
+    pub fn new(kind: &'static str) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            kind,
+            account_id: None,
+            origin_type: None,
+            customer_id: None,
+            input: serde_json::Value::Null,
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The operation worker: claims operations from the durable queue and runs their
+//! steps. Which steps an operation has is decided by [`plan`], a pure function; the
+//! store applies each step's effect and records it atomically, so a worker can die
+//! anywhere and another picks the operation up after its last finished step.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::domain::{Offer, dedicated_pool_nodes};
+use crate::store::{Effect, OperationRow, Store, StoreError};
+
+/// How long a claim lasts before another worker may take the operation over.
+pub const LEASE_MS: i64 = 30_000;
+/// Attempts before an operation is marked failed.
+pub const MAX_ATTEMPTS: i32 = 5;
+
+/// One step of an operation: its name (recorded in the operation) and its effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub name: &'static str,
+    pub effect: Option<Effect>,
+}
+
+/// Facts about the account an operation acts on, read before planning.
+#[derive(Debug, Clone, Copy)]
+pub struct AccountFacts {
+    pub id: Uuid,
+    pub offer: Offer,
+    pub node_capacity_mbps: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("operation {0} cannot be planned: {1}")]
+    Unplannable(Uuid, String),
+}
+
+/// The steps of an operation, in order. Pure: the same operation and facts always
+/// give the same plan, so a resumed operation sees the plan it started with.
+pub fn plan(op: &OperationRow, account: Option<AccountFacts>) -> Result<Vec<Step>, String> {
+    let need_account = || account.ok_or_else(|| "the operation names no account".to_owned());
+    let steps = match op.kind.as_str() {
+        "create" | "change_offer" => {
+            let a = need_account()?;
+            let nodes = match a.offer {
+                Offer::Sla(m) => dedicated_pool_nodes(m, a.node_capacity_mbps),
+                _ => 0,
+            };
+            vec![
+                Step {
+                    name: "pool_assigned",
+                    effect: Some(Effect::AssignPool {
+                        account_id: a.id,
+                        dedicated_nodes: nodes,
+                    }),
+                },
+                Step {
+                    name: "allocation_recorded",
+                    effect: Some(Effect::RecordAllocation { account_id: a.id }),
+                },
+            ]
+        }
+        "update" | "deactivate" | "reactivate" => {
+            let a = need_account()?;
+            vec![Step {
+                name: "allocation_recorded",
+                effect: Some(Effect::RecordAllocation { account_id: a.id }),
+            }]
+        }
+        "delete" => {
+            let a = need_account()?;
+            vec![Step {
+                name: "released",
+                effect: Some(Effect::Release { account_id: a.id }),
+            }]
+        }
+        "upgrade" => {
+            let origin_type = op
+                .origin_type
+                .clone()
+                .ok_or("an upgrade names an origin type")?;
+            let version = op
+                .input
+                .0
+                .get("version")
+                .and_then(|v| v.as_str())
+                .ok_or("an upgrade names a version")?;
+            vec![Step {
+                name: "image_current",
+                effect: Some(Effect::SetCurrentImage {
+                    origin_type,
+                    version: version.to_owned(),
+                }),
+            }]
+        }
+        other => return Err(format!("unknown operation kind {other}")),
+    };
+    Ok(steps)
+}
+
+/// Runs operations until cancelled.
+pub struct Worker {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    /// Names this worker in leases, so a step is only recorded by the lease holder.
+    pub owner: String,
+    /// Rung by the API when it enqueues an operation.
+    pub wake: Arc<Notify>,
+    /// How often to look for work when nobody rings.
+    pub poll: Duration,
+}
+
+impl Worker {
+    pub fn new(store: Store, clock: Arc<dyn Clock>, wake: Arc<Notify>) -> Self {
+        Self {
+            store,
+            clock,
+            owner: format!("worker-{}", Uuid::now_v7().simple()),
+            wake,
+            poll: Duration::from_millis(500),
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            match self.run_once().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "operation worker"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.poll) => {}
+            }
+        }
+    }
+
+    /// Claims and runs one operation; `false` when there was none to run.
+    pub async fn run_once(&self) -> Result<bool, WorkerError> {
+        let Some(op) = self
+            .store
+            .claim_operation(&self.owner, self.clock.now_ms(), LEASE_MS)
+            .await?
+        else {
+            return Ok(false);
+        };
+        tracing::info!(operation = %op.id, kind = %op.kind, attempt = op.attempts, "running operation");
+        if let Err(e) = self.execute(&op).await {
+            let now = self.clock.now_ms();
+            let give_up = op.attempts >= MAX_ATTEMPTS || matches!(e, WorkerError::Unplannable(..));
+            let backoff = 1_000i64 << op.attempts.clamp(0, 6);
+            tracing::warn!(operation = %op.id, error = %e, give_up, "operation attempt failed");
+            self.store
+                .fail_attempt(
+                    &op,
+                    &self.owner,
+                    &e.to_string(),
+                    now + backoff,
+                    give_up,
+                    now,
+                )
+                .await?;
+        }
+        Ok(true)
+    }
+
+    async fn execute(&self, op: &OperationRow) -> Result<(), WorkerError> {
+        let facts = match op.account_id {
+            Some(id) => Some(self.account_facts(id).await?),
+            None => None,
+        };
+        let steps = plan(op, facts).map_err(|e| WorkerError::Unplannable(op.id, e))?;
+        let mut current = op.clone();
+        let last = steps.len().saturating_sub(1);
+        for (i, step) in steps.iter().enumerate() {
+            if current.done(step.name) {
+                continue;
+            }
+            current = self
+                .store
+                .complete_step(
+                    &current,
+                    &self.owner,
+                    step.name,
+                    step.effect.as_ref(),
+                    i == last,
+                    self.clock.now_ms(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn account_facts(&self, id: Uuid) -> Result<AccountFacts, WorkerError> {
+        let a = self.store.account_by_id(id).await?;
+        let t = self
+            .store
+            .origin_type(&a.origin_type)
+            .await?
+            .ok_or_else(|| {
+                WorkerError::Unplannable(id, format!("origin type {} is gone", a.origin_type))
+            })?;
+        let offer = Offer::from_db(&a.offer, a.sla_mbps)
+            .ok_or_else(|| WorkerError::Unplannable(id, "bad offer".into()))?;
+        Ok(AccountFacts {
+            id,
+            offer,
+            node_capacity_mbps: u32::try_from(t.node_capacity_mbps).unwrap_or(1),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::OfferKind;
+    use sqlx::types::Json;
+
+    fn op(kind: &str) -> OperationRow {
+        OperationRow {
+            id: Uuid::now_v7(),
+            kind: kind.into(),
+            account_id: None,
+            origin_type: Some("hls".into()),
+            customer_id: None,
+            state: "running".into(),
+            step: None,
+            steps: Json(vec![]),
+            input: Json(serde_json::json!({"version": "2"})),
+            attempts: 1,
+            last_error: None,
+            lease_owner: None,
+            lease_until: None,
+            not_before: 0,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn sla_creation_assigns_a_dedicated_pool_with_a_spare_then_records() {
+        let id = Uuid::now_v7();
+        let sla = Offer::parse(OfferKind::Sla, Some(300), 100).unwrap();
+        let facts = AccountFacts {
+            id,
+            offer: sla,
+            node_capacity_mbps: 100,
+        };
+        let steps = plan(&op("create"), Some(facts)).unwrap();
+        assert_eq!(
+            steps.iter().map(|s| s.name).collect::<Vec<_>>(),
+            ["pool_assigned", "allocation_recorded"]
+        );
+        assert_eq!(
+            steps[0].effect,
+            Some(Effect::AssignPool {
+                account_id: id,
+                dedicated_nodes: 4
+            })
+        );
+    }
+
+    #[test]
+    fn shared_offers_need_no_dedicated_nodes() {
+        let id = Uuid::now_v7();
+        let facts = AccountFacts {
+            id,
+            offer: Offer::Payg,
+            node_capacity_mbps: 100,
+        };
+        let steps = plan(&op("change_offer"), Some(facts)).unwrap();
+        assert_eq!(
+            steps[0].effect,
+            Some(Effect::AssignPool {
+                account_id: id,
+                dedicated_nodes: 0
+            })
+        );
+    }
+
+    #[test]
+    fn lifecycle_and_upgrade_plans() {
+        let id = Uuid::now_v7();
+        let facts = Some(AccountFacts {
+            id,
+            offer: Offer::Trial,
+            node_capacity_mbps: 100,
+        });
+        assert_eq!(
+            plan(&op("delete"), facts).unwrap()[0].effect,
+            Some(Effect::Release { account_id: id })
+        );
+        assert_eq!(
+            plan(&op("deactivate"), facts).unwrap()[0].name,
+            "allocation_recorded"
+        );
+        let up = plan(&op("upgrade"), None).unwrap();
+        assert_eq!(
+            up[0].effect,
+            Some(Effect::SetCurrentImage {
+                origin_type: "hls".into(),
+                version: "2".into()
+            })
+        );
+        assert!(plan(&op("create"), None).is_err());
+        assert!(plan(&op("teleport"), facts).is_err());
+    }
+}

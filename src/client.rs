@@ -1,0 +1,723 @@
+//! The command-line client of the admin REST API: `customers`, `accounts`,
+//! `operations`, `origin-types`. Human tables by default, `--json` for scripts;
+//! a problem answer is printed readably and exits non-zero.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Args)]
+pub struct Conn {
+    /// The admin service.
+    #[arg(
+        long,
+        global = true,
+        env = "HEADWATER_ADMIN_URL",
+        default_value = "http://127.0.0.1:7400"
+    )]
+    admin_url: String,
+    /// A customer API key.
+    #[arg(long, global = true, env = "HEADWATER_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The operator token.
+    #[arg(
+        long,
+        global = true,
+        env = "HEADWATER_OPERATOR_TOKEN",
+        hide_env_values = true
+    )]
+    operator_token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Sign up and manage API keys.
+    Customers {
+        #[command(subcommand)]
+        cmd: CustomersCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Create and manage accounts (origin services).
+    Accounts {
+        #[command(subcommand)]
+        cmd: AccountsCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Follow operations.
+    Operations {
+        #[command(subcommand)]
+        cmd: OperationsCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Operator: origin types and their images.
+    OriginTypes {
+        #[command(subcommand)]
+        cmd: OriginTypesCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CustomersCmd {
+    /// Sign up; prints the API key once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        email: String,
+    },
+    /// Show the customer of the API key.
+    Me,
+    /// Make another API key.
+    NewKey,
+    /// Revoke an API key by id.
+    RevokeKey { id: String },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OfferArg {
+    Trial,
+    Payg,
+    Sla,
+}
+
+impl OfferArg {
+    fn body(self, mbps: Option<u32>) -> Value {
+        let kind = match self {
+            OfferArg::Trial => "trial",
+            OfferArg::Payg => "payg",
+            OfferArg::Sla => "sla",
+        };
+        match mbps {
+            Some(m) => json!({"kind": kind, "mbps": m}),
+            None => json!({"kind": kind}),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCmd {
+    /// Create an account; `--wait` waits for its operation.
+    Create {
+        name: String,
+        #[arg(long = "type", default_value = "hls")]
+        origin_type: String,
+        #[arg(long, value_enum, default_value = "trial")]
+        offer: OfferArg,
+        /// Guaranteed Mbit/s, for `--offer sla`.
+        #[arg(long)]
+        mbps: Option<u32>,
+        /// Allowed client networks (CIDR); repeat for more.
+        #[arg(long = "ip-allow")]
+        ip_allow: Vec<String>,
+        #[arg(long)]
+        wait: bool,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Change the offer and/or the allow-list.
+    Update {
+        name: String,
+        #[arg(long, value_enum)]
+        offer: Option<OfferArg>,
+        #[arg(long)]
+        mbps: Option<u32>,
+        #[arg(long = "ip-allow")]
+        ip_allow: Option<Vec<String>>,
+        #[arg(long)]
+        wait: bool,
+    },
+    Deactivate {
+        name: String,
+    },
+    Reactivate {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperationsCmd {
+    Show {
+        id: String,
+    },
+    /// Wait until the operation succeeds (exit 0) or fails (exit 1).
+    Wait {
+        id: String,
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OriginTypesCmd {
+    List,
+    Show {
+        name: String,
+    },
+    Create {
+        name: String,
+        #[arg(long)]
+        node_capacity_mbps: u32,
+        #[arg(long)]
+        sla_increment_mbps: Option<u32>,
+        #[arg(long)]
+        trial_cap_mbps: Option<u32>,
+        #[arg(long)]
+        payg_cap_mbps: Option<u32>,
+    },
+    Update {
+        name: String,
+        #[arg(long)]
+        node_capacity_mbps: Option<u32>,
+        #[arg(long)]
+        sla_increment_mbps: Option<u32>,
+        #[arg(long)]
+        trial_cap_mbps: Option<u32>,
+        #[arg(long)]
+        payg_cap_mbps: Option<u32>,
+    },
+    /// Record a new image version (starts an upgrade).
+    AddImage {
+        name: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        command: String,
+        /// Arguments of the command; repeat for more.
+        #[arg(long = "arg", allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Why a command failed: the API said no (exit 1), or it could not be reached (exit 2).
+enum Failure {
+    Problem(Value, StatusCode),
+    Transport(String),
+}
+
+struct Client {
+    http: reqwest::Client,
+    conn: Conn,
+}
+
+impl Client {
+    fn new(conn: Conn) -> Result<Self, Failure> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Failure::Transport(e.to_string()))?;
+        Ok(Self { http, conn })
+    }
+
+    /// Customer routes prefer the API key; operator routes the operator token.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        operator: bool,
+    ) -> Result<Value, Failure> {
+        let url = format!("{}{}", self.conn.admin_url.trim_end_matches('/'), path);
+        let mut req = self.http.request(method, &url);
+        let token = if operator {
+            self.conn
+                .operator_token
+                .as_ref()
+                .or(self.conn.api_key.as_ref())
+        } else {
+            self.conn
+                .api_key
+                .as_ref()
+                .or(self.conn.operator_token.as_ref())
+        };
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req
+            .send()
+            .await
+            .map_err(|e| Failure::Transport(format!("{url}: {e}")))?;
+        let status = res.status();
+        let text = res
+            .text()
+            .await
+            .map_err(|e| Failure::Transport(e.to_string()))?;
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(Failure::Problem(value, status))
+        }
+    }
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn offer_text(o: &Value) -> String {
+    match o.get("mbps").and_then(Value::as_i64) {
+        Some(m) => format!("{} {m} Mbit/s", s(o, "kind")),
+        None => s(o, "kind"),
+    }
+}
+
+/// Prints rows as aligned columns under a header.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_uppercase()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn account_row(a: &Value) -> Vec<String> {
+    let pool = a.get("pool").filter(|p| !p.is_null());
+    let pool = pool
+        .map(|p| {
+            format!(
+                "{} {}/{}",
+                s(p, "kind"),
+                s(p, "ready_nodes"),
+                s(p, "desired_nodes")
+            )
+        })
+        .unwrap_or_else(|| "-".into());
+    vec![
+        s(a, "name"),
+        s(a, "origin_type"),
+        offer_text(&a["offer"]),
+        s(a, "state"),
+        pool,
+        s(a, "locator"),
+    ]
+}
+
+const ACCOUNT_HEADER: [&str; 6] = [
+    "name",
+    "type",
+    "offer",
+    "state",
+    "pool (ready/desired)",
+    "locator",
+];
+
+fn print_operation(op: &Value) {
+    println!(
+        "operation {}  {}  {}",
+        s(op, "id"),
+        s(op, "kind"),
+        s(op, "state")
+    );
+    if let Some(steps) = op["steps"].as_array() {
+        for st in steps {
+            println!("  {}  {}", s(st, "at"), s(st, "step"));
+        }
+    }
+    if let Some(e) = op["last_error"].as_str() {
+        println!("  last error: {e}");
+    }
+}
+
+async fn wait_operation(c: &Client, id: &str, timeout: Duration) -> Result<Value, Failure> {
+    let started = Instant::now();
+    loop {
+        let op = c
+            .call(Method::GET, &format!("/v1/operations/{id}"), None, false)
+            .await?;
+        match op["state"].as_str() {
+            Some("succeeded") => return Ok(op),
+            Some("failed") => return Err(Failure::Problem(op, StatusCode::OK)),
+            _ if started.elapsed() > timeout => {
+                return Err(Failure::Transport(format!(
+                    "operation {id} still {} after {}s",
+                    s(&op, "state"),
+                    timeout.as_secs()
+                )));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+fn opt_mbps(pairs: &[(&str, Option<u32>)]) -> Value {
+    Value::Object(
+        pairs
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| ((*k).to_owned(), json!(v))))
+            .collect(),
+    )
+}
+
+async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
+    match cmd {
+        ClientCommand::Customers { cmd, conn } => {
+            let json_out = conn.json;
+            let c = Client::new(conn)?;
+            let v = match cmd {
+                CustomersCmd::Create { name, email } => {
+                    let v = c
+                        .call(
+                            Method::POST,
+                            "/v1/customers",
+                            Some(json!({"name": name, "email": email})),
+                            false,
+                        )
+                        .await?;
+                    if !json_out {
+                        println!("customer {} ({})", s(&v, "id"), s(&v, "email"));
+                        println!(
+                            "API key (shown once, keep it safe):\n  export HEADWATER_API_KEY={}",
+                            s(&v, "api_key")
+                        );
+                    }
+                    v
+                }
+                CustomersCmd::Me => {
+                    let v = c.call(Method::GET, "/v1/customers/me", None, false).await?;
+                    if !json_out {
+                        println!(
+                            "customer {}  {}  {}",
+                            s(&v, "id"),
+                            s(&v, "name"),
+                            s(&v, "email")
+                        );
+                        let rows = v["keys"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|k| vec![s(k, "id"), s(k, "created_at"), s(k, "revoked_at")])
+                            .collect();
+                        table(&["key id", "created", "revoked"], rows);
+                    }
+                    v
+                }
+                CustomersCmd::NewKey => {
+                    let v = c
+                        .call(Method::POST, "/v1/customers/me/keys", None, false)
+                        .await?;
+                    if !json_out {
+                        println!("key {} (shown once):\n  {}", s(&v, "id"), s(&v, "api_key"));
+                    }
+                    v
+                }
+                CustomersCmd::RevokeKey { id } => {
+                    c.call(
+                        Method::DELETE,
+                        &format!("/v1/customers/me/keys/{id}"),
+                        None,
+                        false,
+                    )
+                    .await?;
+                    if !json_out {
+                        println!("key {id} revoked");
+                    }
+                    json!({"revoked": id})
+                }
+            };
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+        }
+        ClientCommand::Accounts { cmd, conn } => {
+            let json_out = conn.json;
+            let c = Client::new(conn)?;
+            let (v, wait) = match cmd {
+                AccountsCmd::Create {
+                    name,
+                    origin_type,
+                    offer,
+                    mbps,
+                    ip_allow,
+                    wait,
+                } => {
+                    let body = json!({"name": name, "origin_type": origin_type, "offer": offer.body(mbps), "ip_allow": ip_allow});
+                    (
+                        c.call(Method::POST, "/v1/accounts", Some(body), false)
+                            .await?,
+                        wait,
+                    )
+                }
+                AccountsCmd::List => {
+                    let v = c.call(Method::GET, "/v1/accounts", None, false).await?;
+                    if !json_out {
+                        table(
+                            &ACCOUNT_HEADER,
+                            v["items"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(account_row)
+                                .collect(),
+                        );
+                    }
+                    (v, false)
+                }
+                AccountsCmd::Show { name } => {
+                    let v = c
+                        .call(Method::GET, &format!("/v1/accounts/{name}"), None, false)
+                        .await?;
+                    if !json_out {
+                        table(&ACCOUNT_HEADER, vec![account_row(&v)]);
+                    }
+                    (v, false)
+                }
+                AccountsCmd::Update {
+                    name,
+                    offer,
+                    mbps,
+                    ip_allow,
+                    wait,
+                } => {
+                    let mut body = json!({});
+                    if let Some(o) = offer {
+                        body["offer"] = o.body(mbps);
+                    }
+                    if let Some(ip) = ip_allow {
+                        body["ip_allow"] = json!(ip);
+                    }
+                    (
+                        c.call(
+                            Method::PATCH,
+                            &format!("/v1/accounts/{name}"),
+                            Some(body),
+                            false,
+                        )
+                        .await?,
+                        wait,
+                    )
+                }
+                AccountsCmd::Deactivate { name } => (
+                    c.call(
+                        Method::POST,
+                        &format!("/v1/accounts/{name}/deactivate"),
+                        None,
+                        false,
+                    )
+                    .await?,
+                    false,
+                ),
+                AccountsCmd::Reactivate { name } => (
+                    c.call(
+                        Method::POST,
+                        &format!("/v1/accounts/{name}/reactivate"),
+                        None,
+                        false,
+                    )
+                    .await?,
+                    false,
+                ),
+                AccountsCmd::Delete { name } => (
+                    c.call(Method::DELETE, &format!("/v1/accounts/{name}"), None, false)
+                        .await?,
+                    false,
+                ),
+            };
+            let mut v = v;
+            if let Some(op) = v.get("operation") {
+                if wait {
+                    let id = s(op, "id");
+                    let done = wait_operation(&c, &id, Duration::from_secs(120)).await?;
+                    v["operation"] = done;
+                }
+            }
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else if let (Some(a), Some(op)) = (v.get("account"), v.get("operation")) {
+                table(&ACCOUNT_HEADER, vec![account_row(a)]);
+                print_operation(op);
+            }
+        }
+        ClientCommand::Operations { cmd, conn } => {
+            let json_out = conn.json;
+            let c = Client::new(conn)?;
+            let v = match cmd {
+                OperationsCmd::Show { id } => {
+                    c.call(Method::GET, &format!("/v1/operations/{id}"), None, false)
+                        .await?
+                }
+                OperationsCmd::Wait { id, timeout_secs } => {
+                    wait_operation(&c, &id, Duration::from_secs(timeout_secs)).await?
+                }
+            };
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print_operation(&v);
+            }
+        }
+        ClientCommand::OriginTypes { cmd, conn } => {
+            let json_out = conn.json;
+            let c = Client::new(conn)?;
+            let v = match cmd {
+                OriginTypesCmd::List => c.call(Method::GET, "/v1/origin-types", None, true).await?,
+                OriginTypesCmd::Show { name } => {
+                    c.call(Method::GET, &format!("/v1/origin-types/{name}"), None, true)
+                        .await?
+                }
+                OriginTypesCmd::Create {
+                    name,
+                    node_capacity_mbps,
+                    sla_increment_mbps,
+                    trial_cap_mbps,
+                    payg_cap_mbps,
+                } => {
+                    let mut body = opt_mbps(&[
+                        ("node_capacity_mbps", Some(node_capacity_mbps)),
+                        ("sla_increment_mbps", sla_increment_mbps),
+                        ("trial_cap_mbps", trial_cap_mbps),
+                        ("payg_cap_mbps", payg_cap_mbps),
+                    ]);
+                    body["name"] = json!(name);
+                    c.call(Method::POST, "/v1/origin-types", Some(body), true)
+                        .await?
+                }
+                OriginTypesCmd::Update {
+                    name,
+                    node_capacity_mbps,
+                    sla_increment_mbps,
+                    trial_cap_mbps,
+                    payg_cap_mbps,
+                } => {
+                    let body = opt_mbps(&[
+                        ("node_capacity_mbps", node_capacity_mbps),
+                        ("sla_increment_mbps", sla_increment_mbps),
+                        ("trial_cap_mbps", trial_cap_mbps),
+                        ("payg_cap_mbps", payg_cap_mbps),
+                    ]);
+                    c.call(
+                        Method::PATCH,
+                        &format!("/v1/origin-types/{name}"),
+                        Some(body),
+                        true,
+                    )
+                    .await?
+                }
+                OriginTypesCmd::AddImage {
+                    name,
+                    version,
+                    command,
+                    args,
+                } => {
+                    let body = json!({"version": version, "command": command, "args": args});
+                    let op = c
+                        .call(
+                            Method::POST,
+                            &format!("/v1/origin-types/{name}/images"),
+                            Some(body),
+                            true,
+                        )
+                        .await?;
+                    if !json_out {
+                        print_operation(&op);
+                    }
+                    op
+                }
+            };
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else if v.get("kind").is_none() {
+                let items = v
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_else(|| vec![v.clone()]);
+                let rows = items
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            s(t, "name"),
+                            s(t, "node_capacity_mbps"),
+                            s(t, "sla_increment_mbps"),
+                            s(t, "trial_cap_mbps"),
+                            s(t, "payg_cap_mbps"),
+                            s(t, "current_image"),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "type",
+                        "node mbps",
+                        "sla step",
+                        "trial cap",
+                        "payg cap",
+                        "image",
+                    ],
+                    rows,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a client command; problems print readably and exit 1, transport errors 2.
+pub async fn run(cmd: ClientCommand) -> ExitCode {
+    match execute(cmd).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Problem(p, status)) => {
+            if p.get("kind").is_some() && p.get("state").is_some() {
+                eprintln!("operation {} failed: {}", s(&p, "id"), s(&p, "last_error"));
+            } else if p.get("title").is_some() {
+                let field = p
+                    .get("field")
+                    .and_then(Value::as_str)
+                    .map(|f| format!(" (field: {f})"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "error {}: {}: {}{field}",
+                    status.as_u16(),
+                    s(&p, "title"),
+                    s(&p, "detail")
+                );
+            } else {
+                eprintln!("error {}: {p}", status.as_u16());
+            }
+            ExitCode::from(1)
+        }
+        Err(Failure::Transport(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

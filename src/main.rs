@@ -1,0 +1,79 @@
+//! `headwater`: one binary, one image. Parses arguments, sets up logging and hands
+//! over to the component that was asked for.
+
+mod client;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "headwater",
+    version,
+    about = "Origin streaming provisioning platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the admin service: REST API, store and operation worker.
+    Admin(headwater_admin::server::AdminConfig),
+    #[command(flatten)]
+    Client(client::ClientCommand),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HEADWATER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Cancels the token on Ctrl-C or SIGTERM, so servers drain and exit cleanly.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        t.cancel();
+    });
+    token
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    // One crypto provider for every TLS user in the process (sqlx, reqwest).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Admin(cfg) => {
+            init_tracing();
+            headwater_admin::server::run(cfg, shutdown_on_signals()).await
+        }
+        Command::Client(cmd) => return client::run(cmd).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
