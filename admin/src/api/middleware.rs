@@ -180,3 +180,27 @@ pub async fn track(State(s): State<AppState>, req: Request, next: Next) -> Respo
         .observe(started.elapsed().as_secs_f64());
     res
 }
+
+/// Turns the bare answers of tower layers (413 from the body limit, 408 from the
+/// timeout) into problems like every other error.
+pub async fn layer_errors_as_problems(res: Response) -> Response {
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem {
+        return res;
+    }
+    match res.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge.into_response(),
+        StatusCode::REQUEST_TIMEOUT => {
+            let mut r = ApiError::Malformed {
+                detail: "the request took too long; send it faster or smaller".into(),
+            }
+            .into_response();
+            *r.status_mut() = StatusCode::REQUEST_TIMEOUT;
+            r
+        }
+        _ => res,
+    }
+}

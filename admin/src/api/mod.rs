@@ -151,6 +151,10 @@ pub fn router(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             settings.request_timeout,
         ))
+        // Answers from the layers above are problems too.
+        .layer(axum::middleware::map_response(
+            middleware::layer_errors_as_problems,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

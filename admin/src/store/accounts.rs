@@ -68,7 +68,33 @@ impl Store {
         now: UnixMs,
     ) -> Result<(AccountRow, OperationRow)> {
         let id = op.account_id.unwrap_or_else(Uuid::now_v7);
-        let op_row = on_pool!(self, |p| {
+        let created = self.insert_account(id, a, op, now).await;
+        let op_row = match created {
+            // Both unique rules may fail at once; which one a backend reports first
+            // differs, so name the taken name first, the same on both.
+            Err(StoreError::Conflict { .. }) => {
+                let taken: i64 = on_pool!(self, |p| {
+                    sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE name = $1")
+                        .bind(a.name.as_str())
+                        .fetch_one(p)
+                        .await?
+                });
+                let field = if taken > 0 { "name" } else { "origin_type" };
+                return Err(StoreError::Conflict { field });
+            }
+            other => other?,
+        };
+        Ok((self.account_by_id(id).await?, op_row))
+    }
+
+    async fn insert_account(
+        &self,
+        id: Uuid,
+        a: &NewAccount,
+        op: &NewOperation,
+        now: UnixMs,
+    ) -> Result<OperationRow> {
+        on_pool!(self, |p| {
             let mut tx = p.begin().await?;
             sqlx::query(
                 "INSERT INTO accounts (id, customer_id, name, origin_type, offer, sla_mbps, state, locator, ip_allow,
@@ -97,9 +123,8 @@ impl Store {
             )?;
             let op_row = insert_operation!(tx, op, now)?;
             tx.commit().await?;
-            op_row
-        });
-        Ok((self.account_by_id(id).await?, op_row))
+            Ok(op_row)
+        })
     }
 
     pub async fn account_by_id(&self, id: Uuid) -> Result<AccountRow> {

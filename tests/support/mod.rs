@@ -1,0 +1,257 @@
+//! Starts the real `headwater` binary for end-to-end tests: a random port, a fresh
+//! database (SQLite in a temporary directory, or a new PostgreSQL database), and a
+//! client that speaks to it over HTTP.
+
+#![allow(dead_code)]
+
+#[path = "../../admin/tests/support/mod.rs"]
+mod db;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::{Method, Response, StatusCode};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_headwater");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running `headwater admin` process.
+pub struct Admin {
+    pub url: String,
+    pub db_url: String,
+    pub operator_token: String,
+    pub data_dir: tempfile::TempDir,
+    extra: Vec<String>,
+    child: Child,
+    pub http: reqwest::Client,
+}
+
+async fn spawn(
+    db_url: &str,
+    data_dir: &std::path::Path,
+    token: &str,
+    extra: &[String],
+) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args([
+            "admin",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            db_url,
+            "--operator-token",
+            token,
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .env(
+            "HEADWATER_LOG",
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(if std::env::var("TEST_LOG").is_ok() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn headwater admin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let url = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(url) = line.strip_prefix("headwater admin listening on ") {
+                return url.to_owned();
+            }
+        }
+        panic!("headwater admin exited before listening");
+    })
+    .await
+    .expect("admin did not start within 60 s");
+    (child, url)
+}
+
+impl Admin {
+    pub async fn start(backend: Backend, extra: &[&str]) -> Self {
+        // The one crypto provider, as the binary installs it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let db_url = match backend {
+            Backend::Sqlite => format!("sqlite://{}/headwater.db", data_dir.path().display()),
+            Backend::Postgres => db::fresh_postgres_url().await,
+        };
+        let operator_token = format!("op-{}", uuid::Uuid::new_v4().simple());
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let (child, url) = spawn(&db_url, data_dir.path(), &operator_token, &extra).await;
+        Self {
+            url,
+            db_url,
+            operator_token,
+            data_dir,
+            extra,
+            child,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Stops the process with SIGTERM (it drains and exits 0) and starts it again
+    /// on the same database.
+    pub async fn restart(&mut self) {
+        let status = self.stop().await;
+        assert!(status.success(), "admin exited with {status} on SIGTERM");
+        let (child, url) = spawn(
+            &self.db_url,
+            self.data_dir.path(),
+            &self.operator_token,
+            &self.extra,
+        )
+        .await;
+        self.child = child;
+        self.url = url;
+    }
+
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running");
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("kill");
+        assert!(killed.success());
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exit within 30 s")
+            .expect("wait")
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut req = self.http.request(method, format!("{}{}", self.url, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.expect("request")
+    }
+
+    /// A request whose answer must have `status`; returns the JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        status: StatusCode,
+    ) -> Value {
+        let res = self.request(method.clone(), path, token, body).await;
+        let got = res.status();
+        let text = res.text().await.expect("body");
+        assert_eq!(got, status, "{method} {path}: {text}");
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).expect("JSON body")
+        }
+    }
+
+    /// Signs up a customer; returns (id, api key).
+    pub async fn sign_up(&self, email: &str) -> (String, String) {
+        let v = self
+            .call(
+                Method::POST,
+                "/v1/customers",
+                None,
+                Some(serde_json::json!({"name": "Test", "email": email})),
+                StatusCode::CREATED,
+            )
+            .await;
+        (
+            v["id"].as_str().unwrap().to_owned(),
+            v["api_key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Polls an operation until it leaves pending/running (deadline 30 s).
+    pub async fn wait_operation(&self, id: &str, token: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let op = self
+                .call(
+                    Method::GET,
+                    &format!("/v1/operations/{id}"),
+                    Some(token),
+                    None,
+                    StatusCode::OK,
+                )
+                .await;
+            if op["state"] == "succeeded" || op["state"] == "failed" {
+                return op;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "operation {id} still {} after 30 s",
+                op["state"]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        db::raw_count(&self.db_url, sql).await
+    }
+}
+
+/// Asserts a problem+json answer and returns its body.
+pub async fn expect_problem(
+    res: Response,
+    status: StatusCode,
+    kind: &str,
+    field: Option<&str>,
+) -> Value {
+    assert_eq!(res.status(), status);
+    let ctype = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(ctype, "application/problem+json");
+    let body: Value = res.json().await.expect("problem body");
+    assert_eq!(body["type"], format!("/problems/{kind}"), "{body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    assert_eq!(body["field"].as_str(), field, "{body}");
+    body
+}
+
+/// Declares each listed `async fn(Backend)` as a test per store backend.
+#[macro_export]
+macro_rules! e2e_on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::$case(super::support::Backend::Sqlite).await; })*
+        }
+        mod postgres_backend {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::$case(super::support::Backend::Postgres).await; })*
+        }
+    };
+}
