@@ -2,6 +2,7 @@
 //! worker that carries out operations. See DESIGN.md §2 (`admin/`).
 
 pub mod api;
+pub mod bus;
 pub mod clock;
 pub mod domain;
 pub mod keys;

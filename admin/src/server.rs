@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiSettings, AppState, Metrics, RateLimits};
+use crate::bus::Bus;
 use crate::clock::{Clock, SystemClock};
 use crate::keys;
 use crate::store::Store;
@@ -33,6 +33,9 @@ pub struct AdminConfig {
     /// Redis for the bus between admin replicas (operation wake-ups); in-process without it.
     #[arg(long, env = "HEADWATER_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Prefix of the Redis channels, so deployments can share one Redis.
+    #[arg(long, env = "HEADWATER_REDIS_PREFIX", default_value = "headwater")]
+    pub redis_prefix: String,
     /// Where generated credentials are kept.
     #[arg(long, env = "HEADWATER_DATA_DIR", default_value = "headwater-data")]
     pub data_dir: PathBuf,
@@ -55,6 +58,12 @@ pub struct AdminConfig {
     /// Sign-ups per minute per client IP.
     #[arg(long, env = "HEADWATER_SIGNUP_RATE_LIMIT", default_value = "10")]
     pub signup_rate_limit: NonZeroU32,
+    /// Operation workers in this process (0 serves the API only).
+    #[arg(long, env = "HEADWATER_WORKERS", default_value_t = 1)]
+    pub workers: u16,
+    /// How often an idle worker looks for work without being told, in milliseconds.
+    #[arg(long, env = "HEADWATER_WORKER_POLL_MS", default_value_t = 1000)]
+    pub worker_poll_ms: u64,
     /// Largest request body in bytes.
     #[arg(long, env = "HEADWATER_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -97,7 +106,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 /// Everything `admin` runs, assembled: used by `headwater admin` and by `up`.
 pub struct Admin {
     pub state: AppState,
-    pub worker: Worker,
+    pub workers: Vec<Worker>,
 }
 
 impl Admin {
@@ -109,7 +118,12 @@ impl Admin {
             .seed_builtin_types(clock.now_ms())
             .await
             .context("seeding origin types")?;
-        let wake = Arc::new(Notify::new());
+        let bus = match &cfg.redis_url {
+            Some(url) => Bus::redis(url, &cfg.redis_prefix)
+                .await
+                .context("connecting to Redis")?,
+            None => Bus::in_process(),
+        };
         let settings = ApiSettings {
             operator_token: operator_token(cfg)?,
             locator_base: cfg.locator_base.clone(),
@@ -120,7 +134,7 @@ impl Admin {
         let state = AppState {
             store: store.clone(),
             clock: clock.clone(),
-            wake: wake.clone(),
+            bus: bus.clone(),
             settings: Arc::new(settings),
             metrics: Arc::new(Metrics::new()?),
             limits: Arc::new(RateLimits::new(
@@ -128,10 +142,14 @@ impl Admin {
                 cfg.signup_rate_limit,
             )),
         };
-        Ok(Self {
-            state,
-            worker: Worker::new(store, clock, wake),
-        })
+        let workers = (0..cfg.workers)
+            .map(|_| {
+                let mut w = Worker::new(store.clone(), clock.clone(), bus.wake.clone());
+                w.poll = Duration::from_millis(cfg.worker_poll_ms);
+                w
+            })
+            .collect();
+        Ok(Self { state, workers })
     }
 
     /// Serves the API on `listener` and runs the worker until `shutdown`, then
@@ -143,7 +161,11 @@ impl Admin {
     ) -> anyhow::Result<()> {
         let store = self.state.store.clone();
         let limits = self.state.limits.clone();
-        let worker = tokio::spawn(self.worker.run(shutdown.clone()));
+        let workers: Vec<_> = self
+            .workers
+            .into_iter()
+            .map(|w| tokio::spawn(w.run(shutdown.clone())))
+            .collect();
         let sweeper = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -161,7 +183,10 @@ impl Admin {
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;
         shutdown.cancel();
-        let _ = tokio::join!(worker, sweeper);
+        for w in workers {
+            let _ = w.await;
+        }
+        let _ = sweeper.await;
         store.close().await;
         Ok(())
     }
@@ -174,7 +199,7 @@ pub async fn run(cfg: AdminConfig, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, store = admin.state.store.backend_name(), "admin listening");
+    tracing::info!(%addr, store = admin.state.store.backend_name(), bus = admin.state.bus.backend_name(), "admin listening");
     println!("headwater admin listening on http://{addr}");
     admin.run(listener, shutdown).await
 }

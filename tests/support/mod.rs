@@ -17,6 +17,11 @@ use tokio::process::{Child, Command};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_headwater");
 
+/// Redis for tests: `HEADWATER_TEST_REDIS_URL`, default the local server.
+pub fn redis_url() -> String {
+    std::env::var("HEADWATER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -96,6 +101,22 @@ impl Admin {
             url,
             db_url,
             operator_token,
+            data_dir,
+            extra,
+            child,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Another admin process on the same database (a second replica).
+    pub async fn replica(&self, extra: &[&str]) -> Admin {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let (child, url) = spawn(&self.db_url, data_dir.path(), &self.operator_token, &extra).await;
+        Admin {
+            url,
+            db_url: self.db_url.clone(),
+            operator_token: self.operator_token.clone(),
             data_dir,
             extra,
             child,

@@ -91,7 +91,7 @@ pub async fn create_account(
             },
             other => other.into(),
         })?;
-    s.wake.notify_one();
+    s.bus.operation_enqueued().await;
     Ok((
         StatusCode::ACCEPTED,
         Json(AccountAccepted {
@@ -153,7 +153,7 @@ async fn change(
         .store
         .change_account(&account, &change, &op, &caller.actor(), s.clock.now_ms())
         .await?;
-    s.wake.notify_one();
+    s.bus.operation_enqueued().await;
     let account = s.store.account_by_id(account.id).await?;
     Ok((
         StatusCode::ACCEPTED,

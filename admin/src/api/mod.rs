@@ -16,7 +16,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use tokio::sync::Notify;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -25,6 +24,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::store::Store;
 pub use middleware::RateLimits;
@@ -48,8 +48,8 @@ pub struct ApiSettings {
 pub struct AppState {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
-    /// Rung when an operation is enqueued, so the worker starts at once.
-    pub wake: Arc<Notify>,
+    /// Told when an operation is enqueued, so a worker starts at once.
+    pub bus: Bus,
     pub settings: Arc<ApiSettings>,
     pub metrics: Arc<Metrics>,
     pub limits: Arc<RateLimits>,

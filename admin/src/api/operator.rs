@@ -191,7 +191,7 @@ pub async fn create_image(
             },
             other => other.into(),
         })?;
-    s.wake.notify_one();
+    s.bus.operation_enqueued().await;
     Ok((StatusCode::ACCEPTED, Json(row.into())))
 }
 

@@ -50,9 +50,15 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the store answers and every migration is applied.
+/// Readiness: the store answers, every migration is applied, and the bus answers.
 #[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
 pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    if let Err(e) = s.bus.ready().await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("bus unreachable: {e}\n"),
+        );
+    }
     match s.store.ready().await {
         Ok(true) => (StatusCode::OK, "ready\n".to_owned()),
         Ok(false) => (
