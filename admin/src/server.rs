@@ -16,6 +16,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::keys;
 use crate::store::Store;
 use crate::worker::Worker;
+use headwater_serve::{ServeConfig, with_peer};
 
 /// Flags of `headwater admin`; each also reads a `HEADWATER_*` variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -178,10 +179,18 @@ impl Admin {
                 }
             })
         };
-        let app = api::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await?;
+        let app = api::router(self.state);
+        let serve = ServeConfig {
+            drain_timeout: Duration::from_secs(10),
+            ..ServeConfig::default()
+        };
+        headwater_serve::run(
+            listener,
+            |peer| with_peer(app.clone(), peer),
+            shutdown.clone(),
+            serve,
+        )
+        .await;
         shutdown.cancel();
         for w in workers {
             let _ = w.await;

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -43,9 +43,7 @@ impl RateLimits {
 }
 
 fn client_ip(req: &Request) -> Option<IpAddr> {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
+    req.extensions().get::<SocketAddr>().map(SocketAddr::ip)
 }
 
 /// A short digest of the bearer token: enough to key a bucket or an idempotency

@@ -1,0 +1,135 @@
+//! Serving HTTP for every Headwater server (admin, router, origin): HTTP/1.1 and
+//! h2c on one listener, keep-alive, a header-read timeout so slow clients cannot
+//! hold connections, and a graceful drain: on shutdown the listener closes, in-flight
+//! requests finish (up to a deadline), then `run` returns.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Timeouts of a server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeConfig {
+    /// A client must send its request headers within this time.
+    pub header_read_timeout: Duration,
+    /// After shutdown, in-flight requests get this long to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `make(peer)` on every connection accepted from `listener` until
+/// `shutdown`, then drains. Returns how many connections were still open when the
+/// drain deadline passed (0 after a clean drain).
+pub async fn run<F, S, B>(
+    listener: TcpListener,
+    make: F,
+    shutdown: CancellationToken,
+    cfg: ServeConfig,
+) -> usize
+where
+    F: Fn(SocketAddr) -> S,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(20)));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(make(peer));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let open = graceful.count();
+    tokio::select! {
+        _ = graceful.shutdown() => 0,
+        _ = tokio::time::sleep(cfg.drain_timeout) => {
+            tracing::warn!(open, "drain deadline passed with connections open");
+            open
+        }
+    }
+}
+
+/// Adapts a service so each request carries the peer's `SocketAddr` as an extension.
+pub fn with_peer<S: Clone>(service: S, peer: SocketAddr) -> WithPeer<S> {
+    WithPeer {
+        inner: service,
+        peer,
+    }
+}
+
+#[derive(Clone)]
+pub struct WithPeer<S> {
+    inner: S,
+    peer: SocketAddr,
+}
+
+impl<S, B> tower::Service<Request<B>> for WithPeer<S>
+where
+    S: tower::Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        req.extensions_mut().insert(self.peer);
+        self.inner.call(req)
+    }
+}
