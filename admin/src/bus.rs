@@ -1,17 +1,20 @@
-//! The bus: how one admin replica tells the others that something changed. Today it
-//! carries "an operation was enqueued", so a worker on any replica starts at once
-//! instead of at its next poll. In-process without Redis; with Redis, a PUBLISH on
-//! [`OPERATIONS_CHANNEL`] that every replica is subscribed to (RESP3 push messages
-//! on a reconnecting connection manager that re-subscribes by itself).
+//! The bus: how admin replicas (and, later, routers) hear what changed. Messages
+//! are `(topic, payload)`; every process subscribed sees every message, its own
+//! included. In-process without Redis; with Redis, PUBLISH on `{prefix}:{topic}`
+//! and a subscription to `{prefix}:*` on a reconnecting connection manager (RESP3
+//! push messages) that re-subscribes by itself after a reconnect.
+//!
+//! Topics: [`OPERATIONS`] ("an operation was enqueued": wakes a worker at once
+//! instead of at its next poll) and [`HEARTBEATS`] (a node's latest heartbeat).
 
 use std::sync::Arc;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, PushKind};
-use tokio::sync::Notify;
+use redis::{AsyncCommands, PushKind, Value};
+use tokio::sync::{Notify, broadcast};
 
-/// The channel, under the deployment's prefix, that announces new operations.
-pub const OPERATIONS_CHANNEL: &str = "operations";
+pub const OPERATIONS: &str = "operations";
+pub const HEARTBEATS: &str = "heartbeats";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -19,14 +22,28 @@ pub enum BusError {
     Redis(#[from] redis::RedisError),
 }
 
-/// Wakes workers in this process, and through Redis in every other replica.
+/// One message on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: String,
+}
+
 #[derive(Clone)]
 pub struct Bus {
-    /// The local workers' wake-up.
+    /// Rung for every [`OPERATIONS`] message: the local workers' wake-up.
     pub wake: Arc<Notify>,
-    redis: Option<ConnectionManager>,
-    /// `{prefix}:operations`: the prefix keeps deployments that share a Redis apart.
-    channel: String,
+    messages: broadcast::Sender<Message>,
+    redis: Option<(ConnectionManager, String)>,
+}
+
+/// Delivers a message to local subscribers and, for operations, the workers.
+fn deliver(wake: &Notify, messages: &broadcast::Sender<Message>, m: Message) {
+    if m.topic == OPERATIONS {
+        wake.notify_one();
+    }
+    // No subscriber is fine: nobody is listening for that topic here.
+    let _ = messages.send(m);
 }
 
 impl Bus {
@@ -34,14 +51,14 @@ impl Bus {
     pub fn in_process() -> Self {
         Self {
             wake: Arc::new(Notify::new()),
+            messages: broadcast::channel(1024).0,
             redis: None,
-            channel: String::new(),
         }
     }
 
-    /// A bus over Redis at `url`; messages from other replicas wake the local workers.
+    /// A bus over Redis at `url`; channel names start with `prefix` so deployments
+    /// can share one Redis.
     pub async fn redis(url: &str, prefix: &str) -> Result<Self, BusError> {
-        let channel = format!("{prefix}:{OPERATIONS_CHANNEL}");
         // Push messages (pub/sub on a multiplexed connection) need RESP3.
         let url = if url.contains("protocol=") {
             url.to_owned()
@@ -51,11 +68,30 @@ impl Bus {
             format!("{url}?protocol=resp3")
         };
         let wake = Arc::new(Notify::new());
+        let messages = broadcast::channel(1024).0;
+        let strip = format!("{prefix}:");
         let on_push = {
             let wake = wake.clone();
+            let messages = messages.clone();
             move |info: redis::PushInfo| {
-                if info.kind == PushKind::Message {
-                    wake.notify_one();
+                // A pattern message is [pattern, channel, payload].
+                if info.kind == PushKind::PMessage {
+                    if let [_, Value::BulkString(channel), Value::BulkString(payload)] =
+                        info.data.as_slice()
+                    {
+                        let channel = String::from_utf8_lossy(channel);
+                        if let Some(topic) = channel.strip_prefix(&strip) {
+                            let payload = String::from_utf8_lossy(payload).into_owned();
+                            deliver(
+                                &wake,
+                                &messages,
+                                Message {
+                                    topic: topic.to_owned(),
+                                    payload,
+                                },
+                            );
+                        }
+                    }
                 }
                 Ok::<(), redis::aio::SendError>(())
             }
@@ -66,11 +102,11 @@ impl Bus {
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)));
         let client = redis::Client::open(url)?;
         let mut conn = client.get_connection_manager_with_config(config).await?;
-        conn.subscribe(&channel).await?;
+        conn.psubscribe(format!("{prefix}:*")).await?;
         Ok(Self {
             wake,
-            redis: Some(conn),
-            channel,
+            messages,
+            redis: Some((conn, prefix.to_owned())),
         })
     }
 
@@ -82,24 +118,74 @@ impl Bus {
         }
     }
 
-    /// Says that an operation was enqueued. A lost message only delays the work
-    /// until the next poll (the operation itself is durable), so errors are logged.
-    pub async fn operation_enqueued(&self) {
-        self.wake.notify_one();
-        if let Some(conn) = &self.redis {
-            let mut conn = conn.clone();
-            if let Err(e) = conn.publish::<_, _, i64>(&self.channel, "enqueued").await {
-                tracing::warn!(error = %e, "publishing on the bus");
+    /// Publishes a message. A lost message is never a lost change (the store has
+    /// it; workers poll, routers resync), so errors are logged, not returned.
+    pub async fn publish(&self, topic: &str, payload: String) {
+        match &self.redis {
+            None => deliver(
+                &self.wake,
+                &self.messages,
+                Message {
+                    topic: topic.to_owned(),
+                    payload,
+                },
+            ),
+            Some((conn, prefix)) => {
+                let mut conn = conn.clone();
+                if let Err(e) = conn
+                    .publish::<_, _, i64>(format!("{prefix}:{topic}"), payload)
+                    .await
+                {
+                    tracing::warn!(error = %e, topic, "publishing on the bus");
+                }
             }
         }
     }
 
+    /// Says that an operation was enqueued: wakes a worker here at once, and one on
+    /// every replica through Redis.
+    pub async fn operation_enqueued(&self) {
+        self.wake.notify_one();
+        if self.redis.is_some() {
+            self.publish(OPERATIONS, String::new()).await;
+        }
+    }
+
+    /// Every message from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Message> {
+        self.messages.subscribe()
+    }
+
     /// Ready when Redis (if configured) answers.
     pub async fn ready(&self) -> Result<(), BusError> {
-        if let Some(conn) = &self.redis {
+        if let Some((conn, _)) = &self.redis {
             let mut conn = conn.clone();
             redis::cmd("PING").query_async::<String>(&mut conn).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_process_messages_reach_subscribers_and_operations_wake_workers() {
+        let bus = Bus::in_process();
+        let mut rx = bus.subscribe();
+        bus.publish(HEARTBEATS, "{\"node\":1}".into()).await;
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            Message {
+                topic: HEARTBEATS.into(),
+                payload: "{\"node\":1}".into()
+            }
+        );
+        let woken = bus.wake.notified();
+        bus.operation_enqueued().await;
+        tokio::time::timeout(std::time::Duration::from_secs(5), woken)
+            .await
+            .expect("a worker is woken");
     }
 }

@@ -274,3 +274,70 @@ pub async fn get_operation(
         })?;
     Ok(Json(op.into()))
 }
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UsageQuery {
+    /// Start (RFC 3339), inclusive; default 24 hours ago.
+    pub from: Option<String>,
+    /// End (RFC 3339), exclusive; default now.
+    pub to: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct UsageWindowView {
+    pub window_start: String,
+    pub bytes: i64,
+    pub requests: i64,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Usage {
+    pub account: String,
+    pub from: String,
+    pub to: String,
+    pub total_bytes: i64,
+    pub total_requests: i64,
+    /// Bytes served per minute; test content is never counted.
+    pub windows: Vec<UsageWindowView>,
+}
+
+/// Bytes served for the account per minute.
+#[utoipa::path(get, path = "/v1/accounts/{name}/usage", tag = "accounts", security(("bearer" = [])),
+    params(("name" = String, Path), UsageQuery), responses((status = 200, body = Usage), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn usage(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    super::problem::ApiQuery(q): super::problem::ApiQuery<UsageQuery>,
+) -> Result<Json<Usage>, ApiError> {
+    use crate::clock::{parse_rfc3339, rfc3339};
+    let account = find(&s, caller, &name).await?;
+    let now = s.clock.now_ms();
+    let time = |field: &str, v: &Option<String>, default: i64| match v {
+        None => Ok(default),
+        Some(t) => parse_rfc3339(t)
+            .ok_or_else(|| ApiError::invalid(field, "an RFC 3339 time, e.g. 2026-11-25T00:00:00Z")),
+    };
+    let from = time("from", &q.from, now - 86_400_000)?;
+    let to = time("to", &q.to, now + 1)?;
+    if to <= from {
+        return Err(ApiError::invalid("to", "must be after from"));
+    }
+    let rows = s.store.usage(account.id, from, to).await?;
+    Ok(Json(Usage {
+        account: account.name,
+        from: rfc3339(from),
+        to: rfc3339(to),
+        total_bytes: rows.iter().map(|r| r.bytes).sum(),
+        total_requests: rows.iter().map(|r| r.requests).sum(),
+        windows: rows
+            .into_iter()
+            .map(|r| UsageWindowView {
+                window_start: rfc3339(r.window_start),
+                bytes: r.bytes,
+                requests: r.requests,
+            })
+            .collect(),
+    }))
+}

@@ -6,6 +6,7 @@ pub mod auth;
 mod customers;
 pub mod middleware;
 pub mod model;
+pub mod nodes;
 mod operator;
 pub mod problem;
 mod system;
@@ -90,6 +91,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(accounts::deactivate))
         .routes(routes!(accounts::reactivate))
+        .routes(routes!(accounts::usage))
         .routes(routes!(accounts::get_operation))
         .routes(routes!(
             operator::list_origin_types,
@@ -101,7 +103,11 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(operator::create_image))
         .routes(routes!(operator::list_pools))
-        .routes(routes!(operator::list_nodes))
+        .routes(routes!(operator::list_nodes, nodes::register))
+        .routes(routes!(nodes::heartbeat))
+        .routes(routes!(nodes::config))
+        .routes(routes!(nodes::usage))
+        .routes(routes!(nodes::drain))
         .routes(routes!(operator::list_allocations))
         .routes(routes!(operator::list_events))
         .routes(routes!(system::healthz))

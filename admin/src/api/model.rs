@@ -355,6 +355,9 @@ pub struct Node {
     pub upgrade_domain: i32,
     pub state: String,
     pub last_heartbeat: Option<String>,
+    pub egress_mbps: f64,
+    pub open_connections: i64,
+    pub cache_hit_ratio: f64,
     pub created_at: String,
 }
 
@@ -368,6 +371,9 @@ impl From<NodeRow> for Node {
             upgrade_domain: n.upgrade_domain,
             state: n.state,
             last_heartbeat: n.last_heartbeat.map(rfc3339),
+            egress_mbps: n.egress_mbps,
+            open_connections: n.open_connections,
+            cache_hit_ratio: n.cache_hit_ratio,
             created_at: rfc3339(n.created_at),
         }
     }

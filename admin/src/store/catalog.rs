@@ -231,8 +231,8 @@ impl Store {
     pub async fn nodes(&self, cursor: Option<Uuid>, limit: i64) -> Result<Vec<NodeRow>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
-                "SELECT id, pool_id, handle, address, image_version, upgrade_domain, state, last_heartbeat, created_at,
-                        updated_at FROM nodes WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2",
+                "SELECT id, pool_id, handle, address, image_version, upgrade_domain, state, last_heartbeat, egress_mbps,
+                        open_connections, cache_hit_ratio, created_at, updated_at FROM nodes WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2",
             )
             .bind(cursor)
             .bind(limit)

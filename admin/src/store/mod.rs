@@ -10,6 +10,7 @@ mod accounts;
 mod catalog;
 mod customers;
 mod idempotency;
+mod nodes;
 mod operations;
 mod rows;
 
@@ -24,6 +25,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use accounts::{AccountChange, NewAccount};
 pub use catalog::{BUILTIN_TYPES, OriginTypeSettings};
 pub use idempotency::IdempotencyStart;
+pub use nodes::{HeartbeatRecord, NodeServing, ServedAccountRow, UsageRow};
 pub use operations::{Effect, OperationFilter};
 pub use rows::*;
 
@@ -136,16 +138,30 @@ fn conflict_field(what: &str) -> &'static str {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-const PG_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "foundation",
-    include_str!("../../../migrations/postgres/0001_foundation.sql"),
-)];
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "foundation",
-    include_str!("../../../migrations/sqlite/0001_foundation.sql"),
-)];
+const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../../../migrations/postgres/0001_foundation.sql"),
+    ),
+    (
+        2,
+        "nodes and usage",
+        include_str!("../../../migrations/postgres/0002_nodes_and_usage.sql"),
+    ),
+];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../../../migrations/sqlite/0001_foundation.sql"),
+    ),
+    (
+        2,
+        "nodes and usage",
+        include_str!("../../../migrations/sqlite/0002_nodes_and_usage.sql"),
+    ),
+];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {
     let migrations = set

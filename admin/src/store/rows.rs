@@ -91,6 +91,9 @@ pub struct NodeRow {
     pub upgrade_domain: i32,
     pub state: String,
     pub last_heartbeat: Option<UnixMs>,
+    pub egress_mbps: f64,
+    pub open_connections: i64,
+    pub cache_hit_ratio: f64,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
 }

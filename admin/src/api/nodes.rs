@@ -1,0 +1,229 @@
+//! The node side of the API: registration (operator), heartbeats, configuration and
+//! usage (the node itself, by its token), drain (operator).
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use headwater_protocol::{Heartbeat, HeartbeatAck, NodeConfig, ServedAccount, UsageReport};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::AppState;
+use super::auth::OperatorAuth;
+use super::model::Node;
+use super::problem::{ApiError, ApiJson, Problem};
+use crate::bus::HEARTBEATS;
+use crate::keys;
+use crate::store::{HeartbeatRecord, NodeServing, StoreError};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterNode {
+    pub pool_id: Uuid,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeRegistered {
+    pub id: Uuid,
+    pub pool_id: Uuid,
+    /// The node's token: shown once, passed to `headwater origin --node-token`.
+    pub token: String,
+}
+
+/// A node, authenticated by the bearer token issued at registration.
+pub struct NodeAuth(pub Uuid);
+
+impl FromRequestParts<AppState> for NodeAuth {
+    type Rejection = ApiError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(id): Path<String> = Path::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound("node".into()))?;
+        let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound(format!("node {id}")))?;
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthorized("missing node token"))?;
+        match state.store.node_token_hash(id).await? {
+            Some(hash) if keys::verify(token, &hash) => Ok(NodeAuth(id)),
+            _ => Err(ApiError::Unauthorized("invalid node token")),
+        }
+    }
+}
+
+/// The configuration a node of this pool serves. Its version is a digest of its
+/// content, so it changes exactly when the configuration does.
+pub fn node_config(node_id: Uuid, s: &NodeServing) -> NodeConfig {
+    let shared = s.pool_kind == "shared";
+    let accounts: Vec<ServedAccount> = s
+        .accounts
+        .iter()
+        .map(|a| ServedAccount {
+            name: a.name.clone(),
+            cap_mbps: match (shared, a.offer.as_str()) {
+                (true, "trial") => u32::try_from(s.trial_cap_mbps).ok(),
+                (true, _) => u32::try_from(s.payg_cap_mbps).ok(),
+                (false, _) => None,
+            },
+            ip_allow: a.ip_allow.0.clone(),
+            active: a.state == "active" || a.state == "provisioning",
+        })
+        .collect();
+    let capacity_mbps = u32::try_from(s.node_capacity_mbps).unwrap_or(1);
+    let mut config = NodeConfig {
+        version: 0,
+        node_id,
+        pool_id: s.pool_id,
+        capacity_mbps,
+        accounts,
+    };
+    let digest = Sha256::digest(serde_json::to_vec(&config).unwrap_or_default());
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&digest[..8]);
+    // Kept below 2^63 so it fits a signed BIGINT.
+    config.version = u64::from_be_bytes(v) >> 1;
+    config
+}
+
+/// Registers a node that will run elsewhere (`headwater origin … --node-token`).
+#[utoipa::path(post, path = "/v1/nodes", tag = "nodes", security(("bearer" = [])), request_body = RegisterNode,
+    responses((status = 201, body = NodeRegistered), (status = 404, body = Problem)))]
+pub async fn register(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    ApiJson(b): ApiJson<RegisterNode>,
+) -> Result<(StatusCode, Json<NodeRegistered>), ApiError> {
+    let id = Uuid::now_v7();
+    let token = format!("hwn_{}", keys::random_token().trim_start_matches("hwop_"));
+    s.store
+        .register_node(
+            id,
+            b.pool_id,
+            &keys::hash(&token),
+            "operator",
+            s.clock.now_ms(),
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::invalid("pool_id", "no such pool"),
+            other => other.into(),
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(NodeRegistered {
+            id,
+            pool_id: b.pool_id,
+            token,
+        }),
+    ))
+}
+
+/// A node's heartbeat: its state, load and self-probe.
+#[utoipa::path(post, path = "/v1/nodes/{id}/heartbeat", tag = "nodes", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), request_body(content = Object, description = "headwater_protocol::Heartbeat"),
+    responses((status = 200, description = "HeartbeatAck"), (status = 401, body = Problem)))]
+pub async fn heartbeat(
+    State(s): State<AppState>,
+    NodeAuth(id): NodeAuth,
+    ApiJson(hb): ApiJson<Heartbeat>,
+) -> Result<Json<HeartbeatAck>, ApiError> {
+    let record = HeartbeatRecord {
+        state: hb.state.as_str(),
+        address: hb.address.clone(),
+        image_version: hb.image_version.clone(),
+        egress_mbps: hb.egress_mbps.max(0.0),
+        open_connections: i64::try_from(hb.open_connections).unwrap_or(i64::MAX),
+        cache_hit_ratio: hb.cache_hit_ratio.clamp(0.0, 1.0),
+        config_version: i64::try_from(hb.config_version).unwrap_or(0),
+        probe_ok: hb.self_probe.ok,
+        probe_latency_ms: i32::try_from(hb.self_probe.latency_ms).unwrap_or(i32::MAX),
+        probe_error: hb.self_probe.error.clone(),
+    };
+    let state = s
+        .store
+        .record_heartbeat(id, &record, s.clock.now_ms())
+        .await?;
+    let serving = s.store.node_serving(id).await?;
+    let config = node_config(id, &serving);
+    let payload = serde_json::json!({"node": id, "state": state, "heartbeat": hb}).to_string();
+    s.bus.publish(HEARTBEATS, payload).await;
+    Ok(Json(HeartbeatAck {
+        config_version: config.version,
+        drain: state == "draining",
+    }))
+}
+
+/// What the node serves: its accounts, their caps and allow-lists.
+#[utoipa::path(get, path = "/v1/nodes/{id}/config", tag = "nodes", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), responses((status = 200, description = "NodeConfig"), (status = 401, body = Problem)))]
+pub async fn config(
+    State(s): State<AppState>,
+    NodeAuth(id): NodeAuth,
+) -> Result<Json<NodeConfig>, ApiError> {
+    Ok(Json(node_config(id, &s.store.node_serving(id).await?)))
+}
+
+/// Bytes served per account per minute. Windows for accounts the node's pool does
+/// not serve are refused (and counted in the answer).
+#[utoipa::path(post, path = "/v1/nodes/{id}/usage", tag = "nodes", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), request_body(content = Object, description = "headwater_protocol::UsageReport"),
+    responses((status = 200, description = "{accepted, refused}"), (status = 401, body = Problem)))]
+pub async fn usage(
+    State(s): State<AppState>,
+    NodeAuth(id): NodeAuth,
+    ApiJson(r): ApiJson<UsageReport>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if r.windows.len() > 10_000 {
+        return Err(ApiError::invalid(
+            "windows",
+            "at most 10000 windows per report",
+        ));
+    }
+    let windows: Vec<_> = r
+        .windows
+        .iter()
+        .map(|w| {
+            (
+                w.account.clone(),
+                w.window_start,
+                i64::try_from(w.bytes).unwrap_or(i64::MAX),
+                i64::try_from(w.requests).unwrap_or(i64::MAX),
+            )
+        })
+        .collect();
+    let refused = s.store.record_usage(id, &windows).await?;
+    Ok(Json(
+        serde_json::json!({"accepted": windows.len() - refused, "refused": refused}),
+    ))
+}
+
+/// Asks a node to drain: it stops taking connections, finishes what is in flight, exits.
+#[utoipa::path(post, path = "/v1/nodes/{id}/drain", tag = "nodes", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), responses((status = 202, body = Node), (status = 404, body = Problem)))]
+pub async fn drain(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Node>), ApiError> {
+    let missing = || ApiError::NotFound(format!("node {id}"));
+    let node_id = Uuid::try_parse(&id).map_err(|_| missing())?;
+    s.store
+        .request_drain(node_id, "operator", s.clock.now_ms())
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => missing(),
+            other => other.into(),
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(s.store.node(node_id).await?.into()),
+    ))
+}

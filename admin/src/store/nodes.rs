@@ -1,0 +1,306 @@
+//! Origin nodes: registration, heartbeats (latest in `nodes`, history in `probes`),
+//! the configuration a node serves, and usage it reports.
+
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{NodeRow, Result, Store, StoreError, event, on_pool};
+use crate::clock::UnixMs;
+
+/// What a heartbeat changes in the store.
+#[derive(Debug, Clone)]
+pub struct HeartbeatRecord {
+    pub state: &'static str,
+    pub address: String,
+    pub image_version: String,
+    pub egress_mbps: f64,
+    pub open_connections: i64,
+    pub cache_hit_ratio: f64,
+    pub config_version: i64,
+    pub probe_ok: bool,
+    pub probe_latency_ms: i32,
+    pub probe_error: Option<String>,
+}
+
+/// An account as a node serves it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ServedAccountRow {
+    pub name: String,
+    pub offer: String,
+    pub state: String,
+    pub ip_allow: Json<Vec<String>>,
+}
+
+/// Everything a node needs to know about its pool.
+#[derive(Debug, Clone)]
+pub struct NodeServing {
+    pub pool_id: Uuid,
+    pub pool_kind: String,
+    pub node_capacity_mbps: i32,
+    pub trial_cap_mbps: i32,
+    pub payg_cap_mbps: i32,
+    pub accounts: Vec<ServedAccountRow>,
+}
+
+/// One minute of usage of one account.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UsageRow {
+    pub window_start: UnixMs,
+    pub bytes: i64,
+    pub requests: i64,
+}
+
+impl Store {
+    /// Registers a node of `pool_id` that will authenticate with a token whose
+    /// SHA-256 is `token_hash`.
+    pub async fn register_node(
+        &self,
+        id: Uuid,
+        pool_id: Uuid,
+        token_hash: &[u8],
+        actor: &str,
+        now: UnixMs,
+    ) -> Result<NodeRow> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let row = sqlx::query_as(
+                "INSERT INTO nodes (id, pool_id, state, token_hash, created_at, updated_at)
+                 VALUES ($1, $2, 'starting', $3, $4, $4)
+                 RETURNING id, pool_id, handle, address, image_version, upgrade_domain, state, last_heartbeat,
+                     egress_mbps, open_connections, cache_hit_ratio, created_at, updated_at",
+            )
+            .bind(id)
+            .bind(pool_id)
+            .bind(token_hash)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Constraint(_) => StoreError::NotFound,
+                other => other,
+            })?;
+            event!(
+                tx,
+                now,
+                actor,
+                "node.registered",
+                format!("node:{id}"),
+                format!("pool:{pool_id}")
+            )?;
+            tx.commit().await?;
+            Ok(row)
+        })
+    }
+
+    /// The stored token hash of a node, if the node exists and is not stopped.
+    pub async fn node_token_hash(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
+        let hash: Option<Option<Vec<u8>>> = on_pool!(self, |p| {
+            sqlx::query_scalar("SELECT token_hash FROM nodes WHERE id = $1 AND state <> 'stopped'")
+                .bind(id)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(hash.flatten())
+    }
+
+    /// Stores a heartbeat: the node's latest state and load, and its self-probe.
+    /// A node marked failed stays failed until replaced. Returns the node's state.
+    pub async fn record_heartbeat(
+        &self,
+        id: Uuid,
+        hb: &HeartbeatRecord,
+        now: UnixMs,
+    ) -> Result<String> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let before: String = sqlx::query_scalar("SELECT state FROM nodes WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            // Admin's verdicts stick: a failed or stopped node stays so, and a node told
+            // to drain stays draining whatever it says.
+            let state = if matches!(before.as_str(), "failed" | "stopped" | "draining") {
+                before.clone()
+            } else {
+                hb.state.to_owned()
+            };
+            sqlx::query(
+                "UPDATE nodes SET state = $2, address = $3, image_version = $4, last_heartbeat = $5, egress_mbps = $6,
+                     open_connections = $7, cache_hit_ratio = $8, config_version = $9, updated_at = $5
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(&state)
+            .bind(&hb.address)
+            .bind(&hb.image_version)
+            .bind(now)
+            .bind(hb.egress_mbps)
+            .bind(hb.open_connections)
+            .bind(hb.cache_hit_ratio)
+            .bind(hb.config_version)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO probes (node_id, at, source, ok, latency_ms, detail) VALUES ($1, $2, 'self', $3, $4, $5)")
+                .bind(id)
+                .bind(now)
+                .bind(hb.probe_ok)
+                .bind(hb.probe_latency_ms)
+                .bind(&hb.probe_error)
+                .execute(&mut *tx)
+                .await?;
+            if state != before {
+                event!(
+                    tx,
+                    now,
+                    format!("node:{id}"),
+                    "node.state",
+                    format!("node:{id}"),
+                    format!("{before} -> {state}")
+                )?;
+            }
+            tx.commit().await?;
+            Ok(state)
+        })
+    }
+
+    pub async fn node(&self, id: Uuid) -> Result<NodeRow> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(
+                "SELECT id, pool_id, handle, address, image_version, upgrade_domain, state, last_heartbeat, egress_mbps,
+                        open_connections, cache_hit_ratio, created_at, updated_at FROM nodes WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(p)
+            .await?)
+        })
+    }
+
+    /// The pool of a node, its limits, and the accounts mapped to it.
+    pub async fn node_serving(&self, id: Uuid) -> Result<NodeServing> {
+        let (pool_id, pool_kind, cap, trial, payg): (Uuid, String, i32, i32, i32) = on_pool!(
+            self,
+            |p| {
+                sqlx::query_as(
+                "SELECT p.id, p.kind, t.node_capacity_mbps, t.trial_cap_mbps, t.payg_cap_mbps
+                 FROM nodes n JOIN pools p ON p.id = n.pool_id JOIN origin_types t ON t.name = p.origin_type
+                 WHERE n.id = $1",
+            )
+            .bind(id)
+            .fetch_one(p)
+            .await?
+            }
+        );
+        let accounts = on_pool!(self, |p| {
+            sqlx::query_as(
+                "SELECT a.name, a.offer, a.state, a.ip_allow FROM account_pool_mappings m JOIN accounts a ON a.id = m.account_id
+                 WHERE m.pool_id = $1 AND a.state <> 'deleted' ORDER BY a.name",
+            )
+            .bind(pool_id)
+            .fetch_all(p)
+            .await?
+        });
+        Ok(NodeServing {
+            pool_id,
+            pool_kind,
+            node_capacity_mbps: cap,
+            trial_cap_mbps: trial,
+            payg_cap_mbps: payg,
+            accounts,
+        })
+    }
+
+    /// Adds a node's usage report. Only accounts mapped to the node's pool count;
+    /// returns how many windows were refused for naming other accounts.
+    pub async fn record_usage(
+        &self,
+        node_id: Uuid,
+        windows: &[(String, UnixMs, i64, i64)],
+    ) -> Result<usize> {
+        let mut refused = 0;
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            for (account, window_start, bytes, requests) in windows {
+                let account_id: Option<Uuid> = sqlx::query_scalar(
+                    "SELECT a.id FROM accounts a JOIN account_pool_mappings m ON m.account_id = a.id
+                     JOIN nodes n ON n.pool_id = m.pool_id WHERE a.name = $1 AND n.id = $2",
+                )
+                .bind(account)
+                .bind(node_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(account_id) = account_id else {
+                    refused += 1;
+                    continue;
+                };
+                sqlx::query(
+                    "INSERT INTO usage (account_id, window_start, bytes, requests) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (account_id, window_start) DO UPDATE
+                     SET bytes = usage.bytes + excluded.bytes, requests = usage.requests + excluded.requests",
+                )
+                .bind(account_id)
+                .bind(window_start)
+                .bind(bytes)
+                .bind(requests)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(refused)
+    }
+
+    /// An account's usage per minute in `[from, to)`.
+    pub async fn usage(&self, account_id: Uuid, from: UnixMs, to: UnixMs) -> Result<Vec<UsageRow>> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(
+                "SELECT window_start, bytes, requests FROM usage WHERE account_id = $1 AND window_start >= $2 AND window_start < $3
+                 ORDER BY window_start",
+            )
+            .bind(account_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
+    /// Recent probe results of a node, newest first (for tests and diagnostics).
+    pub async fn probes(&self, node_id: Uuid, limit: i64) -> Result<Vec<(UnixMs, bool)>> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(
+                "SELECT at, ok FROM probes WHERE node_id = $1 ORDER BY id DESC LIMIT $2",
+            )
+            .bind(node_id)
+            .bind(limit)
+            .fetch_all(p)
+            .await?)
+        })
+    }
+}
+
+impl Store {
+    /// Marks a node draining; it learns so from its next heartbeat's answer.
+    pub async fn request_drain(&self, id: Uuid, actor: &str, now: UnixMs) -> Result<()> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query("UPDATE nodes SET state = 'draining', updated_at = $2 WHERE id = $1 AND state IN ('starting', 'ready')")
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            event!(
+                tx,
+                now,
+                actor,
+                "node.drain",
+                format!("node:{id}"),
+                "drain requested"
+            )?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}

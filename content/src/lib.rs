@@ -1,0 +1,260 @@
+//! The content store: where packaged assets live, keyed `{account}/{asset}/{file}`.
+//! One seam over `object_store`, with a local directory (the embedded default) and
+//! an S3-compatible bucket (`s3://bucket/prefix`, configured by the usual `AWS_*`
+//! variables) behind it. Admin writes through it (uploads); nodes read through it.
+
+mod path;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
+
+pub use path::{ContentPath, InvalidPath, content_type};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    #[error("unsupported content URL '{0}': use a directory, file:///dir or s3://bucket[/prefix]")]
+    Url(String),
+    #[error("not found")]
+    NotFound,
+    #[error("larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("content store: {0}")]
+    Store(#[source] object_store::Error),
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("upload body: {0}")]
+    Body(String),
+}
+
+impl From<object_store::Error> for ContentError {
+    fn from(e: object_store::Error) -> Self {
+        match e {
+            object_store::Error::NotFound { .. } => ContentError::NotFound,
+            other => ContentError::Store(other),
+        }
+    }
+}
+
+pub type Result<T, E = ContentError> = std::result::Result<T, E>;
+
+/// What a reader needs to answer conditional and range requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub size: u64,
+    /// Seconds since the Unix epoch.
+    pub last_modified: i64,
+    /// A strong validator: changes whenever the bytes do.
+    pub etag: String,
+}
+
+/// One asset of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetSummary {
+    pub name: String,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// The content store. Cheap to clone.
+#[derive(Clone)]
+pub struct ContentStore {
+    store: Arc<dyn ObjectStore>,
+    description: String,
+}
+
+impl std::fmt::Debug for ContentStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl ContentStore {
+    /// Opens `url`: a directory path (created if missing), `file:///dir`, or
+    /// `s3://bucket[/prefix]` (endpoint, region and credentials from `AWS_*`).
+    pub fn open(url: &str) -> Result<Self> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(ContentError::Url(url.to_owned()));
+            }
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()?;
+            let store: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
+                "" => Arc::new(s3),
+                p => Arc::new(PrefixStore::new(s3, p)),
+            };
+            return Ok(Self {
+                store,
+                description: url.to_owned(),
+            });
+        }
+        let dir = url.strip_prefix("file://").unwrap_or(url);
+        if dir.is_empty() || dir.contains("://") {
+            return Err(ContentError::Url(url.to_owned()));
+        }
+        std::fs::create_dir_all(dir).map_err(|source| ContentError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let local = LocalFileSystem::new_with_prefix(dir)?;
+        Ok(Self {
+            store: Arc::new(local),
+            description: format!("file://{dir}"),
+        })
+    }
+
+    fn key(path: &ContentPath) -> object_store::path::Path {
+        object_store::path::Path::from(path.as_str())
+    }
+
+    /// Size, modification time and ETag; `NotFound` when absent.
+    pub async fn head(&self, path: &ContentPath) -> Result<Meta> {
+        let m = self.store.head(&Self::key(path)).await?;
+        let last_modified = m.last_modified.timestamp();
+        let etag = match m.e_tag {
+            Some(e) => format!("\"{}\"", e.trim_matches('"')),
+            None => format!(
+                "\"{:x}-{:x}\"",
+                m.last_modified.timestamp_nanos_opt().unwrap_or_default(),
+                m.size
+            ),
+        };
+        Ok(Meta {
+            size: m.size,
+            last_modified,
+            etag,
+        })
+    }
+
+    /// The bytes of `range` (or all), as a stream of chunks.
+    pub async fn read(
+        &self,
+        path: &ContentPath,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let opts = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..GetOptions::default()
+        };
+        let got = self.store.get_opts(&Self::key(path), opts).await?;
+        Ok(got.into_stream().map_err(ContentError::from).boxed())
+    }
+
+    /// The whole object in memory (for small, hot files).
+    pub async fn read_all(&self, path: &ContentPath) -> Result<Bytes> {
+        Ok(self
+            .store
+            .get_opts(&Self::key(path), GetOptions::default())
+            .await?
+            .bytes()
+            .await?)
+    }
+
+    /// Writes `body` to `path` as it arrives, never holding more than a part in
+    /// memory; refuses (and leaves nothing behind) past `limit` bytes.
+    pub async fn write_stream<S, E>(
+        &self,
+        path: &ContentPath,
+        mut body: S,
+        limit: u64,
+    ) -> Result<u64>
+    where
+        S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let upload = self.store.put_multipart(&Self::key(path)).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, 5 * 1024 * 1024);
+        let mut written = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(ContentError::Body(e.to_string()));
+                }
+            };
+            written += chunk.len() as u64;
+            if written > limit {
+                let _ = writer.abort().await;
+                return Err(ContentError::TooLarge { limit });
+            }
+            writer.wait_for_capacity(4).await?;
+            writer.put(chunk);
+        }
+        writer.finish().await?;
+        Ok(written)
+    }
+
+    /// Writes a small object in one go.
+    pub async fn write(&self, path: &ContentPath, bytes: Bytes) -> Result<()> {
+        self.store.put(&Self::key(path), bytes.into()).await?;
+        Ok(())
+    }
+
+    /// The assets of an account with their file counts and sizes.
+    pub async fn assets(&self, account: &str) -> Result<Vec<AssetSummary>> {
+        let prefix = object_store::path::Path::from(account);
+        let mut list = self.store.list(Some(&prefix));
+        let mut assets: std::collections::BTreeMap<String, AssetSummary> = Default::default();
+        while let Some(meta) = list.next().await {
+            let meta = meta?;
+            let mut parts = meta.location.parts();
+            let (Some(_), Some(asset)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let name = asset.as_ref().to_owned();
+            let a = assets.entry(name.clone()).or_insert(AssetSummary {
+                name,
+                files: 0,
+                bytes: 0,
+            });
+            a.files += 1;
+            a.bytes += meta.size;
+        }
+        Ok(assets.into_values().collect())
+    }
+
+    /// Deletes every file under `prefix`; returns how many.
+    pub async fn delete_prefix(&self, prefix: &ContentPath) -> Result<u64> {
+        let prefix = Self::key(prefix);
+        let locations: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await?;
+        let mut n = 0;
+        for location in locations {
+            self.store.delete(&location).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Answers when the store is reachable.
+    pub async fn ping(&self) -> Result<()> {
+        let probe = object_store::path::Path::from(headwater_probe_prefix());
+        let mut list = self.store.list(Some(&probe));
+        match list.next().await {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(e.into()),
+        }
+    }
+}
+
+fn headwater_probe_prefix() -> &'static str {
+    "_probe"
+}

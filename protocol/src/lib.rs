@@ -1,0 +1,103 @@
+//! The messages between Headwater's processes: what an origin node reports to admin
+//! (heartbeats, usage) and what admin tells a node (its configuration). Types only:
+//! no IO and no logic, so every side agrees on one definition.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The reserved first path segment under which every node serves its test content.
+pub const PROBE_PREFIX: &str = "_probe";
+
+/// The state a node reports for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Starting,
+    Ready,
+    Draining,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Starting => "starting",
+            NodeState::Ready => "ready",
+            NodeState::Draining => "draining",
+        }
+    }
+}
+
+/// The node fetched its own test content through its public listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelfProbe {
+    pub ok: bool,
+    pub latency_ms: u32,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /v1/nodes/{id}/heartbeat`, once a second by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub image_version: String,
+    pub state: NodeState,
+    /// The address players reach the node at (`host:port`).
+    pub address: String,
+    /// Egress over the last heartbeat interval.
+    pub egress_mbps: f64,
+    pub open_connections: u64,
+    /// Share of content reads served from the node's memory cache, 0–1.
+    pub cache_hit_ratio: f64,
+    pub self_probe: SelfProbe,
+    /// The configuration version the node runs with.
+    pub config_version: u64,
+}
+
+/// Admin's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// The current configuration version; a node that runs an older one fetches it.
+    pub config_version: u64,
+    /// Admin asks the node to drain (finish in-flight requests, then exit).
+    pub drain: bool,
+}
+
+/// One account a node serves, with its limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedAccount {
+    pub name: String,
+    /// Per-account cap in shared pools (trial/payg); `None` on a dedicated pool.
+    pub cap_mbps: Option<u32>,
+    /// Allowed client networks in CIDR notation; empty means everyone.
+    pub ip_allow: Vec<String>,
+    /// `false` once deactivated: the node answers 410.
+    pub active: bool,
+}
+
+/// `GET /v1/nodes/{id}/config`: what the node serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeConfig {
+    pub version: u64,
+    pub node_id: Uuid,
+    pub pool_id: Uuid,
+    /// The node's total egress limit.
+    pub capacity_mbps: u32,
+    pub accounts: Vec<ServedAccount>,
+}
+
+/// Bytes served for one account in one minute (test content excluded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageWindow {
+    pub account: String,
+    /// Start of the minute, Unix milliseconds.
+    pub window_start: i64,
+    pub bytes: u64,
+    pub requests: u64,
+}
+
+/// `POST /v1/nodes/{id}/usage`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub windows: Vec<UsageWindow>,
+}
