@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the admin service: REST API, store and operation worker.
     Admin(headwater_admin::server::AdminConfig),
+    /// Run an origin node: serve VOD content at an enforced bandwidth.
+    Origin(headwater_origin::OriginConfig),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -66,6 +68,10 @@ async fn main() -> std::process::ExitCode {
         Command::Admin(cfg) => {
             init_tracing();
             headwater_admin::server::run(cfg, shutdown_on_signals()).await
+        }
+        Command::Origin(cfg) => {
+            init_tracing();
+            headwater_origin::run(cfg, shutdown_on_signals()).await
         }
         Command::Client(cmd) => return client::run(cmd).await,
     };

@@ -75,22 +75,22 @@ impl Bus {
             let messages = messages.clone();
             move |info: redis::PushInfo| {
                 // A pattern message is [pattern, channel, payload].
-                if info.kind == PushKind::PMessage {
-                    if let [_, Value::BulkString(channel), Value::BulkString(payload)] =
-                        info.data.as_slice()
-                    {
-                        let channel = String::from_utf8_lossy(channel);
-                        if let Some(topic) = channel.strip_prefix(&strip) {
-                            let payload = String::from_utf8_lossy(payload).into_owned();
-                            deliver(
-                                &wake,
-                                &messages,
-                                Message {
-                                    topic: topic.to_owned(),
-                                    payload,
-                                },
-                            );
-                        }
+                if let (
+                    PushKind::PMessage,
+                    [_, Value::BulkString(channel), Value::BulkString(payload)],
+                ) = (&info.kind, info.data.as_slice())
+                {
+                    let channel = String::from_utf8_lossy(channel);
+                    if let Some(topic) = channel.strip_prefix(&strip) {
+                        let payload = String::from_utf8_lossy(payload).into_owned();
+                        deliver(
+                            &wake,
+                            &messages,
+                            Message {
+                                topic: topic.to_owned(),
+                                payload,
+                            },
+                        );
                     }
                 }
                 Ok::<(), redis::aio::SendError>(())

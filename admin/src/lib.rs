@@ -6,6 +6,7 @@ pub mod bus;
 pub mod clock;
 pub mod domain;
 pub mod keys;
+pub mod probe_content;
 pub mod server;
 pub mod store;
 pub mod worker;

@@ -16,6 +16,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::keys;
 use crate::store::Store;
 use crate::worker::Worker;
+use headwater_content::ContentStore;
 use headwater_serve::{ServeConfig, with_peer};
 
 /// Flags of `headwater admin`; each also reads a `HEADWATER_*` variable.
@@ -65,6 +66,17 @@ pub struct AdminConfig {
     /// How often an idle worker looks for work without being told, in milliseconds.
     #[arg(long, env = "HEADWATER_WORKER_POLL_MS", default_value_t = 1000)]
     pub worker_poll_ms: u64,
+    /// Where assets are stored: a directory, file:///dir, or s3://bucket/prefix
+    /// (endpoint and credentials from AWS_ENDPOINT, AWS_ACCESS_KEY_ID, …).
+    #[arg(
+        long = "content",
+        env = "HEADWATER_CONTENT_URL",
+        default_value = "headwater-data/content"
+    )]
+    pub content_url: String,
+    /// Largest uploaded file in bytes.
+    #[arg(long, env = "HEADWATER_MAX_UPLOAD_BYTES", default_value_t = 4 << 30)]
+    pub max_upload_bytes: u64,
     /// Largest request body in bytes.
     #[arg(long, env = "HEADWATER_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -131,12 +143,22 @@ impl Admin {
             retention_ms: i64::from(cfg.retention_hours) * 3_600_000,
             max_body_bytes: cfg.max_body_bytes,
             request_timeout: Duration::from_secs(cfg.request_timeout_secs),
+            max_upload_bytes: cfg.max_upload_bytes,
+            upload_timeout: Duration::from_secs(3600),
         };
+        let content = ContentStore::open(&cfg.content_url).context("opening the content store")?;
+        let seeded = crate::probe_content::seed(&content)
+            .await
+            .context("writing the test content")?;
+        if seeded > 0 {
+            tracing::info!(files = seeded, "test content written under _probe/");
+        }
         let state = AppState {
             store: store.clone(),
             clock: clock.clone(),
             bus: bus.clone(),
             settings: Arc::new(settings),
+            content,
             metrics: Arc::new(Metrics::new()?),
             limits: Arc::new(RateLimits::new(
                 cfg.rate_limit_per_key,

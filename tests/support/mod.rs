@@ -57,6 +57,8 @@ async fn spawn(
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .arg("--content")
+        .arg(data_dir.join("content"))
         .args(extra)
         .env(
             "HEADWATER_LOG",
@@ -233,6 +235,83 @@ impl Admin {
         }
     }
 
+    pub fn content_dir(&self) -> std::path::PathBuf {
+        self.data_dir.path().join("content")
+    }
+
+    /// Creates an account for `key` and waits for its operation; returns the pool id.
+    pub async fn account(&self, key: &str, body: Value) -> String {
+        let a = self
+            .call(
+                Method::POST,
+                "/v1/accounts",
+                Some(key),
+                Some(body),
+                StatusCode::ACCEPTED,
+            )
+            .await;
+        let op = self
+            .wait_operation(a["operation"]["id"].as_str().unwrap(), key)
+            .await;
+        assert_eq!(op["state"], "succeeded", "{op}");
+        let name = a["account"]["name"].as_str().unwrap();
+        let now = self
+            .call(
+                Method::GET,
+                &format!("/v1/accounts/{name}"),
+                Some(key),
+                None,
+                StatusCode::OK,
+            )
+            .await;
+        now["pool"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Uploads every file of the repository's demo asset as `asset` of `account`.
+    pub async fn upload_demo(&self, key: &str, account: &str, asset: &str) -> Vec<String> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo");
+        let mut uploaded = Vec::new();
+        for rel in demo_files() {
+            let bytes = std::fs::read(root.join(&rel)).unwrap();
+            let res = self
+                .http
+                .put(format!(
+                    "{}/v1/accounts/{account}/assets/{asset}/{rel}",
+                    self.url
+                ))
+                .bearer_auth(key)
+                .body(bytes)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                res.status(),
+                StatusCode::CREATED,
+                "{rel}: {}",
+                res.text().await.unwrap()
+            );
+            uploaded.push(rel);
+        }
+        uploaded
+    }
+
+    /// Registers a node of `pool`; returns (id, token).
+    pub async fn register_node(&self, pool: &str) -> (String, String) {
+        let v = self
+            .call(
+                Method::POST,
+                "/v1/nodes",
+                Some(&self.operator_token),
+                Some(serde_json::json!({"pool_id": pool})),
+                StatusCode::CREATED,
+            )
+            .await;
+        (
+            v["id"].as_str().unwrap().to_owned(),
+            v["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         db::raw_count(&self.db_url, sql).await
     }
@@ -275,4 +354,139 @@ macro_rules! e2e_on_both_backends {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::$case(super::support::Backend::Postgres).await; })*
         }
     };
+}
+
+/// The media files of `assets/demo`, as paths relative to it.
+pub fn demo_files() -> Vec<String> {
+    fn walk(dir: &std::path::Path, base: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, base, out);
+            } else if p.extension().is_some_and(|x| x != "md") {
+                out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo");
+    let mut out = Vec::new();
+    walk(&root, &root, &mut out);
+    out.sort();
+    out
+}
+
+/// A running `headwater origin` process.
+pub struct Origin {
+    pub url: String,
+    pub id: String,
+    child: Child,
+}
+
+impl Origin {
+    pub async fn start(
+        admin: &Admin,
+        id: &str,
+        token: &str,
+        capacity_mbps: u32,
+        extra: &[&str],
+    ) -> Origin {
+        let mut child = Command::new(BIN)
+            .args([
+                "origin",
+                "--listen",
+                "127.0.0.1:0",
+                "--node-id",
+                id,
+                "--node-token",
+                token,
+                "--admin-url",
+                &admin.url,
+            ])
+            .args([
+                "--capacity-mbps",
+                &capacity_mbps.to_string(),
+                "--heartbeat-ms",
+                "200",
+                "--usage-report-ms",
+                "300",
+            ])
+            .arg("--content")
+            .arg(admin.content_dir())
+            .args(extra)
+            .env(
+                "HEADWATER_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var("TEST_LOG").is_ok() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn headwater origin");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let url = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if let Some(url) = line.strip_prefix("headwater origin listening on ") {
+                    return url.to_owned();
+                }
+            }
+            panic!("headwater origin exited before listening");
+        })
+        .await
+        .expect("origin did not start within 60 s");
+        Origin {
+            url,
+            id: id.to_owned(),
+            child,
+        }
+    }
+
+    /// Waits (deadline 30 s) until admin lists this node as `state`.
+    pub async fn wait_state(&self, admin: &Admin, state: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let nodes = admin
+                .call(
+                    Method::GET,
+                    "/v1/nodes",
+                    Some(&admin.operator_token),
+                    None,
+                    StatusCode::OK,
+                )
+                .await;
+            let me = nodes["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["id"] == self.id.as_str())
+                .cloned();
+            if me.as_ref().is_some_and(|n| n["state"] == state) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node never {state}: {me:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("exit within 60 s")
+            .expect("wait")
+    }
+
+    pub async fn terminate(&mut self) {
+        let pid = self.child.id().expect("running");
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("kill");
+    }
 }

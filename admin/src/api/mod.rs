@@ -2,6 +2,7 @@
 //! the order a request meets it.
 
 mod accounts;
+mod assets;
 pub mod auth;
 mod customers;
 pub mod middleware;
@@ -25,6 +26,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use headwater_content::ContentStore;
+
 use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::store::Store;
@@ -41,7 +44,11 @@ pub struct ApiSettings {
     /// How long a deactivated account's pool is kept.
     pub retention_ms: i64,
     pub max_body_bytes: usize,
+    /// Largest uploaded file.
+    pub max_upload_bytes: u64,
     pub request_timeout: Duration,
+    /// Time an upload may take.
+    pub upload_timeout: Duration,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -52,6 +59,8 @@ pub struct AppState {
     /// Told when an operation is enqueued, so a worker starts at once.
     pub bus: Bus,
     pub settings: Arc<ApiSettings>,
+    /// Where assets are uploaded to (and nodes read from).
+    pub content: ContentStore,
     pub metrics: Arc<Metrics>,
     pub limits: Arc<RateLimits>,
 }
@@ -65,6 +74,10 @@ pub struct AppState {
 struct ApiDoc;
 
 struct BearerAuth;
+
+#[derive(OpenApi)]
+#[openapi(paths(assets::upload))]
+struct UploadDoc;
 
 impl Modify for BearerAuth {
     fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
@@ -92,6 +105,8 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(accounts::deactivate))
         .routes(routes!(accounts::reactivate))
         .routes(routes!(accounts::usage))
+        .routes(routes!(assets::list))
+        .routes(routes!(assets::delete))
         .routes(routes!(accounts::get_operation))
         .routes(routes!(
             operator::list_origin_types,
@@ -118,10 +133,43 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 /// The whole admin HTTP service.
 pub fn router(state: AppState) -> Router {
-    let (routes, openapi) = routes();
+    let (api, mut openapi) = routes();
+    // Uploads stream large bodies: their own size limit and timeout, and no
+    // idempotency buffering (a PUT of the same path is idempotent by nature).
+    // The file path is a catch-all segment, which the OpenAPI document names `{path}`.
+    let uploads: Router<AppState> = Router::new().route(
+        "/v1/accounts/{name}/assets/{asset}/{*path}",
+        axum::routing::put(assets::upload),
+    );
+    openapi.merge(UploadDoc::openapi());
     let openapi = Arc::new(openapi);
     let settings = state.settings.clone();
-    routes
+    let track = || axum::middleware::from_fn_with_state(state.clone(), middleware::track);
+    let api = api
+        // Per-route metrics need the matched route, so they sit inside routing.
+        .route_layer(track())
+        // Replays of idempotent requests.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::idempotency,
+        ))
+        // Bodies past the limit are refused while being read (413).
+        .layer(RequestBodyLimitLayer::new(settings.max_body_bytes))
+        // A slow client or a stuck handler gets 408 instead of holding a connection.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            settings.request_timeout,
+        ));
+    let uploads = uploads
+        .route_layer(track())
+        .layer(RequestBodyLimitLayer::new(
+            usize::try_from(settings.max_upload_bytes).unwrap_or(usize::MAX),
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            settings.upload_timeout,
+        ));
+    api.merge(uploads)
         .route(
             "/openapi.json",
             axum::routing::get(move || async move { axum::Json(openapi.as_ref().clone()) }),
@@ -135,29 +183,12 @@ pub fn router(state: AppState) -> Router {
             *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             res
         })
-        // Per-route metrics need the matched route, so they sit inside routing.
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::track,
-        ))
-        // Replays of idempotent requests, innermost so a replay still passes the limits.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::idempotency,
-        ))
         // 429 before any work is done.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::rate_limit,
         ))
-        // Bodies past the limit are refused while being read (413).
-        .layer(RequestBodyLimitLayer::new(settings.max_body_bytes))
-        // A slow client or a stuck handler gets 408 instead of holding a connection.
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            settings.request_timeout,
-        ))
-        // Answers from the layers above are problems too.
+        // Answers from the layers inside are problems too.
         .layer(axum::middleware::map_response(
             middleware::layer_errors_as_problems,
         ))

@@ -274,3 +274,22 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// Writes one event on its own (for changes outside the store's tables).
+    pub async fn record_event(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        reason: &str,
+        now: UnixMs,
+    ) -> Result<()> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            event!(tx, now, actor, action, subject, reason)?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,165 @@
+//! Asset upload: packaged HLS/DASH files are streamed into the content store, never
+//! held whole in memory. Paths are percent-decoded once (by the router) and every
+//! segment is checked before anything is read or written.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use headwater_content::{ContentError, ContentPath};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::auth::Caller;
+use super::problem::{ApiError, Problem};
+use crate::store::StoreError;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Uploaded {
+    pub account: String,
+    pub asset: String,
+    pub path: String,
+    pub bytes: u64,
+    /// Where players fetch it: the account's locator plus `asset/path`.
+    pub url: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AssetInfo {
+    pub name: String,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AssetList {
+    pub items: Vec<AssetInfo>,
+}
+
+fn content_error(e: ContentError) -> ApiError {
+    match e {
+        ContentError::TooLarge { .. } => ApiError::TooLarge,
+        ContentError::NotFound => ApiError::NotFound("asset".into()),
+        ContentError::Body(detail) => ApiError::Malformed { detail },
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+async fn account(
+    s: &AppState,
+    caller: Caller,
+    name: &str,
+) -> Result<crate::store::AccountRow, ApiError> {
+    s.store
+        .account(name, caller.customer_scope())
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::NotFound(format!("account {name}")),
+            other => other.into(),
+        })
+}
+
+fn asset_path(account: &str, asset: &str, rest: Option<&str>) -> Result<ContentPath, ApiError> {
+    let asset_only =
+        ContentPath::parse(asset).map_err(|e| ApiError::invalid("asset", e.to_string()))?;
+    if asset_only.as_str().contains('/') {
+        return Err(ApiError::invalid(
+            "asset",
+            "an asset name is one path segment",
+        ));
+    }
+    let full = match rest {
+        Some(r) => format!("{account}/{asset}/{r}"),
+        None => format!("{account}/{asset}"),
+    };
+    ContentPath::parse(&full).map_err(|e| ApiError::invalid("path", e.to_string()))
+}
+
+/// Uploads one file of an asset (streamed; 413 past the upload limit).
+#[utoipa::path(put, path = "/v1/accounts/{name}/assets/{asset}/{path}", tag = "assets", security(("bearer" = [])),
+    params(("name" = String, Path), ("asset" = String, Path), ("path" = String, Path, description = "file path inside the asset")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = Uploaded), (status = 400, body = Problem), (status = 404, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)))]
+pub async fn upload(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((name, asset, path)): Path<(String, String, String)>,
+    body: Body,
+) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
+    // Validate before touching the store, and before reading the body.
+    let target = asset_path(&name, &asset, Some(&path))?;
+    let a = account(&s, caller, &name).await?;
+    let bytes = s
+        .content
+        .write_stream(
+            &target,
+            body.into_data_stream(),
+            s.settings.max_upload_bytes,
+        )
+        .await
+        .map_err(content_error)?;
+    let url = format!("{}{}", a.locator, target.rest());
+    Ok((
+        StatusCode::CREATED,
+        Json(Uploaded {
+            account: name,
+            asset,
+            path,
+            bytes,
+            url,
+        }),
+    ))
+}
+
+/// The account's assets with file counts and sizes.
+#[utoipa::path(get, path = "/v1/accounts/{name}/assets", tag = "assets", security(("bearer" = [])),
+    params(("name" = String, Path)), responses((status = 200, body = AssetList), (status = 404, body = Problem)))]
+pub async fn list(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<AssetList>, ApiError> {
+    let a = account(&s, caller, &name).await?;
+    let items = s.content.assets(&a.name).await.map_err(content_error)?;
+    Ok(Json(AssetList {
+        items: items
+            .into_iter()
+            .map(|i| AssetInfo {
+                name: i.name,
+                files: i.files,
+                bytes: i.bytes,
+            })
+            .collect(),
+    }))
+}
+
+/// Deletes an asset and all its files.
+#[utoipa::path(delete, path = "/v1/accounts/{name}/assets/{asset}", tag = "assets", security(("bearer" = [])),
+    params(("name" = String, Path), ("asset" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
+pub async fn delete(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((name, asset)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let prefix = asset_path(&name, &asset, None)?;
+    let a = account(&s, caller, &name).await?;
+    let n = s
+        .content
+        .delete_prefix(&prefix)
+        .await
+        .map_err(content_error)?;
+    if n == 0 {
+        return Err(ApiError::NotFound(format!("asset {asset}")));
+    }
+    s.store
+        .record_event(
+            &caller.actor(),
+            "asset.deleted",
+            &format!("account:{}", a.id),
+            &format!("{asset}: {n} files"),
+            s.clock.now_ms(),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

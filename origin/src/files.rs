@@ -1,0 +1,366 @@
+//! Reading content for a response: a bounded in-memory cache of hot files
+//! (playlists and segments) in front of the content store, and the HTTP semantics
+//! of a static file — validators, conditional requests, single ranges.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use headwater_content::{ContentError, ContentPath, ContentStore, Meta};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+use tokio::time::Instant;
+
+/// A cached file and when it was last checked against the store.
+#[derive(Clone)]
+struct Entry {
+    meta: Meta,
+    bytes: Bytes,
+    checked: Instant,
+}
+
+#[derive(Clone)]
+struct BySize;
+
+impl Weighter<ContentPath, Entry> for BySize {
+    fn weight(&self, _: &ContentPath, e: &Entry) -> u64 {
+        e.bytes.len() as u64 + 256
+    }
+}
+
+/// The node's view of the content store.
+#[derive(Clone)]
+pub struct Files {
+    store: ContentStore,
+    cache: Arc<Cache<ContentPath, Entry, BySize>>,
+    /// Files larger than this are streamed from the store, never cached.
+    max_item: u64,
+    /// A cached file older than this is checked against the store (a re-upload
+    /// replaces it within this time).
+    revalidate: Duration,
+    hits: Arc<AtomicU64>,
+    misses: Arc<AtomicU64>,
+}
+
+/// What to send: a body source and its length.
+pub enum Body {
+    Cached(Bytes),
+    Stream(BoxStream<'static, Result<Bytes, ContentError>>),
+}
+
+/// A response decided from the request and the file.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// `None` for HEAD, 304, 416.
+    pub body: Option<Body>,
+}
+
+/// Cache statistics for metrics and heartbeats.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes: u64,
+}
+
+impl Files {
+    pub fn new(store: ContentStore, cache_mib: u64) -> Self {
+        let capacity = cache_mib * 1024 * 1024;
+        let cache = Cache::with_weighter(4096, capacity.max(1), BySize);
+        Self {
+            store,
+            cache: Arc::new(cache),
+            max_item: (capacity / 8).max(1),
+            revalidate: Duration::from_secs(2),
+            hits: Arc::default(),
+            misses: Arc::default(),
+        }
+    }
+
+    pub fn store(&self) -> &ContentStore {
+        &self.store
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            bytes: self.cache.weight(),
+        }
+    }
+
+    /// Looks a file up: from the cache when fresh, else from the store (caching it
+    /// when small enough). Returns its metadata and, when cached, its bytes.
+    async fn lookup(&self, path: &ContentPath) -> Result<(Meta, Option<Bytes>), ContentError> {
+        let now = Instant::now();
+        if let Some(e) = self.cache.get(path) {
+            if now.duration_since(e.checked) < self.revalidate {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok((e.meta, Some(e.bytes)));
+            }
+            let meta = self.store.head(path).await?;
+            if meta.etag == e.meta.etag {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                self.cache.insert(
+                    path.clone(),
+                    Entry {
+                        checked: now,
+                        ..e.clone()
+                    },
+                );
+                return Ok((e.meta, Some(e.bytes)));
+            }
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let meta = self.store.head(path).await?;
+        if meta.size > self.max_item {
+            return Ok((meta, None));
+        }
+        let bytes = self.store.read_all(path).await?;
+        self.cache.insert(
+            path.clone(),
+            Entry {
+                meta: meta.clone(),
+                bytes: bytes.clone(),
+                checked: now,
+            },
+        );
+        Ok((meta, Some(bytes)))
+    }
+
+    /// Answers a GET or HEAD for `path` given the request headers.
+    pub async fn reply(
+        &self,
+        path: &ContentPath,
+        req: &HeaderMap,
+        head: bool,
+    ) -> Result<Reply, ContentError> {
+        let (meta, cached) = self.lookup(path).await?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(headwater_content::content_type(path.as_str())),
+        );
+        headers.insert(
+            header::ETAG,
+            HeaderValue::from_str(&meta.etag).unwrap_or(HeaderValue::from_static("\"0\"")),
+        );
+        if let Ok(v) = HeaderValue::from_str(&httpdate(meta.last_modified)) {
+            headers.insert(header::LAST_MODIFIED, v);
+        }
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(cache_control(path.as_str())),
+        );
+
+        if not_modified(req, &meta) {
+            return Ok(Reply {
+                status: StatusCode::NOT_MODIFIED,
+                headers,
+                body: None,
+            });
+        }
+        let range = match requested_range(req, &meta) {
+            Ok(r) => r,
+            Err(()) => {
+                headers.insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{}", meta.size))
+                        .unwrap_or(HeaderValue::from_static("bytes */0")),
+                );
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                return Ok(Reply {
+                    status: StatusCode::RANGE_NOT_SATISFIABLE,
+                    headers,
+                    body: None,
+                });
+            }
+        };
+        let (status, span) = match range {
+            Some(r) => {
+                let v = format!("bytes {}-{}/{}", r.start, r.end - 1, meta.size);
+                headers.insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("bytes */0")),
+                );
+                (StatusCode::PARTIAL_CONTENT, r)
+            }
+            None => (StatusCode::OK, 0..meta.size),
+        };
+        let length = span.end - span.start;
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        if head {
+            return Ok(Reply {
+                status,
+                headers,
+                body: None,
+            });
+        }
+        let body = match cached {
+            Some(b) => Body::Cached(b.slice(
+                usize::try_from(span.start).unwrap_or(0)..usize::try_from(span.end).unwrap_or(0),
+            )),
+            None if length == 0 => Body::Stream(stream::empty().boxed()),
+            None => Body::Stream(self.store.read(path, Some(span)).await?),
+        };
+        Ok(Reply {
+            status,
+            headers,
+            body: Some(body),
+        })
+    }
+}
+
+/// VOD playlists may be replaced by a re-upload: a short lifetime. Segments are
+/// immutable in practice: a long one (validators still guard changes).
+fn cache_control(path: &str) -> &'static str {
+    if path.ends_with(".m3u8") || path.ends_with(".mpd") {
+        "public, max-age=60"
+    } else {
+        "public, max-age=86400"
+    }
+}
+
+/// `If-None-Match` wins over `If-Modified-Since` (RFC 9110 §13.2.2).
+fn not_modified(req: &HeaderMap, meta: &Meta) -> bool {
+    if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        return inm
+            .split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || t.trim_start_matches("W/") == meta.etag);
+    }
+    let since = req
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    since.is_some_and(|d| meta.last_modified <= d.as_secs() as i64)
+}
+
+/// A single satisfiable range; `Ok(None)` serves the whole file (no Range, a
+/// stale If-Range, or several ranges, which a VOD origin answers in full);
+/// `Err` is 416.
+fn requested_range(req: &HeaderMap, meta: &Meta) -> Result<Option<Range<u64>>, ()> {
+    let Some(value) = req.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let if_range = req.get(header::IF_RANGE).and_then(|v| v.to_str().ok());
+    if if_range.is_some_and(|v| v != meta.etag) {
+        return Ok(None);
+    }
+    let parsed = http_range_header::parse_range_header(value).map_err(|_| ())?;
+    let ranges = parsed.validate(meta.size).map_err(|_| ())?;
+    match ranges.as_slice() {
+        [r] => Ok(Some(*r.start()..r.end() + 1)),
+        [] => Err(()),
+        _ => Ok(None),
+    }
+}
+
+fn httpdate(secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    httpdate::fmt_http_date(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        Meta {
+            size: 1000,
+            last_modified: 1_700_000_000,
+            etag: "\"abc\"".into(),
+        }
+    }
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(k.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn ranges() {
+        let m = meta();
+        assert_eq!(
+            requested_range(&headers(&[(header::RANGE, "bytes=0-99")]), &m),
+            Ok(Some(0..100))
+        );
+        assert_eq!(
+            requested_range(&headers(&[(header::RANGE, "bytes=900-")]), &m),
+            Ok(Some(900..1000))
+        );
+        assert_eq!(
+            requested_range(&headers(&[(header::RANGE, "bytes=-10")]), &m),
+            Ok(Some(990..1000))
+        );
+        assert_eq!(
+            requested_range(&headers(&[(header::RANGE, "bytes=990-5000")]), &m),
+            Ok(Some(990..1000))
+        );
+        assert_eq!(
+            requested_range(&headers(&[(header::RANGE, "bytes=1000-")]), &m),
+            Err(())
+        );
+        assert_eq!(
+            requested_range(&headers(&[(header::RANGE, "chars=0-1")]), &m),
+            Err(())
+        );
+        assert_eq!(
+            requested_range(&headers(&[(header::RANGE, "bytes=0-1, 5-6")]), &m),
+            Ok(None)
+        );
+        assert_eq!(
+            requested_range(
+                &headers(&[(header::RANGE, "bytes=0-1"), (header::IF_RANGE, "\"old\"")]),
+                &m
+            ),
+            Ok(None)
+        );
+        assert_eq!(requested_range(&headers(&[]), &m), Ok(None));
+    }
+
+    #[test]
+    fn conditionals() {
+        let m = meta();
+        assert!(not_modified(
+            &headers(&[(header::IF_NONE_MATCH, "\"abc\"")]),
+            &m
+        ));
+        assert!(not_modified(
+            &headers(&[(header::IF_NONE_MATCH, "\"x\", W/\"abc\"")]),
+            &m
+        ));
+        assert!(!not_modified(
+            &headers(&[(header::IF_NONE_MATCH, "\"x\"")]),
+            &m
+        ));
+        let later = httpdate(1_700_000_100);
+        let earlier = httpdate(1_699_999_000);
+        assert!(not_modified(
+            &headers(&[(header::IF_MODIFIED_SINCE, &later)]),
+            &m
+        ));
+        assert!(!not_modified(
+            &headers(&[(header::IF_MODIFIED_SINCE, &earlier)]),
+            &m
+        ));
+        // If-None-Match decides even when If-Modified-Since would say 304.
+        assert!(!not_modified(
+            &headers(&[
+                (header::IF_NONE_MATCH, "\"x\""),
+                (header::IF_MODIFIED_SINCE, &later)
+            ]),
+            &m
+        ));
+    }
+}

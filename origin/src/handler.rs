@@ -1,0 +1,339 @@
+//! One request to the node: health and metrics, test content under `/_probe/`, and
+//! account content under `/{account}/{asset}/{file}`, shaped and counted.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::{self, BoxStream};
+use headwater_content::{ContentError, ContentPath};
+use headwater_protocol::PROBE_PREFIX;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use prometheus::Encoder;
+
+use crate::files::{Body, Reply};
+use crate::node::Node;
+use crate::shaper::CHUNK;
+
+pub type ResBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> ResBody {
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A small problem+json answer, like the rest of the platform's errors.
+fn problem(status: StatusCode, kind: &str, detail: &str) -> Response<ResBody> {
+    let body = serde_json::json!({
+        "type": format!("/problems/{kind}"), "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(), "detail": detail,
+    });
+    let mut res = Response::new(full(body.to_string()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    res
+}
+
+fn cors(res: &mut Response<ResBody>) {
+    let h = res.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(
+            "Content-Length, Content-Range, Accept-Ranges, ETag, X-Headwater-Node",
+        ),
+    );
+}
+
+pub async fn handle(
+    node: Arc<Node>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, Infallible> {
+    let started = Instant::now();
+    let mut res = route(&node, peer, &req).await;
+    cors(&mut res);
+    if let Ok(v) = HeaderValue::from_str(&node.id.to_string()) {
+        res.headers_mut().insert("x-headwater-node", v);
+    }
+    node.metrics
+        .latency
+        .observe(started.elapsed().as_secs_f64());
+    Ok(res)
+}
+
+async fn route(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> Response<ResBody> {
+    let path = req.uri().path();
+    match path {
+        "/healthz" => return Response::new(full("ok\n")),
+        "/readyz" => {
+            let ready = node.is_ready();
+            let mut res = Response::new(full(if ready { "ready\n" } else { "not ready\n" }));
+            if !ready {
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            return res;
+        }
+        "/metrics" => return metrics(node),
+        _ => {}
+    }
+    if req.method() == Method::OPTIONS {
+        // CORS preflight for players on other origins asking for ranges.
+        let mut res = Response::new(full(""));
+        *res.status_mut() = StatusCode::NO_CONTENT;
+        let h = res.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Range, If-None-Match, If-Modified-Since"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("86400"),
+        );
+        return res;
+    }
+    let head = req.method() == Method::HEAD;
+    if req.method() != Method::GET && !head {
+        let mut res = problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "only GET and HEAD",
+        );
+        res.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        return res;
+    }
+    let content = match ContentPath::from_url(path.trim_start_matches('/')) {
+        Ok(p) => p,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "invalid-path", &e.to_string()),
+    };
+    // account/asset/file at least.
+    if content.as_str().split('/').count() < 3 {
+        return problem(StatusCode::NOT_FOUND, "not-found", "no such file");
+    }
+    let (account, counted) = if content.first() == PROBE_PREFIX {
+        (Arc::<str>::from(PROBE_PREFIX), false)
+    } else {
+        let served = node.served();
+        let Some(a) = served.accounts.get(content.first()) else {
+            return count(
+                node,
+                "-",
+                problem(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    "this node does not serve that account",
+                ),
+            );
+        };
+        if !a.active {
+            return count(
+                node,
+                &a.name,
+                problem(StatusCode::GONE, "gone", "the account is deactivated"),
+            );
+        }
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        if !a.allows(node.client_ip(peer.ip(), forwarded)) {
+            return count(
+                node,
+                &a.name,
+                problem(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "your address is not allowed for this account",
+                ),
+            );
+        }
+        (a.name.clone(), true)
+    };
+    let reply = match node.files.reply(&content, req.headers(), head).await {
+        Ok(r) => r,
+        Err(ContentError::NotFound) => {
+            return count(
+                node,
+                &account,
+                problem(StatusCode::NOT_FOUND, "not-found", "no such file"),
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, path = %content, "content store");
+            return count(
+                node,
+                &account,
+                problem(
+                    StatusCode::BAD_GATEWAY,
+                    "content-store",
+                    "the content store failed",
+                ),
+            );
+        }
+    };
+    if counted {
+        node.count_request(&account, now_ms());
+    }
+    let res = respond(node, account.clone(), counted, reply);
+    count(node, &account, res)
+}
+
+fn count(node: &Node, account: &str, res: Response<ResBody>) -> Response<ResBody> {
+    node.metrics
+        .requests
+        .with_label_values(&[account, res.status().as_str()])
+        .inc();
+    res
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn respond(node: &Arc<Node>, account: Arc<str>, counted: bool, reply: Reply) -> Response<ResBody> {
+    let Reply {
+        status,
+        headers,
+        body,
+    } = reply;
+    let body = match body {
+        None => full(Bytes::new()),
+        Some(b) => shaped(node.clone(), account, counted, b),
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    *res.headers_mut() = headers;
+    res
+}
+
+/// Sends a body in chunks of at most [`CHUNK`], each only once the shaper grants
+/// it, counting bytes as they go out.
+fn shaped(node: Arc<Node>, account: Arc<str>, counted: bool, body: Body) -> ResBody {
+    let source: BoxStream<'static, Result<Bytes, ContentError>> = match body {
+        Body::Cached(b) => stream::iter([Ok(b)]).boxed(),
+        Body::Stream(s) => s,
+    };
+    struct St {
+        node: Arc<Node>,
+        account: Arc<str>,
+        counted: bool,
+        source: BoxStream<'static, Result<Bytes, ContentError>>,
+        buf: Bytes,
+        failed: bool,
+        _flight: InFlight,
+    }
+    let flight = InFlight::new(node.clone());
+    let st = St {
+        node,
+        account,
+        counted,
+        source,
+        buf: Bytes::new(),
+        failed: false,
+        _flight: flight,
+    };
+    let frames = stream::unfold(st, |mut st| async move {
+        if st.failed {
+            return None;
+        }
+        if st.buf.is_empty() {
+            match st.source.next().await {
+                Some(Ok(b)) => st.buf = b,
+                Some(Err(e)) => {
+                    st.failed = true;
+                    return Some((Err(std::io::Error::other(e)), st));
+                }
+                None => return None,
+            }
+        }
+        let piece = st.buf.split_to(st.buf.len().min(CHUNK));
+        let waited = Instant::now();
+        st.node.shaper.acquire(&st.account, piece.len()).await;
+        let w = waited.elapsed().as_secs_f64();
+        if w > 0.0001 {
+            st.node.metrics.throttled_seconds.inc_by(w);
+        }
+        let n = piece.len() as u64;
+        st.node.egress_bytes.fetch_add(n, Ordering::Relaxed);
+        st.node
+            .metrics
+            .bytes
+            .with_label_values(&[&st.account])
+            .inc_by(n);
+        if st.counted {
+            st.node.count_bytes(&st.account, n, now_ms());
+        }
+        Some((Ok(Frame::data(piece)), st))
+    });
+    StreamBody::new(frames).boxed_unsync()
+}
+
+/// Counts a response as in flight until its body is dropped.
+struct InFlight(Arc<Node>);
+
+impl InFlight {
+    fn new(node: Arc<Node>) -> Self {
+        node.in_flight.fetch_add(1, Ordering::Relaxed);
+        node.metrics.in_flight.inc();
+        Self(node)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+fn metrics(node: &Node) -> Response<ResBody> {
+    let stats = node.files.stats();
+    let m = &node.metrics;
+    m.cache_hits
+        .inc_by(stats.hits.saturating_sub(m.cache_hits.get()));
+    m.cache_misses
+        .inc_by(stats.misses.saturating_sub(m.cache_misses.get()));
+    m.cache_bytes
+        .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+    let mut buf = Vec::new();
+    if prometheus::TextEncoder::new()
+        .encode(&m.registry.gather(), &mut buf)
+        .is_err()
+    {
+        return problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "metrics encoding failed",
+        );
+    }
+    let mut res = Response::new(full(buf));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    res
+}

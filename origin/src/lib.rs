@@ -1,0 +1,165 @@
+//! An origin node: serves VOD playlists and segments from the content store at an
+//! enforced bandwidth, serves test content, reports heartbeats (with a self-probe)
+//! and usage to admin, and drains gracefully. See DESIGN.md §2 (`origin/`).
+
+mod files;
+mod handler;
+mod metrics;
+mod node;
+mod report;
+pub mod shaper;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use headwater_content::ContentStore;
+use headwater_serve::ServeConfig;
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use report::PROBE_PATH;
+
+/// Flags of `headwater origin`; each also reads a `HEADWATER_*` variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OriginConfig {
+    /// Address players reach the node at.
+    #[arg(long, env = "HEADWATER_LISTEN", default_value = "127.0.0.1:7500")]
+    pub listen: SocketAddr,
+    /// The address to report to admin, when it differs from the bound one.
+    #[arg(long, env = "HEADWATER_ADVERTISE")]
+    pub advertise: Option<String>,
+    #[arg(long, env = "HEADWATER_NODE_ID")]
+    pub node_id: Uuid,
+    #[arg(
+        long,
+        env = "HEADWATER_ADMIN_URL",
+        default_value = "http://127.0.0.1:7400"
+    )]
+    pub admin_url: String,
+    /// The node's token from its registration.
+    #[arg(long, env = "HEADWATER_NODE_TOKEN", hide_env_values = true)]
+    pub node_token: String,
+    /// Total egress limit until admin's configuration says otherwise.
+    #[arg(long, env = "HEADWATER_CAPACITY_MBPS", default_value_t = 100)]
+    pub capacity_mbps: u32,
+    /// A directory, file:///dir, or s3://bucket/prefix.
+    #[arg(
+        long,
+        env = "HEADWATER_CONTENT_URL",
+        default_value = "headwater-data/content"
+    )]
+    pub content: String,
+    /// Memory for hot playlists and segments.
+    #[arg(long, env = "HEADWATER_CACHE_MIB", default_value_t = 256)]
+    pub cache_mib: u64,
+    #[arg(long, env = "HEADWATER_HEARTBEAT_MS", default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+    #[arg(long, env = "HEADWATER_USAGE_REPORT_MS", default_value_t = 10_000)]
+    pub usage_report_ms: u64,
+    /// The image version this node reports.
+    #[arg(long, env = "HEADWATER_IMAGE_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
+    pub image_version: String,
+    /// Proxies (routers) whose X-Forwarded-For is believed; repeat for more.
+    #[arg(
+        long = "trusted-proxy",
+        env = "HEADWATER_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Time in-flight responses get to finish when draining.
+    #[arg(long, env = "HEADWATER_DRAIN_SECS", default_value_t = 30)]
+    pub drain_secs: u64,
+}
+
+/// Runs a node until `shutdown` (SIGTERM) or admin's drain request; then stops
+/// accepting, finishes in-flight responses, reports `draining`, and returns.
+pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = ContentStore::open(&cfg.content).context("opening the content store")?;
+    let files = files::Files::new(store, cfg.cache_mib);
+    let metrics = metrics::Metrics::new()?;
+    let shaper = shaper::Shaper::new(cfg.capacity_mbps);
+    let node = Arc::new(node::Node::new(
+        cfg.node_id,
+        cfg.image_version.clone(),
+        files,
+        shaper,
+        metrics,
+        cfg.trusted_proxies.clone(),
+    ));
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let public = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let admin = report::Admin {
+        http,
+        url: cfg.admin_url.clone(),
+        token: cfg.node_token.clone(),
+    };
+
+    // Content store reachable before we say we listen.
+    node.files
+        .store()
+        .ping()
+        .await
+        .context("content store unreachable")?;
+    println!("headwater origin listening on http://{addr}");
+    tracing::info!(%addr, node = %cfg.node_id, "origin listening");
+
+    // Drain on SIGTERM or when admin asks: one token for both.
+    let drain = shutdown.child_token();
+    let stop_reports = CancellationToken::new();
+    let hb = tokio::spawn(report::heartbeats(
+        node.clone(),
+        admin.clone(),
+        public,
+        Duration::from_millis(cfg.heartbeat_ms),
+        drain.clone(),
+        stop_reports.clone(),
+    ));
+    let usage = tokio::spawn(report::usage(
+        node.clone(),
+        admin,
+        Duration::from_millis(cfg.usage_report_ms),
+        stop_reports.clone(),
+    ));
+    let serve_cfg = ServeConfig {
+        drain_timeout: Duration::from_secs(cfg.drain_secs),
+        ..ServeConfig::default()
+    };
+    let serving = {
+        let node = node.clone();
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            headwater_serve::run(
+                listener,
+                move |peer| {
+                    let node = node.clone();
+                    tower::service_fn(move |req| handler::handle(node.clone(), peer, req))
+                },
+                drain,
+                serve_cfg,
+            )
+            .await
+        })
+    };
+    drain.cancelled().await;
+    node.draining.store(true, Ordering::Relaxed);
+    tracing::info!("draining");
+    let left = serving.await.unwrap_or(0);
+    stop_reports.cancel();
+    let _ = tokio::join!(hb, usage);
+    if left > 0 {
+        tracing::warn!(left, "connections cut at the drain deadline");
+    }
+    tracing::info!("drained");
+    Ok(())
+}

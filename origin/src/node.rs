@@ -1,0 +1,189 @@
+//! The node's shared state: what it serves (from admin), and what it has served
+//! (usage per account per minute, egress, in-flight responses).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use headwater_protocol::{NodeConfig, UsageWindow};
+use ipnet::IpNet;
+use uuid::Uuid;
+
+use crate::files::Files;
+use crate::metrics::Metrics;
+use crate::shaper::Shaper;
+
+/// (account, minute start in ms) → (bytes, requests).
+type UsageCounts = HashMap<(Arc<str>, i64), (u64, u64)>;
+
+/// An account as this node serves it.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: Arc<str>,
+    pub allow: Vec<IpNet>,
+    pub active: bool,
+}
+
+impl Account {
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// The configuration in force.
+#[derive(Debug, Default)]
+pub struct Served {
+    /// 0 until the first configuration arrives.
+    pub version: u64,
+    pub accounts: HashMap<String, Account>,
+}
+
+pub struct Node {
+    pub id: Uuid,
+    pub image_version: String,
+    pub files: Files,
+    pub shaper: Shaper,
+    pub metrics: Metrics,
+    pub served: RwLock<Arc<Served>>,
+    /// Proxies (the router) whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Bytes of account content sent, per (account, minute start in ms): bytes, requests.
+    usage: Mutex<UsageCounts>,
+    /// All bytes sent (test content included), for the egress figure.
+    pub egress_bytes: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub draining: AtomicBool,
+    /// The last heartbeat reached admin.
+    pub admin_ok: AtomicBool,
+}
+
+impl Node {
+    pub fn new(
+        id: Uuid,
+        image_version: String,
+        files: Files,
+        shaper: Shaper,
+        metrics: Metrics,
+        trusted_proxies: Vec<IpNet>,
+    ) -> Self {
+        Self {
+            id,
+            image_version,
+            files,
+            shaper,
+            metrics,
+            served: RwLock::new(Arc::new(Served::default())),
+            trusted_proxies,
+            usage: Mutex::new(HashMap::new()),
+            egress_bytes: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            admin_ok: AtomicBool::new(false),
+        }
+    }
+
+    pub fn served(&self) -> Arc<Served> {
+        self.served
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts a configuration from admin in force: accounts, caps, capacity.
+    pub fn apply(&self, config: &NodeConfig) {
+        let mut accounts = HashMap::new();
+        for a in &config.accounts {
+            let allow = a
+                .ip_allow
+                .iter()
+                .filter_map(|c| c.parse::<IpNet>().ok())
+                .collect();
+            accounts.insert(
+                a.name.clone(),
+                Account {
+                    name: Arc::from(a.name.as_str()),
+                    allow,
+                    active: a.active,
+                },
+            );
+            self.shaper.set_account_cap(&a.name, a.cap_mbps);
+        }
+        self.shaper.set_capacity(config.capacity_mbps);
+        let served = Served {
+            version: config.version,
+            accounts,
+        };
+        *self
+            .served
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(served);
+    }
+
+    /// Counts bytes sent for an account (never for test content).
+    pub fn count_bytes(&self, account: &Arc<str>, bytes: u64, now_ms: i64) {
+        let window = now_ms - now_ms.rem_euclid(60_000);
+        let mut u = self
+            .usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        u.entry((account.clone(), window)).or_default().0 += bytes;
+    }
+
+    pub fn count_request(&self, account: &Arc<str>, now_ms: i64) {
+        let window = now_ms - now_ms.rem_euclid(60_000);
+        let mut u = self
+            .usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        u.entry((account.clone(), window)).or_default().1 += 1;
+    }
+
+    /// Takes the usage counted so far, to report.
+    pub fn take_usage(&self) -> Vec<UsageWindow> {
+        let mut u = self
+            .usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        u.drain()
+            .map(|((account, window_start), (bytes, requests))| UsageWindow {
+                account: account.to_string(),
+                window_start,
+                bytes,
+                requests,
+            })
+            .collect()
+    }
+
+    /// Puts back usage whose report failed, so it is sent with the next one.
+    pub fn restore_usage(&self, windows: Vec<UsageWindow>) {
+        let mut u = self
+            .usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for w in windows {
+            let e = u
+                .entry((Arc::from(w.account.as_str()), w.window_start))
+                .or_default();
+            e.0 += w.bytes;
+            e.1 += w.requests;
+        }
+    }
+
+    /// The client's address: the peer, or the last hop a trusted proxy names.
+    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        if !self.trusted_proxies.iter().any(|n| n.contains(&peer)) {
+            return peer;
+        }
+        forwarded_for
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|ip| ip.trim().parse().ok())
+            .unwrap_or(peer)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.served().version != 0
+            && self.admin_ok.load(Ordering::Relaxed)
+            && !self.draining.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,230 @@
+//! Talking to admin: the heartbeat loop (self-probe, state, load), configuration
+//! refresh when admin's version differs, and usage reports.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use headwater_protocol::{Heartbeat, HeartbeatAck, NodeConfig, NodeState, SelfProbe, UsageReport};
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+
+/// The test file the node fetches from itself.
+pub const PROBE_PATH: &str = "/_probe/hls/360p/index.m3u8";
+
+#[derive(Clone)]
+pub struct Admin {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub token: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("admin: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("admin answered {0}")]
+    Status(reqwest::StatusCode),
+}
+
+impl Admin {
+    fn node_url(&self, node: &Node, what: &str) -> String {
+        format!(
+            "{}/v1/nodes/{}/{what}",
+            self.url.trim_end_matches('/'),
+            node.id
+        )
+    }
+
+    pub async fn config(&self, node: &Node) -> Result<NodeConfig, ReportError> {
+        let res = self
+            .http
+            .get(self.node_url(node, "config"))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if !res.status().is_success() {
+            return Err(ReportError::Status(res.status()));
+        }
+        Ok(res.json().await?)
+    }
+
+    async fn heartbeat(&self, node: &Node, hb: &Heartbeat) -> Result<HeartbeatAck, ReportError> {
+        let res = self
+            .http
+            .post(self.node_url(node, "heartbeat"))
+            .bearer_auth(&self.token)
+            .json(hb)
+            .send()
+            .await?;
+        if !res.status().is_success() {
+            return Err(ReportError::Status(res.status()));
+        }
+        Ok(res.json().await?)
+    }
+
+    /// Sends the usage counted so far; on failure it is kept for the next report.
+    pub async fn report_usage(&self, node: &Node) -> Result<(), ReportError> {
+        let windows = node.take_usage();
+        if windows.is_empty() {
+            return Ok(());
+        }
+        let body = UsageReport { windows };
+        let sent = self
+            .http
+            .post(self.node_url(node, "usage"))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => {
+                node.restore_usage(body.windows);
+                Err(ReportError::Status(r.status()))
+            }
+            Err(e) => {
+                node.restore_usage(body.windows);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Fetches the node's own test content through its public listener.
+async fn self_probe(http: &reqwest::Client, public: &str) -> SelfProbe {
+    let started = Instant::now();
+    let result = async {
+        let res = http
+            .get(format!("http://{public}{PROBE_PATH}"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await?;
+        let status = res.status();
+        let body = res.bytes().await?;
+        Ok::<_, reqwest::Error>((status, body.len()))
+    }
+    .await;
+    let latency_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+    match result {
+        Ok((s, n)) if s.is_success() && n > 0 => SelfProbe {
+            ok: true,
+            latency_ms,
+            error: None,
+        },
+        Ok((s, _)) => SelfProbe {
+            ok: false,
+            latency_ms,
+            error: Some(format!("status {s}")),
+        },
+        Err(e) => SelfProbe {
+            ok: false,
+            latency_ms,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+/// Heartbeats every `interval` until `stop`; fetches a new configuration when
+/// admin's version differs; asks for a drain (cancels `drain`) when admin says so.
+/// Sends a last heartbeat saying `draining` when stopped.
+pub async fn heartbeats(
+    node: Arc<Node>,
+    admin: Admin,
+    public: String,
+    interval: Duration,
+    drain: CancellationToken,
+    stop: CancellationToken,
+) {
+    let mut last_egress = node.egress_bytes.load(Ordering::Relaxed);
+    let mut last_at = Instant::now();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut want_version = 0u64;
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.cancelled() => true,
+        };
+        if node.served().version != want_version || want_version == 0 {
+            match admin.config(&node).await {
+                Ok(c) => {
+                    if c.version != node.served().version {
+                        tracing::info!(
+                            version = c.version,
+                            accounts = c.accounts.len(),
+                            "configuration applied"
+                        );
+                    }
+                    node.apply(&c);
+                    want_version = c.version;
+                }
+                Err(e) => tracing::warn!(error = %e, "fetching configuration"),
+            }
+        }
+        let probe = self_probe(&admin.http, &public).await;
+        let egress = node.egress_bytes.load(Ordering::Relaxed);
+        let secs = last_at.elapsed().as_secs_f64().max(0.001);
+        let egress_mbps = (egress - last_egress) as f64 * 8.0 / 1e6 / secs;
+        last_egress = egress;
+        last_at = Instant::now();
+        let stats = node.files.stats();
+        let lookups = stats.hits + stats.misses;
+        let state = if stopping || node.draining.load(Ordering::Relaxed) {
+            NodeState::Draining
+        } else if node.served().version != 0 && probe.ok {
+            NodeState::Ready
+        } else {
+            NodeState::Starting
+        };
+        let hb = Heartbeat {
+            image_version: node.image_version.clone(),
+            state,
+            address: public.clone(),
+            egress_mbps,
+            open_connections: node.in_flight.load(Ordering::Relaxed),
+            cache_hit_ratio: if lookups == 0 {
+                0.0
+            } else {
+                stats.hits as f64 / lookups as f64
+            },
+            self_probe: probe,
+            config_version: node.served().version,
+        };
+        match admin.heartbeat(&node, &hb).await {
+            Ok(ack) => {
+                node.admin_ok.store(true, Ordering::Relaxed);
+                want_version = ack.config_version;
+                if ack.drain && !drain.is_cancelled() {
+                    tracing::info!("admin asked this node to drain");
+                    drain.cancel();
+                }
+            }
+            Err(e) => {
+                node.admin_ok.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, "heartbeat");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Reports usage every `interval` until `stop`, then once more.
+pub async fn usage(node: Arc<Node>, admin: Admin, interval: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.cancelled() => true,
+        };
+        if let Err(e) = admin.report_usage(&node).await {
+            tracing::warn!(error = %e, "usage report");
+        }
+        if stopping {
+            return;
+        }
+    }
+}

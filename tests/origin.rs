@@ -1,0 +1,527 @@
+//! Origin nodes as real processes over loopback: HTTP semantics, playable media,
+//! access rules, test content, usage, heartbeats, drain, and bandwidth caps.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode, header};
+use serde_json::json;
+use support::{Admin, Backend, Origin};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
+
+/// An admin, a customer with one account of `offer` holding the demo asset, and a
+/// ready node of the account's pool.
+async fn serving(
+    offer: serde_json::Value,
+    capacity: u32,
+    extra_account: serde_json::Value,
+) -> (Admin, String, Origin) {
+    let admin = Admin::start(Backend::Sqlite, &[]).await;
+    // The origin type's node capacity is what nodes apply once configured.
+    let patch = json!({"node_capacity_mbps": capacity});
+    admin
+        .call(
+            Method::PATCH,
+            "/v1/origin-types/hls",
+            Some(&admin.operator_token),
+            Some(patch),
+            StatusCode::OK,
+        )
+        .await;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let mut body = json!({"name": "ana-vod", "origin_type": "hls", "offer": offer});
+    if let Some(o) = extra_account.as_object() {
+        for (k, v) in o {
+            body[k] = v.clone();
+        }
+    }
+    let pool = admin.account(&key, body).await;
+    admin.upload_demo(&key, "ana-vod", "demo").await;
+    let (id, token) = admin.register_node(&pool).await;
+    let origin = Origin::start(&admin, &id, &token, capacity, &[]).await;
+    origin.wait_state(&admin, "ready").await;
+    (admin, key, origin)
+}
+
+async fn raw_get(origin: &Origin, target: &str) -> String {
+    let addr = origin.url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_vod_with_http_semantics() {
+    let (admin, key, origin) = serving(json!({"kind": "payg"}), 1000, json!({})).await;
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("{}/ana-vod/demo/{p}", origin.url);
+
+    // 200 with the right headers, byte-identical to the packaged files.
+    let res = http.get(url("hls/master.m3u8")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let h = res.headers().clone();
+    assert_eq!(h[header::CONTENT_TYPE], "application/vnd.apple.mpegurl");
+    assert_eq!(h[header::CACHE_CONTROL], "public, max-age=60");
+    assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    let etag = h[header::ETAG].to_str().unwrap().to_owned();
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"'),
+        "strong ETag: {etag}"
+    );
+    let last_modified = h[header::LAST_MODIFIED].to_str().unwrap().to_owned();
+    assert_eq!(
+        res.bytes().await.unwrap(),
+        std::fs::read(format!("{DEMO}/hls/master.m3u8")).unwrap()
+    );
+    for (file, ctype) in [
+        ("hls/360p/seg_000.ts", "video/mp2t"),
+        ("dash/manifest.mpd", "application/dash+xml"),
+        ("dash/seg-0-001.m4s", "video/iso.segment"),
+    ] {
+        let res = http.get(url(file)).send().await.unwrap();
+        assert_eq!(res.headers()[header::CONTENT_TYPE], ctype, "{file}");
+        let want = std::fs::read(format!("{DEMO}/{file}")).unwrap();
+        assert_eq!(
+            res.headers()[header::CONTENT_LENGTH],
+            want.len().to_string().as_str()
+        );
+        assert_eq!(res.bytes().await.unwrap(), want, "{file}");
+    }
+
+    // 304 by ETag and by date; HEAD has the headers and no body.
+    let res = http
+        .get(url("hls/master.m3u8"))
+        .header(header::IF_NONE_MATCH, &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+    let res = http
+        .get(url("hls/master.m3u8"))
+        .header(header::IF_MODIFIED_SINCE, &last_modified)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+    let res = http.head(url("hls/360p/seg_001.ts")).send().await.unwrap();
+    let size = std::fs::metadata(format!("{DEMO}/hls/360p/seg_001.ts"))
+        .unwrap()
+        .len();
+    assert_eq!(
+        res.headers()[header::CONTENT_LENGTH],
+        size.to_string().as_str()
+    );
+    assert!(res.bytes().await.unwrap().is_empty());
+
+    // 206 and 416.
+    let seg = std::fs::read(format!("{DEMO}/hls/720p/seg_002.ts")).unwrap();
+    let res = http
+        .get(url("hls/720p/seg_002.ts"))
+        .header(header::RANGE, "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        res.headers()[header::CONTENT_RANGE],
+        format!("bytes 1000-1999/{}", seg.len()).as_str()
+    );
+    assert_eq!(res.bytes().await.unwrap(), &seg[1000..2000]);
+    let res = http
+        .get(url("hls/720p/seg_002.ts"))
+        .header(header::RANGE, format!("bytes={}-", seg.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        res.headers()[header::CONTENT_RANGE],
+        format!("bytes */{}", seg.len()).as_str()
+    );
+
+    // 404: another account, a missing file.
+    let res = http
+        .get(format!("{}/bo-vod/demo/hls/master.m3u8", origin.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        res.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    assert_eq!(
+        http.get(url("hls/nope.ts")).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // Traversal attempts are refused before anything is read.
+    for target in [
+        "/ana-vod/../../etc/passwd",
+        "/ana-vod/demo/%2e%2e/%2e%2e/etc/passwd",
+        "/ana-vod/demo/hls%2F..%2F..%2Fx",
+        "/_probe/../ana-vod/demo/hls/master.m3u8",
+    ] {
+        let raw = raw_get(&origin, target).await;
+        assert!(raw.starts_with("HTTP/1.1 400"), "{target}: {raw}");
+    }
+
+    // h2c (prior knowledge) serves the same bytes.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let res = h2.get(url("hls/360p/index.m3u8")).send().await.unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(
+        res.bytes().await.unwrap(),
+        std::fs::read(format!("{DEMO}/hls/360p/index.m3u8")).unwrap()
+    );
+
+    // A deactivated account answers 410 once the node has its new configuration.
+    admin
+        .call(
+            Method::POST,
+            "/v1/accounts/ana-vod/deactivate",
+            Some(&key),
+            None,
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = http
+            .get(url("hls/master.m3u8"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if s == StatusCode::GONE {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {s} after deactivation");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ip_allow_list_is_enforced() {
+    let (_admin, _key, origin) = serving(
+        json!({"kind": "payg"}),
+        1000,
+        json!({"ip_allow": ["192.0.2.0/24"]}),
+    )
+    .await;
+    let res = reqwest::get(format!("{}/ana-vod/demo/hls/master.m3u8", origin.url))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // The test content is for probes from anywhere.
+    let res = reqwest::get(format!("{}/_probe/hls/master.m3u8", origin.url))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_played_asset_is_valid_media() {
+    let Some(ffprobe) = which("ffprobe") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "ffprobe is required in CI (scripts/test installs ffmpeg)"
+        );
+        eprintln!("ffprobe not installed: skipping the media check");
+        return;
+    };
+    let (_admin, _key, origin) = serving(json!({"kind": "trial"}), 1000, json!({})).await;
+    for manifest in ["hls/master.m3u8", "dash/manifest.mpd"] {
+        let url = format!("{}/ana-vod/demo/{manifest}", origin.url);
+        let out = tokio::process::Command::new(&ffprobe)
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "format=duration:stream=codec_type",
+                "-of",
+                "json",
+                &url,
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{manifest}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let duration: f64 = v["format"]["duration"].as_str().unwrap().parse().unwrap();
+        assert!((5.5..=6.5).contains(&duration), "{manifest}: {duration} s");
+        let kinds: Vec<_> = v["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["codec_type"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            kinds.contains(&"video".to_owned()) && kinds.contains(&"audio".to_owned()),
+            "{manifest}: {kinds:?}"
+        );
+    }
+}
+
+fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(cmd))
+        .find(|p| p.is_file())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_counts_account_bytes_but_never_test_content() {
+    let (admin, key, origin) = serving(json!({"kind": "payg"}), 1000, json!({})).await;
+    let http = reqwest::Client::new();
+    let mut expected = 0u64;
+    for file in [
+        "hls/master.m3u8",
+        "hls/360p/index.m3u8",
+        "hls/360p/seg_000.ts",
+        "hls/360p/seg_001.ts",
+    ] {
+        expected += http
+            .get(format!("{}/ana-vod/demo/{file}", origin.url))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len() as u64;
+    }
+    // A ranged request counts what was sent.
+    expected += http
+        .get(format!("{}/ana-vod/demo/hls/360p/seg_002.ts", origin.url))
+        .header(header::RANGE, "bytes=0-499")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len() as u64;
+    for _ in 0..20 {
+        http.get(format!("{}/_probe/hls/720p/seg_000.ts", origin.url))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let u = admin
+            .call(
+                Method::GET,
+                "/v1/accounts/ana-vod/usage",
+                Some(&key),
+                None,
+                StatusCode::OK,
+            )
+            .await;
+        let total = u["total_bytes"].as_u64().unwrap();
+        if total >= expected {
+            assert_eq!(total, expected, "exactly the account's bytes: {u}");
+            assert_eq!(u["total_requests"].as_u64(), Some(5), "{u}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "usage stuck at {total} of {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Heartbeats reached the store, with passing self-probes.
+    assert!(admin.count("SELECT COUNT(*) FROM probes WHERE ok AND source = 'self' AND node_id = (SELECT id FROM nodes LIMIT 1)").await >= 1);
+    let nodes = admin
+        .call(
+            Method::GET,
+            "/v1/nodes",
+            Some(&admin.operator_token),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    let n = &nodes["items"][0];
+    assert_eq!(n["state"], "ready");
+    assert_eq!(
+        n["address"].as_str(),
+        Some(origin.url.trim_start_matches("http://"))
+    );
+    let metrics = reqwest::get(format!("{}/metrics", origin.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("headwater_origin_bytes_total{account=\"_probe\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_finishes_the_download_in_flight_then_exits() {
+    // 2 Mbit/s: the 720p segment (~310 kB) takes more than a second.
+    let (admin, _key, mut origin) =
+        serving(json!({"kind": "sla", "mbps": 100}), 2, json!({})).await;
+    let url = format!("{}/ana-vod/demo/hls/720p/seg_001.ts", origin.url);
+    let download =
+        tokio::spawn(async move { reqwest::get(url).await.unwrap().bytes().await.unwrap() });
+    // Wait until the response is on its way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = reqwest::get(format!("{}/metrics", origin.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let in_flight = m
+            .lines()
+            .find_map(|l| l.strip_prefix("headwater_origin_responses_in_flight "))
+            .and_then(|v| v.parse::<u64>().ok());
+        if in_flight.is_some_and(|n| n >= 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the download never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    admin
+        .call(
+            Method::POST,
+            &format!("/v1/nodes/{}/drain", origin.id),
+            Some(&admin.operator_token),
+            None,
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    let status = origin.wait_exit().await;
+    assert!(status.success(), "{status}");
+    let got = download.await.unwrap();
+    assert_eq!(
+        got,
+        std::fs::read(format!("{DEMO}/hls/720p/seg_001.ts")).unwrap(),
+        "the in-flight download finished whole"
+    );
+    let nodes = admin
+        .call(
+            Method::GET,
+            "/v1/nodes",
+            Some(&admin.operator_token),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(nodes["items"][0]["state"], "draining");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_too() {
+    let (_admin, _key, mut origin) = serving(json!({"kind": "payg"}), 1000, json!({})).await;
+    origin.terminate().await;
+    assert!(origin.wait_exit().await.success());
+}
+
+/// Downloads segments of `account` with `clients` connections for `secs`; Mbit/s.
+async fn measure(base: &str, account: &str, clients: usize, secs: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let url = format!("{base}/{account}/demo/hls/720p/seg_00{}.ts", i % 3);
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut bytes = 0u64;
+            while Instant::now() < deadline {
+                let mut res = http.get(&url).send().await.unwrap();
+                while let Some(chunk) = res.chunk().await.unwrap() {
+                    bytes += chunk.len() as u64;
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                }
+            }
+            bytes
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total as f64 * 8.0 / 1e6 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_caps_hold_over_real_sockets() {
+    // One shared-pool node of 24 Mbit/s; payg accounts capped at 8 Mbit/s each.
+    let admin = Admin::start(Backend::Sqlite, &[]).await;
+    admin
+        .call(
+            Method::PATCH,
+            "/v1/origin-types/hls",
+            Some(&admin.operator_token),
+            Some(json!({"payg_cap_mbps": 8, "node_capacity_mbps": 24})),
+            StatusCode::OK,
+        )
+        .await;
+    let mut pool = String::new();
+    for name in ["ana-vod", "bo-vod", "cy-vod"] {
+        let (_, key) = admin.sign_up(&format!("{name}@example.com")).await;
+        pool = admin
+            .account(
+                &key,
+                json!({"name": name, "origin_type": "hls", "offer": {"kind": "payg"}}),
+            )
+            .await;
+        admin.upload_demo(&key, name, "demo").await;
+    }
+    let (id, token) = admin.register_node(&pool).await;
+    let origin = Origin::start(&admin, &id, &token, 24, &[]).await;
+    origin.wait_state(&admin, "ready").await;
+
+    // One account alone with 4 connections: held to its 8 Mbit/s cap.
+    let alone = measure(&origin.url, "ana-vod", 4, 3.0).await;
+    assert!(
+        (6.0..=10.0).contains(&alone),
+        "one payg account: {alone:.2} Mbit/s, cap 8"
+    );
+
+    // Three accounts, one greedy (6 connections): each still gets its share.
+    let (a, b, c) = tokio::join!(
+        measure(&origin.url, "ana-vod", 6, 3.0),
+        measure(&origin.url, "bo-vod", 1, 3.0),
+        measure(&origin.url, "cy-vod", 1, 3.0)
+    );
+    for (n, r) in [("ana", a), ("bo", b), ("cy", c)] {
+        assert!(
+            (5.5..=10.0).contains(&r),
+            "{n}: {r:.2} Mbit/s with three accounts on a 24 Mbit/s node"
+        );
+    }
+    assert!(
+        a + b + c <= 24.0 * 1.15,
+        "node total {:.2} over its 24 Mbit/s",
+        a + b + c
+    );
+}
