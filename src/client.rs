@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -55,6 +56,13 @@ pub enum ClientCommand {
     Operations {
         #[command(subcommand)]
         cmd: OperationsCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Upload, list and delete an account's assets.
+    Assets {
+        #[command(subcommand)]
+        cmd: AssetsCmd,
         #[command(flatten)]
         conn: Conn,
     },
@@ -147,6 +155,23 @@ pub enum AccountsCmd {
     },
     Delete {
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AssetsCmd {
+    /// Upload a packaged HLS/DASH folder (every file under DIR) as ASSET.
+    Upload {
+        account: String,
+        asset: String,
+        dir: std::path::PathBuf,
+    },
+    List {
+        account: String,
+    },
+    Delete {
+        account: String,
+        asset: String,
     },
 }
 
@@ -585,6 +610,55 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
                 print_operation(&v);
             }
         }
+        ClientCommand::Assets { cmd, conn } => {
+            let json_out = conn.json;
+            let c = Client::new(conn)?;
+            match cmd {
+                AssetsCmd::Upload {
+                    account,
+                    asset,
+                    dir,
+                } => {
+                    let v = upload(&c, &account, &asset, &dir, json_out).await?;
+                    if json_out {
+                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    }
+                }
+                AssetsCmd::List { account } => {
+                    let v = c
+                        .call(
+                            Method::GET,
+                            &format!("/v1/accounts/{account}/assets"),
+                            None,
+                            false,
+                        )
+                        .await?;
+                    if json_out {
+                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    } else {
+                        let rows = v["items"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|a| vec![s(a, "name"), s(a, "files"), s(a, "bytes")])
+                            .collect();
+                        table(&["asset", "files", "bytes"], rows);
+                    }
+                }
+                AssetsCmd::Delete { account, asset } => {
+                    c.call(
+                        Method::DELETE,
+                        &format!("/v1/accounts/{account}/assets/{asset}"),
+                        None,
+                        false,
+                    )
+                    .await?;
+                    if !json_out {
+                        println!("asset {asset} of {account} deleted");
+                    }
+                }
+            }
+        }
         ClientCommand::OriginTypes { cmd, conn } => {
             let json_out = conn.json;
             let c = Client::new(conn)?;
@@ -689,6 +763,127 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Every file under `dir`, as (path relative to it with `/` separators, full path, size).
+fn files_under(dir: &std::path::Path) -> Result<Vec<(String, std::path::PathBuf, u64)>, Failure> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d)
+            .map_err(|e| Failure::Transport(format!("{}: {e}", d.display())))?;
+        for e in entries {
+            let e = e.map_err(|e| Failure::Transport(e.to_string()))?;
+            let p = e.path();
+            let meta = e
+                .metadata()
+                .map_err(|e| Failure::Transport(e.to_string()))?;
+            if meta.is_dir() {
+                stack.push(p);
+            } else if meta.is_file() {
+                let rel = p
+                    .strip_prefix(dir)
+                    .unwrap_or(&p)
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                out.push((rel, p, meta.len()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Uploads every file under `dir`, streamed from disk, with a progress bar in bytes.
+async fn upload(
+    c: &Client,
+    account: &str,
+    asset: &str,
+    dir: &std::path::Path,
+    quiet: bool,
+) -> Result<Value, Failure> {
+    let files = files_under(dir)?;
+    if files.is_empty() {
+        return Err(Failure::Transport(format!(
+            "{} holds no files",
+            dir.display()
+        )));
+    }
+    let total: u64 = files.iter().map(|f| f.2).sum();
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(total)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let mut uploaded = Vec::new();
+    for (rel, path, _) in &files {
+        bar.set_message(rel.clone());
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Failure::Transport(format!("{}: {e}", path.display())))?;
+        let progress = bar.clone();
+        let stream = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
+            if let Ok(b) = chunk {
+                progress.inc(b.len() as u64);
+            }
+        });
+        let url = format!(
+            "{}/v1/accounts/{account}/assets/{asset}/{rel}",
+            c.conn.admin_url.trim_end_matches('/')
+        );
+        let mut req = c
+            .http
+            .put(&url)
+            .body(reqwest::Body::wrap_stream(stream))
+            .timeout(Duration::from_secs(3600));
+        if let Some(t) = c.conn.api_key.as_ref().or(c.conn.operator_token.as_ref()) {
+            req = req.bearer_auth(t);
+        }
+        let res = req
+            .send()
+            .await
+            .map_err(|e| Failure::Transport(format!("{url}: {e}")))?;
+        let status = res.status();
+        let v: Value = res.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bar.abandon();
+            return Err(Failure::Problem(v, status));
+        }
+        uploaded.push(v);
+    }
+    bar.finish_with_message(format!("{} files", files.len()));
+    let base = uploaded
+        .first()
+        .and_then(|u| u["url"].as_str())
+        .map(|u| u.trim_end_matches(files[0].0.as_str()).to_owned());
+    if !quiet {
+        println!(
+            "uploaded {} files ({total} bytes) as {account}/{asset}",
+            files.len()
+        );
+        if let Some(b) = &base {
+            println!(
+                "served at {b}<file>, e.g. {b}{}",
+                files
+                    .iter()
+                    .map(|f| f.0.as_str())
+                    .find(|f| f.ends_with(".m3u8") || f.ends_with(".mpd"))
+                    .unwrap_or(&files[0].0)
+            );
+        }
+    }
+    Ok(
+        json!({"account": account, "asset": asset, "files": uploaded.len(), "bytes": total, "base_url": base}),
+    )
 }
 
 /// Runs a client command; problems print readably and exit 1, transport errors 2.

@@ -78,6 +78,36 @@ async fn customers_accounts_operations_and_origin_types_from_the_cli() {
         "{row}"
     );
 
+    // Upload a packaged folder; the progress bar is drawn on a terminal only.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo/hls");
+    let out = cli(
+        &admin,
+        &env,
+        &["assets", "upload", "ana-vod", "trailer", dir],
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("uploaded 9 files"), "{stdout}");
+    let out = cli(&admin, &env, &["assets", "list", "ana-vod"]).await;
+    let stdout = text(&out.stdout);
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("trailer"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let total: u64 = std::fs::read_dir(format!("{dir}/720p"))
+        .unwrap()
+        .chain(std::fs::read_dir(format!("{dir}/360p")).unwrap())
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum::<u64>()
+        + std::fs::metadata(format!("{dir}/master.m3u8"))
+            .unwrap()
+            .len();
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["trailer", "9", &total.to_string()]
+    );
+
     // A problem prints readably and exits 1.
     let out = cli(&admin, &env, &["accounts", "create", "Bad_Name"]).await;
     assert_eq!(out.status.code(), Some(1));

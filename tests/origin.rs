@@ -525,3 +525,114 @@ async fn bandwidth_caps_hold_over_real_sockets() {
         a + b + c
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_validated_limited_and_isolated() {
+    let admin = Admin::start(Backend::Sqlite, &["--max-upload-bytes", "200000"]).await;
+    let (_, ana) = admin.sign_up("ana@example.com").await;
+    let (_, bo) = admin.sign_up("bo@example.com").await;
+    admin
+        .account(
+            &ana,
+            json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}}),
+        )
+        .await;
+    let put = |path: &str, key: &str, body: Vec<u8>| {
+        admin
+            .http
+            .put(format!("{}/v1/accounts/ana-vod/assets/{path}", admin.url))
+            .bearer_auth(key.to_owned())
+            .body(body)
+            .send()
+    };
+    let small = std::fs::read(format!("{DEMO}/hls/360p/index.m3u8")).unwrap();
+    let res = put("demo/hls/360p/index.m3u8", &ana, small.clone())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let up: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(up["bytes"].as_u64(), Some(small.len() as u64));
+    assert!(
+        up["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/ana-vod/demo/hls/360p/index.m3u8"),
+        "{up}"
+    );
+    // Another customer cannot write to the account (404, not 403).
+    assert_eq!(
+        put("demo/x.m3u8", &bo, small.clone())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    // Past the upload limit: 413, and nothing is left behind.
+    let big = std::fs::read(format!("{DEMO}/hls/720p/seg_000.ts")).unwrap();
+    assert!(big.len() > 200_000);
+    let res = put("demo/hls/720p/seg_000.ts", &ana, big).await.unwrap();
+    support::expect_problem(res, StatusCode::PAYLOAD_TOO_LARGE, "too-large", None).await;
+    assert!(
+        !admin
+            .content_dir()
+            .join("ana-vod/demo/hls/720p/seg_000.ts")
+            .exists()
+    );
+    // Traversal in the path (sent raw: clients would normalise it) is refused.
+    let addr = admin.url.trim_start_matches("http://").to_owned();
+    for target in [
+        "/v1/accounts/ana-vod/assets/demo/..%2F..%2F..%2Fescape.txt",
+        "/v1/accounts/ana-vod/assets/demo/a/%2e%2e/%2e%2e/%2e%2e/escape.txt",
+        "/v1/accounts/ana-vod/assets/..%2Fbo/x.ts",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let req = format!(
+            "PUT {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ana}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 422") || out.starts_with("HTTP/1.1 400"),
+            "{target}: {out}"
+        );
+        assert!(out.contains("application/problem+json"), "{out}");
+    }
+    assert!(
+        !admin.data_dir.path().join("escape.txt").exists()
+            && !admin.content_dir().join("escape.txt").exists()
+    );
+    // List and delete.
+    let list = admin
+        .call(
+            Method::GET,
+            "/v1/accounts/ana-vod/assets",
+            Some(&ana),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(
+        list["items"],
+        json!([{"name": "demo", "files": 1, "bytes": small.len()}])
+    );
+    admin
+        .call(
+            Method::DELETE,
+            "/v1/accounts/ana-vod/assets/demo",
+            Some(&ana),
+            None,
+            StatusCode::NO_CONTENT,
+        )
+        .await;
+    let list = admin
+        .call(
+            Method::GET,
+            "/v1/accounts/ana-vod/assets",
+            Some(&ana),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(list["items"], json!([]));
+}
