@@ -234,7 +234,7 @@ async fn the_ip_allow_list_is_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_played_asset_is_valid_media() {
-    let Some(ffprobe) = which("ffprobe") else {
+    let Some(ffprobe) = support::which("ffprobe") else {
         assert!(
             std::env::var("CI").is_err(),
             "ffprobe is required in CI (scripts/test installs ffmpeg)"

@@ -35,6 +35,10 @@ pub struct Admin {
     pub operator_token: String,
     pub data_dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// The content store URL, shared with the origin nodes.
+    pub content: String,
+    /// Environment for the admin and its nodes (e.g. AWS_* for S3).
+    pub env: Vec<(String, String)>,
     child: Child,
     pub http: reqwest::Client,
 }
@@ -44,6 +48,8 @@ async fn spawn(
     data_dir: &std::path::Path,
     token: &str,
     extra: &[String],
+    content: &str,
+    env: &[(String, String)],
 ) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args([
@@ -57,9 +63,9 @@ async fn spawn(
         ])
         .arg("--data-dir")
         .arg(data_dir)
-        .arg("--content")
-        .arg(data_dir.join("content"))
+        .args(["--content", content])
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env(
             "HEADWATER_LOG",
             std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -89,6 +95,17 @@ async fn spawn(
 
 impl Admin {
     pub async fn start(backend: Backend, extra: &[&str]) -> Self {
+        Self::start_with(backend, extra, None, Vec::new()).await
+    }
+
+    /// Like `start`, with a content store URL (default: a directory in the data
+    /// dir) and environment variables, both passed on to origin nodes too.
+    pub async fn start_with(
+        backend: Backend,
+        extra: &[&str],
+        content: Option<String>,
+        env: Vec<(String, String)>,
+    ) -> Self {
         // The one crypto provider, as the binary installs it.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let data_dir = tempfile::tempdir().expect("temp dir");
@@ -98,13 +115,25 @@ impl Admin {
         };
         let operator_token = format!("op-{}", uuid::Uuid::new_v4().simple());
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let (child, url) = spawn(&db_url, data_dir.path(), &operator_token, &extra).await;
+        let content =
+            content.unwrap_or_else(|| data_dir.path().join("content").display().to_string());
+        let (child, url) = spawn(
+            &db_url,
+            data_dir.path(),
+            &operator_token,
+            &extra,
+            &content,
+            &env,
+        )
+        .await;
         Self {
             url,
             db_url,
             operator_token,
             data_dir,
             extra,
+            content,
+            env,
             child,
             http: reqwest::Client::new(),
         }
@@ -114,13 +143,23 @@ impl Admin {
     pub async fn replica(&self, extra: &[&str]) -> Admin {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let (child, url) = spawn(&self.db_url, data_dir.path(), &self.operator_token, &extra).await;
+        let (child, url) = spawn(
+            &self.db_url,
+            data_dir.path(),
+            &self.operator_token,
+            &extra,
+            &self.content,
+            &self.env,
+        )
+        .await;
         Admin {
             url,
             db_url: self.db_url.clone(),
             operator_token: self.operator_token.clone(),
             data_dir,
             extra,
+            content: self.content.clone(),
+            env: self.env.clone(),
             child,
             http: reqwest::Client::new(),
         }
@@ -136,6 +175,8 @@ impl Admin {
             self.data_dir.path(),
             &self.operator_token,
             &self.extra,
+            &self.content,
+            &self.env,
         )
         .await;
         self.child = child;
@@ -410,8 +451,8 @@ impl Origin {
                 "--usage-report-ms",
                 "300",
             ])
-            .arg("--content")
-            .arg(admin.content_dir())
+            .args(["--content", &admin.content])
+            .envs(admin.env.iter().map(|(k, v)| (k, v)))
             .args(extra)
             .env(
                 "HEADWATER_LOG",
@@ -489,4 +530,13 @@ impl Origin {
             .await
             .expect("kill");
     }
+}
+
+/// The path of a program on PATH.
+pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(cmd))
+        .find(|p| p.is_file())
 }
