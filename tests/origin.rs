@@ -279,14 +279,6 @@ async fn the_played_asset_is_valid_media() {
     }
 }
 
-fn which(cmd: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| std::path::Path::new(d).join(cmd))
-        .find(|p| p.is_file())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_counts_account_bytes_but_never_test_content() {
     let (admin, key, origin) = serving(json!({"kind": "payg"}), 1000, json!({})).await;
