@@ -18,9 +18,42 @@ use tokio::time::Instant;
 /// A cached file and when it was last checked against the store.
 #[derive(Clone)]
 struct Entry {
-    meta: Meta,
-    bytes: Bytes,
+    found: Arc<Found>,
     checked: Instant,
+}
+
+/// A file as found: its metadata, the headers every answer about it carries
+/// (made once, not per request), and its bytes when small enough to keep.
+struct Found {
+    meta: Meta,
+    headers: HeaderMap,
+    bytes: Option<Bytes>,
+}
+
+impl Found {
+    fn new(path: &ContentPath, meta: Meta, bytes: Option<Bytes>) -> Self {
+        let mut headers = HeaderMap::with_capacity(8);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(headwater_content::content_type(path.as_str())),
+        );
+        if let Ok(v) = HeaderValue::from_str(&meta.etag) {
+            headers.insert(header::ETAG, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&httpdate(meta.last_modified)) {
+            headers.insert(header::LAST_MODIFIED, v);
+        }
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(cache_control(path.as_str())),
+        );
+        Self {
+            meta,
+            headers,
+            bytes,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -28,7 +61,7 @@ struct BySize;
 
 impl Weighter<ContentPath, Entry> for BySize {
     fn weight(&self, _: &ContentPath, e: &Entry) -> u64 {
-        e.bytes.len() as u64 + 256
+        e.found.bytes.as_ref().map_or(0, Bytes::len) as u64 + 512
     }
 }
 
@@ -95,42 +128,42 @@ impl Files {
     }
 
     /// Looks a file up: from the cache when fresh, else from the store (caching it
-    /// when small enough). Returns its metadata and, when cached, its bytes.
-    async fn lookup(&self, path: &ContentPath) -> Result<(Meta, Option<Bytes>), ContentError> {
+    /// when small enough).
+    async fn lookup(&self, path: &ContentPath) -> Result<Arc<Found>, ContentError> {
         let now = Instant::now();
         if let Some(e) = self.cache.get(path) {
             if now.duration_since(e.checked) < self.revalidate {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok((e.meta, Some(e.bytes)));
+                return Ok(e.found);
             }
             let meta = self.store.head(path).await?;
-            if meta.etag == e.meta.etag {
+            if meta.etag == e.found.meta.etag {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 self.cache.insert(
                     path.clone(),
                     Entry {
+                        found: e.found.clone(),
                         checked: now,
-                        ..e.clone()
                     },
                 );
-                return Ok((e.meta, Some(e.bytes)));
+                return Ok(e.found);
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let meta = self.store.head(path).await?;
         if meta.size > self.max_item {
-            return Ok((meta, None));
+            return Ok(Arc::new(Found::new(path, meta, None)));
         }
         let bytes = self.store.read_all(path).await?;
+        let found = Arc::new(Found::new(path, meta, Some(bytes)));
         self.cache.insert(
             path.clone(),
             Entry {
-                meta: meta.clone(),
-                bytes: bytes.clone(),
+                found: found.clone(),
                 checked: now,
             },
         );
-        Ok((meta, Some(bytes)))
+        Ok(found)
     }
 
     /// Answers a GET or HEAD for `path` given the request headers.
@@ -140,40 +173,22 @@ impl Files {
         req: &HeaderMap,
         head: bool,
     ) -> Result<Reply, ContentError> {
-        let (meta, cached) = self.lookup(path).await?;
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(headwater_content::content_type(path.as_str())),
-        );
-        headers.insert(
-            header::ETAG,
-            HeaderValue::from_str(&meta.etag).unwrap_or(HeaderValue::from_static("\"0\"")),
-        );
-        if let Ok(v) = HeaderValue::from_str(&httpdate(meta.last_modified)) {
-            headers.insert(header::LAST_MODIFIED, v);
-        }
-        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        headers.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static(cache_control(path.as_str())),
-        );
-
-        if not_modified(req, &meta) {
+        let found = self.lookup(path).await?;
+        let meta = &found.meta;
+        let mut headers = found.headers.clone();
+        if not_modified(req, meta) {
             return Ok(Reply {
                 status: StatusCode::NOT_MODIFIED,
                 headers,
                 body: None,
             });
         }
-        let range = match requested_range(req, &meta) {
+        let range = match requested_range(req, meta) {
             Ok(r) => r,
             Err(()) => {
-                headers.insert(
-                    header::CONTENT_RANGE,
-                    HeaderValue::from_str(&format!("bytes */{}", meta.size))
-                        .unwrap_or(HeaderValue::from_static("bytes */0")),
-                );
+                let v = HeaderValue::from_str(&format!("bytes */{}", meta.size))
+                    .unwrap_or(HeaderValue::from_static("bytes */0"));
+                headers.insert(header::CONTENT_RANGE, v);
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
                 return Ok(Reply {
                     status: StatusCode::RANGE_NOT_SATISFIABLE,
@@ -202,7 +217,7 @@ impl Files {
                 body: None,
             });
         }
-        let body = match cached {
+        let body = match &found.bytes {
             Some(b) => Body::Cached(b.slice(
                 usize::try_from(span.start).unwrap_or(0)..usize::try_from(span.end).unwrap_or(0),
             )),

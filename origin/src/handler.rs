@@ -67,9 +67,8 @@ pub async fn handle(
     let started = Instant::now();
     let mut res = route(&node, peer, &req).await;
     cors(&mut res);
-    if let Ok(v) = HeaderValue::from_str(&node.id.to_string()) {
-        res.headers_mut().insert("x-headwater-node", v);
-    }
+    res.headers_mut()
+        .insert("x-headwater-node", node.id_header.clone());
     node.metrics
         .latency
         .observe(started.elapsed().as_secs_f64());
@@ -81,7 +80,8 @@ async fn route(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> R
     match path {
         "/healthz" => return Response::new(full("ok\n")),
         "/readyz" => {
-            let ready = node.is_ready();
+            // Configured, heard by admin, not draining, and the content store answers.
+            let ready = node.is_ready() && node.files.store().ping().await.is_ok();
             let mut res = Response::new(full(if ready { "ready\n" } else { "not ready\n" }));
             if !ready {
                 *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -131,10 +131,10 @@ async fn route(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> R
     if content.as_str().split('/').count() < 3 {
         return problem(StatusCode::NOT_FOUND, "not-found", "no such file");
     }
-    let (account, counted) = if content.first() == PROBE_PREFIX {
-        (Arc::<str>::from(PROBE_PREFIX), false)
+    let served = node.served();
+    let (account, counted, ok_counter) = if content.first() == PROBE_PREFIX {
+        (node.probe_account.clone(), false, &node.probe_ok_requests)
     } else {
-        let served = node.served();
         let Some(a) = served.accounts.get(content.first()) else {
             return count(
                 node,
@@ -168,7 +168,7 @@ async fn route(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> R
                 ),
             );
         }
-        (a.name.clone(), true)
+        (a.name.clone(), true, &a.ok_requests)
     };
     let reply = match node.files.reply(&content, req.headers(), head).await {
         Ok(r) => r,
@@ -192,11 +192,13 @@ async fn route(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> R
             );
         }
     };
-    if counted {
-        node.count_request(&account, now_ms());
-    }
     let res = respond(node, account.clone(), counted, reply);
-    count(node, &account, res)
+    if res.status() == StatusCode::OK {
+        ok_counter.inc();
+        res
+    } else {
+        count(node, &account, res)
+    }
 }
 
 fn count(node: &Node, account: &str, res: Response<ResBody>) -> Response<ResBody> {
@@ -231,30 +233,24 @@ fn respond(node: &Arc<Node>, account: Arc<str>, counted: bool, reply: Reply) -> 
 }
 
 /// Sends a body in chunks of at most [`CHUNK`], each only once the shaper grants
-/// it, counting bytes as they go out.
+/// it. The hot path per chunk is one shaper grant and one atomic add; usage and
+/// per-account metrics are recorded once, when the response ends.
 fn shaped(node: Arc<Node>, account: Arc<str>, counted: bool, body: Body) -> ResBody {
     let source: BoxStream<'static, Result<Bytes, ContentError>> = match body {
         Body::Cached(b) => stream::iter([Ok(b)]).boxed(),
         Body::Stream(s) => s,
     };
     struct St {
-        node: Arc<Node>,
-        account: Arc<str>,
-        counted: bool,
+        sent: Sent,
         source: BoxStream<'static, Result<Bytes, ContentError>>,
         buf: Bytes,
         failed: bool,
-        _flight: InFlight,
     }
-    let flight = InFlight::new(node.clone());
     let st = St {
-        node,
-        account,
-        counted,
+        sent: Sent::new(node, account, counted),
         source,
         buf: Bytes::new(),
         failed: false,
-        _flight: flight,
     };
     let frames = stream::unfold(st, |mut st| async move {
         if st.failed {
@@ -270,43 +266,64 @@ fn shaped(node: Arc<Node>, account: Arc<str>, counted: bool, body: Body) -> ResB
                 None => return None,
             }
         }
-        let piece = st.buf.split_to(st.buf.len().min(CHUNK));
-        let waited = Instant::now();
-        st.node.shaper.acquire(&st.account, piece.len()).await;
-        let w = waited.elapsed().as_secs_f64();
-        if w > 0.0001 {
-            st.node.metrics.throttled_seconds.inc_by(w);
-        }
-        let n = piece.len() as u64;
-        st.node.egress_bytes.fetch_add(n, Ordering::Relaxed);
-        st.node
-            .metrics
-            .bytes
-            .with_label_values(&[&st.account])
-            .inc_by(n);
-        if st.counted {
-            st.node.count_bytes(&st.account, n, now_ms());
-        }
+        let node = &st.sent.node;
+        // All that is buffered in one grant when the tokens are there (no one
+        // waits); otherwise chunk by chunk, so waiting accounts interleave.
+        let piece = if node.shaper.try_acquire(&st.sent.account, st.buf.len()) {
+            std::mem::take(&mut st.buf)
+        } else {
+            let piece = st.buf.split_to(st.buf.len().min(CHUNK));
+            let waited = Instant::now();
+            node.shaper.acquire(&st.sent.account, piece.len()).await;
+            node.metrics
+                .throttled_seconds
+                .inc_by(waited.elapsed().as_secs_f64());
+            piece
+        };
+        node.egress_bytes
+            .fetch_add(piece.len() as u64, Ordering::Relaxed);
+        st.sent.bytes += piece.len() as u64;
         Some((Ok(Frame::data(piece)), st))
     });
     StreamBody::new(frames).boxed_unsync()
 }
 
-/// Counts a response as in flight until its body is dropped.
-struct InFlight(Arc<Node>);
+/// A response being sent: counted in flight until its body is dropped, when its
+/// bytes go to the account's usage and metrics.
+struct Sent {
+    node: Arc<Node>,
+    account: Arc<str>,
+    /// Account content (test content is never counted as usage).
+    counted: bool,
+    bytes: u64,
+}
 
-impl InFlight {
-    fn new(node: Arc<Node>) -> Self {
+impl Sent {
+    fn new(node: Arc<Node>, account: Arc<str>, counted: bool) -> Self {
         node.in_flight.fetch_add(1, Ordering::Relaxed);
         node.metrics.in_flight.inc();
-        Self(node)
+        Self {
+            node,
+            account,
+            counted,
+            bytes: 0,
+        }
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Sent {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.metrics.in_flight.dec();
+        self.node.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.node.metrics.in_flight.dec();
+        self.node
+            .metrics
+            .bytes
+            .with_label_values(&[&self.account])
+            .inc_by(self.bytes);
+        if self.counted {
+            self.node
+                .count_usage(&self.account, self.bytes, 1, now_ms());
+        }
     }
 }
 

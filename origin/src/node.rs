@@ -21,6 +21,8 @@ type UsageCounts = HashMap<(Arc<str>, i64), (u64, u64)>;
 #[derive(Debug, Clone)]
 pub struct Account {
     pub name: Arc<str>,
+    /// `requests_total{account, status="200"}`, resolved once.
+    pub ok_requests: prometheus::IntCounter,
     pub allow: Vec<IpNet>,
     pub active: bool,
 }
@@ -41,6 +43,11 @@ pub struct Served {
 
 pub struct Node {
     pub id: Uuid,
+    /// `X-Headwater-Node`, made once.
+    pub id_header: http::HeaderValue,
+    /// The pseudo-account of the test content, and its 200 counter.
+    pub probe_account: Arc<str>,
+    pub probe_ok_requests: prometheus::IntCounter,
     pub image_version: String,
     pub files: Files,
     pub shaper: Shaper,
@@ -67,8 +74,16 @@ impl Node {
         metrics: Metrics,
         trusted_proxies: Vec<IpNet>,
     ) -> Self {
+        let id_header = http::HeaderValue::from_str(&id.to_string())
+            .unwrap_or(http::HeaderValue::from_static("unknown"));
+        let probe_ok_requests = metrics
+            .requests
+            .with_label_values(&[headwater_protocol::PROBE_PREFIX, "200"]);
         Self {
             id,
+            id_header,
+            probe_account: Arc::from(headwater_protocol::PROBE_PREFIX),
+            probe_ok_requests,
             image_version,
             files,
             shaper,
@@ -103,6 +118,10 @@ impl Node {
                 a.name.clone(),
                 Account {
                     name: Arc::from(a.name.as_str()),
+                    ok_requests: self
+                        .metrics
+                        .requests
+                        .with_label_values(&[a.name.as_str(), "200"]),
                     allow,
                     active: a.active,
                 },
@@ -120,23 +139,16 @@ impl Node {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(served);
     }
 
-    /// Counts bytes sent for an account (never for test content).
-    pub fn count_bytes(&self, account: &Arc<str>, bytes: u64, now_ms: i64) {
+    /// Counts a response of an account (never test content): bytes and requests.
+    pub fn count_usage(&self, account: &Arc<str>, bytes: u64, requests: u64, now_ms: i64) {
         let window = now_ms - now_ms.rem_euclid(60_000);
         let mut u = self
             .usage
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        u.entry((account.clone(), window)).or_default().0 += bytes;
-    }
-
-    pub fn count_request(&self, account: &Arc<str>, now_ms: i64) {
-        let window = now_ms - now_ms.rem_euclid(60_000);
-        let mut u = self
-            .usage
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        u.entry((account.clone(), window)).or_default().1 += 1;
+        let e = u.entry((account.clone(), window)).or_default();
+        e.0 += bytes;
+        e.1 += requests;
     }
 
     /// Takes the usage counted so far, to report.

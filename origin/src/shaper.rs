@@ -147,6 +147,35 @@ impl Shaper {
         self.wake.notify_one();
     }
 
+    /// Takes the tokens for `bytes` if they are there and nobody waits; `false`
+    /// means call [`Shaper::acquire`].
+    pub fn try_acquire(&self, account: &Arc<str>, bytes: usize) -> bool {
+        let n = bytes as f64;
+        let now = Instant::now();
+        let mut s = lock(&self.state);
+        let State {
+            node,
+            accounts,
+            ready,
+        } = &mut *s;
+        if !ready.is_empty() {
+            return false;
+        }
+        node.refill(now);
+        if node.tokens < n {
+            return false;
+        }
+        if let Some(b) = accounts.get_mut(account).and_then(|q| q.bucket.as_mut()) {
+            b.refill(now);
+            if b.tokens < n {
+                return false;
+            }
+            b.tokens -= n;
+        }
+        node.tokens -= n;
+        true
+    }
+
     /// Waits until `bytes` may be sent for `account`.
     pub async fn acquire(&self, account: &Arc<str>, bytes: usize) {
         let n = bytes as f64;
