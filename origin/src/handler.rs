@@ -16,7 +16,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use prometheus::Encoder;
+use prometheus::{Encoder, IntCounter};
 
 use crate::files::{Body, Reply};
 use crate::node::Node;
@@ -132,8 +132,13 @@ async fn route(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> R
         return problem(StatusCode::NOT_FOUND, "not-found", "no such file");
     }
     let served = node.served();
-    let (account, counted, ok_counter) = if content.first() == PROBE_PREFIX {
-        (node.probe_account.clone(), false, &node.probe_ok_requests)
+    let (account, counted, ok_counter, bytes_counter) = if content.first() == PROBE_PREFIX {
+        (
+            node.probe_account.clone(),
+            false,
+            &node.probe_ok_requests,
+            &node.probe_bytes,
+        )
     } else {
         let Some(a) = served.accounts.get(content.first()) else {
             return count(
@@ -168,7 +173,7 @@ async fn route(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> R
                 ),
             );
         }
-        (a.name.clone(), true, &a.ok_requests)
+        (a.name.clone(), true, &a.ok_requests, &a.bytes)
     };
     let reply = match node.files.reply(&content, req.headers(), head).await {
         Ok(r) => r,
@@ -192,7 +197,7 @@ async fn route(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> R
             );
         }
     };
-    let res = respond(node, account.clone(), counted, reply);
+    let res = respond(node, account.clone(), counted, bytes_counter.clone(), reply);
     if res.status() == StatusCode::OK {
         ok_counter.inc();
         res
@@ -216,7 +221,13 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn respond(node: &Arc<Node>, account: Arc<str>, counted: bool, reply: Reply) -> Response<ResBody> {
+fn respond(
+    node: &Arc<Node>,
+    account: Arc<str>,
+    counted: bool,
+    bytes: IntCounter,
+    reply: Reply,
+) -> Response<ResBody> {
     let Reply {
         status,
         headers,
@@ -224,7 +235,7 @@ fn respond(node: &Arc<Node>, account: Arc<str>, counted: bool, reply: Reply) -> 
     } = reply;
     let body = match body {
         None => full(Bytes::new()),
-        Some(b) => shaped(node.clone(), account, counted, b),
+        Some(b) => shaped(Sent::new(node.clone(), account, counted, bytes), b),
     };
     let mut res = Response::new(body);
     *res.status_mut() = status;
@@ -235,7 +246,7 @@ fn respond(node: &Arc<Node>, account: Arc<str>, counted: bool, reply: Reply) -> 
 /// Sends a body in chunks of at most [`CHUNK`], each only once the shaper grants
 /// it. The hot path per chunk is one shaper grant and one atomic add; usage and
 /// per-account metrics are recorded once, when the response ends.
-fn shaped(node: Arc<Node>, account: Arc<str>, counted: bool, body: Body) -> ResBody {
+fn shaped(sent: Sent, body: Body) -> ResBody {
     let source: BoxStream<'static, Result<Bytes, ContentError>> = match body {
         Body::Cached(b) => stream::iter([Ok(b)]).boxed(),
         Body::Stream(s) => s,
@@ -247,7 +258,7 @@ fn shaped(node: Arc<Node>, account: Arc<str>, counted: bool, body: Body) -> ResB
         failed: bool,
     }
     let st = St {
-        sent: Sent::new(node, account, counted),
+        sent,
         source,
         buf: Bytes::new(),
         failed: false,
@@ -296,10 +307,12 @@ struct Sent {
     /// Account content (test content is never counted as usage).
     counted: bool,
     bytes: u64,
+    /// `bytes_total{account}`.
+    counter: IntCounter,
 }
 
 impl Sent {
-    fn new(node: Arc<Node>, account: Arc<str>, counted: bool) -> Self {
+    fn new(node: Arc<Node>, account: Arc<str>, counted: bool, counter: IntCounter) -> Self {
         node.in_flight.fetch_add(1, Ordering::Relaxed);
         node.metrics.in_flight.inc();
         Self {
@@ -307,6 +320,7 @@ impl Sent {
             account,
             counted,
             bytes: 0,
+            counter,
         }
     }
 }
@@ -315,11 +329,7 @@ impl Drop for Sent {
     fn drop(&mut self) {
         self.node.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.node.metrics.in_flight.dec();
-        self.node
-            .metrics
-            .bytes
-            .with_label_values(&[&self.account])
-            .inc_by(self.bytes);
+        self.counter.inc_by(self.bytes);
         if self.counted {
             self.node
                 .count_usage(&self.account, self.bytes, 1, now_ms());

@@ -21,8 +21,9 @@ type UsageCounts = HashMap<(Arc<str>, i64), (u64, u64)>;
 #[derive(Debug, Clone)]
 pub struct Account {
     pub name: Arc<str>,
-    /// `requests_total{account, status="200"}`, resolved once.
+    /// `requests_total{account, status="200"}` and `bytes_total{account}`, resolved once.
     pub ok_requests: prometheus::IntCounter,
+    pub bytes: prometheus::IntCounter,
     pub allow: Vec<IpNet>,
     pub active: bool,
 }
@@ -48,6 +49,7 @@ pub struct Node {
     /// The pseudo-account of the test content, and its 200 counter.
     pub probe_account: Arc<str>,
     pub probe_ok_requests: prometheus::IntCounter,
+    pub probe_bytes: prometheus::IntCounter,
     pub image_version: String,
     pub files: Files,
     pub shaper: Shaper,
@@ -84,6 +86,9 @@ impl Node {
             id_header,
             probe_account: Arc::from(headwater_protocol::PROBE_PREFIX),
             probe_ok_requests,
+            probe_bytes: metrics
+                .bytes
+                .with_label_values(&[headwater_protocol::PROBE_PREFIX]),
             image_version,
             files,
             shaper,
@@ -122,6 +127,7 @@ impl Node {
                         .metrics
                         .requests
                         .with_label_values(&[a.name.as_str(), "200"]),
+                    bytes: self.metrics.bytes.with_label_values(&[a.name.as_str()]),
                     allow,
                     active: a.active,
                 },
