@@ -7,6 +7,7 @@ pub mod clock;
 pub mod domain;
 pub mod keys;
 pub mod probe_content;
+pub mod reconciler;
 pub mod server;
 pub mod store;
 pub mod worker;

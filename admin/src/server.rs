@@ -14,9 +14,11 @@ use crate::api::{self, ApiSettings, AppState, Metrics, RateLimits};
 use crate::bus::Bus;
 use crate::clock::{Clock, SystemClock};
 use crate::keys;
+use crate::reconciler::{HealthPolicy, NodeTemplate, Reconciler};
 use crate::store::Store;
 use crate::worker::Worker;
 use headwater_content::ContentStore;
+use headwater_provisioner::{Driver, ProcessDriver};
 use headwater_serve::{ServeConfig, with_peer};
 
 /// Flags of `headwater admin`; each also reads a `HEADWATER_*` variable.
@@ -77,6 +79,16 @@ pub struct AdminConfig {
     /// Largest uploaded file in bytes.
     #[arg(long, env = "HEADWATER_MAX_UPLOAD_BYTES", default_value_t = 4 << 30)]
     pub max_upload_bytes: u64,
+    /// How origin nodes are run: `process` (local processes that outlive an admin
+    /// restart) or `none` (nodes are registered and started by hand).
+    #[arg(long, env = "HEADWATER_DRIVER", default_value = "process", value_parser = ["process", "none"])]
+    pub driver: String,
+    /// The program nodes run (`headwater` itself by default).
+    #[arg(long, env = "HEADWATER_NODE_PROGRAM")]
+    pub node_program: Option<PathBuf>,
+    /// A node without a heartbeat for this long is failed and replaced.
+    #[arg(long, env = "HEADWATER_HEARTBEAT_TIMEOUT_MS", default_value_t = 3000)]
+    pub heartbeat_timeout_ms: u64,
     /// Largest request body in bytes.
     #[arg(long, env = "HEADWATER_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -120,6 +132,9 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 pub struct Admin {
     pub state: AppState,
     pub workers: Vec<Worker>,
+    /// Runs nodes for pools; `None` with `--driver none`.
+    pub driver: Option<Arc<dyn Driver>>,
+    cfg: AdminConfig,
 }
 
 impl Admin {
@@ -165,14 +180,24 @@ impl Admin {
                 cfg.signup_rate_limit,
             )),
         };
+        let driver: Option<Arc<dyn Driver>> = match cfg.driver.as_str() {
+            "process" => Some(Arc::new(ProcessDriver::new(cfg.data_dir.join("nodes"))?)),
+            _ => None,
+        };
         let workers = (0..cfg.workers)
             .map(|_| {
                 let mut w = Worker::new(store.clone(), clock.clone(), bus.wake.clone());
                 w.poll = Duration::from_millis(cfg.worker_poll_ms);
+                w.wait_for_nodes = driver.is_some();
                 w
             })
             .collect();
-        Ok(Self { state, workers })
+        Ok(Self {
+            state,
+            workers,
+            driver,
+            cfg: cfg.clone(),
+        })
     }
 
     /// Serves the API on `listener` and runs the worker until `shutdown`, then
@@ -189,6 +214,38 @@ impl Admin {
             .into_iter()
             .map(|w| tokio::spawn(w.run(shutdown.clone())))
             .collect();
+        let reconciler = match self.driver {
+            Some(driver) => {
+                let program = match &self.cfg.node_program {
+                    Some(p) => p.clone(),
+                    None => {
+                        std::env::current_exe().context("finding the headwater binary for nodes")?
+                    }
+                };
+                let template = NodeTemplate {
+                    program,
+                    admin_url: format!("http://{}", listener.local_addr()?),
+                    content_url: self.cfg.content_url.clone(),
+                    heartbeat_ms: 1000,
+                };
+                let policy = HealthPolicy {
+                    heartbeat_timeout_ms: i64::try_from(self.cfg.heartbeat_timeout_ms)
+                        .unwrap_or(3000),
+                    ..HealthPolicy::default()
+                };
+                let r = Reconciler {
+                    store: self.state.store.clone(),
+                    driver,
+                    clock: self.state.clock.clone(),
+                    policy,
+                    template,
+                    interval: Duration::from_millis(250),
+                    started: self.state.clock.now_ms(),
+                };
+                Some(tokio::spawn(r.run(shutdown.clone())))
+            }
+            None => None,
+        };
         let sweeper = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -216,6 +273,9 @@ impl Admin {
         shutdown.cancel();
         for w in workers {
             let _ = w.await;
+        }
+        if let Some(r) = reconciler {
+            let _ = r.await;
         }
         let _ = sweeper.await;
         store.close().await;

@@ -19,11 +19,24 @@ pub const LEASE_MS: i64 = 30_000;
 /// Attempts before an operation is marked failed.
 pub const MAX_ATTEMPTS: i32 = 5;
 
-/// One step of an operation: its name (recorded in the operation) and its effect.
+/// One step of an operation: its name (recorded in the operation), its effect,
+/// and what it waits for before it counts as done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     pub name: &'static str,
     pub effect: Option<Effect>,
+    /// Wait until the account's pool has this many ready nodes.
+    pub ready_nodes: Option<i64>,
+}
+
+impl Step {
+    fn apply(name: &'static str, effect: Effect) -> Self {
+        Self {
+            name,
+            effect: Some(effect),
+            ready_nodes: None,
+        }
+    }
 }
 
 /// Facts about the account an operation acts on, read before planning.
@@ -32,6 +45,13 @@ pub struct AccountFacts {
     pub id: Uuid,
     pub offer: Offer,
     pub node_capacity_mbps: u32,
+}
+
+/// How far an operation got in one run.
+enum Progress {
+    Done,
+    /// Waiting for something outside the store; run again shortly.
+    Waiting,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +63,15 @@ pub enum WorkerError {
 }
 
 /// The steps of an operation, in order. Pure: the same operation and facts always
-/// give the same plan, so a resumed operation sees the plan it started with.
-pub fn plan(op: &OperationRow, account: Option<AccountFacts>) -> Result<Vec<Step>, String> {
+/// give the same plan, so a resumed operation sees the plan it started with. With
+/// `wait_for_nodes` (a driver runs nodes), an account is only done once its pool
+/// has enough ready nodes: one for a shared pool, enough to carry the SLA for a
+/// dedicated one.
+pub fn plan(
+    op: &OperationRow,
+    account: Option<AccountFacts>,
+    wait_for_nodes: bool,
+) -> Result<Vec<Step>, String> {
     let need_account = || account.ok_or_else(|| "the operation names no account".to_owned());
     let steps = match op.kind.as_str() {
         "create" | "change_offer" => {
@@ -53,33 +80,41 @@ pub fn plan(op: &OperationRow, account: Option<AccountFacts>) -> Result<Vec<Step
                 Offer::Sla(m) => dedicated_pool_nodes(m, a.node_capacity_mbps),
                 _ => 0,
             };
-            vec![
-                Step {
-                    name: "pool_assigned",
-                    effect: Some(Effect::AssignPool {
-                        account_id: a.id,
-                        dedicated_nodes: nodes,
-                    }),
+            let mut steps = vec![Step::apply(
+                "pool_assigned",
+                Effect::AssignPool {
+                    account_id: a.id,
+                    dedicated_nodes: nodes,
                 },
-                Step {
-                    name: "allocation_recorded",
-                    effect: Some(Effect::RecordAllocation { account_id: a.id }),
-                },
-            ]
+            )];
+            if wait_for_nodes {
+                // The spare is not needed to carry the SLA.
+                let need = if nodes > 0 { i64::from(nodes) - 1 } else { 1 };
+                steps.push(Step {
+                    name: "nodes_ready",
+                    effect: None,
+                    ready_nodes: Some(need),
+                });
+            }
+            steps.push(Step::apply(
+                "allocation_recorded",
+                Effect::RecordAllocation { account_id: a.id },
+            ));
+            steps
         }
         "update" | "deactivate" | "reactivate" => {
             let a = need_account()?;
-            vec![Step {
-                name: "allocation_recorded",
-                effect: Some(Effect::RecordAllocation { account_id: a.id }),
-            }]
+            vec![Step::apply(
+                "allocation_recorded",
+                Effect::RecordAllocation { account_id: a.id },
+            )]
         }
         "delete" => {
             let a = need_account()?;
-            vec![Step {
-                name: "released",
-                effect: Some(Effect::Release { account_id: a.id }),
-            }]
+            vec![Step::apply(
+                "released",
+                Effect::Release { account_id: a.id },
+            )]
         }
         "upgrade" => {
             let origin_type = op
@@ -92,13 +127,13 @@ pub fn plan(op: &OperationRow, account: Option<AccountFacts>) -> Result<Vec<Step
                 .get("version")
                 .and_then(|v| v.as_str())
                 .ok_or("an upgrade names a version")?;
-            vec![Step {
-                name: "image_current",
-                effect: Some(Effect::SetCurrentImage {
+            vec![Step::apply(
+                "image_current",
+                Effect::SetCurrentImage {
                     origin_type,
                     version: version.to_owned(),
-                }),
-            }]
+                },
+            )]
         }
         other => return Err(format!("unknown operation kind {other}")),
     };
@@ -115,6 +150,8 @@ pub struct Worker {
     pub wake: Arc<Notify>,
     /// How often to look for work when nobody rings.
     pub poll: Duration,
+    /// Whether a driver runs nodes, so operations wait for them to be ready.
+    pub wait_for_nodes: bool,
 }
 
 impl Worker {
@@ -125,6 +162,7 @@ impl Worker {
             owner: format!("worker-{}", Uuid::now_v7().simple()),
             wake,
             poll: Duration::from_millis(500),
+            wait_for_nodes: false,
         }
     }
 
@@ -153,36 +191,52 @@ impl Worker {
             return Ok(false);
         };
         tracing::info!(operation = %op.id, kind = %op.kind, attempt = op.attempts, "running operation");
-        if let Err(e) = self.execute(&op).await {
-            let now = self.clock.now_ms();
-            let give_up = op.attempts >= MAX_ATTEMPTS || matches!(e, WorkerError::Unplannable(..));
-            let backoff = 1_000i64 << op.attempts.clamp(0, 6);
-            tracing::warn!(operation = %op.id, error = %e, give_up, "operation attempt failed");
-            self.store
-                .fail_attempt(
-                    &op,
-                    &self.owner,
-                    &e.to_string(),
-                    now + backoff,
-                    give_up,
-                    now,
-                )
-                .await?;
+        match self.execute(&op).await {
+            Ok(Progress::Done) => {}
+            Ok(Progress::Waiting) => {
+                let now = self.clock.now_ms();
+                self.store
+                    .defer_operation(&op, &self.owner, now + 250, now)
+                    .await?;
+            }
+            Err(e) => {
+                let now = self.clock.now_ms();
+                let give_up =
+                    op.attempts >= MAX_ATTEMPTS || matches!(e, WorkerError::Unplannable(..));
+                let backoff = 1_000i64 << op.attempts.clamp(0, 6);
+                tracing::warn!(operation = %op.id, error = %e, give_up, "operation attempt failed");
+                self.store
+                    .fail_attempt(
+                        &op,
+                        &self.owner,
+                        &e.to_string(),
+                        now + backoff,
+                        give_up,
+                        now,
+                    )
+                    .await?;
+            }
         }
         Ok(true)
     }
 
-    async fn execute(&self, op: &OperationRow) -> Result<(), WorkerError> {
+    async fn execute(&self, op: &OperationRow) -> Result<Progress, WorkerError> {
         let facts = match op.account_id {
             Some(id) => Some(self.account_facts(id).await?),
             None => None,
         };
-        let steps = plan(op, facts).map_err(|e| WorkerError::Unplannable(op.id, e))?;
+        let steps =
+            plan(op, facts, self.wait_for_nodes).map_err(|e| WorkerError::Unplannable(op.id, e))?;
         let mut current = op.clone();
         let last = steps.len().saturating_sub(1);
         for (i, step) in steps.iter().enumerate() {
             if current.done(step.name) {
                 continue;
+            }
+            if let (Some(need), Some(account)) = (step.ready_nodes, op.account_id)
+                && self.store.account_ready_nodes(account).await? < need
+            {
+                return Ok(Progress::Waiting);
             }
             current = self
                 .store
@@ -196,7 +250,7 @@ impl Worker {
                 )
                 .await?;
         }
-        Ok(())
+        Ok(Progress::Done)
     }
 
     async fn account_facts(&self, id: Uuid) -> Result<AccountFacts, WorkerError> {
@@ -254,7 +308,7 @@ mod tests {
             offer: sla,
             node_capacity_mbps: 100,
         };
-        let steps = plan(&op("create"), Some(facts)).unwrap();
+        let steps = plan(&op("create"), Some(facts), false).unwrap();
         assert_eq!(
             steps.iter().map(|s| s.name).collect::<Vec<_>>(),
             ["pool_assigned", "allocation_recorded"]
@@ -266,6 +320,13 @@ mod tests {
                 dedicated_nodes: 4
             })
         );
+        // With a driver, the SLA waits for the three nodes that carry 300 Mbit/s.
+        let steps = plan(&op("create"), Some(facts), true).unwrap();
+        assert_eq!(
+            steps.iter().map(|s| s.name).collect::<Vec<_>>(),
+            ["pool_assigned", "nodes_ready", "allocation_recorded"]
+        );
+        assert_eq!(steps[1].ready_nodes, Some(3));
     }
 
     #[test]
@@ -276,13 +337,18 @@ mod tests {
             offer: Offer::Payg,
             node_capacity_mbps: 100,
         };
-        let steps = plan(&op("change_offer"), Some(facts)).unwrap();
+        let steps = plan(&op("change_offer"), Some(facts), true).unwrap();
         assert_eq!(
             steps[0].effect,
             Some(Effect::AssignPool {
                 account_id: id,
                 dedicated_nodes: 0
             })
+        );
+        assert_eq!(
+            steps[1].ready_nodes,
+            Some(1),
+            "a shared pool needs one ready node"
         );
     }
 
@@ -295,14 +361,14 @@ mod tests {
             node_capacity_mbps: 100,
         });
         assert_eq!(
-            plan(&op("delete"), facts).unwrap()[0].effect,
+            plan(&op("delete"), facts, true).unwrap()[0].effect,
             Some(Effect::Release { account_id: id })
         );
         assert_eq!(
-            plan(&op("deactivate"), facts).unwrap()[0].name,
+            plan(&op("deactivate"), facts, true).unwrap()[0].name,
             "allocation_recorded"
         );
-        let up = plan(&op("upgrade"), None).unwrap();
+        let up = plan(&op("upgrade"), None, true).unwrap();
         assert_eq!(
             up[0].effect,
             Some(Effect::SetCurrentImage {
@@ -310,7 +376,7 @@ mod tests {
                 version: "2".into()
             })
         );
-        assert!(plan(&op("create"), None).is_err());
-        assert!(plan(&op("teleport"), facts).is_err());
+        assert!(plan(&op("create"), None, true).is_err());
+        assert!(plan(&op("teleport"), facts, true).is_err());
     }
 }

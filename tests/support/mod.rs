@@ -50,12 +50,13 @@ async fn spawn(
     extra: &[String],
     content: &str,
     env: &[(String, String)],
+    listen: &str,
 ) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args([
             "admin",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--database-url",
             db_url,
             "--operator-token",
@@ -64,6 +65,12 @@ async fn spawn(
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--content", content])
+        // Nodes are registered by hand unless a test asks for the process driver.
+        .args(if extra.iter().any(|a| a == "--driver") {
+            &[][..]
+        } else {
+            &["--driver", "none"][..]
+        })
         .args(extra)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env(
@@ -124,6 +131,7 @@ impl Admin {
             &extra,
             &content,
             &env,
+            "127.0.0.1:0",
         )
         .await;
         Self {
@@ -150,6 +158,7 @@ impl Admin {
             &extra,
             &self.content,
             &self.env,
+            "127.0.0.1:0",
         )
         .await;
         Admin {
@@ -165,6 +174,50 @@ impl Admin {
         }
     }
 
+    /// Kills the process with SIGKILL (a crash) and starts it again on the same
+    /// database and data directory.
+    pub async fn crash_and_restart(&mut self) {
+        self.child.kill().await.expect("kill -9 admin");
+        let (child, url) = spawn(
+            &self.db_url,
+            self.data_dir.path(),
+            &self.operator_token,
+            &self.extra,
+            &self.content,
+            &self.env,
+            self.url.trim_start_matches("http://"),
+        )
+        .await;
+        self.child = child;
+        self.url = url;
+    }
+
+    /// The node processes the process driver runs for this admin (pid per node id).
+    pub fn node_processes(&self) -> Vec<(String, u32)> {
+        let dir = self.data_dir.path().join("nodes");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap_or_default())
+                    .unwrap_or(Value::Null);
+                if let (Some(id), Some(pid)) = (v["id"].as_str(), v["pid"].as_u64()) {
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    let zombie = stat
+                        .rsplit_once(')')
+                        .and_then(|(_, r)| r.split_whitespace().next())
+                        == Some("Z");
+                    if !stat.is_empty() && !zombie {
+                        out.push((id.to_owned(), pid as u32));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// Stops the process with SIGTERM (it drains and exits 0) and starts it again
     /// on the same database.
     pub async fn restart(&mut self) {
@@ -177,6 +230,7 @@ impl Admin {
             &self.extra,
             &self.content,
             &self.env,
+            self.url.trim_start_matches("http://"),
         )
         .await;
         self.child = child;
@@ -253,7 +307,12 @@ impl Admin {
 
     /// Polls an operation until it leaves pending/running (deadline 30 s).
     pub async fn wait_operation(&self, id: &str, token: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        self.wait_operation_for(id, token, Duration::from_secs(30))
+            .await
+    }
+
+    pub async fn wait_operation_for(&self, id: &str, token: &str, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             let op = self
                 .call(
@@ -269,7 +328,7 @@ impl Admin {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "operation {id} still {} after 30 s",
+                "operation {id} still {} after {limit:?}",
                 op["state"]
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -395,6 +454,17 @@ macro_rules! e2e_on_both_backends {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::$case(super::support::Backend::Postgres).await; })*
         }
     };
+}
+
+impl Drop for Admin {
+    /// Node processes outlive admin by design; a test must not leave them behind.
+    fn drop(&mut self) {
+        for (_, pid) in self.node_processes() {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
 }
 
 /// The media files of `assets/demo`, as paths relative to it.

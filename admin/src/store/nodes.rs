@@ -304,3 +304,127 @@ impl Store {
         })
     }
 }
+
+/// A node as the reconciler sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NodeHealthRow {
+    pub id: Uuid,
+    pub pool_id: Uuid,
+    pub handle: Option<String>,
+    pub state: String,
+    pub last_heartbeat: Option<UnixMs>,
+    pub created_at: UnixMs,
+    /// Failed self-probes among the node's last two.
+    pub recent_probe_failures: i64,
+}
+
+/// A pool as the reconciler sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PoolTarget {
+    pub id: Uuid,
+    pub state: String,
+    pub desired_nodes: i32,
+    pub node_capacity_mbps: i32,
+    pub image_version: Option<String>,
+}
+
+impl Store {
+    /// Pools that need nodes or still have some.
+    pub async fn pool_targets(&self) -> Result<Vec<PoolTarget>> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(
+                "SELECT p.id, p.state, p.desired_nodes, t.node_capacity_mbps, p.image_version
+                 FROM pools p JOIN origin_types t ON t.name = p.origin_type
+                 WHERE p.state <> 'deleted' OR EXISTS (SELECT 1 FROM nodes n WHERE n.pool_id = p.id AND n.state IN ('starting', 'ready', 'draining'))
+                 ORDER BY p.id",
+            )
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
+    /// The nodes of a pool that are not stopped, with their health signals.
+    pub async fn pool_health(&self, pool_id: Uuid) -> Result<Vec<NodeHealthRow>> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(
+                "SELECT n.id, n.pool_id, n.handle, n.state, n.last_heartbeat, n.created_at,
+                        (SELECT COUNT(*) FROM (SELECT ok FROM probes r WHERE r.node_id = n.id AND r.source = 'self'
+                                               ORDER BY r.id DESC LIMIT 2) last WHERE NOT last.ok) AS recent_probe_failures
+                 FROM nodes n WHERE n.pool_id = $1 AND n.state <> 'stopped' ORDER BY n.id",
+            )
+            .bind(pool_id)
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
+    /// Every node that should be running (for adopting processes after a restart).
+    pub async fn live_node_ids(&self) -> Result<Vec<Uuid>> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_scalar(
+                "SELECT id FROM nodes WHERE state IN ('starting', 'ready', 'draining')",
+            )
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
+    pub async fn set_node_handle(&self, id: Uuid, handle: &str, now: UnixMs) -> Result<()> {
+        on_pool!(self, |p| {
+            sqlx::query("UPDATE nodes SET handle = $2, updated_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(handle)
+                .bind(now)
+                .execute(p)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Marks a node failed or stopped, with the reason in the event trail.
+    pub async fn set_node_state(
+        &self,
+        id: Uuid,
+        state: &str,
+        reason: &str,
+        actor: &str,
+        now: UnixMs,
+    ) -> Result<()> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query(
+                "UPDATE nodes SET state = $2, updated_at = $3 WHERE id = $1 AND state <> $2",
+            )
+            .bind(id)
+            .bind(state)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() > 0 {
+                event!(
+                    tx,
+                    now,
+                    actor,
+                    format!("node.{state}"),
+                    format!("node:{id}"),
+                    reason
+                )?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Ready nodes of the pool serving an account.
+    pub async fn account_ready_nodes(&self, account_id: Uuid) -> Result<i64> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_scalar(
+                "SELECT COUNT(*) FROM account_pool_mappings m JOIN nodes n ON n.pool_id = m.pool_id
+                 WHERE m.account_id = $1 AND n.state = 'ready'",
+            )
+            .bind(account_id)
+            .fetch_one(p)
+            .await?)
+        })
+    }
+}

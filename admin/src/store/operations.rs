@@ -436,6 +436,31 @@ impl Store {
         })
     }
 
+    /// Puts an operation back to wait for something outside the store (nodes getting
+    /// ready): not a failure, so the attempt is not counted.
+    pub async fn defer_operation(
+        &self,
+        op: &OperationRow,
+        owner: &str,
+        until: UnixMs,
+        now: UnixMs,
+    ) -> Result<()> {
+        on_pool!(self, |p| {
+            sqlx::query(
+                "UPDATE allocation_operations SET not_before = $3, updated_at = $4, lease_owner = NULL, lease_until = NULL,
+                     attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
+                 WHERE id = $1 AND lease_owner = $2",
+            )
+            .bind(op.id)
+            .bind(owner)
+            .bind(until)
+            .bind(now)
+            .execute(p)
+            .await?;
+        });
+        Ok(())
+    }
+
     /// Whether any operation is waiting to run; used by tests and `operations wait`.
     pub async fn open_operations(&self) -> Result<i64> {
         on_pool!(self, |p| {

@@ -1,0 +1,427 @@
+//! The reconciler: level-triggered, it compares each pool's desired size (store)
+//! with its nodes (store + heartbeats + driver) and converges — launch, mark
+//! failed, stop. It is not told why it was woken, so every pass is idempotent.
+//! [`plan`] is pure; [`Reconciler::apply`] does the I/O, each action recorded in the
+//! store as it happens, so a crash resumes from what the store says.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use headwater_provisioner::{Driver, Handle, InstanceSpec, Status};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::clock::{Clock, UnixMs};
+use crate::keys;
+use crate::store::{NodeHealthRow, PoolTarget, Store};
+
+/// When a node counts as failed.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthPolicy {
+    /// No heartbeat for this long.
+    pub heartbeat_timeout_ms: i64,
+    /// A launched node that never sent a heartbeat within this long.
+    pub start_timeout_ms: i64,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout_ms: 3_000,
+            start_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// What the reconciler does to a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Launch { count: usize },
+    Fail { node: Uuid, reason: String },
+    Stop { node: Uuid },
+}
+
+/// What to do for one pool, from its desired size and its nodes. `listening_since`
+/// is when this reconciler started hearing heartbeats: silence from before then
+/// (admin was down or restarting) is not held against a node.
+pub fn plan(
+    pool: &PoolTarget,
+    nodes: &[NodeHealthRow],
+    now: UnixMs,
+    listening_since: UnixMs,
+    policy: HealthPolicy,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let mut healthy: Vec<&NodeHealthRow> = Vec::new();
+    for n in nodes
+        .iter()
+        .filter(|n| matches!(n.state.as_str(), "starting" | "ready"))
+    {
+        let silent_for = now
+            - n.last_heartbeat
+                .unwrap_or(n.created_at)
+                .max(listening_since);
+        let limit = if n.last_heartbeat.is_some() {
+            policy.heartbeat_timeout_ms
+        } else {
+            policy.start_timeout_ms
+        };
+        if silent_for > limit {
+            actions.push(Action::Fail {
+                node: n.id,
+                reason: format!("no heartbeat for {silent_for} ms"),
+            });
+        } else if n.state == "ready" && n.recent_probe_failures >= 2 {
+            actions.push(Action::Fail {
+                node: n.id,
+                reason: "self-probe failed twice".into(),
+            });
+        } else {
+            healthy.push(n);
+        }
+    }
+    let desired = if matches!(pool.state.as_str(), "deleting" | "deleted") {
+        0
+    } else {
+        pool.desired_nodes.max(0) as usize
+    };
+    if healthy.len() < desired {
+        actions.push(Action::Launch {
+            count: desired - healthy.len(),
+        });
+    } else if healthy.len() > desired {
+        // Stop the ones that serve least: starting before ready, newest first.
+        healthy.sort_by_key(|n| (n.state == "ready", std::cmp::Reverse(n.id)));
+        for n in healthy.iter().take(healthy.len() - desired) {
+            actions.push(Action::Stop { node: n.id });
+        }
+    }
+    actions
+}
+
+/// How the reconciler starts a node: the program and what every node is told.
+#[derive(Debug, Clone)]
+pub struct NodeTemplate {
+    pub program: std::path::PathBuf,
+    pub admin_url: String,
+    pub content_url: String,
+    pub heartbeat_ms: u64,
+}
+
+pub struct Reconciler {
+    pub store: Store,
+    pub driver: Arc<dyn Driver>,
+    pub clock: Arc<dyn Clock>,
+    pub policy: HealthPolicy,
+    pub template: NodeTemplate,
+    pub interval: Duration,
+    /// When this reconciler started (see [`plan`]).
+    pub started: UnixMs,
+}
+
+impl Reconciler {
+    /// Adopts the nodes the driver still runs that the store knows; stops strays.
+    pub async fn adopt(&self) -> anyhow::Result<()> {
+        let known = self.store.live_node_ids().await?;
+        for h in self.driver.list().await? {
+            if known.contains(&h.id) {
+                tracing::info!(node = %h.id, "adopted running node");
+            } else {
+                tracing::warn!(node = %h.id, "stopping a stray node the store does not know");
+                self.driver.terminate(&h, Duration::from_secs(5)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        if let Err(e) = self.adopt().await {
+            tracing::error!(error = %e, "adopting nodes");
+        }
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.reconcile_once().await {
+                tracing::warn!(error = %e, "reconcile");
+            }
+        }
+    }
+
+    /// One pass over every pool.
+    pub async fn reconcile_once(&self) -> anyhow::Result<()> {
+        for pool in self.store.pool_targets().await? {
+            let nodes = self.store.pool_health(pool.id).await?;
+            for action in plan(
+                &pool,
+                &nodes,
+                self.clock.now_ms(),
+                self.started,
+                self.policy,
+            ) {
+                self.apply(&pool, &nodes, action).await?;
+            }
+            // A node the store gave up on must not keep running.
+            for n in nodes.iter().filter(|n| n.state == "failed") {
+                if let Some(h) = handle(n)
+                    && self.driver.inspect(&h).await == Status::Running
+                {
+                    self.terminate_later(h, Duration::from_secs(5));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        pool: &PoolTarget,
+        nodes: &[NodeHealthRow],
+        action: Action,
+    ) -> anyhow::Result<()> {
+        let now = self.clock.now_ms();
+        match action {
+            Action::Launch { count } => {
+                for _ in 0..count {
+                    let id = Uuid::now_v7();
+                    let token = format!("hwn_{}", keys::random_token().trim_start_matches("hwop_"));
+                    self.store
+                        .register_node(id, pool.id, &keys::hash(&token), "reconciler", now)
+                        .await?;
+                    let spec = self.spec(id, token, pool);
+                    let h = self.driver.launch(&spec).await?;
+                    self.store.set_node_handle(id, &h.reference, now).await?;
+                    tracing::info!(node = %id, pool = %pool.id, "node launched");
+                }
+            }
+            Action::Fail { node, reason } => {
+                tracing::warn!(%node, %reason, "node failed");
+                self.store
+                    .set_node_state(node, "failed", &reason, "health-monitor", now)
+                    .await?;
+                if let Some(h) = nodes.iter().find(|n| n.id == node).and_then(handle) {
+                    self.terminate_later(h, Duration::from_secs(5));
+                }
+            }
+            Action::Stop { node } => {
+                self.store
+                    .set_node_state(
+                        node,
+                        "stopped",
+                        "the pool needs fewer nodes",
+                        "reconciler",
+                        now,
+                    )
+                    .await?;
+                if let Some(h) = nodes.iter().find(|n| n.id == node).and_then(handle) {
+                    // SIGTERM: the node drains, then exits.
+                    self.terminate_later(h, Duration::from_secs(30));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops a node in the background, so a slow drain never holds up the loop.
+    fn terminate_later(&self, h: Handle, grace: Duration) {
+        let driver = self.driver.clone();
+        tokio::spawn(async move {
+            if let Err(e) = driver.terminate(&h, grace).await {
+                tracing::warn!(node = %h.id, error = %e, "terminating");
+            }
+        });
+    }
+
+    fn spec(&self, id: Uuid, token: String, pool: &PoolTarget) -> InstanceSpec {
+        let t = &self.template;
+        let mut args: Vec<String> = ["origin", "--listen", "127.0.0.1:0", "--node-id"]
+            .map(String::from)
+            .to_vec();
+        args.push(id.to_string());
+        args.extend([
+            "--admin-url".into(),
+            t.admin_url.clone(),
+            "--content".into(),
+            t.content_url.clone(),
+        ]);
+        args.extend([
+            "--capacity-mbps".into(),
+            pool.node_capacity_mbps.to_string(),
+        ]);
+        args.extend(["--heartbeat-ms".into(), t.heartbeat_ms.to_string()]);
+        if let Some(v) = &pool.image_version {
+            args.extend(["--image-version".into(), v.clone()]);
+        }
+        // The token goes in the environment, not on the command line.
+        InstanceSpec {
+            id,
+            program: t.program.clone(),
+            args,
+            env: vec![("HEADWATER_NODE_TOKEN".into(), token)],
+        }
+    }
+}
+
+fn handle(n: &NodeHealthRow) -> Option<Handle> {
+    n.handle.as_ref().map(|r| Handle {
+        id: n.id,
+        reference: r.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn pool(desired: i32, state: &str) -> PoolTarget {
+        PoolTarget {
+            id: Uuid::now_v7(),
+            state: state.into(),
+            desired_nodes: desired,
+            node_capacity_mbps: 100,
+            image_version: None,
+        }
+    }
+
+    fn node(state: &str, heartbeat_ago: Option<i64>, probe_failures: i64) -> NodeHealthRow {
+        NodeHealthRow {
+            id: Uuid::now_v7(),
+            pool_id: Uuid::nil(),
+            handle: Some("pid:1".into()),
+            state: state.into(),
+            last_heartbeat: heartbeat_ago.map(|a| NOW - a),
+            created_at: NOW - 60_000,
+            recent_probe_failures: probe_failures,
+        }
+    }
+
+    #[test]
+    fn an_empty_pool_is_filled() {
+        assert_eq!(
+            plan(&pool(4, "creating"), &[], NOW, 0, HealthPolicy::default()),
+            [Action::Launch { count: 4 }]
+        );
+    }
+
+    #[test]
+    fn a_silent_node_is_failed_and_replaced() {
+        let nodes = [node("ready", Some(500), 0), node("ready", Some(10_000), 0)];
+        let actions = plan(&pool(2, "ready"), &nodes, NOW, 0, HealthPolicy::default());
+        assert_eq!(
+            actions,
+            [
+                Action::Fail {
+                    node: nodes[1].id,
+                    reason: "no heartbeat for 10000 ms".into()
+                },
+                Action::Launch { count: 1 }
+            ]
+        );
+    }
+
+    #[test]
+    fn silence_while_admin_was_down_does_not_count() {
+        // Admin restarted 1 s ago; the node's last heartbeat reached the old one 10 s ago.
+        let nodes = [node("ready", Some(10_000), 0)];
+        assert!(
+            plan(
+                &pool(1, "ready"),
+                &nodes,
+                NOW,
+                NOW - 1_000,
+                HealthPolicy::default()
+            )
+            .is_empty()
+        );
+        assert!(matches!(
+            plan(
+                &pool(1, "ready"),
+                &nodes,
+                NOW,
+                NOW - 4_000,
+                HealthPolicy::default()
+            )[0],
+            Action::Fail { .. }
+        ));
+    }
+
+    #[test]
+    fn two_failed_self_probes_fail_a_node() {
+        let nodes = [node("ready", Some(100), 2), node("ready", Some(100), 1)];
+        let actions = plan(&pool(2, "ready"), &nodes, NOW, 0, HealthPolicy::default());
+        assert_eq!(
+            actions[0],
+            Action::Fail {
+                node: nodes[0].id,
+                reason: "self-probe failed twice".into()
+            }
+        );
+        assert_eq!(actions[1], Action::Launch { count: 1 });
+    }
+
+    #[test]
+    fn a_starting_node_gets_time_to_start() {
+        let mut starting = node("starting", None, 0);
+        starting.created_at = NOW - 5_000;
+        assert!(
+            plan(
+                &pool(1, "creating"),
+                &[starting.clone()],
+                NOW,
+                0,
+                HealthPolicy::default()
+            )
+            .is_empty()
+        );
+        starting.created_at = NOW - 31_000;
+        assert!(matches!(
+            plan(
+                &pool(1, "creating"),
+                &[starting],
+                NOW,
+                0,
+                HealthPolicy::default()
+            )[0],
+            Action::Fail { .. }
+        ));
+    }
+
+    #[test]
+    fn surplus_nodes_are_stopped_starting_first_and_released_pools_emptied() {
+        let ready = node("ready", Some(100), 0);
+        let starting = node("starting", Some(100), 0);
+        let actions = plan(
+            &pool(1, "ready"),
+            &[ready.clone(), starting.clone()],
+            NOW,
+            0,
+            HealthPolicy::default(),
+        );
+        assert_eq!(actions, [Action::Stop { node: starting.id }]);
+        let actions = plan(
+            &pool(3, "deleting"),
+            std::slice::from_ref(&ready),
+            NOW,
+            0,
+            HealthPolicy::default(),
+        );
+        assert_eq!(actions, [Action::Stop { node: ready.id }]);
+        // Failed, draining and stopped nodes are not counted as serving.
+        let drained = node("draining", Some(100), 0);
+        assert_eq!(
+            plan(
+                &pool(1, "ready"),
+                &[drained],
+                NOW,
+                0,
+                HealthPolicy::default()
+            ),
+            [Action::Launch { count: 1 }]
+        );
+    }
+}

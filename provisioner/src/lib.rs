@@ -1,0 +1,78 @@
+//! The resource manager: runs instances of a service package (a program, its
+//! arguments and environment) and tells what runs. The [`Driver`] seam has one
+//! implementation here, [`ProcessDriver`] (local OS processes, the embedded
+//! default); a Kubernetes driver is the other side of the same seam. Nothing here
+//! knows about HLS, offers or locators (DESIGN.md §6).
+
+mod process;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use process::ProcessDriver;
+
+/// What to run: one instance of a service package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    /// The instance's identity; the driver's handle carries it back.
+    pub id: Uuid,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Extra environment (secrets such as tokens go here, not in `args`).
+    pub env: Vec<(String, String)>,
+}
+
+/// A running (or once running) instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handle {
+    pub id: Uuid,
+    /// Driver-specific reference, e.g. `pid:1234`.
+    pub reference: String,
+}
+
+/// What the driver sees of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Running,
+    Exited,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("launching {program}: {source}")]
+    Launch {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("driver state in {path}: {source}")]
+    State {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signalling {reference}: {detail}")]
+    Signal { reference: String, detail: String },
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Runs instances somewhere. Every method is idempotent: terminating an exited
+/// instance or listing twice is fine.
+pub trait Driver: Send + Sync + 'static {
+    fn launch<'a>(&'a self, spec: &'a InstanceSpec) -> BoxFuture<'a, Result<Handle, DriverError>>;
+    /// Asks the instance to stop gracefully (it drains), then forces it after `grace`.
+    fn terminate<'a>(
+        &'a self,
+        handle: &'a Handle,
+        grace: std::time::Duration,
+    ) -> BoxFuture<'a, Result<(), DriverError>>;
+    fn inspect<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Status>;
+    /// Every instance this driver knows of that still runs, including ones
+    /// launched before a restart of the caller.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Handle>, DriverError>>;
+}

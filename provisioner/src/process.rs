@@ -1,0 +1,229 @@
+//! Instances as local OS processes. Each runs in its own process group, detached
+//! from the caller, so it keeps serving while admin restarts; a small state file
+//! per instance (`{dir}/{id}.json`) lets a restarted admin find and adopt it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{BoxFuture, Driver, DriverError, Handle, InstanceSpec, Status};
+
+/// What a state file records.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    id: Uuid,
+    pid: u32,
+    program: PathBuf,
+}
+
+/// Runs instances as processes; logs go to `{dir}/{id}.log`.
+#[derive(Debug, Clone)]
+pub struct ProcessDriver {
+    dir: PathBuf,
+}
+
+impl ProcessDriver {
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, DriverError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(|source| DriverError::State {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        Ok(Self { dir })
+    }
+
+    fn record_path(&self, id: Uuid) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    fn pid_of(handle: &Handle) -> Option<u32> {
+        handle.reference.strip_prefix("pid:")?.parse().ok()
+    }
+}
+
+/// Whether `pid` runs (not a zombie) and is the instance `id` (its command line
+/// names it), so a recycled pid is never mistaken for an instance.
+fn alive(pid: u32, id: Uuid) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state is the field after the parenthesised command name.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    if matches!(state, None | Some("Z") | Some("X")) {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline).contains(&id.to_string())
+}
+
+fn read_record(path: &Path) -> Option<Record> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+impl Driver for ProcessDriver {
+    fn launch<'a>(&'a self, spec: &'a InstanceSpec) -> BoxFuture<'a, Result<Handle, DriverError>> {
+        Box::pin(async move {
+            let launch_err = |source| DriverError::Launch {
+                program: spec.program.display().to_string(),
+                source,
+            };
+            let log = std::fs::File::create(self.dir.join(format!("{}.log", spec.id)))
+                .map_err(launch_err)?;
+            let mut cmd = tokio::process::Command::new(&spec.program);
+            cmd.args(&spec.args)
+                .envs(spec.env.iter().map(|(k, v)| (k, v)))
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone().map_err(launch_err)?)
+                .stderr(log)
+                // Its own process group: a Ctrl-C to admin does not reach it.
+                .process_group(0)
+                .kill_on_drop(false);
+            let mut child = cmd.spawn().map_err(launch_err)?;
+            let pid = child.id().unwrap_or_default();
+            // Reap it when it exits, so it never lingers as a zombie of ours.
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            let record = Record {
+                id: spec.id,
+                pid,
+                program: spec.program.clone(),
+            };
+            let path = self.record_path(spec.id);
+            std::fs::write(&path, serde_json::to_vec(&record).unwrap_or_default()).map_err(
+                |source| DriverError::State {
+                    path: path.display().to_string(),
+                    source,
+                },
+            )?;
+            tracing::info!(instance = %spec.id, pid, "launched");
+            Ok(Handle {
+                id: spec.id,
+                reference: format!("pid:{pid}"),
+            })
+        })
+    }
+
+    fn terminate<'a>(
+        &'a self,
+        handle: &'a Handle,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let Some(pid) = Self::pid_of(handle) else {
+                return Ok(());
+            };
+            if alive(pid, handle.id) {
+                let signal = |sig| {
+                    kill(Pid::from_raw(pid as i32), sig).map_err(|e| DriverError::Signal {
+                        reference: handle.reference.clone(),
+                        detail: e.to_string(),
+                    })
+                };
+                signal(Signal::SIGTERM)?;
+                let deadline = tokio::time::Instant::now() + grace;
+                while alive(pid, handle.id) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if alive(pid, handle.id) {
+                    tracing::warn!(instance = %handle.id, pid, "did not stop in time; killing it");
+                    signal(Signal::SIGKILL)?;
+                }
+            }
+            let _ = std::fs::remove_file(self.record_path(handle.id));
+            Ok(())
+        })
+    }
+
+    fn inspect<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Status> {
+        Box::pin(async move {
+            match Self::pid_of(handle) {
+                Some(pid) if alive(pid, handle.id) => Status::Running,
+                _ => Status::Exited,
+            }
+        })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Handle>, DriverError>> {
+        Box::pin(async move {
+            let entries = std::fs::read_dir(&self.dir).map_err(|source| DriverError::State {
+                path: self.dir.display().to_string(),
+                source,
+            })?;
+            let mut out = Vec::new();
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.extension().is_none_or(|x| x != "json") {
+                    continue;
+                }
+                match read_record(&path) {
+                    Some(r) if alive(r.pid, r.id) => out.push(Handle {
+                        id: r.id,
+                        reference: format!("pid:{}", r.pid),
+                    }),
+                    // Exited while nobody watched: forget it.
+                    _ => {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+            out.sort_by_key(|h| h.id);
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sleeper(id: Uuid) -> InstanceSpec {
+        // The id rides along as `$0` of `sh -c`, so the command line names the instance.
+        InstanceSpec {
+            id,
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "sleep 30".into(), id.to_string()],
+            env: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn launch_list_inspect_terminate_and_adopt_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = ProcessDriver::new(dir.path()).unwrap();
+        let a = driver.launch(&sleeper(Uuid::now_v7())).await.unwrap();
+        let b = driver.launch(&sleeper(Uuid::now_v7())).await.unwrap();
+        assert_eq!(driver.inspect(&a).await, Status::Running);
+        // A new driver on the same directory (an admin restart) finds both.
+        let again = ProcessDriver::new(dir.path()).unwrap();
+        let mut listed = again.list().await.unwrap();
+        listed.sort_by_key(|h| h.id);
+        let mut want = vec![a.clone(), b.clone()];
+        want.sort_by_key(|h| h.id);
+        assert_eq!(listed, want);
+        again.terminate(&a, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(again.inspect(&a).await, Status::Exited);
+        assert_eq!(again.list().await.unwrap(), vec![b.clone()]);
+        // Terminating twice is fine.
+        again.terminate(&a, Duration::from_secs(1)).await.unwrap();
+        // A process that dies on its own is not listed.
+        kill(
+            Pid::from_raw(ProcessDriver::pid_of(&b).unwrap() as i32),
+            Signal::SIGKILL,
+        )
+        .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while again.inspect(&b).await == Status::Running {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "killed process still listed as running"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(again.list().await.unwrap().is_empty());
+    }
+}

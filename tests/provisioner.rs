@@ -1,0 +1,251 @@
+//! The provisioner through real processes: accounts get origin nodes started by
+//! the process driver; failed nodes are replaced; nodes outlive an admin crash and
+//! are adopted again.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::{Admin, Backend};
+
+const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
+const PROCESS_DRIVER: &[&str] = &["--driver", "process"];
+
+async fn nodes_of(admin: &Admin, pool: &str) -> Vec<Value> {
+    let v = admin
+        .call(
+            Method::GET,
+            "/v1/nodes?limit=500",
+            Some(&admin.operator_token),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["pool_id"] == pool)
+        .cloned()
+        .collect()
+}
+
+/// Waits (deadline 60 s) until the pool has `n` ready nodes; returns all its nodes.
+async fn wait_ready(admin: &Admin, pool: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes = nodes_of(admin, pool).await;
+        if nodes.iter().filter(|x| x["state"] == "ready").count() == n {
+            return nodes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool {pool} never had {n} ready nodes: {nodes:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn create(admin: &Admin, key: &str, body: Value) -> (String, Value) {
+    let a = admin
+        .call(
+            Method::POST,
+            "/v1/accounts",
+            Some(key),
+            Some(body),
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    let started = Instant::now();
+    let op = admin
+        .wait_operation_for(
+            a["operation"]["id"].as_str().unwrap(),
+            key,
+            Duration::from_secs(60),
+        )
+        .await;
+    eprintln!(
+        "account {} ready after {:?}",
+        a["account"]["name"],
+        started.elapsed()
+    );
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let name = a["account"]["name"].as_str().unwrap();
+    let account = admin
+        .call(
+            Method::GET,
+            &format!("/v1/accounts/{name}"),
+            Some(key),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    (account["pool"]["id"].as_str().unwrap().to_owned(), op)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sla_account_gets_its_nodes_and_a_killed_node_is_replaced() {
+    let admin = Admin::start(Backend::Sqlite, PROCESS_DRIVER).await;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    // 300 Mbit/s on 100 Mbit/s nodes: three to carry it plus a spare.
+    let (pool, op) = create(
+        &admin,
+        &key,
+        json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 300}}),
+    )
+    .await;
+    let steps: Vec<_> = op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        steps,
+        ["pool_assigned", "nodes_ready", "allocation_recorded"]
+    );
+    let nodes = wait_ready(&admin, &pool, 4).await;
+    assert_eq!(nodes.len(), 4);
+    let procs = admin.node_processes();
+    assert_eq!(procs.len(), 4, "{procs:?}");
+    for n in &nodes {
+        assert!(
+            procs.iter().any(|(id, _)| n["id"] == id.as_str()),
+            "node {} has no process",
+            n["id"]
+        );
+    }
+
+    // The account's content is served by its nodes.
+    admin.upload_demo(&key, "ana-vod", "demo").await;
+    let node_url = format!("http://{}", nodes[0]["address"].as_str().unwrap());
+    let got = reqwest::get(format!("{node_url}/ana-vod/demo/hls/master.m3u8"))
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(
+        got.bytes().await.unwrap(),
+        std::fs::read(format!("{DEMO}/hls/master.m3u8")).unwrap()
+    );
+
+    // kill -9 one node: it is marked failed and a replacement becomes ready.
+    let (victim, pid) = procs[0].clone();
+    let killed = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes = nodes_of(&admin, &pool).await;
+        let failed = nodes
+            .iter()
+            .any(|n| n["id"] == victim.as_str() && n["state"] == "failed");
+        let ready: Vec<_> = nodes.iter().filter(|n| n["state"] == "ready").collect();
+        if failed && ready.len() == 4 && ready.iter().all(|n| n["id"] != victim.as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replacement within 60 s: {nodes:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "node kill -> replacement ready after {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(admin.node_processes().len(), 4);
+    let events = admin
+        .call(
+            Method::GET,
+            "/v1/events?limit=500",
+            Some(&admin.operator_token),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "node.failed" && e["subject"] == format!("node:{victim}"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_outlive_an_admin_crash_and_are_adopted() {
+    let mut admin = Admin::start(Backend::Sqlite, PROCESS_DRIVER).await;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let (pool, _) = create(
+        &admin,
+        &key,
+        json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "trial"}}),
+    )
+    .await;
+    // A shared pool runs two nodes.
+    wait_ready(&admin, &pool, 2).await;
+    let before = admin.node_processes();
+    assert_eq!(before.len(), 2);
+    admin.upload_demo(&key, "ana-vod", "demo").await;
+
+    admin.crash_and_restart().await;
+    // The nodes kept serving while admin was down, and keep heartbeating to the new one.
+    let nodes = wait_ready(&admin, &pool, 2).await;
+    for (_, pid) in &before {
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "node process {pid} died with admin"
+        );
+    }
+    // Give the new admin's reconciler a few passes: it must launch nothing.
+    let seen = admin
+        .call(
+            Method::GET,
+            "/v1/events?limit=500",
+            Some(&admin.operator_token),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    let last = seen["items"][0]["id"].as_i64().unwrap();
+    let heartbeats_after = Instant::now();
+    while heartbeats_after.elapsed() < Duration::from_secs(3) {
+        let fresh = nodes_of(&admin, &pool).await;
+        assert!(fresh.iter().all(|n| n["state"] == "ready"), "{fresh:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        admin.node_processes(),
+        before,
+        "the same processes, no new ones"
+    );
+    assert_eq!(nodes.len(), 2, "no node rows were added");
+    let after = admin
+        .call(
+            Method::GET,
+            "/v1/events?limit=500",
+            Some(&admin.operator_token),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    let launched: Vec<_> = after["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["id"].as_i64().unwrap() > last && e["action"] == "node.registered")
+        .collect();
+    assert!(
+        launched.is_empty(),
+        "the restarted admin launched nodes: {launched:?}"
+    );
+    let url = format!(
+        "http://{}/ana-vod/demo/hls/360p/index.m3u8",
+        nodes[0]["address"].as_str().unwrap()
+    );
+    assert_eq!(reqwest::get(url).await.unwrap().status(), StatusCode::OK);
+}
