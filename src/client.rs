@@ -13,23 +13,13 @@ use serde_json::{Value, json};
 #[derive(Debug, Clone, Args)]
 pub struct Conn {
     /// The admin service.
-    #[arg(
-        long,
-        global = true,
-        env = "HEADWATER_ADMIN_URL",
-        default_value = "http://127.0.0.1:7400"
-    )]
+    #[arg(long, global = true, env = "HEADWATER_ADMIN_URL", default_value = "http://127.0.0.1:7400")]
     admin_url: String,
     /// A customer API key.
     #[arg(long, global = true, env = "HEADWATER_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// The operator token.
-    #[arg(
-        long,
-        global = true,
-        env = "HEADWATER_OPERATOR_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "HEADWATER_OPERATOR_TOKEN", hide_env_values = true)]
     operator_token: Option<String>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
@@ -250,25 +240,13 @@ impl Client {
     }
 
     /// Customer routes prefer the API key; operator routes the operator token.
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-        operator: bool,
-    ) -> Result<Value, Failure> {
+    async fn call(&self, method: Method, path: &str, body: Option<Value>, operator: bool) -> Result<Value, Failure> {
         let url = format!("{}{}", self.conn.admin_url.trim_end_matches('/'), path);
         let mut req = self.http.request(method, &url);
         let token = if operator {
-            self.conn
-                .operator_token
-                .as_ref()
-                .or(self.conn.api_key.as_ref())
+            self.conn.operator_token.as_ref().or(self.conn.api_key.as_ref())
         } else {
-            self.conn
-                .api_key
-                .as_ref()
-                .or(self.conn.operator_token.as_ref())
+            self.conn.api_key.as_ref().or(self.conn.operator_token.as_ref())
         };
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -276,25 +254,12 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let res = req
-            .send()
-            .await
-            .map_err(|e| Failure::Transport(format!("{url}: {e}")))?;
+        let res = req.send().await.map_err(|e| Failure::Transport(format!("{url}: {e}")))?;
         let status = res.status();
-        let text = res
-            .text()
-            .await
-            .map_err(|e| Failure::Transport(e.to_string()))?;
-        let value: Value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        if status.is_success() {
-            Ok(value)
-        } else {
-            Err(Failure::Problem(value, status))
-        }
+        let text = res.text().await.map_err(|e| Failure::Transport(e.to_string()))?;
+        let value: Value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        if status.is_success() { Ok(value) } else { Err(Failure::Problem(value, status)) }
     }
 }
 
@@ -322,11 +287,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_uppercase()).collect());
@@ -338,41 +299,15 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 fn account_row(a: &Value) -> Vec<String> {
     let pool = a.get("pool").filter(|p| !p.is_null());
     let pool = pool
-        .map(|p| {
-            format!(
-                "{} {}/{}",
-                s(p, "kind"),
-                s(p, "ready_nodes"),
-                s(p, "desired_nodes")
-            )
-        })
+        .map(|p| format!("{} {}/{}", s(p, "kind"), s(p, "ready_nodes"), s(p, "desired_nodes")))
         .unwrap_or_else(|| "-".into());
-    vec![
-        s(a, "name"),
-        s(a, "origin_type"),
-        offer_text(&a["offer"]),
-        s(a, "state"),
-        pool,
-        s(a, "locator"),
-    ]
+    vec![s(a, "name"), s(a, "origin_type"), offer_text(&a["offer"]), s(a, "state"), pool, s(a, "locator")]
 }
 
-const ACCOUNT_HEADER: [&str; 6] = [
-    "name",
-    "type",
-    "offer",
-    "state",
-    "pool (ready/desired)",
-    "locator",
-];
+const ACCOUNT_HEADER: [&str; 6] = ["name", "type", "offer", "state", "pool (ready/desired)", "locator"];
 
 fn print_operation(op: &Value) {
-    println!(
-        "operation {}  {}  {}",
-        s(op, "id"),
-        s(op, "kind"),
-        s(op, "state")
-    );
+    println!("operation {}  {}  {}", s(op, "id"), s(op, "kind"), s(op, "state"));
     if let Some(steps) = op["steps"].as_array() {
         for st in steps {
             println!("  {}  {}", s(st, "at"), s(st, "step"));
@@ -386,9 +321,7 @@ fn print_operation(op: &Value) {
 async fn wait_operation(c: &Client, id: &str, timeout: Duration) -> Result<Value, Failure> {
     let started = Instant::now();
     loop {
-        let op = c
-            .call(Method::GET, &format!("/v1/operations/{id}"), None, false)
-            .await?;
+        let op = c.call(Method::GET, &format!("/v1/operations/{id}"), None, false).await?;
         match op["state"].as_str() {
             Some("succeeded") => return Ok(op),
             Some("failed") => return Err(Failure::Problem(op, StatusCode::OK)),
@@ -405,12 +338,7 @@ async fn wait_operation(c: &Client, id: &str, timeout: Duration) -> Result<Value
 }
 
 fn opt_mbps(pairs: &[(&str, Option<u32>)]) -> Value {
-    Value::Object(
-        pairs
-            .iter()
-            .filter_map(|(k, v)| v.map(|v| ((*k).to_owned(), json!(v))))
-            .collect(),
-    )
+    Value::Object(pairs.iter().filter_map(|(k, v)| v.map(|v| ((*k).to_owned(), json!(v)))).collect())
 }
 
 async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
@@ -421,12 +349,7 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
             let v = match cmd {
                 CustomersCmd::Create { name, email } => {
                     let v = c
-                        .call(
-                            Method::POST,
-                            "/v1/customers",
-                            Some(json!({"name": name, "email": email})),
-                            false,
-                        )
+                        .call(Method::POST, "/v1/customers", Some(json!({"name": name, "email": email})), false)
                         .await?;
                     if !json_out {
                         println!("customer {} ({})", s(&v, "id"), s(&v, "email"));
@@ -440,12 +363,7 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
                 CustomersCmd::Me => {
                     let v = c.call(Method::GET, "/v1/customers/me", None, false).await?;
                     if !json_out {
-                        println!(
-                            "customer {}  {}  {}",
-                            s(&v, "id"),
-                            s(&v, "name"),
-                            s(&v, "email")
-                        );
+                        println!("customer {}  {}  {}", s(&v, "id"), s(&v, "name"), s(&v, "email"));
                         let rows = v["keys"]
                             .as_array()
                             .into_iter()
@@ -457,22 +375,14 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
                     v
                 }
                 CustomersCmd::NewKey => {
-                    let v = c
-                        .call(Method::POST, "/v1/customers/me/keys", None, false)
-                        .await?;
+                    let v = c.call(Method::POST, "/v1/customers/me/keys", None, false).await?;
                     if !json_out {
                         println!("key {} (shown once):\n  {}", s(&v, "id"), s(&v, "api_key"));
                     }
                     v
                 }
                 CustomersCmd::RevokeKey { id } => {
-                    c.call(
-                        Method::DELETE,
-                        &format!("/v1/customers/me/keys/{id}"),
-                        None,
-                        false,
-                    )
-                    .await?;
+                    c.call(Method::DELETE, &format!("/v1/customers/me/keys/{id}"), None, false).await?;
                     if !json_out {
                         println!("key {id} revoked");
                     }
@@ -487,52 +397,25 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
             let json_out = conn.json;
             let c = Client::new(conn)?;
             let (v, wait) = match cmd {
-                AccountsCmd::Create {
-                    name,
-                    origin_type,
-                    offer,
-                    mbps,
-                    ip_allow,
-                    wait,
-                } => {
+                AccountsCmd::Create { name, origin_type, offer, mbps, ip_allow, wait } => {
                     let body = json!({"name": name, "origin_type": origin_type, "offer": offer.body(mbps), "ip_allow": ip_allow});
-                    (
-                        c.call(Method::POST, "/v1/accounts", Some(body), false)
-                            .await?,
-                        wait,
-                    )
+                    (c.call(Method::POST, "/v1/accounts", Some(body), false).await?, wait)
                 }
                 AccountsCmd::List => {
                     let v = c.call(Method::GET, "/v1/accounts", None, false).await?;
                     if !json_out {
-                        table(
-                            &ACCOUNT_HEADER,
-                            v["items"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .map(account_row)
-                                .collect(),
-                        );
+                        table(&ACCOUNT_HEADER, v["items"].as_array().into_iter().flatten().map(account_row).collect());
                     }
                     (v, false)
                 }
                 AccountsCmd::Show { name } => {
-                    let v = c
-                        .call(Method::GET, &format!("/v1/accounts/{name}"), None, false)
-                        .await?;
+                    let v = c.call(Method::GET, &format!("/v1/accounts/{name}"), None, false).await?;
                     if !json_out {
                         table(&ACCOUNT_HEADER, vec![account_row(&v)]);
                     }
                     (v, false)
                 }
-                AccountsCmd::Update {
-                    name,
-                    offer,
-                    mbps,
-                    ip_allow,
-                    wait,
-                } => {
+                AccountsCmd::Update { name, offer, mbps, ip_allow, wait } => {
                     let mut body = json!({});
                     if let Some(o) = offer {
                         body["offer"] = o.body(mbps);
@@ -540,42 +423,17 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
                     if let Some(ip) = ip_allow {
                         body["ip_allow"] = json!(ip);
                     }
-                    (
-                        c.call(
-                            Method::PATCH,
-                            &format!("/v1/accounts/{name}"),
-                            Some(body),
-                            false,
-                        )
-                        .await?,
-                        wait,
-                    )
+                    (c.call(Method::PATCH, &format!("/v1/accounts/{name}"), Some(body), false).await?, wait)
                 }
-                AccountsCmd::Deactivate { name } => (
-                    c.call(
-                        Method::POST,
-                        &format!("/v1/accounts/{name}/deactivate"),
-                        None,
-                        false,
-                    )
-                    .await?,
-                    false,
-                ),
-                AccountsCmd::Reactivate { name } => (
-                    c.call(
-                        Method::POST,
-                        &format!("/v1/accounts/{name}/reactivate"),
-                        None,
-                        false,
-                    )
-                    .await?,
-                    false,
-                ),
-                AccountsCmd::Delete { name } => (
-                    c.call(Method::DELETE, &format!("/v1/accounts/{name}"), None, false)
-                        .await?,
-                    false,
-                ),
+                AccountsCmd::Deactivate { name } => {
+                    (c.call(Method::POST, &format!("/v1/accounts/{name}/deactivate"), None, false).await?, false)
+                }
+                AccountsCmd::Reactivate { name } => {
+                    (c.call(Method::POST, &format!("/v1/accounts/{name}/reactivate"), None, false).await?, false)
+                }
+                AccountsCmd::Delete { name } => {
+                    (c.call(Method::DELETE, &format!("/v1/accounts/{name}"), None, false).await?, false)
+                }
             };
             let mut v = v;
             if let Some(op) = v.get("operation") {
@@ -596,10 +454,7 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
             let json_out = conn.json;
             let c = Client::new(conn)?;
             let v = match cmd {
-                OperationsCmd::Show { id } => {
-                    c.call(Method::GET, &format!("/v1/operations/{id}"), None, false)
-                        .await?
-                }
+                OperationsCmd::Show { id } => c.call(Method::GET, &format!("/v1/operations/{id}"), None, false).await?,
                 OperationsCmd::Wait { id, timeout_secs } => {
                     wait_operation(&c, &id, Duration::from_secs(timeout_secs)).await?
                 }
@@ -614,25 +469,14 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
             let json_out = conn.json;
             let c = Client::new(conn)?;
             match cmd {
-                AssetsCmd::Upload {
-                    account,
-                    asset,
-                    dir,
-                } => {
+                AssetsCmd::Upload { account, asset, dir } => {
                     let v = upload(&c, &account, &asset, &dir, json_out).await?;
                     if json_out {
                         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                     }
                 }
                 AssetsCmd::List { account } => {
-                    let v = c
-                        .call(
-                            Method::GET,
-                            &format!("/v1/accounts/{account}/assets"),
-                            None,
-                            false,
-                        )
-                        .await?;
+                    let v = c.call(Method::GET, &format!("/v1/accounts/{account}/assets"), None, false).await?;
                     if json_out {
                         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                     } else {
@@ -646,13 +490,7 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
                     }
                 }
                 AssetsCmd::Delete { account, asset } => {
-                    c.call(
-                        Method::DELETE,
-                        &format!("/v1/accounts/{account}/assets/{asset}"),
-                        None,
-                        false,
-                    )
-                    .await?;
+                    c.call(Method::DELETE, &format!("/v1/accounts/{account}/assets/{asset}"), None, false).await?;
                     if !json_out {
                         println!("asset {asset} of {account} deleted");
                     }
@@ -665,8 +503,7 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
             let v = match cmd {
                 OriginTypesCmd::List => c.call(Method::GET, "/v1/origin-types", None, true).await?,
                 OriginTypesCmd::Show { name } => {
-                    c.call(Method::GET, &format!("/v1/origin-types/{name}"), None, true)
-                        .await?
+                    c.call(Method::GET, &format!("/v1/origin-types/{name}"), None, true).await?
                 }
                 OriginTypesCmd::Create {
                     name,
@@ -682,8 +519,7 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
                         ("payg_cap_mbps", payg_cap_mbps),
                     ]);
                     body["name"] = json!(name);
-                    c.call(Method::POST, "/v1/origin-types", Some(body), true)
-                        .await?
+                    c.call(Method::POST, "/v1/origin-types", Some(body), true).await?
                 }
                 OriginTypesCmd::Update {
                     name,
@@ -698,29 +534,11 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
                         ("trial_cap_mbps", trial_cap_mbps),
                         ("payg_cap_mbps", payg_cap_mbps),
                     ]);
-                    c.call(
-                        Method::PATCH,
-                        &format!("/v1/origin-types/{name}"),
-                        Some(body),
-                        true,
-                    )
-                    .await?
+                    c.call(Method::PATCH, &format!("/v1/origin-types/{name}"), Some(body), true).await?
                 }
-                OriginTypesCmd::AddImage {
-                    name,
-                    version,
-                    command,
-                    args,
-                } => {
+                OriginTypesCmd::AddImage { name, version, command, args } => {
                     let body = json!({"version": version, "command": command, "args": args});
-                    let op = c
-                        .call(
-                            Method::POST,
-                            &format!("/v1/origin-types/{name}/images"),
-                            Some(body),
-                            true,
-                        )
-                        .await?;
+                    let op = c.call(Method::POST, &format!("/v1/origin-types/{name}/images"), Some(body), true).await?;
                     if !json_out {
                         print_operation(&op);
                     }
@@ -730,11 +548,7 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
             if json_out {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else if v.get("kind").is_none() {
-                let items = v
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_else(|| vec![v.clone()]);
+                let items = v.get("items").and_then(Value::as_array).cloned().unwrap_or_else(|| vec![v.clone()]);
                 let rows = items
                     .iter()
                     .map(|t| {
@@ -748,17 +562,7 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
                         ]
                     })
                     .collect();
-                table(
-                    &[
-                        "type",
-                        "node mbps",
-                        "sla step",
-                        "trial cap",
-                        "payg cap",
-                        "image",
-                    ],
-                    rows,
-                );
+                table(&["type", "node mbps", "sla step", "trial cap", "payg cap", "image"], rows);
             }
         }
     }
@@ -770,14 +574,11 @@ fn files_under(dir: &std::path::Path) -> Result<Vec<(String, std::path::PathBuf,
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d)
-            .map_err(|e| Failure::Transport(format!("{}: {e}", d.display())))?;
+        let entries = std::fs::read_dir(&d).map_err(|e| Failure::Transport(format!("{}: {e}", d.display())))?;
         for e in entries {
             let e = e.map_err(|e| Failure::Transport(e.to_string()))?;
             let p = e.path();
-            let meta = e
-                .metadata()
-                .map_err(|e| Failure::Transport(e.to_string()))?;
+            let meta = e.metadata().map_err(|e| Failure::Transport(e.to_string()))?;
             if meta.is_dir() {
                 stack.push(p);
             } else if meta.is_file() {
@@ -797,61 +598,35 @@ fn files_under(dir: &std::path::Path) -> Result<Vec<(String, std::path::PathBuf,
 }
 
 /// Uploads every file under `dir`, streamed from disk, with a progress bar in bytes.
-async fn upload(
-    c: &Client,
-    account: &str,
-    asset: &str,
-    dir: &std::path::Path,
-    quiet: bool,
-) -> Result<Value, Failure> {
+async fn upload(c: &Client, account: &str, asset: &str, dir: &std::path::Path, quiet: bool) -> Result<Value, Failure> {
     let files = files_under(dir)?;
     if files.is_empty() {
-        return Err(Failure::Transport(format!(
-            "{} holds no files",
-            dir.display()
-        )));
+        return Err(Failure::Transport(format!("{} holds no files", dir.display())));
     }
     let total: u64 = files.iter().map(|f| f.2).sum();
-    let bar = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(total)
-    };
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total) };
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     let mut uploaded = Vec::new();
     for (rel, path, _) in &files {
         bar.set_message(rel.clone());
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| Failure::Transport(format!("{}: {e}", path.display())))?;
+        let file =
+            tokio::fs::File::open(path).await.map_err(|e| Failure::Transport(format!("{}: {e}", path.display())))?;
         let progress = bar.clone();
         let stream = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
             if let Ok(b) = chunk {
                 progress.inc(b.len() as u64);
             }
         });
-        let url = format!(
-            "{}/v1/accounts/{account}/assets/{asset}/{rel}",
-            c.conn.admin_url.trim_end_matches('/')
-        );
-        let mut req = c
-            .http
-            .put(&url)
-            .body(reqwest::Body::wrap_stream(stream))
-            .timeout(Duration::from_secs(3600));
+        let url = format!("{}/v1/accounts/{account}/assets/{asset}/{rel}", c.conn.admin_url.trim_end_matches('/'));
+        let mut req = c.http.put(&url).body(reqwest::Body::wrap_stream(stream)).timeout(Duration::from_secs(3600));
         if let Some(t) = c.conn.api_key.as_ref().or(c.conn.operator_token.as_ref()) {
             req = req.bearer_auth(t);
         }
-        let res = req
-            .send()
-            .await
-            .map_err(|e| Failure::Transport(format!("{url}: {e}")))?;
+        let res = req.send().await.map_err(|e| Failure::Transport(format!("{url}: {e}")))?;
         let status = res.status();
         let v: Value = res.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -861,15 +636,10 @@ async fn upload(
         uploaded.push(v);
     }
     bar.finish_with_message(format!("{} files", files.len()));
-    let base = uploaded
-        .first()
-        .and_then(|u| u["url"].as_str())
-        .map(|u| u.trim_end_matches(files[0].0.as_str()).to_owned());
+    let base =
+        uploaded.first().and_then(|u| u["url"].as_str()).map(|u| u.trim_end_matches(files[0].0.as_str()).to_owned());
     if !quiet {
-        println!(
-            "uploaded {} files ({total} bytes) as {account}/{asset}",
-            files.len()
-        );
+        println!("uploaded {} files ({total} bytes) as {account}/{asset}", files.len());
         if let Some(b) = &base {
             println!(
                 "served at {b}<file>, e.g. {b}{}",
@@ -881,9 +651,7 @@ async fn upload(
             );
         }
     }
-    Ok(
-        json!({"account": account, "asset": asset, "files": uploaded.len(), "bytes": total, "base_url": base}),
-    )
+    Ok(json!({"account": account, "asset": asset, "files": uploaded.len(), "bytes": total, "base_url": base}))
 }
 
 /// Runs a client command; problems print readably and exit 1, transport errors 2.
@@ -894,17 +662,9 @@ pub async fn run(cmd: ClientCommand) -> ExitCode {
             if p.get("kind").is_some() && p.get("state").is_some() {
                 eprintln!("operation {} failed: {}", s(&p, "id"), s(&p, "last_error"));
             } else if p.get("title").is_some() {
-                let field = p
-                    .get("field")
-                    .and_then(Value::as_str)
-                    .map(|f| format!(" (field: {f})"))
-                    .unwrap_or_default();
-                eprintln!(
-                    "error {}: {}: {}{field}",
-                    status.as_u16(),
-                    s(&p, "title"),
-                    s(&p, "detail")
-                );
+                let field =
+                    p.get("field").and_then(Value::as_str).map(|f| format!(" (field: {f})")).unwrap_or_default();
+                eprintln!("error {}: {}: {}{field}", status.as_u16(), s(&p, "title"), s(&p, "detail"));
             } else {
                 eprintln!("error {}: {p}", status.as_u16());
             }

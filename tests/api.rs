@@ -8,15 +8,7 @@ use serde_json::{Value, json};
 use support::{Admin, Backend, expect_problem};
 
 async fn create_account(admin: &Admin, key: &str, body: Value) -> Value {
-    admin
-        .call(
-            Method::POST,
-            "/v1/accounts",
-            Some(key),
-            Some(body),
-            StatusCode::ACCEPTED,
-        )
-        .await
+    admin.call(Method::POST, "/v1/accounts", Some(key), Some(body), StatusCode::ACCEPTED).await
 }
 
 async fn signup_and_accounts_of_each_offer(backend: Backend) {
@@ -25,26 +17,17 @@ async fn signup_and_accounts_of_each_offer(backend: Backend) {
     assert!(key.starts_with("hw_"));
     // The key is stored hashed: its secret part appears nowhere in the store.
     let secret = key.rsplit('_').next().unwrap();
-    assert_eq!(admin.count(&format!("SELECT COUNT(*) FROM customers WHERE name LIKE '%{secret}%' OR email LIKE '%{secret}%'")).await, 0);
-
-    let me = admin
-        .call(
-            Method::GET,
-            "/v1/customers/me",
-            Some(&key),
-            None,
-            StatusCode::OK,
-        )
-        .await;
     assert_eq!(
-        (me["id"].as_str(), me["email"].as_str()),
-        (Some(id.as_str()), Some("ana@example.com"))
+        admin
+            .count(&format!("SELECT COUNT(*) FROM customers WHERE name LIKE '%{secret}%' OR email LIKE '%{secret}%'"))
+            .await,
+        0
     );
+
+    let me = admin.call(Method::GET, "/v1/customers/me", Some(&key), None, StatusCode::OK).await;
+    assert_eq!((me["id"].as_str(), me["email"].as_str()), (Some(id.as_str()), Some("ana@example.com")));
     assert_eq!(me["keys"].as_array().unwrap().len(), 1);
-    assert!(
-        me.to_string().find(secret).is_none(),
-        "GET /me shows no secret"
-    );
+    assert!(me.to_string().find(secret).is_none(), "GET /me shows no secret");
 
     // A third origin type, so one customer can hold an account of each offer.
     let op_token = admin.operator_token.clone();
@@ -57,21 +40,17 @@ async fn signup_and_accounts_of_each_offer(backend: Backend) {
             StatusCode::CREATED,
         )
         .await;
-    assert_eq!(
-        (
-            t["sla_increment_mbps"].as_i64(),
-            t["trial_cap_mbps"].as_i64()
-        ),
-        (Some(100), Some(10))
-    );
+    assert_eq!((t["sla_increment_mbps"].as_i64(), t["trial_cap_mbps"].as_i64()), (Some(100), Some(10)));
 
-    let trial = create_account(
+    let trial =
+        create_account(&admin, &key, json!({"name": "ana-trial", "origin_type": "hls", "offer": {"kind": "trial"}}))
+            .await;
+    let payg = create_account(
         &admin,
         &key,
-        json!({"name": "ana-trial", "origin_type": "hls", "offer": {"kind": "trial"}}),
+        json!({"name": "ana-payg", "origin_type": "dash", "offer": {"kind": "payg"}, "ip_allow": ["192.0.2.0/24"]}),
     )
     .await;
-    let payg = create_account(&admin, &key, json!({"name": "ana-payg", "origin_type": "dash", "offer": {"kind": "payg"}, "ip_allow": ["192.0.2.0/24"]})).await;
     let sla = create_account(
         &admin,
         &key,
@@ -80,124 +59,42 @@ async fn signup_and_accounts_of_each_offer(backend: Backend) {
     .await;
     assert_eq!(trial["account"]["state"], "provisioning");
     assert_eq!(trial["operation"]["kind"], "create");
-    assert!(
-        trial["account"]["locator"]
-            .as_str()
-            .unwrap()
-            .ends_with("/ana-trial/")
-    );
+    assert!(trial["account"]["locator"].as_str().unwrap().ends_with("/ana-trial/"));
 
     for accepted in [&trial, &payg, &sla] {
-        let op = admin
-            .wait_operation(accepted["operation"]["id"].as_str().unwrap(), &key)
-            .await;
+        let op = admin.wait_operation(accepted["operation"]["id"].as_str().unwrap(), &key).await;
         assert_eq!(op["state"], "succeeded", "{op}");
-        let steps: Vec<_> = op["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["step"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(steps, ["pool_assigned", "allocation_recorded"]);
+        let steps: Vec<_> =
+            op["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(steps, ["pool_prepared", "pool_assigned", "allocation_recorded"]);
     }
-    let sla_now = admin
-        .call(
-            Method::GET,
-            "/v1/accounts/ana-sla",
-            Some(&key),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    let sla_now = admin.call(Method::GET, "/v1/accounts/ana-sla", Some(&key), None, StatusCode::OK).await;
     assert_eq!(sla_now["state"], "active");
     assert_eq!(sla_now["offer"], json!({"kind": "sla", "mbps": 300}));
     assert_eq!(
-        (
-            sla_now["pool"]["kind"].as_str(),
-            sla_now["pool"]["desired_nodes"].as_i64()
-        ),
+        (sla_now["pool"]["kind"].as_str(), sla_now["pool"]["desired_nodes"].as_i64()),
         (Some("dedicated"), Some(4))
     );
-    let payg_now = admin
-        .call(
-            Method::GET,
-            "/v1/accounts/ana-payg",
-            Some(&key),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    let payg_now = admin.call(Method::GET, "/v1/accounts/ana-payg", Some(&key), None, StatusCode::OK).await;
     assert_eq!(payg_now["pool"]["kind"], "shared");
     assert_eq!(payg_now["ip_allow"], json!(["192.0.2.0/24"]));
 
-    let list = admin
-        .call(
-            Method::GET,
-            "/v1/accounts",
-            Some(&key),
-            None,
-            StatusCode::OK,
-        )
-        .await;
-    let names: Vec<_> = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["name"].as_str().unwrap())
-        .collect();
+    let list = admin.call(Method::GET, "/v1/accounts", Some(&key), None, StatusCode::OK).await;
+    let names: Vec<_> = list["items"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["ana-payg", "ana-sla", "ana-trial"]);
 
     // The operator sees the same in the global allocation table and the pools.
-    let allocs = admin
-        .call(
-            Method::GET,
-            "/v1/allocations",
-            Some(&op_token),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    let allocs = admin.call(Method::GET, "/v1/allocations", Some(&op_token), None, StatusCode::OK).await;
     assert_eq!(allocs["items"].as_array().unwrap().len(), 3);
-    let pools = admin
-        .call(
-            Method::GET,
-            "/v1/pools?limit=2",
-            Some(&op_token),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    let pools = admin.call(Method::GET, "/v1/pools?limit=2", Some(&op_token), None, StatusCode::OK).await;
     assert_eq!(pools["items"].as_array().unwrap().len(), 2);
     let cursor = pools["next_cursor"].as_str().expect("a second page");
     let rest = admin
-        .call(
-            Method::GET,
-            &format!("/v1/pools?limit=2&cursor={cursor}"),
-            Some(&op_token),
-            None,
-            StatusCode::OK,
-        )
+        .call(Method::GET, &format!("/v1/pools?limit=2&cursor={cursor}"), Some(&op_token), None, StatusCode::OK)
         .await;
-    assert_eq!(
-        rest["items"].as_array().unwrap().len(),
-        1,
-        "three pools: hls shared, dash shared, cmaf dedicated"
-    );
-    let events = admin
-        .call(
-            Method::GET,
-            "/v1/events?limit=500",
-            Some(&op_token),
-            None,
-            StatusCode::OK,
-        )
-        .await;
-    let actions: Vec<_> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1, "three pools: hls shared, dash shared, cmaf dedicated");
+    let events = admin.call(Method::GET, "/v1/events?limit=500", Some(&op_token), None, StatusCode::OK).await;
+    let actions: Vec<_> = events["items"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     for a in [
         "customer.created",
         "account.created",
@@ -220,96 +117,32 @@ async fn signup_and_accounts_of_each_offer(backend: Backend) {
         )
         .await;
     assert_eq!(changed["operation"]["kind"], "change_offer");
+    assert_eq!(admin.wait_operation(changed["operation"]["id"].as_str().unwrap(), &key).await["state"], "succeeded");
+    let payg_now = admin.call(Method::GET, "/v1/accounts/ana-payg", Some(&key), None, StatusCode::OK).await;
     assert_eq!(
-        admin
-            .wait_operation(changed["operation"]["id"].as_str().unwrap(), &key)
-            .await["state"],
-        "succeeded"
-    );
-    let payg_now = admin
-        .call(
-            Method::GET,
-            "/v1/accounts/ana-payg",
-            Some(&key),
-            None,
-            StatusCode::OK,
-        )
-        .await;
-    assert_eq!(
-        (
-            payg_now["pool"]["kind"].as_str(),
-            payg_now["pool"]["desired_nodes"].as_i64()
-        ),
+        (payg_now["pool"]["kind"].as_str(), payg_now["pool"]["desired_nodes"].as_i64()),
         (Some("dedicated"), Some(3))
     );
-    assert_eq!(
-        payg_now["locator"], changed["account"]["locator"],
-        "the locator never changes"
-    );
+    assert_eq!(payg_now["locator"], changed["account"]["locator"], "the locator never changes");
 
-    let d = admin
-        .call(
-            Method::POST,
-            "/v1/accounts/ana-trial/deactivate",
-            Some(&key),
-            None,
-            StatusCode::ACCEPTED,
-        )
-        .await;
+    let d = admin.call(Method::POST, "/v1/accounts/ana-trial/deactivate", Some(&key), None, StatusCode::ACCEPTED).await;
     assert_eq!(d["account"]["state"], "deactivated");
     assert!(d["account"]["retain_until"].is_string());
-    admin
-        .wait_operation(d["operation"]["id"].as_str().unwrap(), &key)
-        .await;
-    let again = admin
-        .request(
-            Method::POST,
-            "/v1/accounts/ana-trial/deactivate",
-            Some(&key),
-            None,
-        )
-        .await;
+    admin.wait_operation(d["operation"]["id"].as_str().unwrap(), &key).await;
+    let again = admin.request(Method::POST, "/v1/accounts/ana-trial/deactivate", Some(&key), None).await;
     expect_problem(again, StatusCode::CONFLICT, "conflict", None).await;
-    let r = admin
-        .call(
-            Method::POST,
-            "/v1/accounts/ana-trial/reactivate",
-            Some(&key),
-            None,
-            StatusCode::ACCEPTED,
-        )
-        .await;
-    assert_eq!(
-        admin
-            .wait_operation(r["operation"]["id"].as_str().unwrap(), &key)
-            .await["state"],
-        "succeeded"
-    );
-    let del = admin
-        .call(
-            Method::DELETE,
-            "/v1/accounts/ana-trial",
-            Some(&key),
-            None,
-            StatusCode::ACCEPTED,
-        )
-        .await;
-    admin
-        .wait_operation(del["operation"]["id"].as_str().unwrap(), &key)
-        .await;
+    let r = admin.call(Method::POST, "/v1/accounts/ana-trial/reactivate", Some(&key), None, StatusCode::ACCEPTED).await;
+    assert_eq!(admin.wait_operation(r["operation"]["id"].as_str().unwrap(), &key).await["state"], "succeeded");
+    let del = admin.call(Method::DELETE, "/v1/accounts/ana-trial", Some(&key), None, StatusCode::ACCEPTED).await;
+    admin.wait_operation(del["operation"]["id"].as_str().unwrap(), &key).await;
     expect_problem(
-        admin
-            .request(Method::GET, "/v1/accounts/ana-trial", Some(&key), None)
-            .await,
+        admin.request(Method::GET, "/v1/accounts/ana-trial", Some(&key), None).await,
         StatusCode::NOT_FOUND,
         "not-found",
         None,
     )
     .await;
-    assert_eq!(
-        admin.count("SELECT COUNT(*) FROM global_allocations").await,
-        2
-    );
+    assert_eq!(admin.count("SELECT COUNT(*) FROM global_allocations").await, 2);
 
     // Images are recorded and their upgrade operation runs.
     let up = admin
@@ -322,41 +155,20 @@ async fn signup_and_accounts_of_each_offer(backend: Backend) {
         )
         .await;
     assert_eq!(up["kind"], "upgrade");
-    assert_eq!(
-        admin
-            .wait_operation(up["id"].as_str().unwrap(), &op_token)
-            .await["state"],
-        "succeeded"
-    );
-    let hls = admin
-        .call(
-            Method::GET,
-            "/v1/origin-types/hls",
-            Some(&op_token),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    assert_eq!(admin.wait_operation(up["id"].as_str().unwrap(), &op_token).await["state"], "succeeded");
+    let hls = admin.call(Method::GET, "/v1/origin-types/hls", Some(&op_token), None, StatusCode::OK).await;
     assert_eq!(hls["current_image"], "1.1.0");
 }
 
 async fn every_error_is_a_problem_and_writes_nothing(backend: Backend) {
     let admin = Admin::start(backend, &["--max-body-bytes", "4096"]).await;
     let (_, key) = admin.sign_up("ana@example.com").await;
-    let created = create_account(
-        &admin,
-        &key,
-        json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}}),
-    )
-    .await;
+    let created =
+        create_account(&admin, &key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
     // Let the worker finish, so every event counted below comes from a bad request.
-    admin
-        .wait_operation(created["operation"]["id"].as_str().unwrap(), &key)
-        .await;
+    admin.wait_operation(created["operation"]["id"].as_str().unwrap(), &key).await;
     let events_before = admin.count("SELECT COUNT(*) FROM events").await;
-    let ops_before = admin
-        .count("SELECT COUNT(*) FROM allocation_operations")
-        .await;
+    let ops_before = admin.count("SELECT COUNT(*) FROM allocation_operations").await;
 
     let post = |body: &str| {
         admin
@@ -367,81 +179,43 @@ async fn every_error_is_a_problem_and_writes_nothing(backend: Backend) {
             .body(body.to_owned())
             .send()
     };
+    expect_problem(post("{\"name\": ").await.unwrap(), StatusCode::BAD_REQUEST, "malformed-request", None).await;
     expect_problem(
-        post("{\"name\": ").await.unwrap(),
-        StatusCode::BAD_REQUEST,
-        "malformed-request",
-        None,
-    )
-    .await;
-    expect_problem(
-        post("{\"name\": \"x-y-z\", \"origin_type\": \"hls\"}")
-            .await
-            .unwrap(),
+        post("{\"name\": \"x-y-z\", \"origin_type\": \"hls\"}").await.unwrap(),
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid-value",
         Some("offer"),
     )
     .await;
     expect_problem(
-        post("{\"name\": 5, \"origin_type\": \"hls\", \"offer\": {\"kind\": \"trial\"}}")
-            .await
-            .unwrap(),
+        post("{\"name\": 5, \"origin_type\": \"hls\", \"offer\": {\"kind\": \"trial\"}}").await.unwrap(),
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid-value",
         Some("name"),
     )
     .await;
     expect_problem(
-        post("{\"name\": \"abc\", \"origin_type\": \"hls\", \"offer\": {\"kind\": \"gold\"}}")
-            .await
-            .unwrap(),
+        post("{\"name\": \"abc\", \"origin_type\": \"hls\", \"offer\": {\"kind\": \"gold\"}}").await.unwrap(),
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid-value",
         Some("offer.kind"),
     )
     .await;
     let cases = [
-        (
-            json!({"name": "-bad-", "origin_type": "hls", "offer": {"kind": "trial"}}),
-            "name",
-        ),
-        (
-            json!({"name": "_probe", "origin_type": "hls", "offer": {"kind": "trial"}}),
-            "name",
-        ),
-        (
-            json!({"name": "ana-cmaf", "origin_type": "nope", "offer": {"kind": "trial"}}),
-            "origin_type",
-        ),
-        (
-            json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "sla", "mbps": 150}}),
-            "offer.mbps",
-        ),
-        (
-            json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "sla"}}),
-            "offer.mbps",
-        ),
+        (json!({"name": "-bad-", "origin_type": "hls", "offer": {"kind": "trial"}}), "name"),
+        (json!({"name": "_probe", "origin_type": "hls", "offer": {"kind": "trial"}}), "name"),
+        (json!({"name": "ana-cmaf", "origin_type": "nope", "offer": {"kind": "trial"}}), "origin_type"),
+        (json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "sla", "mbps": 150}}), "offer.mbps"),
+        (json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "sla"}}), "offer.mbps"),
         (
             json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "payg"}, "ip_allow": ["10.0.0.0/8", "10.0.0.0/99"]}),
             "ip_allow[1]",
         ),
-        (
-            json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "payg"}, "colour": "blue"}),
-            "colour",
-        ),
+        (json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "payg"}, "colour": "blue"}), "colour"),
     ];
     for (body, field) in cases {
-        let res = admin
-            .request(Method::POST, "/v1/accounts", Some(&key), Some(body.clone()))
-            .await;
-        let p = expect_problem(
-            res,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-value",
-            Some(field),
-        )
-        .await;
+        let res = admin.request(Method::POST, "/v1/accounts", Some(&key), Some(body.clone())).await;
+        let p = expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some(field)).await;
         assert!(!p["detail"].as_str().unwrap().is_empty(), "{body}");
     }
     // Conflicts: a taken name, a second live account of the same type.
@@ -470,18 +244,14 @@ async fn every_error_is_a_problem_and_writes_nothing(backend: Backend) {
     expect_problem(res, StatusCode::UNAUTHORIZED, "unauthorized", None).await;
     let forged = format!("{}x", &key[..key.len() - 1]);
     expect_problem(
-        admin
-            .request(Method::GET, "/v1/accounts", Some(&forged), None)
-            .await,
+        admin.request(Method::GET, "/v1/accounts", Some(&forged), None).await,
         StatusCode::UNAUTHORIZED,
         "unauthorized",
         None,
     )
     .await;
     expect_problem(
-        admin
-            .request(Method::GET, "/v1/origin-types", Some(&key), None)
-            .await,
+        admin.request(Method::GET, "/v1/origin-types", Some(&key), None).await,
         StatusCode::UNAUTHORIZED,
         "unauthorized",
         None,
@@ -490,9 +260,7 @@ async fn every_error_is_a_problem_and_writes_nothing(backend: Backend) {
     // Too large.
     let big = json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "payg"}, "ip_allow": vec!["10.0.0.0/8"; 1000]});
     expect_problem(
-        admin
-            .request(Method::POST, "/v1/accounts", Some(&key), Some(big))
-            .await,
+        admin.request(Method::POST, "/v1/accounts", Some(&key), Some(big)).await,
         StatusCode::PAYLOAD_TOO_LARGE,
         "too-large",
         None,
@@ -500,28 +268,14 @@ async fn every_error_is_a_problem_and_writes_nothing(backend: Backend) {
     .await;
     // Bad paging input.
     expect_problem(
-        admin
-            .request(
-                Method::GET,
-                "/v1/events?limit=0",
-                Some(&admin.operator_token),
-                None,
-            )
-            .await,
+        admin.request(Method::GET, "/v1/events?limit=0", Some(&admin.operator_token), None).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid-value",
         Some("limit"),
     )
     .await;
     expect_problem(
-        admin
-            .request(
-                Method::GET,
-                "/v1/events?limit=x",
-                Some(&admin.operator_token),
-                None,
-            )
-            .await,
+        admin.request(Method::GET, "/v1/events?limit=x", Some(&admin.operator_token), None).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid-value",
         Some("query"),
@@ -536,16 +290,8 @@ async fn every_error_is_a_problem_and_writes_nothing(backend: Backend) {
     .await;
 
     // Nothing above wrote anything (bo's sign-up is the only new event).
-    assert_eq!(
-        admin.count("SELECT COUNT(*) FROM events").await,
-        events_before + 1
-    );
-    assert_eq!(
-        admin
-            .count("SELECT COUNT(*) FROM allocation_operations")
-            .await,
-        ops_before
-    );
+    assert_eq!(admin.count("SELECT COUNT(*) FROM events").await, events_before + 1);
+    assert_eq!(admin.count("SELECT COUNT(*) FROM allocation_operations").await, ops_before);
     assert_eq!(admin.count("SELECT COUNT(*) FROM accounts").await, 1);
 }
 
@@ -571,27 +317,14 @@ async fn idempotent_replay(backend: Backend) {
     let again: Value = again.json().await.unwrap();
     assert_eq!(first, again, "the same response, not a second account");
     assert_eq!(admin.count("SELECT COUNT(*) FROM accounts").await, 1);
-    assert_eq!(
-        admin
-            .count("SELECT COUNT(*) FROM allocation_operations")
-            .await,
-        1
-    );
+    assert_eq!(admin.count("SELECT COUNT(*) FROM allocation_operations").await, 1);
     // Without the key the retry is a conflict, showing the replay did the work once.
-    let res = admin
-        .request(Method::POST, "/v1/accounts", Some(&key), Some(body.clone()))
-        .await;
+    let res = admin.request(Method::POST, "/v1/accounts", Some(&key), Some(body.clone())).await;
     expect_problem(res, StatusCode::CONFLICT, "conflict", Some("name")).await;
     // The same key with another body is refused.
     let other = json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "payg"}});
     let res = send(other, "create-1").await.unwrap();
-    expect_problem(
-        res,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "idempotency-key-reused",
-        Some("Idempotency-Key"),
-    )
-    .await;
+    expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", Some("Idempotency-Key")).await;
     assert_eq!(admin.count("SELECT COUNT(*) FROM accounts").await, 1);
     // Sign-up is idempotent too.
     let signup = |k: &'static str| {
@@ -613,12 +346,8 @@ async fn customers_are_isolated_and_keys_revocable(backend: Backend) {
     let admin = Admin::start(backend, &[]).await;
     let (_, ana) = admin.sign_up("ana@example.com").await;
     let (_, bo) = admin.sign_up("bo@example.com").await;
-    let a = create_account(
-        &admin,
-        &ana,
-        json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "trial"}}),
-    )
-    .await;
+    let a = create_account(&admin, &ana, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "trial"}}))
+        .await;
     let op_id = a["operation"]["id"].as_str().unwrap();
 
     for (method, path) in [
@@ -630,104 +359,39 @@ async fn customers_are_isolated_and_keys_revocable(backend: Backend) {
         let res = admin.request(method.clone(), &path, Some(&bo), None).await;
         expect_problem(res, StatusCode::NOT_FOUND, "not-found", None).await;
     }
-    let res = admin
-        .request(
-            Method::PATCH,
-            "/v1/accounts/ana-vod",
-            Some(&bo),
-            Some(json!({"ip_allow": []})),
-        )
-        .await;
+    let res = admin.request(Method::PATCH, "/v1/accounts/ana-vod", Some(&bo), Some(json!({"ip_allow": []}))).await;
     expect_problem(res, StatusCode::NOT_FOUND, "not-found", None).await;
-    let bo_list = admin
-        .call(Method::GET, "/v1/accounts", Some(&bo), None, StatusCode::OK)
-        .await;
+    let bo_list = admin.call(Method::GET, "/v1/accounts", Some(&bo), None, StatusCode::OK).await;
     assert_eq!(bo_list["items"], json!([]));
     // bo's attempts to deactivate and delete changed nothing.
-    let mine = admin
-        .call(
-            Method::GET,
-            "/v1/accounts/ana-vod",
-            Some(&ana),
-            None,
-            StatusCode::OK,
-        )
-        .await;
-    assert!(
-        matches!(mine["state"].as_str(), Some("provisioning" | "active")),
-        "{mine}"
-    );
-    assert_eq!(
-        admin
-            .count("SELECT COUNT(*) FROM allocation_operations")
-            .await,
-        1,
-        "only ana's create"
-    );
+    let mine = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&ana), None, StatusCode::OK).await;
+    assert!(matches!(mine["state"].as_str(), Some("provisioning" | "active")), "{mine}");
+    assert_eq!(admin.count("SELECT COUNT(*) FROM allocation_operations").await, 1, "only ana's create");
 
     // A second key works; revoking the first stops it at once.
-    let k2 = admin
-        .call(
-            Method::POST,
-            "/v1/customers/me/keys",
-            Some(&ana),
-            None,
-            StatusCode::CREATED,
-        )
-        .await;
+    let k2 = admin.call(Method::POST, "/v1/customers/me/keys", Some(&ana), None, StatusCode::CREATED).await;
     let second = k2["api_key"].as_str().unwrap().to_owned();
-    let me = admin
-        .call(
-            Method::GET,
-            "/v1/customers/me",
-            Some(&second),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    let me = admin.call(Method::GET, "/v1/customers/me", Some(&second), None, StatusCode::OK).await;
     let first_id = me["keys"][0]["id"].as_str().unwrap().to_owned();
     // bo cannot revoke ana's key.
     expect_problem(
-        admin
-            .request(
-                Method::DELETE,
-                &format!("/v1/customers/me/keys/{first_id}"),
-                Some(&bo),
-                None,
-            )
-            .await,
+        admin.request(Method::DELETE, &format!("/v1/customers/me/keys/{first_id}"), Some(&bo), None).await,
         StatusCode::NOT_FOUND,
         "not-found",
         None,
     )
     .await;
     admin
-        .call(
-            Method::DELETE,
-            &format!("/v1/customers/me/keys/{first_id}"),
-            Some(&second),
-            None,
-            StatusCode::NO_CONTENT,
-        )
+        .call(Method::DELETE, &format!("/v1/customers/me/keys/{first_id}"), Some(&second), None, StatusCode::NO_CONTENT)
         .await;
     expect_problem(
-        admin
-            .request(Method::GET, "/v1/accounts", Some(&ana), None)
-            .await,
+        admin.request(Method::GET, "/v1/accounts", Some(&ana), None).await,
         StatusCode::UNAUTHORIZED,
         "unauthorized",
         None,
     )
     .await;
-    let me = admin
-        .call(
-            Method::GET,
-            "/v1/customers/me",
-            Some(&second),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    let me = admin.call(Method::GET, "/v1/customers/me", Some(&second), None, StatusCode::OK).await;
     assert!(me["keys"][0]["revoked_at"].is_string());
 }
 
@@ -740,65 +404,22 @@ async fn everything_survives_a_restart(backend: Backend) {
         json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 100}}),
     )
     .await;
-    admin
-        .wait_operation(a["operation"]["id"].as_str().unwrap(), &key)
-        .await;
-    let before = admin
-        .call(
-            Method::GET,
-            "/v1/accounts/ana-vod",
-            Some(&key),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    admin.wait_operation(a["operation"]["id"].as_str().unwrap(), &key).await;
+    let before = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;
     admin.restart().await;
-    let after = admin
-        .call(
-            Method::GET,
-            "/v1/accounts/ana-vod",
-            Some(&key),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    let after = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;
     assert_eq!(before, after);
-    let types = admin
-        .call(
-            Method::GET,
-            "/v1/origin-types",
-            Some(&admin.operator_token),
-            None,
-            StatusCode::OK,
-        )
-        .await;
-    assert_eq!(
-        types["items"].as_array().unwrap().len(),
-        2,
-        "built-in types are not seeded twice"
-    );
+    let types = admin.call(Method::GET, "/v1/origin-types", Some(&admin.operator_token), None, StatusCode::OK).await;
+    assert_eq!(types["items"].as_array().unwrap().len(), 2, "built-in types are not seeded twice");
 }
 
 async fn signups_are_rate_limited_per_ip(backend: Backend) {
     let admin = Admin::start(backend, &["--signup-rate-limit", "2"]).await;
     admin.sign_up("a@example.com").await;
     admin.sign_up("b@example.com").await;
-    let res = admin
-        .request(
-            Method::POST,
-            "/v1/customers",
-            None,
-            Some(json!({"name": "C", "email": "c@example.com"})),
-        )
-        .await;
-    let retry: u64 = res
-        .headers()
-        .get("retry-after")
-        .expect("Retry-After")
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let res =
+        admin.request(Method::POST, "/v1/customers", None, Some(json!({"name": "C", "email": "c@example.com"}))).await;
+    let retry: u64 = res.headers().get("retry-after").expect("Retry-After").to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     expect_problem(res, StatusCode::TOO_MANY_REQUESTS, "rate-limited", None).await;
     assert_eq!(admin.count("SELECT COUNT(*) FROM customers").await, 2);
@@ -819,9 +440,7 @@ async fn per_key_rate_limit_answers_429_with_retry_after() {
     let (_, key) = admin.sign_up("ana@example.com").await;
     let mut limited = None;
     for _ in 0..10 {
-        let res = admin
-            .request(Method::GET, "/v1/accounts", Some(&key), None)
-            .await;
+        let res = admin.request(Method::GET, "/v1/accounts", Some(&key), None).await;
         if res.status() == StatusCode::TOO_MANY_REQUESTS {
             limited = Some(res);
             break;
@@ -836,9 +455,7 @@ async fn per_key_rate_limit_answers_429_with_retry_after() {
 #[tokio::test]
 async fn openapi_metrics_and_health() {
     let admin = Admin::start(Backend::Sqlite, &[]).await;
-    let api = admin
-        .call(Method::GET, "/openapi.json", None, None, StatusCode::OK)
-        .await;
+    let api = admin.call(Method::GET, "/openapi.json", None, None, StatusCode::OK).await;
     let paths = api["paths"].as_object().unwrap();
     for (path, methods) in [
         ("/v1/customers", &["post"][..]),
@@ -862,10 +479,7 @@ async fn openapi_metrics_and_health() {
         ("/readyz", &["get"]),
     ] {
         for m in methods {
-            assert!(
-                paths.get(path).and_then(|p| p.get(*m)).is_some(),
-                "openapi.json lacks {m} {path}"
-            );
+            assert!(paths.get(path).and_then(|p| p.get(*m)).is_some(), "openapi.json lacks {m} {path}");
         }
     }
     let schemas = api["components"]["schemas"].as_object().unwrap();
@@ -888,18 +502,11 @@ async fn openapi_metrics_and_health() {
     assert_eq!(ready.status(), StatusCode::OK);
     assert_eq!(ready.text().await.unwrap(), "ready\n");
     admin.sign_up("ana@example.com").await;
-    let metrics = admin
-        .request(Method::GET, "/metrics", None, None)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin.request(Method::GET, "/metrics", None, None).await.text().await.unwrap();
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("headwater_admin_http_requests_total{")
-                && l.contains("route=\"/v1/customers\"")
-                && l.contains("status=\"201\"")),
+        metrics.lines().any(|l| l.starts_with("headwater_admin_http_requests_total{")
+            && l.contains("route=\"/v1/customers\"")
+            && l.contains("status=\"201\"")),
         "{metrics}"
     );
 }

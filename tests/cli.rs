@@ -25,144 +25,74 @@ fn text(b: &[u8]) -> String {
 #[tokio::test]
 async fn customers_accounts_operations_and_origin_types_from_the_cli() {
     let admin = Admin::start(Backend::Sqlite, &[]).await;
-    let out = cli(
-        &admin,
-        &[],
-        &[
-            "customers",
-            "create",
-            "--name",
-            "Ana",
-            "--email",
-            "ana@example.com",
-            "--json",
-        ],
-    )
-    .await;
+    let out = cli(&admin, &[], &["customers", "create", "--name", "Ana", "--email", "ana@example.com", "--json"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let created: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     let key = created["api_key"].as_str().expect("api key").to_owned();
     let env = [("HEADWATER_API_KEY", key.as_str())];
 
     let out = cli(
         &admin,
         &env,
-        &[
-            "accounts", "create", "ana-vod", "--type", "hls", "--offer", "sla", "--mbps", "200",
-            "--wait",
-        ],
+        &["accounts", "create", "ana-vod", "--type", "hls", "--offer", "sla", "--mbps", "200", "--wait"],
     )
     .await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    assert!(
-        stdout.contains("succeeded"),
-        "--wait waits for the operation: {stdout}"
-    );
+    assert!(stdout.contains("succeeded"), "--wait waits for the operation: {stdout}");
     assert!(stdout.contains("allocation_recorded"), "{stdout}");
 
     let out = cli(&admin, &env, &["accounts", "list"]).await;
     let stdout = text(&out.stdout);
     let header = stdout.lines().next().unwrap_or_default();
-    assert!(
-        header.starts_with("NAME") && header.contains("LOCATOR"),
-        "{stdout}"
-    );
-    let row = stdout
-        .lines()
-        .find(|l| l.starts_with("ana-vod"))
-        .unwrap_or_else(|| panic!("{stdout}"));
-    assert!(
-        row.contains("sla 200 Mbit/s") && row.contains("active") && row.contains("dedicated 0/3"),
-        "{row}"
-    );
+    assert!(header.starts_with("NAME") && header.contains("LOCATOR"), "{stdout}");
+    let row = stdout.lines().find(|l| l.starts_with("ana-vod")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(row.contains("sla 200 Mbit/s") && row.contains("active") && row.contains("dedicated 0/3"), "{row}");
 
     // Upload a packaged folder; the progress bar is drawn on a terminal only.
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo/hls");
-    let out = cli(
-        &admin,
-        &env,
-        &["assets", "upload", "ana-vod", "trailer", dir],
-    )
-    .await;
+    let out = cli(&admin, &env, &["assets", "upload", "ana-vod", "trailer", dir]).await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("uploaded 9 files"), "{stdout}");
     let out = cli(&admin, &env, &["assets", "list", "ana-vod"]).await;
     let stdout = text(&out.stdout);
-    let row = stdout
-        .lines()
-        .find(|l| l.starts_with("trailer"))
-        .unwrap_or_else(|| panic!("{stdout}"));
+    let row = stdout.lines().find(|l| l.starts_with("trailer")).unwrap_or_else(|| panic!("{stdout}"));
     let total: u64 = std::fs::read_dir(format!("{dir}/720p"))
         .unwrap()
         .chain(std::fs::read_dir(format!("{dir}/360p")).unwrap())
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum::<u64>()
-        + std::fs::metadata(format!("{dir}/master.m3u8"))
-            .unwrap()
-            .len();
-    assert_eq!(
-        row.split_whitespace().collect::<Vec<_>>(),
-        ["trailer", "9", &total.to_string()]
-    );
+        + std::fs::metadata(format!("{dir}/master.m3u8")).unwrap().len();
+    assert_eq!(row.split_whitespace().collect::<Vec<_>>(), ["trailer", "9", &total.to_string()]);
 
     // A problem prints readably and exits 1.
     let out = cli(&admin, &env, &["accounts", "create", "Bad_Name"]).await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("error 422: Invalid value") && stderr.contains("(field: name)"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("error 422: Invalid value") && stderr.contains("(field: name)"), "{stderr}");
 
     // The operator's commands use the operator token.
     let op = [("HEADWATER_OPERATOR_TOKEN", admin.operator_token.as_str())];
     let out = cli(&admin, &op, &["origin-types", "list"]).await;
     let stdout = text(&out.stdout);
     assert!(out.status.success());
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.starts_with("hls ") && l.contains("100")),
-        "{stdout}"
-    );
+    assert!(stdout.lines().any(|l| l.starts_with("hls ") && l.contains("100")), "{stdout}");
     let out = cli(
         &admin,
         &op,
-        &[
-            "origin-types",
-            "add-image",
-            "hls",
-            "--version",
-            "2",
-            "--command",
-            "headwater",
-            "--arg",
-            "origin",
-        ],
+        &["origin-types", "add-image", "hls", "--version", "2", "--command", "headwater", "--arg", "origin"],
     )
     .await;
     let stdout = text(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("upgrade"),
-        "{stdout}{}",
-        text(&out.stderr)
-    );
-    let id = stdout
-        .split_whitespace()
-        .nth(1)
-        .expect("operation id")
-        .to_owned();
+    assert!(out.status.success() && stdout.contains("upgrade"), "{stdout}{}", text(&out.stderr));
+    let id = stdout.split_whitespace().nth(1).expect("operation id").to_owned();
     let out = cli(&admin, &op, &["operations", "wait", &id]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("image_current"));
 
     // Without a reachable admin: exit 2.
     let mut gone = tokio::process::Command::new(BIN);
-    gone.args(["accounts", "list"])
-        .env("HEADWATER_ADMIN_URL", "http://127.0.0.1:9")
-        .env("HEADWATER_API_KEY", &key);
+    gone.args(["accounts", "list"]).env("HEADWATER_ADMIN_URL", "http://127.0.0.1:9").env("HEADWATER_API_KEY", &key);
     assert_eq!(gone.output().await.unwrap().status.code(), Some(2));
 }

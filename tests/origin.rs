@@ -14,23 +14,11 @@ const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
 
 /// An admin, a customer with one account of `offer` holding the demo asset, and a
 /// ready node of the account's pool.
-async fn serving(
-    offer: serde_json::Value,
-    capacity: u32,
-    extra_account: serde_json::Value,
-) -> (Admin, String, Origin) {
+async fn serving(offer: serde_json::Value, capacity: u32, extra_account: serde_json::Value) -> (Admin, String, Origin) {
     let admin = Admin::start(Backend::Sqlite, &[]).await;
     // The origin type's node capacity is what nodes apply once configured.
     let patch = json!({"node_capacity_mbps": capacity});
-    admin
-        .call(
-            Method::PATCH,
-            "/v1/origin-types/hls",
-            Some(&admin.operator_token),
-            Some(patch),
-            StatusCode::OK,
-        )
-        .await;
+    admin.call(Method::PATCH, "/v1/origin-types/hls", Some(&admin.operator_token), Some(patch), StatusCode::OK).await;
     let (_, key) = admin.sign_up("ana@example.com").await;
     let mut body = json!({"name": "ana-vod", "origin_type": "hls", "offer": offer});
     if let Some(o) = extra_account.as_object() {
@@ -49,11 +37,7 @@ async fn serving(
 async fn raw_get(origin: &Origin, target: &str) -> String {
     let addr = origin.url.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
@@ -73,15 +57,9 @@ async fn serves_vod_with_http_semantics() {
     assert_eq!(h[header::CACHE_CONTROL], "public, max-age=60");
     assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
     let etag = h[header::ETAG].to_str().unwrap().to_owned();
-    assert!(
-        etag.starts_with('"') && etag.ends_with('"'),
-        "strong ETag: {etag}"
-    );
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "strong ETag: {etag}");
     let last_modified = h[header::LAST_MODIFIED].to_str().unwrap().to_owned();
-    assert_eq!(
-        res.bytes().await.unwrap(),
-        std::fs::read(format!("{DEMO}/hls/master.m3u8")).unwrap()
-    );
+    assert_eq!(res.bytes().await.unwrap(), std::fs::read(format!("{DEMO}/hls/master.m3u8")).unwrap());
     for (file, ctype) in [
         ("hls/360p/seg_000.ts", "video/mp2t"),
         ("dash/manifest.mpd", "application/dash+xml"),
@@ -90,51 +68,25 @@ async fn serves_vod_with_http_semantics() {
         let res = http.get(url(file)).send().await.unwrap();
         assert_eq!(res.headers()[header::CONTENT_TYPE], ctype, "{file}");
         let want = std::fs::read(format!("{DEMO}/{file}")).unwrap();
-        assert_eq!(
-            res.headers()[header::CONTENT_LENGTH],
-            want.len().to_string().as_str()
-        );
+        assert_eq!(res.headers()[header::CONTENT_LENGTH], want.len().to_string().as_str());
         assert_eq!(res.bytes().await.unwrap(), want, "{file}");
     }
 
     // 304 by ETag and by date; HEAD has the headers and no body.
-    let res = http
-        .get(url("hls/master.m3u8"))
-        .header(header::IF_NONE_MATCH, &etag)
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(url("hls/master.m3u8")).header(header::IF_NONE_MATCH, &etag).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
-    let res = http
-        .get(url("hls/master.m3u8"))
-        .header(header::IF_MODIFIED_SINCE, &last_modified)
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(url("hls/master.m3u8")).header(header::IF_MODIFIED_SINCE, &last_modified).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
     let res = http.head(url("hls/360p/seg_001.ts")).send().await.unwrap();
-    let size = std::fs::metadata(format!("{DEMO}/hls/360p/seg_001.ts"))
-        .unwrap()
-        .len();
-    assert_eq!(
-        res.headers()[header::CONTENT_LENGTH],
-        size.to_string().as_str()
-    );
+    let size = std::fs::metadata(format!("{DEMO}/hls/360p/seg_001.ts")).unwrap().len();
+    assert_eq!(res.headers()[header::CONTENT_LENGTH], size.to_string().as_str());
     assert!(res.bytes().await.unwrap().is_empty());
 
     // 206 and 416.
     let seg = std::fs::read(format!("{DEMO}/hls/720p/seg_002.ts")).unwrap();
-    let res = http
-        .get(url("hls/720p/seg_002.ts"))
-        .header(header::RANGE, "bytes=1000-1999")
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(url("hls/720p/seg_002.ts")).header(header::RANGE, "bytes=1000-1999").send().await.unwrap();
     assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(
-        res.headers()[header::CONTENT_RANGE],
-        format!("bytes 1000-1999/{}", seg.len()).as_str()
-    );
+    assert_eq!(res.headers()[header::CONTENT_RANGE], format!("bytes 1000-1999/{}", seg.len()).as_str());
     assert_eq!(res.bytes().await.unwrap(), &seg[1000..2000]);
     let res = http
         .get(url("hls/720p/seg_002.ts"))
@@ -143,26 +95,13 @@ async fn serves_vod_with_http_semantics() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::RANGE_NOT_SATISFIABLE);
-    assert_eq!(
-        res.headers()[header::CONTENT_RANGE],
-        format!("bytes */{}", seg.len()).as_str()
-    );
+    assert_eq!(res.headers()[header::CONTENT_RANGE], format!("bytes */{}", seg.len()).as_str());
 
     // 404: another account, a missing file.
-    let res = http
-        .get(format!("{}/bo-vod/demo/hls/master.m3u8", origin.url))
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(format!("{}/bo-vod/demo/hls/master.m3u8", origin.url)).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
-    assert_eq!(
-        res.headers()[header::CONTENT_TYPE],
-        "application/problem+json"
-    );
-    assert_eq!(
-        http.get(url("hls/nope.ts")).send().await.unwrap().status(),
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "application/problem+json");
+    assert_eq!(http.get(url("hls/nope.ts")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
 
     // Traversal attempts are refused before anything is read.
     for target in [
@@ -176,35 +115,16 @@ async fn serves_vod_with_http_semantics() {
     }
 
     // h2c (prior knowledge) serves the same bytes.
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let res = h2.get(url("hls/360p/index.m3u8")).send().await.unwrap();
     assert_eq!(res.version(), reqwest::Version::HTTP_2);
-    assert_eq!(
-        res.bytes().await.unwrap(),
-        std::fs::read(format!("{DEMO}/hls/360p/index.m3u8")).unwrap()
-    );
+    assert_eq!(res.bytes().await.unwrap(), std::fs::read(format!("{DEMO}/hls/360p/index.m3u8")).unwrap());
 
     // A deactivated account answers 410 once the node has its new configuration.
-    admin
-        .call(
-            Method::POST,
-            "/v1/accounts/ana-vod/deactivate",
-            Some(&key),
-            None,
-            StatusCode::ACCEPTED,
-        )
-        .await;
+    admin.call(Method::POST, "/v1/accounts/ana-vod/deactivate", Some(&key), None, StatusCode::ACCEPTED).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let s = http
-            .get(url("hls/master.m3u8"))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let s = http.get(url("hls/master.m3u8")).send().await.unwrap().status();
         if s == StatusCode::GONE {
             break;
         }
@@ -215,30 +135,18 @@ async fn serves_vod_with_http_semantics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ip_allow_list_is_enforced() {
-    let (_admin, _key, origin) = serving(
-        json!({"kind": "payg"}),
-        1000,
-        json!({"ip_allow": ["192.0.2.0/24"]}),
-    )
-    .await;
-    let res = reqwest::get(format!("{}/ana-vod/demo/hls/master.m3u8", origin.url))
-        .await
-        .unwrap();
+    let (_admin, _key, origin) = serving(json!({"kind": "payg"}), 1000, json!({"ip_allow": ["192.0.2.0/24"]})).await;
+    let res = reqwest::get(format!("{}/ana-vod/demo/hls/master.m3u8", origin.url)).await.unwrap();
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
     // The test content is for probes from anywhere.
-    let res = reqwest::get(format!("{}/_probe/hls/master.m3u8", origin.url))
-        .await
-        .unwrap();
+    let res = reqwest::get(format!("{}/_probe/hls/master.m3u8", origin.url)).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_played_asset_is_valid_media() {
     let Some(ffprobe) = support::which("ffprobe") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "ffprobe is required in CI (scripts/test installs ffmpeg)"
-        );
+        assert!(std::env::var("CI").is_err(), "ffprobe is required in CI (scripts/test installs ffmpeg)");
         eprintln!("ffprobe not installed: skipping the media check");
         return;
     };
@@ -246,36 +154,17 @@ async fn the_played_asset_is_valid_media() {
     for manifest in ["hls/master.m3u8", "dash/manifest.mpd"] {
         let url = format!("{}/ana-vod/demo/{manifest}", origin.url);
         let out = tokio::process::Command::new(&ffprobe)
-            .args([
-                "-v",
-                "error",
-                "-show_entries",
-                "format=duration:stream=codec_type",
-                "-of",
-                "json",
-                &url,
-            ])
+            .args(["-v", "error", "-show_entries", "format=duration:stream=codec_type", "-of", "json", &url])
             .output()
             .await
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{manifest}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{manifest}: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let duration: f64 = v["format"]["duration"].as_str().unwrap().parse().unwrap();
         assert!((5.5..=6.5).contains(&duration), "{manifest}: {duration} s");
-        let kinds: Vec<_> = v["streams"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["codec_type"].as_str().unwrap().to_owned())
-            .collect();
-        assert!(
-            kinds.contains(&"video".to_owned()) && kinds.contains(&"audio".to_owned()),
-            "{manifest}: {kinds:?}"
-        );
+        let kinds: Vec<_> =
+            v["streams"].as_array().unwrap().iter().map(|s| s["codec_type"].as_str().unwrap().to_owned()).collect();
+        assert!(kinds.contains(&"video".to_owned()) && kinds.contains(&"audio".to_owned()), "{manifest}: {kinds:?}");
     }
 }
 
@@ -284,21 +173,10 @@ async fn usage_counts_account_bytes_but_never_test_content() {
     let (admin, key, origin) = serving(json!({"kind": "payg"}), 1000, json!({})).await;
     let http = reqwest::Client::new();
     let mut expected = 0u64;
-    for file in [
-        "hls/master.m3u8",
-        "hls/360p/index.m3u8",
-        "hls/360p/seg_000.ts",
-        "hls/360p/seg_001.ts",
-    ] {
-        expected += http
-            .get(format!("{}/ana-vod/demo/{file}", origin.url))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-            .len() as u64;
+    for file in ["hls/master.m3u8", "hls/360p/index.m3u8", "hls/360p/seg_000.ts", "hls/360p/seg_001.ts"] {
+        expected +=
+            http.get(format!("{}/ana-vod/demo/{file}", origin.url)).send().await.unwrap().bytes().await.unwrap().len()
+                as u64;
     }
     // A ranged request counts what was sent.
     expected += http
@@ -312,83 +190,47 @@ async fn usage_counts_account_bytes_but_never_test_content() {
         .unwrap()
         .len() as u64;
     for _ in 0..20 {
-        http.get(format!("{}/_probe/hls/720p/seg_000.ts", origin.url))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        http.get(format!("{}/_probe/hls/720p/seg_000.ts", origin.url)).send().await.unwrap().bytes().await.unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let u = admin
-            .call(
-                Method::GET,
-                "/v1/accounts/ana-vod/usage",
-                Some(&key),
-                None,
-                StatusCode::OK,
-            )
-            .await;
+        let u = admin.call(Method::GET, "/v1/accounts/ana-vod/usage", Some(&key), None, StatusCode::OK).await;
         let total = u["total_bytes"].as_u64().unwrap();
         if total >= expected {
             assert_eq!(total, expected, "exactly the account's bytes: {u}");
             assert_eq!(u["total_requests"].as_u64(), Some(5), "{u}");
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "usage stuck at {total} of {expected}"
-        );
+        assert!(Instant::now() < deadline, "usage stuck at {total} of {expected}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Heartbeats reached the store, with passing self-probes.
-    assert!(admin.count("SELECT COUNT(*) FROM probes WHERE ok AND source = 'self' AND node_id = (SELECT id FROM nodes LIMIT 1)").await >= 1);
-    let nodes = admin
-        .call(
-            Method::GET,
-            "/v1/nodes",
-            Some(&admin.operator_token),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    assert!(
+        admin
+            .count(
+                "SELECT COUNT(*) FROM probes WHERE ok AND source = 'self' AND node_id = (SELECT id FROM nodes LIMIT 1)"
+            )
+            .await
+            >= 1
+    );
+    let nodes = admin.call(Method::GET, "/v1/nodes", Some(&admin.operator_token), None, StatusCode::OK).await;
     let n = &nodes["items"][0];
     assert_eq!(n["state"], "ready");
-    assert_eq!(
-        n["address"].as_str(),
-        Some(origin.url.trim_start_matches("http://"))
-    );
-    let metrics = reqwest::get(format!("{}/metrics", origin.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("headwater_origin_bytes_total{account=\"_probe\"}"),
-        "{metrics}"
-    );
+    assert_eq!(n["address"].as_str(), Some(origin.url.trim_start_matches("http://")));
+    let metrics = reqwest::get(format!("{}/metrics", origin.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("headwater_origin_bytes_total{account=\"_probe\"}"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_finishes_the_download_in_flight_then_exits() {
     // 2 Mbit/s: the 720p segment (~310 kB) takes more than a second.
-    let (admin, _key, mut origin) =
-        serving(json!({"kind": "sla", "mbps": 100}), 2, json!({})).await;
+    let (admin, _key, mut origin) = serving(json!({"kind": "sla", "mbps": 100}), 2, json!({})).await;
     let url = format!("{}/ana-vod/demo/hls/720p/seg_001.ts", origin.url);
-    let download =
-        tokio::spawn(async move { reqwest::get(url).await.unwrap().bytes().await.unwrap() });
+    let download = tokio::spawn(async move { reqwest::get(url).await.unwrap().bytes().await.unwrap() });
     // Wait until the response is on its way.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let m = reqwest::get(format!("{}/metrics", origin.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = reqwest::get(format!("{}/metrics", origin.url)).await.unwrap().text().await.unwrap();
         let in_flight = m
             .lines()
             .find_map(|l| l.strip_prefix("headwater_origin_responses_in_flight "))
@@ -416,15 +258,7 @@ async fn a_drain_finishes_the_download_in_flight_then_exits() {
         std::fs::read(format!("{DEMO}/hls/720p/seg_001.ts")).unwrap(),
         "the in-flight download finished whole"
     );
-    let nodes = admin
-        .call(
-            Method::GET,
-            "/v1/nodes",
-            Some(&admin.operator_token),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    let nodes = admin.call(Method::GET, "/v1/nodes", Some(&admin.operator_token), None, StatusCode::OK).await;
     assert_eq!(nodes["items"][0]["state"], "draining");
 }
 
@@ -480,12 +314,7 @@ async fn bandwidth_caps_hold_over_real_sockets() {
     let mut pool = String::new();
     for name in ["ana-vod", "bo-vod", "cy-vod"] {
         let (_, key) = admin.sign_up(&format!("{name}@example.com")).await;
-        pool = admin
-            .account(
-                &key,
-                json!({"name": name, "origin_type": "hls", "offer": {"kind": "payg"}}),
-            )
-            .await;
+        pool = admin.account(&key, json!({"name": name, "origin_type": "hls", "offer": {"kind": "payg"}})).await;
         admin.upload_demo(&key, name, "demo").await;
     }
     let (id, token) = admin.register_node(&pool).await;
@@ -494,10 +323,7 @@ async fn bandwidth_caps_hold_over_real_sockets() {
 
     // One account alone with 4 connections: held to its 8 Mbit/s cap.
     let alone = measure(&origin.url, "ana-vod", 4, 3.0).await;
-    assert!(
-        (6.0..=10.0).contains(&alone),
-        "one payg account: {alone:.2} Mbit/s, cap 8"
-    );
+    assert!((6.0..=10.0).contains(&alone), "one payg account: {alone:.2} Mbit/s, cap 8");
 
     // Three accounts, one greedy (6 connections): each still gets its share.
     let (a, b, c) = tokio::join!(
@@ -506,16 +332,9 @@ async fn bandwidth_caps_hold_over_real_sockets() {
         measure(&origin.url, "cy-vod", 1, 3.0)
     );
     for (n, r) in [("ana", a), ("bo", b), ("cy", c)] {
-        assert!(
-            (5.5..=10.0).contains(&r),
-            "{n}: {r:.2} Mbit/s with three accounts on a 24 Mbit/s node"
-        );
+        assert!((5.5..=10.0).contains(&r), "{n}: {r:.2} Mbit/s with three accounts on a 24 Mbit/s node");
     }
-    assert!(
-        a + b + c <= 24.0 * 1.15,
-        "node total {:.2} over its 24 Mbit/s",
-        a + b + c
-    );
+    assert!(a + b + c <= 24.0 * 1.15, "node total {:.2} over its 24 Mbit/s", a + b + c);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,12 +342,7 @@ async fn uploads_are_validated_limited_and_isolated() {
     let admin = Admin::start(Backend::Sqlite, &["--max-upload-bytes", "200000"]).await;
     let (_, ana) = admin.sign_up("ana@example.com").await;
     let (_, bo) = admin.sign_up("bo@example.com").await;
-    admin
-        .account(
-            &ana,
-            json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}}),
-        )
-        .await;
+    admin.account(&ana, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
     let put = |path: &str, key: &str, body: Vec<u8>| {
         admin
             .http
@@ -538,38 +352,19 @@ async fn uploads_are_validated_limited_and_isolated() {
             .send()
     };
     let small = std::fs::read(format!("{DEMO}/hls/360p/index.m3u8")).unwrap();
-    let res = put("demo/hls/360p/index.m3u8", &ana, small.clone())
-        .await
-        .unwrap();
+    let res = put("demo/hls/360p/index.m3u8", &ana, small.clone()).await.unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
     let up: serde_json::Value = res.json().await.unwrap();
     assert_eq!(up["bytes"].as_u64(), Some(small.len() as u64));
-    assert!(
-        up["url"]
-            .as_str()
-            .unwrap()
-            .ends_with("/ana-vod/demo/hls/360p/index.m3u8"),
-        "{up}"
-    );
+    assert!(up["url"].as_str().unwrap().ends_with("/ana-vod/demo/hls/360p/index.m3u8"), "{up}");
     // Another customer cannot write to the account (404, not 403).
-    assert_eq!(
-        put("demo/x.m3u8", &bo, small.clone())
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(put("demo/x.m3u8", &bo, small.clone()).await.unwrap().status(), StatusCode::NOT_FOUND);
     // Past the upload limit: 413, and nothing is left behind.
     let big = std::fs::read(format!("{DEMO}/hls/720p/seg_000.ts")).unwrap();
     assert!(big.len() > 200_000);
     let res = put("demo/hls/720p/seg_000.ts", &ana, big).await.unwrap();
     support::expect_problem(res, StatusCode::PAYLOAD_TOO_LARGE, "too-large", None).await;
-    assert!(
-        !admin
-            .content_dir()
-            .join("ana-vod/demo/hls/720p/seg_000.ts")
-            .exists()
-    );
+    assert!(!admin.content_dir().join("ana-vod/demo/hls/720p/seg_000.ts").exists());
     // Traversal in the path (sent raw: clients would normalise it) is refused.
     let addr = admin.url.trim_start_matches("http://").to_owned();
     for target in [
@@ -584,47 +379,14 @@ async fn uploads_are_validated_limited_and_isolated() {
         s.write_all(req.as_bytes()).await.unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
-        assert!(
-            out.starts_with("HTTP/1.1 422") || out.starts_with("HTTP/1.1 400"),
-            "{target}: {out}"
-        );
+        assert!(out.starts_with("HTTP/1.1 422") || out.starts_with("HTTP/1.1 400"), "{target}: {out}");
         assert!(out.contains("application/problem+json"), "{out}");
     }
-    assert!(
-        !admin.data_dir.path().join("escape.txt").exists()
-            && !admin.content_dir().join("escape.txt").exists()
-    );
+    assert!(!admin.data_dir.path().join("escape.txt").exists() && !admin.content_dir().join("escape.txt").exists());
     // List and delete.
-    let list = admin
-        .call(
-            Method::GET,
-            "/v1/accounts/ana-vod/assets",
-            Some(&ana),
-            None,
-            StatusCode::OK,
-        )
-        .await;
-    assert_eq!(
-        list["items"],
-        json!([{"name": "demo", "files": 1, "bytes": small.len()}])
-    );
-    admin
-        .call(
-            Method::DELETE,
-            "/v1/accounts/ana-vod/assets/demo",
-            Some(&ana),
-            None,
-            StatusCode::NO_CONTENT,
-        )
-        .await;
-    let list = admin
-        .call(
-            Method::GET,
-            "/v1/accounts/ana-vod/assets",
-            Some(&ana),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    let list = admin.call(Method::GET, "/v1/accounts/ana-vod/assets", Some(&ana), None, StatusCode::OK).await;
+    assert_eq!(list["items"], json!([{"name": "demo", "files": 1, "bytes": small.len()}]));
+    admin.call(Method::DELETE, "/v1/accounts/ana-vod/assets/demo", Some(&ana), None, StatusCode::NO_CONTENT).await;
+    let list = admin.call(Method::GET, "/v1/accounts/ana-vod/assets", Some(&ana), None, StatusCode::OK).await;
     assert_eq!(list["items"], json!([]));
 }

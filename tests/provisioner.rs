@@ -14,22 +14,8 @@ const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
 const PROCESS_DRIVER: &[&str] = &["--driver", "process"];
 
 async fn nodes_of(admin: &Admin, pool: &str) -> Vec<Value> {
-    let v = admin
-        .call(
-            Method::GET,
-            "/v1/nodes?limit=500",
-            Some(&admin.operator_token),
-            None,
-            StatusCode::OK,
-        )
-        .await;
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["pool_id"] == pool)
-        .cloned()
-        .collect()
+    let v = admin.call(Method::GET, "/v1/nodes?limit=500", Some(&admin.operator_token), None, StatusCode::OK).await;
+    v["items"].as_array().unwrap().iter().filter(|n| n["pool_id"] == pool).cloned().collect()
 }
 
 /// Waits (deadline 60 s) until the pool has `n` ready nodes; returns all its nodes.
@@ -40,48 +26,19 @@ async fn wait_ready(admin: &Admin, pool: &str, n: usize) -> Vec<Value> {
         if nodes.iter().filter(|x| x["state"] == "ready").count() == n {
             return nodes;
         }
-        assert!(
-            Instant::now() < deadline,
-            "pool {pool} never had {n} ready nodes: {nodes:#?}"
-        );
+        assert!(Instant::now() < deadline, "pool {pool} never had {n} ready nodes: {nodes:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn create(admin: &Admin, key: &str, body: Value) -> (String, Value) {
-    let a = admin
-        .call(
-            Method::POST,
-            "/v1/accounts",
-            Some(key),
-            Some(body),
-            StatusCode::ACCEPTED,
-        )
-        .await;
+    let a = admin.call(Method::POST, "/v1/accounts", Some(key), Some(body), StatusCode::ACCEPTED).await;
     let started = Instant::now();
-    let op = admin
-        .wait_operation_for(
-            a["operation"]["id"].as_str().unwrap(),
-            key,
-            Duration::from_secs(60),
-        )
-        .await;
-    eprintln!(
-        "account {} ready after {:?}",
-        a["account"]["name"],
-        started.elapsed()
-    );
+    let op = admin.wait_operation_for(a["operation"]["id"].as_str().unwrap(), key, Duration::from_secs(60)).await;
+    eprintln!("account {} ready after {:?}", a["account"]["name"], started.elapsed());
     assert_eq!(op["state"], "succeeded", "{op}");
     let name = a["account"]["name"].as_str().unwrap();
-    let account = admin
-        .call(
-            Method::GET,
-            &format!("/v1/accounts/{name}"),
-            Some(key),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    let account = admin.call(Method::GET, &format!("/v1/accounts/{name}"), Some(key), None, StatusCode::OK).await;
     (account["pool"]["id"].as_str().unwrap().to_owned(), op)
 }
 
@@ -90,83 +47,46 @@ async fn an_sla_account_gets_its_nodes_and_a_killed_node_is_replaced() {
     let admin = Admin::start(Backend::Sqlite, PROCESS_DRIVER).await;
     let (_, key) = admin.sign_up("ana@example.com").await;
     // 300 Mbit/s on 100 Mbit/s nodes: three to carry it plus a spare.
-    let (pool, op) = create(
-        &admin,
-        &key,
-        json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 300}}),
-    )
-    .await;
-    let steps: Vec<_> = op["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["step"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(
-        steps,
-        ["pool_assigned", "nodes_ready", "allocation_recorded"]
-    );
+    let (pool, op) =
+        create(&admin, &key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 300}}))
+            .await;
+    let steps: Vec<_> =
+        op["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(steps, ["pool_prepared", "nodes_ready", "pool_assigned", "nodes_configured", "allocation_recorded"]);
     let nodes = wait_ready(&admin, &pool, 4).await;
     assert_eq!(nodes.len(), 4);
     let procs = admin.node_processes();
     assert_eq!(procs.len(), 4, "{procs:?}");
     for n in &nodes {
-        assert!(
-            procs.iter().any(|(id, _)| n["id"] == id.as_str()),
-            "node {} has no process",
-            n["id"]
-        );
+        assert!(procs.iter().any(|(id, _)| n["id"] == id.as_str()), "node {} has no process", n["id"]);
     }
 
     // The account's content is served by its nodes.
     admin.upload_demo(&key, "ana-vod", "demo").await;
     let node_url = format!("http://{}", nodes[0]["address"].as_str().unwrap());
-    let got = reqwest::get(format!("{node_url}/ana-vod/demo/hls/master.m3u8"))
-        .await
-        .unwrap();
+    let got = reqwest::get(format!("{node_url}/ana-vod/demo/hls/master.m3u8")).await.unwrap();
     assert_eq!(got.status(), StatusCode::OK);
-    assert_eq!(
-        got.bytes().await.unwrap(),
-        std::fs::read(format!("{DEMO}/hls/master.m3u8")).unwrap()
-    );
+    assert_eq!(got.bytes().await.unwrap(), std::fs::read(format!("{DEMO}/hls/master.m3u8")).unwrap());
 
     // kill -9 one node: it is marked failed and a replacement becomes ready.
     let (victim, pid) = procs[0].clone();
     let killed = Instant::now();
-    std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let nodes = nodes_of(&admin, &pool).await;
-        let failed = nodes
-            .iter()
-            .any(|n| n["id"] == victim.as_str() && n["state"] == "failed");
+        let failed = nodes.iter().any(|n| n["id"] == victim.as_str() && n["state"] == "failed");
         let ready: Vec<_> = nodes.iter().filter(|n| n["state"] == "ready").collect();
         if failed && ready.len() == 4 && ready.iter().all(|n| n["id"] != victim.as_str()) {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no replacement within 60 s: {nodes:#?}"
-        );
+        assert!(Instant::now() < deadline, "no replacement within 60 s: {nodes:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!(
-        "node kill -> replacement ready after {:?}",
-        killed.elapsed()
-    );
+    eprintln!("node kill -> replacement ready after {:?}", killed.elapsed());
     assert_eq!(admin.node_processes().len(), 4);
-    let events = admin
-        .call(
-            Method::GET,
-            "/v1/events?limit=500",
-            Some(&admin.operator_token),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    let events =
+        admin.call(Method::GET, "/v1/events?limit=500", Some(&admin.operator_token), None, StatusCode::OK).await;
     assert!(
         events["items"]
             .as_array()
@@ -180,12 +100,8 @@ async fn an_sla_account_gets_its_nodes_and_a_killed_node_is_replaced() {
 async fn nodes_outlive_an_admin_crash_and_are_adopted() {
     let mut admin = Admin::start(Backend::Sqlite, PROCESS_DRIVER).await;
     let (_, key) = admin.sign_up("ana@example.com").await;
-    let (pool, _) = create(
-        &admin,
-        &key,
-        json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "trial"}}),
-    )
-    .await;
+    let (pool, _) =
+        create(&admin, &key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "trial"}})).await;
     // A shared pool runs two nodes.
     wait_ready(&admin, &pool, 2).await;
     let before = admin.node_processes();
@@ -196,21 +112,10 @@ async fn nodes_outlive_an_admin_crash_and_are_adopted() {
     // The nodes kept serving while admin was down, and keep heartbeating to the new one.
     let nodes = wait_ready(&admin, &pool, 2).await;
     for (_, pid) in &before {
-        assert!(
-            std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            "node process {pid} died with admin"
-        );
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "node process {pid} died with admin");
     }
     // Give the new admin's reconciler a few passes: it must launch nothing.
-    let seen = admin
-        .call(
-            Method::GET,
-            "/v1/events?limit=500",
-            Some(&admin.operator_token),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    let seen = admin.call(Method::GET, "/v1/events?limit=500", Some(&admin.operator_token), None, StatusCode::OK).await;
     let last = seen["items"][0]["id"].as_i64().unwrap();
     let heartbeats_after = Instant::now();
     while heartbeats_after.elapsed() < Duration::from_secs(3) {
@@ -218,34 +123,73 @@ async fn nodes_outlive_an_admin_crash_and_are_adopted() {
         assert!(fresh.iter().all(|n| n["state"] == "ready"), "{fresh:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(
-        admin.node_processes(),
-        before,
-        "the same processes, no new ones"
-    );
+    assert_eq!(admin.node_processes(), before, "the same processes, no new ones");
     assert_eq!(nodes.len(), 2, "no node rows were added");
-    let after = admin
-        .call(
-            Method::GET,
-            "/v1/events?limit=500",
-            Some(&admin.operator_token),
-            None,
-            StatusCode::OK,
-        )
-        .await;
+    let after =
+        admin.call(Method::GET, "/v1/events?limit=500", Some(&admin.operator_token), None, StatusCode::OK).await;
     let launched: Vec<_> = after["items"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|e| e["id"].as_i64().unwrap() > last && e["action"] == "node.registered")
         .collect();
-    assert!(
-        launched.is_empty(),
-        "the restarted admin launched nodes: {launched:?}"
-    );
-    let url = format!(
-        "http://{}/ana-vod/demo/hls/360p/index.m3u8",
-        nodes[0]["address"].as_str().unwrap()
-    );
+    assert!(launched.is_empty(), "the restarted admin launched nodes: {launched:?}");
+    let url = format!("http://{}/ana-vod/demo/hls/360p/index.m3u8", nodes[0]["address"].as_str().unwrap());
     assert_eq!(reqwest::get(url).await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payg_to_sla_and_back_moves_the_account_only_to_ready_nodes() {
+    let admin = Admin::start(Backend::Sqlite, PROCESS_DRIVER).await;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let (shared, _) =
+        create(&admin, &key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
+    admin.upload_demo(&key, "ana-vod", "demo").await;
+
+    let change = json!({"offer": {"kind": "sla", "mbps": 200}});
+    let a = admin.call(Method::PATCH, "/v1/accounts/ana-vod", Some(&key), Some(change), StatusCode::ACCEPTED).await;
+    let op = admin.wait_operation_for(a["operation"]["id"].as_str().unwrap(), &key, Duration::from_secs(60)).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let now = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;
+    let dedicated = now["pool"]["id"].as_str().unwrap().to_owned();
+    assert_ne!(dedicated, shared);
+    assert_eq!((now["pool"]["kind"].as_str(), now["pool"]["desired_nodes"].as_i64()), (Some("dedicated"), Some(3)));
+    assert_eq!(now["locator"], a["account"]["locator"], "the locator never changes");
+
+    // The account was mapped to the dedicated pool only after two of its nodes were ready.
+    let events =
+        admin.call(Method::GET, "/v1/events?limit=500", Some(&admin.operator_token), None, StatusCode::OK).await;
+    let events = events["items"].as_array().unwrap();
+    let mapped =
+        events.iter().find(|e| e["action"] == "account.mapped" && e["reason"] == format!("pool:{dedicated}")).unwrap();
+    let pool_nodes: Vec<String> =
+        nodes_of(&admin, &dedicated).await.iter().map(|n| format!("node:{}", n["id"].as_str().unwrap())).collect();
+    let ready_before = events
+        .iter()
+        .filter(|e| e["action"] == "node.state" && e["reason"] == "starting -> ready")
+        .filter(|e| pool_nodes.iter().any(|n| e["subject"] == n.as_str()))
+        .filter(|e| e["id"].as_i64() < mapped["id"].as_i64())
+        .count();
+    assert!(ready_before >= 2, "mapped after {ready_before} ready nodes");
+    // And every node of the dedicated pool serves it the moment the operation is done.
+    for n in wait_ready(&admin, &dedicated, 3).await.iter().filter(|n| n["state"] == "ready") {
+        let url = format!("http://{}/ana-vod/demo/hls/master.m3u8", n["address"].as_str().unwrap());
+        assert_eq!(reqwest::get(url).await.unwrap().status(), StatusCode::OK);
+    }
+
+    // Back to payg: the shared pool again; the dedicated pool's nodes are stopped.
+    let back = json!({"offer": {"kind": "payg"}});
+    let b = admin.call(Method::PATCH, "/v1/accounts/ana-vod", Some(&key), Some(back), StatusCode::ACCEPTED).await;
+    let op = admin.wait_operation_for(b["operation"]["id"].as_str().unwrap(), &key, Duration::from_secs(60)).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let now = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;
+    assert_eq!(now["pool"]["id"].as_str(), Some(shared.as_str()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while admin.node_processes().len() != 2 {
+        assert!(Instant::now() < deadline, "dedicated nodes still running: {:?}", admin.node_processes());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let allocs = admin.call(Method::GET, "/v1/allocations", Some(&admin.operator_token), None, StatusCode::OK).await;
+    assert_eq!(allocs["items"][0]["offer"], "payg");
+    assert_eq!(allocs["items"][0]["pool_id"].as_str(), Some(shared.as_str()));
 }

@@ -19,18 +19,11 @@ struct Moto {
 
 async fn moto() -> Option<Moto> {
     let Some(path) = support::which("moto_server") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "moto_server is required in CI (scripts/test installs moto[server])"
-        );
+        assert!(std::env::var("CI").is_err(), "moto_server is required in CI (scripts/test installs moto[server])");
         eprintln!("moto_server not installed: skipping the S3 test");
         return None;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = tokio::process::Command::new(path)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(std::process::Stdio::null())
@@ -41,10 +34,7 @@ async fn moto() -> Option<Moto> {
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while reqwest::get(&url).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "moto_server did not answer within 30 s"
-        );
+        assert!(Instant::now() < deadline, "moto_server did not answer within 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Some(Moto { url, _child: child })
@@ -54,11 +44,7 @@ async fn moto() -> Option<Moto> {
 async fn uploads_land_in_the_bucket_and_nodes_serve_from_it() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(s3) = moto().await else { return };
-    let res = reqwest::Client::new()
-        .put(format!("{}/headwater-test", s3.url))
-        .send()
-        .await
-        .unwrap();
+    let res = reqwest::Client::new().put(format!("{}/headwater-test", s3.url)).send().await.unwrap();
     assert!(res.status().is_success(), "create bucket: {}", res.status());
     let env = [
         ("AWS_ENDPOINT", s3.url.as_str()),
@@ -69,85 +55,39 @@ async fn uploads_land_in_the_bucket_and_nodes_serve_from_it() {
     ]
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .to_vec();
-    let admin = Admin::start_with(
-        Backend::Sqlite,
-        &[],
-        Some("s3://headwater-test/tenant-a".into()),
-        env,
-    )
-    .await;
+    let admin = Admin::start_with(Backend::Sqlite, &[], Some("s3://headwater-test/tenant-a".into()), env).await;
     let (_, key) = admin.sign_up("ana@example.com").await;
-    let pool = admin
-        .account(
-            &key,
-            json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}}),
-        )
-        .await;
+    let pool = admin.account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
     admin.upload_demo(&key, "ana-vod", "demo").await;
 
     // The objects are in the bucket, under the prefix (listed through S3 itself).
-    let listing = reqwest::get(format!(
-        "{}/headwater-test?list-type=2&prefix=tenant-a/ana-vod/demo/hls/",
-        s3.url
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
-    assert!(
-        listing.contains("tenant-a/ana-vod/demo/hls/720p/seg_002.ts"),
-        "{listing}"
-    );
-    let probe = reqwest::get(format!(
-        "{}/headwater-test?list-type=2&prefix=tenant-a/_probe/",
-        s3.url
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    let listing = reqwest::get(format!("{}/headwater-test?list-type=2&prefix=tenant-a/ana-vod/demo/hls/", s3.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(listing.contains("tenant-a/ana-vod/demo/hls/720p/seg_002.ts"), "{listing}");
+    let probe = reqwest::get(format!("{}/headwater-test?list-type=2&prefix=tenant-a/_probe/", s3.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         probe.contains("tenant-a/_probe/hls/360p/index.m3u8"),
         "the test content is seeded into the bucket: {probe}"
     );
-    let list = admin
-        .call(
-            Method::GET,
-            "/v1/accounts/ana-vod/assets",
-            Some(&key),
-            None,
-            StatusCode::OK,
-        )
-        .await;
-    assert_eq!(
-        list["items"][0]["files"].as_u64(),
-        Some(support::demo_files().len() as u64)
-    );
+    let list = admin.call(Method::GET, "/v1/accounts/ana-vod/assets", Some(&key), None, StatusCode::OK).await;
+    assert_eq!(list["items"][0]["files"].as_u64(), Some(support::demo_files().len() as u64));
 
     let (id, token) = admin.register_node(&pool).await;
     let origin = Origin::start(&admin, &id, &token, 1000, &[]).await;
     origin.wait_state(&admin, "ready").await;
     let http = reqwest::Client::new();
-    for file in [
-        "hls/master.m3u8",
-        "hls/720p/seg_001.ts",
-        "dash/seg-1-002.m4s",
-    ] {
-        let got = http
-            .get(format!("{}/ana-vod/demo/{file}", origin.url))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        assert_eq!(
-            got,
-            std::fs::read(format!("{DEMO}/{file}")).unwrap(),
-            "{file}"
-        );
+    for file in ["hls/master.m3u8", "hls/720p/seg_001.ts", "dash/seg-1-002.m4s"] {
+        let got = http.get(format!("{}/ana-vod/demo/{file}", origin.url)).send().await.unwrap().bytes().await.unwrap();
+        assert_eq!(got, std::fs::read(format!("{DEMO}/{file}")).unwrap(), "{file}");
     }
     let res = http
         .get(format!("{}/ana-vod/demo/hls/720p/seg_001.ts", origin.url))
@@ -156,8 +96,5 @@ async fn uploads_land_in_the_bucket_and_nodes_serve_from_it() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(
-        res.bytes().await.unwrap(),
-        std::fs::read(format!("{DEMO}/hls/720p/seg_001.ts")).unwrap()[10..20]
-    );
+    assert_eq!(res.bytes().await.unwrap(), std::fs::read(format!("{DEMO}/hls/720p/seg_001.ts")).unwrap()[10..20]);
 }

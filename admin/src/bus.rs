@@ -49,11 +49,7 @@ fn deliver(wake: &Notify, messages: &broadcast::Sender<Message>, m: Message) {
 impl Bus {
     /// A bus within this process only.
     pub fn in_process() -> Self {
-        Self {
-            wake: Arc::new(Notify::new()),
-            messages: broadcast::channel(1024).0,
-            redis: None,
-        }
+        Self { wake: Arc::new(Notify::new()), messages: broadcast::channel(1024).0, redis: None }
     }
 
     /// A bus over Redis at `url`; channel names start with `prefix` so deployments
@@ -75,22 +71,13 @@ impl Bus {
             let messages = messages.clone();
             move |info: redis::PushInfo| {
                 // A pattern message is [pattern, channel, payload].
-                if let (
-                    PushKind::PMessage,
-                    [_, Value::BulkString(channel), Value::BulkString(payload)],
-                ) = (&info.kind, info.data.as_slice())
+                if let (PushKind::PMessage, [_, Value::BulkString(channel), Value::BulkString(payload)]) =
+                    (&info.kind, info.data.as_slice())
                 {
                     let channel = String::from_utf8_lossy(channel);
                     if let Some(topic) = channel.strip_prefix(&strip) {
                         let payload = String::from_utf8_lossy(payload).into_owned();
-                        deliver(
-                            &wake,
-                            &messages,
-                            Message {
-                                topic: topic.to_owned(),
-                                payload,
-                            },
-                        );
+                        deliver(&wake, &messages, Message { topic: topic.to_owned(), payload });
                     }
                 }
                 Ok::<(), redis::aio::SendError>(())
@@ -103,39 +90,21 @@ impl Bus {
         let client = redis::Client::open(url)?;
         let mut conn = client.get_connection_manager_with_config(config).await?;
         conn.psubscribe(format!("{prefix}:*")).await?;
-        Ok(Self {
-            wake,
-            messages,
-            redis: Some((conn, prefix.to_owned())),
-        })
+        Ok(Self { wake, messages, redis: Some((conn, prefix.to_owned())) })
     }
 
     pub fn backend_name(&self) -> &'static str {
-        if self.redis.is_some() {
-            "redis"
-        } else {
-            "in-process"
-        }
+        if self.redis.is_some() { "redis" } else { "in-process" }
     }
 
     /// Publishes a message. A lost message is never a lost change (the store has
     /// it; workers poll, routers resync), so errors are logged, not returned.
     pub async fn publish(&self, topic: &str, payload: String) {
         match &self.redis {
-            None => deliver(
-                &self.wake,
-                &self.messages,
-                Message {
-                    topic: topic.to_owned(),
-                    payload,
-                },
-            ),
+            None => deliver(&self.wake, &self.messages, Message { topic: topic.to_owned(), payload }),
             Some((conn, prefix)) => {
                 let mut conn = conn.clone();
-                if let Err(e) = conn
-                    .publish::<_, _, i64>(format!("{prefix}:{topic}"), payload)
-                    .await
-                {
+                if let Err(e) = conn.publish::<_, _, i64>(format!("{prefix}:{topic}"), payload).await {
                     tracing::warn!(error = %e, topic, "publishing on the bus");
                 }
             }
@@ -175,17 +144,9 @@ mod tests {
         let bus = Bus::in_process();
         let mut rx = bus.subscribe();
         bus.publish(HEARTBEATS, "{\"node\":1}".into()).await;
-        assert_eq!(
-            rx.recv().await.unwrap(),
-            Message {
-                topic: HEARTBEATS.into(),
-                payload: "{\"node\":1}".into()
-            }
-        );
+        assert_eq!(rx.recv().await.unwrap(), Message { topic: HEARTBEATS.into(), payload: "{\"node\":1}".into() });
         let woken = bus.wake.notified();
         bus.operation_enqueued().await;
-        tokio::time::timeout(std::time::Duration::from_secs(5), woken)
-            .await
-            .expect("a worker is woken");
+        tokio::time::timeout(std::time::Duration::from_secs(5), woken).await.expect("a worker is woken");
     }
 }

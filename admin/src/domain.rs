@@ -17,10 +17,7 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn new(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            detail: detail.into(),
-        }
+        Self { field: field.into(), detail: detail.into() }
     }
 }
 
@@ -38,10 +35,7 @@ impl AccountName {
         if !(3..=40).contains(&s.len()) {
             return bad("must be 3 to 40 characters long");
         }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
+        if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
             return bad("may contain only lowercase letters, digits and '-'");
         }
         if s.starts_with('-') || s.ends_with('-') {
@@ -69,15 +63,11 @@ impl OriginTypeName {
     pub fn parse(field: &str, s: &str) -> Result<Self, Invalid> {
         let ok = (2..=31).contains(&s.len())
             && s.starts_with(|c: char| c.is_ascii_lowercase())
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if ok {
             Ok(Self(s.to_owned()))
         } else {
-            Err(Invalid::new(
-                field,
-                "must be 2 to 31 of [a-z0-9-], starting with a letter",
-            ))
+            Err(Invalid::new(field, "must be 2 to 31 of [a-z0-9-], starting with a letter"))
         }
     }
 
@@ -94,10 +84,7 @@ impl Mbps {
     pub fn parse(field: &str, v: i64) -> Result<Self, Invalid> {
         match u32::try_from(v) {
             Ok(m) if m > 0 && m <= 1_000_000 => Ok(Self(m)),
-            _ => Err(Invalid::new(
-                field,
-                "must be a whole number of Mbit/s between 1 and 1000000",
-            )),
+            _ => Err(Invalid::new(field, "must be a whole number of Mbit/s between 1 and 1000000")),
         }
     }
 
@@ -216,10 +203,7 @@ impl IpAllow {
                     .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
                     .map(|n| n.trunc())
                     .map_err(|_| {
-                        Invalid::new(
-                            format!("ip_allow[{i}]"),
-                            format!("'{s}' is not an IP network in CIDR notation"),
-                        )
+                        Invalid::new(format!("ip_allow[{i}]"), format!("'{s}' is not an IP network in CIDR notation"))
                     })
             })
             .collect::<Result<Vec<_>, _>>()
@@ -239,10 +223,7 @@ impl IpAllow {
 pub fn parse_customer_name(s: &str) -> Result<String, Invalid> {
     let t = s.trim();
     if t.is_empty() || t.chars().count() > 200 || t.chars().any(char::is_control) {
-        return Err(Invalid::new(
-            "name",
-            "must be 1 to 200 printable characters",
-        ));
+        return Err(Invalid::new("name", "must be 1 to 200 printable characters"));
     }
     Ok(t.to_owned())
 }
@@ -257,9 +238,7 @@ pub fn parse_email(s: &str) -> Result<String, Invalid> {
     }
     let (local, domain) = t.split_once('@').ok_or_else(bad)?;
     let domain_ok = domain.split('.').count() >= 2
-        && domain
-            .split('.')
-            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        && domain.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
     if local.is_empty() || domain.contains('@') || !domain_ok {
         return Err(bad());
     }
@@ -275,49 +254,23 @@ mod tests {
         for ok in ["abc", "my-origin-1", "a1b", &"a".repeat(40)] {
             assert!(AccountName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "ab",
-            "-abc",
-            "abc-",
-            "ABC",
-            "a_b",
-            "_probe",
-            "a.bc",
-            &"a".repeat(41),
-            "ümlaut",
-        ] {
+        for bad in ["ab", "-abc", "abc-", "ABC", "a_b", "_probe", "a.bc", &"a".repeat(41), "ümlaut"] {
             let e = AccountName::parse(bad).unwrap_err();
             assert_eq!(e.field, "name", "{bad}");
         }
-        assert!(
-            AccountName::parse("_probe")
-                .unwrap_err()
-                .detail
-                .contains("reserved")
-        );
+        assert!(AccountName::parse("_probe").unwrap_err().detail.contains("reserved"));
     }
 
     #[test]
     fn offers_check_increments_and_mbps_presence() {
         assert_eq!(Offer::parse(OfferKind::Trial, None, 100), Ok(Offer::Trial));
-        assert_eq!(
-            Offer::parse(OfferKind::Sla, Some(300), 100).map(Offer::sla_mbps),
-            Ok(Some(300))
-        );
-        assert_eq!(
-            Offer::parse(OfferKind::Sla, Some(250), 100)
-                .unwrap_err()
-                .field,
-            "offer.mbps"
-        );
+        assert_eq!(Offer::parse(OfferKind::Sla, Some(300), 100).map(Offer::sla_mbps), Ok(Some(300)));
+        assert_eq!(Offer::parse(OfferKind::Sla, Some(250), 100).unwrap_err().field, "offer.mbps");
         assert!(Offer::parse(OfferKind::Sla, Some(0), 100).is_err());
         assert!(Offer::parse(OfferKind::Sla, Some(-100), 100).is_err());
         assert!(Offer::parse(OfferKind::Sla, None, 100).is_err());
         assert!(Offer::parse(OfferKind::Payg, Some(100), 100).is_err());
-        assert_eq!(
-            Offer::from_db("sla", Some(200)),
-            Some(Offer::Sla(Mbps(200)))
-        );
+        assert_eq!(Offer::from_db("sla", Some(200)), Some(Offer::Sla(Mbps(200))));
         assert_eq!(Offer::from_db("sla", None), None);
     }
 
@@ -330,16 +283,8 @@ mod tests {
 
     #[test]
     fn ip_allow_parses_cidrs_and_bare_addresses() {
-        let a = IpAllow::parse(&[
-            "10.0.0.0/8".into(),
-            "192.0.2.7".into(),
-            "2001:db8::/32".into(),
-        ])
-        .unwrap();
-        assert_eq!(
-            a.to_strings(),
-            ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]
-        );
+        let a = IpAllow::parse(&["10.0.0.0/8".into(), "192.0.2.7".into(), "2001:db8::/32".into()]).unwrap();
+        assert_eq!(a.to_strings(), ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
         assert!(a.allows("10.1.2.3".parse().unwrap()));
         assert!(!a.allows("11.0.0.1".parse().unwrap()));
         assert!(IpAllow::default().allows("203.0.113.9".parse().unwrap()));
@@ -350,16 +295,7 @@ mod tests {
     #[test]
     fn emails_are_shape_checked_and_lowercased() {
         assert_eq!(parse_email(" Ana@Example.COM ").unwrap(), "ana@example.com");
-        for bad in [
-            "",
-            "ana",
-            "ana@",
-            "@x.com",
-            "a@b",
-            "a@b@c.com",
-            "a b@c.com",
-            "a@.com",
-        ] {
+        for bad in ["", "ana", "ana@", "@x.com", "a@b", "a@b@c.com", "a b@c.com", "a@.com"] {
             assert!(parse_email(bad).is_err(), "{bad}");
         }
     }

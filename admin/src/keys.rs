@@ -25,11 +25,7 @@ pub fn generate() -> NewKey {
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let secret = URL_SAFE_NO_PAD.encode(secret);
-    NewKey {
-        id,
-        secret_hash: hash(&secret),
-        plaintext: format!("{PREFIX}{}_{secret}", id.simple()),
-    }
+    NewKey { id, secret_hash: hash(&secret), plaintext: format!("{PREFIX}{}_{secret}", id.simple()) }
 }
 
 /// Splits a presented key into its id and secret; `None` if it is not shaped like one.
@@ -83,13 +79,9 @@ mod tests {
 
     #[test]
     fn malformed_keys_do_not_parse() {
-        for bad in [
-            "",
-            "hw_",
-            "hw_abc_def",
-            "xx_0123456789abcdef0123456789abcdef_s",
-            "hw_0123456789abcdef0123456789abcdef_",
-        ] {
+        for bad in
+            ["", "hw_", "hw_abc_def", "xx_0123456789abcdef0123456789abcdef_s", "hw_0123456789abcdef0123456789abcdef_"]
+        {
             assert!(parse(bad).is_none(), "{bad}");
         }
     }

@@ -35,17 +35,15 @@ pub fn demo_files() -> Vec<(&'static str, &'static [u8])> {
 pub async fn seed(content: &ContentStore) -> Result<usize, ContentError> {
     let mut written = 0;
     for (path, bytes) in demo_files() {
-        let target = ContentPath::parse(&format!("{PROBE_PREFIX}/{path}"))
-            .map_err(|e| ContentError::Body(e.to_string()))?;
+        let target =
+            ContentPath::parse(&format!("{PROBE_PREFIX}/{path}")).map_err(|e| ContentError::Body(e.to_string()))?;
         let present = match content.head(&target).await {
             Ok(m) => m.size == bytes.len() as u64,
             Err(ContentError::NotFound) => false,
             Err(e) => return Err(e),
         };
         if !present {
-            content
-                .write(&target, bytes::Bytes::from_static(bytes))
-                .await?;
+            content.write(&target, bytes::Bytes::from_static(bytes)).await?;
             written += 1;
         }
     }
@@ -60,22 +58,14 @@ mod tests {
     fn the_demo_asset_is_built_in_with_both_packagings() {
         let files = demo_files();
         let paths: Vec<_> = files.iter().map(|(p, _)| *p).collect();
-        for p in [
-            "hls/master.m3u8",
-            "hls/360p/index.m3u8",
-            "hls/360p/seg_000.ts",
-            "dash/manifest.mpd",
-            "dash/init-0.m4s",
-        ] {
+        for p in
+            ["hls/master.m3u8", "hls/360p/index.m3u8", "hls/360p/seg_000.ts", "dash/manifest.mpd", "dash/init-0.m4s"]
+        {
             assert!(paths.contains(&p), "{p} missing from {paths:?}");
         }
         let total: usize = files.iter().map(|(_, b)| b.len()).sum();
         assert!(total < 3_000_000, "{total} bytes");
-        let master = files
-            .iter()
-            .find(|(p, _)| *p == "hls/master.m3u8")
-            .unwrap()
-            .1;
+        let master = files.iter().find(|(p, _)| *p == "hls/master.m3u8").unwrap().1;
         assert!(master.starts_with(b"#EXTM3U"));
     }
 }

@@ -26,10 +26,7 @@ pub struct HealthPolicy {
 
 impl Default for HealthPolicy {
     fn default() -> Self {
-        Self {
-            heartbeat_timeout_ms: 3_000,
-            start_timeout_ms: 30_000,
-        }
+        Self { heartbeat_timeout_ms: 3_000, start_timeout_ms: 30_000 }
     }
 }
 
@@ -53,42 +50,21 @@ pub fn plan(
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     let mut healthy: Vec<&NodeHealthRow> = Vec::new();
-    for n in nodes
-        .iter()
-        .filter(|n| matches!(n.state.as_str(), "starting" | "ready"))
-    {
-        let silent_for = now
-            - n.last_heartbeat
-                .unwrap_or(n.created_at)
-                .max(listening_since);
-        let limit = if n.last_heartbeat.is_some() {
-            policy.heartbeat_timeout_ms
-        } else {
-            policy.start_timeout_ms
-        };
+    for n in nodes.iter().filter(|n| matches!(n.state.as_str(), "starting" | "ready")) {
+        let silent_for = now - n.last_heartbeat.unwrap_or(n.created_at).max(listening_since);
+        let limit = if n.last_heartbeat.is_some() { policy.heartbeat_timeout_ms } else { policy.start_timeout_ms };
         if silent_for > limit {
-            actions.push(Action::Fail {
-                node: n.id,
-                reason: format!("no heartbeat for {silent_for} ms"),
-            });
+            actions.push(Action::Fail { node: n.id, reason: format!("no heartbeat for {silent_for} ms") });
         } else if n.state == "ready" && n.recent_probe_failures >= 2 {
-            actions.push(Action::Fail {
-                node: n.id,
-                reason: "self-probe failed twice".into(),
-            });
+            actions.push(Action::Fail { node: n.id, reason: "self-probe failed twice".into() });
         } else {
             healthy.push(n);
         }
     }
-    let desired = if matches!(pool.state.as_str(), "deleting" | "deleted") {
-        0
-    } else {
-        pool.desired_nodes.max(0) as usize
-    };
+    let desired =
+        if matches!(pool.state.as_str(), "deleting" | "deleted") { 0 } else { pool.desired_nodes.max(0) as usize };
     if healthy.len() < desired {
-        actions.push(Action::Launch {
-            count: desired - healthy.len(),
-        });
+        actions.push(Action::Launch { count: desired - healthy.len() });
     } else if healthy.len() > desired {
         // Stop the ones that serve least: starting before ready, newest first.
         healthy.sort_by_key(|n| (n.state == "ready", std::cmp::Reverse(n.id)));
@@ -155,13 +131,7 @@ impl Reconciler {
     pub async fn reconcile_once(&self) -> anyhow::Result<()> {
         for pool in self.store.pool_targets().await? {
             let nodes = self.store.pool_health(pool.id).await?;
-            for action in plan(
-                &pool,
-                &nodes,
-                self.clock.now_ms(),
-                self.started,
-                self.policy,
-            ) {
+            for action in plan(&pool, &nodes, self.clock.now_ms(), self.started, self.policy) {
                 self.apply(&pool, &nodes, action).await?;
             }
             // A node the store gave up on must not keep running.
@@ -176,21 +146,14 @@ impl Reconciler {
         Ok(())
     }
 
-    async fn apply(
-        &self,
-        pool: &PoolTarget,
-        nodes: &[NodeHealthRow],
-        action: Action,
-    ) -> anyhow::Result<()> {
+    async fn apply(&self, pool: &PoolTarget, nodes: &[NodeHealthRow], action: Action) -> anyhow::Result<()> {
         let now = self.clock.now_ms();
         match action {
             Action::Launch { count } => {
                 for _ in 0..count {
                     let id = Uuid::now_v7();
                     let token = format!("hwn_{}", keys::random_token().trim_start_matches("hwop_"));
-                    self.store
-                        .register_node(id, pool.id, &keys::hash(&token), "reconciler", now)
-                        .await?;
+                    self.store.register_node(id, pool.id, &keys::hash(&token), "reconciler", now).await?;
                     let spec = self.spec(id, token, pool);
                     let h = self.driver.launch(&spec).await?;
                     self.store.set_node_handle(id, &h.reference, now).await?;
@@ -199,23 +162,13 @@ impl Reconciler {
             }
             Action::Fail { node, reason } => {
                 tracing::warn!(%node, %reason, "node failed");
-                self.store
-                    .set_node_state(node, "failed", &reason, "health-monitor", now)
-                    .await?;
+                self.store.set_node_state(node, "failed", &reason, "health-monitor", now).await?;
                 if let Some(h) = nodes.iter().find(|n| n.id == node).and_then(handle) {
                     self.terminate_later(h, Duration::from_secs(5));
                 }
             }
             Action::Stop { node } => {
-                self.store
-                    .set_node_state(
-                        node,
-                        "stopped",
-                        "the pool needs fewer nodes",
-                        "reconciler",
-                        now,
-                    )
-                    .await?;
+                self.store.set_node_state(node, "stopped", "the pool needs fewer nodes", "reconciler", now).await?;
                 if let Some(h) = nodes.iter().find(|n| n.id == node).and_then(handle) {
                     // SIGTERM: the node drains, then exits.
                     self.terminate_later(h, Duration::from_secs(30));
@@ -237,39 +190,21 @@ impl Reconciler {
 
     fn spec(&self, id: Uuid, token: String, pool: &PoolTarget) -> InstanceSpec {
         let t = &self.template;
-        let mut args: Vec<String> = ["origin", "--listen", "127.0.0.1:0", "--node-id"]
-            .map(String::from)
-            .to_vec();
+        let mut args: Vec<String> = ["origin", "--listen", "127.0.0.1:0", "--node-id"].map(String::from).to_vec();
         args.push(id.to_string());
-        args.extend([
-            "--admin-url".into(),
-            t.admin_url.clone(),
-            "--content".into(),
-            t.content_url.clone(),
-        ]);
-        args.extend([
-            "--capacity-mbps".into(),
-            pool.node_capacity_mbps.to_string(),
-        ]);
+        args.extend(["--admin-url".into(), t.admin_url.clone(), "--content".into(), t.content_url.clone()]);
+        args.extend(["--capacity-mbps".into(), pool.node_capacity_mbps.to_string()]);
         args.extend(["--heartbeat-ms".into(), t.heartbeat_ms.to_string()]);
         if let Some(v) = &pool.image_version {
             args.extend(["--image-version".into(), v.clone()]);
         }
         // The token goes in the environment, not on the command line.
-        InstanceSpec {
-            id,
-            program: t.program.clone(),
-            args,
-            env: vec![("HEADWATER_NODE_TOKEN".into(), token)],
-        }
+        InstanceSpec { id, program: t.program.clone(), args, env: vec![("HEADWATER_NODE_TOKEN".into(), token)] }
     }
 }
 
 fn handle(n: &NodeHealthRow) -> Option<Handle> {
-    n.handle.as_ref().map(|r| Handle {
-        id: n.id,
-        reference: r.clone(),
-    })
+    n.handle.as_ref().map(|r| Handle { id: n.id, reference: r.clone() })
 }
 
 #[cfg(test)]
@@ -302,10 +237,7 @@ mod tests {
 
     #[test]
     fn an_empty_pool_is_filled() {
-        assert_eq!(
-            plan(&pool(4, "creating"), &[], NOW, 0, HealthPolicy::default()),
-            [Action::Launch { count: 4 }]
-        );
+        assert_eq!(plan(&pool(4, "creating"), &[], NOW, 0, HealthPolicy::default()), [Action::Launch { count: 4 }]);
     }
 
     #[test]
@@ -315,10 +247,7 @@ mod tests {
         assert_eq!(
             actions,
             [
-                Action::Fail {
-                    node: nodes[1].id,
-                    reason: "no heartbeat for 10000 ms".into()
-                },
+                Action::Fail { node: nodes[1].id, reason: "no heartbeat for 10000 ms".into() },
                 Action::Launch { count: 1 }
             ]
         );
@@ -328,24 +257,9 @@ mod tests {
     fn silence_while_admin_was_down_does_not_count() {
         // Admin restarted 1 s ago; the node's last heartbeat reached the old one 10 s ago.
         let nodes = [node("ready", Some(10_000), 0)];
-        assert!(
-            plan(
-                &pool(1, "ready"),
-                &nodes,
-                NOW,
-                NOW - 1_000,
-                HealthPolicy::default()
-            )
-            .is_empty()
-        );
+        assert!(plan(&pool(1, "ready"), &nodes, NOW, NOW - 1_000, HealthPolicy::default()).is_empty());
         assert!(matches!(
-            plan(
-                &pool(1, "ready"),
-                &nodes,
-                NOW,
-                NOW - 4_000,
-                HealthPolicy::default()
-            )[0],
+            plan(&pool(1, "ready"), &nodes, NOW, NOW - 4_000, HealthPolicy::default())[0],
             Action::Fail { .. }
         ));
     }
@@ -354,13 +268,7 @@ mod tests {
     fn two_failed_self_probes_fail_a_node() {
         let nodes = [node("ready", Some(100), 2), node("ready", Some(100), 1)];
         let actions = plan(&pool(2, "ready"), &nodes, NOW, 0, HealthPolicy::default());
-        assert_eq!(
-            actions[0],
-            Action::Fail {
-                node: nodes[0].id,
-                reason: "self-probe failed twice".into()
-            }
-        );
+        assert_eq!(actions[0], Action::Fail { node: nodes[0].id, reason: "self-probe failed twice".into() });
         assert_eq!(actions[1], Action::Launch { count: 1 });
     }
 
@@ -368,25 +276,10 @@ mod tests {
     fn a_starting_node_gets_time_to_start() {
         let mut starting = node("starting", None, 0);
         starting.created_at = NOW - 5_000;
-        assert!(
-            plan(
-                &pool(1, "creating"),
-                &[starting.clone()],
-                NOW,
-                0,
-                HealthPolicy::default()
-            )
-            .is_empty()
-        );
+        assert!(plan(&pool(1, "creating"), &[starting.clone()], NOW, 0, HealthPolicy::default()).is_empty());
         starting.created_at = NOW - 31_000;
         assert!(matches!(
-            plan(
-                &pool(1, "creating"),
-                &[starting],
-                NOW,
-                0,
-                HealthPolicy::default()
-            )[0],
+            plan(&pool(1, "creating"), &[starting], NOW, 0, HealthPolicy::default())[0],
             Action::Fail { .. }
         ));
     }
@@ -395,33 +288,12 @@ mod tests {
     fn surplus_nodes_are_stopped_starting_first_and_released_pools_emptied() {
         let ready = node("ready", Some(100), 0);
         let starting = node("starting", Some(100), 0);
-        let actions = plan(
-            &pool(1, "ready"),
-            &[ready.clone(), starting.clone()],
-            NOW,
-            0,
-            HealthPolicy::default(),
-        );
+        let actions = plan(&pool(1, "ready"), &[ready.clone(), starting.clone()], NOW, 0, HealthPolicy::default());
         assert_eq!(actions, [Action::Stop { node: starting.id }]);
-        let actions = plan(
-            &pool(3, "deleting"),
-            std::slice::from_ref(&ready),
-            NOW,
-            0,
-            HealthPolicy::default(),
-        );
+        let actions = plan(&pool(3, "deleting"), std::slice::from_ref(&ready), NOW, 0, HealthPolicy::default());
         assert_eq!(actions, [Action::Stop { node: ready.id }]);
         // Failed, draining and stopped nodes are not counted as serving.
         let drained = node("draining", Some(100), 0);
-        assert_eq!(
-            plan(
-                &pool(1, "ready"),
-                &[drained],
-                NOW,
-                0,
-                HealthPolicy::default()
-            ),
-            [Action::Launch { count: 1 }]
-        );
+        assert_eq!(plan(&pool(1, "ready"), &[drained], NOW, 0, HealthPolicy::default()), [Action::Launch { count: 1 }]);
     }
 }

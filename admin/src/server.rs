@@ -28,11 +28,7 @@ pub struct AdminConfig {
     #[arg(long, env = "HEADWATER_LISTEN", default_value = "127.0.0.1:7400")]
     pub listen: SocketAddr,
     /// `sqlite://PATH` (embedded, created on first start) or `postgres://…`.
-    #[arg(
-        long,
-        env = "HEADWATER_DATABASE_URL",
-        default_value = "sqlite://headwater-data/headwater.db"
-    )]
+    #[arg(long, env = "HEADWATER_DATABASE_URL", default_value = "sqlite://headwater-data/headwater.db")]
     pub database_url: String,
     /// Redis for the bus between admin replicas (operation wake-ups); in-process without it.
     #[arg(long, env = "HEADWATER_REDIS_URL")]
@@ -47,11 +43,7 @@ pub struct AdminConfig {
     #[arg(long, env = "HEADWATER_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
     /// Base URL of the router, from which each account's locator is made.
-    #[arg(
-        long,
-        env = "HEADWATER_LOCATOR_BASE",
-        default_value = "http://127.0.0.1:7401"
-    )]
+    #[arg(long, env = "HEADWATER_LOCATOR_BASE", default_value = "http://127.0.0.1:7401")]
     pub locator_base: String,
     /// How long a deactivated account's pool is kept, in hours.
     #[arg(long, env = "HEADWATER_RETENTION_HOURS", default_value_t = 168)]
@@ -70,11 +62,7 @@ pub struct AdminConfig {
     pub worker_poll_ms: u64,
     /// Where assets are stored: a directory, file:///dir, or s3://bucket/prefix
     /// (endpoint and credentials from AWS_ENDPOINT, AWS_ACCESS_KEY_ID, …).
-    #[arg(
-        long = "content",
-        env = "HEADWATER_CONTENT_URL",
-        default_value = "headwater-data/content"
-    )]
+    #[arg(long = "content", env = "HEADWATER_CONTENT_URL", default_value = "headwater-data/content")]
     pub content_url: String,
     /// Largest uploaded file in bytes.
     #[arg(long, env = "HEADWATER_MAX_UPLOAD_BYTES", default_value_t = 4 << 30)]
@@ -107,8 +95,7 @@ fn operator_token(cfg: &AdminConfig) -> anyhow::Result<String> {
     if let Ok(t) = std::fs::read_to_string(&path) {
         return Ok(t.trim().to_owned());
     }
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let token = keys::random_token();
     write_private(&path, &token)?;
     eprintln!("operator token generated and saved in {}", path.display());
@@ -139,17 +126,10 @@ pub struct Admin {
 
 impl Admin {
     pub async fn build(cfg: &AdminConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let store = Store::connect(&cfg.database_url)
-            .await
-            .context("opening the store")?;
-        store
-            .seed_builtin_types(clock.now_ms())
-            .await
-            .context("seeding origin types")?;
+        let store = Store::connect(&cfg.database_url).await.context("opening the store")?;
+        store.seed_builtin_types(clock.now_ms()).await.context("seeding origin types")?;
         let bus = match &cfg.redis_url {
-            Some(url) => Bus::redis(url, &cfg.redis_prefix)
-                .await
-                .context("connecting to Redis")?,
+            Some(url) => Bus::redis(url, &cfg.redis_prefix).await.context("connecting to Redis")?,
             None => Bus::in_process(),
         };
         let settings = ApiSettings {
@@ -162,9 +142,7 @@ impl Admin {
             upload_timeout: Duration::from_secs(3600),
         };
         let content = ContentStore::open(&cfg.content_url).context("opening the content store")?;
-        let seeded = crate::probe_content::seed(&content)
-            .await
-            .context("writing the test content")?;
+        let seeded = crate::probe_content::seed(&content).await.context("writing the test content")?;
         if seeded > 0 {
             tracing::info!(files = seeded, "test content written under _probe/");
         }
@@ -175,10 +153,7 @@ impl Admin {
             settings: Arc::new(settings),
             content,
             metrics: Arc::new(Metrics::new()?),
-            limits: Arc::new(RateLimits::new(
-                cfg.rate_limit_per_key,
-                cfg.signup_rate_limit,
-            )),
+            limits: Arc::new(RateLimits::new(cfg.rate_limit_per_key, cfg.signup_rate_limit)),
         };
         let driver: Option<Arc<dyn Driver>> = match cfg.driver.as_str() {
             "process" => Some(Arc::new(ProcessDriver::new(cfg.data_dir.join("nodes"))?)),
@@ -192,35 +167,20 @@ impl Admin {
                 w
             })
             .collect();
-        Ok(Self {
-            state,
-            workers,
-            driver,
-            cfg: cfg.clone(),
-        })
+        Ok(Self { state, workers, driver, cfg: cfg.clone() })
     }
 
     /// Serves the API on `listener` and runs the worker until `shutdown`, then
     /// drains in-flight requests.
-    pub async fn run(
-        self,
-        listener: TcpListener,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
+    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
         let store = self.state.store.clone();
         let limits = self.state.limits.clone();
-        let workers: Vec<_> = self
-            .workers
-            .into_iter()
-            .map(|w| tokio::spawn(w.run(shutdown.clone())))
-            .collect();
+        let workers: Vec<_> = self.workers.into_iter().map(|w| tokio::spawn(w.run(shutdown.clone()))).collect();
         let reconciler = match self.driver {
             Some(driver) => {
                 let program = match &self.cfg.node_program {
                     Some(p) => p.clone(),
-                    None => {
-                        std::env::current_exe().context("finding the headwater binary for nodes")?
-                    }
+                    None => std::env::current_exe().context("finding the headwater binary for nodes")?,
                 };
                 let template = NodeTemplate {
                     program,
@@ -229,8 +189,7 @@ impl Admin {
                     heartbeat_ms: 1000,
                 };
                 let policy = HealthPolicy {
-                    heartbeat_timeout_ms: i64::try_from(self.cfg.heartbeat_timeout_ms)
-                        .unwrap_or(3000),
+                    heartbeat_timeout_ms: i64::try_from(self.cfg.heartbeat_timeout_ms).unwrap_or(3000),
                     ..HealthPolicy::default()
                 };
                 let r = Reconciler {
@@ -259,17 +218,8 @@ impl Admin {
             })
         };
         let app = api::router(self.state);
-        let serve = ServeConfig {
-            drain_timeout: Duration::from_secs(10),
-            ..ServeConfig::default()
-        };
-        headwater_serve::run(
-            listener,
-            |peer| with_peer(app.clone(), peer),
-            shutdown.clone(),
-            serve,
-        )
-        .await;
+        let serve = ServeConfig { drain_timeout: Duration::from_secs(10), ..ServeConfig::default() };
+        headwater_serve::run(listener, |peer| with_peer(app.clone(), peer), shutdown.clone(), serve).await;
         shutdown.cancel();
         for w in workers {
             let _ = w.await;
@@ -286,9 +236,7 @@ impl Admin {
 /// `headwater admin`: binds, prints where it listens, serves until Ctrl-C or SIGTERM.
 pub async fn run(cfg: AdminConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let admin = Admin::build(&cfg, Arc::new(SystemClock)).await?;
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.listen))?;
+    let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, store = admin.state.store.backend_name(), bus = admin.state.bus.backend_name(), "admin listening");
     println!("headwater admin listening on http://{addr}");

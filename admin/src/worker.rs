@@ -25,17 +25,23 @@ pub const MAX_ATTEMPTS: i32 = 5;
 pub struct Step {
     pub name: &'static str,
     pub effect: Option<Effect>,
-    /// Wait until the account's pool has this many ready nodes.
-    pub ready_nodes: Option<i64>,
+    /// What must hold before the step counts as done.
+    pub wait: Option<Wait>,
+}
+
+/// A condition outside the store's tables that a step waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The pool the account's offer calls for has this many ready nodes.
+    ReadyNodes(i64),
+    /// Every ready node of the account's pool runs the current configuration (it
+    /// has heard of the account), so the account is served the moment it is done.
+    NodesConfigured,
 }
 
 impl Step {
     fn apply(name: &'static str, effect: Effect) -> Self {
-        Self {
-            name,
-            effect: Some(effect),
-            ready_nodes: None,
-        }
+        Self { name, effect: Some(effect), wait: None }
     }
 }
 
@@ -67,11 +73,7 @@ pub enum WorkerError {
 /// `wait_for_nodes` (a driver runs nodes), an account is only done once its pool
 /// has enough ready nodes: one for a shared pool, enough to carry the SLA for a
 /// dedicated one.
-pub fn plan(
-    op: &OperationRow,
-    account: Option<AccountFacts>,
-    wait_for_nodes: bool,
-) -> Result<Vec<Step>, String> {
+pub fn plan(op: &OperationRow, account: Option<AccountFacts>, wait_for_nodes: bool) -> Result<Vec<Step>, String> {
     let need_account = || account.ok_or_else(|| "the operation names no account".to_owned());
     let steps = match op.kind.as_str() {
         "create" | "change_offer" => {
@@ -80,60 +82,34 @@ pub fn plan(
                 Offer::Sla(m) => dedicated_pool_nodes(m, a.node_capacity_mbps),
                 _ => 0,
             };
-            let mut steps = vec![Step::apply(
-                "pool_assigned",
-                Effect::AssignPool {
-                    account_id: a.id,
-                    dedicated_nodes: nodes,
-                },
-            )];
+            // The target pool is made ready before the account moves to it, so an
+            // account changing offer always has a ready node.
+            let mut steps =
+                vec![Step::apply("pool_prepared", Effect::PreparePool { account_id: a.id, dedicated_nodes: nodes })];
             if wait_for_nodes {
                 // The spare is not needed to carry the SLA.
                 let need = if nodes > 0 { i64::from(nodes) - 1 } else { 1 };
-                steps.push(Step {
-                    name: "nodes_ready",
-                    effect: None,
-                    ready_nodes: Some(need),
-                });
+                steps.push(Step { name: "nodes_ready", effect: None, wait: Some(Wait::ReadyNodes(need)) });
             }
-            steps.push(Step::apply(
-                "allocation_recorded",
-                Effect::RecordAllocation { account_id: a.id },
-            ));
+            steps.push(Step::apply("pool_assigned", Effect::AssignPool { account_id: a.id, dedicated_nodes: nodes }));
+            if wait_for_nodes {
+                steps.push(Step { name: "nodes_configured", effect: None, wait: Some(Wait::NodesConfigured) });
+            }
+            steps.push(Step::apply("allocation_recorded", Effect::RecordAllocation { account_id: a.id }));
             steps
         }
         "update" | "deactivate" | "reactivate" => {
             let a = need_account()?;
-            vec![Step::apply(
-                "allocation_recorded",
-                Effect::RecordAllocation { account_id: a.id },
-            )]
+            vec![Step::apply("allocation_recorded", Effect::RecordAllocation { account_id: a.id })]
         }
         "delete" => {
             let a = need_account()?;
-            vec![Step::apply(
-                "released",
-                Effect::Release { account_id: a.id },
-            )]
+            vec![Step::apply("released", Effect::Release { account_id: a.id })]
         }
         "upgrade" => {
-            let origin_type = op
-                .origin_type
-                .clone()
-                .ok_or("an upgrade names an origin type")?;
-            let version = op
-                .input
-                .0
-                .get("version")
-                .and_then(|v| v.as_str())
-                .ok_or("an upgrade names a version")?;
-            vec![Step::apply(
-                "image_current",
-                Effect::SetCurrentImage {
-                    origin_type,
-                    version: version.to_owned(),
-                },
-            )]
+            let origin_type = op.origin_type.clone().ok_or("an upgrade names an origin type")?;
+            let version = op.input.0.get("version").and_then(|v| v.as_str()).ok_or("an upgrade names a version")?;
+            vec![Step::apply("image_current", Effect::SetCurrentImage { origin_type, version: version.to_owned() })]
         }
         other => return Err(format!("unknown operation kind {other}")),
     };
@@ -183,11 +159,7 @@ impl Worker {
 
     /// Claims and runs one operation; `false` when there was none to run.
     pub async fn run_once(&self) -> Result<bool, WorkerError> {
-        let Some(op) = self
-            .store
-            .claim_operation(&self.owner, self.clock.now_ms(), LEASE_MS)
-            .await?
-        else {
+        let Some(op) = self.store.claim_operation(&self.owner, self.clock.now_ms(), LEASE_MS).await? else {
             return Ok(false);
         };
         tracing::info!(operation = %op.id, kind = %op.kind, attempt = op.attempts, "running operation");
@@ -195,26 +167,14 @@ impl Worker {
             Ok(Progress::Done) => {}
             Ok(Progress::Waiting) => {
                 let now = self.clock.now_ms();
-                self.store
-                    .defer_operation(&op, &self.owner, now + 250, now)
-                    .await?;
+                self.store.defer_operation(&op, &self.owner, now + 250, now).await?;
             }
             Err(e) => {
                 let now = self.clock.now_ms();
-                let give_up =
-                    op.attempts >= MAX_ATTEMPTS || matches!(e, WorkerError::Unplannable(..));
+                let give_up = op.attempts >= MAX_ATTEMPTS || matches!(e, WorkerError::Unplannable(..));
                 let backoff = 1_000i64 << op.attempts.clamp(0, 6);
                 tracing::warn!(operation = %op.id, error = %e, give_up, "operation attempt failed");
-                self.store
-                    .fail_attempt(
-                        &op,
-                        &self.owner,
-                        &e.to_string(),
-                        now + backoff,
-                        give_up,
-                        now,
-                    )
-                    .await?;
+                self.store.fail_attempt(&op, &self.owner, &e.to_string(), now + backoff, give_up, now).await?;
             }
         }
         Ok(true)
@@ -225,32 +185,38 @@ impl Worker {
             Some(id) => Some(self.account_facts(id).await?),
             None => None,
         };
-        let steps =
-            plan(op, facts, self.wait_for_nodes).map_err(|e| WorkerError::Unplannable(op.id, e))?;
+        let steps = plan(op, facts, self.wait_for_nodes).map_err(|e| WorkerError::Unplannable(op.id, e))?;
         let mut current = op.clone();
         let last = steps.len().saturating_sub(1);
         for (i, step) in steps.iter().enumerate() {
             if current.done(step.name) {
                 continue;
             }
-            if let (Some(need), Some(account)) = (step.ready_nodes, op.account_id)
-                && self.store.account_ready_nodes(account).await? < need
+            if let (Some(wait), Some(account)) = (step.wait, op.account_id)
+                && !self.holds(wait, account).await?
             {
                 return Ok(Progress::Waiting);
             }
             current = self
                 .store
-                .complete_step(
-                    &current,
-                    &self.owner,
-                    step.name,
-                    step.effect.as_ref(),
-                    i == last,
-                    self.clock.now_ms(),
-                )
+                .complete_step(&current, &self.owner, step.name, step.effect.as_ref(), i == last, self.clock.now_ms())
                 .await?;
         }
         Ok(Progress::Done)
+    }
+
+    async fn holds(&self, wait: Wait, account: Uuid) -> Result<bool, WorkerError> {
+        Ok(match wait {
+            Wait::ReadyNodes(need) => self.store.target_ready_nodes(account).await? >= need,
+            Wait::NodesConfigured => {
+                let mut all = true;
+                for (node, running) in self.store.account_ready_node_versions(account).await? {
+                    let want = crate::api::nodes::node_config(node, &self.store.node_serving(node).await?).version;
+                    all &= u64::try_from(running).ok() == Some(want);
+                }
+                all
+            }
+        })
     }
 
     async fn account_facts(&self, id: Uuid) -> Result<AccountFacts, WorkerError> {
@@ -259,16 +225,10 @@ impl Worker {
             .store
             .origin_type(&a.origin_type)
             .await?
-            .ok_or_else(|| {
-                WorkerError::Unplannable(id, format!("origin type {} is gone", a.origin_type))
-            })?;
-        let offer = Offer::from_db(&a.offer, a.sla_mbps)
-            .ok_or_else(|| WorkerError::Unplannable(id, "bad offer".into()))?;
-        Ok(AccountFacts {
-            id,
-            offer,
-            node_capacity_mbps: u32::try_from(t.node_capacity_mbps).unwrap_or(1),
-        })
+            .ok_or_else(|| WorkerError::Unplannable(id, format!("origin type {} is gone", a.origin_type)))?;
+        let offer =
+            Offer::from_db(&a.offer, a.sla_mbps).ok_or_else(|| WorkerError::Unplannable(id, "bad offer".into()))?;
+        Ok(AccountFacts { id, offer, node_capacity_mbps: u32::try_from(t.node_capacity_mbps).unwrap_or(1) })
     }
 }
 
@@ -303,79 +263,41 @@ mod tests {
     fn sla_creation_assigns_a_dedicated_pool_with_a_spare_then_records() {
         let id = Uuid::now_v7();
         let sla = Offer::parse(OfferKind::Sla, Some(300), 100).unwrap();
-        let facts = AccountFacts {
-            id,
-            offer: sla,
-            node_capacity_mbps: 100,
-        };
+        let facts = AccountFacts { id, offer: sla, node_capacity_mbps: 100 };
         let steps = plan(&op("create"), Some(facts), false).unwrap();
         assert_eq!(
             steps.iter().map(|s| s.name).collect::<Vec<_>>(),
-            ["pool_assigned", "allocation_recorded"]
+            ["pool_prepared", "pool_assigned", "allocation_recorded"]
         );
-        assert_eq!(
-            steps[0].effect,
-            Some(Effect::AssignPool {
-                account_id: id,
-                dedicated_nodes: 4
-            })
-        );
+        assert_eq!(steps[0].effect, Some(Effect::PreparePool { account_id: id, dedicated_nodes: 4 }));
+        assert_eq!(steps[1].effect, Some(Effect::AssignPool { account_id: id, dedicated_nodes: 4 }));
         // With a driver, the SLA waits for the three nodes that carry 300 Mbit/s.
         let steps = plan(&op("create"), Some(facts), true).unwrap();
         assert_eq!(
             steps.iter().map(|s| s.name).collect::<Vec<_>>(),
-            ["pool_assigned", "nodes_ready", "allocation_recorded"]
+            ["pool_prepared", "nodes_ready", "pool_assigned", "nodes_configured", "allocation_recorded"]
         );
-        assert_eq!(steps[1].ready_nodes, Some(3));
+        assert_eq!(steps[1].wait, Some(Wait::ReadyNodes(3)));
+        assert_eq!(steps[3].wait, Some(Wait::NodesConfigured));
     }
 
     #[test]
     fn shared_offers_need_no_dedicated_nodes() {
         let id = Uuid::now_v7();
-        let facts = AccountFacts {
-            id,
-            offer: Offer::Payg,
-            node_capacity_mbps: 100,
-        };
+        let facts = AccountFacts { id, offer: Offer::Payg, node_capacity_mbps: 100 };
         let steps = plan(&op("change_offer"), Some(facts), true).unwrap();
-        assert_eq!(
-            steps[0].effect,
-            Some(Effect::AssignPool {
-                account_id: id,
-                dedicated_nodes: 0
-            })
-        );
-        assert_eq!(
-            steps[1].ready_nodes,
-            Some(1),
-            "a shared pool needs one ready node"
-        );
+        assert_eq!(steps[0].effect, Some(Effect::PreparePool { account_id: id, dedicated_nodes: 0 }));
+        assert_eq!(steps[1].wait, Some(Wait::ReadyNodes(1)), "a shared pool needs one ready node");
     }
 
     #[test]
     fn lifecycle_and_upgrade_plans() {
         let id = Uuid::now_v7();
-        let facts = Some(AccountFacts {
-            id,
-            offer: Offer::Trial,
-            node_capacity_mbps: 100,
-        });
-        assert_eq!(
-            plan(&op("delete"), facts, true).unwrap()[0].effect,
-            Some(Effect::Release { account_id: id })
-        );
-        assert_eq!(
-            plan(&op("deactivate"), facts, true).unwrap()[0].name,
-            "allocation_recorded"
-        );
+        let facts = Some(AccountFacts { id, offer: Offer::Trial, node_capacity_mbps: 100 });
+        assert_eq!(plan(&op("delete"), facts, true).unwrap()[0].effect, Some(Effect::Release { account_id: id }));
+        assert_eq!(plan(&op("deactivate"), facts, true).unwrap()[0].name, "allocation_recorded");
         let up = plan(&op("upgrade"), None, true).unwrap();
-        assert_eq!(
-            up[0].effect,
-            Some(Effect::SetCurrentImage {
-                origin_type: "hls".into(),
-                version: "2".into()
-            })
-        );
+        assert_eq!(up[0].effect, Some(Effect::SetCurrentImage { origin_type: "hls".into(), version: "2".into() }));
         assert!(plan(&op("create"), None, true).is_err());
         assert!(plan(&op("teleport"), facts, true).is_err());
     }

@@ -19,11 +19,7 @@ use uuid::Uuid;
 const T0: i64 = 1_790_000_000_000;
 
 async fn customer(db: &TestDb, email: &str) -> Uuid {
-    db.store
-        .create_customer("Test", email, &keys::generate(), T0)
-        .await
-        .expect("customer")
-        .id
+    db.store.create_customer("Test", email, &keys::generate(), T0).await.expect("customer").id
 }
 
 fn new_account(customer_id: Uuid, name: &str, origin_type: &str, offer: Offer) -> NewAccount {
@@ -38,20 +34,13 @@ fn new_account(customer_id: Uuid, name: &str, origin_type: &str, offer: Offer) -
 }
 
 fn create_op(account_id: Uuid, customer_id: Uuid) -> NewOperation {
-    NewOperation {
-        account_id: Some(account_id),
-        customer_id: Some(customer_id),
-        ..NewOperation::new("create")
-    }
+    NewOperation { account_id: Some(account_id), customer_id: Some(customer_id), ..NewOperation::new("create") }
 }
 
 async fn seeded(db: &TestDb) {
     db.store.seed_builtin_types(T0).await.expect("seed");
     // Seeding twice changes nothing.
-    db.store
-        .seed_builtin_types(T0 + 1)
-        .await
-        .expect("seed again");
+    db.store.seed_builtin_types(T0 + 1).await.expect("seed again");
 }
 
 fn sla(mbps: i64) -> Offer {
@@ -60,55 +49,24 @@ fn sla(mbps: i64) -> Offer {
 
 async fn customers_keys_and_unique_emails(db: TestDb) {
     let key = keys::generate();
-    let c = db
-        .store
-        .create_customer("Ana", "ana@example.com", &key, T0)
-        .await
-        .expect("create");
+    let c = db.store.create_customer("Ana", "ana@example.com", &key, T0).await.expect("create");
     assert_eq!(c.email, "ana@example.com");
-    let err = db
-        .store
-        .create_customer("Ana 2", "ana@example.com", &keys::generate(), T0)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::Conflict { field: "email" }),
-        "{err:?}"
-    );
+    let err = db.store.create_customer("Ana 2", "ana@example.com", &keys::generate(), T0).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { field: "email" }), "{err:?}");
 
-    let row = db
-        .store
-        .api_key(key.id)
-        .await
-        .expect("lookup")
-        .expect("key row");
+    let row = db.store.api_key(key.id).await.expect("lookup").expect("key row");
     assert_eq!(row.customer_id, c.id);
     assert_eq!(row.secret_hash, key.secret_hash);
     assert!(row.revoked_at.is_none());
 
     let second = keys::generate();
-    db.store
-        .add_api_key(c.id, &second, T0 + 5)
-        .await
-        .expect("add key");
-    db.store
-        .revoke_api_key(c.id, key.id, T0 + 10)
-        .await
-        .expect("revoke");
-    assert_eq!(
-        db.store.api_key(key.id).await.unwrap().unwrap().revoked_at,
-        Some(T0 + 10)
-    );
+    db.store.add_api_key(c.id, &second, T0 + 5).await.expect("add key");
+    db.store.revoke_api_key(c.id, key.id, T0 + 10).await.expect("revoke");
+    assert_eq!(db.store.api_key(key.id).await.unwrap().unwrap().revoked_at, Some(T0 + 10));
     // Revoking twice, or someone else's key, is not found.
-    assert!(matches!(
-        db.store.revoke_api_key(c.id, key.id, T0 + 11).await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(db.store.revoke_api_key(c.id, key.id, T0 + 11).await, Err(StoreError::NotFound)));
     let other = customer(&db, "bo@example.com").await;
-    assert!(matches!(
-        db.store.revoke_api_key(other, second.id, T0 + 11).await,
-        Err(StoreError::NotFound)
-    ));
+    assert!(matches!(db.store.revoke_api_key(other, second.id, T0 + 11).await, Err(StoreError::NotFound)));
     assert_eq!(db.store.api_keys(c.id).await.unwrap().len(), 2);
 }
 
@@ -119,57 +77,27 @@ async fn account_rules_live_in_the_schema(db: TestDb) {
     let id = Uuid::now_v7();
     let (a, op) = db
         .store
-        .create_account(
-            &new_account(ana, "ana-vod", "hls", Offer::Payg),
-            &create_op(id, ana),
-            T0,
-        )
+        .create_account(&new_account(ana, "ana-vod", "hls", Offer::Payg), &create_op(id, ana), T0)
         .await
         .expect("create");
-    assert_eq!(
-        (a.id, a.state.as_str(), a.offer.as_str()),
-        (id, "provisioning", "payg")
-    );
+    assert_eq!((a.id, a.state.as_str(), a.offer.as_str()), (id, "provisioning", "payg"));
     assert_eq!((op.state.as_str(), op.kind.as_str()), ("pending", "create"));
 
     // Names are globally unique, across customers.
     let dup = db
         .store
-        .create_account(
-            &new_account(bo, "ana-vod", "dash", Offer::Trial),
-            &create_op(Uuid::now_v7(), bo),
-            T0,
-        )
+        .create_account(&new_account(bo, "ana-vod", "dash", Offer::Trial), &create_op(Uuid::now_v7(), bo), T0)
         .await;
-    assert!(
-        matches!(dup, Err(StoreError::Conflict { field: "name" })),
-        "{dup:?}"
-    );
+    assert!(matches!(dup, Err(StoreError::Conflict { field: "name" })), "{dup:?}");
     // One live account per customer per origin type.
     let second = db
         .store
-        .create_account(
-            &new_account(ana, "ana-two", "hls", Offer::Trial),
-            &create_op(Uuid::now_v7(), ana),
-            T0,
-        )
+        .create_account(&new_account(ana, "ana-two", "hls", Offer::Trial), &create_op(Uuid::now_v7(), ana), T0)
         .await;
-    assert!(
-        matches!(
-            second,
-            Err(StoreError::Conflict {
-                field: "origin_type"
-            })
-        ),
-        "{second:?}"
-    );
+    assert!(matches!(second, Err(StoreError::Conflict { field: "origin_type" })), "{second:?}");
     // Another type is fine.
     db.store
-        .create_account(
-            &new_account(ana, "ana-dash", "dash", Offer::Trial),
-            &create_op(Uuid::now_v7(), ana),
-            T0,
-        )
+        .create_account(&new_account(ana, "ana-dash", "dash", Offer::Trial), &create_op(Uuid::now_v7(), ana), T0)
         .await
         .expect("dash");
 
@@ -194,10 +122,7 @@ async fn account_rules_live_in_the_schema(db: TestDb) {
         let r = raw_execute(&db.url, &insert(name, offer, sla, ty)).await;
         assert!(r.is_err(), "schema accepted {name} {offer} {sla} {ty}");
     }
-    assert_eq!(
-        raw_execute(&db.url, &insert("bo-sla", "sla", "300", "hls")).await,
-        Ok(1)
-    );
+    assert_eq!(raw_execute(&db.url, &insert("bo-sla", "sla", "300", "hls")).await, Ok(1));
     assert_eq!(raw_count(&db.url, "SELECT COUNT(*) FROM accounts").await, 3);
 }
 
@@ -205,37 +130,17 @@ async fn sla_increment_changes_are_checked_against_existing_accounts(db: TestDb)
     seeded(&db).await;
     let ana = customer(&db, "ana@example.com").await;
     db.store
-        .create_account(
-            &new_account(ana, "ana-vod", "hls", sla(300)),
-            &create_op(Uuid::now_v7(), ana),
-            T0,
-        )
+        .create_account(&new_account(ana, "ana-vod", "hls", sla(300)), &create_op(Uuid::now_v7(), ana), T0)
         .await
         .expect("create");
     let mut s = headwater_admin::store::OriginTypeSettings::DEFAULT;
     s.sla_increment_mbps = 200;
-    let err = db
-        .store
-        .update_origin_type("hls", &s, "operator", T0)
-        .await
-        .unwrap_err();
+    let err = db.store.update_origin_type("hls", &s, "operator", T0).await.unwrap_err();
     assert!(matches!(err, StoreError::Constraint(_)), "{err:?}");
-    assert_eq!(
-        db.store
-            .origin_type("hls")
-            .await
-            .unwrap()
-            .unwrap()
-            .sla_increment_mbps,
-        100
-    );
+    assert_eq!(db.store.origin_type("hls").await.unwrap().unwrap().sla_increment_mbps, 100);
     s.sla_increment_mbps = 50;
     assert_eq!(
-        db.store
-            .update_origin_type("hls", &s, "operator", T0)
-            .await
-            .expect("50 divides 300")
-            .sla_increment_mbps,
+        db.store.update_origin_type("hls", &s, "operator", T0).await.expect("50 divides 300").sla_increment_mbps,
         50
     );
 }
@@ -245,11 +150,7 @@ async fn enqueue(db: &TestDb, customer_id: Uuid, name: &str) -> (Uuid, Uuid) {
     let id = Uuid::now_v7();
     let (_, op) = db
         .store
-        .create_account(
-            &new_account(customer_id, name, "hls", Offer::Payg),
-            &create_op(id, customer_id),
-            T0,
-        )
+        .create_account(&new_account(customer_id, name, "hls", Offer::Payg), &create_op(id, customer_id), T0)
         .await
         .expect("create");
     (id, op.id)
@@ -262,101 +163,32 @@ async fn queue_claims_with_leases_in_order(db: TestDb) {
     let (_, first) = enqueue(&db, ana, "ana-vod").await;
     let (_, second) = enqueue(&db, bo, "bo-vod").await;
 
-    let a = db
-        .store
-        .claim_operation("w1", T0, LEASE_MS)
-        .await
-        .unwrap()
-        .expect("claims the oldest");
-    assert_eq!(
-        (a.id, a.state.as_str(), a.attempts, a.lease_owner.as_deref()),
-        (first, "running", 1, Some("w1"))
-    );
-    let b = db
-        .store
-        .claim_operation("w2", T0, LEASE_MS)
-        .await
-        .unwrap()
-        .expect("claims the next");
+    let a = db.store.claim_operation("w1", T0, LEASE_MS).await.unwrap().expect("claims the oldest");
+    assert_eq!((a.id, a.state.as_str(), a.attempts, a.lease_owner.as_deref()), (first, "running", 1, Some("w1")));
+    let b = db.store.claim_operation("w2", T0, LEASE_MS).await.unwrap().expect("claims the next");
     assert_eq!(b.id, second);
-    assert!(
-        db.store
-            .claim_operation("w3", T0 + 1, LEASE_MS)
-            .await
-            .unwrap()
-            .is_none(),
-        "both are leased"
-    );
+    assert!(db.store.claim_operation("w3", T0 + 1, LEASE_MS).await.unwrap().is_none(), "both are leased");
 
     // Only the lease holder may record a step.
-    let stolen = db
-        .store
-        .complete_step(&a, "w2", "pool_assigned", None, false, T0 + 2)
-        .await;
+    let stolen = db.store.complete_step(&a, "w2", "pool_assigned", None, false, T0 + 2).await;
     assert!(matches!(stolen, Err(StoreError::NotFound)), "{stolen:?}");
 
     // The lease expires: another worker takes the operation over, attempt 2.
-    let again = db
-        .store
-        .claim_operation("w3", T0 + LEASE_MS + 1, LEASE_MS)
-        .await
-        .unwrap()
-        .expect("expired lease");
-    assert_eq!(
-        (again.id, again.attempts, again.lease_owner.as_deref()),
-        (first, 2, Some("w3"))
-    );
-    let late = db
-        .store
-        .complete_step(&a, "w1", "pool_assigned", None, false, T0 + LEASE_MS + 2)
-        .await;
-    assert!(
-        matches!(late, Err(StoreError::NotFound)),
-        "the old worker lost its lease"
-    );
+    let again = db.store.claim_operation("w3", T0 + LEASE_MS + 1, LEASE_MS).await.unwrap().expect("expired lease");
+    assert_eq!((again.id, again.attempts, again.lease_owner.as_deref()), (first, 2, Some("w3")));
+    let late = db.store.complete_step(&a, "w1", "pool_assigned", None, false, T0 + LEASE_MS + 2).await;
+    assert!(matches!(late, Err(StoreError::NotFound)), "the old worker lost its lease");
 
     // A failed attempt waits for its back-off, then runs again; give_up fails it.
-    db.store
-        .fail_attempt(&again, "w3", "boom", T0 + 100_000, false, T0 + LEASE_MS + 3)
-        .await
-        .unwrap();
-    let other = db
-        .store
-        .claim_operation("w4", T0 + 99_999, LEASE_MS)
-        .await
-        .unwrap();
-    assert_eq!(
-        other.map(|o| o.id),
-        Some(second),
-        "only the other (expired) operation is runnable"
-    );
-    let third = db
-        .store
-        .claim_operation("w4", T0 + 100_000, LEASE_MS)
-        .await
-        .unwrap()
-        .expect("after back-off");
-    assert_eq!(
-        (third.attempts, third.last_error.as_deref()),
-        (3, Some("boom"))
-    );
-    db.store
-        .fail_attempt(&third, "w4", "still boom", T0 + 200_000, true, T0 + 100_001)
-        .await
-        .unwrap();
-    let failed = db
-        .store
-        .operation(first, OperationFilter::Any)
-        .await
-        .unwrap();
+    db.store.fail_attempt(&again, "w3", "boom", T0 + 100_000, false, T0 + LEASE_MS + 3).await.unwrap();
+    let other = db.store.claim_operation("w4", T0 + 99_999, LEASE_MS).await.unwrap();
+    assert_eq!(other.map(|o| o.id), Some(second), "only the other (expired) operation is runnable");
+    let third = db.store.claim_operation("w4", T0 + 100_000, LEASE_MS).await.unwrap().expect("after back-off");
+    assert_eq!((third.attempts, third.last_error.as_deref()), (3, Some("boom")));
+    db.store.fail_attempt(&third, "w4", "still boom", T0 + 200_000, true, T0 + 100_001).await.unwrap();
+    let failed = db.store.operation(first, OperationFilter::Any).await.unwrap();
     assert_eq!(failed.state, "failed");
-    assert!(
-        db.store
-            .claim_operation("w5", T0 + 10_000_000, LEASE_MS)
-            .await
-            .unwrap()
-            .is_some_and(|o| o.id == second)
-    );
+    assert!(db.store.claim_operation("w5", T0 + 10_000_000, LEASE_MS).await.unwrap().is_some_and(|o| o.id == second));
 }
 
 async fn operations_of_one_account_run_one_at_a_time(db: TestDb) {
@@ -364,46 +196,18 @@ async fn operations_of_one_account_run_one_at_a_time(db: TestDb) {
     let ana = customer(&db, "ana@example.com").await;
     let (account, create) = enqueue(&db, ana, "ana-vod").await;
     let row = db.store.account_by_id(account).await.unwrap();
-    let change = AccountChange::Update {
-        offer: Some(sla(200)),
-        ip_allow: None,
-    };
-    let op = NewOperation {
-        account_id: Some(account),
-        customer_id: Some(ana),
-        ..NewOperation::new("change_offer")
-    };
-    let later = db
-        .store
-        .change_account(&row, &change, &op, "test", T0 + 1)
-        .await
-        .unwrap();
+    let change = AccountChange::Update { offer: Some(sla(200)), ip_allow: None };
+    let op = NewOperation { account_id: Some(account), customer_id: Some(ana), ..NewOperation::new("change_offer") };
+    let later = db.store.change_account(&row, &change, &op, "test", T0 + 1).await.unwrap();
 
-    let c = db
-        .store
-        .claim_operation("w1", T0 + 2, LEASE_MS)
-        .await
-        .unwrap()
-        .expect("create first");
+    let c = db.store.claim_operation("w1", T0 + 2, LEASE_MS).await.unwrap().expect("create first");
     assert_eq!(c.id, create);
     assert!(
-        db.store
-            .claim_operation("w2", T0 + 2, LEASE_MS)
-            .await
-            .unwrap()
-            .is_none(),
+        db.store.claim_operation("w2", T0 + 2, LEASE_MS).await.unwrap().is_none(),
         "the change waits for the create"
     );
-    db.store
-        .complete_step(&c, "w1", "done", None, true, T0 + 3)
-        .await
-        .unwrap();
-    let next = db
-        .store
-        .claim_operation("w2", T0 + 4, LEASE_MS)
-        .await
-        .unwrap()
-        .expect("then the change");
+    db.store.complete_step(&c, "w1", "done", None, true, T0 + 3).await.unwrap();
+    let next = db.store.claim_operation("w2", T0 + 4, LEASE_MS).await.unwrap().expect("then the change");
     assert_eq!(next.id, later.id);
 }
 
@@ -417,9 +221,7 @@ async fn concurrent_claims_never_share_an_operation(db: TestDb) {
     let mut tasks = Vec::new();
     for w in 0..8 {
         let store = db.store.clone();
-        tasks.push(tokio::spawn(async move {
-            store.claim_operation(&format!("w{w}"), T0, LEASE_MS).await
-        }));
+        tasks.push(tokio::spawn(async move { store.claim_operation(&format!("w{w}"), T0, LEASE_MS).await }));
     }
     let mut claimed = Vec::new();
     for t in tasks {
@@ -437,11 +239,7 @@ async fn concurrent_claims_never_share_an_operation(db: TestDb) {
 }
 
 fn worker(db: &TestDb, clock: &ManualClock) -> Worker {
-    Worker::new(
-        db.store.clone(),
-        Arc::new(clock.clone()) as Arc<dyn Clock>,
-        Arc::new(Notify::new()),
-    )
+    Worker::new(db.store.clone(), Arc::new(clock.clone()) as Arc<dyn Clock>, Arc::new(Notify::new()))
 }
 
 async fn drain(w: &Worker) {
@@ -461,178 +259,71 @@ async fn worker_keeps_pool_and_allocation_tables_true(db: TestDb) {
     let bo = customer(&db, "bo@example.com").await;
     let (trial, _) = enqueue(&db, ana, "ana-vod").await;
     let sla_id = Uuid::now_v7();
-    db.store
-        .create_account(
-            &new_account(bo, "bo-vod", "hls", sla(300)),
-            &create_op(sla_id, bo),
-            T0,
-        )
-        .await
-        .unwrap();
+    db.store.create_account(&new_account(bo, "bo-vod", "hls", sla(300)), &create_op(sla_id, bo), T0).await.unwrap();
     drain(&w).await;
 
     let a = db.store.account_by_id(trial).await.unwrap();
-    assert_eq!(
-        (a.state.as_str(), a.pool_kind.as_deref()),
-        ("active", Some("shared"))
-    );
+    assert_eq!((a.state.as_str(), a.pool_kind.as_deref()), ("active", Some("shared")));
     let b = db.store.account_by_id(sla_id).await.unwrap();
-    assert_eq!(
-        (b.pool_kind.as_deref(), b.pool_desired_nodes),
-        (Some("dedicated"), Some(4))
-    );
+    assert_eq!((b.pool_kind.as_deref(), b.pool_desired_nodes), (Some("dedicated"), Some(4)));
     let allocs = db.store.allocations(None, 10).await.unwrap();
     assert_eq!(allocs.len(), 2);
-    assert!(allocs.iter().any(|r| r.account_id == sla_id
-        && r.offer == "sla"
-        && r.sla_mbps == Some(300)
-        && r.state == "active"));
-    assert_eq!(
-        raw_count(&db.url, "SELECT COUNT(*) FROM shared_pools").await,
-        1
+    assert!(
+        allocs
+            .iter()
+            .any(|r| r.account_id == sla_id && r.offer == "sla" && r.sla_mbps == Some(300) && r.state == "active")
     );
-    assert_eq!(
-        raw_count(&db.url, "SELECT CAST(accounts AS BIGINT) FROM shared_pools").await,
-        1
-    );
+    assert_eq!(raw_count(&db.url, "SELECT COUNT(*) FROM shared_pools").await, 1);
+    assert_eq!(raw_count(&db.url, "SELECT CAST(accounts AS BIGINT) FROM shared_pools").await, 1);
 
     // payg -> sla: a dedicated pool, the shared pool lets go of the account.
     let row = db.store.account_by_id(trial).await.unwrap();
-    let op = NewOperation {
-        account_id: Some(trial),
-        ..NewOperation::new("change_offer")
-    };
+    let op = NewOperation { account_id: Some(trial), ..NewOperation::new("change_offer") };
     db.store
-        .change_account(
-            &row,
-            &AccountChange::Update {
-                offer: Some(sla(100)),
-                ip_allow: None,
-            },
-            &op,
-            "test",
-            T0,
-        )
+        .change_account(&row, &AccountChange::Update { offer: Some(sla(100)), ip_allow: None }, &op, "test", T0)
         .await
         .unwrap();
     drain(&w).await;
     let a = db.store.account_by_id(trial).await.unwrap();
-    assert_eq!(
-        (a.pool_kind.as_deref(), a.pool_desired_nodes),
-        (Some("dedicated"), Some(2))
-    );
-    assert_eq!(
-        raw_count(&db.url, "SELECT CAST(accounts AS BIGINT) FROM shared_pools").await,
-        0
-    );
+    assert_eq!((a.pool_kind.as_deref(), a.pool_desired_nodes), (Some("dedicated"), Some(2)));
+    assert_eq!(raw_count(&db.url, "SELECT CAST(accounts AS BIGINT) FROM shared_pools").await, 0);
     let dedicated = a.pool_id.unwrap();
 
     // sla -> payg: back to the shared pool; the dedicated pool is released.
-    let op = NewOperation {
-        account_id: Some(trial),
-        ..NewOperation::new("change_offer")
-    };
+    let op = NewOperation { account_id: Some(trial), ..NewOperation::new("change_offer") };
     db.store
-        .change_account(
-            &a,
-            &AccountChange::Update {
-                offer: Some(Offer::Payg),
-                ip_allow: None,
-            },
-            &op,
-            "test",
-            T0,
-        )
+        .change_account(&a, &AccountChange::Update { offer: Some(Offer::Payg), ip_allow: None }, &op, "test", T0)
         .await
         .unwrap();
     drain(&w).await;
     let a = db.store.account_by_id(trial).await.unwrap();
     assert_eq!(a.pool_kind.as_deref(), Some("shared"));
-    let released = db
-        .store
-        .pools(None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|p| p.id == dedicated)
-        .unwrap();
-    assert_eq!(
-        (released.state.as_str(), released.desired_nodes),
-        ("deleting", 0)
-    );
+    let released = db.store.pools(None, 10).await.unwrap().into_iter().find(|p| p.id == dedicated).unwrap();
+    assert_eq!((released.state.as_str(), released.desired_nodes), ("deleting", 0));
 
     // Deactivate keeps the pool (retained), delete releases everything.
     let b = db.store.account_by_id(sla_id).await.unwrap();
-    let op = NewOperation {
-        account_id: Some(sla_id),
-        ..NewOperation::new("deactivate")
-    };
+    let op = NewOperation { account_id: Some(sla_id), ..NewOperation::new("deactivate") };
     db.store
-        .change_account(
-            &b,
-            &AccountChange::Deactivate {
-                retain_until: T0 + 7 * 86_400_000,
-            },
-            &op,
-            "test",
-            T0,
-        )
+        .change_account(&b, &AccountChange::Deactivate { retain_until: T0 + 7 * 86_400_000 }, &op, "test", T0)
         .await
         .unwrap();
     drain(&w).await;
     let b = db.store.account_by_id(sla_id).await.unwrap();
-    assert_eq!(
-        (b.state.as_str(), b.retain_until),
-        ("deactivated", Some(T0 + 7 * 86_400_000))
-    );
-    let pool = db
-        .store
-        .pools(None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|p| Some(p.id) == b.pool_id)
-        .unwrap();
+    assert_eq!((b.state.as_str(), b.retain_until), ("deactivated", Some(T0 + 7 * 86_400_000)));
+    let pool = db.store.pools(None, 10).await.unwrap().into_iter().find(|p| Some(p.id) == b.pool_id).unwrap();
     assert_eq!(pool.state, "retained");
-    let op = NewOperation {
-        account_id: Some(sla_id),
-        ..NewOperation::new("delete")
-    };
-    db.store
-        .change_account(&b, &AccountChange::Delete, &op, "test", T0)
-        .await
-        .unwrap();
+    let op = NewOperation { account_id: Some(sla_id), ..NewOperation::new("delete") };
+    db.store.change_account(&b, &AccountChange::Delete, &op, "test", T0).await.unwrap();
     drain(&w).await;
-    assert!(
-        db.store
-            .allocations(None, 10)
-            .await
-            .unwrap()
-            .iter()
-            .all(|r| r.account_id != sla_id)
-    );
-    assert!(matches!(
-        db.store.account("bo-vod", None).await,
-        Err(StoreError::NotFound)
-    ));
-    assert_eq!(
-        raw_count(
-            &db.url,
-            "SELECT COUNT(*) FROM allocation_operations WHERE state <> 'succeeded'"
-        )
-        .await,
-        0
-    );
+    assert!(db.store.allocations(None, 10).await.unwrap().iter().all(|r| r.account_id != sla_id));
+    assert!(matches!(db.store.account("bo-vod", None).await, Err(StoreError::NotFound)));
+    assert_eq!(raw_count(&db.url, "SELECT COUNT(*) FROM allocation_operations WHERE state <> 'succeeded'").await, 0);
     // A reactivate of a deleted account is refused and enqueues nothing.
-    let op = NewOperation {
-        account_id: Some(sla_id),
-        ..NewOperation::new("reactivate")
-    };
+    let op = NewOperation { account_id: Some(sla_id), ..NewOperation::new("reactivate") };
     let gone = db.store.account_by_id(sla_id).await.unwrap();
     assert!(matches!(
-        db.store
-            .change_account(&gone, &AccountChange::Reactivate, &op, "t", T0)
-            .await,
+        db.store.change_account(&gone, &AccountChange::Reactivate, &op, "t", T0).await,
         Err(StoreError::InvalidState(_))
     ));
     assert_eq!(db.store.open_operations().await.unwrap(), 0);
@@ -643,30 +334,12 @@ async fn a_crashed_worker_is_resumed_after_its_last_step(db: TestDb) {
     let clock = ManualClock::new(T0);
     let bo = customer(&db, "bo@example.com").await;
     let id = Uuid::now_v7();
-    db.store
-        .create_account(
-            &new_account(bo, "bo-vod", "hls", sla(300)),
-            &create_op(id, bo),
-            T0,
-        )
-        .await
-        .unwrap();
+    db.store.create_account(&new_account(bo, "bo-vod", "hls", sla(300)), &create_op(id, bo), T0).await.unwrap();
 
     // A worker claims the operation, finishes its first step, and dies.
-    let op = db
-        .store
-        .claim_operation("doomed", T0, LEASE_MS)
-        .await
-        .unwrap()
-        .unwrap();
-    let effect = Effect::AssignPool {
-        account_id: id,
-        dedicated_nodes: 4,
-    };
-    db.store
-        .complete_step(&op, "doomed", "pool_assigned", Some(&effect), false, T0 + 1)
-        .await
-        .unwrap();
+    let op = db.store.claim_operation("doomed", T0, LEASE_MS).await.unwrap().unwrap();
+    let effect = Effect::PreparePool { account_id: id, dedicated_nodes: 4 };
+    db.store.complete_step(&op, "doomed", "pool_prepared", Some(&effect), false, T0 + 1).await.unwrap();
 
     // Nobody may take it over while the lease holds.
     let w = worker(&db, &clock);
@@ -674,68 +347,31 @@ async fn a_crashed_worker_is_resumed_after_its_last_step(db: TestDb) {
     clock.advance_ms(LEASE_MS + 1);
     assert!(w.run_once().await.unwrap());
 
-    let done = db
-        .store
-        .operation(op.id, OperationFilter::Any)
-        .await
-        .unwrap();
+    let done = db.store.operation(op.id, OperationFilter::Any).await.unwrap();
     assert_eq!(done.state, "succeeded");
     assert_eq!(done.attempts, 2);
     let names: Vec<_> = done.steps.0.iter().map(|s| s.step.as_str()).collect();
-    assert_eq!(
-        names,
-        ["pool_assigned", "allocation_recorded"],
-        "no step ran twice"
-    );
-    assert_eq!(
-        raw_count(
-            &db.url,
-            "SELECT COUNT(*) FROM pools WHERE kind = 'dedicated'"
-        )
-        .await,
-        1,
-        "no second pool"
-    );
+    assert_eq!(names, ["pool_prepared", "pool_assigned", "allocation_recorded"], "no step ran twice");
+    assert_eq!(raw_count(&db.url, "SELECT COUNT(*) FROM pools WHERE kind = 'dedicated'").await, 1, "no second pool");
     assert_eq!(db.store.account_by_id(id).await.unwrap().state, "active");
 }
 
 async fn idempotency_records(db: TestDb) {
     let h1 = [1u8; 32];
     let h2 = [2u8; 32];
+    assert_eq!(db.store.start_idempotent("p", "k", &h1, T0).await.unwrap(), IdempotencyStart::Run);
+    assert_eq!(db.store.start_idempotent("p", "k", &h1, T0).await.unwrap(), IdempotencyStart::InFlight);
+    db.store.finish_idempotent("p", "k", 202, "{\"a\":1}").await.unwrap();
     assert_eq!(
         db.store.start_idempotent("p", "k", &h1, T0).await.unwrap(),
-        IdempotencyStart::Run
+        IdempotencyStart::Replay { status: 202, body: "{\"a\":1}".into() }
     );
-    assert_eq!(
-        db.store.start_idempotent("p", "k", &h1, T0).await.unwrap(),
-        IdempotencyStart::InFlight
-    );
-    db.store
-        .finish_idempotent("p", "k", 202, "{\"a\":1}")
-        .await
-        .unwrap();
-    assert_eq!(
-        db.store.start_idempotent("p", "k", &h1, T0).await.unwrap(),
-        IdempotencyStart::Replay {
-            status: 202,
-            body: "{\"a\":1}".into()
-        }
-    );
-    assert_eq!(
-        db.store.start_idempotent("p", "k", &h2, T0).await.unwrap(),
-        IdempotencyStart::Mismatch
-    );
+    assert_eq!(db.store.start_idempotent("p", "k", &h2, T0).await.unwrap(), IdempotencyStart::Mismatch);
     // Keys are per principal.
-    assert_eq!(
-        db.store.start_idempotent("q", "k", &h2, T0).await.unwrap(),
-        IdempotencyStart::Run
-    );
+    assert_eq!(db.store.start_idempotent("q", "k", &h2, T0).await.unwrap(), IdempotencyStart::Run);
     // A server error forgets the key so a retry runs.
     db.store.finish_idempotent("q", "k", 503, "").await.unwrap();
-    assert_eq!(
-        db.store.start_idempotent("q", "k", &h2, T0).await.unwrap(),
-        IdempotencyStart::Run
-    );
+    assert_eq!(db.store.start_idempotent("q", "k", &h2, T0).await.unwrap(), IdempotencyStart::Run);
 }
 
 async fn paging_and_events(db: TestDb) {
@@ -751,13 +387,7 @@ async fn paging_and_events(db: TestDb) {
     assert!(rest.iter().all(|e| e.action == "customer.created"));
     assert!(db.store.ready().await.unwrap());
     assert_eq!(
-        db.store
-            .origin_types()
-            .await
-            .unwrap()
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>(),
+        db.store.origin_types().await.unwrap().iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         ["dash", "hls"]
     );
 }

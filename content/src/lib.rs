@@ -89,31 +89,20 @@ impl ContentStore {
             if bucket.is_empty() {
                 return Err(ContentError::Url(url.to_owned()));
             }
-            let s3 = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()?;
+            let s3 = AmazonS3Builder::from_env().with_bucket_name(bucket).build()?;
             let store: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
                 "" => Arc::new(s3),
                 p => Arc::new(PrefixStore::new(s3, p)),
             };
-            return Ok(Self {
-                store,
-                description: url.to_owned(),
-            });
+            return Ok(Self { store, description: url.to_owned() });
         }
         let dir = url.strip_prefix("file://").unwrap_or(url);
         if dir.is_empty() || dir.contains("://") {
             return Err(ContentError::Url(url.to_owned()));
         }
-        std::fs::create_dir_all(dir).map_err(|source| ContentError::Dir {
-            path: dir.to_owned(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| ContentError::Dir { path: dir.to_owned(), source })?;
         let local = LocalFileSystem::new_with_prefix(dir)?;
-        Ok(Self {
-            store: Arc::new(local),
-            description: format!("file://{dir}"),
-        })
+        Ok(Self { store: Arc::new(local), description: format!("file://{dir}") })
     }
 
     fn key(path: &ContentPath) -> object_store::path::Path {
@@ -126,17 +115,9 @@ impl ContentStore {
         let last_modified = m.last_modified.timestamp();
         let etag = match m.e_tag {
             Some(e) => format!("\"{}\"", e.trim_matches('"')),
-            None => format!(
-                "\"{:x}-{:x}\"",
-                m.last_modified.timestamp_nanos_opt().unwrap_or_default(),
-                m.size
-            ),
+            None => format!("\"{:x}-{:x}\"", m.last_modified.timestamp_nanos_opt().unwrap_or_default(), m.size),
         };
-        Ok(Meta {
-            size: m.size,
-            last_modified,
-            etag,
-        })
+        Ok(Meta { size: m.size, last_modified, etag })
     }
 
     /// The bytes of `range` (or all), as a stream of chunks.
@@ -145,32 +126,19 @@ impl ContentStore {
         path: &ContentPath,
         range: Option<Range<u64>>,
     ) -> Result<BoxStream<'static, Result<Bytes>>> {
-        let opts = GetOptions {
-            range: range.map(GetRange::Bounded),
-            ..GetOptions::default()
-        };
+        let opts = GetOptions { range: range.map(GetRange::Bounded), ..GetOptions::default() };
         let got = self.store.get_opts(&Self::key(path), opts).await?;
         Ok(got.into_stream().map_err(ContentError::from).boxed())
     }
 
     /// The whole object in memory (for small, hot files).
     pub async fn read_all(&self, path: &ContentPath) -> Result<Bytes> {
-        Ok(self
-            .store
-            .get_opts(&Self::key(path), GetOptions::default())
-            .await?
-            .bytes()
-            .await?)
+        Ok(self.store.get_opts(&Self::key(path), GetOptions::default()).await?.bytes().await?)
     }
 
     /// Writes `body` to `path` as it arrives, never holding more than a part in
     /// memory; refuses (and leaves nothing behind) past `limit` bytes.
-    pub async fn write_stream<S, E>(
-        &self,
-        path: &ContentPath,
-        mut body: S,
-        limit: u64,
-    ) -> Result<u64>
+    pub async fn write_stream<S, E>(&self, path: &ContentPath, mut body: S, limit: u64) -> Result<u64>
     where
         S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -216,11 +184,7 @@ impl ContentStore {
                 continue;
             };
             let name = asset.as_ref().to_owned();
-            let a = assets.entry(name.clone()).or_insert(AssetSummary {
-                name,
-                files: 0,
-                bytes: 0,
-            });
+            let a = assets.entry(name.clone()).or_insert(AssetSummary { name, files: 0, bytes: 0 });
             a.files += 1;
             a.bytes += meta.size;
         }
@@ -230,12 +194,7 @@ impl ContentStore {
     /// Deletes every file under `prefix`; returns how many.
     pub async fn delete_prefix(&self, prefix: &ContentPath) -> Result<u64> {
         let prefix = Self::key(prefix);
-        let locations: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await?;
+        let locations: Vec<_> = self.store.list(Some(&prefix)).map_ok(|m| m.location).try_collect().await?;
         let mut n = 0;
         for location in locations {
             self.store.delete(&location).await?;

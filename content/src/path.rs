@@ -35,9 +35,7 @@ impl ContentPath {
                 "." | ".." => return Err(InvalidPath("'.' and '..' are not allowed")),
                 s if s.len() > MAX_SEGMENT => return Err(InvalidPath("segment too long")),
                 s if s.chars().any(|c| c.is_control() || c == '\\') => {
-                    return Err(InvalidPath(
-                        "control characters and backslashes are not allowed",
-                    ));
+                    return Err(InvalidPath("control characters and backslashes are not allowed"));
                 }
                 _ => {}
             }
@@ -47,9 +45,7 @@ impl ContentPath {
 
     /// Decodes a raw URL path (without its leading `/`) once, then checks it.
     pub fn from_url(raw: &str) -> Result<Self, InvalidPath> {
-        let decoded = percent_encoding::percent_decode_str(raw)
-            .decode_utf8()
-            .map_err(|_| InvalidPath("not UTF-8"))?;
+        let decoded = percent_encoding::percent_decode_str(raw).decode_utf8().map_err(|_| InvalidPath("not UTF-8"))?;
         Self::parse(&decoded)
     }
 
@@ -81,10 +77,7 @@ impl fmt::Display for ContentPath {
 
 /// The media type of a packaged VOD file, by extension.
 pub fn content_type(path: &str) -> &'static str {
-    let ext = path
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
+    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
     match ext.as_str() {
         "m3u8" => "application/vnd.apple.mpegurl",
         "mpd" => "application/dash+xml",
@@ -107,28 +100,10 @@ mod tests {
 
     #[test]
     fn traversal_and_oddities_are_refused() {
-        for bad in [
-            "",
-            "/etc/passwd",
-            "a/../b",
-            "..",
-            "a/./b",
-            "a//b",
-            "a/b/",
-            "a\\b",
-            "a/\u{0}b",
-            "a/b\nc",
-        ] {
+        for bad in ["", "/etc/passwd", "a/../b", "..", "a/./b", "a//b", "a/b/", "a\\b", "a/\u{0}b", "a/b\nc"] {
             assert!(ContentPath::parse(bad).is_err(), "{bad:?}");
         }
-        for bad in [
-            "a/%2e%2e/b",
-            "%2e%2e/etc",
-            "a%2F..%2Fb",
-            "a/%00",
-            "%2Fetc",
-            "a/%ff",
-        ] {
+        for bad in ["a/%2e%2e/b", "%2e%2e/etc", "a%2F..%2Fb", "a/%00", "%2Fetc", "a/%ff"] {
             assert!(ContentPath::from_url(bad).is_err(), "{bad}");
         }
     }
@@ -144,10 +119,7 @@ mod tests {
 
     #[test]
     fn media_types() {
-        assert_eq!(
-            content_type("a/b/master.m3u8"),
-            "application/vnd.apple.mpegurl"
-        );
+        assert_eq!(content_type("a/b/master.m3u8"), "application/vnd.apple.mpegurl");
         assert_eq!(content_type("a/b/manifest.MPD"), "application/dash+xml");
         assert_eq!(content_type("a/b/seg_001.ts"), "video/mp2t");
         assert_eq!(content_type("a/b/chunk-0-1.m4s"), "video/iso.segment");

@@ -33,10 +33,7 @@ struct Found {
 impl Found {
     fn new(path: &ContentPath, meta: Meta, bytes: Option<Bytes>) -> Self {
         let mut headers = HeaderMap::with_capacity(8);
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(headwater_content::content_type(path.as_str())),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(headwater_content::content_type(path.as_str())));
         if let Ok(v) = HeaderValue::from_str(&meta.etag) {
             headers.insert(header::ETAG, v);
         }
@@ -44,15 +41,8 @@ impl Found {
             headers.insert(header::LAST_MODIFIED, v);
         }
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        headers.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static(cache_control(path.as_str())),
-        );
-        Self {
-            meta,
-            headers,
-            bytes,
-        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control(path.as_str())));
+        Self { meta, headers, bytes }
     }
 }
 
@@ -139,13 +129,7 @@ impl Files {
             let meta = self.store.head(path).await?;
             if meta.etag == e.found.meta.etag {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                self.cache.insert(
-                    path.clone(),
-                    Entry {
-                        found: e.found.clone(),
-                        checked: now,
-                    },
-                );
+                self.cache.insert(path.clone(), Entry { found: e.found.clone(), checked: now });
                 return Ok(e.found);
             }
         }
@@ -156,32 +140,17 @@ impl Files {
         }
         let bytes = self.store.read_all(path).await?;
         let found = Arc::new(Found::new(path, meta, Some(bytes)));
-        self.cache.insert(
-            path.clone(),
-            Entry {
-                found: found.clone(),
-                checked: now,
-            },
-        );
+        self.cache.insert(path.clone(), Entry { found: found.clone(), checked: now });
         Ok(found)
     }
 
     /// Answers a GET or HEAD for `path` given the request headers.
-    pub async fn reply(
-        &self,
-        path: &ContentPath,
-        req: &HeaderMap,
-        head: bool,
-    ) -> Result<Reply, ContentError> {
+    pub async fn reply(&self, path: &ContentPath, req: &HeaderMap, head: bool) -> Result<Reply, ContentError> {
         let found = self.lookup(path).await?;
         let meta = &found.meta;
         let mut headers = found.headers.clone();
         if not_modified(req, meta) {
-            return Ok(Reply {
-                status: StatusCode::NOT_MODIFIED,
-                headers,
-                body: None,
-            });
+            return Ok(Reply { status: StatusCode::NOT_MODIFIED, headers, body: None });
         }
         let range = match requested_range(req, meta) {
             Ok(r) => r,
@@ -190,11 +159,7 @@ impl Files {
                     .unwrap_or(HeaderValue::from_static("bytes */0"));
                 headers.insert(header::CONTENT_RANGE, v);
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-                return Ok(Reply {
-                    status: StatusCode::RANGE_NOT_SATISFIABLE,
-                    headers,
-                    body: None,
-                });
+                return Ok(Reply { status: StatusCode::RANGE_NOT_SATISFIABLE, headers, body: None });
             }
         };
         let (status, span) = match range {
@@ -211,44 +176,29 @@ impl Files {
         let length = span.end - span.start;
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         if head {
-            return Ok(Reply {
-                status,
-                headers,
-                body: None,
-            });
+            return Ok(Reply { status, headers, body: None });
         }
         let body = match &found.bytes {
-            Some(b) => Body::Cached(b.slice(
-                usize::try_from(span.start).unwrap_or(0)..usize::try_from(span.end).unwrap_or(0),
-            )),
+            Some(b) => {
+                Body::Cached(b.slice(usize::try_from(span.start).unwrap_or(0)..usize::try_from(span.end).unwrap_or(0)))
+            }
             None if length == 0 => Body::Stream(stream::empty().boxed()),
             None => Body::Stream(self.store.read(path, Some(span)).await?),
         };
-        Ok(Reply {
-            status,
-            headers,
-            body: Some(body),
-        })
+        Ok(Reply { status, headers, body: Some(body) })
     }
 }
 
 /// VOD playlists may be replaced by a re-upload: a short lifetime. Segments are
 /// immutable in practice: a long one (validators still guard changes).
 fn cache_control(path: &str) -> &'static str {
-    if path.ends_with(".m3u8") || path.ends_with(".mpd") {
-        "public, max-age=60"
-    } else {
-        "public, max-age=86400"
-    }
+    if path.ends_with(".m3u8") || path.ends_with(".mpd") { "public, max-age=60" } else { "public, max-age=86400" }
 }
 
 /// `If-None-Match` wins over `If-Modified-Since` (RFC 9110 §13.2.2).
 fn not_modified(req: &HeaderMap, meta: &Meta) -> bool {
     if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        return inm
-            .split(',')
-            .map(str::trim)
-            .any(|t| t == "*" || t.trim_start_matches("W/") == meta.etag);
+        return inm.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == meta.etag);
     }
     let since = req
         .get(header::IF_MODIFIED_SINCE)
@@ -288,11 +238,7 @@ mod tests {
     use super::*;
 
     fn meta() -> Meta {
-        Meta {
-            size: 1000,
-            last_modified: 1_700_000_000,
-            etag: "\"abc\"".into(),
-        }
+        Meta { size: 1000, last_modified: 1_700_000_000, etag: "\"abc\"".into() }
     }
 
     fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
@@ -306,39 +252,15 @@ mod tests {
     #[test]
     fn ranges() {
         let m = meta();
+        assert_eq!(requested_range(&headers(&[(header::RANGE, "bytes=0-99")]), &m), Ok(Some(0..100)));
+        assert_eq!(requested_range(&headers(&[(header::RANGE, "bytes=900-")]), &m), Ok(Some(900..1000)));
+        assert_eq!(requested_range(&headers(&[(header::RANGE, "bytes=-10")]), &m), Ok(Some(990..1000)));
+        assert_eq!(requested_range(&headers(&[(header::RANGE, "bytes=990-5000")]), &m), Ok(Some(990..1000)));
+        assert_eq!(requested_range(&headers(&[(header::RANGE, "bytes=1000-")]), &m), Err(()));
+        assert_eq!(requested_range(&headers(&[(header::RANGE, "chars=0-1")]), &m), Err(()));
+        assert_eq!(requested_range(&headers(&[(header::RANGE, "bytes=0-1, 5-6")]), &m), Ok(None));
         assert_eq!(
-            requested_range(&headers(&[(header::RANGE, "bytes=0-99")]), &m),
-            Ok(Some(0..100))
-        );
-        assert_eq!(
-            requested_range(&headers(&[(header::RANGE, "bytes=900-")]), &m),
-            Ok(Some(900..1000))
-        );
-        assert_eq!(
-            requested_range(&headers(&[(header::RANGE, "bytes=-10")]), &m),
-            Ok(Some(990..1000))
-        );
-        assert_eq!(
-            requested_range(&headers(&[(header::RANGE, "bytes=990-5000")]), &m),
-            Ok(Some(990..1000))
-        );
-        assert_eq!(
-            requested_range(&headers(&[(header::RANGE, "bytes=1000-")]), &m),
-            Err(())
-        );
-        assert_eq!(
-            requested_range(&headers(&[(header::RANGE, "chars=0-1")]), &m),
-            Err(())
-        );
-        assert_eq!(
-            requested_range(&headers(&[(header::RANGE, "bytes=0-1, 5-6")]), &m),
-            Ok(None)
-        );
-        assert_eq!(
-            requested_range(
-                &headers(&[(header::RANGE, "bytes=0-1"), (header::IF_RANGE, "\"old\"")]),
-                &m
-            ),
+            requested_range(&headers(&[(header::RANGE, "bytes=0-1"), (header::IF_RANGE, "\"old\"")]), &m),
             Ok(None)
         );
         assert_eq!(requested_range(&headers(&[]), &m), Ok(None));
@@ -347,35 +269,14 @@ mod tests {
     #[test]
     fn conditionals() {
         let m = meta();
-        assert!(not_modified(
-            &headers(&[(header::IF_NONE_MATCH, "\"abc\"")]),
-            &m
-        ));
-        assert!(not_modified(
-            &headers(&[(header::IF_NONE_MATCH, "\"x\", W/\"abc\"")]),
-            &m
-        ));
-        assert!(!not_modified(
-            &headers(&[(header::IF_NONE_MATCH, "\"x\"")]),
-            &m
-        ));
+        assert!(not_modified(&headers(&[(header::IF_NONE_MATCH, "\"abc\"")]), &m));
+        assert!(not_modified(&headers(&[(header::IF_NONE_MATCH, "\"x\", W/\"abc\"")]), &m));
+        assert!(!not_modified(&headers(&[(header::IF_NONE_MATCH, "\"x\"")]), &m));
         let later = httpdate(1_700_000_100);
         let earlier = httpdate(1_699_999_000);
-        assert!(not_modified(
-            &headers(&[(header::IF_MODIFIED_SINCE, &later)]),
-            &m
-        ));
-        assert!(!not_modified(
-            &headers(&[(header::IF_MODIFIED_SINCE, &earlier)]),
-            &m
-        ));
+        assert!(not_modified(&headers(&[(header::IF_MODIFIED_SINCE, &later)]), &m));
+        assert!(!not_modified(&headers(&[(header::IF_MODIFIED_SINCE, &earlier)]), &m));
         // If-None-Match decides even when If-Modified-Since would say 304.
-        assert!(!not_modified(
-            &headers(&[
-                (header::IF_NONE_MATCH, "\"x\""),
-                (header::IF_MODIFIED_SINCE, &later)
-            ]),
-            &m
-        ));
+        assert!(!not_modified(&headers(&[(header::IF_NONE_MATCH, "\"x\""), (header::IF_MODIFIED_SINCE, &later)]), &m));
     }
 }

@@ -25,9 +25,7 @@ use crate::shaper::CHUNK;
 pub type ResBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 fn full(b: impl Into<Bytes>) -> ResBody {
-    Full::new(b.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// A small problem+json answer, like the rest of the platform's errors.
@@ -38,24 +36,16 @@ fn problem(status: StatusCode, kind: &str, detail: &str) -> Response<ResBody> {
     });
     let mut res = Response::new(full(body.to_string()));
     *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     res
 }
 
 fn cors(res: &mut Response<ResBody>) {
     let h = res.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static(
-            "Content-Length, Content-Range, Accept-Ranges, ETag, X-Headwater-Node",
-        ),
+        HeaderValue::from_static("Content-Length, Content-Range, Accept-Ranges, ETag, X-Headwater-Node"),
     );
 }
 
@@ -67,11 +57,8 @@ pub async fn handle(
     let started = Instant::now();
     let mut res = route(&node, peer, &req).await;
     cors(&mut res);
-    res.headers_mut()
-        .insert("x-headwater-node", node.id_header.clone());
-    node.metrics
-        .latency
-        .observe(started.elapsed().as_secs_f64());
+    res.headers_mut().insert("x-headwater-node", node.id_header.clone());
+    node.metrics.latency.observe(started.elapsed().as_secs_f64());
     Ok(res)
 }
 
@@ -96,31 +83,18 @@ async fn route(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> R
         let mut res = Response::new(full(""));
         *res.status_mut() = StatusCode::NO_CONTENT;
         let h = res.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, HEAD, OPTIONS"),
-        );
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD, OPTIONS"));
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static("Range, If-None-Match, If-Modified-Since"),
         );
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("86400"),
-        );
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
         return res;
     }
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
-        let mut res = problem(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            "only GET and HEAD",
-        );
-        res.headers_mut().insert(
-            header::ALLOW,
-            HeaderValue::from_static("GET, HEAD, OPTIONS"),
-        );
+        let mut res = problem(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "only GET and HEAD");
+        res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
         return res;
     }
     let content = match ContentPath::from_url(path.trim_start_matches('/')) {
@@ -133,44 +107,24 @@ async fn route(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> R
     }
     let served = node.served();
     let (account, counted, ok_counter, bytes_counter) = if content.first() == PROBE_PREFIX {
-        (
-            node.probe_account.clone(),
-            false,
-            &node.probe_ok_requests,
-            &node.probe_bytes,
-        )
+        (node.probe_account.clone(), false, &node.probe_ok_requests, &node.probe_bytes)
     } else {
         let Some(a) = served.accounts.get(content.first()) else {
             return count(
                 node,
                 "-",
-                problem(
-                    StatusCode::NOT_FOUND,
-                    "not-found",
-                    "this node does not serve that account",
-                ),
+                problem(StatusCode::NOT_FOUND, "not-found", "this node does not serve that account"),
             );
         };
         if !a.active {
-            return count(
-                node,
-                &a.name,
-                problem(StatusCode::GONE, "gone", "the account is deactivated"),
-            );
+            return count(node, &a.name, problem(StatusCode::GONE, "gone", "the account is deactivated"));
         }
-        let forwarded = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
+        let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
         if !a.allows(node.client_ip(peer.ip(), forwarded)) {
             return count(
                 node,
                 &a.name,
-                problem(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    "your address is not allowed for this account",
-                ),
+                problem(StatusCode::FORBIDDEN, "forbidden", "your address is not allowed for this account"),
             );
         }
         (a.name.clone(), true, &a.ok_requests, &a.bytes)
@@ -178,22 +132,14 @@ async fn route(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> R
     let reply = match node.files.reply(&content, req.headers(), head).await {
         Ok(r) => r,
         Err(ContentError::NotFound) => {
-            return count(
-                node,
-                &account,
-                problem(StatusCode::NOT_FOUND, "not-found", "no such file"),
-            );
+            return count(node, &account, problem(StatusCode::NOT_FOUND, "not-found", "no such file"));
         }
         Err(e) => {
             tracing::warn!(error = %e, path = %content, "content store");
             return count(
                 node,
                 &account,
-                problem(
-                    StatusCode::BAD_GATEWAY,
-                    "content-store",
-                    "the content store failed",
-                ),
+                problem(StatusCode::BAD_GATEWAY, "content-store", "the content store failed"),
             );
         }
     };
@@ -207,32 +153,16 @@ async fn route(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> R
 }
 
 fn count(node: &Node, account: &str, res: Response<ResBody>) -> Response<ResBody> {
-    node.metrics
-        .requests
-        .with_label_values(&[account, res.status().as_str()])
-        .inc();
+    node.metrics.requests.with_label_values(&[account, res.status().as_str()]).inc();
     res
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-fn respond(
-    node: &Arc<Node>,
-    account: Arc<str>,
-    counted: bool,
-    bytes: IntCounter,
-    reply: Reply,
-) -> Response<ResBody> {
-    let Reply {
-        status,
-        headers,
-        body,
-    } = reply;
+fn respond(node: &Arc<Node>, account: Arc<str>, counted: bool, bytes: IntCounter, reply: Reply) -> Response<ResBody> {
+    let Reply { status, headers, body } = reply;
     let body = match body {
         None => full(Bytes::new()),
         Some(b) => shaped(Sent::new(node.clone(), account, counted, bytes), b),
@@ -257,12 +187,7 @@ fn shaped(sent: Sent, body: Body) -> ResBody {
         buf: Bytes,
         failed: bool,
     }
-    let st = St {
-        sent,
-        source,
-        buf: Bytes::new(),
-        failed: false,
-    };
+    let st = St { sent, source, buf: Bytes::new(), failed: false };
     let frames = stream::unfold(st, |mut st| async move {
         if st.failed {
             return None;
@@ -286,13 +211,10 @@ fn shaped(sent: Sent, body: Body) -> ResBody {
             let piece = st.buf.split_to(st.buf.len().min(CHUNK));
             let waited = Instant::now();
             node.shaper.acquire(&st.sent.account, piece.len()).await;
-            node.metrics
-                .throttled_seconds
-                .inc_by(waited.elapsed().as_secs_f64());
+            node.metrics.throttled_seconds.inc_by(waited.elapsed().as_secs_f64());
             piece
         };
-        node.egress_bytes
-            .fetch_add(piece.len() as u64, Ordering::Relaxed);
+        node.egress_bytes.fetch_add(piece.len() as u64, Ordering::Relaxed);
         st.sent.bytes += piece.len() as u64;
         Some((Ok(Frame::data(piece)), st))
     });
@@ -315,13 +237,7 @@ impl Sent {
     fn new(node: Arc<Node>, account: Arc<str>, counted: bool, counter: IntCounter) -> Self {
         node.in_flight.fetch_add(1, Ordering::Relaxed);
         node.metrics.in_flight.inc();
-        Self {
-            node,
-            account,
-            counted,
-            bytes: 0,
-            counter,
-        }
+        Self { node, account, counted, bytes: 0, counter }
     }
 }
 
@@ -331,8 +247,7 @@ impl Drop for Sent {
         self.node.metrics.in_flight.dec();
         self.counter.inc_by(self.bytes);
         if self.counted {
-            self.node
-                .count_usage(&self.account, self.bytes, 1, now_ms());
+            self.node.count_usage(&self.account, self.bytes, 1, now_ms());
         }
     }
 }
@@ -340,27 +255,14 @@ impl Drop for Sent {
 fn metrics(node: &Node) -> Response<ResBody> {
     let stats = node.files.stats();
     let m = &node.metrics;
-    m.cache_hits
-        .inc_by(stats.hits.saturating_sub(m.cache_hits.get()));
-    m.cache_misses
-        .inc_by(stats.misses.saturating_sub(m.cache_misses.get()));
-    m.cache_bytes
-        .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+    m.cache_hits.inc_by(stats.hits.saturating_sub(m.cache_hits.get()));
+    m.cache_misses.inc_by(stats.misses.saturating_sub(m.cache_misses.get()));
+    m.cache_bytes.set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
     let mut buf = Vec::new();
-    if prometheus::TextEncoder::new()
-        .encode(&m.registry.gather(), &mut buf)
-        .is_err()
-    {
-        return problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "metrics encoding failed",
-        );
+    if prometheus::TextEncoder::new().encode(&m.registry.gather(), &mut buf).is_err() {
+        return problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "metrics encoding failed");
     }
     let mut res = Response::new(full(buf));
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     res
 }

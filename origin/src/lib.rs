@@ -35,11 +35,7 @@ pub struct OriginConfig {
     pub advertise: Option<String>,
     #[arg(long, env = "HEADWATER_NODE_ID")]
     pub node_id: Uuid,
-    #[arg(
-        long,
-        env = "HEADWATER_ADMIN_URL",
-        default_value = "http://127.0.0.1:7400"
-    )]
+    #[arg(long, env = "HEADWATER_ADMIN_URL", default_value = "http://127.0.0.1:7400")]
     pub admin_url: String,
     /// The node's token from its registration.
     #[arg(long, env = "HEADWATER_NODE_TOKEN", hide_env_values = true)]
@@ -48,11 +44,7 @@ pub struct OriginConfig {
     #[arg(long, env = "HEADWATER_CAPACITY_MBPS", default_value_t = 100)]
     pub capacity_mbps: u32,
     /// A directory, file:///dir, or s3://bucket/prefix.
-    #[arg(
-        long,
-        env = "HEADWATER_CONTENT_URL",
-        default_value = "headwater-data/content"
-    )]
+    #[arg(long, env = "HEADWATER_CONTENT_URL", default_value = "headwater-data/content")]
     pub content: String,
     /// Memory for hot playlists and segments.
     #[arg(long, env = "HEADWATER_CACHE_MIB", default_value_t = 256)]
@@ -65,11 +57,7 @@ pub struct OriginConfig {
     #[arg(long, env = "HEADWATER_IMAGE_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
     pub image_version: String,
     /// Proxies (routers) whose X-Forwarded-For is believed; repeat for more.
-    #[arg(
-        long = "trusted-proxy",
-        env = "HEADWATER_TRUSTED_PROXIES",
-        value_delimiter = ','
-    )]
+    #[arg(long = "trusted-proxy", env = "HEADWATER_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
     /// Time in-flight responses get to finish when draining.
     #[arg(long, env = "HEADWATER_DRAIN_SECS", default_value_t = 30)]
@@ -91,26 +79,14 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
         metrics,
         cfg.trusted_proxies.clone(),
     ));
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.listen))?;
+    let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let public = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
-    let admin = report::Admin {
-        http,
-        url: cfg.admin_url.clone(),
-        token: cfg.node_token.clone(),
-    };
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let admin = report::Admin { http, url: cfg.admin_url.clone(), token: cfg.node_token.clone() };
 
     // Content store reachable before we say we listen.
-    node.files
-        .store()
-        .ping()
-        .await
-        .context("content store unreachable")?;
+    node.files.store().ping().await.context("content store unreachable")?;
     println!("headwater origin listening on http://{addr}");
     tracing::info!(%addr, node = %cfg.node_id, "origin listening");
 
@@ -131,10 +107,7 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
         Duration::from_millis(cfg.usage_report_ms),
         stop_reports.clone(),
     ));
-    let serve_cfg = ServeConfig {
-        drain_timeout: Duration::from_secs(cfg.drain_secs),
-        ..ServeConfig::default()
-    };
+    let serve_cfg = ServeConfig { drain_timeout: Duration::from_secs(cfg.drain_secs), ..ServeConfig::default() };
     let serving = {
         let node = node.clone();
         let drain = drain.clone();

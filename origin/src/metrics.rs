@@ -19,33 +19,20 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("headwater_origin".into()), None)?;
-        let requests = IntCounterVec::new(
-            Opts::new("requests_total", "requests by account and status"),
-            &["account", "status"],
-        )?;
+        let requests =
+            IntCounterVec::new(Opts::new("requests_total", "requests by account and status"), &["account", "status"])?;
         let bytes = IntCounterVec::new(
-            Opts::new(
-                "bytes_total",
-                "body bytes sent by account (_probe: test content)",
-            ),
+            Opts::new("bytes_total", "body bytes sent by account (_probe: test content)"),
             &["account"],
         )?;
-        let throttled_seconds = prometheus::Counter::new(
-            "throttled_seconds_total",
-            "time response bodies waited for bandwidth",
-        )?;
+        let throttled_seconds =
+            prometheus::Counter::new("throttled_seconds_total", "time response bodies waited for bandwidth")?;
         let cache_hits = IntCounter::new("cache_hits_total", "content reads served from memory")?;
-        let cache_misses =
-            IntCounter::new("cache_misses_total", "content reads that went to the store")?;
+        let cache_misses = IntCounter::new("cache_misses_total", "content reads that went to the store")?;
         let cache_bytes = IntGauge::new("cache_bytes", "bytes held in the memory cache")?;
         let latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "response_start_seconds",
-                "time from request to response headers",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ]),
+            HistogramOpts::new("response_start_seconds", "time from request to response headers")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
         )?;
         let in_flight = IntGauge::new("responses_in_flight", "responses being sent")?;
         registry.register(Box::new(requests.clone()))?;

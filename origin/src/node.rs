@@ -76,19 +76,15 @@ impl Node {
         metrics: Metrics,
         trusted_proxies: Vec<IpNet>,
     ) -> Self {
-        let id_header = http::HeaderValue::from_str(&id.to_string())
-            .unwrap_or(http::HeaderValue::from_static("unknown"));
-        let probe_ok_requests = metrics
-            .requests
-            .with_label_values(&[headwater_protocol::PROBE_PREFIX, "200"]);
+        let id_header =
+            http::HeaderValue::from_str(&id.to_string()).unwrap_or(http::HeaderValue::from_static("unknown"));
+        let probe_ok_requests = metrics.requests.with_label_values(&[headwater_protocol::PROBE_PREFIX, "200"]);
         Self {
             id,
             id_header,
             probe_account: Arc::from(headwater_protocol::PROBE_PREFIX),
             probe_ok_requests,
-            probe_bytes: metrics
-                .bytes
-                .with_label_values(&[headwater_protocol::PROBE_PREFIX]),
+            probe_bytes: metrics.bytes.with_label_values(&[headwater_protocol::PROBE_PREFIX]),
             image_version,
             files,
             shaper,
@@ -104,29 +100,19 @@ impl Node {
     }
 
     pub fn served(&self) -> Arc<Served> {
-        self.served
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.served.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Puts a configuration from admin in force: accounts, caps, capacity.
     pub fn apply(&self, config: &NodeConfig) {
         let mut accounts = HashMap::new();
         for a in &config.accounts {
-            let allow = a
-                .ip_allow
-                .iter()
-                .filter_map(|c| c.parse::<IpNet>().ok())
-                .collect();
+            let allow = a.ip_allow.iter().filter_map(|c| c.parse::<IpNet>().ok()).collect();
             accounts.insert(
                 a.name.clone(),
                 Account {
                     name: Arc::from(a.name.as_str()),
-                    ok_requests: self
-                        .metrics
-                        .requests
-                        .with_label_values(&[a.name.as_str(), "200"]),
+                    ok_requests: self.metrics.requests.with_label_values(&[a.name.as_str(), "200"]),
                     bytes: self.metrics.bytes.with_label_values(&[a.name.as_str()]),
                     allow,
                     active: a.active,
@@ -135,23 +121,14 @@ impl Node {
             self.shaper.set_account_cap(&a.name, a.cap_mbps);
         }
         self.shaper.set_capacity(config.capacity_mbps);
-        let served = Served {
-            version: config.version,
-            accounts,
-        };
-        *self
-            .served
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(served);
+        let served = Served { version: config.version, accounts };
+        *self.served.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(served);
     }
 
     /// Counts a response of an account (never test content): bytes and requests.
     pub fn count_usage(&self, account: &Arc<str>, bytes: u64, requests: u64, now_ms: i64) {
         let window = now_ms - now_ms.rem_euclid(60_000);
-        let mut u = self
-            .usage
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut u = self.usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let e = u.entry((account.clone(), window)).or_default();
         e.0 += bytes;
         e.1 += requests;
@@ -159,10 +136,7 @@ impl Node {
 
     /// Takes the usage counted so far, to report.
     pub fn take_usage(&self) -> Vec<UsageWindow> {
-        let mut u = self
-            .usage
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut u = self.usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         u.drain()
             .map(|((account, window_start), (bytes, requests))| UsageWindow {
                 account: account.to_string(),
@@ -175,14 +149,9 @@ impl Node {
 
     /// Puts back usage whose report failed, so it is sent with the next one.
     pub fn restore_usage(&self, windows: Vec<UsageWindow>) {
-        let mut u = self
-            .usage
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut u = self.usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for w in windows {
-            let e = u
-                .entry((Arc::from(w.account.as_str()), w.window_start))
-                .or_default();
+            let e = u.entry((Arc::from(w.account.as_str()), w.window_start)).or_default();
             e.0 += w.bytes;
             e.1 += w.requests;
         }
@@ -193,15 +162,10 @@ impl Node {
         if !self.trusted_proxies.iter().any(|n| n.contains(&peer)) {
             return peer;
         }
-        forwarded_for
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|ip| ip.trim().parse().ok())
-            .unwrap_or(peer)
+        forwarded_for.and_then(|v| v.rsplit(',').next()).and_then(|ip| ip.trim().parse().ok()).unwrap_or(peer)
     }
 
     pub fn is_ready(&self) -> bool {
-        self.served().version != 0
-            && self.admin_ok.load(Ordering::Relaxed)
-            && !self.draining.load(Ordering::Relaxed)
+        self.served().version != 0 && self.admin_ok.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
     }
 }

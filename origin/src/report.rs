@@ -30,20 +30,11 @@ pub enum ReportError {
 
 impl Admin {
     fn node_url(&self, node: &Node, what: &str) -> String {
-        format!(
-            "{}/v1/nodes/{}/{what}",
-            self.url.trim_end_matches('/'),
-            node.id
-        )
+        format!("{}/v1/nodes/{}/{what}", self.url.trim_end_matches('/'), node.id)
     }
 
     pub async fn config(&self, node: &Node) -> Result<NodeConfig, ReportError> {
-        let res = self
-            .http
-            .get(self.node_url(node, "config"))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
+        let res = self.http.get(self.node_url(node, "config")).bearer_auth(&self.token).send().await?;
         if !res.status().is_success() {
             return Err(ReportError::Status(res.status()));
         }
@@ -51,13 +42,7 @@ impl Admin {
     }
 
     async fn heartbeat(&self, node: &Node, hb: &Heartbeat) -> Result<HeartbeatAck, ReportError> {
-        let res = self
-            .http
-            .post(self.node_url(node, "heartbeat"))
-            .bearer_auth(&self.token)
-            .json(hb)
-            .send()
-            .await?;
+        let res = self.http.post(self.node_url(node, "heartbeat")).bearer_auth(&self.token).json(hb).send().await?;
         if !res.status().is_success() {
             return Err(ReportError::Status(res.status()));
         }
@@ -71,13 +56,7 @@ impl Admin {
             return Ok(());
         }
         let body = UsageReport { windows };
-        let sent = self
-            .http
-            .post(self.node_url(node, "usage"))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await;
+        let sent = self.http.post(self.node_url(node, "usage")).bearer_auth(&self.token).json(&body).send().await;
         match sent {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => {
@@ -96,11 +75,7 @@ impl Admin {
 async fn self_probe(http: &reqwest::Client, public: &str) -> SelfProbe {
     let started = Instant::now();
     let result = async {
-        let res = http
-            .get(format!("http://{public}{PROBE_PATH}"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await?;
+        let res = http.get(format!("http://{public}{PROBE_PATH}")).timeout(Duration::from_secs(2)).send().await?;
         let status = res.status();
         let body = res.bytes().await?;
         Ok::<_, reqwest::Error>((status, body.len()))
@@ -108,21 +83,9 @@ async fn self_probe(http: &reqwest::Client, public: &str) -> SelfProbe {
     .await;
     let latency_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
     match result {
-        Ok((s, n)) if s.is_success() && n > 0 => SelfProbe {
-            ok: true,
-            latency_ms,
-            error: None,
-        },
-        Ok((s, _)) => SelfProbe {
-            ok: false,
-            latency_ms,
-            error: Some(format!("status {s}")),
-        },
-        Err(e) => SelfProbe {
-            ok: false,
-            latency_ms,
-            error: Some(e.to_string()),
-        },
+        Ok((s, n)) if s.is_success() && n > 0 => SelfProbe { ok: true, latency_ms, error: None },
+        Ok((s, _)) => SelfProbe { ok: false, latency_ms, error: Some(format!("status {s}")) },
+        Err(e) => SelfProbe { ok: false, latency_ms, error: Some(e.to_string()) },
     }
 }
 
@@ -142,20 +105,24 @@ pub async fn heartbeats(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut want_version = 0u64;
+    // After admin announces a new configuration, fetch it and report at once
+    // rather than a tick later: admin waits for that report to call a change done.
+    let mut again = false;
     loop {
-        let stopping = tokio::select! {
-            _ = tick.tick() => false,
-            _ = stop.cancelled() => true,
+        let stopping = if again {
+            again = false;
+            stop.is_cancelled()
+        } else {
+            tokio::select! {
+                _ = tick.tick() => false,
+                _ = stop.cancelled() => true,
+            }
         };
         if node.served().version != want_version || want_version == 0 {
             match admin.config(&node).await {
                 Ok(c) => {
                     if c.version != node.served().version {
-                        tracing::info!(
-                            version = c.version,
-                            accounts = c.accounts.len(),
-                            "configuration applied"
-                        );
+                        tracing::info!(version = c.version, accounts = c.accounts.len(), "configuration applied");
                     }
                     node.apply(&c);
                     want_version = c.version;
@@ -184,17 +151,15 @@ pub async fn heartbeats(
             address: public.clone(),
             egress_mbps,
             open_connections: node.in_flight.load(Ordering::Relaxed),
-            cache_hit_ratio: if lookups == 0 {
-                0.0
-            } else {
-                stats.hits as f64 / lookups as f64
-            },
+            cache_hit_ratio: if lookups == 0 { 0.0 } else { stats.hits as f64 / lookups as f64 },
             self_probe: probe,
             config_version: node.served().version,
         };
         match admin.heartbeat(&node, &hb).await {
             Ok(ack) => {
                 node.admin_ok.store(true, Ordering::Relaxed);
+                // Once per announced version, so a failing fetch never spins.
+                again = ack.config_version != want_version && ack.config_version != node.served().version;
                 want_version = ack.config_version;
                 if ack.drain && !drain.is_cancelled() {
                     tracing::info!("admin asked this node to drain");

@@ -34,12 +34,7 @@ impl Bucket {
         // 20 ms of traffic, at least two chunks: bursts small enough that the rate
         // holds over short windows.
         let burst = (rate * 0.02).max(2.0 * CHUNK as f64);
-        Self {
-            rate,
-            burst,
-            tokens: burst,
-            last: now,
-        }
+        Self { rate, burst, tokens: burst, last: now }
     }
 
     fn refill(&mut self, now: Instant) {
@@ -50,11 +45,7 @@ impl Bucket {
 
     /// How long until `n` tokens are there.
     fn wait_for(&self, n: f64) -> Duration {
-        if self.tokens >= n {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64((n - self.tokens) / self.rate)
-        }
+        if self.tokens >= n { Duration::ZERO } else { Duration::from_secs_f64((n - self.tokens) / self.rate) }
     }
 
     fn set_rate(&mut self, mbps: u32, now: Instant) {
@@ -100,10 +91,7 @@ impl Shaper {
             accounts: HashMap::new(),
             ready: VecDeque::new(),
         };
-        let shaper = Self {
-            state: Arc::new(Mutex::new(state)),
-            wake: Arc::new(Notify::new()),
-        };
+        let shaper = Self { state: Arc::new(Mutex::new(state)), wake: Arc::new(Notify::new()) };
         let weak = Arc::downgrade(&shaper.state);
         let wake = shaper.wake.clone();
         tokio::spawn(async move {
@@ -153,11 +141,7 @@ impl Shaper {
         let n = bytes as f64;
         let now = Instant::now();
         let mut s = lock(&self.state);
-        let State {
-            node,
-            accounts,
-            ready,
-        } = &mut *s;
+        let State { node, accounts, ready } = &mut *s;
         if !ready.is_empty() {
             return false;
         }
@@ -182,11 +166,7 @@ impl Shaper {
         let rx = {
             let now = Instant::now();
             let mut s = lock(&self.state);
-            let State {
-                node,
-                accounts,
-                ready,
-            } = &mut *s;
+            let State { node, accounts, ready } = &mut *s;
             let q = accounts.entry(account.clone()).or_default();
             node.refill(now);
             if let Some(b) = q.bucket.as_mut() {
@@ -202,10 +182,7 @@ impl Shaper {
                 return;
             }
             let (tx, rx) = oneshot::channel();
-            q.waiters.push_back(Waiter {
-                bytes: n,
-                grant: tx,
-            });
+            q.waiters.push_back(Waiter { bytes: n, grant: tx });
             if q.waiters.len() == 1 {
                 ready.push_back(account.clone());
             }
@@ -226,11 +203,7 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 fn schedule(state: &Mutex<State>) -> Option<Duration> {
     let now = Instant::now();
     let mut s = lock(state);
-    let State {
-        node,
-        accounts,
-        ready,
-    } = &mut *s;
+    let State { node, accounts, ready } = &mut *s;
     node.refill(now);
     for q in accounts.values_mut() {
         if let Some(b) = q.bucket.as_mut() {
@@ -285,11 +258,7 @@ fn schedule(state: &Mutex<State>) -> Option<Duration> {
     if ready.is_empty() {
         None
     } else {
-        Some(
-            soonest
-                .unwrap_or(Duration::from_millis(1))
-                .max(Duration::from_micros(200)),
-        )
+        Some(soonest.unwrap_or(Duration::from_millis(1)).max(Duration::from_micros(200)))
     }
 }
 

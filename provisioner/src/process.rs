@@ -29,10 +29,8 @@ pub struct ProcessDriver {
 impl ProcessDriver {
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self, DriverError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|source| DriverError::State {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| DriverError::State { path: dir.display().to_string(), source })?;
         Ok(Self { dir })
     }
 
@@ -50,9 +48,7 @@ impl ProcessDriver {
 fn alive(pid: u32, id: Uuid) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The state is the field after the parenthesised command name.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
     if matches!(state, None | Some("Z") | Some("X")) {
         return false;
     }
@@ -67,12 +63,8 @@ fn read_record(path: &Path) -> Option<Record> {
 impl Driver for ProcessDriver {
     fn launch<'a>(&'a self, spec: &'a InstanceSpec) -> BoxFuture<'a, Result<Handle, DriverError>> {
         Box::pin(async move {
-            let launch_err = |source| DriverError::Launch {
-                program: spec.program.display().to_string(),
-                source,
-            };
-            let log = std::fs::File::create(self.dir.join(format!("{}.log", spec.id)))
-                .map_err(launch_err)?;
+            let launch_err = |source| DriverError::Launch { program: spec.program.display().to_string(), source };
+            let log = std::fs::File::create(self.dir.join(format!("{}.log", spec.id))).map_err(launch_err)?;
             let mut cmd = tokio::process::Command::new(&spec.program);
             cmd.args(&spec.args)
                 .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -88,41 +80,24 @@ impl Driver for ProcessDriver {
             tokio::spawn(async move {
                 let _ = child.wait().await;
             });
-            let record = Record {
-                id: spec.id,
-                pid,
-                program: spec.program.clone(),
-            };
+            let record = Record { id: spec.id, pid, program: spec.program.clone() };
             let path = self.record_path(spec.id);
-            std::fs::write(&path, serde_json::to_vec(&record).unwrap_or_default()).map_err(
-                |source| DriverError::State {
-                    path: path.display().to_string(),
-                    source,
-                },
-            )?;
+            std::fs::write(&path, serde_json::to_vec(&record).unwrap_or_default())
+                .map_err(|source| DriverError::State { path: path.display().to_string(), source })?;
             tracing::info!(instance = %spec.id, pid, "launched");
-            Ok(Handle {
-                id: spec.id,
-                reference: format!("pid:{pid}"),
-            })
+            Ok(Handle { id: spec.id, reference: format!("pid:{pid}") })
         })
     }
 
-    fn terminate<'a>(
-        &'a self,
-        handle: &'a Handle,
-        grace: Duration,
-    ) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn terminate<'a>(&'a self, handle: &'a Handle, grace: Duration) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             let Some(pid) = Self::pid_of(handle) else {
                 return Ok(());
             };
             if alive(pid, handle.id) {
                 let signal = |sig| {
-                    kill(Pid::from_raw(pid as i32), sig).map_err(|e| DriverError::Signal {
-                        reference: handle.reference.clone(),
-                        detail: e.to_string(),
-                    })
+                    kill(Pid::from_raw(pid as i32), sig)
+                        .map_err(|e| DriverError::Signal { reference: handle.reference.clone(), detail: e.to_string() })
                 };
                 signal(Signal::SIGTERM)?;
                 let deadline = tokio::time::Instant::now() + grace;
@@ -150,10 +125,8 @@ impl Driver for ProcessDriver {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<Handle>, DriverError>> {
         Box::pin(async move {
-            let entries = std::fs::read_dir(&self.dir).map_err(|source| DriverError::State {
-                path: self.dir.display().to_string(),
-                source,
-            })?;
+            let entries = std::fs::read_dir(&self.dir)
+                .map_err(|source| DriverError::State { path: self.dir.display().to_string(), source })?;
             let mut out = Vec::new();
             for e in entries.flatten() {
                 let path = e.path();
@@ -161,10 +134,7 @@ impl Driver for ProcessDriver {
                     continue;
                 }
                 match read_record(&path) {
-                    Some(r) if alive(r.pid, r.id) => out.push(Handle {
-                        id: r.id,
-                        reference: format!("pid:{}", r.pid),
-                    }),
+                    Some(r) if alive(r.pid, r.id) => out.push(Handle { id: r.id, reference: format!("pid:{}", r.pid) }),
                     // Exited while nobody watched: forget it.
                     _ => {
                         let _ = std::fs::remove_file(&path);
@@ -211,17 +181,10 @@ mod tests {
         // Terminating twice is fine.
         again.terminate(&a, Duration::from_secs(1)).await.unwrap();
         // A process that dies on its own is not listed.
-        kill(
-            Pid::from_raw(ProcessDriver::pid_of(&b).unwrap() as i32),
-            Signal::SIGKILL,
-        )
-        .unwrap();
+        kill(Pid::from_raw(ProcessDriver::pid_of(&b).unwrap() as i32), Signal::SIGKILL).unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while again.inspect(&b).await == Status::Running {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "killed process still listed as running"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "killed process still listed as running");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(again.list().await.unwrap().is_empty());

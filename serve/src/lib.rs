@@ -27,43 +27,25 @@ pub struct ServeConfig {
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        Self {
-            header_read_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(30),
-        }
+        Self { header_read_timeout: Duration::from_secs(10), drain_timeout: Duration::from_secs(30) }
     }
 }
 
 /// Serves `make(peer)` on every connection accepted from `listener` until
 /// `shutdown`, then drains. Returns how many connections were still open when the
 /// drain deadline passed (0 after a clean drain).
-pub async fn run<F, S, B>(
-    listener: TcpListener,
-    make: F,
-    shutdown: CancellationToken,
-    cfg: ServeConfig,
-) -> usize
+pub async fn run<F, S, B>(listener: TcpListener, make: F, shutdown: CancellationToken, cfg: ServeConfig) -> usize
 where
     F: Fn(SocketAddr) -> S,
-    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(20)));
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(cfg.header_read_timeout).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(20)));
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -101,10 +83,7 @@ where
 
 /// Adapts a service so each request carries the peer's `SocketAddr` as an extension.
 pub fn with_peer<S: Clone>(service: S, peer: SocketAddr) -> WithPeer<S> {
-    WithPeer {
-        inner: service,
-        peer,
-    }
+    WithPeer { inner: service, peer }
 }
 
 #[derive(Clone)]
@@ -121,10 +100,7 @@ where
     type Error = S::Error;
     type Future = S::Future;
 
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 

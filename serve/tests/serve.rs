@@ -12,30 +12,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-async fn start(
-    app: Router,
-    cfg: ServeConfig,
-) -> (
-    SocketAddr,
-    CancellationToken,
-    tokio::task::JoinHandle<usize>,
-) {
+async fn start(app: Router, cfg: ServeConfig) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<usize>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
-    let task = tokio::spawn(async move {
-        run(listener, move |peer| with_peer(app.clone(), peer), s, cfg).await
-    });
+    let task = tokio::spawn(async move { run(listener, move |peer| with_peer(app.clone(), peer), s, cfg).await });
     (addr, shutdown, task)
 }
 
 fn peer_echo() -> Router {
-    Router::new().route(
-        "/peer",
-        get(|axum::Extension(peer): axum::Extension<SocketAddr>| async move { peer.ip().to_string() }),
-    )
+    Router::new()
+        .route("/peer", get(|axum::Extension(peer): axum::Extension<SocketAddr>| async move { peer.ip().to_string() }))
 }
 
 #[tokio::test]
@@ -45,10 +34,7 @@ async fn serves_http1_and_h2c_with_the_peer_address() {
     let res = h1.get(format!("http://{addr}/peer")).send().await.unwrap();
     assert_eq!(res.version(), reqwest::Version::HTTP_11);
     assert_eq!(res.text().await.unwrap(), "127.0.0.1");
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let res = h2.get(format!("http://{addr}/peer")).send().await.unwrap();
     assert_eq!(res.version(), reqwest::Version::HTTP_2);
     assert_eq!(res.text().await.unwrap(), "127.0.0.1");
@@ -58,22 +44,14 @@ async fn serves_http1_and_h2c_with_the_peer_address() {
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
-    let cfg = ServeConfig {
-        header_read_timeout: Duration::from_millis(300),
-        ..ServeConfig::default()
-    };
+    let cfg = ServeConfig { header_read_timeout: Duration::from_millis(300), ..ServeConfig::default() };
     let (addr, shutdown, _task) = start(peer_echo(), cfg).await;
     let mut conn = TcpStream::connect(addr).await.unwrap();
-    conn.write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+    conn.write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     // The server must close the connection (read returns 0 or an error, maybe after a 408).
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
-    assert!(
-        read.is_ok(),
-        "the slow client was still connected after 10 s"
-    );
+    assert!(read.is_ok(), "the slow client was still connected after 10 s");
     let text = String::from_utf8_lossy(&buf);
     assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
     shutdown.cancel();
@@ -103,16 +81,10 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
     );
     let (addr, shutdown, task) = start(app, ServeConfig::default()).await;
     let client = reqwest::Client::new();
-    let in_flight = tokio::spawn(async move {
-        client
-            .get(format!("http://{addr}/slow"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let in_flight =
+        tokio::spawn(
+            async move { client.get(format!("http://{addr}/slow")).send().await.unwrap().text().await.unwrap() },
+        );
     started_rx.await.unwrap();
     shutdown.cancel();
     // The listener closes: new connections are refused.
@@ -124,9 +96,7 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
             tokio::task::yield_now().await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), refused)
-        .await
-        .expect("listener closed");
+    tokio::time::timeout(Duration::from_secs(10), refused).await.expect("listener closed");
     release_tx.send(()).unwrap();
     assert_eq!(in_flight.await.unwrap(), "finished");
     assert_eq!(task.await.unwrap(), 0, "drained cleanly");

@@ -53,36 +53,17 @@ async fn spawn(
     listen: &str,
 ) -> (Child, String) {
     let mut child = Command::new(BIN)
-        .args([
-            "admin",
-            "--listen",
-            listen,
-            "--database-url",
-            db_url,
-            "--operator-token",
-            token,
-        ])
+        .args(["admin", "--listen", listen, "--database-url", db_url, "--operator-token", token])
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--content", content])
         // Nodes are registered by hand unless a test asks for the process driver.
-        .args(if extra.iter().any(|a| a == "--driver") {
-            &[][..]
-        } else {
-            &["--driver", "none"][..]
-        })
+        .args(if extra.iter().any(|a| a == "--driver") { &[][..] } else { &["--driver", "none"][..] })
         .args(extra)
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .env(
-            "HEADWATER_LOG",
-            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .env("HEADWATER_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped())
-        .stderr(if std::env::var("TEST_LOG").is_ok() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
+        .stderr(if std::env::var("TEST_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
         .kill_on_drop(true)
         .spawn()
         .expect("spawn headwater admin");
@@ -122,45 +103,19 @@ impl Admin {
         };
         let operator_token = format!("op-{}", uuid::Uuid::new_v4().simple());
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let content =
-            content.unwrap_or_else(|| data_dir.path().join("content").display().to_string());
-        let (child, url) = spawn(
-            &db_url,
-            data_dir.path(),
-            &operator_token,
-            &extra,
-            &content,
-            &env,
-            "127.0.0.1:0",
-        )
-        .await;
-        Self {
-            url,
-            db_url,
-            operator_token,
-            data_dir,
-            extra,
-            content,
-            env,
-            child,
-            http: reqwest::Client::new(),
-        }
+        let content = content.unwrap_or_else(|| data_dir.path().join("content").display().to_string());
+        let (child, url) =
+            spawn(&db_url, data_dir.path(), &operator_token, &extra, &content, &env, "127.0.0.1:0").await;
+        Self { url, db_url, operator_token, data_dir, extra, content, env, child, http: reqwest::Client::new() }
     }
 
     /// Another admin process on the same database (a second replica).
     pub async fn replica(&self, extra: &[&str]) -> Admin {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let (child, url) = spawn(
-            &self.db_url,
-            data_dir.path(),
-            &self.operator_token,
-            &extra,
-            &self.content,
-            &self.env,
-            "127.0.0.1:0",
-        )
-        .await;
+        let (child, url) =
+            spawn(&self.db_url, data_dir.path(), &self.operator_token, &extra, &self.content, &self.env, "127.0.0.1:0")
+                .await;
         Admin {
             url,
             db_url: self.db_url.clone(),
@@ -199,15 +154,10 @@ impl Admin {
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "json") {
-                let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap_or_default())
-                    .unwrap_or(Value::Null);
+                let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap_or_default()).unwrap_or(Value::Null);
                 if let (Some(id), Some(pid)) = (v["id"].as_str(), v["pid"].as_u64()) {
-                    let stat =
-                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                    let zombie = stat
-                        .rsplit_once(')')
-                        .and_then(|(_, r)| r.split_whitespace().next())
-                        == Some("Z");
+                    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    let zombie = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()) == Some("Z");
                     if !stat.is_empty() && !zombie {
                         out.push((id.to_owned(), pid as u32));
                     }
@@ -239,25 +189,12 @@ impl Admin {
 
     pub async fn stop(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("running");
-        let killed = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await
-            .expect("kill");
+        let killed = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await.expect("kill");
         assert!(killed.success());
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("exit within 30 s")
-            .expect("wait")
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("exit within 30 s").expect("wait")
     }
 
-    pub async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Response {
+    pub async fn request(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Response {
         let mut req = self.http.request(method, format!("{}{}", self.url, path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -281,11 +218,7 @@ impl Admin {
         let got = res.status();
         let text = res.text().await.expect("body");
         assert_eq!(got, status, "{method} {path}: {text}");
-        if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).expect("JSON body")
-        }
+        if text.is_empty() { Value::Null } else { serde_json::from_str(&text).expect("JSON body") }
     }
 
     /// Signs up a customer; returns (id, api key).
@@ -299,38 +232,22 @@ impl Admin {
                 StatusCode::CREATED,
             )
             .await;
-        (
-            v["id"].as_str().unwrap().to_owned(),
-            v["api_key"].as_str().unwrap().to_owned(),
-        )
+        (v["id"].as_str().unwrap().to_owned(), v["api_key"].as_str().unwrap().to_owned())
     }
 
     /// Polls an operation until it leaves pending/running (deadline 30 s).
     pub async fn wait_operation(&self, id: &str, token: &str) -> Value {
-        self.wait_operation_for(id, token, Duration::from_secs(30))
-            .await
+        self.wait_operation_for(id, token, Duration::from_secs(30)).await
     }
 
     pub async fn wait_operation_for(&self, id: &str, token: &str, limit: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let op = self
-                .call(
-                    Method::GET,
-                    &format!("/v1/operations/{id}"),
-                    Some(token),
-                    None,
-                    StatusCode::OK,
-                )
-                .await;
+            let op = self.call(Method::GET, &format!("/v1/operations/{id}"), Some(token), None, StatusCode::OK).await;
             if op["state"] == "succeeded" || op["state"] == "failed" {
                 return op;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "operation {id} still {} after {limit:?}",
-                op["state"]
-            );
+            assert!(tokio::time::Instant::now() < deadline, "operation {id} still {} after {limit:?}", op["state"]);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -341,29 +258,11 @@ impl Admin {
 
     /// Creates an account for `key` and waits for its operation; returns the pool id.
     pub async fn account(&self, key: &str, body: Value) -> String {
-        let a = self
-            .call(
-                Method::POST,
-                "/v1/accounts",
-                Some(key),
-                Some(body),
-                StatusCode::ACCEPTED,
-            )
-            .await;
-        let op = self
-            .wait_operation(a["operation"]["id"].as_str().unwrap(), key)
-            .await;
+        let a = self.call(Method::POST, "/v1/accounts", Some(key), Some(body), StatusCode::ACCEPTED).await;
+        let op = self.wait_operation(a["operation"]["id"].as_str().unwrap(), key).await;
         assert_eq!(op["state"], "succeeded", "{op}");
         let name = a["account"]["name"].as_str().unwrap();
-        let now = self
-            .call(
-                Method::GET,
-                &format!("/v1/accounts/{name}"),
-                Some(key),
-                None,
-                StatusCode::OK,
-            )
-            .await;
+        let now = self.call(Method::GET, &format!("/v1/accounts/{name}"), Some(key), None, StatusCode::OK).await;
         now["pool"]["id"].as_str().unwrap().to_owned()
     }
 
@@ -375,21 +274,13 @@ impl Admin {
             let bytes = std::fs::read(root.join(&rel)).unwrap();
             let res = self
                 .http
-                .put(format!(
-                    "{}/v1/accounts/{account}/assets/{asset}/{rel}",
-                    self.url
-                ))
+                .put(format!("{}/v1/accounts/{account}/assets/{asset}/{rel}", self.url))
                 .bearer_auth(key)
                 .body(bytes)
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(
-                res.status(),
-                StatusCode::CREATED,
-                "{rel}: {}",
-                res.text().await.unwrap()
-            );
+            assert_eq!(res.status(), StatusCode::CREATED, "{rel}: {}", res.text().await.unwrap());
             uploaded.push(rel);
         }
         uploaded
@@ -406,10 +297,7 @@ impl Admin {
                 StatusCode::CREATED,
             )
             .await;
-        (
-            v["id"].as_str().unwrap().to_owned(),
-            v["token"].as_str().unwrap().to_owned(),
-        )
+        (v["id"].as_str().unwrap().to_owned(), v["token"].as_str().unwrap().to_owned())
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
@@ -418,27 +306,14 @@ impl Admin {
 }
 
 /// Asserts a problem+json answer and returns its body.
-pub async fn expect_problem(
-    res: Response,
-    status: StatusCode,
-    kind: &str,
-    field: Option<&str>,
-) -> Value {
+pub async fn expect_problem(res: Response, status: StatusCode, kind: &str, field: Option<&str>) -> Value {
     assert_eq!(res.status(), status);
-    let ctype = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let ctype = res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     assert_eq!(ctype, "application/problem+json");
     let body: Value = res.json().await.expect("problem body");
     assert_eq!(body["type"], format!("/problems/{kind}"), "{body}");
     assert_eq!(body["status"], status.as_u16());
-    assert!(
-        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "{body}"
-    );
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
     assert_eq!(body["field"].as_str(), field, "{body}");
     body
 }
@@ -460,9 +335,7 @@ impl Drop for Admin {
     /// Node processes outlive admin by design; a test must not leave them behind.
     fn drop(&mut self) {
         for (_, pid) in self.node_processes() {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
     }
 }
@@ -494,13 +367,7 @@ pub struct Origin {
 }
 
 impl Origin {
-    pub async fn start(
-        admin: &Admin,
-        id: &str,
-        token: &str,
-        capacity_mbps: u32,
-        extra: &[&str],
-    ) -> Origin {
+    pub async fn start(admin: &Admin, id: &str, token: &str, capacity_mbps: u32, extra: &[&str]) -> Origin {
         let mut child = Command::new(BIN)
             .args([
                 "origin",
@@ -513,27 +380,13 @@ impl Origin {
                 "--admin-url",
                 &admin.url,
             ])
-            .args([
-                "--capacity-mbps",
-                &capacity_mbps.to_string(),
-                "--heartbeat-ms",
-                "200",
-                "--usage-report-ms",
-                "300",
-            ])
+            .args(["--capacity-mbps", &capacity_mbps.to_string(), "--heartbeat-ms", "200", "--usage-report-ms", "300"])
             .args(["--content", &admin.content])
             .envs(admin.env.iter().map(|(k, v)| (k, v)))
             .args(extra)
-            .env(
-                "HEADWATER_LOG",
-                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("HEADWATER_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
-            .stderr(if std::env::var("TEST_LOG").is_ok() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(if std::env::var("TEST_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
             .kill_on_drop(true)
             .spawn()
             .expect("spawn headwater origin");
@@ -548,65 +401,34 @@ impl Origin {
         })
         .await
         .expect("origin did not start within 60 s");
-        Origin {
-            url,
-            id: id.to_owned(),
-            child,
-        }
+        Origin { url, id: id.to_owned(), child }
     }
 
     /// Waits (deadline 30 s) until admin lists this node as `state`.
     pub async fn wait_state(&self, admin: &Admin, state: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let nodes = admin
-                .call(
-                    Method::GET,
-                    "/v1/nodes",
-                    Some(&admin.operator_token),
-                    None,
-                    StatusCode::OK,
-                )
-                .await;
-            let me = nodes["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|n| n["id"] == self.id.as_str())
-                .cloned();
+            let nodes = admin.call(Method::GET, "/v1/nodes", Some(&admin.operator_token), None, StatusCode::OK).await;
+            let me = nodes["items"].as_array().unwrap().iter().find(|n| n["id"] == self.id.as_str()).cloned();
             if me.as_ref().is_some_and(|n| n["state"] == state) {
                 return;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node never {state}: {me:?}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "node never {state}: {me:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .expect("exit within 60 s")
-            .expect("wait")
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await.expect("exit within 60 s").expect("wait")
     }
 
     pub async fn terminate(&mut self) {
         let pid = self.child.id().expect("running");
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await
-            .expect("kill");
+        Command::new("kill").args(["-TERM", &pid.to_string()]).status().await.expect("kill");
     }
 }
 
 /// The path of a program on PATH.
 pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| std::path::Path::new(d).join(cmd))
-        .find(|p| p.is_file())
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(cmd)).find(|p| p.is_file())
 }

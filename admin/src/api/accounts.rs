@@ -8,14 +8,10 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::{Caller, CustomerAuth};
-use super::model::{
-    Account, AccountAccepted, AccountList, CreateAccount, OfferBody, Operation, UpdateAccount,
-};
+use super::model::{Account, AccountAccepted, AccountList, CreateAccount, OfferBody, Operation, UpdateAccount};
 use super::problem::{ApiError, ApiJson, Problem};
 use crate::domain::{AccountName, IpAllow, Offer, OriginTypeName};
-use crate::store::{
-    AccountChange, AccountRow, NewAccount, NewOperation, OperationFilter, StoreError,
-};
+use crate::store::{AccountChange, AccountRow, NewAccount, NewOperation, OperationFilter, StoreError};
 
 fn not_found(name: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
     move |e| match e {
@@ -25,10 +21,11 @@ fn not_found(name: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
 }
 
 async fn increment_of(s: &AppState, origin_type: &str, field: &str) -> Result<u32, ApiError> {
-    let t =
-        s.store.origin_type(origin_type).await?.ok_or_else(|| {
-            ApiError::invalid(field, format!("unknown origin type '{origin_type}'"))
-        })?;
+    let t = s
+        .store
+        .origin_type(origin_type)
+        .await?
+        .ok_or_else(|| ApiError::invalid(field, format!("unknown origin type '{origin_type}'")))?;
     Ok(u32::try_from(t.sla_increment_mbps).unwrap_or(100))
 }
 
@@ -51,11 +48,7 @@ pub async fn create_account(
     let offer = parse_offer(&body.offer, increment)?;
     let ip_allow = IpAllow::parse(body.ip_allow.as_deref().unwrap_or_default())?;
     let account_id = Uuid::now_v7();
-    let locator = format!(
-        "{}/{}/",
-        s.settings.locator_base.trim_end_matches('/'),
-        name
-    );
+    let locator = format!("{}/{}/", s.settings.locator_base.trim_end_matches('/'), name);
     let new = NewAccount {
         customer_id: auth.customer_id,
         name,
@@ -71,50 +64,25 @@ pub async fn create_account(
         input: serde_json::json!({"offer": body.offer}),
         ..NewOperation::new("create")
     };
-    let (account, operation) = s
-        .store
-        .create_account(&new, &op, s.clock.now_ms())
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict {
-                field: "origin_type",
-            } => ApiError::Conflict {
-                detail: format!(
-                    "this customer already has a live {} account",
-                    new.origin_type
-                ),
-                field: Some("origin_type".into()),
-            },
-            StoreError::Conflict { field } => ApiError::Conflict {
-                detail: format!("account name {} is taken", new.name),
-                field: Some(field.into()),
-            },
-            other => other.into(),
-        })?;
+    let (account, operation) = s.store.create_account(&new, &op, s.clock.now_ms()).await.map_err(|e| match e {
+        StoreError::Conflict { field: "origin_type" } => ApiError::Conflict {
+            detail: format!("this customer already has a live {} account", new.origin_type),
+            field: Some("origin_type".into()),
+        },
+        StoreError::Conflict { field } => {
+            ApiError::Conflict { detail: format!("account name {} is taken", new.name), field: Some(field.into()) }
+        }
+        other => other.into(),
+    })?;
     s.bus.operation_enqueued().await;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(AccountAccepted {
-            account: account.into(),
-            operation: operation.into(),
-        }),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(AccountAccepted { account: account.into(), operation: operation.into() })))
 }
 
 /// The calling customer's live accounts.
 #[utoipa::path(get, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])),
     responses((status = 200, body = AccountList), (status = 401, body = Problem)))]
-pub async fn list_accounts(
-    State(s): State<AppState>,
-    auth: CustomerAuth,
-) -> Result<Json<AccountList>, ApiError> {
-    let items = s
-        .store
-        .accounts(auth.customer_id)
-        .await?
-        .into_iter()
-        .map(Account::from)
-        .collect();
+pub async fn list_accounts(State(s): State<AppState>, auth: CustomerAuth) -> Result<Json<AccountList>, ApiError> {
+    let items = s.store.accounts(auth.customer_id).await?.into_iter().map(Account::from).collect();
     Ok(Json(AccountList { items }))
 }
 
@@ -130,10 +98,7 @@ pub async fn get_account(
 }
 
 async fn find(s: &AppState, caller: Caller, name: &str) -> Result<AccountRow, ApiError> {
-    s.store
-        .account(name, caller.customer_scope())
-        .await
-        .map_err(not_found(name))
+    s.store.account(name, caller.customer_scope()).await.map_err(not_found(name))
 }
 
 /// Writes `change` with its operation and answers 202.
@@ -149,19 +114,10 @@ async fn change(
         origin_type: Some(account.origin_type.clone()),
         ..NewOperation::new(change.operation_kind())
     };
-    let operation = s
-        .store
-        .change_account(&account, &change, &op, &caller.actor(), s.clock.now_ms())
-        .await?;
+    let operation = s.store.change_account(&account, &change, &op, &caller.actor(), s.clock.now_ms()).await?;
     s.bus.operation_enqueued().await;
     let account = s.store.account_by_id(account.id).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(AccountAccepted {
-            account: account.into(),
-            operation: Operation::from(operation),
-        }),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(AccountAccepted { account: account.into(), operation: Operation::from(operation) })))
 }
 
 /// Changes the offer and/or the IP allow-list.
@@ -175,27 +131,15 @@ pub async fn update_account(
     ApiJson(body): ApiJson<UpdateAccount>,
 ) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
     if body.offer.is_none() && body.ip_allow.is_none() {
-        return Err(ApiError::invalid(
-            "offer",
-            "give an offer, an ip_allow, or both",
-        ));
+        return Err(ApiError::invalid("offer", "give an offer, an ip_allow, or both"));
     }
     let account = find(&s, caller, &name).await?;
     let offer = match &body.offer {
-        Some(o) => Some(parse_offer(
-            o,
-            increment_of(&s, &account.origin_type, "offer").await?,
-        )?),
+        Some(o) => Some(parse_offer(o, increment_of(&s, &account.origin_type, "offer").await?)?),
         None => None,
     };
     let ip_allow = body.ip_allow.as_deref().map(IpAllow::parse).transpose()?;
-    change(
-        &s,
-        caller,
-        account,
-        AccountChange::Update { offer, ip_allow },
-    )
-    .await
+    change(&s, caller, account, AccountChange::Update { offer, ip_allow }).await
 }
 
 /// Stops serving the account; its pool is kept until `retain_until`.
@@ -207,13 +151,7 @@ pub async fn deactivate(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
     let retain_until = s.clock.now_ms() + s.settings.retention_ms;
-    change(
-        &s,
-        caller,
-        find(&s, caller, &name).await?,
-        AccountChange::Deactivate { retain_until },
-    )
-    .await
+    change(&s, caller, find(&s, caller, &name).await?, AccountChange::Deactivate { retain_until }).await
 }
 
 /// Serves a deactivated account again, behind the same locator.
@@ -224,13 +162,7 @@ pub async fn reactivate(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
-    change(
-        &s,
-        caller,
-        find(&s, caller, &name).await?,
-        AccountChange::Reactivate,
-    )
-    .await
+    change(&s, caller, find(&s, caller, &name).await?, AccountChange::Reactivate).await
 }
 
 /// Deletes the account and releases its pool.
@@ -241,13 +173,7 @@ pub async fn delete_account(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
-    change(
-        &s,
-        caller,
-        find(&s, caller, &name).await?,
-        AccountChange::Delete,
-    )
-    .await
+    change(&s, caller, find(&s, caller, &name).await?, AccountChange::Delete).await
 }
 
 /// An operation: its state and the steps it has finished.
@@ -264,14 +190,10 @@ pub async fn get_operation(
         Some(c) => OperationFilter::Customer(c),
         None => OperationFilter::Any,
     };
-    let op = s
-        .store
-        .operation(op_id, filter)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => missing(),
-            other => other.into(),
-        })?;
+    let op = s.store.operation(op_id, filter).await.map_err(|e| match e {
+        StoreError::NotFound => missing(),
+        other => other.into(),
+    })?;
     Ok(Json(op.into()))
 }
 
@@ -316,8 +238,9 @@ pub async fn usage(
     let now = s.clock.now_ms();
     let time = |field: &str, v: &Option<String>, default: i64| match v {
         None => Ok(default),
-        Some(t) => parse_rfc3339(t)
-            .ok_or_else(|| ApiError::invalid(field, "an RFC 3339 time, e.g. 2026-11-25T00:00:00Z")),
+        Some(t) => {
+            parse_rfc3339(t).ok_or_else(|| ApiError::invalid(field, "an RFC 3339 time, e.g. 2026-11-25T00:00:00Z"))
+        }
     };
     let from = time("from", &q.from, now - 86_400_000)?;
     let to = time("to", &q.to, now + 1)?;
@@ -333,11 +256,7 @@ pub async fn usage(
         total_requests: rows.iter().map(|r| r.requests).sum(),
         windows: rows
             .into_iter()
-            .map(|r| UsageWindowView {
-                window_start: rfc3339(r.window_start),
-                bytes: r.bytes,
-                requests: r.requests,
-            })
+            .map(|r| UsageWindowView { window_start: rfc3339(r.window_start), bytes: r.bytes, requests: r.requests })
             .collect(),
     }))
 }

@@ -46,28 +46,17 @@ fn content_error(e: ContentError) -> ApiError {
     }
 }
 
-async fn account(
-    s: &AppState,
-    caller: Caller,
-    name: &str,
-) -> Result<crate::store::AccountRow, ApiError> {
-    s.store
-        .account(name, caller.customer_scope())
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::NotFound(format!("account {name}")),
-            other => other.into(),
-        })
+async fn account(s: &AppState, caller: Caller, name: &str) -> Result<crate::store::AccountRow, ApiError> {
+    s.store.account(name, caller.customer_scope()).await.map_err(|e| match e {
+        StoreError::NotFound => ApiError::NotFound(format!("account {name}")),
+        other => other.into(),
+    })
 }
 
 fn asset_path(account: &str, asset: &str, rest: Option<&str>) -> Result<ContentPath, ApiError> {
-    let asset_only =
-        ContentPath::parse(asset).map_err(|e| ApiError::invalid("asset", e.to_string()))?;
+    let asset_only = ContentPath::parse(asset).map_err(|e| ApiError::invalid("asset", e.to_string()))?;
     if asset_only.as_str().contains('/') {
-        return Err(ApiError::invalid(
-            "asset",
-            "an asset name is one path segment",
-        ));
+        return Err(ApiError::invalid("asset", "an asset name is one path segment"));
     }
     let full = match rest {
         Some(r) => format!("{account}/{asset}/{r}"),
@@ -92,24 +81,11 @@ pub async fn upload(
     let a = account(&s, caller, &name).await?;
     let bytes = s
         .content
-        .write_stream(
-            &target,
-            body.into_data_stream(),
-            s.settings.max_upload_bytes,
-        )
+        .write_stream(&target, body.into_data_stream(), s.settings.max_upload_bytes)
         .await
         .map_err(content_error)?;
     let url = format!("{}{}", a.locator, target.rest());
-    Ok((
-        StatusCode::CREATED,
-        Json(Uploaded {
-            account: name,
-            asset,
-            path,
-            bytes,
-            url,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(Uploaded { account: name, asset, path, bytes, url })))
 }
 
 /// The account's assets with file counts and sizes.
@@ -123,14 +99,7 @@ pub async fn list(
     let a = account(&s, caller, &name).await?;
     let items = s.content.assets(&a.name).await.map_err(content_error)?;
     Ok(Json(AssetList {
-        items: items
-            .into_iter()
-            .map(|i| AssetInfo {
-                name: i.name,
-                files: i.files,
-                bytes: i.bytes,
-            })
-            .collect(),
+        items: items.into_iter().map(|i| AssetInfo { name: i.name, files: i.files, bytes: i.bytes }).collect(),
     }))
 }
 
@@ -144,11 +113,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let prefix = asset_path(&name, &asset, None)?;
     let a = account(&s, caller, &name).await?;
-    let n = s
-        .content
-        .delete_prefix(&prefix)
-        .await
-        .map_err(content_error)?;
+    let n = s.content.delete_prefix(&prefix).await.map_err(content_error)?;
     if n == 0 {
         return Err(ApiError::NotFound(format!("asset {asset}")));
     }

@@ -50,32 +50,22 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     let value = parts
         .headers
         .get(header::AUTHORIZATION)
-        .ok_or(ApiError::Unauthorized(
-            "missing Authorization: Bearer header",
-        ))?;
-    let value = value
-        .to_str()
-        .map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
+        .ok_or(ApiError::Unauthorized("missing Authorization: Bearer header"))?;
+    let value = value.to_str().map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
     value
         .strip_prefix("Bearer ")
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or(ApiError::Unauthorized(
-            "expected Authorization: Bearer <token>",
-        ))
+        .ok_or(ApiError::Unauthorized("expected Authorization: Bearer <token>"))
 }
 
 async fn customer(token: &str, state: &AppState) -> Result<CustomerAuth, ApiError> {
     let bad = ApiError::Unauthorized("invalid or revoked API key");
-    let (key_id, secret) =
-        keys::parse(token).ok_or(ApiError::Unauthorized("invalid or revoked API key"))?;
+    let (key_id, secret) = keys::parse(token).ok_or(ApiError::Unauthorized("invalid or revoked API key"))?;
     let row = state.store.api_key(key_id).await?;
     match row {
         Some(k) if k.revoked_at.is_none() && keys::verify(secret, &k.secret_hash) => {
-            Ok(CustomerAuth {
-                customer_id: k.customer_id,
-                key_id,
-            })
+            Ok(CustomerAuth { customer_id: k.customer_id, key_id })
         }
         _ => Err(bad),
     }
@@ -91,30 +81,21 @@ fn operator(token: &str, state: &AppState) -> Result<OperatorAuth, ApiError> {
 
 impl FromRequestParts<AppState> for CustomerAuth {
     type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         customer(bearer(parts)?, state).await
     }
 }
 
 impl FromRequestParts<AppState> for OperatorAuth {
     type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         operator(bearer(parts)?, state)
     }
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
         if token.starts_with("hw_") {
             customer(token, state).await.map(Caller::Customer)

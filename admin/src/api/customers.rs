@@ -23,10 +23,7 @@ pub async fn create_customer(
     let name = parse_customer_name(&body.name)?;
     let email = parse_email(&body.email)?;
     let key = keys::generate();
-    let c = s
-        .store
-        .create_customer(&name, &email, &key, s.clock.now_ms())
-        .await?;
+    let c = s.store.create_customer(&name, &email, &key, s.clock.now_ms()).await?;
     Ok((
         StatusCode::CREATED,
         Json(CustomerCreated {
@@ -58,14 +55,7 @@ pub async fn create_key(
     let key = keys::generate();
     let now = s.clock.now_ms();
     s.store.add_api_key(auth.customer_id, &key, now).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(NewApiKey {
-            id: key.id,
-            api_key: key.plaintext,
-            created_at: rfc3339(now),
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(NewApiKey { id: key.id, api_key: key.plaintext, created_at: rfc3339(now) })))
 }
 
 /// Revokes a key: it stops working at once.
@@ -78,12 +68,9 @@ pub async fn revoke_key(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound(format!("key {id}")))?;
-    s.store
-        .revoke_api_key(auth.customer_id, id, s.clock.now_ms())
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound => ApiError::NotFound(format!("key {id}")),
-            other => other.into(),
-        })?;
+    s.store.revoke_api_key(auth.customer_id, id, s.clock.now_ms()).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => ApiError::NotFound(format!("key {id}")),
+        other => other.into(),
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -62,10 +62,7 @@ pub async fn rate_limit(State(s): State<AppState>, req: Request, next: Next) -> 
     if let Some(Err(not_until)) = verdict {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         s.metrics.rate_limited.inc();
-        return ApiError::RateLimited {
-            retry_after_secs: wait.as_secs() + 1,
-        }
-        .into_response();
+        return ApiError::RateLimited { retry_after_secs: wait.as_secs() + 1 }.into_response();
     }
     next.run(req).await
 }
@@ -74,22 +71,12 @@ pub async fn rate_limit(State(s): State<AppState>, req: Request, next: Next) -> 
 /// seen before with the same method, path and body; refuses a reused key with a
 /// different request.
 pub async fn idempotency(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let mutating = matches!(
-        *req.method(),
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    );
-    let key = req
-        .headers()
-        .get("idempotency-key")
-        .map(|v| v.to_str().map(str::to_owned));
+    let mutating = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+    let key = req.headers().get("idempotency-key").map(|v| v.to_str().map(str::to_owned));
     let key = match (mutating, key) {
         (true, Some(Ok(k))) if !k.is_empty() && k.len() <= 255 => k,
         (true, Some(_)) => {
-            return ApiError::invalid(
-                "Idempotency-Key",
-                "must be 1 to 255 visible ASCII characters",
-            )
-            .into_response();
+            return ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible ASCII characters").into_response();
         }
         _ => return next.run(req).await,
     };
@@ -110,10 +97,7 @@ pub async fn idempotency(State(s): State<AppState>, req: Request, next: Next) ->
     h.update([0]);
     h.update(&bytes);
     let hash = h.finalize().to_vec();
-    let start = s
-        .store
-        .start_idempotent(&principal, &key, &hash, s.clock.now_ms())
-        .await;
+    let start = s.store.start_idempotent(&principal, &key, &hash, s.clock.now_ms()).await;
     match start {
         Err(e) => ApiError::from(e).into_response(),
         Ok(IdempotencyStart::Mismatch) => ApiError::IdempotencyMismatch.into_response(),
@@ -124,32 +108,18 @@ pub async fn idempotency(State(s): State<AppState>, req: Request, next: Next) ->
         .into_response(),
         Ok(IdempotencyStart::Replay { status, body }) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            let ctype = if status.is_success() {
-                "application/json"
-            } else {
-                "application/problem+json"
-            };
+            let ctype = if status.is_success() { "application/json" } else { "application/problem+json" };
             let mut res = (status, body).into_response();
-            res.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-            res.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+            res.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             res
         }
         Ok(IdempotencyStart::Run) => {
-            let res = next
-                .run(Request::from_parts(parts, Body::from(bytes)))
-                .await;
+            let res = next.run(Request::from_parts(parts, Body::from(bytes))).await;
             let (parts, body) = res.into_parts();
-            let bytes = axum::body::to_bytes(body, usize::MAX)
-                .await
-                .unwrap_or_else(|_| Bytes::new());
+            let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_else(|_| Bytes::new());
             let text = String::from_utf8_lossy(&bytes);
-            if let Err(e) = s
-                .store
-                .finish_idempotent(&principal, &key, parts.status.as_u16(), &text)
-                .await
-            {
+            if let Err(e) = s.store.finish_idempotent(&principal, &key, parts.status.as_u16(), &text).await {
                 tracing::error!(error = %e, "saving an idempotent response");
             }
             Response::from_parts(parts, Body::from(bytes))
@@ -159,43 +129,30 @@ pub async fn idempotency(State(s): State<AppState>, req: Request, next: Next) ->
 
 /// Counts requests by route and status and times them.
 pub async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let method = req.method().clone();
     let started = Instant::now();
     let res = next.run(req).await;
     let status = res.status().as_u16().to_string();
-    s.metrics
-        .requests
-        .with_label_values(&[method.as_str(), &route, &status])
-        .inc();
-    s.metrics
-        .latency
-        .with_label_values(&[method.as_str(), &route])
-        .observe(started.elapsed().as_secs_f64());
+    s.metrics.requests.with_label_values(&[method.as_str(), &route, &status]).inc();
+    s.metrics.latency.with_label_values(&[method.as_str(), &route]).observe(started.elapsed().as_secs_f64());
     res
 }
 
 /// Turns the bare answers of tower layers (413 from the body limit, 408 from the
 /// timeout) into problems like every other error.
 pub async fn layer_errors_as_problems(res: Response) -> Response {
-    let is_problem = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    let is_problem =
+        res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
     if is_problem {
         return res;
     }
     match res.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge.into_response(),
         StatusCode::REQUEST_TIMEOUT => {
-            let mut r = ApiError::Malformed {
-                detail: "the request took too long; send it faster or smaller".into(),
-            }
-            .into_response();
+            let mut r = ApiError::Malformed { detail: "the request took too long; send it faster or smaller".into() }
+                .into_response();
             *r.status_mut() = StatusCode::REQUEST_TIMEOUT;
             r
         }

@@ -97,25 +97,15 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(customers::create_key))
         .routes(routes!(customers::revoke_key))
         .routes(routes!(accounts::create_account, accounts::list_accounts))
-        .routes(routes!(
-            accounts::get_account,
-            accounts::update_account,
-            accounts::delete_account
-        ))
+        .routes(routes!(accounts::get_account, accounts::update_account, accounts::delete_account))
         .routes(routes!(accounts::deactivate))
         .routes(routes!(accounts::reactivate))
         .routes(routes!(accounts::usage))
         .routes(routes!(assets::list))
         .routes(routes!(assets::delete))
         .routes(routes!(accounts::get_operation))
-        .routes(routes!(
-            operator::list_origin_types,
-            operator::create_origin_type
-        ))
-        .routes(routes!(
-            operator::get_origin_type,
-            operator::update_origin_type
-        ))
+        .routes(routes!(operator::list_origin_types, operator::create_origin_type))
+        .routes(routes!(operator::get_origin_type, operator::update_origin_type))
         .routes(routes!(operator::create_image))
         .routes(routes!(operator::list_pools))
         .routes(routes!(operator::list_nodes, nodes::register))
@@ -137,10 +127,8 @@ pub fn router(state: AppState) -> Router {
     // Uploads stream large bodies: their own size limit and timeout, and no
     // idempotency buffering (a PUT of the same path is idempotent by nature).
     // The file path is a catch-all segment, which the OpenAPI document names `{path}`.
-    let uploads: Router<AppState> = Router::new().route(
-        "/v1/accounts/{name}/assets/{asset}/{*path}",
-        axum::routing::put(assets::upload),
-    );
+    let uploads: Router<AppState> =
+        Router::new().route("/v1/accounts/{name}/assets/{asset}/{*path}", axum::routing::put(assets::upload));
     openapi.merge(UploadDoc::openapi());
     let openapi = Arc::new(openapi);
     let settings = state.settings.clone();
@@ -149,49 +137,28 @@ pub fn router(state: AppState) -> Router {
         // Per-route metrics need the matched route, so they sit inside routing.
         .route_layer(track())
         // Replays of idempotent requests.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::idempotency,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::idempotency))
         // Bodies past the limit are refused while being read (413).
         .layer(RequestBodyLimitLayer::new(settings.max_body_bytes))
         // A slow client or a stuck handler gets 408 instead of holding a connection.
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            settings.request_timeout,
-        ));
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, settings.request_timeout));
     let uploads = uploads
         .route_layer(track())
-        .layer(RequestBodyLimitLayer::new(
-            usize::try_from(settings.max_upload_bytes).unwrap_or(usize::MAX),
-        ))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            settings.upload_timeout,
-        ));
+        .layer(RequestBodyLimitLayer::new(usize::try_from(settings.max_upload_bytes).unwrap_or(usize::MAX)))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, settings.upload_timeout));
     api.merge(uploads)
-        .route(
-            "/openapi.json",
-            axum::routing::get(move || async move { axum::Json(openapi.as_ref().clone()) }),
-        )
+        .route("/openapi.json", axum::routing::get(move || async move { axum::Json(openapi.as_ref().clone()) }))
         .fallback(|| async { problem::ApiError::NotFound("route".into()) })
         .method_not_allowed_fallback(|| async {
-            let mut res = problem::ApiError::Malformed {
-                detail: "method not allowed on this route".into(),
-            }
-            .into_response();
+            let mut res =
+                problem::ApiError::Malformed { detail: "method not allowed on this route".into() }.into_response();
             *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             res
         })
         // 429 before any work is done.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::rate_limit,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::rate_limit))
         // Answers from the layers inside are problems too.
-        .layer(axum::middleware::map_response(
-            middleware::layer_errors_as_problems,
-        ))
+        .layer(axum::middleware::map_response(middleware::layer_errors_as_problems))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -8,8 +8,8 @@ use uuid::Uuid;
 use crate::clock::rfc3339;
 use crate::domain::OfferKind;
 use crate::store::{
-    AccountRow, AllocationRow, ApiKeyRow, CustomerRow, EventRow, ImageRow, NodeRow, OperationRow,
-    OriginTypeRow, PoolRow,
+    AccountRow, AllocationRow, ApiKeyRow, CustomerRow, EventRow, ImageRow, NodeRow, OperationRow, OriginTypeRow,
+    PoolRow,
 };
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -38,11 +38,7 @@ pub struct ApiKeyInfo {
 
 impl From<&ApiKeyRow> for ApiKeyInfo {
     fn from(k: &ApiKeyRow) -> Self {
-        Self {
-            id: k.id,
-            created_at: rfc3339(k.created_at),
-            revoked_at: k.revoked_at.map(rfc3339),
-        }
+        Self { id: k.id, created_at: rfc3339(k.created_at), revoked_at: k.revoked_at.map(rfc3339) }
     }
 }
 
@@ -135,12 +131,9 @@ pub struct Account {
 impl From<AccountRow> for Account {
     fn from(a: AccountRow) -> Self {
         let pool = match (a.pool_id, a.pool_kind, a.pool_desired_nodes) {
-            (Some(id), Some(kind), Some(desired_nodes)) => Some(PoolSummary {
-                id,
-                kind,
-                desired_nodes,
-                ready_nodes: a.pool_ready_nodes.unwrap_or(0),
-            }),
+            (Some(id), Some(kind), Some(desired_nodes)) => {
+                Some(PoolSummary { id, kind, desired_nodes, ready_nodes: a.pool_ready_nodes.unwrap_or(0) })
+            }
             _ => None,
         };
         Self {
@@ -197,15 +190,7 @@ impl From<OperationRow> for Operation {
             account_id: o.account_id,
             origin_type: o.origin_type,
             step: o.step,
-            steps: o
-                .steps
-                .0
-                .into_iter()
-                .map(|s| StepView {
-                    step: s.step,
-                    at: rfc3339(s.at),
-                })
-                .collect(),
+            steps: o.steps.0.into_iter().map(|s| StepView { step: s.step, at: rfc3339(s.at) }).collect(),
             attempts: o.attempts,
             last_error: o.last_error,
             created_at: rfc3339(o.created_at),
@@ -421,14 +406,7 @@ pub struct Event {
 
 impl From<EventRow> for Event {
     fn from(e: EventRow) -> Self {
-        Self {
-            id: e.id,
-            at: rfc3339(e.at),
-            actor: e.actor,
-            action: e.action,
-            subject: e.subject,
-            reason: e.reason,
-        }
+        Self { id: e.id, at: rfc3339(e.at), actor: e.actor, action: e.action, subject: e.subject, reason: e.reason }
     }
 }
 

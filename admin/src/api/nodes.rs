@@ -38,13 +38,9 @@ pub struct NodeAuth(pub Uuid);
 
 impl FromRequestParts<AppState> for NodeAuth {
     type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let Path(id): Path<String> = Path::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::NotFound("node".into()))?;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Path(id): Path<String> =
+            Path::from_request_parts(parts, state).await.map_err(|_| ApiError::NotFound("node".into()))?;
         let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound(format!("node {id}")))?;
         let token = parts
             .headers
@@ -78,13 +74,7 @@ pub fn node_config(node_id: Uuid, s: &NodeServing) -> NodeConfig {
         })
         .collect();
     let capacity_mbps = u32::try_from(s.node_capacity_mbps).unwrap_or(1);
-    let mut config = NodeConfig {
-        version: 0,
-        node_id,
-        pool_id: s.pool_id,
-        capacity_mbps,
-        accounts,
-    };
+    let mut config = NodeConfig { version: 0, node_id, pool_id: s.pool_id, capacity_mbps, accounts };
     let digest = Sha256::digest(serde_json::to_vec(&config).unwrap_or_default());
     let mut v = [0u8; 8];
     v.copy_from_slice(&digest[..8]);
@@ -103,27 +93,13 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<NodeRegistered>), ApiError> {
     let id = Uuid::now_v7();
     let token = format!("hwn_{}", keys::random_token().trim_start_matches("hwop_"));
-    s.store
-        .register_node(
-            id,
-            b.pool_id,
-            &keys::hash(&token),
-            "operator",
-            s.clock.now_ms(),
-        )
-        .await
-        .map_err(|e| match e {
+    s.store.register_node(id, b.pool_id, &keys::hash(&token), "operator", s.clock.now_ms()).await.map_err(
+        |e| match e {
             StoreError::NotFound => ApiError::invalid("pool_id", "no such pool"),
             other => other.into(),
-        })?;
-    Ok((
-        StatusCode::CREATED,
-        Json(NodeRegistered {
-            id,
-            pool_id: b.pool_id,
-            token,
-        }),
-    ))
+        },
+    )?;
+    Ok((StatusCode::CREATED, Json(NodeRegistered { id, pool_id: b.pool_id, token })))
 }
 
 /// A node's heartbeat: its state, load and self-probe.
@@ -147,27 +123,18 @@ pub async fn heartbeat(
         probe_latency_ms: i32::try_from(hb.self_probe.latency_ms).unwrap_or(i32::MAX),
         probe_error: hb.self_probe.error.clone(),
     };
-    let state = s
-        .store
-        .record_heartbeat(id, &record, s.clock.now_ms())
-        .await?;
+    let state = s.store.record_heartbeat(id, &record, s.clock.now_ms()).await?;
     let serving = s.store.node_serving(id).await?;
     let config = node_config(id, &serving);
     let payload = serde_json::json!({"node": id, "state": state, "heartbeat": hb}).to_string();
     s.bus.publish(HEARTBEATS, payload).await;
-    Ok(Json(HeartbeatAck {
-        config_version: config.version,
-        drain: state == "draining",
-    }))
+    Ok(Json(HeartbeatAck { config_version: config.version, drain: state == "draining" }))
 }
 
 /// What the node serves: its accounts, their caps and allow-lists.
 #[utoipa::path(get, path = "/v1/nodes/{id}/config", tag = "nodes", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses((status = 200, description = "NodeConfig"), (status = 401, body = Problem)))]
-pub async fn config(
-    State(s): State<AppState>,
-    NodeAuth(id): NodeAuth,
-) -> Result<Json<NodeConfig>, ApiError> {
+pub async fn config(State(s): State<AppState>, NodeAuth(id): NodeAuth) -> Result<Json<NodeConfig>, ApiError> {
     Ok(Json(node_config(id, &s.store.node_serving(id).await?)))
 }
 
@@ -182,10 +149,7 @@ pub async fn usage(
     ApiJson(r): ApiJson<UsageReport>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if r.windows.len() > 10_000 {
-        return Err(ApiError::invalid(
-            "windows",
-            "at most 10000 windows per report",
-        ));
+        return Err(ApiError::invalid("windows", "at most 10000 windows per report"));
     }
     let windows: Vec<_> = r
         .windows
@@ -200,9 +164,7 @@ pub async fn usage(
         })
         .collect();
     let refused = s.store.record_usage(id, &windows).await?;
-    Ok(Json(
-        serde_json::json!({"accepted": windows.len() - refused, "refused": refused}),
-    ))
+    Ok(Json(serde_json::json!({"accepted": windows.len() - refused, "refused": refused})))
 }
 
 /// Asks a node to drain: it stops taking connections, finishes what is in flight, exits.
@@ -215,15 +177,9 @@ pub async fn drain(
 ) -> Result<(StatusCode, Json<Node>), ApiError> {
     let missing = || ApiError::NotFound(format!("node {id}"));
     let node_id = Uuid::try_parse(&id).map_err(|_| missing())?;
-    s.store
-        .request_drain(node_id, "operator", s.clock.now_ms())
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => missing(),
-            other => other.into(),
-        })?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(s.store.node(node_id).await?.into()),
-    ))
+    s.store.request_drain(node_id, "operator", s.clock.now_ms()).await.map_err(|e| match e {
+        StoreError::NotFound => missing(),
+        other => other.into(),
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(s.store.node(node_id).await?.into())))
 }

@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::OperatorAuth;
 use super::model::{
-    Allocation, CreateImage, CreateOriginType, Event, Node, Operation, OriginType, OriginTypeList,
-    Page, PageQuery, Pool, UpdateOriginType,
+    Allocation, CreateImage, CreateOriginType, Event, Node, Operation, OriginType, OriginTypeList, Page, PageQuery,
+    Pool, UpdateOriginType,
 };
 use super::problem::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::domain::{Mbps, OriginTypeName};
@@ -30,19 +30,8 @@ fn type_not_found(name: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
 
 #[utoipa::path(get, path = "/v1/origin-types", tag = "operator", security(("bearer" = [])),
     responses((status = 200, body = OriginTypeList), (status = 401, body = Problem)))]
-pub async fn list_origin_types(
-    State(s): State<AppState>,
-    _op: OperatorAuth,
-) -> Result<Json<OriginTypeList>, ApiError> {
-    Ok(Json(OriginTypeList {
-        items: s
-            .store
-            .origin_types()
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
-    }))
+pub async fn list_origin_types(State(s): State<AppState>, _op: OperatorAuth) -> Result<Json<OriginTypeList>, ApiError> {
+    Ok(Json(OriginTypeList { items: s.store.origin_types().await?.into_iter().map(Into::into).collect() }))
 }
 
 #[utoipa::path(post, path = "/v1/origin-types", tag = "operator", security(("bearer" = [])), request_body = CreateOriginType,
@@ -61,21 +50,10 @@ pub async fn create_origin_type(
             .map(|v| mbps("sla_increment_mbps", v))
             .transpose()?
             .unwrap_or(d.sla_increment_mbps),
-        trial_cap_mbps: b
-            .trial_cap_mbps
-            .map(|v| mbps("trial_cap_mbps", v))
-            .transpose()?
-            .unwrap_or(d.trial_cap_mbps),
-        payg_cap_mbps: b
-            .payg_cap_mbps
-            .map(|v| mbps("payg_cap_mbps", v))
-            .transpose()?
-            .unwrap_or(d.payg_cap_mbps),
+        trial_cap_mbps: b.trial_cap_mbps.map(|v| mbps("trial_cap_mbps", v)).transpose()?.unwrap_or(d.trial_cap_mbps),
+        payg_cap_mbps: b.payg_cap_mbps.map(|v| mbps("payg_cap_mbps", v)).transpose()?.unwrap_or(d.payg_cap_mbps),
     };
-    let row = s
-        .store
-        .create_origin_type(name.as_str(), &settings, "operator", s.clock.now_ms())
-        .await?;
+    let row = s.store.create_origin_type(name.as_str(), &settings, "operator", s.clock.now_ms()).await?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
@@ -86,11 +64,7 @@ pub async fn get_origin_type(
     _op: OperatorAuth,
     Path(name): Path<String>,
 ) -> Result<Json<OriginType>, ApiError> {
-    let t = s
-        .store
-        .origin_type(&name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("origin type {name}")))?;
+    let t = s.store.origin_type(&name).await?.ok_or_else(|| ApiError::NotFound(format!("origin type {name}")))?;
     Ok(Json(t.into()))
 }
 
@@ -103,27 +77,11 @@ pub async fn update_origin_type(
     Path(name): Path<String>,
     ApiJson(b): ApiJson<UpdateOriginType>,
 ) -> Result<Json<OriginType>, ApiError> {
-    let t = s
-        .store
-        .origin_type(&name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("origin type {name}")))?;
-    let pick = |field: &str, v: Option<i64>, cur: i32| {
-        v.map(|v| mbps(field, v))
-            .transpose()
-            .map(|v| v.unwrap_or(cur))
-    };
+    let t = s.store.origin_type(&name).await?.ok_or_else(|| ApiError::NotFound(format!("origin type {name}")))?;
+    let pick = |field: &str, v: Option<i64>, cur: i32| v.map(|v| mbps(field, v)).transpose().map(|v| v.unwrap_or(cur));
     let settings = OriginTypeSettings {
-        node_capacity_mbps: pick(
-            "node_capacity_mbps",
-            b.node_capacity_mbps,
-            t.node_capacity_mbps,
-        )?,
-        sla_increment_mbps: pick(
-            "sla_increment_mbps",
-            b.sla_increment_mbps,
-            t.sla_increment_mbps,
-        )?,
+        node_capacity_mbps: pick("node_capacity_mbps", b.node_capacity_mbps, t.node_capacity_mbps)?,
+        sla_increment_mbps: pick("sla_increment_mbps", b.sla_increment_mbps, t.sla_increment_mbps)?,
         trial_cap_mbps: pick("trial_cap_mbps", b.trial_cap_mbps, t.trial_cap_mbps)?,
         payg_cap_mbps: pick("payg_cap_mbps", b.payg_cap_mbps, t.payg_cap_mbps)?,
     };
@@ -145,16 +103,11 @@ pub async fn create_image(
     Path(name): Path<String>,
     ApiJson(b): ApiJson<CreateImage>,
 ) -> Result<(StatusCode, Json<Operation>), ApiError> {
-    s.store
-        .origin_type(&name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("origin type {name}")))?;
+    s.store.origin_type(&name).await?.ok_or_else(|| ApiError::NotFound(format!("origin type {name}")))?;
     let version = b.version.trim();
     if version.is_empty()
         || version.len() > 64
-        || !version
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"._-+".contains(&c))
+        || !version.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-+".contains(&c))
     {
         return Err(ApiError::invalid("version", "1 to 64 of [A-Za-z0-9._+-]"));
     }
@@ -162,10 +115,7 @@ pub async fn create_image(
         return Err(ApiError::invalid("command", "must name a program"));
     }
     if let Some(i) = b.args.iter().position(|a| a.contains('\0')) {
-        return Err(ApiError::invalid(
-            format!("args[{i}]"),
-            "must not contain NUL",
-        ));
+        return Err(ApiError::invalid(format!("args[{i}]"), "must not contain NUL"));
     }
     let now = s.clock.now_ms();
     let image = ImageRow {
@@ -180,17 +130,12 @@ pub async fn create_image(
         input: serde_json::json!({"version": version}),
         ..NewOperation::new("upgrade")
     };
-    let row = s
-        .store
-        .create_image(&image, &op, "operator", now)
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict { .. } => ApiError::Conflict {
-                detail: format!("image {version} of {name} exists"),
-                field: Some("version".into()),
-            },
-            other => other.into(),
-        })?;
+    let row = s.store.create_image(&image, &op, "operator", now).await.map_err(|e| match e {
+        StoreError::Conflict { .. } => {
+            ApiError::Conflict { detail: format!("image {version} of {name} exists"), field: Some("version".into()) }
+        }
+        other => other.into(),
+    })?;
     s.bus.operation_enqueued().await;
     Ok((StatusCode::ACCEPTED, Json(row.into())))
 }
@@ -206,20 +151,13 @@ fn limit(q: &PageQuery) -> Result<i64, ApiError> {
 fn uuid_cursor(q: &PageQuery) -> Result<Option<Uuid>, ApiError> {
     q.cursor
         .as_deref()
-        .map(|c| {
-            Uuid::try_parse(c)
-                .map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page"))
-        })
+        .map(|c| Uuid::try_parse(c).map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page")))
         .transpose()
 }
 
 /// A full page has a next cursor: the last item's key.
 fn page<T: utoipa::ToSchema>(items: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Page<T> {
-    let next_cursor = if items.len() as i64 == limit {
-        items.last().map(&key)
-    } else {
-        None
-    };
+    let next_cursor = if items.len() as i64 == limit { items.last().map(&key) } else { None };
     Page { items, next_cursor }
 }
 
@@ -231,13 +169,7 @@ pub async fn list_pools(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Pool>>, ApiError> {
     let l = limit(&q)?;
-    let items = s
-        .store
-        .pools(uuid_cursor(&q)?, l)
-        .await?
-        .into_iter()
-        .map(Pool::from)
-        .collect();
+    let items = s.store.pools(uuid_cursor(&q)?, l).await?.into_iter().map(Pool::from).collect();
     Ok(Json(page(items, l, |p: &Pool| p.id.to_string())))
 }
 
@@ -249,13 +181,7 @@ pub async fn list_nodes(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Node>>, ApiError> {
     let l = limit(&q)?;
-    let items = s
-        .store
-        .nodes(uuid_cursor(&q)?, l)
-        .await?
-        .into_iter()
-        .map(Node::from)
-        .collect();
+    let items = s.store.nodes(uuid_cursor(&q)?, l).await?.into_iter().map(Node::from).collect();
     Ok(Json(page(items, l, |n: &Node| n.id.to_string())))
 }
 
@@ -268,16 +194,8 @@ pub async fn list_allocations(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Allocation>>, ApiError> {
     let l = limit(&q)?;
-    let items = s
-        .store
-        .allocations(uuid_cursor(&q)?, l)
-        .await?
-        .into_iter()
-        .map(Allocation::from)
-        .collect();
-    Ok(Json(page(items, l, |a: &Allocation| {
-        a.account_id.to_string()
-    })))
+    let items = s.store.allocations(uuid_cursor(&q)?, l).await?.into_iter().map(Allocation::from).collect();
+    Ok(Json(page(items, l, |a: &Allocation| a.account_id.to_string())))
 }
 
 /// The audit trail, newest first.
@@ -292,17 +210,8 @@ pub async fn list_events(
     let cursor = q
         .cursor
         .as_deref()
-        .map(|c| {
-            c.parse::<i64>()
-                .map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page"))
-        })
+        .map(|c| c.parse::<i64>().map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page")))
         .transpose()?;
-    let items = s
-        .store
-        .events(cursor, l)
-        .await?
-        .into_iter()
-        .map(Event::from)
-        .collect();
+    let items = s.store.events(cursor, l).await?.into_iter().map(Event::from).collect();
     Ok(Json(page(items, l, |e: &Event| e.id.to_string())))
 }

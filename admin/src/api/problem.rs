@@ -40,10 +40,7 @@ pub enum ApiError {
     #[error("{0} not found")]
     NotFound(String),
     #[error("{detail}")]
-    Conflict {
-        detail: String,
-        field: Option<String>,
-    },
+    Conflict { detail: String, field: Option<String> },
     #[error("request body too large")]
     TooLarge,
     #[error("rate limited")]
@@ -61,58 +58,25 @@ impl ApiError {
 
     fn parts(&self) -> (StatusCode, &'static str, &'static str, Option<String>) {
         match self {
-            ApiError::Malformed { .. } => (
-                StatusCode::BAD_REQUEST,
-                "malformed-request",
-                "Malformed request",
-                None,
-            ),
-            ApiError::Invalid(i) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-value",
-                "Invalid value",
-                Some(i.field.clone()),
-            ),
-            ApiError::UnsupportedMediaType => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "Unsupported media type",
-                None,
-            ),
-            ApiError::Unauthorized(_) => (
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Unauthorized",
-                None,
-            ),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found", None),
-            ApiError::Conflict { field, .. } => {
-                (StatusCode::CONFLICT, "conflict", "Conflict", field.clone())
+            ApiError::Malformed { .. } => (StatusCode::BAD_REQUEST, "malformed-request", "Malformed request", None),
+            ApiError::Invalid(i) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", "Invalid value", Some(i.field.clone()))
             }
-            ApiError::TooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-large",
-                "Request body too large",
-                None,
-            ),
-            ApiError::RateLimited { .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate-limited",
-                "Too many requests",
-                None,
-            ),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", None)
+            }
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", None),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found", None),
+            ApiError::Conflict { field, .. } => (StatusCode::CONFLICT, "conflict", "Conflict", field.clone()),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Request body too large", None),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", None),
             ApiError::IdempotencyMismatch => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",
                 "Idempotency key reused",
                 Some("Idempotency-Key".into()),
             ),
-            ApiError::Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-                None,
-            ),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", None),
         }
     }
 
@@ -121,18 +85,10 @@ impl ApiError {
         let detail = match self {
             ApiError::Invalid(i) => i.detail.clone(),
             // Never leak internals; the log has them.
-            ApiError::Internal(_) => {
-                "the server failed to handle the request; it has been logged".into()
-            }
+            ApiError::Internal(_) => "the server failed to handle the request; it has been logged".into(),
             other => other.to_string(),
         };
-        Problem {
-            kind: format!("/problems/{kind}"),
-            title: title.into(),
-            status: status.as_u16(),
-            detail,
-            field,
-        }
+        Problem { kind: format!("/problems/{kind}"), title: title.into(), status: status.as_u16(), detail, field }
     }
 }
 
@@ -140,18 +96,11 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => ApiError::NotFound("resource".into()),
-            StoreError::Conflict { field } => ApiError::Conflict {
-                detail: format!("{field} is already taken"),
-                field: Some(field.into()),
-            },
-            StoreError::InvalidState(detail) => ApiError::Conflict {
-                detail,
-                field: None,
-            },
-            StoreError::Constraint(detail) => ApiError::Conflict {
-                detail,
-                field: None,
-            },
+            StoreError::Conflict { field } => {
+                ApiError::Conflict { detail: format!("{field} is already taken"), field: Some(field.into()) }
+            }
+            StoreError::InvalidState(detail) => ApiError::Conflict { detail, field: None },
+            StoreError::Constraint(detail) => ApiError::Conflict { detail, field: None },
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -165,18 +114,13 @@ impl IntoResponse for ApiError {
         let p = self.problem();
         let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut res = (status, Json(p)).into_response();
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         match self {
             ApiError::RateLimited { retry_after_secs } => {
-                res.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             ApiError::Unauthorized(_) => {
-                res.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}
         }
@@ -200,17 +144,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         if !json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::TooLarge
-                } else {
-                    ApiError::Malformed {
-                        detail: e.body_text(),
-                    }
-                }
-            })?;
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge
+            } else {
+                ApiError::Malformed { detail: e.body_text() }
+            }
+        })?;
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         match serde_path_to_error::deserialize(de) {
             Ok(v) => Ok(ApiJson(v)),
@@ -218,17 +158,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
                 if inner.is_syntax() || inner.is_eof() {
-                    return Err(ApiError::Malformed {
-                        detail: inner.to_string(),
-                    });
+                    return Err(ApiError::Malformed { detail: inner.to_string() });
                 }
                 let msg = inner.to_string();
                 // A missing field is reported at its parent; name the field itself.
-                let field = match msg
-                    .split('`')
-                    .nth(1)
-                    .filter(|_| msg.starts_with("missing field"))
-                {
+                let field = match msg.split('`').nth(1).filter(|_| msg.starts_with("missing field")) {
                     Some(f) if path == "." => f.to_owned(),
                     Some(f) => format!("{path}.{f}"),
                     None => path,
@@ -246,10 +180,7 @@ pub struct ApiQuery<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
         axum::extract::Query::try_from_uri(&parts.uri)
             .map(|q| ApiQuery(q.0))
             .map_err(|e| ApiError::invalid("query", e.body_text()))

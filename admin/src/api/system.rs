@@ -3,9 +3,7 @@
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
 use super::AppState;
 
@@ -26,21 +24,14 @@ impl Metrics {
         )?;
         let latency = HistogramVec::new(
             HistogramOpts::new("http_request_duration_seconds", "API request handling time")
-                .buckets(vec![
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                ]),
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
             &["method", "route"],
         )?;
         let rate_limited = IntCounter::new("rate_limited_total", "requests refused with 429")?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
-        Ok(Self {
-            registry,
-            requests,
-            latency,
-            rate_limited,
-        })
+        Ok(Self { registry, requests, latency, rate_limited })
     }
 }
 
@@ -54,21 +45,12 @@ pub async fn healthz() -> &'static str {
 #[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
 pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     if let Err(e) = s.bus.ready().await {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("bus unreachable: {e}\n"),
-        );
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("bus unreachable: {e}\n"));
     }
     match s.store.ready().await {
         Ok(true) => (StatusCode::OK, "ready\n".to_owned()),
-        Ok(false) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "migrations pending\n".to_owned(),
-        ),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store unreachable: {e}\n"),
-        ),
+        Ok(false) => (StatusCode::SERVICE_UNAVAILABLE, "migrations pending\n".to_owned()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unreachable: {e}\n")),
     }
 }
 
@@ -78,15 +60,7 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let mut buf = Vec::new();
     let enc = TextEncoder::new();
     if let Err(e) = enc.encode(&s.metrics.registry.gather(), &mut buf) {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            e.to_string().into_bytes(),
-        );
+        return (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], e.to_string().into_bytes());
     }
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        buf,
-    )
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf)
 }

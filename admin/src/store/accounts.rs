@@ -5,7 +5,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::operations::insert_operation;
-use super::{AccountRow, NewOperation, OperationRow, Result, Store, StoreError, event, on_pool};
+use super::{AccountRow, BeginWrite, NewOperation, OperationRow, Result, Store, StoreError, event, on_pool};
 use crate::clock::UnixMs;
 use crate::domain::{AccountName, IpAllow, Offer};
 
@@ -36,13 +36,8 @@ pub struct NewAccount {
 /// A change a customer or operator asks of an account.
 #[derive(Debug, Clone)]
 pub enum AccountChange {
-    Update {
-        offer: Option<Offer>,
-        ip_allow: Option<IpAllow>,
-    },
-    Deactivate {
-        retain_until: UnixMs,
-    },
+    Update { offer: Option<Offer>, ip_allow: Option<IpAllow> },
+    Deactivate { retain_until: UnixMs },
     Reactivate,
     Delete,
 }
@@ -87,15 +82,9 @@ impl Store {
         Ok((self.account_by_id(id).await?, op_row))
     }
 
-    async fn insert_account(
-        &self,
-        id: Uuid,
-        a: &NewAccount,
-        op: &NewOperation,
-        now: UnixMs,
-    ) -> Result<OperationRow> {
+    async fn insert_account(&self, id: Uuid, a: &NewAccount, op: &NewOperation, now: UnixMs) -> Result<OperationRow> {
         on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             sqlx::query(
                 "INSERT INTO accounts (id, customer_id, name, origin_type, offer, sla_mbps, state, locator, ip_allow,
                      created_at, updated_at)
@@ -129,12 +118,7 @@ impl Store {
 
     pub async fn account_by_id(&self, id: Uuid) -> Result<AccountRow> {
         on_pool!(self, |p| {
-            Ok(
-                sqlx::query_as(concat!(account_select!(), " WHERE a.id = $1"))
-                    .bind(id)
-                    .fetch_one(p)
-                    .await?,
-            )
+            Ok(sqlx::query_as(concat!(account_select!(), " WHERE a.id = $1")).bind(id).fetch_one(p).await?)
         })
     }
 
@@ -177,9 +161,7 @@ impl Store {
     ) -> Result<OperationRow> {
         let allowed = match change {
             AccountChange::Update { .. } | AccountChange::Delete => account.state != "deleted",
-            AccountChange::Deactivate { .. } => {
-                account.state == "active" || account.state == "provisioning"
-            }
+            AccountChange::Deactivate { .. } => account.state == "active" || account.state == "provisioning",
             AccountChange::Reactivate => account.state == "deactivated",
         };
         if !allowed {
@@ -191,7 +173,7 @@ impl Store {
             )));
         }
         on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             // The state guard makes a concurrent change lose cleanly instead of racing.
             let q = match change {
                 AccountChange::Update { offer, ip_allow } => {
@@ -199,7 +181,8 @@ impl Store {
                         Some(o) => (o.kind().as_str().to_owned(), o.sla_mbps()),
                         None => (account.offer.clone(), account.sla_mbps),
                     };
-                    let allow = ip_allow.as_ref().map(IpAllow::to_strings).unwrap_or_else(|| account.ip_allow.0.clone());
+                    let allow =
+                        ip_allow.as_ref().map(IpAllow::to_strings).unwrap_or_else(|| account.ip_allow.0.clone());
                     sqlx::query("UPDATE accounts SET offer = $2, sla_mbps = $3, ip_allow = $4, updated_at = $5 WHERE id = $1 AND state = $6")
                         .bind(account.id)
                         .bind(kind)
@@ -223,26 +206,18 @@ impl Store {
                 .bind(account.id)
                 .bind(now)
                 .bind(&account.state),
-                AccountChange::Delete => sqlx::query("UPDATE accounts SET state = 'deleted', updated_at = $2 WHERE id = $1 AND state = $3")
-                    .bind(account.id)
-                    .bind(now)
-                    .bind(&account.state),
+                AccountChange::Delete => {
+                    sqlx::query("UPDATE accounts SET state = 'deleted', updated_at = $2 WHERE id = $1 AND state = $3")
+                        .bind(account.id)
+                        .bind(now)
+                        .bind(&account.state)
+                }
             };
             if q.execute(&mut *tx).await?.rows_affected() == 0 {
-                return Err(StoreError::InvalidState(format!(
-                    "account {} changed meanwhile; try again",
-                    account.name
-                )));
+                return Err(StoreError::InvalidState(format!("account {} changed meanwhile; try again", account.name)));
             }
             let action = format!("account.{}", change.operation_kind());
-            event!(
-                tx,
-                now,
-                actor,
-                action,
-                format!("account:{}", account.id),
-                format!("operation:{}", op.id)
-            )?;
+            event!(tx, now, actor, action, format!("account:{}", account.id), format!("operation:{}", op.id))?;
             let row = insert_operation!(tx, op, now)?;
             tx.commit().await?;
             Ok(row)

@@ -5,8 +5,8 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{
-    AllocationRow, EventRow, ImageRow, NewOperation, NodeRow, OperationRow, OriginTypeRow, PoolRow,
-    Result, Store, StoreError, event, on_pool,
+    AllocationRow, BeginWrite, EventRow, ImageRow, NewOperation, NodeRow, OperationRow, OriginTypeRow, PoolRow, Result,
+    Store, StoreError, event, on_pool,
 };
 use crate::clock::UnixMs;
 
@@ -23,12 +23,8 @@ pub struct OriginTypeSettings {
 pub const BUILTIN_TYPES: [&str; 2] = ["hls", "dash"];
 
 impl OriginTypeSettings {
-    pub const DEFAULT: Self = Self {
-        node_capacity_mbps: 100,
-        sla_increment_mbps: 100,
-        trial_cap_mbps: 10,
-        payg_cap_mbps: 50,
-    };
+    pub const DEFAULT: Self =
+        Self { node_capacity_mbps: 100, sla_increment_mbps: 100, trial_cap_mbps: 10, payg_cap_mbps: 50 };
 }
 
 impl Store {
@@ -87,7 +83,7 @@ impl Store {
         now: UnixMs,
     ) -> Result<OriginTypeRow> {
         on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let row = sqlx::query_as(
                 "INSERT INTO origin_types (name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps,
                      payg_cap_mbps, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)
@@ -102,14 +98,7 @@ impl Store {
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
-            event!(
-                tx,
-                now,
-                actor,
-                "origin_type.created",
-                format!("origin_type:{name}"),
-                "requested by the operator"
-            )?;
+            event!(tx, now, actor, "origin_type.created", format!("origin_type:{name}"), "requested by the operator")?;
             tx.commit().await?;
             Ok(row)
         })
@@ -125,7 +114,7 @@ impl Store {
         now: UnixMs,
     ) -> Result<OriginTypeRow> {
         on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let row: Option<OriginTypeRow> = sqlx::query_as(
                 "UPDATE origin_types SET node_capacity_mbps = $2, sla_increment_mbps = $3, trial_cap_mbps = $4,
                      payg_cap_mbps = $5, updated_at = $6 WHERE name = $1
@@ -155,14 +144,7 @@ impl Store {
                     s.sla_increment_mbps
                 )));
             }
-            event!(
-                tx,
-                now,
-                actor,
-                "origin_type.updated",
-                format!("origin_type:{name}"),
-                "requested by the operator"
-            )?;
+            event!(tx, now, actor, "origin_type.updated", format!("origin_type:{name}"), "requested by the operator")?;
             tx.commit().await?;
             Ok(row)
         })
@@ -177,24 +159,19 @@ impl Store {
         now: UnixMs,
     ) -> Result<OperationRow> {
         on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            sqlx::query("INSERT INTO images (origin_type, version, command, args, created_at) VALUES ($1, $2, $3, $4, $5)")
-                .bind(&image.origin_type)
-                .bind(&image.version)
-                .bind(&image.command)
-                .bind(Json(&image.args.0))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            let mut tx = p.begin_write().await?;
+            sqlx::query(
+                "INSERT INTO images (origin_type, version, command, args, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&image.origin_type)
+            .bind(&image.version)
+            .bind(&image.command)
+            .bind(Json(&image.args.0))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
             let subject = format!("origin_type:{}", image.origin_type);
-            event!(
-                tx,
-                now,
-                actor,
-                "image.created",
-                &subject,
-                format!("version {}", image.version)
-            )?;
+            event!(tx, now, actor, "image.created", &subject, format!("version {}", image.version))?;
             let row = super::operations::insert_operation!(tx, op, now)?;
             tx.commit().await?;
             Ok(row)
@@ -241,11 +218,7 @@ impl Store {
         })
     }
 
-    pub async fn allocations(
-        &self,
-        cursor: Option<Uuid>,
-        limit: i64,
-    ) -> Result<Vec<AllocationRow>> {
+    pub async fn allocations(&self, cursor: Option<Uuid>, limit: i64) -> Result<Vec<AllocationRow>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
                 "SELECT g.account_id, a.name AS account_name, g.origin_type, g.offer, g.sla_mbps, g.pool_id, g.locator,
@@ -286,7 +259,7 @@ impl Store {
         now: UnixMs,
     ) -> Result<()> {
         on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             event!(tx, now, actor, action, subject, reason)?;
             tx.commit().await?;
             Ok(())

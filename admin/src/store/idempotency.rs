@@ -53,22 +53,13 @@ impl Store {
         } else if status == 0 {
             IdempotencyStart::InFlight
         } else {
-            IdempotencyStart::Replay {
-                status: u16::try_from(status).map_err(|_| StoreError::NotFound)?,
-                body,
-            }
+            IdempotencyStart::Replay { status: u16::try_from(status).map_err(|_| StoreError::NotFound)?, body }
         })
     }
 
     /// Saves the response of a request that ran; a server error forgets the key
     /// instead, so the client's retry runs again.
-    pub async fn finish_idempotent(
-        &self,
-        principal: &str,
-        key: &str,
-        status: u16,
-        body: &str,
-    ) -> Result<()> {
+    pub async fn finish_idempotent(&self, principal: &str, key: &str, status: u16, body: &str) -> Result<()> {
         on_pool!(self, |p| {
             if status >= 500 {
                 sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2")

@@ -25,9 +25,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use accounts::{AccountChange, NewAccount};
 pub use catalog::{BUILTIN_TYPES, OriginTypeSettings};
 pub use idempotency::IdempotencyStart;
-pub use nodes::{
-    HeartbeatRecord, NodeHealthRow, NodeServing, PoolTarget, ServedAccountRow, UsageRow,
-};
+pub use nodes::{HeartbeatRecord, NodeHealthRow, NodeServing, PoolTarget, ServedAccountRow, UsageRow};
 pub use operations::{Effect, OperationFilter};
 pub use rows::*;
 
@@ -42,19 +40,39 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+/// Begins a transaction that will write. On SQLite it takes the write lock at once
+/// (`BEGIN IMMEDIATE`): a deferred transaction that reads, then writes, would fail
+/// with "database is locked" instead of waiting when another writer is active.
+pub(crate) trait BeginWrite {
+    type Db: sqlx::Database;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>;
+}
+
+impl BeginWrite for PgPool {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
 /// Writes one row of the audit trail inside the caller's transaction.
 macro_rules! event {
     ($tx:expr, $at:expr, $actor:expr, $action:expr, $subject:expr, $reason:expr) => {
-        sqlx::query(
-            "INSERT INTO events (at, actor, action, subject, reason) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind($at)
-        .bind($actor)
-        .bind($action)
-        .bind($subject)
-        .bind($reason)
-        .execute(&mut *$tx)
-        .await
+        sqlx::query("INSERT INTO events (at, actor, action, subject, reason) VALUES ($1, $2, $3, $4, $5)")
+            .bind($at)
+            .bind($actor)
+            .bind($action)
+            .bind($subject)
+            .bind($reason)
+            .execute(&mut *$tx)
+            .await
     };
 }
 pub(crate) use event;
@@ -107,14 +125,9 @@ impl From<sqlx::Error> for StoreError {
         if let Some(db) = e.as_database_error() {
             let what = format!("{} {}", db.constraint().unwrap_or_default(), db.message());
             if db.is_unique_violation() {
-                return StoreError::Conflict {
-                    field: conflict_field(&what),
-                };
+                return StoreError::Conflict { field: conflict_field(&what) };
             }
-            if db.is_check_violation()
-                || db.is_foreign_key_violation()
-                || what.contains("CHECK constraint failed")
-            {
+            if db.is_check_violation() || db.is_foreign_key_violation() || what.contains("CHECK constraint failed") {
                 return StoreError::Constraint(db.message().to_owned());
             }
         }
@@ -127,9 +140,7 @@ impl From<sqlx::Error> for StoreError {
 fn conflict_field(what: &str) -> &'static str {
     if what.contains("email") {
         "email"
-    } else if what.contains("one_per_type")
-        || what.contains("accounts.customer_id, accounts.origin_type")
-    {
+    } else if what.contains("one_per_type") || what.contains("accounts.customer_id, accounts.origin_type") {
         "origin_type"
     } else if what.contains("images") {
         "version"
@@ -141,47 +152,22 @@ fn conflict_field(what: &str) -> &'static str {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "foundation",
-        include_str!("../../../migrations/postgres/0001_foundation.sql"),
-    ),
-    (
-        2,
-        "nodes and usage",
-        include_str!("../../../migrations/postgres/0002_nodes_and_usage.sql"),
-    ),
+    (1, "foundation", include_str!("../../../migrations/postgres/0001_foundation.sql")),
+    (2, "nodes and usage", include_str!("../../../migrations/postgres/0002_nodes_and_usage.sql")),
+    (3, "pool owner", include_str!("../../../migrations/postgres/0003_pool_owner.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "foundation",
-        include_str!("../../../migrations/sqlite/0001_foundation.sql"),
-    ),
-    (
-        2,
-        "nodes and usage",
-        include_str!("../../../migrations/sqlite/0002_nodes_and_usage.sql"),
-    ),
+    (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
+    (2, "nodes and usage", include_str!("../../../migrations/sqlite/0002_nodes_and_usage.sql")),
+    (3, "pool owner", include_str!("../../../migrations/sqlite/0003_pool_owner.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {
     let migrations = set
         .iter()
-        .map(|(v, d, sql)| {
-            Migration::new(
-                *v,
-                Cow::Borrowed(*d),
-                MigrationType::Simple,
-                sql.into_sql_str(),
-                false,
-            )
-        })
+        .map(|(v, d, sql)| Migration::new(*v, Cow::Borrowed(*d), MigrationType::Simple, sql.into_sql_str(), false))
         .collect::<Vec<_>>();
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ..Migrator::DEFAULT
-    }
+    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
 
 impl Store {
@@ -190,25 +176,12 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Self> {
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url).map_err(StoreError::Db)?;
-            Backend::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(16)
-                    .connect_with(opts)
-                    .await?,
-            )
-        } else if let Some(path) = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-        {
+            Backend::Postgres(PgPoolOptions::new().max_connections(16).connect_with(opts).await?)
+        } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             let file = path.split('?').next().unwrap_or(path);
-            if let Some(dir) = std::path::Path::new(file)
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
-                    path: dir.display().to_string(),
-                    source,
-                })?;
+            if let Some(dir) = std::path::Path::new(file).parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
             }
             let opts = SqliteConnectOptions::from_str(url)
                 .map_err(StoreError::Db)?
@@ -216,12 +189,7 @@ impl Store {
                 .foreign_keys(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .busy_timeout(std::time::Duration::from_secs(10));
-            Backend::Sqlite(
-                SqlitePoolOptions::new()
-                    .max_connections(8)
-                    .connect_with(opts)
-                    .await?,
-            )
+            Backend::Sqlite(SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?)
         } else {
             return Err(StoreError::Url(url.to_owned()));
         };
@@ -254,9 +222,7 @@ impl Store {
             Backend::Sqlite(_) => SQLITE_MIGRATIONS.len(),
         };
         let applied: i64 = on_pool!(self, |p| {
-            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
-                .fetch_one(p)
-                .await?
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success").fetch_one(p).await?
         });
         Ok(usize::try_from(applied).unwrap_or(0) >= expected)
     }

@@ -4,7 +4,7 @@
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{NodeRow, Result, Store, StoreError, event, on_pool};
+use super::{BeginWrite, NodeRow, Result, Store, StoreError, event, on_pool};
 use crate::clock::UnixMs;
 
 /// What a heartbeat changes in the store.
@@ -62,7 +62,7 @@ impl Store {
         now: UnixMs,
     ) -> Result<NodeRow> {
         on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let row = sqlx::query_as(
                 "INSERT INTO nodes (id, pool_id, state, token_hash, created_at, updated_at)
                  VALUES ($1, $2, 'starting', $3, $4, $4)
@@ -79,14 +79,7 @@ impl Store {
                 StoreError::Constraint(_) => StoreError::NotFound,
                 other => other,
             })?;
-            event!(
-                tx,
-                now,
-                actor,
-                "node.registered",
-                format!("node:{id}"),
-                format!("pool:{pool_id}")
-            )?;
+            event!(tx, now, actor, "node.registered", format!("node:{id}"), format!("pool:{pool_id}"))?;
             tx.commit().await?;
             Ok(row)
         })
@@ -105,18 +98,11 @@ impl Store {
 
     /// Stores a heartbeat: the node's latest state and load, and its self-probe.
     /// A node marked failed stays failed until replaced. Returns the node's state.
-    pub async fn record_heartbeat(
-        &self,
-        id: Uuid,
-        hb: &HeartbeatRecord,
-        now: UnixMs,
-    ) -> Result<String> {
+    pub async fn record_heartbeat(&self, id: Uuid, hb: &HeartbeatRecord, now: UnixMs) -> Result<String> {
         on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            let before: String = sqlx::query_scalar("SELECT state FROM nodes WHERE id = $1")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
+            let mut tx = p.begin_write().await?;
+            let before: String =
+                sqlx::query_scalar("SELECT state FROM nodes WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
             // Admin's verdicts stick: a failed or stopped node stays so, and a node told
             // to drain stays draining whatever it says.
             let state = if matches!(before.as_str(), "failed" | "stopped" | "draining") {
@@ -140,14 +126,16 @@ impl Store {
             .bind(hb.config_version)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("INSERT INTO probes (node_id, at, source, ok, latency_ms, detail) VALUES ($1, $2, 'self', $3, $4, $5)")
-                .bind(id)
-                .bind(now)
-                .bind(hb.probe_ok)
-                .bind(hb.probe_latency_ms)
-                .bind(&hb.probe_error)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO probes (node_id, at, source, ok, latency_ms, detail) VALUES ($1, $2, 'self', $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(hb.probe_ok)
+            .bind(hb.probe_latency_ms)
+            .bind(&hb.probe_error)
+            .execute(&mut *tx)
+            .await?;
             if state != before {
                 event!(
                     tx,
@@ -177,10 +165,8 @@ impl Store {
 
     /// The pool of a node, its limits, and the accounts mapped to it.
     pub async fn node_serving(&self, id: Uuid) -> Result<NodeServing> {
-        let (pool_id, pool_kind, cap, trial, payg): (Uuid, String, i32, i32, i32) = on_pool!(
-            self,
-            |p| {
-                sqlx::query_as(
+        let (pool_id, pool_kind, cap, trial, payg): (Uuid, String, i32, i32, i32) = on_pool!(self, |p| {
+            sqlx::query_as(
                 "SELECT p.id, p.kind, t.node_capacity_mbps, t.trial_cap_mbps, t.payg_cap_mbps
                  FROM nodes n JOIN pools p ON p.id = n.pool_id JOIN origin_types t ON t.name = p.origin_type
                  WHERE n.id = $1",
@@ -188,8 +174,7 @@ impl Store {
             .bind(id)
             .fetch_one(p)
             .await?
-            }
-        );
+        });
         let accounts = on_pool!(self, |p| {
             sqlx::query_as(
                 "SELECT a.name, a.offer, a.state, a.ip_allow FROM account_pool_mappings m JOIN accounts a ON a.id = m.account_id
@@ -211,14 +196,10 @@ impl Store {
 
     /// Adds a node's usage report. Only accounts mapped to the node's pool count;
     /// returns how many windows were refused for naming other accounts.
-    pub async fn record_usage(
-        &self,
-        node_id: Uuid,
-        windows: &[(String, UnixMs, i64, i64)],
-    ) -> Result<usize> {
+    pub async fn record_usage(&self, node_id: Uuid, windows: &[(String, UnixMs, i64, i64)]) -> Result<usize> {
         let mut refused = 0;
         on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             for (account, window_start, bytes, requests) in windows {
                 let account_id: Option<Uuid> = sqlx::query_scalar(
                     "SELECT a.id FROM accounts a JOIN account_pool_mappings m ON m.account_id = a.id
@@ -267,13 +248,11 @@ impl Store {
     /// Recent probe results of a node, newest first (for tests and diagnostics).
     pub async fn probes(&self, node_id: Uuid, limit: i64) -> Result<Vec<(UnixMs, bool)>> {
         on_pool!(self, |p| {
-            Ok(sqlx::query_as(
-                "SELECT at, ok FROM probes WHERE node_id = $1 ORDER BY id DESC LIMIT $2",
-            )
-            .bind(node_id)
-            .bind(limit)
-            .fetch_all(p)
-            .await?)
+            Ok(sqlx::query_as("SELECT at, ok FROM probes WHERE node_id = $1 ORDER BY id DESC LIMIT $2")
+                .bind(node_id)
+                .bind(limit)
+                .fetch_all(p)
+                .await?)
         })
     }
 }
@@ -282,23 +261,18 @@ impl Store {
     /// Marks a node draining; it learns so from its next heartbeat's answer.
     pub async fn request_drain(&self, id: Uuid, actor: &str, now: UnixMs) -> Result<()> {
         on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            let done = sqlx::query("UPDATE nodes SET state = 'draining', updated_at = $2 WHERE id = $1 AND state IN ('starting', 'ready')")
-                .bind(id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            let mut tx = p.begin_write().await?;
+            let done = sqlx::query(
+                "UPDATE nodes SET state = 'draining', updated_at = $2 WHERE id = $1 AND state IN ('starting', 'ready')",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
             if done.rows_affected() == 0 {
                 return Err(StoreError::NotFound);
             }
-            event!(
-                tx,
-                now,
-                actor,
-                "node.drain",
-                format!("node:{id}"),
-                "drain requested"
-            )?;
+            event!(tx, now, actor, "node.drain", format!("node:{id}"), "drain requested")?;
             tx.commit().await?;
             Ok(())
         })
@@ -361,11 +335,9 @@ impl Store {
     /// Every node that should be running (for adopting processes after a restart).
     pub async fn live_node_ids(&self) -> Result<Vec<Uuid>> {
         on_pool!(self, |p| {
-            Ok(sqlx::query_scalar(
-                "SELECT id FROM nodes WHERE state IN ('starting', 'ready', 'draining')",
-            )
-            .fetch_all(p)
-            .await?)
+            Ok(sqlx::query_scalar("SELECT id FROM nodes WHERE state IN ('starting', 'ready', 'draining')")
+                .fetch_all(p)
+                .await?)
         })
     }
 
@@ -382,45 +354,55 @@ impl Store {
     }
 
     /// Marks a node failed or stopped, with the reason in the event trail.
-    pub async fn set_node_state(
-        &self,
-        id: Uuid,
-        state: &str,
-        reason: &str,
-        actor: &str,
-        now: UnixMs,
-    ) -> Result<()> {
+    pub async fn set_node_state(&self, id: Uuid, state: &str, reason: &str, actor: &str, now: UnixMs) -> Result<()> {
         on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            let done = sqlx::query(
-                "UPDATE nodes SET state = $2, updated_at = $3 WHERE id = $1 AND state <> $2",
-            )
-            .bind(id)
-            .bind(state)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            let mut tx = p.begin_write().await?;
+            let done = sqlx::query("UPDATE nodes SET state = $2, updated_at = $3 WHERE id = $1 AND state <> $2")
+                .bind(id)
+                .bind(state)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             if done.rows_affected() > 0 {
-                event!(
-                    tx,
-                    now,
-                    actor,
-                    format!("node.{state}"),
-                    format!("node:{id}"),
-                    reason
-                )?;
+                event!(tx, now, actor, format!("node.{state}"), format!("node:{id}"), reason)?;
             }
             tx.commit().await?;
             Ok(())
         })
     }
 
-    /// Ready nodes of the pool serving an account.
-    pub async fn account_ready_nodes(&self, account_id: Uuid) -> Result<i64> {
+    /// (node, configuration version it runs) of the ready nodes of the account's pool.
+    pub async fn account_ready_node_versions(&self, account_id: Uuid) -> Result<Vec<(Uuid, i64)>> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(
+                "SELECT n.id, n.config_version FROM account_pool_mappings m JOIN nodes n ON n.pool_id = m.pool_id
+                 WHERE m.account_id = $1 AND n.state = 'ready' ORDER BY n.id",
+            )
+            .bind(account_id)
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
+    /// Ready nodes of the pool the account's offer calls for: its own dedicated pool
+    /// for sla; for trial/payg the shared pool it is in, else the best shared pool
+    /// of its type (the one it would be put in).
+    pub async fn target_ready_nodes(&self, account_id: Uuid) -> Result<i64> {
         on_pool!(self, |p| {
             Ok(sqlx::query_scalar(
-                "SELECT COUNT(*) FROM account_pool_mappings m JOIN nodes n ON n.pool_id = m.pool_id
-                 WHERE m.account_id = $1 AND n.state = 'ready'",
+                "SELECT CASE WHEN a.offer = 'sla' THEN
+                    (SELECT COUNT(*) FROM pools p JOIN nodes n ON n.pool_id = p.id
+                     WHERE p.account_id = a.id AND p.kind = 'dedicated' AND p.state IN ('creating', 'ready', 'retained')
+                       AND n.state = 'ready')
+                 WHEN EXISTS (SELECT 1 FROM account_pool_mappings m JOIN pools p ON p.id = m.pool_id
+                              WHERE m.account_id = a.id AND p.kind = 'shared') THEN
+                    (SELECT COUNT(*) FROM account_pool_mappings m JOIN nodes n ON n.pool_id = m.pool_id
+                     WHERE m.account_id = a.id AND n.state = 'ready')
+                 ELSE
+                    (SELECT COALESCE(MAX(c), 0) FROM (SELECT COUNT(*) AS c FROM shared_pools s JOIN nodes n ON n.pool_id = s.pool_id
+                     WHERE s.origin_type = a.origin_type AND n.state = 'ready' GROUP BY s.pool_id) ready)
+                 END
+                 FROM accounts a WHERE a.id = $1",
             )
             .bind(account_id)
             .fetch_one(p)

@@ -7,7 +7,7 @@
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{OperationRow, Result, StepRecord, Store, StoreError, event, on_pool};
+use super::{BeginWrite, OperationRow, Result, StepRecord, Store, StoreError, event, on_pool};
 use crate::clock::UnixMs;
 
 /// Inserts an operation inside the caller's transaction, returning its row.
@@ -48,23 +48,19 @@ pub enum OperationFilter {
 /// `accounts` row) and makes the pool and allocation tables agree with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Put the account in the pool its offer calls for: a shared pool of its type for
-    /// trial/payg, its own dedicated pool of `dedicated_nodes` nodes for sla. Releases
-    /// the pool it leaves.
-    AssignPool {
-        account_id: Uuid,
-        dedicated_nodes: i32,
-    },
+    /// Make the pool the account's offer calls for exist, without moving the
+    /// account: its own dedicated pool of `dedicated_nodes` nodes for sla (created or
+    /// resized), a shared pool of its type for trial/payg.
+    PreparePool { account_id: Uuid, dedicated_nodes: i32 },
+    /// Put the account in that pool, and release the pool it leaves.
+    AssignPool { account_id: Uuid, dedicated_nodes: i32 },
     /// Write the account's row in the global allocation table from its desired state,
     /// and mark the account active (or its pool retained when deactivated).
     RecordAllocation { account_id: Uuid },
     /// Remove the account from its pool and from the allocation table (deletion).
     Release { account_id: Uuid },
     /// Make `version` the current image of an origin type.
-    SetCurrentImage {
-        origin_type: String,
-        version: String,
-    },
+    SetCurrentImage { origin_type: String, version: String },
 }
 
 const CLAIM_POSTGRES: &str = "UPDATE allocation_operations SET state = 'running', attempts = attempts + 1,
@@ -109,111 +105,143 @@ macro_rules! release_pool {
                 .bind($now)
                 .execute(&mut *$tx)
                 .await?;
-            event!($tx, $now, "pool-manager", "pool.released", format!("pool:{}", $pool),
-                format!("account:{} left it", $account))?;
+            event!(
+                $tx,
+                $now,
+                "pool-manager",
+                "pool.released",
+                format!("pool:{}", $pool),
+                format!("account:{} left it", $account)
+            )?;
         }
     };
+}
+
+/// The account's own dedicated pool, sized to `nodes`: found, or created.
+macro_rules! owned_pool {
+    ($tx:expr, $account:expr, $origin_type:expr, $nodes:expr, $now:expr) => {{
+        let owned: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM pools WHERE account_id = $1 AND kind = 'dedicated' AND state IN ('creating', 'ready', 'retained')
+             ORDER BY id LIMIT 1",
+        )
+        .bind($account)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        match owned {
+            Some(pool) => {
+                sqlx::query("UPDATE pools SET desired_nodes = $2, updated_at = $3 WHERE id = $1 AND desired_nodes <> $2")
+                    .bind(pool)
+                    .bind($nodes)
+                    .bind($now)
+                    .execute(&mut *$tx)
+                    .await?;
+                pool
+            }
+            None => {
+                let pool = Uuid::now_v7();
+                sqlx::query(
+                    "INSERT INTO pools (id, origin_type, kind, desired_nodes, state, account_id, created_at, updated_at)
+                     VALUES ($1, $2, 'dedicated', $3, 'creating', $4, $5, $5)",
+                )
+                .bind(pool)
+                .bind($origin_type)
+                .bind($nodes)
+                .bind($account)
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?;
+                event!($tx, $now, "pool-manager", "pool.created", format!("pool:{pool}"),
+                    format!("dedicated pool of {} nodes for account:{}", $nodes, $account))?;
+                pool
+            }
+        }
+    }};
+}
+
+/// A shared pool of the type for one more account: the least loaded of those with
+/// a ready node, else the least loaded, else a new one.
+macro_rules! shared_pool {
+    ($tx:expr, $origin_type:expr, $now:expr) => {{
+        let existing: Option<Uuid> = sqlx::query_scalar(
+            "SELECT s.pool_id FROM shared_pools s JOIN pools p ON p.id = s.pool_id
+             WHERE s.origin_type = $1 AND p.state IN ('creating', 'ready')
+             ORDER BY NOT EXISTS (SELECT 1 FROM nodes n WHERE n.pool_id = s.pool_id AND n.state = 'ready'), s.accounts, s.pool_id
+             LIMIT 1",
+        )
+        .bind($origin_type)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        match existing {
+            Some(p) => p,
+            None => {
+                let pool = Uuid::now_v7();
+                sqlx::query(
+                    "INSERT INTO pools (id, origin_type, kind, desired_nodes, state, created_at, updated_at)
+                     VALUES ($1, $2, 'shared', $3, 'creating', $4, $4)",
+                )
+                .bind(pool)
+                .bind($origin_type)
+                .bind(crate::store::SHARED_POOL_MIN_NODES)
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?;
+                sqlx::query("INSERT INTO shared_pools (pool_id, origin_type) VALUES ($1, $2)")
+                    .bind(pool)
+                    .bind($origin_type)
+                    .execute(&mut *$tx)
+                    .await?;
+                event!($tx, $now, "pool-manager", "pool.created", format!("pool:{pool}"), format!("shared pool of type {}", $origin_type))?;
+                pool
+            }
+        }
+    }};
 }
 
 /// Applies an [`Effect`] inside the caller's transaction.
 macro_rules! apply_effect {
     ($tx:expr, $effect:expr, $now:expr) => {
         match $effect {
+            Effect::PreparePool { account_id, dedicated_nodes } => {
+                let (offer, origin_type): (String, String) =
+                    sqlx::query_as("SELECT offer, origin_type FROM accounts WHERE id = $1").bind(account_id).fetch_one(&mut *$tx).await?;
+                if offer == "sla" {
+                    owned_pool!($tx, account_id, &origin_type, *dedicated_nodes, $now);
+                } else {
+                    shared_pool!($tx, &origin_type, $now);
+                }
+            }
             Effect::AssignPool { account_id, dedicated_nodes } => {
                 let (offer, origin_type): (String, String) =
-                    sqlx::query_as("SELECT offer, origin_type FROM accounts WHERE id = $1")
-                        .bind(account_id)
-                        .fetch_one(&mut *$tx)
-                        .await?;
+                    sqlx::query_as("SELECT offer, origin_type FROM accounts WHERE id = $1").bind(account_id).fetch_one(&mut *$tx).await?;
                 let current: Option<(Uuid, String)> = sqlx::query_as(
                     "SELECT p.id, p.kind FROM account_pool_mappings m JOIN pools p ON p.id = m.pool_id WHERE m.account_id = $1",
                 )
                 .bind(account_id)
                 .fetch_optional(&mut *$tx)
                 .await?;
-                let wants_dedicated = offer == "sla";
-                let target = match (&current, wants_dedicated) {
-                    (Some((pool, kind)), true) if kind == "dedicated" => {
-                        sqlx::query("UPDATE pools SET desired_nodes = $2, updated_at = $3 WHERE id = $1")
-                            .bind(pool)
-                            .bind(dedicated_nodes)
-                            .bind($now)
-                            .execute(&mut *$tx)
-                            .await?;
-                        None
-                    }
-                    (Some((_, kind)), false) if kind == "shared" => None,
-                    (_, true) => {
-                        let pool = Uuid::now_v7();
-                        sqlx::query(
-                            "INSERT INTO pools (id, origin_type, kind, desired_nodes, state, created_at, updated_at)
-                             VALUES ($1, $2, 'dedicated', $3, 'creating', $4, $4)",
-                        )
-                        .bind(pool)
-                        .bind(&origin_type)
-                        .bind(dedicated_nodes)
-                        .bind($now)
-                        .execute(&mut *$tx)
-                        .await?;
-                        event!($tx, $now, "pool-manager", "pool.created", format!("pool:{pool}"),
-                            format!("dedicated pool of {dedicated_nodes} nodes for account:{account_id}"))?;
-                        Some(pool)
-                    }
-                    (_, false) => {
-                        // Least-loaded shared pool of the type, or a new one.
-                        let existing: Option<Uuid> = sqlx::query_scalar(
-                            "SELECT s.pool_id FROM shared_pools s JOIN pools p ON p.id = s.pool_id
-                             WHERE s.origin_type = $1 AND p.state IN ('creating', 'ready')
-                             ORDER BY s.accounts, s.pool_id LIMIT 1",
-                        )
-                        .bind(&origin_type)
-                        .fetch_optional(&mut *$tx)
-                        .await?;
-                        let pool = match existing {
-                            Some(p) => p,
-                            None => {
-                                let pool = Uuid::now_v7();
-                                sqlx::query(
-                                    "INSERT INTO pools (id, origin_type, kind, desired_nodes, state, created_at, updated_at)
-                                     VALUES ($1, $2, 'shared', $3, 'creating', $4, $4)",
-                                )
-                                .bind(pool)
-                                .bind(&origin_type)
-                                .bind(crate::store::SHARED_POOL_MIN_NODES)
-                                .bind($now)
-                                .execute(&mut *$tx)
-                                .await?;
-                                sqlx::query("INSERT INTO shared_pools (pool_id, origin_type) VALUES ($1, $2)")
-                                    .bind(pool)
-                                    .bind(&origin_type)
-                                    .execute(&mut *$tx)
-                                    .await?;
-                                event!($tx, $now, "pool-manager", "pool.created", format!("pool:{pool}"),
-                                    format!("first shared pool of type {origin_type}"))?;
-                                pool
-                            }
-                        };
-                        sqlx::query("UPDATE shared_pools SET accounts = accounts + 1 WHERE pool_id = $1")
-                            .bind(pool)
-                            .execute(&mut *$tx)
-                            .await?;
-                        Some(pool)
+                let target = if offer == "sla" {
+                    owned_pool!($tx, account_id, &origin_type, *dedicated_nodes, $now)
+                } else {
+                    match &current {
+                        Some((pool, kind)) if kind == "shared" => *pool,
+                        _ => shared_pool!($tx, &origin_type, $now),
                     }
                 };
-                if let Some(pool) = target {
+                if current.as_ref().map(|c| c.0) != Some(target) {
                     if let Some((old, kind)) = &current {
                         release_pool!($tx, old, kind, $now, account_id);
                     }
+                    sqlx::query("UPDATE shared_pools SET accounts = accounts + 1 WHERE pool_id = $1").bind(target).execute(&mut *$tx).await?;
                     sqlx::query(
                         "INSERT INTO account_pool_mappings (account_id, pool_id, updated_at) VALUES ($1, $2, $3)
                          ON CONFLICT (account_id) DO UPDATE SET pool_id = excluded.pool_id, updated_at = excluded.updated_at",
                     )
                     .bind(account_id)
-                    .bind(pool)
+                    .bind(target)
                     .bind($now)
                     .execute(&mut *$tx)
                     .await?;
-                    event!($tx, $now, "pool-manager", "account.mapped", format!("account:{account_id}"), format!("pool:{pool}"))?;
+                    event!($tx, $now, "pool-manager", "account.mapped", format!("account:{account_id}"), format!("pool:{target}"))?;
                 }
             }
             Effect::RecordAllocation { account_id } => {
@@ -312,28 +340,13 @@ impl Store {
     }
 
     /// Claims the oldest runnable operation for `owner` until `now + lease_ms`.
-    pub async fn claim_operation(
-        &self,
-        owner: &str,
-        now: UnixMs,
-        lease_ms: i64,
-    ) -> Result<Option<OperationRow>> {
+    pub async fn claim_operation(&self, owner: &str, now: UnixMs, lease_ms: i64) -> Result<Option<OperationRow>> {
         let row = match &self.backend {
             super::Backend::Postgres(p) => {
-                sqlx::query_as(CLAIM_POSTGRES)
-                    .bind(owner)
-                    .bind(now + lease_ms)
-                    .bind(now)
-                    .fetch_optional(p)
-                    .await?
+                sqlx::query_as(CLAIM_POSTGRES).bind(owner).bind(now + lease_ms).bind(now).fetch_optional(p).await?
             }
             super::Backend::Sqlite(p) => {
-                sqlx::query_as(CLAIM_SQLITE)
-                    .bind(owner)
-                    .bind(now + lease_ms)
-                    .bind(now)
-                    .fetch_optional(p)
-                    .await?
+                sqlx::query_as(CLAIM_SQLITE).bind(owner).bind(now + lease_ms).bind(now).fetch_optional(p).await?
             }
         };
         Ok(row)
@@ -352,12 +365,9 @@ impl Store {
         now: UnixMs,
     ) -> Result<OperationRow> {
         let mut steps = op.steps.0.clone();
-        steps.push(StepRecord {
-            step: step.to_owned(),
-            at: now,
-        });
+        steps.push(StepRecord { step: step.to_owned(), at: now });
         on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let row: Option<OperationRow> = sqlx::query_as(
                 "UPDATE allocation_operations SET step = $3, steps = $4, updated_at = $5, last_error = NULL,
                      state = CASE WHEN $6 THEN 'succeeded' ELSE state END,
@@ -380,14 +390,7 @@ impl Store {
                 apply_effect!(tx, effect, now);
             }
             if finish {
-                event!(
-                    tx,
-                    now,
-                    "worker",
-                    "operation.succeeded",
-                    format!("operation:{}", op.id),
-                    op.kind.clone()
-                )?;
+                event!(tx, now, "worker", "operation.succeeded", format!("operation:{}", op.id), op.kind.clone())?;
             }
             tx.commit().await?;
             Ok(row)
@@ -406,7 +409,7 @@ impl Store {
         now: UnixMs,
     ) -> Result<()> {
         on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             sqlx::query(
                 "UPDATE allocation_operations SET last_error = $3, not_before = $4, updated_at = $5,
                      lease_owner = NULL, lease_until = NULL,
@@ -422,14 +425,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if give_up {
-                event!(
-                    tx,
-                    now,
-                    "worker",
-                    "operation.failed",
-                    format!("operation:{}", op.id),
-                    error
-                )?;
+                event!(tx, now, "worker", "operation.failed", format!("operation:{}", op.id), error)?;
             }
             tx.commit().await?;
             Ok(())
@@ -438,13 +434,7 @@ impl Store {
 
     /// Puts an operation back to wait for something outside the store (nodes getting
     /// ready): not a failure, so the attempt is not counted.
-    pub async fn defer_operation(
-        &self,
-        op: &OperationRow,
-        owner: &str,
-        until: UnixMs,
-        now: UnixMs,
-    ) -> Result<()> {
+    pub async fn defer_operation(&self, op: &OperationRow, owner: &str, until: UnixMs, now: UnixMs) -> Result<()> {
         on_pool!(self, |p| {
             sqlx::query(
                 "UPDATE allocation_operations SET not_before = $3, updated_at = $4, lease_owner = NULL, lease_until = NULL,
@@ -464,11 +454,9 @@ impl Store {
     /// Whether any operation is waiting to run; used by tests and `operations wait`.
     pub async fn open_operations(&self) -> Result<i64> {
         on_pool!(self, |p| {
-            Ok(sqlx::query_scalar(
-                "SELECT COUNT(*) FROM allocation_operations WHERE state IN ('pending', 'running')",
-            )
-            .fetch_one(p)
-            .await?)
+            Ok(sqlx::query_scalar("SELECT COUNT(*) FROM allocation_operations WHERE state IN ('pending', 'running')")
+                .fetch_one(p)
+                .await?)
         })
     }
 }

@@ -20,71 +20,40 @@ pub async fn sqlite() -> TestDb {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}/headwater.db", dir.path().display());
     let store = Store::connect(&url).await.expect("sqlite store");
-    TestDb {
-        store,
-        url,
-        _dir: Some(dir),
-    }
+    TestDb { store, url, _dir: Some(dir) }
 }
 
 /// A URL to a brand-new, empty PostgreSQL database.
 pub async fn fresh_postgres_url() -> String {
-    let admin_url =
-        std::env::var("HEADWATER_TEST_DATABASE_URL").unwrap_or_else(|_| PG_DEFAULT.into());
+    let admin_url = std::env::var("HEADWATER_TEST_DATABASE_URL").unwrap_or_else(|_| PG_DEFAULT.into());
     let mut conn = sqlx::PgConnection::connect(&admin_url)
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL at {admin_url} is needed for the tests (scripts/test starts it): {e}"
-            )
-        });
+        .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is needed for the tests (scripts/test starts it): {e}"));
     let name = format!("hw_test_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await
         .expect("create database");
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(&admin_url);
+    let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin_url);
     format!("{base}/{name}")
 }
 
 pub async fn postgres() -> TestDb {
     let url = fresh_postgres_url().await;
     let store = Store::connect(&url).await.expect("postgres store");
-    TestDb {
-        store,
-        url,
-        _dir: None,
-    }
+    TestDb { store, url, _dir: None }
 }
 
 /// Runs raw SQL against the test database, as something other than the store would.
 pub async fn raw_execute(url: &str, sql: &str) -> Result<u64, String> {
     let sql = sqlx::AssertSqlSafe(sql.to_owned());
     if url.starts_with("postgres") {
-        let mut c = sqlx::PgConnection::connect(url)
-            .await
-            .map_err(|e| e.to_string())?;
-        sqlx::query(sql)
-            .execute(&mut c)
-            .await
-            .map(|r| r.rows_affected())
-            .map_err(|e| e.to_string())
+        let mut c = sqlx::PgConnection::connect(url).await.map_err(|e| e.to_string())?;
+        sqlx::query(sql).execute(&mut c).await.map(|r| r.rows_affected()).map_err(|e| e.to_string())
     } else {
-        let mut c = sqlx::SqliteConnection::connect(url)
-            .await
-            .map_err(|e| e.to_string())?;
-        sqlx::query("PRAGMA foreign_keys = ON")
-            .execute(&mut c)
-            .await
-            .map_err(|e| e.to_string())?;
-        sqlx::query(sql)
-            .execute(&mut c)
-            .await
-            .map(|r| r.rows_affected())
-            .map_err(|e| e.to_string())
+        let mut c = sqlx::SqliteConnection::connect(url).await.map_err(|e| e.to_string())?;
+        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut c).await.map_err(|e| e.to_string())?;
+        sqlx::query(sql).execute(&mut c).await.map(|r| r.rows_affected()).map_err(|e| e.to_string())
     }
 }
 
@@ -93,16 +62,10 @@ pub async fn raw_count(url: &str, sql: &str) -> i64 {
     let sql = sqlx::AssertSqlSafe(sql.to_owned());
     if url.starts_with("postgres") {
         let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
-        sqlx::query_scalar(sql)
-            .fetch_one(&mut c)
-            .await
-            .expect("count")
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.expect("count")
     } else {
         let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
-        sqlx::query_scalar(sql)
-            .fetch_one(&mut c)
-            .await
-            .expect("count")
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.expect("count")
     }
 }
 
