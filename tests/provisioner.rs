@@ -42,9 +42,8 @@ async fn create(admin: &Admin, key: &str, body: Value) -> (String, Value) {
     (account["pool"]["id"].as_str().unwrap().to_owned(), op)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_sla_account_gets_its_nodes_and_a_killed_node_is_replaced() {
-    let admin = Admin::start(Backend::Sqlite, PROCESS_DRIVER).await;
+async fn an_sla_account_gets_its_nodes_and_a_killed_node_is_replaced(backend: Backend) {
+    let admin = Admin::start(backend, PROCESS_DRIVER).await;
     let (_, key) = admin.sign_up("ana@example.com").await;
     // 300 Mbit/s on 100 Mbit/s nodes: three to carry it plus a spare.
     let (pool, op) =
@@ -67,6 +66,19 @@ async fn an_sla_account_gets_its_nodes_and_a_killed_node_is_replaced() {
     let got = reqwest::get(format!("{node_url}/ana-vod/demo/hls/master.m3u8")).await.unwrap();
     assert_eq!(got.status(), StatusCode::OK);
     assert_eq!(got.bytes().await.unwrap(), std::fs::read(format!("{DEMO}/hls/master.m3u8")).unwrap());
+
+    // Admin probes every node from outside: availability in the account and in /metrics.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;
+        if a["availability"].as_f64() == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no availability figure: {a}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = admin.request(Method::GET, "/metrics", None, None).await.text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "headwater_admin_account_availability{account=\"ana-vod\"} 1"), "{metrics}");
 
     // kill -9 one node: it is marked failed and a replacement becomes ready.
     let (victim, pid) = procs[0].clone();
@@ -96,9 +108,8 @@ async fn an_sla_account_gets_its_nodes_and_a_killed_node_is_replaced() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_outlive_an_admin_crash_and_are_adopted() {
-    let mut admin = Admin::start(Backend::Sqlite, PROCESS_DRIVER).await;
+async fn nodes_outlive_an_admin_crash_and_are_adopted(backend: Backend) {
+    let mut admin = Admin::start(backend, PROCESS_DRIVER).await;
     let (_, key) = admin.sign_up("ana@example.com").await;
     let (pool, _) =
         create(&admin, &key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "trial"}})).await;
@@ -138,9 +149,8 @@ async fn nodes_outlive_an_admin_crash_and_are_adopted() {
     assert_eq!(reqwest::get(url).await.unwrap().status(), StatusCode::OK);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payg_to_sla_and_back_moves_the_account_only_to_ready_nodes() {
-    let admin = Admin::start(Backend::Sqlite, PROCESS_DRIVER).await;
+async fn payg_to_sla_and_back_moves_the_account_only_to_ready_nodes(backend: Backend) {
+    let admin = Admin::start(backend, PROCESS_DRIVER).await;
     let (_, key) = admin.sign_up("ana@example.com").await;
     let (shared, _) =
         create(&admin, &key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
@@ -193,3 +203,53 @@ async fn payg_to_sla_and_back_moves_the_account_only_to_ready_nodes() {
     assert_eq!(allocs["items"][0]["offer"], "payg");
     assert_eq!(allocs["items"][0]["pool_id"].as_str(), Some(shared.as_str()));
 }
+
+/// An admin killed while an SLA account is being provisioned: the restarted admin
+/// finishes the operation, and no node runs twice or without a row.
+async fn an_admin_crash_during_provisioning_loses_nothing(backend: Backend) {
+    let mut admin = Admin::start(backend, PROCESS_DRIVER).await;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let body = json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 300}});
+    let a = admin.call(Method::POST, "/v1/accounts", Some(&key), Some(body), StatusCode::ACCEPTED).await;
+    // Crash as soon as the first node has been launched.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin.node_processes().is_empty() {
+        assert!(Instant::now() < deadline, "no node was launched");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    admin.crash_and_restart().await;
+    let op = admin.wait_operation_for(a["operation"]["id"].as_str().unwrap(), &key, Duration::from_secs(90)).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let account = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;
+    let pool = account["pool"]["id"].as_str().unwrap().to_owned();
+    wait_ready(&admin, &pool, 4).await;
+    // Every running process is a live node of the pool, and there are exactly four.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live: Vec<String> = nodes_of(&admin, &pool)
+            .await
+            .iter()
+            .filter(|n| matches!(n["state"].as_str(), Some("starting" | "ready")))
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .collect();
+        let procs: Vec<String> = admin.node_processes().into_iter().map(|(id, _)| id).collect();
+        if live.len() == 4 && procs.len() == 4 && procs.iter().all(|p| live.contains(p)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "live nodes {live:?} vs processes {procs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pools = admin.call(Method::GET, "/v1/pools", Some(&admin.operator_token), None, StatusCode::OK).await;
+    assert_eq!(
+        pools["items"].as_array().unwrap().iter().filter(|p| p["kind"] == "dedicated").count(),
+        1,
+        "no second pool"
+    );
+}
+
+e2e_on_both_backends!(
+    an_sla_account_gets_its_nodes_and_a_killed_node_is_replaced,
+    nodes_outlive_an_admin_crash_and_are_adopted,
+    payg_to_sla_and_back_moves_the_account_only_to_ready_nodes,
+    an_admin_crash_during_provisioning_loses_nothing,
+);

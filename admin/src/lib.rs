@@ -5,6 +5,7 @@ pub mod api;
 pub mod bus;
 pub mod clock;
 pub mod domain;
+pub mod health;
 pub mod keys;
 pub mod probe_content;
 pub mod reconciler;

@@ -102,6 +102,8 @@ impl Reconciler {
         for h in self.driver.list().await? {
             if known.contains(&h.id) {
                 tracing::info!(node = %h.id, "adopted running node");
+                // The handle may not have been recorded if admin died right after launching.
+                self.store.set_node_handle(h.id, &h.reference, self.clock.now_ms()).await?;
             } else {
                 tracing::warn!(node = %h.id, "stopping a stray node the store does not know");
                 self.driver.terminate(&h, Duration::from_secs(5)).await?;

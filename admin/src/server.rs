@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiSettings, AppState, Metrics, RateLimits};
 use crate::bus::Bus;
 use crate::clock::{Clock, SystemClock};
+use crate::health::Prober;
 use crate::keys;
 use crate::reconciler::{HealthPolicy, NodeTemplate, Reconciler};
 use crate::store::Store;
@@ -77,6 +78,9 @@ pub struct AdminConfig {
     /// A node without a heartbeat for this long is failed and replaced.
     #[arg(long, env = "HEADWATER_HEARTBEAT_TIMEOUT_MS", default_value_t = 3000)]
     pub heartbeat_timeout_ms: u64,
+    /// How often admin probes every node's test content (availability), in ms.
+    #[arg(long, env = "HEADWATER_PROBE_INTERVAL_MS", default_value_t = 2000)]
+    pub probe_interval_ms: u64,
     /// Largest request body in bytes.
     #[arg(long, env = "HEADWATER_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -176,6 +180,13 @@ impl Admin {
         let store = self.state.store.clone();
         let limits = self.state.limits.clone();
         let workers: Vec<_> = self.workers.into_iter().map(|w| tokio::spawn(w.run(shutdown.clone()))).collect();
+        let prober = Prober {
+            store: self.state.store.clone(),
+            clock: self.state.clock.clone(),
+            http: reqwest::Client::builder().build()?,
+            interval: Duration::from_millis(self.cfg.probe_interval_ms),
+        };
+        let prober = tokio::spawn(prober.run(shutdown.clone()));
         let reconciler = match self.driver {
             Some(driver) => {
                 let program = match &self.cfg.node_program {
@@ -227,6 +238,7 @@ impl Admin {
         if let Some(r) = reconciler {
             let _ = r.await;
         }
+        let _ = prober.await;
         let _ = sweeper.await;
         store.close().await;
         Ok(())

@@ -13,6 +13,9 @@ use super::problem::{ApiError, ApiJson, Problem};
 use crate::domain::{AccountName, IpAllow, Offer, OriginTypeName};
 use crate::store::{AccountChange, AccountRow, NewAccount, NewOperation, OperationFilter, StoreError};
 
+/// Availability is the share of admin's probes that succeeded over this window.
+pub const AVAILABILITY_WINDOW_MS: i64 = 5 * 60 * 1000;
+
 fn not_found(name: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
     move |e| match e {
         StoreError::NotFound => ApiError::NotFound(format!("account {name}")),
@@ -94,7 +97,11 @@ pub async fn get_account(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Account>, ApiError> {
-    Ok(Json(find(&s, caller, &name).await?.into()))
+    let row = find(&s, caller, &name).await?;
+    let availability = s.store.availability(row.id, s.clock.now_ms() - AVAILABILITY_WINDOW_MS).await?;
+    let mut account = Account::from(row);
+    account.availability = availability;
+    Ok(Json(account))
 }
 
 async fn find(s: &AppState, caller: Caller, name: &str) -> Result<AccountRow, ApiError> {

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub latency: HistogramVec,
     pub rate_limited: IntCounter,
+    /// Share of admin's probes of each account's nodes that succeeded (5 minutes).
+    pub availability: prometheus::GaugeVec,
 }
 
 impl Metrics {
@@ -28,10 +30,15 @@ impl Metrics {
             &["method", "route"],
         )?;
         let rate_limited = IntCounter::new("rate_limited_total", "requests refused with 429")?;
+        let availability = prometheus::GaugeVec::new(
+            Opts::new("account_availability", "share of successful probes of the account's nodes over 5 minutes"),
+            &["account"],
+        )?;
+        registry.register(Box::new(availability.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
-        Ok(Self { registry, requests, latency, rate_limited })
+        Ok(Self { registry, requests, latency, rate_limited, availability })
     }
 }
 
@@ -57,6 +64,16 @@ pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let since = s.clock.now_ms() - super::accounts::AVAILABILITY_WINDOW_MS;
+    match s.store.availabilities(since).await {
+        Ok(rows) => {
+            s.metrics.availability.reset();
+            for (account, share) in rows {
+                s.metrics.availability.with_label_values(&[account.as_str()]).set(share);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "availability for metrics"),
+    }
     let mut buf = Vec::new();
     let enc = TextEncoder::new();
     if let Err(e) = enc.encode(&s.metrics.registry.gather(), &mut buf) {
