@@ -6,6 +6,7 @@ pub mod bus;
 pub mod clock;
 pub mod domain;
 pub mod health;
+pub mod heartbeats;
 pub mod keys;
 pub mod probe_content;
 pub mod reconciler;

@@ -122,6 +122,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 /// Everything `admin` runs, assembled: used by `headwater admin` and by `up`.
 pub struct Admin {
     pub state: AppState,
+    heartbeat_rx: tokio::sync::mpsc::Receiver<crate::heartbeats::Queued>,
     pub workers: Vec<Worker>,
     /// Runs nodes for pools; `None` with `--driver none`.
     pub driver: Option<Arc<dyn Driver>>,
@@ -150,11 +151,13 @@ impl Admin {
         if seeded > 0 {
             tracing::info!(files = seeded, "test content written under _probe/");
         }
+        let (heartbeats, heartbeat_rx) = crate::heartbeats::HeartbeatQueue::new();
         let state = AppState {
             store: store.clone(),
             clock: clock.clone(),
             bus: bus.clone(),
             settings: Arc::new(settings),
+            heartbeats,
             content,
             metrics: Arc::new(Metrics::new()?),
             limits: Arc::new(RateLimits::new(cfg.rate_limit_per_key, cfg.signup_rate_limit)),
@@ -171,7 +174,7 @@ impl Admin {
                 w
             })
             .collect();
-        Ok(Self { state, workers, driver, cfg: cfg.clone() })
+        Ok(Self { state, heartbeat_rx, workers, driver, cfg: cfg.clone() })
     }
 
     /// Serves the API on `listener` and runs the worker until `shutdown`, then
@@ -180,6 +183,10 @@ impl Admin {
         let store = self.state.store.clone();
         let limits = self.state.limits.clone();
         let workers: Vec<_> = self.workers.into_iter().map(|w| tokio::spawn(w.run(shutdown.clone()))).collect();
+        // The writer outlives the server so heartbeats queued during the drain are kept.
+        let writer_stop = CancellationToken::new();
+        let writer =
+            tokio::spawn(crate::heartbeats::write(self.state.store.clone(), self.heartbeat_rx, writer_stop.clone()));
         let prober = Prober {
             store: self.state.store.clone(),
             clock: self.state.clock.clone(),
@@ -239,6 +246,8 @@ impl Admin {
             let _ = r.await;
         }
         let _ = prober.await;
+        writer_stop.cancel();
+        let _ = writer.await;
         let _ = sweeper.await;
         store.close().await;
         Ok(())

@@ -59,6 +59,8 @@ pub struct AppState {
     /// Told when an operation is enqueued, so a worker starts at once.
     pub bus: Bus,
     pub settings: Arc<ApiSettings>,
+    /// Heartbeats queued for the batch writer.
+    pub heartbeats: crate::heartbeats::HeartbeatQueue,
     /// Where assets are uploaded to (and nodes read from).
     pub content: ContentStore,
     pub metrics: Arc<Metrics>,

@@ -17,7 +17,7 @@ use super::model::Node;
 use super::problem::{ApiError, ApiJson, Problem};
 use crate::bus::HEARTBEATS;
 use crate::keys;
-use crate::store::{HeartbeatRecord, NodeServing, StoreError};
+use crate::store::{HeartbeatRecord, NodeServing, StoreError, effective_state};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -123,7 +123,8 @@ pub async fn heartbeat(
         probe_latency_ms: i32::try_from(hb.self_probe.latency_ms).unwrap_or(i32::MAX),
         probe_error: hb.self_probe.error.clone(),
     };
-    let state = s.store.record_heartbeat(id, &record, s.clock.now_ms()).await?;
+    let state = effective_state(&s.store.node_state(id).await?, record.state).to_owned();
+    s.heartbeats.push((id, record, s.clock.now_ms())).await.map_err(|e| ApiError::Internal(e.into()))?;
     let serving = s.store.node_serving(id).await?;
     let config = node_config(id, &serving);
     let payload = serde_json::json!({"node": id, "state": state, "heartbeat": hb}).to_string();

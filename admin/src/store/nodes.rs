@@ -96,58 +96,63 @@ impl Store {
         Ok(hash.flatten())
     }
 
-    /// Stores a heartbeat: the node's latest state and load, and its self-probe.
-    /// A node marked failed stays failed until replaced. Returns the node's state.
-    pub async fn record_heartbeat(&self, id: Uuid, hb: &HeartbeatRecord, now: UnixMs) -> Result<String> {
+    /// Stores heartbeats in one transaction: each node's latest state and load, and
+    /// its self-probe. Admin's verdicts stick: a failed or stopped node stays so, and
+    /// a node told to drain stays draining whatever it says.
+    pub async fn record_heartbeats(&self, batch: &[(Uuid, HeartbeatRecord, UnixMs)]) -> Result<()> {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
-            let before: String =
-                sqlx::query_scalar("SELECT state FROM nodes WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
-            // Admin's verdicts stick: a failed or stopped node stays so, and a node told
-            // to drain stays draining whatever it says.
-            let state = if matches!(before.as_str(), "failed" | "stopped" | "draining") {
-                before.clone()
-            } else {
-                hb.state.to_owned()
-            };
-            sqlx::query(
-                "UPDATE nodes SET state = $2, address = $3, image_version = $4, last_heartbeat = $5, egress_mbps = $6,
-                     open_connections = $7, cache_hit_ratio = $8, config_version = $9, updated_at = $5
-                 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(&state)
-            .bind(&hb.address)
-            .bind(&hb.image_version)
-            .bind(now)
-            .bind(hb.egress_mbps)
-            .bind(hb.open_connections)
-            .bind(hb.cache_hit_ratio)
-            .bind(hb.config_version)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO probes (node_id, at, source, ok, latency_ms, detail) VALUES ($1, $2, 'self', $3, $4, $5)",
-            )
-            .bind(id)
-            .bind(now)
-            .bind(hb.probe_ok)
-            .bind(hb.probe_latency_ms)
-            .bind(&hb.probe_error)
-            .execute(&mut *tx)
-            .await?;
-            if state != before {
-                event!(
-                    tx,
-                    now,
-                    format!("node:{id}"),
-                    "node.state",
-                    format!("node:{id}"),
-                    format!("{before} -> {state}")
-                )?;
+            for (id, hb, now) in batch {
+                let before: Option<String> = sqlx::query_scalar("SELECT state FROM nodes WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(before) = before else { continue };
+                let state = effective_state(&before, hb.state);
+                sqlx::query(
+                    "UPDATE nodes SET state = $2, address = $3, image_version = $4, last_heartbeat = $5, egress_mbps = $6,
+                         open_connections = $7, cache_hit_ratio = $8, config_version = $9, updated_at = $5
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(state)
+                .bind(&hb.address)
+                .bind(&hb.image_version)
+                .bind(now)
+                .bind(hb.egress_mbps)
+                .bind(hb.open_connections)
+                .bind(hb.cache_hit_ratio)
+                .bind(hb.config_version)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("INSERT INTO probes (node_id, at, source, ok, latency_ms, detail) VALUES ($1, $2, 'self', $3, $4, $5)")
+                    .bind(id)
+                    .bind(now)
+                    .bind(hb.probe_ok)
+                    .bind(hb.probe_latency_ms)
+                    .bind(&hb.probe_error)
+                    .execute(&mut *tx)
+                    .await?;
+                if state != before {
+                    event!(
+                        tx,
+                        now,
+                        format!("node:{id}"),
+                        "node.state",
+                        format!("node:{id}"),
+                        format!("{before} -> {state}")
+                    )?;
+                }
             }
             tx.commit().await?;
-            Ok(state)
+            Ok(())
+        })
+    }
+
+    /// A node's state as admin holds it.
+    pub async fn node_state(&self, id: Uuid) -> Result<String> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_scalar("SELECT state FROM nodes WHERE id = $1").bind(id).fetch_one(p).await?)
         })
     }
 
@@ -277,6 +282,12 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// The state a heartbeat leaves a node in: admin's verdicts (failed, stopped,
+/// draining) stick; otherwise what the node says.
+pub fn effective_state<'a>(before: &'a str, reported: &'a str) -> &'a str {
+    if matches!(before, "failed" | "stopped" | "draining") { before } else { reported }
 }
 
 /// A node as the reconciler sees it.
