@@ -253,3 +253,76 @@ e2e_on_both_backends!(
     payg_to_sla_and_back_moves_the_account_only_to_ready_nodes,
     an_admin_crash_during_provisioning_loses_nothing,
 );
+
+/// Downloads segments from `nodes` until `stop`.
+fn load(nodes: Vec<String>, stop: tokio_util::sync::CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for addr in nodes {
+        for i in 0..2 {
+            let url = format!("http://{addr}/ana-vod/demo/hls/720p/seg_00{i}.ts");
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                while !stop.is_cancelled() {
+                    if let Ok(mut res) = http.get(&url).send().await {
+                        while let Ok(Some(_)) = res.chunk().await {
+                            if stop.is_cancelled() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    tasks
+}
+
+async fn wait_desired(admin: &Admin, pool: &str, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pools = admin.call(Method::GET, "/v1/pools", Some(&admin.operator_token), None, StatusCode::OK).await;
+        let p = pools["items"].as_array().unwrap().iter().find(|p| p["id"] == pool).cloned().unwrap();
+        if p["desired_nodes"].as_i64() == Some(n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pool never wanted {n} nodes: {p}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_shared_pool_grows_and_shrinks_back() {
+    let admin = Admin::start(Backend::Sqlite, &["--driver", "process", "--scale-window-secs", "2"]).await;
+    // 8 Mbit/s nodes: two players per node saturate them.
+    let patch = json!({"node_capacity_mbps": 8});
+    admin.call(Method::PATCH, "/v1/origin-types/hls", Some(&admin.operator_token), Some(patch), StatusCode::OK).await;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let (pool, _) =
+        create(&admin, &key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
+    admin.upload_demo(&key, "ana-vod", "demo").await;
+    let nodes = wait_ready(&admin, &pool, 2).await;
+    let addrs: Vec<String> = nodes.iter().map(|n| n["address"].as_str().unwrap().to_owned()).collect();
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tasks = load(addrs, stop.clone());
+    wait_desired(&admin, &pool, 3).await;
+    wait_ready(&admin, &pool, 3).await;
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    // Idle now: back to the minimum of two.
+    wait_desired(&admin, &pool, 2).await;
+    wait_ready(&admin, &pool, 2).await;
+    let events =
+        admin.call(Method::GET, "/v1/events?limit=500", Some(&admin.operator_token), None, StatusCode::OK).await;
+    let scaled: Vec<_> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "pool.scaled")
+        .map(|e| e["reason"].clone())
+        .collect();
+    assert_eq!(scaled.len(), 2, "{scaled:?}");
+}

@@ -30,6 +30,66 @@ impl Default for HealthPolicy {
     }
 }
 
+/// When a shared pool grows or shrinks.
+#[derive(Debug, Clone, Copy)]
+pub struct ScalePolicy {
+    /// Grow when egress stays above this share of the ready nodes' capacity…
+    pub high: f64,
+    /// …shrink when it stays below this share…
+    pub low: f64,
+    /// …for this long.
+    pub sustain_ms: i64,
+    pub min_nodes: i32,
+}
+
+impl Default for ScalePolicy {
+    fn default() -> Self {
+        Self { high: 0.7, low: 0.3, sustain_ms: 30_000, min_nodes: crate::store::SHARED_POOL_MIN_NODES }
+    }
+}
+
+/// Since when a shared pool has been above or below its thresholds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub hot_since: Option<UnixMs>,
+    pub cold_since: Option<UnixMs>,
+}
+
+/// The desired size of a shared pool from its measured egress: one node more after
+/// `sustain_ms` above `high`, one fewer (never below `min_nodes`) after `sustain_ms`
+/// below `low`. Returns the new size (if it changes) and the pressure to carry on.
+pub fn scale(
+    desired: i32,
+    ready: usize,
+    egress_mbps: f64,
+    node_capacity_mbps: i32,
+    pressure: Pressure,
+    now: UnixMs,
+    policy: ScalePolicy,
+) -> (Option<i32>, Pressure) {
+    let capacity = ready as f64 * f64::from(node_capacity_mbps.max(1));
+    if ready == 0 || (ready as i32) < desired {
+        // Still converging: measure only a settled pool.
+        return (None, Pressure::default());
+    }
+    let use_share = egress_mbps / capacity;
+    if use_share > policy.high {
+        let since = pressure.hot_since.unwrap_or(now);
+        if now - since >= policy.sustain_ms {
+            return (Some(desired + 1), Pressure::default());
+        }
+        return (None, Pressure { hot_since: Some(since), cold_since: None });
+    }
+    if use_share < policy.low && desired > policy.min_nodes {
+        let since = pressure.cold_since.unwrap_or(now);
+        if now - since >= policy.sustain_ms {
+            return (Some(desired - 1), Pressure::default());
+        }
+        return (None, Pressure { hot_since: None, cold_since: Some(since) });
+    }
+    (None, Pressure::default())
+}
+
 /// What the reconciler does to a pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -93,6 +153,10 @@ pub struct Reconciler {
     pub interval: Duration,
     /// When this reconciler started (see [`plan`]).
     pub started: UnixMs,
+    pub scale_policy: ScalePolicy,
+    /// Per shared pool, since when it has been hot or cold (in memory: a restart
+    /// only restarts the window).
+    pub pressure: std::sync::Mutex<std::collections::HashMap<Uuid, Pressure>>,
 }
 
 impl Reconciler {
@@ -131,8 +195,11 @@ impl Reconciler {
 
     /// One pass over every pool.
     pub async fn reconcile_once(&self) -> anyhow::Result<()> {
-        for pool in self.store.pool_targets().await? {
+        for mut pool in self.store.pool_targets().await? {
             let nodes = self.store.pool_health(pool.id).await?;
+            if pool.kind == "shared" && pool.state != "deleted" {
+                self.autoscale(&mut pool, &nodes).await?;
+            }
             for action in plan(&pool, &nodes, self.clock.now_ms(), self.started, self.policy) {
                 self.apply(&pool, &nodes, action).await?;
             }
@@ -144,6 +211,26 @@ impl Reconciler {
                     self.terminate_later(h, Duration::from_secs(5));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Grows or shrinks a shared pool on its measured egress.
+    async fn autoscale(&self, pool: &mut PoolTarget, nodes: &[NodeHealthRow]) -> anyhow::Result<()> {
+        let now = self.clock.now_ms();
+        let ready: Vec<_> = nodes.iter().filter(|n| n.state == "ready").collect();
+        let egress: f64 = ready.iter().map(|n| n.egress_mbps).sum();
+        let before = self.pressure.lock().map(|p| p.get(&pool.id).copied().unwrap_or_default()).unwrap_or_default();
+        let (change, after) =
+            scale(pool.desired_nodes, ready.len(), egress, pool.node_capacity_mbps, before, now, self.scale_policy);
+        if let Ok(mut p) = self.pressure.lock() {
+            p.insert(pool.id, after);
+        }
+        if let Some(n) = change {
+            let reason = format!("egress {egress:.1} Mbit/s on {} ready nodes", ready.len());
+            tracing::info!(pool = %pool.id, from = pool.desired_nodes, to = n, %reason, "scaling shared pool");
+            self.store.set_pool_desired(pool.id, n, &reason, now).await?;
+            pool.desired_nodes = n;
         }
         Ok(())
     }
@@ -217,6 +304,7 @@ mod tests {
 
     fn pool(desired: i32, state: &str) -> PoolTarget {
         PoolTarget {
+            kind: "dedicated".into(),
             id: Uuid::now_v7(),
             state: state.into(),
             desired_nodes: desired,
@@ -234,6 +322,7 @@ mod tests {
             last_heartbeat: heartbeat_ago.map(|a| NOW - a),
             created_at: NOW - 60_000,
             recent_probe_failures: probe_failures,
+            egress_mbps: 0.0,
         }
     }
 
@@ -297,5 +386,51 @@ mod tests {
         // Failed, draining and stopped nodes are not counted as serving.
         let drained = node("draining", Some(100), 0);
         assert_eq!(plan(&pool(1, "ready"), &[drained], NOW, 0, HealthPolicy::default()), [Action::Launch { count: 1 }]);
+    }
+}
+
+#[cfg(test)]
+mod scale_tests {
+    use super::*;
+
+    const T: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn a_hot_pool_grows_only_after_the_window() {
+        let p = ScalePolicy { sustain_ms: 30_000, ..ScalePolicy::default() };
+        // 2 nodes of 100 Mbit/s carrying 150: 75 % > 70 %.
+        let (change, pressure) = scale(2, 2, 150.0, 100, Pressure::default(), T, p);
+        assert_eq!(change, None);
+        assert_eq!(pressure.hot_since, Some(T));
+        let (change, pressure) = scale(2, 2, 150.0, 100, pressure, T + 29_999, p);
+        assert_eq!((change, pressure.hot_since), (None, Some(T)));
+        let (change, pressure) = scale(2, 2, 150.0, 100, pressure, T + 30_000, p);
+        assert_eq!((change, pressure), (Some(3), Pressure::default()));
+    }
+
+    #[test]
+    fn a_dip_resets_the_window() {
+        let p = ScalePolicy::default();
+        let (_, hot) = scale(2, 2, 150.0, 100, Pressure::default(), T, p);
+        let (_, calm) = scale(2, 2, 100.0, 100, hot, T + 10_000, p);
+        assert_eq!(calm, Pressure::default());
+        let (change, _) = scale(2, 2, 150.0, 100, calm, T + 31_000, p);
+        assert_eq!(change, None, "the window starts again after the dip");
+    }
+
+    #[test]
+    fn a_cold_pool_shrinks_but_never_below_the_minimum() {
+        let p = ScalePolicy { sustain_ms: 1_000, ..ScalePolicy::default() };
+        let (_, cold) = scale(4, 4, 10.0, 100, Pressure::default(), T, p);
+        assert_eq!(scale(4, 4, 10.0, 100, cold, T + 1_000, p).0, Some(3));
+        let (_, cold) = scale(2, 2, 0.0, 100, Pressure::default(), T, p);
+        assert_eq!(cold, Pressure::default(), "at the minimum, nothing to shrink");
+        assert_eq!(scale(2, 2, 0.0, 100, cold, T + 5_000, p).0, None);
+    }
+
+    #[test]
+    fn a_converging_pool_is_not_judged() {
+        let p = ScalePolicy { sustain_ms: 0, ..ScalePolicy::default() };
+        assert_eq!(scale(3, 2, 200.0, 100, Pressure::default(), T, p), (None, Pressure::default()));
     }
 }

@@ -15,7 +15,7 @@ use crate::bus::Bus;
 use crate::clock::{Clock, SystemClock};
 use crate::health::Prober;
 use crate::keys;
-use crate::reconciler::{HealthPolicy, NodeTemplate, Reconciler};
+use crate::reconciler::{HealthPolicy, NodeTemplate, Reconciler, ScalePolicy};
 use crate::store::Store;
 use crate::worker::Worker;
 use headwater_content::ContentStore;
@@ -78,6 +78,10 @@ pub struct AdminConfig {
     /// A node without a heartbeat for this long is failed and replaced.
     #[arg(long, env = "HEADWATER_HEARTBEAT_TIMEOUT_MS", default_value_t = 3000)]
     pub heartbeat_timeout_ms: u64,
+    /// A shared pool grows (or shrinks) after its egress stays above 70 % (below
+    /// 30 %) of its capacity for this long, in seconds.
+    #[arg(long, env = "HEADWATER_SCALE_WINDOW_SECS", default_value_t = 30)]
+    pub scale_window_secs: u64,
     /// How often admin probes every node's test content (availability), in ms.
     #[arg(long, env = "HEADWATER_PROBE_INTERVAL_MS", default_value_t = 2000)]
     pub probe_interval_ms: u64,
@@ -218,6 +222,11 @@ impl Admin {
                     template,
                     interval: Duration::from_millis(250),
                     started: self.state.clock.now_ms(),
+                    scale_policy: ScalePolicy {
+                        sustain_ms: i64::try_from(self.cfg.scale_window_secs * 1000).unwrap_or(30_000),
+                        ..ScalePolicy::default()
+                    },
+                    pressure: Default::default(),
                 };
                 Some(tokio::spawn(r.run(shutdown.clone())))
             }

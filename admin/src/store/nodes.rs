@@ -301,12 +301,15 @@ pub struct NodeHealthRow {
     pub created_at: UnixMs,
     /// Failed self-probes among the node's last two.
     pub recent_probe_failures: i64,
+    /// Egress in the node's last heartbeat.
+    pub egress_mbps: f64,
 }
 
 /// A pool as the reconciler sees it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PoolTarget {
     pub id: Uuid,
+    pub kind: String,
     pub state: String,
     pub desired_nodes: i32,
     pub node_capacity_mbps: i32,
@@ -318,7 +321,7 @@ impl Store {
     pub async fn pool_targets(&self) -> Result<Vec<PoolTarget>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
-                "SELECT p.id, p.state, p.desired_nodes, t.node_capacity_mbps, p.image_version
+                "SELECT p.id, p.kind, p.state, p.desired_nodes, t.node_capacity_mbps, p.image_version
                  FROM pools p JOIN origin_types t ON t.name = p.origin_type
                  WHERE p.state <> 'deleted' OR EXISTS (SELECT 1 FROM nodes n WHERE n.pool_id = p.id AND n.state IN ('starting', 'ready', 'draining'))
                  ORDER BY p.id",
@@ -332,7 +335,7 @@ impl Store {
     pub async fn pool_health(&self, pool_id: Uuid) -> Result<Vec<NodeHealthRow>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
-                "SELECT n.id, n.pool_id, n.handle, n.state, n.last_heartbeat, n.created_at,
+                "SELECT n.id, n.pool_id, n.handle, n.state, n.last_heartbeat, n.created_at, n.egress_mbps,
                         (SELECT COUNT(*) FROM (SELECT ok FROM probes r WHERE r.node_id = n.id AND r.source = 'self'
                                                ORDER BY r.id DESC LIMIT 2) last WHERE NOT last.ok) AS recent_probe_failures
                  FROM nodes n WHERE n.pool_id = $1 AND n.state <> 'stopped' ORDER BY n.id",
@@ -488,6 +491,24 @@ impl Store {
             .bind(since)
             .fetch_one(p)
             .await?)
+        })
+    }
+}
+
+impl Store {
+    /// Sets a pool's desired size, with the reason in the event trail.
+    pub async fn set_pool_desired(&self, pool: Uuid, nodes: i32, reason: &str, now: UnixMs) -> Result<()> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            sqlx::query("UPDATE pools SET desired_nodes = $2, updated_at = $3 WHERE id = $1")
+                .bind(pool)
+                .bind(nodes)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            event!(tx, now, "autoscaler", "pool.scaled", format!("pool:{pool}"), format!("{nodes} nodes: {reason}"))?;
+            tx.commit().await?;
+            Ok(())
         })
     }
 }
