@@ -54,6 +54,12 @@ async fn an_sla_account_gets_its_nodes_and_a_killed_node_is_replaced(backend: Ba
     assert_eq!(steps, ["pool_prepared", "nodes_ready", "pool_assigned", "nodes_configured", "allocation_recorded"]);
     let nodes = wait_ready(&admin, &pool, 4).await;
     assert_eq!(nodes.len(), 4);
+    let domains: Vec<i64> = nodes.iter().map(|n| n["upgrade_domain"].as_i64().unwrap()).collect();
+    assert_eq!(
+        (domains.iter().filter(|d| **d == 0).count(), domains.iter().filter(|d| **d == 1).count()),
+        (2, 2),
+        "spread over upgrade domains: {domains:?}"
+    );
     let procs = admin.node_processes();
     assert_eq!(procs.len(), 4, "{procs:?}");
     for n in &nodes {

@@ -179,10 +179,11 @@ impl Offer {
 }
 
 /// The nodes a dedicated pool holds for an SLA: enough to carry it plus one spare,
-/// so one failure never drops the account below its guarantee.
+/// so one failure never drops the account below its guarantee (the provisioner's
+/// allocation policy).
 pub fn dedicated_pool_nodes(sla: Mbps, node_capacity_mbps: u32) -> i32 {
-    let needed = sla.get().div_ceil(node_capacity_mbps.max(1));
-    i32::try_from(needed).unwrap_or(i32::MAX - 1) + 1
+    let n = headwater_provisioner::Policy::DEFAULT.instances_for(sla.get(), node_capacity_mbps);
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 /// An IP allow-list: the networks whose clients may fetch an account's content.

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use headwater_provisioner::{Driver, Handle, InstanceSpec, Status};
+use headwater_provisioner::{Driver, Handle, InstanceSpec, Policy, Status};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -239,10 +239,18 @@ impl Reconciler {
         let now = self.clock.now_ms();
         match action {
             Action::Launch { count } => {
+                // Spread over upgrade domains, so a rolling upgrade never takes a pool down.
+                let mut domains: Vec<i32> = nodes
+                    .iter()
+                    .filter(|n| matches!(n.state.as_str(), "starting" | "ready"))
+                    .map(|n| n.upgrade_domain)
+                    .collect();
                 for _ in 0..count {
                     let id = Uuid::now_v7();
                     let token = format!("hwn_{}", keys::random_token().trim_start_matches("hwop_"));
-                    self.store.register_node(id, pool.id, &keys::hash(&token), "reconciler", now).await?;
+                    let domain = Policy::DEFAULT.upgrade_domain(&domains);
+                    domains.push(domain);
+                    self.store.register_node(id, pool.id, &keys::hash(&token), domain, "reconciler", now).await?;
                     let spec = self.spec(id, token, pool);
                     let h = self.driver.launch(&spec).await?;
                     self.store.set_node_handle(id, &h.reference, now).await?;
@@ -323,6 +331,7 @@ mod tests {
             created_at: NOW - 60_000,
             recent_probe_failures: probe_failures,
             egress_mbps: 0.0,
+            upgrade_domain: 0,
         }
     }
 

@@ -4,6 +4,7 @@
 //! default); a Kubernetes driver is the other side of the same seam. Nothing here
 //! knows about HLS, offers or locators (DESIGN.md §6).
 
+pub mod policy;
 mod process;
 
 use std::future::Future;
@@ -13,6 +14,7 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use policy::{Policy, SharedPoolLoad};
 pub use process::ProcessDriver;
 
 /// What to run: one instance of a service package.

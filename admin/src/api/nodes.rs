@@ -93,12 +93,12 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<NodeRegistered>), ApiError> {
     let id = Uuid::now_v7();
     let token = format!("hwn_{}", keys::random_token().trim_start_matches("hwop_"));
-    s.store.register_node(id, b.pool_id, &keys::hash(&token), "operator", s.clock.now_ms()).await.map_err(
-        |e| match e {
+    s.store.register_node(id, b.pool_id, &keys::hash(&token), 0, "operator", s.clock.now_ms()).await.map_err(|e| {
+        match e {
             StoreError::NotFound => ApiError::invalid("pool_id", "no such pool"),
             other => other.into(),
-        },
-    )?;
+        }
+    })?;
     Ok((StatusCode::CREATED, Json(NodeRegistered { id, pool_id: b.pool_id, token })))
 }
 

@@ -58,14 +58,15 @@ impl Store {
         id: Uuid,
         pool_id: Uuid,
         token_hash: &[u8],
+        upgrade_domain: i32,
         actor: &str,
         now: UnixMs,
     ) -> Result<NodeRow> {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
             let row = sqlx::query_as(
-                "INSERT INTO nodes (id, pool_id, state, token_hash, created_at, updated_at)
-                 VALUES ($1, $2, 'starting', $3, $4, $4)
+                "INSERT INTO nodes (id, pool_id, state, token_hash, upgrade_domain, created_at, updated_at)
+                 VALUES ($1, $2, 'starting', $3, $5, $4, $4)
                  RETURNING id, pool_id, handle, address, image_version, upgrade_domain, state, last_heartbeat,
                      egress_mbps, open_connections, cache_hit_ratio, created_at, updated_at",
             )
@@ -73,6 +74,7 @@ impl Store {
             .bind(pool_id)
             .bind(token_hash)
             .bind(now)
+            .bind(upgrade_domain)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| match StoreError::from(e) {
@@ -303,6 +305,7 @@ pub struct NodeHealthRow {
     pub recent_probe_failures: i64,
     /// Egress in the node's last heartbeat.
     pub egress_mbps: f64,
+    pub upgrade_domain: i32,
 }
 
 /// A pool as the reconciler sees it.
@@ -335,7 +338,7 @@ impl Store {
     pub async fn pool_health(&self, pool_id: Uuid) -> Result<Vec<NodeHealthRow>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
-                "SELECT n.id, n.pool_id, n.handle, n.state, n.last_heartbeat, n.created_at, n.egress_mbps,
+                "SELECT n.id, n.pool_id, n.handle, n.state, n.last_heartbeat, n.created_at, n.egress_mbps, n.upgrade_domain,
                         (SELECT COUNT(*) FROM (SELECT ok FROM probes r WHERE r.node_id = n.id AND r.source = 'self'
                                                ORDER BY r.id DESC LIMIT 2) last WHERE NOT last.ok) AS recent_probe_failures
                  FROM nodes n WHERE n.pool_id = $1 AND n.state <> 'stopped' ORDER BY n.id",

@@ -158,19 +158,28 @@ macro_rules! owned_pool {
     }};
 }
 
-/// A shared pool of the type for one more account: the least loaded of those with
-/// a ready node, else the least loaded, else a new one.
+/// A shared pool of the type for one more account, chosen by the allocation policy
+/// (least loaded with room, preferring one that serves), else a new one.
 macro_rules! shared_pool {
     ($tx:expr, $origin_type:expr, $now:expr) => {{
-        let existing: Option<Uuid> = sqlx::query_scalar(
-            "SELECT s.pool_id FROM shared_pools s JOIN pools p ON p.id = s.pool_id
-             WHERE s.origin_type = $1 AND p.state IN ('creating', 'ready')
-             ORDER BY NOT EXISTS (SELECT 1 FROM nodes n WHERE n.pool_id = s.pool_id AND n.state = 'ready'), s.accounts, s.pool_id
-             LIMIT 1",
+        let candidates: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+            "SELECT s.pool_id, CAST(s.accounts AS BIGINT),
+                    (SELECT COUNT(*) FROM nodes n WHERE n.pool_id = s.pool_id AND n.state = 'ready')
+             FROM shared_pools s JOIN pools p ON p.id = s.pool_id
+             WHERE s.origin_type = $1 AND p.state IN ('creating', 'ready')",
         )
         .bind($origin_type)
-        .fetch_optional(&mut *$tx)
+        .fetch_all(&mut *$tx)
         .await?;
+        let loads: Vec<headwater_provisioner::SharedPoolLoad> = candidates
+            .into_iter()
+            .map(|(id, tenants, ready_instances)| headwater_provisioner::SharedPoolLoad {
+                id,
+                tenants,
+                ready_instances,
+            })
+            .collect();
+        let existing = headwater_provisioner::Policy::DEFAULT.pick_shared_pool(&loads);
         match existing {
             Some(p) => p,
             None => {
@@ -190,7 +199,14 @@ macro_rules! shared_pool {
                     .bind($origin_type)
                     .execute(&mut *$tx)
                     .await?;
-                event!($tx, $now, "pool-manager", "pool.created", format!("pool:{pool}"), format!("shared pool of type {}", $origin_type))?;
+                event!(
+                    $tx,
+                    $now,
+                    "pool-manager",
+                    "pool.created",
+                    format!("pool:{pool}"),
+                    format!("shared pool of type {}", $origin_type)
+                )?;
                 pool
             }
         }
