@@ -2,6 +2,7 @@
 //! over to the component that was asked for.
 
 mod client;
+mod up;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -15,8 +16,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole platform on this machine: admin, origin nodes and router.
+    Up(up::UpConfig),
     /// Run the admin service: REST API, store and operation worker.
     Admin(headwater_admin::server::AdminConfig),
+    /// Run a router: stable locators in front of the origin nodes.
+    Router(headwater_router::RouterConfig),
     /// Run an origin node: serve VOD content at an enforced bandwidth.
     Origin(headwater_origin::OriginConfig),
     #[command(flatten)]
@@ -60,6 +65,14 @@ async fn main() -> std::process::ExitCode {
         Command::Admin(cfg) => {
             init_tracing();
             headwater_admin::server::run(cfg, shutdown_on_signals()).await
+        }
+        Command::Up(cfg) => {
+            init_tracing();
+            up::run(cfg, shutdown_on_signals()).await
+        }
+        Command::Router(cfg) => {
+            init_tracing();
+            headwater_router::run(cfg, shutdown_on_signals()).await
         }
         Command::Origin(cfg) => {
             init_tracing();

@@ -292,6 +292,8 @@ impl Reconciler {
         args.extend(["--admin-url".into(), t.admin_url.clone(), "--content".into(), t.content_url.clone()]);
         args.extend(["--capacity-mbps".into(), pool.node_capacity_mbps.to_string()]);
         args.extend(["--heartbeat-ms".into(), t.heartbeat_ms.to_string()]);
+        // A router on this machine forwards players' addresses (for IP allow-lists).
+        args.extend(["--trusted-proxy".into(), "127.0.0.1/32".into()]);
         if let Some(v) = &pool.image_version {
             args.extend(["--image-version".into(), v.clone()]);
         }

@@ -101,3 +101,30 @@ pub struct UsageWindow {
 pub struct UsageReport {
     pub windows: Vec<UsageWindow>,
 }
+
+/// A node a router may send an account's players to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteNode {
+    pub id: Uuid,
+    /// `host:port`.
+    pub address: String,
+}
+
+/// How a router treats one account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// `false` once deactivated: the router answers 410.
+    pub active: bool,
+    /// Allowed client networks in CIDR notation; empty means everyone.
+    pub ip_allow: Vec<String>,
+    /// The ready nodes of the account's pool.
+    pub nodes: Vec<RouteNode>,
+}
+
+/// `GET /v1/routing`: account → ready nodes, published by admin for routers. The
+/// version is a digest of the content, so it changes exactly when the table does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingTable {
+    pub version: u64,
+    pub accounts: std::collections::BTreeMap<String, Route>,
+}

@@ -56,6 +56,15 @@ fn alive(pid: u32, id: Uuid) -> bool {
     String::from_utf8_lossy(&cmdline).contains(&id.to_string())
 }
 
+/// The running process whose command line names instance `id`.
+fn find_by_id(id: Uuid) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| alive(*pid, id))
+}
+
 fn read_record(path: &Path) -> Option<Record> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
@@ -74,6 +83,12 @@ impl Driver for ProcessDriver {
                 // Its own process group: a Ctrl-C to admin does not reach it.
                 .process_group(0)
                 .kill_on_drop(false);
+            // The record exists before the process does: if the caller dies between
+            // the two, `list` still finds the process (by its id) and adopts it.
+            let path = self.record_path(spec.id);
+            let pending = Record { id: spec.id, pid: 0, program: spec.program.clone() };
+            std::fs::write(&path, serde_json::to_vec(&pending).unwrap_or_default())
+                .map_err(|source| DriverError::State { path: path.display().to_string(), source })?;
             let mut child = cmd.spawn().map_err(launch_err)?;
             let pid = child.id().unwrap_or_default();
             // Reap it when it exits, so it never lingers as a zombie of ours.
@@ -81,7 +96,6 @@ impl Driver for ProcessDriver {
                 let _ = child.wait().await;
             });
             let record = Record { id: spec.id, pid, program: spec.program.clone() };
-            let path = self.record_path(spec.id);
             std::fs::write(&path, serde_json::to_vec(&record).unwrap_or_default())
                 .map_err(|source| DriverError::State { path: path.display().to_string(), source })?;
             tracing::info!(instance = %spec.id, pid, "launched");
@@ -133,8 +147,18 @@ impl Driver for ProcessDriver {
                 if path.extension().is_none_or(|x| x != "json") {
                     continue;
                 }
-                match read_record(&path) {
-                    Some(r) if alive(r.pid, r.id) => out.push(Handle { id: r.id, reference: format!("pid:{}", r.pid) }),
+                let record = read_record(&path).map(|mut r| {
+                    if r.pid == 0 {
+                        // Launched, but the caller died before recording the pid.
+                        r.pid = find_by_id(r.id).unwrap_or(0);
+                        let _ = std::fs::write(&path, serde_json::to_vec(&r).unwrap_or_default());
+                    }
+                    r
+                });
+                match record {
+                    Some(r) if r.pid != 0 && alive(r.pid, r.id) => {
+                        out.push(Handle { id: r.id, reference: format!("pid:{}", r.pid) })
+                    }
                     // Exited while nobody watched: forget it.
                     _ => {
                         let _ = std::fs::remove_file(&path);

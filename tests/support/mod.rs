@@ -333,8 +333,22 @@ macro_rules! e2e_on_both_backends {
 
 impl Drop for Admin {
     /// Node processes outlive admin by design; a test must not leave them behind.
+    /// They name this test's data directory (their content path) on their command
+    /// line, even one launched just as admin was killed.
     fn drop(&mut self) {
-        for (_, pid) in self.node_processes() {
+        kill_processes_naming(&self.data_dir.path().display().to_string());
+    }
+}
+
+/// Kills every process whose command line contains `needle`.
+pub fn kill_processes_naming(needle: &str) {
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) && String::from_utf8_lossy(&cmdline).contains("origin") {
             let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
     }

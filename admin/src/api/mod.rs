@@ -115,6 +115,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(nodes::config))
         .routes(routes!(nodes::usage))
         .routes(routes!(nodes::drain))
+        .routes(routes!(nodes::routing))
         .routes(routes!(operator::list_allocations))
         .routes(routes!(operator::list_events))
         .routes(routes!(system::healthz))

@@ -184,3 +184,42 @@ pub async fn drain(
     })?;
     Ok((StatusCode::ACCEPTED, Json(s.store.node(node_id).await?.into())))
 }
+
+/// The routing table from the store.
+pub fn routing_table(rows: Vec<crate::store::RouteRow>) -> headwater_protocol::RoutingTable {
+    use headwater_protocol::{Route, RouteNode, RoutingTable};
+    let mut table = RoutingTable::default();
+    for r in rows {
+        let route = table.accounts.entry(r.name).or_insert_with(|| Route {
+            active: r.state != "deactivated",
+            ip_allow: r.ip_allow.0.clone(),
+            nodes: Vec::new(),
+        });
+        if let (Some(id), Some(address)) = (r.node_id, r.address) {
+            route.nodes.push(RouteNode { id, address });
+        }
+    }
+    let digest = Sha256::digest(serde_json::to_vec(&table).unwrap_or_default());
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&digest[..8]);
+    table.version = u64::from_be_bytes(v) >> 1;
+    table
+}
+
+/// The routing table for routers: account → ready nodes. Answers 304 to
+/// `If-None-Match` with the current version, so routers can poll it cheaply.
+#[utoipa::path(get, path = "/v1/routing", tag = "nodes", security(("bearer" = [])),
+    responses((status = 200, description = "headwater_protocol::RoutingTable"), (status = 304), (status = 401, body = Problem)))]
+pub async fn routing(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let table = routing_table(s.store.routes().await?);
+    let etag = format!("\"{}\"", table.version);
+    if headers.get(axum::http::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        return Ok((StatusCode::NOT_MODIFIED, [(axum::http::header::ETAG, etag)]).into_response());
+    }
+    Ok(([(axum::http::header::ETAG, etag)], Json(table)).into_response())
+}

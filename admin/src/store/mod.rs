@@ -25,7 +25,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use accounts::{AccountChange, NewAccount};
 pub use catalog::{BUILTIN_TYPES, OriginTypeSettings};
 pub use idempotency::IdempotencyStart;
-pub use nodes::{HeartbeatRecord, NodeHealthRow, NodeServing, PoolTarget, ServedAccountRow, UsageRow, effective_state};
+pub use nodes::{
+    HeartbeatRecord, NodeHealthRow, NodeServing, PoolTarget, RouteRow, ServedAccountRow, UsageRow, effective_state,
+};
 pub use operations::{Effect, OperationFilter};
 pub use rows::*;
 

@@ -1,0 +1,80 @@
+//! The router: the stable-locator front door. It resolves account → ready nodes
+//! from the routing table admin publishes and proxies each request to a node
+//! (or redirects to it), retrying an idempotent request on another node when one
+//! fails before answering, so players see no error. See DESIGN.md §2 (`router/`).
+
+mod proxy;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use headwater_serve::ServeConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use proxy::Router;
+
+/// Proxy through the router, or redirect players to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Proxy,
+    Redirect,
+}
+
+/// Flags of `headwater router`; each also reads a `HEADWATER_*` variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RouterConfig {
+    #[arg(long, env = "HEADWATER_ROUTER_LISTEN", default_value = "127.0.0.1:7401")]
+    pub listen: SocketAddr,
+    #[arg(long, env = "HEADWATER_ADMIN_URL", default_value = "http://127.0.0.1:7400")]
+    pub admin_url: String,
+    /// Reads the routing table from admin.
+    #[arg(long, env = "HEADWATER_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: String,
+    #[arg(long, value_enum, env = "HEADWATER_ROUTER_MODE", default_value = "proxy")]
+    pub mode: Mode,
+    /// Serve `http://{account}.DOMAIN/{asset}/{file}` by Host header too.
+    #[arg(long, env = "HEADWATER_DOMAIN")]
+    pub domain: Option<String>,
+    /// How often the routing table is checked, in ms.
+    #[arg(long, env = "HEADWATER_ROUTING_REFRESH_MS", default_value_t = 250)]
+    pub refresh_ms: u64,
+}
+
+/// Runs a router on `listener` until `shutdown`, then drains.
+pub async fn serve(cfg: RouterConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let table = Arc::new(table::Shared::default());
+    let follow = tokio::spawn(table::follow(
+        table.clone(),
+        cfg.admin_url.clone(),
+        cfg.operator_token.clone(),
+        Duration::from_millis(cfg.refresh_ms),
+        shutdown.clone(),
+    ));
+    let router = Arc::new(Router::new(table, cfg.mode, cfg.domain.clone())?);
+    headwater_serve::run(
+        listener,
+        move |peer| {
+            let router = router.clone();
+            tower::service_fn(move |req| {
+                let router = router.clone();
+                async move { Ok::<_, std::convert::Infallible>(router.handle(peer, req).await) }
+            })
+        },
+        shutdown,
+        ServeConfig { drain_timeout: Duration::from_secs(30), ..ServeConfig::default() },
+    )
+    .await;
+    let _ = follow.await;
+    Ok(())
+}
+
+/// `headwater router`.
+pub async fn run(cfg: RouterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    println!("headwater router listening on http://{}", listener.local_addr()?);
+    serve(cfg, listener, shutdown).await
+}

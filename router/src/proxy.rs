@@ -1,0 +1,377 @@
+//! One player request: resolve the account (path or Host), check it, pick a ready
+//! node (power of two choices on outstanding requests, skipping nodes that just
+//! failed), and stream the node's answer back — or try the next node if this one
+//! fails before answering.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use prometheus::{Encoder, IntCounter, IntCounterVec, Opts, Registry};
+
+use crate::Mode;
+use crate::table::Shared;
+
+pub type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// How long a node that failed is skipped before admin notices.
+const EJECT_MS: i64 = 5_000;
+/// Time for a node to start answering.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct NodeStats {
+    outstanding: AtomicU64,
+    ejected_until: AtomicI64,
+}
+
+pub struct Router {
+    table: Arc<Shared>,
+    mode: Mode,
+    domain: Option<String>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    nodes: Mutex<HashMap<String, Arc<NodeStats>>>,
+    registry: Registry,
+    requests: IntCounterVec,
+    retries: IntCounter,
+    upstream_errors: IntCounter,
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn problem(status: StatusCode, kind: &str, detail: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "type": format!("/problems/{kind}"), "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(), "detail": detail,
+    });
+    let mut res = Response::new(full(body.to_string()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    res.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    res
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Headers that belong to one connection, not to the request.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+impl Router {
+    /// One attempt on one node; a failure (refused, reset, timeout, 5xx) ejects it
+    /// for a while.
+    async fn forward(
+        &self,
+        node: &str,
+        method: &Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<Response<Incoming>, ()> {
+        let uri = format!("http://{node}{path}").parse::<Uri>().map_err(|_| ())?;
+        let mut up = Request::new(Empty::<Bytes>::new());
+        *up.method_mut() = method.clone();
+        *up.uri_mut() = uri;
+        *up.headers_mut() = headers.clone();
+        let stats = self.stats(node);
+        stats.outstanding.fetch_add(1, Ordering::Relaxed);
+        let answer = tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(up)).await;
+        stats.outstanding.fetch_sub(1, Ordering::Relaxed);
+        let why = match answer {
+            Ok(Ok(res)) if !res.status().is_server_error() => return Ok(res),
+            Ok(Ok(res)) => format!("status {}", res.status()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timeout".to_owned(),
+        };
+        tracing::warn!(%node, %why, "node failed; trying another");
+        self.upstream_errors.inc();
+        stats.ejected_until.store(now_ms() + EJECT_MS, Ordering::Relaxed);
+        Err(())
+    }
+
+    pub fn new(table: Arc<Shared>, mode: Mode, domain: Option<String>) -> Result<Self, prometheus::Error> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        let registry = Registry::new_custom(Some("headwater_router".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "player requests by account and status"),
+            &["account", "status"],
+        )?;
+        let retries = IntCounter::new("retries_total", "requests tried again on another node")?;
+        let upstream_errors =
+            IntCounter::new("upstream_errors_total", "node failures seen (refused, reset, timeout, 5xx)")?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        Ok(Self { table, mode, domain, client, nodes: Mutex::default(), registry, requests, retries, upstream_errors })
+    }
+
+    fn stats(&self, addr: &str) -> Arc<NodeStats> {
+        let mut m = self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.entry(addr.to_owned()).or_default().clone()
+    }
+
+    /// The order to try nodes in: the better of two random healthy ones first,
+    /// then the other healthy ones, then the ejected ones as a last resort.
+    fn order(&self, nodes: &[String]) -> Vec<String> {
+        let now = now_ms();
+        let (mut healthy, ejected): (Vec<&String>, Vec<&String>) =
+            nodes.iter().partition(|a| self.stats(a).ejected_until.load(Ordering::Relaxed) <= now);
+        if healthy.len() >= 2 {
+            let i = rand::random_range(0..healthy.len());
+            let mut j = rand::random_range(0..healthy.len() - 1);
+            if j >= i {
+                j += 1;
+            }
+            let load = |a: &String| self.stats(a).outstanding.load(Ordering::Relaxed);
+            let first = if load(healthy[i]) <= load(healthy[j]) { i } else { j };
+            healthy.swap(0, first);
+        }
+        healthy.into_iter().chain(ejected).cloned().collect()
+    }
+
+    pub async fn handle(self: &Arc<Self>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+        match req.uri().path() {
+            "/healthz" => return Response::new(full("ok\n")),
+            "/readyz" => {
+                let ready = self.table.get().version != 0;
+                let mut res = Response::new(full(if ready { "ready\n" } else { "no routing table yet\n" }));
+                if !ready {
+                    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                return res;
+            }
+            "/metrics" => {
+                let mut buf = Vec::new();
+                let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+                return Response::new(full(buf));
+            }
+            _ => {}
+        }
+        // The account: from the Host (`{account}.{domain}`) or the first path segment.
+        let host =
+            req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| h.split(':').next().unwrap_or(h));
+        let by_host = match (&self.domain, host) {
+            (Some(d), Some(h)) => {
+                h.strip_suffix(d.as_str()).and_then(|a| a.strip_suffix('.')).filter(|a| !a.contains('.'))
+            }
+            _ => None,
+        };
+        let (account, path) = match by_host {
+            Some(a) => (a.to_owned(), format!("/{a}{}", req.uri().path())),
+            None => {
+                let p = req.uri().path();
+                let a = p.trim_start_matches('/').split('/').next().unwrap_or_default().to_owned();
+                (a, p.to_owned())
+            }
+        };
+        let path_and_query = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let res = self.route(peer, &req, &account, &path_and_query).await;
+        self.requests
+            .with_label_values(&[
+                if res.status() == StatusCode::NOT_FOUND { "-" } else { &account },
+                res.status().as_str(),
+            ])
+            .inc();
+        res
+    }
+
+    async fn route(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        req: &Request<Incoming>,
+        account: &str,
+        path: &str,
+    ) -> Response<Body> {
+        let table = self.table.get();
+        let Some(a) = table.accounts.get(account) else {
+            return problem(StatusCode::NOT_FOUND, "not-found", "no such account");
+        };
+        if !a.active {
+            return problem(StatusCode::GONE, "gone", "the account is deactivated");
+        }
+        if !a.allows(peer.ip()) {
+            return problem(StatusCode::FORBIDDEN, "forbidden", "your address is not allowed for this account");
+        }
+        if a.nodes.is_empty() {
+            return problem(StatusCode::SERVICE_UNAVAILABLE, "no-node", "no node is ready for this account yet");
+        }
+        let method = req.method().clone();
+        if self.mode == Mode::Redirect && method != Method::OPTIONS {
+            let node = &self.order(&a.nodes)[0];
+            let mut res = Response::new(full(""));
+            *res.status_mut() = StatusCode::FOUND;
+            if let Ok(v) = HeaderValue::from_str(&format!("http://{node}{path}")) {
+                res.headers_mut().insert(header::LOCATION, v);
+            }
+            res.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            return res;
+        }
+        if !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            return problem(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "only GET, HEAD and OPTIONS");
+        }
+        let forwarded_for = match req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prior) => format!("{prior}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in req.headers() {
+            if k != header::HOST && !HOP_BY_HOP.contains(&k.as_str()) && k != "x-forwarded-for" {
+                headers.append(k.clone(), v.clone());
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert("x-forwarded-for", v);
+        }
+        headers.insert(header::VIA, HeaderValue::from_static("1.1 headwater-router"));
+        let mut order = self.order(&a.nodes).into_iter();
+        let mut attempt = 0;
+        while let Some(node) = order.next() {
+            if attempt > 0 {
+                self.retries.inc();
+            }
+            attempt += 1;
+            match self.forward(&node, &method, path, &headers).await {
+                Ok(res) => {
+                    let (mut parts, body) = res.into_parts();
+                    for h in HOP_BY_HOP {
+                        parts.headers.remove(h);
+                    }
+                    parts.headers.insert(header::VIA, HeaderValue::from_static("1.1 headwater-router"));
+                    let resume = Resume::plan(&method, &parts, path, headers, order.collect());
+                    let body = match resume {
+                        Some(r) => resumable(self.clone(), body, r),
+                        None => body.map_err(Into::into).boxed_unsync(),
+                    };
+                    return Response::from_parts(parts, body);
+                }
+                Err(_) => continue,
+            }
+        }
+        problem(StatusCode::BAD_GATEWAY, "no-node-answered", "every node of the account failed")
+    }
+}
+
+/// How to finish a body on another node if the one sending it dies mid-way: ask
+/// the next nodes for the rest with `Range` + `If-Range` (same ETag, so the same
+/// bytes), so a player never sees a truncated segment.
+struct Resume {
+    path: String,
+    headers: http::HeaderMap,
+    /// The nodes not yet tried.
+    others: Vec<String>,
+    /// First byte of the body in the file, and the file's last byte.
+    start: u64,
+    end: u64,
+    etag: HeaderValue,
+}
+
+impl Resume {
+    fn plan(
+        method: &Method,
+        parts: &http::response::Parts,
+        path: &str,
+        headers: http::HeaderMap,
+        others: Vec<String>,
+    ) -> Option<Self> {
+        if method != Method::GET || others.is_empty() {
+            return None;
+        }
+        let etag = parts.headers.get(header::ETAG)?.clone();
+        let (start, end) = match parts.status {
+            StatusCode::OK => {
+                let len: u64 = parts.headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()?;
+                (0, len.checked_sub(1)?)
+            }
+            StatusCode::PARTIAL_CONTENT => {
+                // bytes a-b/total
+                let v = parts.headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+                let (a, b) = v.strip_prefix("bytes ")?.split('/').next()?.split_once('-')?;
+                (a.parse().ok()?, b.parse().ok()?)
+            }
+            _ => return None,
+        };
+        Some(Self { path: path.to_owned(), headers, others, start, end, etag })
+    }
+}
+
+fn resumable(router: Arc<Router>, body: Incoming, plan: Resume) -> Body {
+    struct St {
+        router: Arc<Router>,
+        body: Incoming,
+        plan: Resume,
+        sent: u64,
+        done: bool,
+    }
+    let st = St { router, body, plan, sent: 0, done: false };
+    let frames = futures_util::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            match st.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(d) = frame.data_ref() {
+                        st.sent += d.len() as u64;
+                    }
+                    return Some((Ok(frame), st));
+                }
+                None => return None,
+                Some(Err(e)) => {
+                    let from = st.plan.start + st.sent;
+                    tracing::warn!(error = %e, from, "node failed mid-body; resuming on another node");
+                    st.router.upstream_errors.inc();
+                    let mut resumed = None;
+                    while let Some(node) = (!st.plan.others.is_empty()).then(|| st.plan.others.remove(0)) {
+                        let mut headers = st.plan.headers.clone();
+                        if let Ok(v) = HeaderValue::from_str(&format!("bytes={from}-{}", st.plan.end)) {
+                            headers.insert(header::RANGE, v);
+                        }
+                        headers.insert(header::IF_RANGE, st.plan.etag.clone());
+                        st.router.retries.inc();
+                        if let Ok(res) = st.router.forward(&node, &Method::GET, &st.plan.path, &headers).await
+                            && res.status() == StatusCode::PARTIAL_CONTENT
+                        {
+                            resumed = Some(res.into_body());
+                            break;
+                        }
+                    }
+                    match resumed {
+                        Some(b) => st.body = b,
+                        None => {
+                            st.done = true;
+                            return Some((Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>), st));
+                        }
+                    }
+                }
+            }
+        }
+    });
+    http_body_util::StreamBody::new(frames).boxed_unsync()
+}
