@@ -30,14 +30,7 @@ fn full(b: impl Into<Bytes>) -> ResBody {
 
 /// A small problem+json answer, like the rest of the platform's errors.
 fn problem(status: StatusCode, kind: &str, detail: &str) -> Response<ResBody> {
-    let body = serde_json::json!({
-        "type": format!("/problems/{kind}"), "title": status.canonical_reason().unwrap_or(""),
-        "status": status.as_u16(), "detail": detail,
-    });
-    let mut res = Response::new(full(body.to_string()));
-    *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-    res
+    headwater_serve::problem(status, kind, detail).map(full)
 }
 
 fn cors(res: &mut Response<ResBody>) {

@@ -52,13 +52,7 @@ fn full(b: impl Into<Bytes>) -> Body {
 }
 
 fn problem(status: StatusCode, kind: &str, detail: &str) -> Response<Body> {
-    let body = serde_json::json!({
-        "type": format!("/problems/{kind}"), "title": status.canonical_reason().unwrap_or(""),
-        "status": status.as_u16(), "detail": detail,
-    });
-    let mut res = Response::new(full(body.to_string()));
-    *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    let mut res = headwater_serve::problem(status, kind, detail).map(full);
     res.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     res
 }

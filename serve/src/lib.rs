@@ -109,3 +109,16 @@ where
         self.inner.call(req)
     }
 }
+
+/// A problem answer (`application/problem+json`, RFC 9457) for the data plane
+/// (origin nodes, router), shaped like the admin API's problems.
+pub fn problem(status: http::StatusCode, kind: &str, detail: &str) -> Response<bytes::Bytes> {
+    let body = serde_json::json!({
+        "type": format!("/problems/{kind}"), "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(), "detail": detail,
+    });
+    let mut res = Response::new(bytes::Bytes::from(body.to_string()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/problem+json"));
+    res
+}
