@@ -67,6 +67,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// instance or listing twice is fine.
 pub trait Driver: Send + Sync + 'static {
     fn launch<'a>(&'a self, spec: &'a InstanceSpec) -> BoxFuture<'a, Result<Handle, DriverError>>;
+    /// Asks the instance to drain: stop taking work, finish what is in flight, exit.
+    /// Returns at once; `inspect` tells when it has exited.
+    fn drain<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Asks the instance to stop gracefully (it drains), then forces it after `grace`.
     fn terminate<'a>(
         &'a self,

@@ -103,6 +103,17 @@ impl Driver for ProcessDriver {
         })
     }
 
+    fn drain<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            match Self::pid_of(handle) {
+                // SIGTERM is the drain signal of the node contract.
+                Some(pid) if alive(pid, handle.id) => kill(Pid::from_raw(pid as i32), Signal::SIGTERM)
+                    .map_err(|e| DriverError::Signal { reference: handle.reference.clone(), detail: e.to_string() }),
+                _ => Ok(()),
+            }
+        })
+    }
+
     fn terminate<'a>(&'a self, handle: &'a Handle, grace: Duration) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             let Some(pid) = Self::pid_of(handle) else {
@@ -204,6 +215,14 @@ mod tests {
         assert_eq!(again.list().await.unwrap(), vec![b.clone()]);
         // Terminating twice is fine.
         again.terminate(&a, Duration::from_secs(1)).await.unwrap();
+        // A drain asks the process to exit by itself.
+        let c = again.launch(&sleeper(Uuid::now_v7())).await.unwrap();
+        again.drain(&c).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while again.inspect(&c).await == Status::Running {
+            assert!(tokio::time::Instant::now() < deadline, "a drained process kept running");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // A process that dies on its own is not listed.
         kill(Pid::from_raw(ProcessDriver::pid_of(&b).unwrap() as i32), Signal::SIGKILL).unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
