@@ -75,6 +75,8 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         operator_token: operator_token.clone(),
         mode: Mode::Proxy,
         domain: None,
+        redis_url: None,
+        redis_prefix: "headwater".into(),
         refresh_ms: 250,
     };
     let router_task = tokio::spawn(headwater_router::serve(router_cfg, router_listener, shutdown.clone()));

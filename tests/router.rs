@@ -236,3 +236,51 @@ async fn a_router_keeps_serving_without_admin_and_knows_hosts_redirects_and_deac
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_changes_reach_the_router_over_redis() {
+    let redis = support::redis_url();
+    let prefix = format!("hwtest-{}", uuid::Uuid::new_v4().simple());
+    let admin =
+        Admin::start(Backend::Postgres, &["--driver", "process", "--redis-url", &redis, "--redis-prefix", &prefix])
+            .await;
+    // The router polls admin only at start (and then every 10 minutes): what it
+    // learns afterwards comes over Redis.
+    let (_router, lines) = start(
+        Command::new(BIN)
+            .args([
+                "router",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-url",
+                &admin.url,
+                "--operator-token",
+                &admin.operator_token,
+            ])
+            .args(["--redis-url", &redis, "--redis-prefix", &prefix, "--refresh-ms", "600000"]),
+        "headwater router listening on ",
+    )
+    .await;
+    let router = value(&lines, "headwater router listening on ").to_owned();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{router}/readyz")).send().await.unwrap().status() != StatusCode::OK {
+        assert!(Instant::now() < deadline, "the router never got its first table");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    admin.account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
+    admin.upload_demo(&key, "ana-vod", "demo").await;
+    let url = format!("{router}/ana-vod/demo/hls/master.m3u8");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http.get(&url).send().await.unwrap().status() != StatusCode::OK {
+        assert!(Instant::now() < deadline, "the new account never reached the router");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    admin.call(Method::POST, "/v1/accounts/ana-vod/deactivate", Some(&key), None, StatusCode::ACCEPTED).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http.get(&url).send().await.unwrap().status() != StatusCode::GONE {
+        assert!(Instant::now() < deadline, "the deactivation never reached the router");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -5,7 +5,8 @@
 //! push messages) that re-subscribes by itself after a reconnect.
 //!
 //! Topics: [`OPERATIONS`] ("an operation was enqueued": wakes a worker at once
-//! instead of at its next poll) and [`HEARTBEATS`] (a node's latest heartbeat).
+//! instead of at its next poll), [`HEARTBEATS`] (a node's latest heartbeat) and
+//! [`ROUTING`] (the routing table, for routers).
 
 use std::sync::Arc;
 
@@ -15,6 +16,8 @@ use tokio::sync::{Notify, broadcast};
 
 pub const OPERATIONS: &str = "operations";
 pub const HEARTBEATS: &str = "heartbeats";
+/// The routing table, in full, whenever it changes (for routers).
+pub const ROUTING: &str = "routing";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {

@@ -39,6 +39,11 @@ pub struct RouterConfig {
     /// Serve `http://{account}.DOMAIN/{asset}/{file}` by Host header too.
     #[arg(long, env = "HEADWATER_DOMAIN")]
     pub domain: Option<String>,
+    /// Redis on which admin publishes routing changes (applied at once).
+    #[arg(long, env = "HEADWATER_REDIS_URL")]
+    pub redis_url: Option<String>,
+    #[arg(long, env = "HEADWATER_REDIS_PREFIX", default_value = "headwater")]
+    pub redis_prefix: String,
     /// How often the routing table is checked, in ms.
     #[arg(long, env = "HEADWATER_ROUTING_REFRESH_MS", default_value_t = 250)]
     pub refresh_ms: u64,
@@ -54,6 +59,10 @@ pub async fn serve(cfg: RouterConfig, listener: TcpListener, shutdown: Cancellat
         Duration::from_millis(cfg.refresh_ms),
         shutdown.clone(),
     ));
+    let pushed = cfg
+        .redis_url
+        .clone()
+        .map(|url| tokio::spawn(table::listen(table.clone(), url, cfg.redis_prefix.clone(), shutdown.clone())));
     let router = Arc::new(Router::new(table, cfg.mode, cfg.domain.clone())?);
     headwater_serve::run(
         listener,
@@ -69,6 +78,9 @@ pub async fn serve(cfg: RouterConfig, listener: TcpListener, shutdown: Cancellat
     )
     .await;
     let _ = follow.await;
+    if let Some(p) = pushed {
+        let _ = p.await;
+    }
     Ok(())
 }
 

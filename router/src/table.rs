@@ -94,3 +94,51 @@ pub async fn follow(table: Arc<Shared>, admin_url: String, token: String, every:
         }
     }
 }
+
+/// Follows the routing table admin publishes on Redis (`{prefix}:routing`), so a
+/// change reaches the router at once; polling admin stays as the snapshot on start
+/// and the fallback. Reconnects and re-subscribes by itself.
+pub async fn listen(table: Arc<Shared>, redis_url: String, prefix: String, stop: CancellationToken) {
+    let url = if redis_url.contains("protocol=") {
+        redis_url
+    } else if redis_url.contains('?') {
+        format!("{redis_url}&protocol=resp3")
+    } else {
+        format!("{redis_url}?protocol=resp3")
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = redis::aio::ConnectionManagerConfig::new().set_push_sender(tx).set_automatic_resubscription();
+    let conn = async {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_connection_manager_with_config(config).await?;
+        conn.subscribe(format!("{prefix}:routing")).await?;
+        Ok::<_, redis::RedisError>(conn)
+    }
+    .await;
+    // Held for as long as we listen: dropping it would end the subscription.
+    let _conn = match conn {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "subscribing to routing changes on Redis; polling admin only");
+            return;
+        }
+    };
+    loop {
+        let push = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = rx.recv() => match p { Some(p) => p, None => return },
+        };
+        let payload = match (push.kind, push.data.as_slice()) {
+            (redis::PushKind::Message, [_, redis::Value::BulkString(payload)]) => payload.clone(),
+            _ => continue,
+        };
+        match serde_json::from_slice::<RoutingTable>(&payload) {
+            Ok(t) if t.version != table.get().version => {
+                tracing::info!(version = t.version, "routing table pushed");
+                table.set(t.into());
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "routing table from Redis"),
+        }
+    }
+}

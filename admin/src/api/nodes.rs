@@ -223,3 +223,32 @@ pub async fn routing(
     }
     Ok(([(axum::http::header::ETAG, etag)], Json(table)).into_response())
 }
+
+/// Publishes the routing table on the bus whenever it changes, so routers listening
+/// on Redis switch at once instead of at their next poll.
+pub async fn publish_routing(
+    store: crate::store::Store,
+    bus: crate::bus::Bus,
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut last = 0u64;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.routes().await {
+            Ok(rows) => {
+                let table = routing_table(rows);
+                if table.version != last {
+                    last = table.version;
+                    bus.publish(crate::bus::ROUTING, serde_json::to_string(&table).unwrap_or_default()).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "routing table"),
+        }
+    }
+}
