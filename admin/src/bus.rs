@@ -1,18 +1,18 @@
-//! The bus: how admin replicas (and, later, routers) hear what changed. Messages
-//! are `(topic, payload)`; every process subscribed sees every message, its own
-//! included. In-process without Redis; with Redis, PUBLISH on `{prefix}:{topic}`
-//! and a subscription to `{prefix}:*` on a reconnecting connection manager (RESP3
-//! push messages) that re-subscribes by itself after a reconnect.
+//! The bus: how admin replicas, and routers, hear what changed. With Redis, a
+//! message is a PUBLISH on `{prefix}:{topic}`; every admin subscribes to
+//! `{prefix}:operations` on a reconnecting connection manager (RESP3 push messages)
+//! that re-subscribes by itself after a reconnect. Without Redis there is one
+//! process, and the only listener is the local worker.
 //!
 //! Topics: [`OPERATIONS`] ("an operation was enqueued": wakes a worker at once
-//! instead of at its next poll), [`HEARTBEATS`] (a node's latest heartbeat) and
-//! [`ROUTING`] (the routing table, for routers).
+//! instead of at its next poll), [`HEARTBEATS`] (a node's latest heartbeat, for
+//! outside listeners) and [`ROUTING`] (the routing table, for routers).
 
 use std::sync::Arc;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, PushKind, Value};
-use tokio::sync::{Notify, broadcast};
+use redis::{AsyncCommands, PushKind};
+use tokio::sync::Notify;
 
 pub const OPERATIONS: &str = "operations";
 pub const HEARTBEATS: &str = "heartbeats";
@@ -25,34 +25,18 @@ pub enum BusError {
     Redis(#[from] redis::RedisError),
 }
 
-/// One message on the bus.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub topic: String,
-    pub payload: String,
-}
-
 #[derive(Clone)]
 pub struct Bus {
-    /// Rung for every [`OPERATIONS`] message: the local workers' wake-up.
+    /// Rung when an operation is enqueued here or on another replica: the local
+    /// workers' wake-up.
     pub wake: Arc<Notify>,
-    messages: broadcast::Sender<Message>,
     redis: Option<(ConnectionManager, String)>,
-}
-
-/// Delivers a message to local subscribers and, for operations, the workers.
-fn deliver(wake: &Notify, messages: &broadcast::Sender<Message>, m: Message) {
-    if m.topic == OPERATIONS {
-        wake.notify_one();
-    }
-    // No subscriber is fine: nobody is listening for that topic here.
-    let _ = messages.send(m);
 }
 
 impl Bus {
     /// A bus within this process only.
     pub fn in_process() -> Self {
-        Self { wake: Arc::new(Notify::new()), messages: broadcast::channel(1024).0, redis: None }
+        Self { wake: Arc::new(Notify::new()), redis: None }
     }
 
     /// A bus over Redis at `url`; channel names start with `prefix` so deployments
@@ -67,21 +51,11 @@ impl Bus {
             format!("{url}?protocol=resp3")
         };
         let wake = Arc::new(Notify::new());
-        let messages = broadcast::channel(1024).0;
-        let strip = format!("{prefix}:");
         let on_push = {
             let wake = wake.clone();
-            let messages = messages.clone();
             move |info: redis::PushInfo| {
-                // A pattern message is [pattern, channel, payload].
-                if let (PushKind::PMessage, [_, Value::BulkString(channel), Value::BulkString(payload)]) =
-                    (&info.kind, info.data.as_slice())
-                {
-                    let channel = String::from_utf8_lossy(channel);
-                    if let Some(topic) = channel.strip_prefix(&strip) {
-                        let payload = String::from_utf8_lossy(payload).into_owned();
-                        deliver(&wake, &messages, Message { topic: topic.to_owned(), payload });
-                    }
+                if info.kind == PushKind::Message {
+                    wake.notify_one();
                 }
                 Ok::<(), redis::aio::SendError>(())
             }
@@ -92,24 +66,27 @@ impl Bus {
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)));
         let client = redis::Client::open(url)?;
         let mut conn = client.get_connection_manager_with_config(config).await?;
-        conn.psubscribe(format!("{prefix}:*")).await?;
-        Ok(Self { wake, messages, redis: Some((conn, prefix.to_owned())) })
+        conn.subscribe(format!("{prefix}:{OPERATIONS}")).await?;
+        Ok(Self { wake, redis: Some((conn, prefix.to_owned())) })
     }
 
     pub fn backend_name(&self) -> &'static str {
         if self.redis.is_some() { "redis" } else { "in-process" }
     }
 
-    /// Publishes a message. A lost message is never a lost change (the store has
-    /// it; workers poll, routers resync), so errors are logged, not returned.
+    /// Whether other processes can hear this bus (Redis is configured).
+    pub fn is_shared(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Publishes a message to other processes (nothing to do without Redis). A
+    /// lost message is never a lost change (the store has it; workers poll,
+    /// routers resync), so errors are logged, not returned.
     pub async fn publish(&self, topic: &str, payload: String) {
-        match &self.redis {
-            None => deliver(&self.wake, &self.messages, Message { topic: topic.to_owned(), payload }),
-            Some((conn, prefix)) => {
-                let mut conn = conn.clone();
-                if let Err(e) = conn.publish::<_, _, i64>(format!("{prefix}:{topic}"), payload).await {
-                    tracing::warn!(error = %e, topic, "publishing on the bus");
-                }
+        if let Some((conn, prefix)) = &self.redis {
+            let mut conn = conn.clone();
+            if let Err(e) = conn.publish::<_, _, i64>(format!("{prefix}:{topic}"), payload).await {
+                tracing::warn!(error = %e, topic, "publishing on the bus");
             }
         }
     }
@@ -118,14 +95,7 @@ impl Bus {
     /// every replica through Redis.
     pub async fn operation_enqueued(&self) {
         self.wake.notify_one();
-        if self.redis.is_some() {
-            self.publish(OPERATIONS, String::new()).await;
-        }
-    }
-
-    /// Every message from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Message> {
-        self.messages.subscribe()
+        self.publish(OPERATIONS, String::new()).await;
     }
 
     /// Ready when Redis (if configured) answers.
@@ -143,11 +113,8 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn in_process_messages_reach_subscribers_and_operations_wake_workers() {
+    async fn an_enqueued_operation_wakes_a_local_worker() {
         let bus = Bus::in_process();
-        let mut rx = bus.subscribe();
-        bus.publish(HEARTBEATS, "{\"node\":1}".into()).await;
-        assert_eq!(rx.recv().await.unwrap(), Message { topic: HEARTBEATS.into(), payload: "{\"node\":1}".into() });
         let woken = bus.wake.notified();
         bus.operation_enqueued().await;
         tokio::time::timeout(std::time::Duration::from_secs(5), woken).await.expect("a worker is woken");

@@ -198,12 +198,15 @@ impl Admin {
             interval: Duration::from_millis(self.cfg.probe_interval_ms),
         };
         let prober = tokio::spawn(prober.run(shutdown.clone()));
-        let routing = tokio::spawn(api::nodes::publish_routing(
-            self.state.store.clone(),
-            self.state.bus.clone(),
-            Duration::from_millis(250),
-            shutdown.clone(),
-        ));
+        // Routers hear routing changes over Redis; without it they poll admin.
+        let routing = self.state.bus.is_shared().then(|| {
+            tokio::spawn(api::nodes::publish_routing(
+                self.state.store.clone(),
+                self.state.bus.clone(),
+                Duration::from_millis(250),
+                shutdown.clone(),
+            ))
+        });
         let reconciler = match self.driver {
             Some(driver) => {
                 let program = match &self.cfg.node_program {
@@ -261,7 +264,9 @@ impl Admin {
             let _ = r.await;
         }
         let _ = prober.await;
-        let _ = routing.await;
+        if let Some(r) = routing {
+            let _ = r.await;
+        }
         writer_stop.cancel();
         let _ = writer.await;
         let _ = sweeper.await;

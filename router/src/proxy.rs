@@ -125,6 +125,9 @@ impl Router {
 
     fn stats(&self, addr: &str) -> Arc<NodeStats> {
         let mut m = self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = m.get(addr) {
+            return s.clone();
+        }
         m.entry(addr.to_owned()).or_default().clone()
     }
 
@@ -132,19 +135,20 @@ impl Router {
     /// then the other healthy ones, then the ejected ones as a last resort.
     fn order(&self, nodes: &[String]) -> Vec<String> {
         let now = now_ms();
-        let (mut healthy, ejected): (Vec<&String>, Vec<&String>) =
-            nodes.iter().partition(|a| self.stats(a).ejected_until.load(Ordering::Relaxed) <= now);
+        let stats: Vec<_> = nodes.iter().map(|a| (a, self.stats(a))).collect();
+        let (mut healthy, ejected): (Vec<_>, Vec<_>) =
+            stats.into_iter().partition(|(_, s)| s.ejected_until.load(Ordering::Relaxed) <= now);
         if healthy.len() >= 2 {
             let i = rand::random_range(0..healthy.len());
             let mut j = rand::random_range(0..healthy.len() - 1);
             if j >= i {
                 j += 1;
             }
-            let load = |a: &String| self.stats(a).outstanding.load(Ordering::Relaxed);
-            let first = if load(healthy[i]) <= load(healthy[j]) { i } else { j };
+            let load = |k: usize| healthy[k].1.outstanding.load(Ordering::Relaxed);
+            let first = if load(i) <= load(j) { i } else { j };
             healthy.swap(0, first);
         }
-        healthy.into_iter().chain(ejected).cloned().collect()
+        healthy.into_iter().chain(ejected).map(|(a, _)| a.clone()).collect()
     }
 
     pub async fn handle(self: &Arc<Self>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {

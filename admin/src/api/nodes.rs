@@ -127,8 +127,10 @@ pub async fn heartbeat(
     s.heartbeats.push((id, record, s.clock.now_ms())).await.map_err(|e| ApiError::Internal(e.into()))?;
     let serving = s.store.node_serving(id).await?;
     let config = node_config(id, &serving);
-    let payload = serde_json::json!({"node": id, "state": state, "heartbeat": hb}).to_string();
-    s.bus.publish(HEARTBEATS, payload).await;
+    if s.bus.is_shared() {
+        let payload = serde_json::json!({"node": id, "state": state, "heartbeat": hb}).to_string();
+        s.bus.publish(HEARTBEATS, payload).await;
+    }
     Ok(Json(HeartbeatAck { config_version: config.version, drain: state == "draining" }))
 }
 

@@ -178,17 +178,6 @@ impl Store {
         })
     }
 
-    pub async fn images(&self, origin_type: &str) -> Result<Vec<ImageRow>> {
-        on_pool!(self, |p| {
-            Ok(sqlx::query_as(
-                "SELECT origin_type, version, command, args, created_at FROM images WHERE origin_type = $1 ORDER BY created_at",
-            )
-            .bind(origin_type)
-            .fetch_all(p)
-            .await?)
-        })
-    }
-
     /// Pools in id (creation) order, after `cursor`.
     pub async fn pools(&self, cursor: Option<Uuid>, limit: i64) -> Result<Vec<PoolRow>> {
         on_pool!(self, |p| {

@@ -251,17 +251,6 @@ impl Store {
             .await?)
         })
     }
-
-    /// Recent probe results of a node, newest first (for tests and diagnostics).
-    pub async fn probes(&self, node_id: Uuid, limit: i64) -> Result<Vec<(UnixMs, bool)>> {
-        on_pool!(self, |p| {
-            Ok(sqlx::query_as("SELECT at, ok FROM probes WHERE node_id = $1 ORDER BY id DESC LIMIT $2")
-                .bind(node_id)
-                .bind(limit)
-                .fetch_all(p)
-                .await?)
-        })
-    }
 }
 
 impl Store {
