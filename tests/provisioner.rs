@@ -51,7 +51,7 @@ async fn an_sla_account_gets_its_nodes_and_a_killed_node_is_replaced(backend: Ba
             .await;
     let steps: Vec<_> =
         op["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(steps, ["pool_prepared", "nodes_ready", "pool_assigned", "nodes_configured", "allocation_recorded"]);
+    assert_eq!(steps, ["pool_prepared", "nodes_ready", "nodes_configured", "pool_assigned", "allocation_recorded"]);
     let nodes = wait_ready(&admin, &pool, 4).await;
     assert_eq!(nodes.len(), 4);
     let domains: Vec<i64> = nodes.iter().map(|n| n["upgrade_domain"].as_i64().unwrap()).collect();

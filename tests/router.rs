@@ -5,57 +5,14 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use support::{Admin, BIN, Backend};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use support::{Admin, BIN, Backend, NodeCleanup, start, value};
+use tokio::process::Command;
 
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
-
-/// Starts a process and collects its stdout lines until one starts with `until`.
-async fn start(cmd: &mut Command, until: &str) -> (Child, Vec<String>) {
-    let mut child = cmd
-        .env("HEADWATER_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdout(Stdio::piped())
-        .stderr(if std::env::var("TEST_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn headwater");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let done = line.starts_with(until);
-            seen.push(line);
-            if done {
-                return;
-            }
-        }
-        panic!("exited before '{until}': {seen:?}");
-    })
-    .await
-    .expect("started in time");
-    // Keep draining stdout so the process never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, seen)
-}
-
-fn value<'a>(lines: &'a [String], prefix: &str) -> &'a str {
-    lines.iter().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("no '{prefix}' in {lines:?}"))
-}
-
-/// Kills every node process `up` left in its data directory, however the test ends.
-struct NodeCleanup(std::path::PathBuf);
-
-impl Drop for NodeCleanup {
-    fn drop(&mut self) {
-        support::kill_processes_naming(&self.0.display().to_string());
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_demo_serves_the_demo_and_survives_a_killed_node() {
@@ -237,16 +194,9 @@ async fn a_router_keeps_serving_without_admin_and_knows_hosts_redirects_and_deac
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn routing_changes_reach_the_router_over_redis() {
-    let redis = support::redis_url();
-    let prefix = format!("hwtest-{}", uuid::Uuid::new_v4().simple());
-    let admin =
-        Admin::start(Backend::Postgres, &["--driver", "process", "--redis-url", &redis, "--redis-prefix", &prefix])
-            .await;
-    // The router polls admin only at start (and then every 10 minutes): what it
-    // learns afterwards comes over Redis.
-    let (_router, lines) = start(
+/// A router of `admin` (`extra` flags added), started; returns it and its URL.
+async fn router_of(admin: &Admin, extra: &[&str]) -> (tokio::process::Child, String) {
+    let (child, lines) = start(
         Command::new(BIN)
             .args([
                 "router",
@@ -257,30 +207,130 @@ async fn routing_changes_reach_the_router_over_redis() {
                 "--operator-token",
                 &admin.operator_token,
             ])
-            .args(["--redis-url", &redis, "--redis-prefix", &prefix, "--refresh-ms", "600000"]),
+            .args(extra),
         "headwater router listening on ",
     )
     .await;
-    let router = value(&lines, "headwater router listening on ").to_owned();
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{router}/readyz")).send().await.unwrap().status() != StatusCode::OK {
-        assert!(Instant::now() < deadline, "the router never got its first table");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let url = value(&lines, "headwater router listening on ").to_owned();
+    (child, url)
+}
+
+/// Waits (deadline 60 s) until `url` answers `status`.
+async fn wait_status(http: &reqwest::Client, url: &str, status: StatusCode, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = http.get(url).send().await.unwrap().status();
+        if got == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: still {got}, never {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_changes_reach_the_router_over_redis_and_it_serves_while_redis_is_down() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut redis = support::RedisServer::start().await;
+    let admin =
+        Admin::start(Backend::Postgres, &["--driver", "process", "--redis-url", &redis.url(), "--redis-prefix", "hw"])
+            .await;
+    // The router polls admin only at start (and then every 10 minutes): what it
+    // learns afterwards comes over Redis.
+    let (_router, router) =
+        router_of(&admin, &["--redis-url", &redis.url(), "--redis-prefix", "hw", "--refresh-ms", "600000"]).await;
+    let http = reqwest::Client::new();
+    wait_status(&http, &format!("{router}/readyz"), StatusCode::OK, "the router's first table").await;
     let (_, key) = admin.sign_up("ana@example.com").await;
     admin.account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
     admin.upload_demo(&key, "ana-vod", "demo").await;
     let url = format!("{router}/ana-vod/demo/hls/master.m3u8");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http.get(&url).send().await.unwrap().status() != StatusCode::OK {
-        assert!(Instant::now() < deadline, "the new account never reached the router");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_status(&http, &url, StatusCode::OK, "the new account over Redis").await;
+
+    // Redis stops: the router goes on serving from its table.
+    redis.stop().await;
+    let segment = std::fs::read(format!("{DEMO}/hls/360p/seg_000.ts")).unwrap();
+    for _ in 0..20 {
+        let res = http.get(format!("{router}/ana-vod/demo/hls/360p/seg_000.ts")).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.bytes().await.unwrap(), segment);
     }
+    // A change made while Redis is away reaches the router once it is back.
     admin.call(Method::POST, "/v1/accounts/ana-vod/deactivate", Some(&key), None, StatusCode::ACCEPTED).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http.get(&url).send().await.unwrap().status() != StatusCode::GONE {
-        assert!(Instant::now() < deadline, "the deactivation never reached the router");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.start_again().await;
+    wait_status(&http, &url, StatusCode::GONE, "the deactivation after Redis came back").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payg_to_sla_under_a_playing_client_moves_it_to_the_dedicated_pool_with_no_failed_request() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = Admin::start(Backend::Sqlite, &["--driver", "process"]).await;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let shared = admin.account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
+    let before = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;
+    admin.upload_demo(&key, "ana-vod", "demo").await;
+    // Without Redis: the router follows admin's routing stream.
+    let (_router, router) = router_of(&admin, &[]).await;
+    let http = reqwest::Client::new();
+    let segment_url = format!("{router}/ana-vod/demo/hls/720p/seg_001.ts");
+    wait_status(&http, &segment_url, StatusCode::OK, "the account through the router").await;
+    let segment = std::fs::read(format!("{DEMO}/hls/720p/seg_001.ts")).unwrap();
+
+    // A player fetching the segment in a loop, noting which node served each.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let player = tokio::spawn({
+        let (stop, served, http) = (stop.clone(), served.clone(), http.clone());
+        async move {
+            let mut failed = Vec::new();
+            while !stop.is_cancelled() {
+                match http.get(&segment_url).send().await {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        let node = r.headers()["x-headwater-node"].to_str().unwrap().to_owned();
+                        match r.bytes().await {
+                            Ok(b) if b == segment => served.lock().unwrap().push(node),
+                            Ok(b) => failed.push(format!("{} bytes from {node}", b.len())),
+                            Err(e) => failed.push(e.to_string()),
+                        }
+                    }
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            failed
+        }
+    });
+    let change = json!({"offer": {"kind": "sla", "mbps": 100}});
+    let res = admin.call(Method::PATCH, "/v1/accounts/ana-vod", Some(&key), Some(change), StatusCode::ACCEPTED).await;
+    let op = admin.wait_operation_for(res["operation"]["id"].as_str().unwrap(), &key, Duration::from_secs(60)).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let now = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;
+    assert_eq!(now["pool"]["kind"], "dedicated");
+    assert_eq!(now["locator"], before["locator"], "the locator never changes");
+    assert_ne!(now["pool"]["id"], shared.as_str());
+    let pool = now["pool"]["id"].as_str().unwrap().to_owned();
+    let nodes = admin.call(Method::GET, "/v1/nodes?limit=500", Some(&admin.operator_token), None, StatusCode::OK).await;
+    let dedicated: Vec<String> = nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["pool_id"] == pool.as_str())
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .collect();
+    // The player moves to the dedicated pool's nodes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last: Vec<String> = served.lock().unwrap().iter().rev().take(5).cloned().collect();
+        if last.len() == 5 && last.iter().all(|n| dedicated.contains(n)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the player still on {last:?}, not on {dedicated:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    stop.cancel();
+    let failed = player.await.unwrap();
+    let served = served.lock().unwrap().clone();
+    assert!(failed.is_empty(), "{} failed player requests: {failed:?}", failed.len());
+    assert!(served.iter().any(|n| !dedicated.contains(n)), "the player started on the shared pool");
+    eprintln!("player: {} segments, none failed", served.len());
 }

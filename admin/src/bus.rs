@@ -31,12 +31,19 @@ pub struct Bus {
     /// workers' wake-up.
     pub wake: Arc<Notify>,
     redis: Option<(ConnectionManager, String)>,
+    /// Messages sent by [`Bus::notify`], published in order by a task of their own
+    /// so a slow or absent Redis never holds up the request that sent them.
+    outbox: Option<tokio::sync::mpsc::Sender<(String, String)>>,
 }
+
+/// Messages waiting for Redis; past this they are dropped (each says only that
+/// something changed, which the store keeps anyway).
+const OUTBOX: usize = 4096;
 
 impl Bus {
     /// A bus within this process only.
     pub fn in_process() -> Self {
-        Self { wake: Arc::new(Notify::new()), redis: None }
+        Self { wake: Arc::new(Notify::new()), redis: None, outbox: None }
     }
 
     /// A bus over Redis at `url`; channel names start with `prefix` so deployments
@@ -67,7 +74,16 @@ impl Bus {
         let client = redis::Client::open(url)?;
         let mut conn = client.get_connection_manager_with_config(config).await?;
         conn.subscribe(format!("{prefix}:{OPERATIONS}")).await?;
-        Ok(Self { wake, redis: Some((conn, prefix.to_owned())) })
+        let (outbox, mut queued) = tokio::sync::mpsc::channel::<(String, String)>(OUTBOX);
+        let mut publisher = conn.clone();
+        tokio::spawn(async move {
+            while let Some((channel, payload)) = queued.recv().await {
+                if let Err(e) = publisher.publish::<_, _, i64>(&channel, payload).await {
+                    tracing::warn!(error = %e, %channel, "publishing on the bus");
+                }
+            }
+        });
+        Ok(Self { wake, redis: Some((conn, prefix.to_owned())), outbox: Some(outbox) })
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -81,13 +97,26 @@ impl Bus {
 
     /// Publishes a message to other processes (nothing to do without Redis). A
     /// lost message is never a lost change (the store has it; workers poll,
-    /// routers resync), so errors are logged, not returned.
-    pub async fn publish(&self, topic: &str, payload: String) {
-        if let Some((conn, prefix)) = &self.redis {
-            let mut conn = conn.clone();
-            if let Err(e) = conn.publish::<_, _, i64>(format!("{prefix}:{topic}"), payload).await {
+    /// routers resync), so errors are logged; the answer says whether Redis took it.
+    pub async fn publish(&self, topic: &str, payload: String) -> bool {
+        let Some((conn, prefix)) = &self.redis else { return false };
+        let mut conn = conn.clone();
+        match conn.publish::<_, _, i64>(format!("{prefix}:{topic}"), payload).await {
+            Ok(_) => true,
+            Err(e) => {
                 tracing::warn!(error = %e, topic, "publishing on the bus");
+                false
             }
+        }
+    }
+
+    /// Publishes a message to other processes without waiting for Redis: queued,
+    /// and dropped if Redis has been away long enough to fill the queue.
+    pub fn notify(&self, topic: &str, payload: String) {
+        if let (Some(outbox), Some((_, prefix))) = (&self.outbox, &self.redis)
+            && outbox.try_send((format!("{prefix}:{topic}"), payload)).is_err()
+        {
+            tracing::debug!(topic, "bus outbox full; message dropped");
         }
     }
 
@@ -95,7 +124,7 @@ impl Bus {
     /// every replica through Redis.
     pub async fn operation_enqueued(&self) {
         self.wake.notify_one();
-        self.publish(OPERATIONS, String::new()).await;
+        self.notify(OPERATIONS, String::new());
     }
 
     /// Ready when Redis (if configured) answers.

@@ -7,6 +7,11 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// How long the pool an account moved out of keeps serving it, so routers that
+/// have not yet heard of the move never send a player to a node that refuses it.
+/// Routers follow changes within a second (stream or Redis, or their 250 ms poll).
+pub const MOVE_GRACE_MS: i64 = 10_000;
+
 /// A value that failed validation: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {detail}")]

@@ -121,8 +121,16 @@ pub fn plan(
             healthy.push(n);
         }
     }
-    let desired =
-        if matches!(pool.state.as_str(), "deleting" | "deleted") { 0 } else { pool.desired_nodes.max(0) as usize };
+    // A released pool's nodes serve the account that left for a grace period
+    // (routers may not have switched yet); then they stop.
+    let lingering = pool.state == "deleting" && now < pool.updated_at + crate::domain::MOVE_GRACE_MS;
+    let desired = if lingering {
+        healthy.len()
+    } else if matches!(pool.state.as_str(), "deleting" | "deleted") {
+        0
+    } else {
+        pool.desired_nodes.max(0) as usize
+    };
     if healthy.len() < desired {
         actions.push(Action::Launch { count: desired - healthy.len() });
     } else if healthy.len() > desired {
@@ -320,6 +328,7 @@ mod tests {
             desired_nodes: desired,
             node_capacity_mbps: 100,
             image_version: None,
+            updated_at: NOW - crate::domain::MOVE_GRACE_MS,
         }
     }
 
@@ -394,6 +403,9 @@ mod tests {
         assert_eq!(actions, [Action::Stop { node: starting.id }]);
         let actions = plan(&pool(3, "deleting"), std::slice::from_ref(&ready), NOW, 0, HealthPolicy::default());
         assert_eq!(actions, [Action::Stop { node: ready.id }]);
+        // ... but only once the grace for routers to follow the move is over.
+        let just_released = PoolTarget { updated_at: NOW - 1_000, ..pool(3, "deleting") };
+        assert!(plan(&just_released, std::slice::from_ref(&ready), NOW, 0, HealthPolicy::default()).is_empty());
         // Failed, draining and stopped nodes are not counted as serving.
         let drained = node("draining", Some(100), 0);
         assert_eq!(plan(&pool(1, "ready"), &[drained], NOW, 0, HealthPolicy::default()), [Action::Launch { count: 1 }]);

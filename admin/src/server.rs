@@ -165,6 +165,7 @@ impl Admin {
             content,
             metrics: Arc::new(Metrics::new()?),
             limits: Arc::new(RateLimits::new(cfg.rate_limit_per_key, cfg.signup_rate_limit)),
+            routing: Arc::default(),
         };
         let driver: Option<Arc<dyn Driver>> = match cfg.driver.as_str() {
             "process" => Some(Arc::new(ProcessDriver::new(cfg.data_dir.join("nodes"))?)),
@@ -198,15 +199,13 @@ impl Admin {
             interval: Duration::from_millis(self.cfg.probe_interval_ms),
         };
         let prober = tokio::spawn(prober.run(shutdown.clone()));
-        // Routers hear routing changes over Redis; without it they poll admin.
-        let routing = self.state.bus.is_shared().then(|| {
-            tokio::spawn(api::nodes::publish_routing(
-                self.state.store.clone(),
-                self.state.bus.clone(),
-                Duration::from_millis(250),
-                shutdown.clone(),
-            ))
-        });
+        // Routers hear routing changes over Redis or on the routing stream.
+        let routing = tokio::spawn(self.state.routing.clone().publish(
+            self.state.store.clone(),
+            self.state.bus.clone(),
+            crate::routing::PUBLISH_EVERY,
+            shutdown.clone(),
+        ));
         let reconciler = match self.driver {
             Some(driver) => {
                 let program = match &self.cfg.node_program {
@@ -264,9 +263,7 @@ impl Admin {
             let _ = r.await;
         }
         let _ = prober.await;
-        if let Some(r) = routing {
-            let _ = r.await;
-        }
+        let _ = routing.await;
         writer_stop.cancel();
         let _ = writer.await;
         let _ = sweeper.await;

@@ -34,8 +34,9 @@ pub struct Step {
 pub enum Wait {
     /// The pool the account's offer calls for has this many ready nodes.
     ReadyNodes(i64),
-    /// Every ready node of the account's pool runs the current configuration (it
-    /// has heard of the account), so the account is served the moment it is done.
+    /// Every ready node of the pool the account moves to runs the current
+    /// configuration (it has heard of the account), so it serves the account before
+    /// routers are pointed at it.
     NodesConfigured,
 }
 
@@ -82,19 +83,19 @@ pub fn plan(op: &OperationRow, account: Option<AccountFacts>, wait_for_nodes: bo
                 Offer::Sla(m) => dedicated_pool_nodes(m, a.node_capacity_mbps),
                 _ => 0,
             };
-            // The target pool is made ready before the account moves to it, so an
-            // account changing offer always has a ready node.
+            // Make before break: the target pool is prepared and staged (its nodes
+            // serve the account), its nodes are ready and configured, and only then
+            // is the account moved, so routers are only ever pointed at nodes that
+            // serve it; the pool it leaves serves it a while longer.
             let mut steps =
                 vec![Step::apply("pool_prepared", Effect::PreparePool { account_id: a.id, dedicated_nodes: nodes })];
             if wait_for_nodes {
                 // The spare is not needed to carry the SLA.
                 let need = if nodes > 0 { i64::from(nodes) - 1 } else { 1 };
                 steps.push(Step { name: "nodes_ready", effect: None, wait: Some(Wait::ReadyNodes(need)) });
-            }
-            steps.push(Step::apply("pool_assigned", Effect::AssignPool { account_id: a.id, dedicated_nodes: nodes }));
-            if wait_for_nodes {
                 steps.push(Step { name: "nodes_configured", effect: None, wait: Some(Wait::NodesConfigured) });
             }
+            steps.push(Step::apply("pool_assigned", Effect::AssignPool { account_id: a.id, dedicated_nodes: nodes }));
             steps.push(Step::apply("allocation_recorded", Effect::RecordAllocation { account_id: a.id }));
             steps
         }
@@ -211,7 +212,8 @@ impl Worker {
             Wait::NodesConfigured => {
                 let mut all = true;
                 for (node, running) in self.store.account_ready_node_versions(account).await? {
-                    let want = crate::api::nodes::node_config(node, &self.store.node_serving(node).await?).version;
+                    let serving = self.store.node_serving(node, self.clock.now_ms()).await?;
+                    let want = crate::api::nodes::node_config(node, &serving).version;
                     all &= u64::try_from(running).ok() == Some(want);
                 }
                 all
@@ -275,10 +277,10 @@ mod tests {
         let steps = plan(&op("create"), Some(facts), true).unwrap();
         assert_eq!(
             steps.iter().map(|s| s.name).collect::<Vec<_>>(),
-            ["pool_prepared", "nodes_ready", "pool_assigned", "nodes_configured", "allocation_recorded"]
+            ["pool_prepared", "nodes_ready", "nodes_configured", "pool_assigned", "allocation_recorded"]
         );
         assert_eq!(steps[1].wait, Some(Wait::ReadyNodes(3)));
-        assert_eq!(steps[3].wait, Some(Wait::NodesConfigured));
+        assert_eq!(steps[2].wait, Some(Wait::NodesConfigured));
     }
 
     #[test]

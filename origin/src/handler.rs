@@ -33,15 +33,6 @@ fn problem(status: StatusCode, kind: &str, detail: &str) -> Response<ResBody> {
     headwater_serve::problem(status, kind, detail).map(full)
 }
 
-fn cors(res: &mut Response<ResBody>) {
-    let h = res.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Content-Length, Content-Range, Accept-Ranges, ETag, X-Headwater-Node"),
-    );
-}
-
 pub async fn handle(
     node: Arc<Node>,
     peer: SocketAddr,
@@ -49,7 +40,7 @@ pub async fn handle(
 ) -> Result<Response<ResBody>, Infallible> {
     let started = Instant::now();
     let mut res = route(&node, peer, &req).await;
-    cors(&mut res);
+    headwater_serve::cors(res.headers_mut());
     res.headers_mut().insert("x-headwater-node", node.id_header.clone());
     node.metrics.latency.observe(started.elapsed().as_secs_f64());
     Ok(res)
@@ -73,16 +64,7 @@ async fn route(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> R
     }
     if req.method() == Method::OPTIONS {
         // CORS preflight for players on other origins asking for ranges.
-        let mut res = Response::new(full(""));
-        *res.status_mut() = StatusCode::NO_CONTENT;
-        let h = res.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD, OPTIONS"));
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("Range, If-None-Match, If-Modified-Since"),
-        );
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
-        return res;
+        return headwater_serve::preflight().map(full);
     }
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {

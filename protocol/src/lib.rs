@@ -121,10 +121,14 @@ pub struct Route {
     pub nodes: Vec<RouteNode>,
 }
 
-/// `GET /v1/routing`: account → ready nodes, published by admin for routers. The
-/// version is a digest of the content, so it changes exactly when the table does.
+/// `GET /v1/routing`: account → ready nodes, published by admin for routers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoutingTable {
+    /// When admin read this table from the store (Unix ms, strictly increasing per
+    /// admin): a router replaces its table only with a newer one, so a late update
+    /// never overwrites a fresher table.
     pub version: u64,
+    /// A digest of the content: equal digests, equal tables (the `ETag` of `GET /v1/routing`).
+    pub digest: String,
     pub accounts: std::collections::BTreeMap<String, Route>,
 }

@@ -39,12 +39,13 @@ pub struct RouterConfig {
     /// Serve `http://{account}.DOMAIN/{asset}/{file}` by Host header too.
     #[arg(long, env = "HEADWATER_DOMAIN")]
     pub domain: Option<String>,
-    /// Redis on which admin publishes routing changes (applied at once).
+    /// Redis on which admin publishes routing changes (applied at once); without
+    /// it the router follows admin's routing stream.
     #[arg(long, env = "HEADWATER_REDIS_URL")]
     pub redis_url: Option<String>,
     #[arg(long, env = "HEADWATER_REDIS_PREFIX", default_value = "headwater")]
     pub redis_prefix: String,
-    /// How often the routing table is checked, in ms.
+    /// With Redis, how often admin is also polled for the routing table, in ms.
     #[arg(long, env = "HEADWATER_ROUTING_REFRESH_MS", default_value_t = 250)]
     pub refresh_ms: u64,
 }
@@ -52,17 +53,26 @@ pub struct RouterConfig {
 /// Runs a router on `listener` until `shutdown`, then drains.
 pub async fn serve(cfg: RouterConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let table = Arc::new(table::Shared::default());
-    let follow = tokio::spawn(table::follow(
-        table.clone(),
-        cfg.admin_url.clone(),
-        cfg.operator_token.clone(),
-        Duration::from_millis(cfg.refresh_ms),
-        shutdown.clone(),
-    ));
-    let pushed = cfg
-        .redis_url
-        .clone()
-        .map(|url| tokio::spawn(table::listen(table.clone(), url, cfg.redis_prefix.clone(), shutdown.clone())));
+    // With Redis: changes pushed there, the snapshot and a fallback polled from
+    // admin. Without: admin's routing stream.
+    let followers = match cfg.redis_url.clone() {
+        Some(url) => vec![
+            tokio::spawn(table::follow(
+                table.clone(),
+                cfg.admin_url.clone(),
+                cfg.operator_token.clone(),
+                Duration::from_millis(cfg.refresh_ms),
+                shutdown.clone(),
+            )),
+            tokio::spawn(table::listen(table.clone(), url, cfg.redis_prefix.clone(), shutdown.clone())),
+        ],
+        None => vec![tokio::spawn(table::stream(
+            table.clone(),
+            cfg.admin_url.clone(),
+            cfg.operator_token.clone(),
+            shutdown.clone(),
+        ))],
+    };
     let router = Arc::new(Router::new(table, cfg.mode, cfg.domain.clone())?);
     headwater_serve::run(
         listener,
@@ -77,9 +87,8 @@ pub async fn serve(cfg: RouterConfig, listener: TcpListener, shutdown: Cancellat
         ServeConfig { drain_timeout: Duration::from_secs(30), ..ServeConfig::default() },
     )
     .await;
-    let _ = follow.await;
-    if let Some(p) = pushed {
-        let _ = p.await;
+    for f in followers {
+        let _ = f.await;
     }
     Ok(())
 }

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use prometheus::{Encoder, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::Mode;
 use crate::table::Shared;
@@ -35,16 +35,77 @@ struct NodeStats {
     ejected_until: AtomicI64,
 }
 
+/// One account's series in `/metrics`, looked up once per request.
+struct AccountMetrics {
+    bytes: IntCounter,
+    retries: IntCounter,
+    upstream_errors: IntCounter,
+    latency: Histogram,
+}
+
+/// The label of requests for accounts the table does not know, so unknown names
+/// cannot grow the metrics without bound.
+const UNKNOWN: &str = "-";
+
+struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    bytes: IntCounterVec,
+    retries: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    latency: HistogramVec,
+    accounts: RwLock<HashMap<String, Arc<AccountMetrics>>>,
+}
+
+impl Metrics {
+    fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("headwater_router".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "player requests by account and status"),
+            &["account", "status"],
+        )?;
+        let bytes = IntCounterVec::new(Opts::new("bytes_total", "body bytes sent to players"), &["account"])?;
+        let retries =
+            IntCounterVec::new(Opts::new("retries_total", "requests tried again on another node"), &["account"])?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new("upstream_errors_total", "node failures seen (refused, reset, timeout, 5xx)"),
+            &["account"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new("response_seconds", "time from a player's request to the node's response headers")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
+            &["account"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        Ok(Self { registry, requests, bytes, retries, upstream_errors, latency, accounts: RwLock::default() })
+    }
+
+    fn account(&self, name: &str) -> Arc<AccountMetrics> {
+        if let Some(m) = self.accounts.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name) {
+            return m.clone();
+        }
+        let m = Arc::new(AccountMetrics {
+            bytes: self.bytes.with_label_values(&[name]),
+            retries: self.retries.with_label_values(&[name]),
+            upstream_errors: self.upstream_errors.with_label_values(&[name]),
+            latency: self.latency.with_label_values(&[name]),
+        });
+        self.accounts.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_owned(), m.clone());
+        m
+    }
+}
+
 pub struct Router {
     table: Arc<Shared>,
     mode: Mode,
     domain: Option<String>,
     client: Client<HttpConnector, Empty<Bytes>>,
     nodes: Mutex<HashMap<String, Arc<NodeStats>>>,
-    registry: Registry,
-    requests: IntCounterVec,
-    retries: IntCounter,
-    upstream_errors: IntCounter,
+    metrics: Metrics,
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -53,7 +114,7 @@ fn full(b: impl Into<Bytes>) -> Body {
 
 fn problem(status: StatusCode, kind: &str, detail: &str) -> Response<Body> {
     let mut res = headwater_serve::problem(status, kind, detail).map(full);
-    res.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headwater_serve::cors(res.headers_mut());
     res
 }
 
@@ -78,6 +139,7 @@ impl Router {
     /// for a while.
     async fn forward(
         &self,
+        account: &AccountMetrics,
         node: &str,
         method: &Method,
         path: &str,
@@ -99,7 +161,7 @@ impl Router {
             Err(_) => "timeout".to_owned(),
         };
         tracing::warn!(%node, %why, "node failed; trying another");
-        self.upstream_errors.inc();
+        account.upstream_errors.inc();
         stats.ejected_until.store(now_ms() + EJECT_MS, Ordering::Relaxed);
         Err(())
     }
@@ -109,18 +171,7 @@ impl Router {
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        let registry = Registry::new_custom(Some("headwater_router".into()), None)?;
-        let requests = IntCounterVec::new(
-            Opts::new("requests_total", "player requests by account and status"),
-            &["account", "status"],
-        )?;
-        let retries = IntCounter::new("retries_total", "requests tried again on another node")?;
-        let upstream_errors =
-            IntCounter::new("upstream_errors_total", "node failures seen (refused, reset, timeout, 5xx)")?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(retries.clone()))?;
-        registry.register(Box::new(upstream_errors.clone()))?;
-        Ok(Self { table, mode, domain, client, nodes: Mutex::default(), registry, requests, retries, upstream_errors })
+        Ok(Self { table, mode, domain, client, nodes: Mutex::default(), metrics: Metrics::new()? })
     }
 
     fn stats(&self, addr: &str) -> Arc<NodeStats> {
@@ -164,7 +215,7 @@ impl Router {
             }
             "/metrics" => {
                 let mut buf = Vec::new();
-                let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+                let _ = prometheus::TextEncoder::new().encode(&self.metrics.registry.gather(), &mut buf);
                 return Response::new(full(buf));
             }
             _ => {}
@@ -190,24 +241,41 @@ impl Router {
             Some(q) => format!("{path}?{q}"),
             None => path,
         };
-        let res = self.route(peer, &req, &account, &path_and_query).await;
-        self.requests
-            .with_label_values(&[
-                if res.status() == StatusCode::NOT_FOUND { "-" } else { &account },
-                res.status().as_str(),
-            ])
-            .inc();
-        res
+        if req.method() == Method::OPTIONS {
+            // CORS preflight: answered here, whatever the account, as a browser
+            // asks it before the request that gets the real answer.
+            return headwater_serve::preflight().map(full);
+        }
+        let table = self.table.get();
+        let known = table.accounts.contains_key(&account);
+        let label = if known { account.as_str() } else { UNKNOWN };
+        let metrics = self.metrics.account(label);
+        let started = Instant::now();
+        let res = self.route(&table, &metrics, peer, &req, &account, &path_and_query).await;
+        metrics.latency.observe(started.elapsed().as_secs_f64());
+        self.metrics.requests.with_label_values(&[label, res.status().as_str()]).inc();
+        let (parts, body) = res.into_parts();
+        let bytes = metrics.bytes.clone();
+        let body = body
+            .map_frame(move |f| {
+                if let Some(d) = f.data_ref() {
+                    bytes.inc_by(d.len() as u64);
+                }
+                f
+            })
+            .boxed_unsync();
+        Response::from_parts(parts, body)
     }
 
     async fn route(
         self: &Arc<Self>,
+        table: &crate::table::Table,
+        metrics: &Arc<AccountMetrics>,
         peer: SocketAddr,
         req: &Request<Incoming>,
         account: &str,
         path: &str,
     ) -> Response<Body> {
-        let table = self.table.get();
         let Some(a) = table.accounts.get(account) else {
             return problem(StatusCode::NOT_FOUND, "not-found", "no such account");
         };
@@ -221,17 +289,17 @@ impl Router {
             return problem(StatusCode::SERVICE_UNAVAILABLE, "no-node", "no node is ready for this account yet");
         }
         let method = req.method().clone();
-        if self.mode == Mode::Redirect && method != Method::OPTIONS {
+        if self.mode == Mode::Redirect {
             let node = &self.order(&a.nodes)[0];
             let mut res = Response::new(full(""));
             *res.status_mut() = StatusCode::FOUND;
             if let Ok(v) = HeaderValue::from_str(&format!("http://{node}{path}")) {
                 res.headers_mut().insert(header::LOCATION, v);
             }
-            res.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            headwater_serve::cors(res.headers_mut());
             return res;
         }
-        if !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        if !matches!(method, Method::GET | Method::HEAD) {
             return problem(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "only GET, HEAD and OPTIONS");
         }
         let forwarded_for = match req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -252,10 +320,10 @@ impl Router {
         let mut attempt = 0;
         while let Some(node) = order.next() {
             if attempt > 0 {
-                self.retries.inc();
+                metrics.retries.inc();
             }
             attempt += 1;
-            match self.forward(&node, &method, path, &headers).await {
+            match self.forward(metrics, &node, &method, path, &headers).await {
                 Ok(res) => {
                     let (mut parts, body) = res.into_parts();
                     for h in HOP_BY_HOP {
@@ -264,7 +332,7 @@ impl Router {
                     parts.headers.insert(header::VIA, HeaderValue::from_static("1.1 headwater-router"));
                     let resume = Resume::plan(&method, &parts, path, headers, order.collect());
                     let body = match resume {
-                        Some(r) => resumable(self.clone(), body, r),
+                        Some(r) => resumable(self.clone(), metrics.clone(), body, r),
                         None => body.map_err(Into::into).boxed_unsync(),
                     };
                     return Response::from_parts(parts, body);
@@ -319,15 +387,16 @@ impl Resume {
     }
 }
 
-fn resumable(router: Arc<Router>, body: Incoming, plan: Resume) -> Body {
+fn resumable(router: Arc<Router>, metrics: Arc<AccountMetrics>, body: Incoming, plan: Resume) -> Body {
     struct St {
         router: Arc<Router>,
+        metrics: Arc<AccountMetrics>,
         body: Incoming,
         plan: Resume,
         sent: u64,
         done: bool,
     }
-    let st = St { router, body, plan, sent: 0, done: false };
+    let st = St { router, metrics, body, plan, sent: 0, done: false };
     let frames = futures_util::stream::unfold(st, |mut st| async move {
         if st.done {
             return None;
@@ -344,7 +413,7 @@ fn resumable(router: Arc<Router>, body: Incoming, plan: Resume) -> Body {
                 Some(Err(e)) => {
                     let from = st.plan.start + st.sent;
                     tracing::warn!(error = %e, from, "node failed mid-body; resuming on another node");
-                    st.router.upstream_errors.inc();
+                    st.metrics.upstream_errors.inc();
                     let mut resumed = None;
                     while let Some(node) = (!st.plan.others.is_empty()).then(|| st.plan.others.remove(0)) {
                         let mut headers = st.plan.headers.clone();
@@ -352,8 +421,9 @@ fn resumable(router: Arc<Router>, body: Incoming, plan: Resume) -> Body {
                             headers.insert(header::RANGE, v);
                         }
                         headers.insert(header::IF_RANGE, st.plan.etag.clone());
-                        st.router.retries.inc();
-                        if let Ok(res) = st.router.forward(&node, &Method::GET, &st.plan.path, &headers).await
+                        st.metrics.retries.inc();
+                        if let Ok(res) =
+                            st.router.forward(&st.metrics, &node, &Method::GET, &st.plan.path, &headers).await
                             && res.status() == StatusCode::PARTIAL_CONTENT
                         {
                             resumed = Some(res.into_body());

@@ -1,13 +1,18 @@
-//! The routing table a router serves from: fetched from admin (`GET /v1/routing`,
-//! polled with `If-None-Match` so an unchanged table costs a 304), kept when admin
-//! is unreachable, replaced only by a newer version.
+//! The routing table a router serves from, kept current from admin: over Redis
+//! (`listen`, with `follow` polling admin for the snapshot and as a fallback) or,
+//! without Redis, over admin's routing stream (`stream`). Whatever the path, a
+//! table replaces the one in force only when its version is newer, and the last
+//! table stays in force while admin or Redis is unreachable.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures_util::{StreamExt, TryStreamExt};
 use headwater_protocol::RoutingTable;
 use ipnet::IpNet;
+use tokio_util::codec::{FramedRead, LinesCodec};
+use tokio_util::io::StreamReader;
 use tokio_util::sync::CancellationToken;
 
 /// An account as the router serves it.
@@ -29,6 +34,7 @@ impl Account {
 pub struct Table {
     /// 0 until the first table arrives.
     pub version: u64,
+    pub digest: String,
     pub accounts: HashMap<String, Account>,
 }
 
@@ -42,7 +48,7 @@ impl From<RoutingTable> for Table {
                 (name, Account { active: r.active, allow, nodes: r.nodes.into_iter().map(|n| n.address).collect() })
             })
             .collect();
-        Table { version: t.version, accounts }
+        Table { version: t.version, digest: t.digest, accounts }
     }
 }
 
@@ -55,8 +61,17 @@ impl Shared {
         self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    fn set(&self, t: Table) {
-        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(t);
+    /// Puts `t` in force if it is newer than the table in force; says whether it did.
+    pub fn offer(&self, t: RoutingTable, via: &str) -> bool {
+        let mut current = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if t.version <= current.version {
+            return false;
+        }
+        if t.digest != current.digest {
+            tracing::info!(version = t.version, accounts = t.accounts.len(), via, "routing table updated");
+        }
+        *current = Arc::new(t.into());
+        true
     }
 }
 
@@ -77,21 +92,70 @@ pub async fn follow(table: Arc<Shared>, admin_url: String, token: String, every:
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let current = table.get().version;
+        let current = table.get().digest.clone();
         let res = http.get(&url).bearer_auth(&token).header("if-none-match", format!("\"{current}\"")).send().await;
         match res {
             Ok(r) if r.status() == reqwest::StatusCode::NOT_MODIFIED => {}
             Ok(r) if r.status().is_success() => match r.json::<RoutingTable>().await {
-                Ok(t) if t.version != current => {
-                    tracing::info!(version = t.version, accounts = t.accounts.len(), "routing table updated");
-                    table.set(t.into());
+                Ok(t) => {
+                    table.offer(t, "poll");
                 }
-                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "routing table"),
             },
             Ok(r) => tracing::warn!(status = %r.status(), "routing table"),
             Err(e) => tracing::warn!(error = %e, "routing table: admin unreachable; serving the last table"),
         }
+    }
+}
+
+/// A stream silent for this long is taken for dead (admin sends a line every 10 s).
+const STREAM_IDLE: Duration = Duration::from_secs(30);
+
+/// Follows admin's routing stream (`GET /v1/routing/stream`: the table, then each
+/// change, one JSON table per line) until `stop`, reconnecting with a growing pause
+/// (up to 5 s) while admin is away. Used when there is no Redis.
+pub async fn stream(table: Arc<Shared>, admin_url: String, token: String, stop: CancellationToken) {
+    let http = match reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "routing stream client");
+            return;
+        }
+    };
+    let url = format!("{}/v1/routing/stream", admin_url.trim_end_matches('/'));
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let followed = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = follow_stream(&http, &url, &token, &table) => r,
+        };
+        match followed {
+            Ok(()) => tracing::warn!("routing stream ended; reconnecting"),
+            Err(e) => tracing::warn!(error = %e, "routing stream: admin unreachable; serving the last table"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One connection to the routing stream, until it ends or fails.
+async fn follow_stream(http: &reqwest::Client, url: &str, token: &str, table: &Shared) -> anyhow::Result<()> {
+    let res = http.get(url).bearer_auth(token).send().await?.error_for_status()?;
+    let body = StreamReader::new(res.bytes_stream().map_err(std::io::Error::other));
+    let mut lines = FramedRead::new(body, LinesCodec::new_with_max_length(64 << 20));
+    loop {
+        let line = match tokio::time::timeout(STREAM_IDLE, lines.next()).await {
+            Err(_) => anyhow::bail!("no word from admin for {} s", STREAM_IDLE.as_secs()),
+            Ok(None) => return Ok(()),
+            Ok(Some(line)) => line?,
+        };
+        if line.is_empty() {
+            continue;
+        }
+        table.offer(serde_json::from_str(&line)?, "stream");
     }
 }
 
@@ -133,12 +197,31 @@ pub async fn listen(table: Arc<Shared>, redis_url: String, prefix: String, stop:
             _ => continue,
         };
         match serde_json::from_slice::<RoutingTable>(&payload) {
-            Ok(t) if t.version != table.get().version => {
-                tracing::info!(version = t.version, "routing table pushed");
-                table.set(t.into());
+            Ok(t) => {
+                table.offer(t, "redis");
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "routing table from Redis"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(version: u64, digest: &str) -> RoutingTable {
+        RoutingTable { version, digest: digest.into(), accounts: Default::default() }
+    }
+
+    #[test]
+    fn an_older_table_never_replaces_a_newer_one() {
+        let shared = Shared::default();
+        assert!(shared.offer(t(10, "a"), "test"));
+        assert!(!shared.offer(t(9, "b"), "test"), "an older version is ignored");
+        assert!(!shared.offer(t(10, "b"), "test"), "the same version is ignored");
+        assert_eq!(shared.get().digest, "a");
+        assert!(shared.offer(t(11, "a"), "test"), "a newer version of the same content is taken");
+        assert!(shared.offer(t(12, "c"), "test"));
+        assert_eq!((shared.get().version, shared.get().digest.as_str()), (12, "c"));
     }
 }

@@ -110,6 +110,31 @@ where
     }
 }
 
+/// CORS for browser players (hls.js, dash.js) on pages of other origins: any
+/// origin may read, and sees the headers range requests and retries need.
+pub fn cors(h: &mut http::HeaderMap) {
+    use http::{HeaderValue, header};
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Content-Length, Content-Range, Accept-Ranges, ETag, X-Headwater-Node"),
+    );
+}
+
+/// The answer to a CORS preflight (`OPTIONS`) for `GET`/`HEAD` with ranges and
+/// revalidation, cached by the browser for a day.
+pub fn preflight() -> Response<bytes::Bytes> {
+    use http::{HeaderValue, header};
+    let mut res = Response::new(bytes::Bytes::new());
+    *res.status_mut() = http::StatusCode::NO_CONTENT;
+    let h = res.headers_mut();
+    cors(h);
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD, OPTIONS"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Range, If-None-Match, If-Modified-Since"));
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    res
+}
+
 /// A problem answer (`application/problem+json`, RFC 9457) for the data plane
 /// (origin nodes, router), shaped like the admin API's problems.
 pub fn problem(status: http::StatusCode, kind: &str, detail: &str) -> Response<bytes::Bytes> {

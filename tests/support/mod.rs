@@ -446,3 +446,103 @@ impl Origin {
 pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(cmd)).find(|p| p.is_file())
 }
+
+/// Starts a process and collects its stdout lines until one starts with `until`.
+pub async fn start(cmd: &mut tokio::process::Command, until: &str) -> (tokio::process::Child, Vec<String>) {
+    let mut child = cmd
+        .env("HEADWATER_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(if std::env::var("TEST_LOG").is_ok() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn headwater");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.starts_with(until);
+            seen.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("exited before '{until}': {seen:?}");
+    })
+    .await
+    .expect("started in time");
+    // Keep draining stdout so the process never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, seen)
+}
+
+pub fn value<'a>(lines: &'a [String], prefix: &str) -> &'a str {
+    lines.iter().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("no '{prefix}' in {lines:?}"))
+}
+
+/// Kills every node process `up` left in its data directory, however the test ends.
+pub struct NodeCleanup(pub std::path::PathBuf);
+
+impl Drop for NodeCleanup {
+    fn drop(&mut self) {
+        kill_processes_naming(&self.0.display().to_string());
+    }
+}
+
+/// A Redis server of the test's own on a free port, so a test can stop and start
+/// it without touching the shared one.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut r = RedisServer { port, child: None };
+        r.start_again().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on the same port and waits until it answers PING.
+    pub async fn start_again(&mut self) {
+        let redis = which("redis-server").expect("redis-server is installed (scripts/test installs it)");
+        let child = Command::new(redis)
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").await.is_ok()
+                    && s.read_exact(&mut buf).await.is_ok()
+                    && &buf == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "redis-server on port {} never answered", self.port);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills it and waits until it is gone.
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+}

@@ -65,6 +65,8 @@ pub struct AppState {
     pub content: ContentStore,
     pub metrics: Arc<Metrics>,
     pub limits: Arc<RateLimits>,
+    /// The routing table handed to routers.
+    pub routing: Arc<crate::routing::Routing>,
 }
 
 #[derive(OpenApi)]
@@ -116,6 +118,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(nodes::usage))
         .routes(routes!(nodes::drain))
         .routes(routes!(nodes::routing))
+        .routes(routes!(nodes::routing_stream))
         .routes(routes!(operator::list_allocations))
         .routes(routes!(operator::list_events))
         .routes(routes!(system::healthz))

@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use futures_util::StreamExt;
 use headwater_protocol::{Heartbeat, HeartbeatAck, NodeConfig, ServedAccount, UsageReport};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -125,11 +126,11 @@ pub async fn heartbeat(
     };
     let state = effective_state(&s.store.node_state(id).await?, record.state).to_owned();
     s.heartbeats.push((id, record, s.clock.now_ms())).await.map_err(|e| ApiError::Internal(e.into()))?;
-    let serving = s.store.node_serving(id).await?;
+    let serving = s.store.node_serving(id, s.clock.now_ms()).await?;
     let config = node_config(id, &serving);
     if s.bus.is_shared() {
         let payload = serde_json::json!({"node": id, "state": state, "heartbeat": hb}).to_string();
-        s.bus.publish(HEARTBEATS, payload).await;
+        s.bus.notify(HEARTBEATS, payload);
     }
     Ok(Json(HeartbeatAck { config_version: config.version, drain: state == "draining" }))
 }
@@ -138,7 +139,7 @@ pub async fn heartbeat(
 #[utoipa::path(get, path = "/v1/nodes/{id}/config", tag = "nodes", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses((status = 200, description = "NodeConfig"), (status = 401, body = Problem)))]
 pub async fn config(State(s): State<AppState>, NodeAuth(id): NodeAuth) -> Result<Json<NodeConfig>, ApiError> {
-    Ok(Json(node_config(id, &s.store.node_serving(id).await?)))
+    Ok(Json(node_config(id, &s.store.node_serving(id, s.clock.now_ms()).await?)))
 }
 
 /// Bytes served per account per minute. Windows for accounts the node's pool does
@@ -187,29 +188,8 @@ pub async fn drain(
     Ok((StatusCode::ACCEPTED, Json(s.store.node(node_id).await?.into())))
 }
 
-/// The routing table from the store.
-pub fn routing_table(rows: Vec<crate::store::RouteRow>) -> headwater_protocol::RoutingTable {
-    use headwater_protocol::{Route, RouteNode, RoutingTable};
-    let mut table = RoutingTable::default();
-    for r in rows {
-        let route = table.accounts.entry(r.name).or_insert_with(|| Route {
-            active: r.state != "deactivated",
-            ip_allow: r.ip_allow.0.clone(),
-            nodes: Vec::new(),
-        });
-        if let (Some(id), Some(address)) = (r.node_id, r.address) {
-            route.nodes.push(RouteNode { id, address });
-        }
-    }
-    let digest = Sha256::digest(serde_json::to_vec(&table).unwrap_or_default());
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&digest[..8]);
-    table.version = u64::from_be_bytes(v) >> 1;
-    table
-}
-
 /// The routing table for routers: account → ready nodes. Answers 304 to
-/// `If-None-Match` with the current version, so routers can poll it cheaply.
+/// `If-None-Match` with the current digest, so routers can poll it cheaply.
 #[utoipa::path(get, path = "/v1/routing", tag = "nodes", security(("bearer" = [])),
     responses((status = 200, description = "headwater_protocol::RoutingTable"), (status = 304), (status = 401, body = Problem)))]
 pub async fn routing(
@@ -218,39 +198,62 @@ pub async fn routing(
     headers: axum::http::HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let table = routing_table(s.store.routes().await?);
-    let etag = format!("\"{}\"", table.version);
+    let table = s.routing.snapshot(&s.store).await?;
+    let etag = format!("\"{}\"", table.digest);
     if headers.get(axum::http::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         return Ok((StatusCode::NOT_MODIFIED, [(axum::http::header::ETAG, etag)]).into_response());
     }
     Ok(([(axum::http::header::ETAG, etag)], Json(table)).into_response())
 }
 
-/// Publishes the routing table on the bus whenever it changes, so routers listening
-/// on Redis switch at once instead of at their next poll.
-pub async fn publish_routing(
-    store: crate::store::Store,
-    bus: crate::bus::Bus,
-    every: std::time::Duration,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    let mut last = 0u64;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match store.routes().await {
-            Ok(rows) => {
-                let table = routing_table(rows);
-                if table.version != last {
-                    last = table.version;
-                    bus.publish(crate::bus::ROUTING, serde_json::to_string(&table).unwrap_or_default()).await;
+/// An empty line this often keeps an idle stream open and tells the router it is alive.
+const STREAM_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The routing table as a stream for routers without Redis: one JSON table per
+/// line (`application/x-ndjson`), the current table first, then every change as it
+/// happens; an empty line every 10 s while nothing changes.
+#[utoipa::path(get, path = "/v1/routing/stream", tag = "nodes", security(("bearer" = [])),
+    responses((status = 200, description = "newline-delimited headwater_protocol::RoutingTable", content_type = "application/x-ndjson"),
+        (status = 401, body = Problem)))]
+pub async fn routing_stream(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    // Subscribe before the snapshot, so no change falls between the two.
+    let rx = s.routing.subscribe();
+    let first = s.routing.snapshot(&s.store).await?;
+    let closed = s.routing.closed();
+    let line = |t: &headwater_protocol::RoutingTable| {
+        let mut v = serde_json::to_vec(t).unwrap_or_default();
+        v.push(b'\n');
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(v))
+    };
+    let start = (rx, first.version, first.digest.clone());
+    let changes = futures_util::stream::unfold(start, move |(mut rx, mut version, mut digest)| {
+        let closed = closed.clone();
+        async move {
+            loop {
+                let changed = tokio::select! {
+                    _ = closed.cancelled() => return None,
+                    c = tokio::time::timeout(STREAM_KEEPALIVE, rx.changed()) => c,
+                };
+                match changed {
+                    Err(_) => return Some((Ok(bytes::Bytes::from_static(b"\n")), (rx, version, digest))),
+                    Ok(Err(_)) => return None,
+                    Ok(Ok(())) => {
+                        let t = rx.borrow_and_update().clone();
+                        if t.version > version && t.digest != digest {
+                            version = t.version;
+                            digest.clone_from(&t.digest);
+                            return Some((line(&t), (rx, version, digest)));
+                        }
+                    }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "routing table"),
         }
-    }
+    });
+    let body = futures_util::stream::once(std::future::ready(line(&first))).chain(changes);
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(body))
+        .into_response())
 }

@@ -157,11 +157,13 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/postgres/0001_foundation.sql")),
     (2, "nodes and usage", include_str!("../../../migrations/postgres/0002_nodes_and_usage.sql")),
     (3, "pool owner", include_str!("../../../migrations/postgres/0003_pool_owner.sql")),
+    (4, "staged moves", include_str!("../../../migrations/postgres/0004_staged_moves.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
     (2, "nodes and usage", include_str!("../../../migrations/sqlite/0002_nodes_and_usage.sql")),
     (3, "pool owner", include_str!("../../../migrations/sqlite/0003_pool_owner.sql")),
+    (4, "staged moves", include_str!("../../../migrations/sqlite/0004_staged_moves.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

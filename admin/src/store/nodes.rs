@@ -171,7 +171,10 @@ impl Store {
     }
 
     /// The pool of a node, its limits, and the accounts mapped to it.
-    pub async fn node_serving(&self, id: Uuid) -> Result<NodeServing> {
+    /// What node `id` serves at `now`: the accounts mapped to its pool, the ones
+    /// staged to move in, and the ones that left less than
+    /// [`MOVE_GRACE_MS`](crate::domain::MOVE_GRACE_MS) ago.
+    pub async fn node_serving(&self, id: Uuid, now: UnixMs) -> Result<NodeServing> {
         let (pool_id, pool_kind, cap, trial, payg): (Uuid, String, i32, i32, i32) = on_pool!(self, |p| {
             sqlx::query_as(
                 "SELECT p.id, p.kind, t.node_capacity_mbps, t.trial_cap_mbps, t.payg_cap_mbps
@@ -184,10 +187,14 @@ impl Store {
         });
         let accounts = on_pool!(self, |p| {
             sqlx::query_as(
-                "SELECT a.name, a.offer, a.state, a.ip_allow FROM account_pool_mappings m JOIN accounts a ON a.id = m.account_id
-                 WHERE m.pool_id = $1 AND a.state <> 'deleted' ORDER BY a.name",
+                "SELECT a.name, a.offer, a.state, a.ip_allow FROM accounts a
+                 LEFT JOIN account_pool_mappings m ON m.account_id = a.id
+                 WHERE (m.pool_id = $1 OR a.staged_pool_id = $1 OR (m.previous_pool_id = $1 AND m.moved_at > $2))
+                   AND a.state <> 'deleted'
+                 ORDER BY a.name",
             )
             .bind(pool_id)
+            .bind(now - crate::domain::MOVE_GRACE_MS)
             .fetch_all(p)
             .await?
         });
@@ -210,7 +217,8 @@ impl Store {
             for (account, window_start, bytes, requests) in windows {
                 let account_id: Option<Uuid> = sqlx::query_scalar(
                     "SELECT a.id FROM accounts a JOIN account_pool_mappings m ON m.account_id = a.id
-                     JOIN nodes n ON n.pool_id = m.pool_id WHERE a.name = $1 AND n.id = $2",
+                     JOIN nodes n ON n.pool_id = m.pool_id OR n.pool_id = m.previous_pool_id OR n.pool_id = a.staged_pool_id
+                     WHERE a.name = $1 AND n.id = $2",
                 )
                 .bind(account)
                 .bind(node_id)
@@ -306,6 +314,7 @@ pub struct PoolTarget {
     pub desired_nodes: i32,
     pub node_capacity_mbps: i32,
     pub image_version: Option<String>,
+    pub updated_at: UnixMs,
 }
 
 impl Store {
@@ -313,7 +322,7 @@ impl Store {
     pub async fn pool_targets(&self) -> Result<Vec<PoolTarget>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
-                "SELECT p.id, p.kind, p.state, p.desired_nodes, t.node_capacity_mbps, p.image_version
+                "SELECT p.id, p.kind, p.state, p.desired_nodes, t.node_capacity_mbps, p.image_version, p.updated_at
                  FROM pools p JOIN origin_types t ON t.name = p.origin_type
                  WHERE p.state <> 'deleted' OR EXISTS (SELECT 1 FROM nodes n WHERE n.pool_id = p.id AND n.state IN ('starting', 'ready', 'draining'))
                  ORDER BY p.id",
@@ -377,12 +386,14 @@ impl Store {
         })
     }
 
-    /// (node, configuration version it runs) of the ready nodes of the account's pool.
+    /// (node, configuration version it runs) of the ready nodes of the pool the
+    /// account is staged to move to, else of its pool.
     pub async fn account_ready_node_versions(&self, account_id: Uuid) -> Result<Vec<(Uuid, i64)>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
-                "SELECT n.id, n.config_version FROM account_pool_mappings m JOIN nodes n ON n.pool_id = m.pool_id
-                 WHERE m.account_id = $1 AND n.state = 'ready' ORDER BY n.id",
+                "SELECT n.id, n.config_version FROM accounts a LEFT JOIN account_pool_mappings m ON m.account_id = a.id
+                 JOIN nodes n ON n.pool_id = COALESCE(a.staged_pool_id, m.pool_id)
+                 WHERE a.id = $1 AND n.state = 'ready' ORDER BY n.id",
             )
             .bind(account_id)
             .fetch_all(p)

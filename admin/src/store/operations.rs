@@ -213,44 +213,67 @@ macro_rules! shared_pool {
     }};
 }
 
+/// The pool the account's offer calls for, and the pool it is in now: its own
+/// dedicated pool (created or resized) for sla; for trial/payg the shared pool it
+/// is in, else the one it was staged to, else the best shared pool of its type.
+macro_rules! target_pool {
+    ($tx:expr, $account:expr, $dedicated_nodes:expr, $now:expr) => {{
+        let (offer, origin_type, staged): (String, String, Option<Uuid>) = sqlx::query_as(
+            "SELECT a.offer, a.origin_type, p.id FROM accounts a
+             LEFT JOIN shared_pools s ON s.pool_id = a.staged_pool_id
+             LEFT JOIN pools p ON p.id = s.pool_id AND p.state IN ('creating', 'ready')
+             WHERE a.id = $1",
+        )
+        .bind($account)
+        .fetch_one(&mut *$tx)
+        .await?;
+        let current: Option<(Uuid, String)> = sqlx::query_as(
+            "SELECT p.id, p.kind FROM account_pool_mappings m JOIN pools p ON p.id = m.pool_id WHERE m.account_id = $1",
+        )
+        .bind($account)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        let target = if offer == "sla" {
+            owned_pool!($tx, $account, &origin_type, $dedicated_nodes, $now)
+        } else {
+            match (&current, staged) {
+                (Some((pool, kind)), _) if kind == "shared" => *pool,
+                (_, Some(staged)) => staged,
+                _ => shared_pool!($tx, &origin_type, $now),
+            }
+        };
+        (target, current)
+    }};
+}
+
 /// Applies an [`Effect`] inside the caller's transaction.
 macro_rules! apply_effect {
     ($tx:expr, $effect:expr, $now:expr) => {
         match $effect {
             Effect::PreparePool { account_id, dedicated_nodes } => {
-                let (offer, origin_type): (String, String) =
-                    sqlx::query_as("SELECT offer, origin_type FROM accounts WHERE id = $1").bind(account_id).fetch_one(&mut *$tx).await?;
-                if offer == "sla" {
-                    owned_pool!($tx, account_id, &origin_type, *dedicated_nodes, $now);
-                } else {
-                    shared_pool!($tx, &origin_type, $now);
-                }
+                // The target pool serves the account from now on (staged), before
+                // any router is pointed at it.
+                let (target, _) = target_pool!($tx, account_id, *dedicated_nodes, $now);
+                sqlx::query("UPDATE accounts SET staged_pool_id = $2 WHERE id = $1")
+                    .bind(account_id)
+                    .bind(target)
+                    .execute(&mut *$tx)
+                    .await?;
             }
             Effect::AssignPool { account_id, dedicated_nodes } => {
-                let (offer, origin_type): (String, String) =
-                    sqlx::query_as("SELECT offer, origin_type FROM accounts WHERE id = $1").bind(account_id).fetch_one(&mut *$tx).await?;
-                let current: Option<(Uuid, String)> = sqlx::query_as(
-                    "SELECT p.id, p.kind FROM account_pool_mappings m JOIN pools p ON p.id = m.pool_id WHERE m.account_id = $1",
-                )
-                .bind(account_id)
-                .fetch_optional(&mut *$tx)
-                .await?;
-                let target = if offer == "sla" {
-                    owned_pool!($tx, account_id, &origin_type, *dedicated_nodes, $now)
-                } else {
-                    match &current {
-                        Some((pool, kind)) if kind == "shared" => *pool,
-                        _ => shared_pool!($tx, &origin_type, $now),
-                    }
-                };
+                let (target, current) = target_pool!($tx, account_id, *dedicated_nodes, $now);
+                sqlx::query("UPDATE accounts SET staged_pool_id = NULL WHERE id = $1").bind(account_id).execute(&mut *$tx).await?;
                 if current.as_ref().map(|c| c.0) != Some(target) {
                     if let Some((old, kind)) = &current {
                         release_pool!($tx, old, kind, $now, account_id);
                     }
                     sqlx::query("UPDATE shared_pools SET accounts = accounts + 1 WHERE pool_id = $1").bind(target).execute(&mut *$tx).await?;
+                    // The pool left behind keeps serving the account for a grace
+                    // period (see domain::MOVE_GRACE_MS).
                     sqlx::query(
                         "INSERT INTO account_pool_mappings (account_id, pool_id, updated_at) VALUES ($1, $2, $3)
-                         ON CONFLICT (account_id) DO UPDATE SET pool_id = excluded.pool_id, updated_at = excluded.updated_at",
+                         ON CONFLICT (account_id) DO UPDATE SET previous_pool_id = account_pool_mappings.pool_id,
+                             moved_at = excluded.updated_at, pool_id = excluded.pool_id, updated_at = excluded.updated_at",
                     )
                     .bind(account_id)
                     .bind(target)
@@ -318,6 +341,7 @@ macro_rules! apply_effect {
                     .bind(account_id)
                     .execute(&mut *$tx)
                     .await?;
+                sqlx::query("UPDATE accounts SET staged_pool_id = NULL WHERE id = $1").bind(account_id).execute(&mut *$tx).await?;
                 if let Some((old, kind)) = &current {
                     release_pool!($tx, old, kind, $now, account_id);
                 }

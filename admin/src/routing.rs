@@ -1,0 +1,138 @@
+//! The routing table routers serve from: account → ready nodes, read from the
+//! store, versioned so a router never lets an older table replace a newer one, and
+//! published when it changes — on Redis for routers that subscribe there, and on
+//! `GET /v1/routing/stream` for routers without Redis.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use headwater_protocol::{Route, RouteNode, RoutingTable};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Bus, ROUTING};
+use crate::store::{RouteRow, Store, StoreError};
+
+/// How often the table is read while someone listens for changes.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// The tables this admin hands out, newest last.
+pub struct Routing {
+    latest: watch::Sender<Arc<RoutingTable>>,
+    /// The last version handed out.
+    version: AtomicU64,
+    /// Cancelled when admin shuts down, which ends every stream.
+    closed: CancellationToken,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Self {
+            latest: watch::Sender::new(Arc::default()),
+            version: AtomicU64::new(0),
+            closed: CancellationToken::new(),
+        }
+    }
+}
+
+/// The table for `rows`, without a version yet.
+pub fn table(rows: Vec<RouteRow>) -> RoutingTable {
+    let mut table = RoutingTable::default();
+    for r in rows {
+        let route = table.accounts.entry(r.name).or_insert_with(|| Route {
+            active: r.state != "deactivated",
+            ip_allow: r.ip_allow.0.clone(),
+            nodes: Vec::new(),
+        });
+        if let (Some(id), Some(address)) = (r.node_id, r.address) {
+            route.nodes.push(RouteNode { id, address });
+        }
+    }
+    let digest = Sha256::digest(serde_json::to_vec(&table.accounts).unwrap_or_default());
+    table.digest = hex::encode(&digest[..16]);
+    table
+}
+
+impl Routing {
+    /// A version newer than every one handed out before: the wall clock in ms, or
+    /// one more than the last when the clock has not moved on.
+    fn next_version(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let prev = self.version.fetch_max(now, Ordering::SeqCst);
+        if prev >= now { self.version.fetch_add(1, Ordering::SeqCst) + 1 } else { now }
+    }
+
+    /// The table as the store has it now. The version is taken before the read, so
+    /// a table read later always carries the larger version.
+    pub async fn snapshot(&self, store: &Store) -> Result<RoutingTable, StoreError> {
+        let version = self.next_version();
+        let mut t = table(store.routes().await?);
+        t.version = version;
+        Ok(t)
+    }
+
+    /// Follows the latest published table (see [`Routing::publish`]).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<RoutingTable>> {
+        self.latest.subscribe()
+    }
+
+    /// Cancelled at shutdown.
+    pub fn closed(&self) -> CancellationToken {
+        self.closed.clone()
+    }
+
+    /// Reads the table every `every` while anyone listens (a stream here, or
+    /// routers on Redis) and publishes it whenever its content changes, until
+    /// `shutdown`; then ends every stream.
+    pub async fn publish(self: Arc<Self>, store: Store, bus: Bus, every: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = String::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if !bus.is_shared() && self.latest.receiver_count() == 0 {
+                last.clear();
+                continue;
+            }
+            match self.snapshot(&store).await {
+                Ok(t) if t.digest != last => {
+                    // Sent again next time if Redis did not take it, so routers
+                    // catch up when Redis returns.
+                    let delivered =
+                        !bus.is_shared() || bus.publish(ROUTING, serde_json::to_string(&t).unwrap_or_default()).await;
+                    if delivered {
+                        last.clone_from(&t.digest);
+                    }
+                    self.latest.send_replace(Arc::new(t));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "routing table"),
+            }
+        }
+        self.closed.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_only_grow() {
+        let r = Routing::default();
+        let mut prev = 0;
+        for _ in 0..10_000 {
+            let v = r.next_version();
+            assert!(v > prev, "{v} after {prev}");
+            prev = v;
+        }
+    }
+}
