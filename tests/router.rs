@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use support::{Admin, BIN, Backend, NodeCleanup, start, value};
+use support::{Admin, BIN, Backend, NodeCleanup, router_of, start, value, wait_status};
 use tokio::process::Command;
 
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
@@ -190,40 +190,6 @@ async fn a_router_keeps_serving_without_admin_and_knows_hosts_redirects_and_deac
             break;
         }
         assert!(Instant::now() < deadline, "still {s} after deactivation");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A router of `admin` (`extra` flags added), started; returns it and its URL.
-async fn router_of(admin: &Admin, extra: &[&str]) -> (tokio::process::Child, String) {
-    let (child, lines) = start(
-        Command::new(BIN)
-            .args([
-                "router",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-url",
-                &admin.url,
-                "--operator-token",
-                &admin.operator_token,
-            ])
-            .args(extra),
-        "headwater router listening on ",
-    )
-    .await;
-    let url = value(&lines, "headwater router listening on ").to_owned();
-    (child, url)
-}
-
-/// Waits (deadline 60 s) until `url` answers `status`.
-async fn wait_status(http: &reqwest::Client, url: &str, status: StatusCode, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = http.get(url).send().await.unwrap().status();
-        if got == status {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: still {got}, never {status}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

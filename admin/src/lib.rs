@@ -10,6 +10,7 @@ pub mod heartbeats;
 pub mod keys;
 pub mod probe_content;
 pub mod reconciler;
+pub mod retention;
 pub mod routing;
 pub mod server;
 pub mod store;

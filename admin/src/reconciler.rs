@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::clock::{Clock, UnixMs};
 use crate::keys;
-use crate::store::{NodeHealthRow, PoolTarget, Store};
+use crate::store::{HALT_AFTER_FAILED_NODES, NodeHealthRow, Placement, PoolTarget, Store};
 
 /// When a node counts as failed.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +131,14 @@ pub fn plan(
     } else {
         pool.desired_nodes.max(0) as usize
     };
+    if let Some(image) = pool.image_version.as_deref().filter(|_| desired > 0) {
+        let (old, new): (Vec<&NodeHealthRow>, Vec<&NodeHealthRow>) =
+            healthy.iter().partition(|n| n.image_version.as_deref() != Some(image));
+        if !old.is_empty() {
+            roll(pool, &old, &new, desired, &mut actions);
+            return actions;
+        }
+    }
     if healthy.len() < desired {
         actions.push(Action::Launch { count: desired - healthy.len() });
     } else if healthy.len() > desired {
@@ -141,6 +149,29 @@ pub fn plan(
         }
     }
     actions
+}
+
+/// One step of a rolling upgrade inside a pool (some healthy nodes still run
+/// another image): surge one node on the pool's image; once it is ready, stop (drain)
+/// one old node, lowest upgrade domain first. Capacity never drops below `desired`.
+/// Once [`HALT_AFTER_FAILED_NODES`] nodes on the new image failed, no more are
+/// surged: the old nodes keep serving until a rollback.
+fn roll(pool: &PoolTarget, old: &[&NodeHealthRow], new: &[&NodeHealthRow], desired: usize, actions: &mut Vec<Action>) {
+    let healthy = old.len() + new.len();
+    if new.iter().any(|n| n.state == "starting") {
+        return;
+    }
+    if healthy > desired {
+        let mut old = old.to_vec();
+        old.sort_by_key(|n| (n.state == "ready", n.upgrade_domain, n.id));
+        for n in old.iter().take(healthy - desired) {
+            actions.push(Action::Stop { node: n.id });
+        }
+    } else if pool.failed_on_image < HALT_AFTER_FAILED_NODES {
+        actions.push(Action::Launch { count: desired + 1 - healthy });
+    } else if healthy < desired {
+        actions.push(Action::Launch { count: desired - healthy });
+    }
 }
 
 /// How the reconciler starts a node: the program and what every node is told.
@@ -203,8 +234,9 @@ impl Reconciler {
 
     /// One pass over every pool.
     pub async fn reconcile_once(&self) -> anyhow::Result<()> {
-        for mut pool in self.store.pool_targets().await? {
-            let nodes = self.store.pool_health(pool.id).await?;
+        for mut pool in self.store.pool_targets(self.clock.now_ms()).await? {
+            let mut nodes = self.store.pool_health(pool.id).await?;
+            self.fail_exited(&mut nodes).await?;
             if pool.kind == "shared" && pool.state != "deleted" {
                 self.autoscale(&mut pool, &nodes).await?;
             }
@@ -218,6 +250,22 @@ impl Reconciler {
                 {
                     self.terminate_later(h, Duration::from_secs(5));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// A starting node whose process has exited will never be ready: failed now,
+    /// not at the start timeout.
+    async fn fail_exited(&self, nodes: &mut [NodeHealthRow]) -> anyhow::Result<()> {
+        for n in nodes.iter_mut().filter(|n| n.state == "starting") {
+            if let Some(h) = handle(n)
+                && self.driver.inspect(&h).await == Status::Exited
+            {
+                tracing::warn!(node = %n.id, "node exited before it was ready");
+                let now = self.clock.now_ms();
+                self.store.set_node_state(n.id, "failed", "exited before it was ready", "health-monitor", now).await?;
+                n.state = "failed".into();
             }
         }
         Ok(())
@@ -258,11 +306,29 @@ impl Reconciler {
                     let token = format!("hwn_{}", keys::random_token().trim_start_matches("hwop_"));
                     let domain = Policy::DEFAULT.upgrade_domain(&domains);
                     domains.push(domain);
-                    self.store.register_node(id, pool.id, &keys::hash(&token), domain, "reconciler", now).await?;
-                    let spec = self.spec(id, token, pool);
-                    let h = self.driver.launch(&spec).await?;
-                    self.store.set_node_handle(id, &h.reference, now).await?;
-                    tracing::info!(node = %id, pool = %pool.id, "node launched");
+                    let image = pool.image_version.as_deref();
+                    self.store
+                        .register_node(
+                            id,
+                            pool.id,
+                            &keys::hash(&token),
+                            Placement { upgrade_domain: domain, image_version: image },
+                            "reconciler",
+                            now,
+                        )
+                        .await?;
+                    let spec = self.spec(id, token, pool).await?;
+                    match self.driver.launch(&spec).await {
+                        Ok(h) => {
+                            self.store.set_node_handle(id, &h.reference, now).await?;
+                            tracing::info!(node = %id, pool = %pool.id, "node launched");
+                        }
+                        Err(e) => {
+                            tracing::warn!(node = %id, error = %e, "node could not be launched");
+                            let reason = format!("could not be launched: {e}");
+                            self.store.set_node_state(id, "failed", &reason, "reconciler", now).await?;
+                        }
+                    }
                 }
             }
             Action::Fail { node, reason } => {
@@ -293,9 +359,20 @@ impl Reconciler {
         });
     }
 
-    fn spec(&self, id: Uuid, token: String, pool: &PoolTarget) -> InstanceSpec {
+    /// How to run a node of `pool`: its image's program and arguments (`headwater`
+    /// means this very binary), then what every node is told.
+    async fn spec(&self, id: Uuid, token: String, pool: &PoolTarget) -> anyhow::Result<InstanceSpec> {
         let t = &self.template;
-        let mut args: Vec<String> = ["origin", "--listen", "127.0.0.1:0", "--node-id"].map(String::from).to_vec();
+        let image = match &pool.image_version {
+            Some(v) => self.store.image(&pool.origin_type, v).await?,
+            None => None,
+        };
+        let (program, mut args) = match image {
+            Some(i) if i.command != "headwater" => (std::path::PathBuf::from(i.command), i.args.0),
+            Some(i) => (t.program.clone(), i.args.0),
+            None => (t.program.clone(), vec!["origin".to_owned()]),
+        };
+        args.extend(["--listen", "127.0.0.1:0", "--node-id"].map(String::from));
         args.push(id.to_string());
         args.extend(["--admin-url".into(), t.admin_url.clone(), "--content".into(), t.content_url.clone()]);
         args.extend(["--capacity-mbps".into(), pool.node_capacity_mbps.to_string()]);
@@ -306,7 +383,7 @@ impl Reconciler {
             args.extend(["--image-version".into(), v.clone()]);
         }
         // The token goes in the environment, not on the command line.
-        InstanceSpec { id, program: t.program.clone(), args, env: vec![("HEADWATER_NODE_TOKEN".into(), token)] }
+        Ok(InstanceSpec { id, program, args, env: vec![("HEADWATER_NODE_TOKEN".into(), token)] })
     }
 }
 
@@ -329,6 +406,8 @@ mod tests {
             node_capacity_mbps: 100,
             image_version: None,
             updated_at: NOW - crate::domain::MOVE_GRACE_MS,
+            origin_type: "hls".into(),
+            failed_on_image: 0,
         }
     }
 
@@ -343,7 +422,35 @@ mod tests {
             recent_probe_failures: probe_failures,
             egress_mbps: 0.0,
             upgrade_domain: 0,
+            image_version: None,
         }
+    }
+
+    fn on(image: &str, state: &str, domain: i32) -> NodeHealthRow {
+        NodeHealthRow { image_version: Some(image.into()), upgrade_domain: domain, ..node(state, Some(100), 0) }
+    }
+
+    #[test]
+    fn a_rolling_upgrade_surges_one_new_node_then_drains_one_old_node() {
+        let pool = PoolTarget { image_version: Some("2".into()), ..pool(2, "ready") };
+        let (a, b) = (on("1", "ready", 0), on("1", "ready", 1));
+        let plan_for = |nodes: &[NodeHealthRow]| plan(&pool, nodes, NOW, 0, HealthPolicy::default());
+        // Two old nodes: one new node first, capacity never below two.
+        assert_eq!(plan_for(&[a.clone(), b.clone()]), [Action::Launch { count: 1 }]);
+        // While it starts, nothing else.
+        let starting = on("2", "starting", 0);
+        assert!(plan_for(&[a.clone(), b.clone(), starting]).is_empty());
+        // Ready: the old node of the lowest upgrade domain is drained.
+        let ready = on("2", "ready", 0);
+        assert_eq!(plan_for(&[b.clone(), a.clone(), ready.clone()]), [Action::Stop { node: a.id }]);
+        // Then the next one, the same way.
+        assert_eq!(plan_for(&[b.clone(), ready.clone()]), [Action::Launch { count: 1 }]);
+        let second = on("2", "ready", 1);
+        assert_eq!(plan_for(&[b.clone(), ready.clone(), second.clone()]), [Action::Stop { node: b.id }]);
+        assert!(plan_for(&[ready.clone(), second]).is_empty(), "done");
+        // Two new nodes failed: the upgrade is halted, the old nodes keep serving.
+        let halted = PoolTarget { failed_on_image: 2, ..pool.clone() };
+        assert!(plan(&halted, &[a, b], NOW, 0, HealthPolicy::default()).is_empty());
     }
 
     #[test]

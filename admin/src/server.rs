@@ -91,6 +91,10 @@ pub struct AdminConfig {
     /// Time a request may take, including reading its body, in seconds.
     #[arg(long, env = "HEADWATER_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// For tests: `POST /v1/test/clock` moves the retention collector's clock
+    /// forward, so days of retention pass in a moment.
+    #[arg(long, env = "HEADWATER_TEST_CLOCK", hide = true)]
+    pub test_clock: bool,
 }
 
 /// Reads the operator token from the flag, or from DATA_DIR/operator-token, making
@@ -166,6 +170,7 @@ impl Admin {
             metrics: Arc::new(Metrics::new()?),
             limits: Arc::new(RateLimits::new(cfg.rate_limit_per_key, cfg.signup_rate_limit)),
             routing: Arc::default(),
+            test_clock: cfg.test_clock.then(Arc::default),
         };
         let driver: Option<Arc<dyn Driver>> = match cfg.driver.as_str() {
             "process" => Some(Arc::new(ProcessDriver::new(cfg.data_dir.join("nodes"))?)),
@@ -206,6 +211,17 @@ impl Admin {
             crate::routing::PUBLISH_EVERY,
             shutdown.clone(),
         ));
+        let collector = crate::retention::Collector {
+            store: self.state.store.clone(),
+            bus: self.state.bus.clone(),
+            clock: self.state.clock.clone(),
+            retention_clock: match &self.state.test_clock {
+                Some(c) => c.clone(),
+                None => self.state.clock.clone(),
+            },
+            every: Duration::from_secs(1),
+        };
+        let collector = tokio::spawn(collector.run(shutdown.clone()));
         let reconciler = match self.driver {
             Some(driver) => {
                 let program = match &self.cfg.node_program {
@@ -264,6 +280,7 @@ impl Admin {
         }
         let _ = prober.await;
         let _ = routing.await;
+        let _ = collector.await;
         writer_stop.cancel();
         let _ = writer.await;
         let _ = sweeper.await;

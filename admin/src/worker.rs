@@ -38,7 +38,13 @@ pub enum Wait {
     /// configuration (it has heard of the account), so it serves the account before
     /// routers are pointed at it.
     NodesConfigured,
+    /// Every pool of the upgrade's origin type runs its version (the pools are
+    /// upgraded a few at a time; see `Store::advance_upgrade`).
+    PoolsUpgraded,
 }
+
+/// Pools of one type upgraded at the same time.
+pub const MAX_CONCURRENT_POOLS: usize = 2;
 
 impl Step {
     fn apply(name: &'static str, effect: Effect) -> Self {
@@ -67,6 +73,9 @@ pub enum WorkerError {
     Store(#[from] StoreError),
     #[error("operation {0} cannot be planned: {1}")]
     Unplannable(Uuid, String),
+    /// An upgrade stopped because nodes on the new image failed.
+    #[error("{0}")]
+    Halted(String),
 }
 
 /// The steps of an operation, in order. Pure: the same operation and facts always
@@ -77,7 +86,8 @@ pub enum WorkerError {
 pub fn plan(op: &OperationRow, account: Option<AccountFacts>, wait_for_nodes: bool) -> Result<Vec<Step>, String> {
     let need_account = || account.ok_or_else(|| "the operation names no account".to_owned());
     let steps = match op.kind.as_str() {
-        "create" | "change_offer" => {
+        // Reactivation sizes a retained pool again, the way a change of offer does.
+        "create" | "change_offer" | "reactivate" => {
             let a = need_account()?;
             let nodes = match a.offer {
                 Offer::Sla(m) => dedicated_pool_nodes(m, a.node_capacity_mbps),
@@ -99,7 +109,7 @@ pub fn plan(op: &OperationRow, account: Option<AccountFacts>, wait_for_nodes: bo
             steps.push(Step::apply("allocation_recorded", Effect::RecordAllocation { account_id: a.id }));
             steps
         }
-        "update" | "deactivate" | "reactivate" => {
+        "update" | "deactivate" => {
             let a = need_account()?;
             vec![Step::apply("allocation_recorded", Effect::RecordAllocation { account_id: a.id })]
         }
@@ -110,7 +120,14 @@ pub fn plan(op: &OperationRow, account: Option<AccountFacts>, wait_for_nodes: bo
         "upgrade" => {
             let origin_type = op.origin_type.clone().ok_or("an upgrade names an origin type")?;
             let version = op.input.0.get("version").and_then(|v| v.as_str()).ok_or("an upgrade names a version")?;
-            vec![Step::apply("image_current", Effect::SetCurrentImage { origin_type, version: version.to_owned() })]
+            let mut steps = vec![Step::apply(
+                "image_current",
+                Effect::SetCurrentImage { origin_type, version: version.to_owned() },
+            )];
+            if wait_for_nodes {
+                steps.push(Step { name: "pools_upgraded", effect: None, wait: Some(Wait::PoolsUpgraded) });
+            }
+            steps
         }
         other => return Err(format!("unknown operation kind {other}")),
     };
@@ -172,7 +189,8 @@ impl Worker {
             }
             Err(e) => {
                 let now = self.clock.now_ms();
-                let give_up = op.attempts >= MAX_ATTEMPTS || matches!(e, WorkerError::Unplannable(..));
+                let give_up =
+                    op.attempts >= MAX_ATTEMPTS || matches!(e, WorkerError::Unplannable(..) | WorkerError::Halted(_));
                 let backoff = 1_000i64 << op.attempts.clamp(0, 6);
                 tracing::warn!(operation = %op.id, error = %e, give_up, "operation attempt failed");
                 self.store.fail_attempt(&op, &self.owner, &e.to_string(), now + backoff, give_up, now).await?;
@@ -193,8 +211,8 @@ impl Worker {
             if current.done(step.name) {
                 continue;
             }
-            if let (Some(wait), Some(account)) = (step.wait, op.account_id)
-                && !self.holds(wait, account).await?
+            if let Some(wait) = step.wait
+                && !self.holds(wait, op).await?
             {
                 return Ok(Progress::Waiting);
             }
@@ -206,8 +224,13 @@ impl Worker {
         Ok(Progress::Done)
     }
 
-    async fn holds(&self, wait: Wait, account: Uuid) -> Result<bool, WorkerError> {
+    async fn holds(&self, wait: Wait, op: &OperationRow) -> Result<bool, WorkerError> {
+        if wait == Wait::PoolsUpgraded {
+            return self.upgrade_done(op).await;
+        }
+        let Some(account) = op.account_id else { return Ok(true) };
         Ok(match wait {
+            Wait::PoolsUpgraded => true,
             Wait::ReadyNodes(need) => self.store.target_ready_nodes(account).await? >= need,
             Wait::NodesConfigured => {
                 let mut all = true;
@@ -219,6 +242,23 @@ impl Worker {
                 all
             }
         })
+    }
+
+    /// Moves an upgrade on (see `Store::advance_upgrade`) and shows its progress on
+    /// the operation; a halted upgrade fails the operation.
+    async fn upgrade_done(&self, op: &OperationRow) -> Result<bool, WorkerError> {
+        let (Some(origin_type), Some(version)) = (&op.origin_type, op.input.0.get("version").and_then(|v| v.as_str()))
+        else {
+            return Err(WorkerError::Unplannable(op.id, "an upgrade names a type and a version".into()));
+        };
+        let now = self.clock.now_ms();
+        let progress =
+            self.store.advance_upgrade(origin_type, version, op.created_at, MAX_CONCURRENT_POOLS, now).await?;
+        self.store.set_progress(op.id, &serde_json::to_value(&progress).unwrap_or_default(), now).await?;
+        if let Some(why) = progress.halted {
+            return Err(WorkerError::Halted(why));
+        }
+        Ok(progress.finished())
     }
 
     async fn account_facts(&self, id: Uuid) -> Result<AccountFacts, WorkerError> {
@@ -258,6 +298,7 @@ mod tests {
             not_before: 0,
             created_at: 0,
             updated_at: 0,
+            progress: None,
         }
     }
 
@@ -298,8 +339,14 @@ mod tests {
         let facts = Some(AccountFacts { id, offer: Offer::Trial, node_capacity_mbps: 100 });
         assert_eq!(plan(&op("delete"), facts, true).unwrap()[0].effect, Some(Effect::Release { account_id: id }));
         assert_eq!(plan(&op("deactivate"), facts, true).unwrap()[0].name, "allocation_recorded");
+        assert_eq!(
+            plan(&op("reactivate"), facts, true).unwrap()[0].name,
+            "pool_prepared",
+            "a retained pool is resized"
+        );
         let up = plan(&op("upgrade"), None, true).unwrap();
         assert_eq!(up[0].effect, Some(Effect::SetCurrentImage { origin_type: "hls".into(), version: "2".into() }));
+        assert_eq!(up[1].wait, Some(Wait::PoolsUpgraded), "with a driver, the pools are rolled over");
         assert!(plan(&op("create"), None, true).is_err());
         assert!(plan(&op("teleport"), facts, true).is_err());
     }

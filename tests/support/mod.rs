@@ -546,3 +546,37 @@ impl RedisServer {
         }
     }
 }
+
+/// A router of `admin` (`extra` flags added), started; returns it and its URL.
+pub async fn router_of(admin: &Admin, extra: &[&str]) -> (tokio::process::Child, String) {
+    let (child, lines) = start(
+        tokio::process::Command::new(BIN)
+            .args([
+                "router",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-url",
+                &admin.url,
+                "--operator-token",
+                &admin.operator_token,
+            ])
+            .args(extra),
+        "headwater router listening on ",
+    )
+    .await;
+    let url = value(&lines, "headwater router listening on ").to_owned();
+    (child, url)
+}
+
+/// Waits (deadline 60 s) until `url` answers `status`.
+pub async fn wait_status(http: &reqwest::Client, url: &str, status: StatusCode, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = http.get(url).send().await.unwrap().status();
+        if got == status {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: still {got}, never {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

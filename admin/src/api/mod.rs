@@ -67,6 +67,8 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// The routing table handed to routers.
     pub routing: Arc<crate::routing::Routing>,
+    /// The retention collector's clock, movable with `--test-clock`.
+    pub test_clock: Option<Arc<crate::clock::OffsetClock>>,
 }
 
 #[derive(OpenApi)]
@@ -121,6 +123,8 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(nodes::routing_stream))
         .routes(routes!(operator::list_allocations))
         .routes(routes!(operator::list_events))
+        .routes(routes!(operator::advance_test_clock))
+        .routes(routes!(operator::rollback))
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))
         .routes(routes!(system::metrics))

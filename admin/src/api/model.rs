@@ -177,6 +177,13 @@ pub struct Operation {
     pub steps: Vec<StepView>,
     pub attempts: i32,
     pub last_error: Option<String>,
+    /// An upgrade's progress: `{"pools_total", "pools_done", "in_progress": [pool ids],
+    /// "version", "halted"}`.
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<serde_json::Value>,
+    /// What the operation was asked to do (an upgrade: `version`, `previous`).
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -193,6 +200,8 @@ impl From<OperationRow> for Operation {
             steps: o.steps.0.into_iter().map(|s| StepView { step: s.step, at: rfc3339(s.at) }).collect(),
             attempts: o.attempts,
             last_error: o.last_error,
+            progress: o.progress.map(|p| p.0),
+            input: o.input.0,
             created_at: rfc3339(o.created_at),
             updated_at: rfc3339(o.updated_at),
         }

@@ -18,7 +18,7 @@ use super::model::Node;
 use super::problem::{ApiError, ApiJson, Problem};
 use crate::bus::HEARTBEATS;
 use crate::keys;
-use crate::store::{HeartbeatRecord, NodeServing, StoreError, effective_state};
+use crate::store::{HeartbeatRecord, NodeServing, Placement, StoreError, effective_state};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -94,12 +94,13 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<NodeRegistered>), ApiError> {
     let id = Uuid::now_v7();
     let token = format!("hwn_{}", keys::random_token().trim_start_matches("hwop_"));
-    s.store.register_node(id, b.pool_id, &keys::hash(&token), 0, "operator", s.clock.now_ms()).await.map_err(|e| {
-        match e {
+    s.store
+        .register_node(id, b.pool_id, &keys::hash(&token), Placement::default(), "operator", s.clock.now_ms())
+        .await
+        .map_err(|e| match e {
             StoreError::NotFound => ApiError::invalid("pool_id", "no such pool"),
             other => other.into(),
-        }
-    })?;
+        })?;
     Ok((StatusCode::CREATED, Json(NodeRegistered { id, pool_id: b.pool_id, token })))
 }
 

@@ -103,7 +103,8 @@ pub async fn create_image(
     Path(name): Path<String>,
     ApiJson(b): ApiJson<CreateImage>,
 ) -> Result<(StatusCode, Json<Operation>), ApiError> {
-    s.store.origin_type(&name).await?.ok_or_else(|| ApiError::NotFound(format!("origin type {name}")))?;
+    let origin_type =
+        s.store.origin_type(&name).await?.ok_or_else(|| ApiError::NotFound(format!("origin type {name}")))?;
     let version = b.version.trim();
     if version.is_empty()
         || version.len() > 64
@@ -127,7 +128,7 @@ pub async fn create_image(
     };
     let op = NewOperation {
         origin_type: Some(name.clone()),
-        input: serde_json::json!({"version": version}),
+        input: serde_json::json!({"version": version, "previous": origin_type.current_image}),
         ..NewOperation::new("upgrade")
     };
     let row = s.store.create_image(&image, &op, "operator", now).await.map_err(|e| match e {
@@ -214,4 +215,86 @@ pub async fn list_events(
         .transpose()?;
     let items = s.store.events(cursor, l).await?.into_iter().map(Event::from).collect();
     Ok(Json(page(items, l, |e: &Event| e.id.to_string())))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdvanceClock {
+    /// How far to move the clock forward, in milliseconds.
+    pub advance_ms: i64,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TestClock {
+    /// The retention collector's time now (RFC 3339).
+    pub now: String,
+}
+
+/// Tests only (admin started with `--test-clock`, else 404): moves the retention
+/// collector's clock forward, so a retention period passes without waiting.
+#[utoipa::path(post, path = "/v1/test/clock", tag = "operator", security(("bearer" = [])), request_body = AdvanceClock,
+    responses((status = 200, body = TestClock), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn advance_test_clock(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    ApiJson(body): ApiJson<AdvanceClock>,
+) -> Result<Json<TestClock>, ApiError> {
+    use crate::clock::Clock;
+    let clock = s
+        .test_clock
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("the test clock (start admin with --test-clock)".into()))?;
+    if body.advance_ms < 0 {
+        return Err(ApiError::invalid("advance_ms", "the clock only moves forward"));
+    }
+    clock.advance_ms(body.advance_ms);
+    s.store
+        .record_event(
+            "operator",
+            "clock.advanced",
+            "clock:retention",
+            &format!("{} ms", body.advance_ms),
+            s.clock.now_ms(),
+        )
+        .await?;
+    Ok(Json(TestClock { now: crate::clock::rfc3339(clock.now_ms()) }))
+}
+
+/// Returns the pools of a failed (or unwanted) upgrade to the image before it, the
+/// same way: a new upgrade operation to the previous version.
+#[utoipa::path(post, path = "/v1/operations/{id}/rollback", tag = "operator", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 202, body = Operation), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn rollback(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Operation>), ApiError> {
+    let missing = || ApiError::NotFound(format!("operation {id}"));
+    let op_id = Uuid::try_parse(&id).map_err(|_| missing())?;
+    let op = s.store.operation(op_id, crate::store::OperationFilter::Any).await.map_err(|e| match e {
+        StoreError::NotFound => missing(),
+        other => other.into(),
+    })?;
+    let conflict = |detail: String| ApiError::Conflict { detail, field: None };
+    if op.kind != "upgrade" {
+        return Err(conflict(format!("operation {id} is a {}, not an upgrade", op.kind)));
+    }
+    if matches!(op.state.as_str(), "pending" | "running") {
+        return Err(conflict(format!("operation {id} is still {}", op.state)));
+    }
+    let Some(previous) = op.input.0.get("previous").and_then(|v| v.as_str()).map(str::to_owned) else {
+        return Err(conflict(format!(
+            "operation {id} started from the built-in image; there is no image to go back to"
+        )));
+    };
+    let version = op.input.0.get("version").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let new = NewOperation {
+        origin_type: op.origin_type.clone(),
+        input: serde_json::json!({"version": previous, "previous": version, "rollback_of": op.id}),
+        ..NewOperation::new("upgrade")
+    };
+    let row = s.store.enqueue_operation(&new, "operator", s.clock.now_ms()).await?;
+    s.bus.operation_enqueued().await;
+    Ok((StatusCode::ACCEPTED, Json(row.into())))
 }

@@ -136,6 +136,22 @@ impl Store {
         })
     }
 
+    /// Deactivated accounts whose retention ended by `now`.
+    pub async fn expired_accounts(&self, now: UnixMs) -> Result<Vec<AccountRow>> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(concat!(
+                account_select!(),
+                " WHERE a.state = 'deactivated' AND a.retain_until <= $1
+                    AND NOT EXISTS (SELECT 1 FROM allocation_operations o
+                                    WHERE o.account_id = a.id AND o.state IN ('pending', 'running'))
+                  ORDER BY a.retain_until"
+            ))
+            .bind(now)
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
     /// A customer's live accounts, by name.
     pub async fn accounts(&self, customer: Uuid) -> Result<Vec<AccountRow>> {
         on_pool!(self, |p| {

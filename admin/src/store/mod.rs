@@ -13,6 +13,7 @@ mod idempotency;
 mod nodes;
 mod operations;
 mod rows;
+mod upgrades;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -26,10 +27,12 @@ pub use accounts::{AccountChange, NewAccount};
 pub use catalog::{BUILTIN_TYPES, OriginTypeSettings};
 pub use idempotency::IdempotencyStart;
 pub use nodes::{
-    HeartbeatRecord, NodeHealthRow, NodeServing, PoolTarget, RouteRow, ServedAccountRow, UsageRow, effective_state,
+    HeartbeatRecord, NodeHealthRow, NodeServing, Placement, PoolTarget, RouteRow, ServedAccountRow, UsageRow,
+    effective_state,
 };
 pub use operations::{Effect, OperationFilter};
 pub use rows::*;
+pub use upgrades::{HALT_AFTER_FAILED_NODES, UpgradeProgress};
 
 /// Expands `$body` once per backend with `$p` bound to that backend's pool.
 macro_rules! on_pool {
@@ -158,12 +161,14 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "nodes and usage", include_str!("../../../migrations/postgres/0002_nodes_and_usage.sql")),
     (3, "pool owner", include_str!("../../../migrations/postgres/0003_pool_owner.sql")),
     (4, "staged moves", include_str!("../../../migrations/postgres/0004_staged_moves.sql")),
+    (5, "rolling upgrades", include_str!("../../../migrations/postgres/0005_rolling_upgrades.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
     (2, "nodes and usage", include_str!("../../../migrations/sqlite/0002_nodes_and_usage.sql")),
     (3, "pool owner", include_str!("../../../migrations/sqlite/0003_pool_owner.sql")),
     (4, "staged moves", include_str!("../../../migrations/sqlite/0004_staged_moves.sql")),
+    (5, "rolling upgrades", include_str!("../../../migrations/sqlite/0005_rolling_upgrades.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

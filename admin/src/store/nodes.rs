@@ -58,15 +58,15 @@ impl Store {
         id: Uuid,
         pool_id: Uuid,
         token_hash: &[u8],
-        upgrade_domain: i32,
+        placement: Placement<'_>,
         actor: &str,
         now: UnixMs,
     ) -> Result<NodeRow> {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
             let row = sqlx::query_as(
-                "INSERT INTO nodes (id, pool_id, state, token_hash, upgrade_domain, created_at, updated_at)
-                 VALUES ($1, $2, 'starting', $3, $5, $4, $4)
+                "INSERT INTO nodes (id, pool_id, state, token_hash, upgrade_domain, image_version, created_at, updated_at)
+                 VALUES ($1, $2, 'starting', $3, $5, $6, $4, $4)
                  RETURNING id, pool_id, handle, address, image_version, upgrade_domain, state, last_heartbeat,
                      egress_mbps, open_connections, cache_hit_ratio, created_at, updated_at",
             )
@@ -74,7 +74,8 @@ impl Store {
             .bind(pool_id)
             .bind(token_hash)
             .bind(now)
-            .bind(upgrade_domain)
+            .bind(placement.upgrade_domain)
+            .bind(placement.image_version)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| match StoreError::from(e) {
@@ -303,6 +304,16 @@ pub struct NodeHealthRow {
     /// Egress in the node's last heartbeat.
     pub egress_mbps: f64,
     pub upgrade_domain: i32,
+    /// The image it was launched with, or the one it reports.
+    pub image_version: Option<String>,
+}
+
+/// Where a new node goes within its pool: its upgrade domain and the image it runs
+/// (`None`: the built-in one).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Placement<'a> {
+    pub upgrade_domain: i32,
+    pub image_version: Option<&'a str>,
 }
 
 /// A pool as the reconciler sees it.
@@ -315,18 +326,27 @@ pub struct PoolTarget {
     pub node_capacity_mbps: i32,
     pub image_version: Option<String>,
     pub updated_at: UnixMs,
+    pub origin_type: String,
+    /// Nodes on the pool's image that failed in the last 10 minutes: at
+    /// [`HALT_AFTER_FAILED_NODES`](super::HALT_AFTER_FAILED_NODES) a rolling upgrade
+    /// of the pool stops launching them.
+    pub failed_on_image: i64,
 }
 
 impl Store {
-    /// Pools that need nodes or still have some.
-    pub async fn pool_targets(&self) -> Result<Vec<PoolTarget>> {
+    /// Pools that need nodes or still have some; failures counted from `now`.
+    pub async fn pool_targets(&self, now: UnixMs) -> Result<Vec<PoolTarget>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
-                "SELECT p.id, p.kind, p.state, p.desired_nodes, t.node_capacity_mbps, p.image_version, p.updated_at
+                "SELECT p.id, p.kind, p.state, p.desired_nodes, t.node_capacity_mbps, p.image_version, p.updated_at,
+                        p.origin_type,
+                        (SELECT COUNT(*) FROM nodes f WHERE f.pool_id = p.id AND f.state = 'failed'
+                           AND f.image_version = p.image_version AND f.created_at >= $1) AS failed_on_image
                  FROM pools p JOIN origin_types t ON t.name = p.origin_type
                  WHERE p.state <> 'deleted' OR EXISTS (SELECT 1 FROM nodes n WHERE n.pool_id = p.id AND n.state IN ('starting', 'ready', 'draining'))
                  ORDER BY p.id",
             )
+            .bind(now - 600_000)
             .fetch_all(p)
             .await?)
         })
@@ -337,6 +357,7 @@ impl Store {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
                 "SELECT n.id, n.pool_id, n.handle, n.state, n.last_heartbeat, n.created_at, n.egress_mbps, n.upgrade_domain,
+                        n.image_version,
                         (SELECT COUNT(*) FROM (SELECT ok FROM probes r WHERE r.node_id = n.id AND r.source = 'self'
                                                ORDER BY r.id DESC LIMIT 2) last WHERE NOT last.ok) AS recent_probe_failures
                  FROM nodes n WHERE n.pool_id = $1 AND n.state <> 'stopped' ORDER BY n.id",
@@ -499,6 +520,52 @@ impl Store {
 }
 
 impl Store {
+    /// Deletes released pools whose nodes have all stopped (and whose grace for
+    /// routers is over, `released_before`): their node rows, the nodes' probe
+    /// history, and the pool row. Returns the pools deleted.
+    pub async fn purge_released_pools(&self, released_before: UnixMs, now: UnixMs) -> Result<Vec<Uuid>> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            let pools: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT p.id FROM pools p
+                 WHERE p.state = 'deleting' AND p.updated_at < $1
+                   AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.pool_id = p.id AND n.state IN ('starting', 'ready', 'draining'))
+                   AND NOT EXISTS (SELECT 1 FROM account_pool_mappings m WHERE m.pool_id = p.id)
+                   AND NOT EXISTS (SELECT 1 FROM global_allocations g WHERE g.pool_id = p.id)
+                 ORDER BY p.id",
+            )
+            .bind(released_before)
+            .fetch_all(&mut *tx)
+            .await?;
+            for pool in &pools {
+                let nodes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE pool_id = $1")
+                    .bind(pool)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                for q in [
+                    "DELETE FROM probes WHERE node_id IN (SELECT id FROM nodes WHERE pool_id = $1)",
+                    "DELETE FROM nodes WHERE pool_id = $1",
+                    "UPDATE account_pool_mappings SET previous_pool_id = NULL WHERE previous_pool_id = $1",
+                    "UPDATE accounts SET staged_pool_id = NULL WHERE staged_pool_id = $1",
+                    "DELETE FROM shared_pools WHERE pool_id = $1",
+                    "DELETE FROM pools WHERE id = $1",
+                ] {
+                    sqlx::query(q).bind(pool).execute(&mut *tx).await?;
+                }
+                event!(
+                    tx,
+                    now,
+                    "collector",
+                    "pool.deleted",
+                    format!("pool:{pool}"),
+                    format!("{nodes} node rows removed")
+                )?;
+            }
+            tx.commit().await?;
+            Ok(pools)
+        })
+    }
+
     /// Sets a pool's desired size, with the reason in the event trail.
     pub async fn set_pool_desired(&self, pool: Uuid, nodes: i32, reason: &str, now: UnixMs) -> Result<()> {
         on_pool!(self, |p| {

@@ -7,7 +7,7 @@
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{BeginWrite, OperationRow, Result, StepRecord, Store, StoreError, event, on_pool};
+use super::{BeginWrite, NewOperation, OperationRow, Result, StepRecord, Store, StoreError, event, on_pool};
 use crate::clock::UnixMs;
 
 /// Inserts an operation inside the caller's transaction, returning its row.
@@ -18,7 +18,7 @@ macro_rules! insert_operation {
                  attempts, not_before, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, 0, $8, $8, $8)
              RETURNING id, kind, account_id, origin_type, customer_id, state, step, steps, input, attempts,
-                 last_error, lease_owner, lease_until, not_before, created_at, updated_at",
+                 last_error, lease_owner, lease_until, not_before, created_at, updated_at, progress",
         )
         .bind($op.id)
         .bind($op.kind)
@@ -74,7 +74,7 @@ const CLAIM_POSTGRES: &str = "UPDATE allocation_operations SET state = 'running'
         ORDER BY o.id LIMIT 1
         FOR UPDATE SKIP LOCKED)
     RETURNING id, kind, account_id, origin_type, customer_id, state, step, steps, input, attempts,
-        last_error, lease_owner, lease_until, not_before, created_at, updated_at";
+        last_error, lease_owner, lease_until, not_before, created_at, updated_at, progress";
 
 /// SQLite has one writer at a time, so the sub-select and the update are atomic
 /// without row locks.
@@ -88,7 +88,7 @@ const CLAIM_SQLITE: &str = "UPDATE allocation_operations SET state = 'running', 
                           WHERE e.account_id = o.account_id AND e.state IN ('pending', 'running') AND e.id < o.id)
         ORDER BY o.id LIMIT 1)
     RETURNING id, kind, account_id, origin_type, customer_id, state, step, steps, input, attempts,
-        last_error, lease_owner, lease_until, not_before, created_at, updated_at";
+        last_error, lease_owner, lease_until, not_before, created_at, updated_at, progress";
 
 /// Lets go of the pool an account leaves: a shared pool counts one account less, a
 /// dedicated pool is marked for deletion with no nodes desired.
@@ -140,8 +140,9 @@ macro_rules! owned_pool {
             None => {
                 let pool = Uuid::now_v7();
                 sqlx::query(
-                    "INSERT INTO pools (id, origin_type, kind, desired_nodes, state, account_id, created_at, updated_at)
-                     VALUES ($1, $2, 'dedicated', $3, 'creating', $4, $5, $5)",
+                    "INSERT INTO pools (id, origin_type, kind, desired_nodes, state, account_id, image_version, created_at, updated_at)
+                     VALUES ($1, $2, 'dedicated', $3, 'creating', $4,
+                             (SELECT current_image FROM origin_types WHERE name = $2), $5, $5)",
                 )
                 .bind(pool)
                 .bind($origin_type)
@@ -185,8 +186,8 @@ macro_rules! shared_pool {
             None => {
                 let pool = Uuid::now_v7();
                 sqlx::query(
-                    "INSERT INTO pools (id, origin_type, kind, desired_nodes, state, created_at, updated_at)
-                     VALUES ($1, $2, 'shared', $3, 'creating', $4, $4)",
+                    "INSERT INTO pools (id, origin_type, kind, desired_nodes, state, image_version, created_at, updated_at)
+                     VALUES ($1, $2, 'shared', $3, 'creating', (SELECT current_image FROM origin_types WHERE name = $2), $4, $4)",
                 )
                 .bind(pool)
                 .bind($origin_type)
@@ -324,6 +325,17 @@ macro_rules! apply_effect {
                 .bind($now)
                 .execute(&mut *$tx)
                 .await?;
+                if live == "deactivated" {
+                    // Kept small while retained; reactivation sizes it again.
+                    sqlx::query(
+                        "UPDATE pools SET desired_nodes = 1, updated_at = $2
+                         WHERE id = $1 AND kind = 'dedicated' AND state = 'retained' AND desired_nodes > 1",
+                    )
+                    .bind(pool)
+                    .bind($now)
+                    .execute(&mut *$tx)
+                    .await?;
+                }
                 event!($tx, $now, "pool-manager", "allocation.recorded", format!("account:{account_id}"), live)?;
             }
             Effect::Release { account_id } => {
@@ -361,6 +373,18 @@ macro_rules! apply_effect {
 }
 
 impl Store {
+    /// Enqueues an operation that changes no account (an upgrade, a rollback).
+    pub async fn enqueue_operation(&self, op: &NewOperation, actor: &str, now: UnixMs) -> Result<OperationRow> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            let row = insert_operation!(tx, op, now)?;
+            let subject = format!("operation:{}", row.id);
+            event!(tx, now, actor, format!("operation.{}", op.kind), subject, op.input.to_string())?;
+            tx.commit().await?;
+            Ok(row)
+        })
+    }
+
     pub async fn operation(&self, id: Uuid, filter: OperationFilter) -> Result<OperationRow> {
         let customer = match filter {
             OperationFilter::Any => None,
@@ -369,7 +393,7 @@ impl Store {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
                 "SELECT id, kind, account_id, origin_type, customer_id, state, step, steps, input, attempts,
-                        last_error, lease_owner, lease_until, not_before, created_at, updated_at
+                        last_error, lease_owner, lease_until, not_before, created_at, updated_at, progress
                  FROM allocation_operations WHERE id = $1 AND ($2 IS NULL OR customer_id = $2)",
             )
             .bind(id)
@@ -415,7 +439,7 @@ impl Store {
                      lease_until = CASE WHEN $6 THEN NULL ELSE lease_until END
                  WHERE id = $1 AND lease_owner = $2 AND state = 'running'
                  RETURNING id, kind, account_id, origin_type, customer_id, state, step, steps, input, attempts,
-                     last_error, lease_owner, lease_until, not_before, created_at, updated_at",
+                     last_error, lease_owner, lease_until, not_before, created_at, updated_at, progress",
             )
             .bind(op.id)
             .bind(owner)

@@ -137,6 +137,8 @@ pub struct OperationRow {
     pub not_before: UnixMs,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
+    /// How far a long operation got (an upgrade: pools done / total, in progress).
+    pub progress: Option<Json<serde_json::Value>>,
 }
 
 impl OperationRow {

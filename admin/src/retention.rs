@@ -1,0 +1,76 @@
+//! The collector: deletes what deactivation kept once its retention is over. A
+//! deactivated account past `retain_until` gets a `delete` operation (which
+//! releases its pool and removes its mapping and allocation rows, like
+//! `DELETE /v1/accounts/{name}`), and a released pool whose nodes have all stopped
+//! is removed with its node rows. Content and usage are kept.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::clock::Clock;
+use crate::domain::MOVE_GRACE_MS;
+use crate::store::{AccountChange, NewOperation, Store};
+
+pub struct Collector {
+    pub store: Store,
+    pub bus: Bus,
+    /// Real time: the grace of released pools.
+    pub clock: Arc<dyn Clock>,
+    /// What `retain_until` is compared with (moved forward by tests with `--test-clock`).
+    pub retention_clock: Arc<dyn Clock>,
+    pub every: Duration,
+}
+
+impl Collector {
+    /// One pass; returns (accounts whose deletion was started, pools removed).
+    pub async fn sweep(&self) -> anyhow::Result<(usize, usize)> {
+        let expired = self.store.expired_accounts(self.retention_clock.now_ms()).await?;
+        let mut started = 0;
+        for account in &expired {
+            let op = NewOperation {
+                account_id: Some(account.id),
+                customer_id: Some(account.customer_id),
+                origin_type: Some(account.origin_type.clone()),
+                ..NewOperation::new(AccountChange::Delete.operation_kind())
+            };
+            match self
+                .store
+                .change_account(account, &AccountChange::Delete, &op, "collector", self.clock.now_ms())
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(account = %account.name, "retention over; deleting the account's pool and rows");
+                    started += 1;
+                }
+                // Changed meanwhile (reactivated, deleted): nothing to collect.
+                Err(e) => tracing::debug!(account = %account.name, error = %e, "not collected"),
+            }
+        }
+        if started > 0 {
+            self.bus.operation_enqueued().await;
+        }
+        let now = self.clock.now_ms();
+        let purged = self.store.purge_released_pools(now - MOVE_GRACE_MS, now).await?;
+        for pool in &purged {
+            tracing::info!(%pool, "released pool deleted");
+        }
+        Ok((started, purged.len()))
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "collector");
+            }
+        }
+    }
+}

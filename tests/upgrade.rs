@@ -1,0 +1,177 @@
+//! Rolling upgrades through real processes: a new image rolls over a shared pool
+//! and two dedicated pools while players stream from all three through the router,
+//! and no player request fails; a broken image halts its upgrade (the nodes on the
+//! image before keep serving) and a rollback brings every pool back.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::{Admin, Backend, router_of, wait_status};
+use tokio_util::sync::CancellationToken;
+
+const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
+
+/// A player fetching one segment of `account` in a loop through the router until
+/// `stop`; returns its failures.
+fn player(
+    router: &str,
+    account: &str,
+    stop: CancellationToken,
+    ok: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let url = format!("{router}/{account}/demo/hls/360p/seg_001.ts");
+    let want = std::fs::read(format!("{DEMO}/hls/360p/seg_001.ts")).unwrap();
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut failed = Vec::new();
+        while !stop.is_cancelled() {
+            match http.get(&url).send().await {
+                Ok(r) if r.status() == StatusCode::OK => match r.bytes().await {
+                    Ok(b) if b == want => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(b) => failed.push(format!("{} bytes", b.len())),
+                    Err(e) => failed.push(e.to_string()),
+                },
+                Ok(r) => failed.push(r.status().to_string()),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        failed
+    })
+}
+
+async fn image(admin: &Admin, version: &str, command: &str, args: &[&str]) -> Value {
+    let body = json!({"version": version, "command": command, "args": args});
+    let op = admin
+        .call(
+            Method::POST,
+            "/v1/origin-types/hls/images",
+            Some(&admin.operator_token),
+            Some(body),
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    admin.wait_operation_for(op["id"].as_str().unwrap(), &admin.operator_token, Duration::from_secs(180)).await
+}
+
+/// Per pool id: its image and the images of its ready nodes.
+async fn pools(admin: &Admin, ids: &[String]) -> Vec<(Option<String>, Vec<Option<String>>)> {
+    let nodes = admin.call(Method::GET, "/v1/nodes?limit=500", Some(&admin.operator_token), None, StatusCode::OK).await;
+    let pools = admin.call(Method::GET, "/v1/pools?limit=500", Some(&admin.operator_token), None, StatusCode::OK).await;
+    ids.iter()
+        .map(|id| {
+            let pool = pools["items"].as_array().unwrap().iter().find(|p| p["id"] == id.as_str()).unwrap();
+            let ready = nodes["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["pool_id"] == id.as_str() && n["state"] == "ready")
+                .map(|n| n["image_version"].as_str().map(str::to_owned))
+                .collect();
+            (pool["image_version"].as_str().map(str::to_owned), ready)
+        })
+        .collect()
+}
+
+async fn a_new_image_rolls_out_with_no_failed_request_and_a_broken_one_halts_and_rolls_back(backend: Backend) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = Admin::start(backend, &["--driver", "process"]).await;
+    let mut ids = Vec::new();
+    for (name, offer) in [
+        ("pay-vod", json!({"kind": "payg"})),
+        ("sla-a", json!({"kind": "sla", "mbps": 100})),
+        ("sla-b", json!({"kind": "sla", "mbps": 100})),
+    ] {
+        // One live account per customer and type: a customer each.
+        let (_, key) = admin.sign_up(&format!("{name}@example.com")).await;
+        ids.push(admin.account(&key, json!({"name": name, "origin_type": "hls", "offer": offer})).await);
+        admin.upload_demo(&key, name, "demo").await;
+    }
+    let (_router, router) = router_of(&admin, &[]).await;
+    let http = reqwest::Client::new();
+    for name in ["pay-vod", "sla-a", "sla-b"] {
+        wait_status(&http, &format!("{router}/{name}/demo/hls/master.m3u8"), StatusCode::OK, name).await;
+    }
+    let stop = CancellationToken::new();
+    let ok = Arc::new(AtomicU64::new(0));
+    let players: Vec<_> =
+        ["pay-vod", "sla-a", "sla-b"].iter().map(|a| player(&router, a, stop.clone(), ok.clone())).collect();
+
+    // A new image: every pool ends on it, one node at a time.
+    let started = Instant::now();
+    let op = image(&admin, "2.0.0", "headwater", &["origin"]).await;
+    eprintln!("upgrade of 3 pools took {:?}", started.elapsed());
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(
+        (op["progress"]["pools_done"].as_u64(), op["progress"]["pools_total"].as_u64()),
+        (Some(3), Some(3)),
+        "{op}"
+    );
+    for (image, ready) in pools(&admin, &ids).await {
+        assert_eq!(image.as_deref(), Some("2.0.0"));
+        assert!(ready.len() >= 2 && ready.iter().all(|v| v.as_deref() == Some("2.0.0")), "{ready:?}");
+    }
+    let events =
+        admin.call(Method::GET, "/v1/events?limit=500", Some(&admin.operator_token), None, StatusCode::OK).await;
+    let mut events: Vec<&Value> = events["items"].as_array().unwrap().iter().collect();
+    events.sort_by_key(|e| e["id"].as_i64());
+    let upgrading: Vec<String> = events
+        .iter()
+        .filter(|e| e["action"] == "pool.upgrading")
+        .map(|e| e["subject"].as_str().unwrap().trim_start_matches("pool:").to_owned())
+        .collect();
+    assert_eq!(upgrading.first(), Some(&ids[0]), "the shared pool goes first: {upgrading:?}");
+
+    // A broken image: its nodes exit at once; the upgrade halts, the pools keep
+    // serving on 2.0.0.
+    let bin_false = support::which("false").expect("false");
+    let broken = image(&admin, "3.0.0", &bin_false.display().to_string(), &[]).await;
+    assert_eq!(broken["state"], "failed", "{broken}");
+    assert!(broken["last_error"].as_str().unwrap().contains("halted"), "{broken}");
+    assert!(broken["progress"]["halted"].is_string(), "{broken}");
+    for (_, ready) in pools(&admin, &ids).await {
+        assert!(ready.len() >= 2 && ready.iter().all(|v| v.as_deref() == Some("2.0.0")), "{ready:?}");
+    }
+
+    // Rollback: every pool back on 2.0.0.
+    let path = format!("/v1/operations/{}/rollback", broken["id"].as_str().unwrap());
+    let back = admin.call(Method::POST, &path, Some(&admin.operator_token), None, StatusCode::ACCEPTED).await;
+    assert_eq!(back["input"]["version"], "2.0.0");
+    let back =
+        admin.wait_operation_for(back["id"].as_str().unwrap(), &admin.operator_token, Duration::from_secs(120)).await;
+    assert_eq!(back["state"], "succeeded", "{back}");
+    for (image, ready) in pools(&admin, &ids).await {
+        assert_eq!(image.as_deref(), Some("2.0.0"));
+        assert!(ready.iter().all(|v| v.as_deref() == Some("2.0.0")), "{ready:?}");
+    }
+    let origin_type =
+        admin.call(Method::GET, "/v1/origin-types/hls", Some(&admin.operator_token), None, StatusCode::OK).await;
+    assert_eq!(origin_type["current_image"], "2.0.0", "{origin_type}");
+    // A pool made now starts on the current image.
+    let (_, key) = admin.sign_up("new@example.com").await;
+    let fresh = admin
+        .account(&key, json!({"name": "new-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 100}}))
+        .await;
+    for (image, ready) in pools(&admin, &[fresh]).await {
+        assert_eq!(image.as_deref(), Some("2.0.0"));
+        assert!(!ready.is_empty() && ready.iter().all(|v| v.as_deref() == Some("2.0.0")), "{ready:?}");
+    }
+
+    stop.cancel();
+    let mut failed = Vec::new();
+    for p in players {
+        failed.extend(p.await.unwrap());
+    }
+    let ok = ok.load(Ordering::Relaxed);
+    eprintln!("players: {ok} segments, {} failed", failed.len());
+    assert!(failed.is_empty(), "{} failed player requests ({ok} ok): {failed:?}", failed.len());
+    assert!(ok > 30, "{ok}");
+}
+
+e2e_on_both_backends!(a_new_image_rolls_out_with_no_failed_request_and_a_broken_one_halts_and_rolls_back);
