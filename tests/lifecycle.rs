@@ -166,4 +166,109 @@ async fn the_test_clock_is_off_unless_asked_for(backend: Backend) {
     support::expect_problem(res, StatusCode::NOT_FOUND, "not-found", None).await;
 }
 
-e2e_on_both_backends!(deactivate_reactivate_and_retention, the_test_clock_is_off_unless_asked_for);
+/// Warm pools of the type: (id, desired nodes, ready nodes).
+async fn warm_pools(admin: &Admin) -> Vec<(String, i64, i64)> {
+    let pools = get(admin, "/v1/pools?limit=500").await;
+    pools["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["kind"] == "dedicated" && p["accounts"] == 0 && matches!(p["state"].as_str(), Some("creating" | "ready"))
+        })
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_owned(),
+                p["desired_nodes"].as_i64().unwrap(),
+                p["ready_nodes"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn an_sla_sign_up_takes_a_warm_pool_and_the_stock_is_refilled(backend: Backend) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = Admin::start(backend, &["--driver", "process"]).await;
+    // Bad input changes nothing.
+    let res = admin
+        .request(
+            Method::PATCH,
+            "/v1/origin-types/hls",
+            Some(&admin.operator_token),
+            Some(json!({"warm_pools": {"0": 1}})),
+        )
+        .await;
+    support::expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some("warm_pools")).await;
+    assert!(get(&admin, "/v1/origin-types/hls").await["warm_pools"].is_null());
+    // One warm pool of two nodes (what SLA 100 on 100 Mbit/s nodes needs).
+    let t = admin
+        .call(
+            Method::PATCH,
+            "/v1/origin-types/hls",
+            Some(&admin.operator_token),
+            Some(json!({"warm_pools": {"2": 1}})),
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(t["warm_pools"], json!({"2": 1}));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let warm = loop {
+        if let [(id, 2, 2)] = warm_pools(&admin).await.as_slice() {
+            break id.clone();
+        }
+        assert!(Instant::now() < deadline, "no warm pool with two ready nodes: {:?}", warm_pools(&admin).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let started = Instant::now();
+    let a = admin
+        .call(
+            Method::POST,
+            "/v1/accounts",
+            Some(&key),
+            Some(json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 100}})),
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    let op = admin.wait_operation_for(a["operation"]["id"].as_str().unwrap(), &key, Duration::from_secs(60)).await;
+    let warm_took = started.elapsed();
+    eprintln!("steps: {} created {}", op["steps"], op["created_at"]);
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let account = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;
+    assert_eq!(account["pool"]["id"].as_str(), Some(warm.as_str()), "the sign-up took the warm pool");
+    let events = get(&admin, "/v1/events?limit=500").await;
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "pool.claimed" && e["subject"] == format!("pool:{warm}"))
+    );
+    // Its nodes serve the account (configured without a restart).
+    admin.upload_demo(&key, "ana-vod", "demo").await;
+    let nodes = get(&admin, "/v1/nodes?limit=500").await;
+    for n in
+        nodes["items"].as_array().unwrap().iter().filter(|n| n["pool_id"] == warm.as_str() && n["state"] == "ready")
+    {
+        let url = format!("http://{}/ana-vod/demo/hls/master.m3u8", n["address"].as_str().unwrap());
+        assert_eq!(reqwest::get(url).await.unwrap().status(), StatusCode::OK);
+    }
+    // The stock is made again.
+    until("a new warm pool ready", || async {
+        matches!(warm_pools(&admin).await.as_slice(), [(id, 2, 2)] if *id != warm)
+    })
+    .await;
+
+    // A size with no warm pool (4 nodes) is made cold, for comparison.
+    let (_, key) = admin.sign_up("bob@example.com").await;
+    let started = Instant::now();
+    admin.account(&key, json!({"name": "bob-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 300}})).await;
+    eprintln!("SLA sign-up to serving: warm pool {warm_took:?}, cold {:?}", started.elapsed());
+}
+
+e2e_on_both_backends!(
+    deactivate_reactivate_and_retention,
+    the_test_clock_is_off_unless_asked_for,
+    an_sla_sign_up_takes_a_warm_pool_and_the_stock_is_refilled
+);

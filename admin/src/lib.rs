@@ -14,4 +14,5 @@ pub mod retention;
 pub mod routing;
 pub mod server;
 pub mod store;
+pub mod warm;
 pub mod worker;

@@ -222,6 +222,12 @@ impl Admin {
             every: Duration::from_secs(1),
         };
         let collector = tokio::spawn(collector.run(shutdown.clone()));
+        let keeper = crate::warm::Keeper {
+            store: self.state.store.clone(),
+            clock: self.state.clock.clone(),
+            every: Duration::from_secs(1),
+        };
+        let keeper = tokio::spawn(keeper.run(shutdown.clone()));
         let reconciler = match self.driver {
             Some(driver) => {
                 let program = match &self.cfg.node_program {
@@ -281,6 +287,7 @@ impl Admin {
         let _ = prober.await;
         let _ = routing.await;
         let _ = collector.await;
+        let _ = keeper.await;
         writer_stop.cancel();
         let _ = writer.await;
         let _ = sweeper.await;

@@ -146,7 +146,13 @@ pub struct Worker {
     pub poll: Duration,
     /// Whether a driver runs nodes, so operations wait for them to be ready.
     pub wait_for_nodes: bool,
+    /// When the soonest operation this worker put back to wait may run again (0:
+    /// none), so the worker looks again then rather than at its next poll.
+    retry_at: std::sync::atomic::AtomicI64,
 }
+
+/// How long an operation waiting for nodes waits before it looks again.
+const WAIT_RECHECK_MS: i64 = 100;
 
 impl Worker {
     pub fn new(store: Store, clock: Arc<dyn Clock>, wake: Arc<Notify>) -> Self {
@@ -157,6 +163,7 @@ impl Worker {
             wake,
             poll: Duration::from_millis(500),
             wait_for_nodes: false,
+            retry_at: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -167,10 +174,17 @@ impl Worker {
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "operation worker"),
             }
+            let retry_at = self.retry_at.swap(0, std::sync::atomic::Ordering::Relaxed);
+            let pause = if retry_at > 0 {
+                let ms = u64::try_from(retry_at - self.clock.now_ms()).unwrap_or(0);
+                self.poll.min(Duration::from_millis(ms))
+            } else {
+                self.poll
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(self.poll) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -185,7 +199,13 @@ impl Worker {
             Ok(Progress::Done) => {}
             Ok(Progress::Waiting) => {
                 let now = self.clock.now_ms();
-                self.store.defer_operation(&op, &self.owner, now + 250, now).await?;
+                let at = now + WAIT_RECHECK_MS;
+                self.store.defer_operation(&op, &self.owner, at, now).await?;
+                let _ = self.retry_at.fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |r| Some(if r == 0 { at } else { r.min(at) }),
+                );
             }
             Err(e) => {
                 let now = self.clock.now_ms();

@@ -228,6 +228,9 @@ pub struct OriginType {
     pub trial_cap_mbps: i32,
     pub payg_cap_mbps: i32,
     pub current_image: Option<String>,
+    /// Warm pools kept ready: `{"size in nodes": count}` or `"auto"`.
+    #[schema(value_type = Option<Object>)]
+    pub warm_pools: Option<serde_json::Value>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -241,6 +244,7 @@ impl From<OriginTypeRow> for OriginType {
             trial_cap_mbps: t.trial_cap_mbps,
             payg_cap_mbps: t.payg_cap_mbps,
             current_image: t.current_image,
+            warm_pools: t.warm_pools.map(|w| w.0),
             created_at: rfc3339(t.created_at),
             updated_at: rfc3339(t.updated_at),
         }
@@ -276,6 +280,11 @@ pub struct UpdateOriginType {
     pub trial_cap_mbps: Option<i64>,
     #[serde(default)]
     pub payg_cap_mbps: Option<i64>,
+    /// Warm pools to keep ready: `{"size in nodes": count}` (`{}` for none), or
+    /// `"auto"` to follow recent SLA sign-ups per size.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub warm_pools: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

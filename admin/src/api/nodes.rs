@@ -140,7 +140,11 @@ pub async fn heartbeat(
 #[utoipa::path(get, path = "/v1/nodes/{id}/config", tag = "nodes", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses((status = 200, description = "NodeConfig"), (status = 401, body = Problem)))]
 pub async fn config(State(s): State<AppState>, NodeAuth(id): NodeAuth) -> Result<Json<NodeConfig>, ApiError> {
-    Ok(Json(node_config(id, &s.store.node_serving(id, s.clock.now_ms()).await?)))
+    let config = node_config(id, &s.store.node_serving(id, s.clock.now_ms()).await?);
+    // The node applies what it fetched at once: a worker waiting for it to serve
+    // an account need not wait for its next heartbeat to say so.
+    s.store.set_config_version(id, i64::try_from(config.version).unwrap_or(0)).await?;
+    Ok(Json(config))
 }
 
 /// Bytes served per account per minute. Windows for accounts the node's pool does

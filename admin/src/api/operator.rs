@@ -85,11 +85,17 @@ pub async fn update_origin_type(
         trial_cap_mbps: pick("trial_cap_mbps", b.trial_cap_mbps, t.trial_cap_mbps)?,
         payg_cap_mbps: pick("payg_cap_mbps", b.payg_cap_mbps, t.payg_cap_mbps)?,
     };
-    let row = s
+    if let Some(w) = &b.warm_pools {
+        crate::warm::WarmPolicy::parse(w).map_err(|e| ApiError::invalid("warm_pools", e))?;
+    }
+    let mut row = s
         .store
         .update_origin_type(&name, &settings, "operator", s.clock.now_ms())
         .await
         .map_err(type_not_found(&name))?;
+    if let Some(w) = &b.warm_pools {
+        row = s.store.set_warm_pools(&name, Some(w), "operator", s.clock.now_ms()).await?;
+    }
     Ok(Json(row.into()))
 }
 

@@ -14,6 +14,7 @@ mod nodes;
 mod operations;
 mod rows;
 mod upgrades;
+mod warm;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -33,6 +34,7 @@ pub use nodes::{
 pub use operations::{Effect, OperationFilter};
 pub use rows::*;
 pub use upgrades::{HALT_AFTER_FAILED_NODES, UpgradeProgress};
+pub use warm::WarmPool;
 
 /// Expands `$body` once per backend with `$p` bound to that backend's pool.
 macro_rules! on_pool {
@@ -162,6 +164,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "pool owner", include_str!("../../../migrations/postgres/0003_pool_owner.sql")),
     (4, "staged moves", include_str!("../../../migrations/postgres/0004_staged_moves.sql")),
     (5, "rolling upgrades", include_str!("../../../migrations/postgres/0005_rolling_upgrades.sql")),
+    (6, "warm pools", include_str!("../../../migrations/postgres/0006_warm_pools.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -169,6 +172,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "pool owner", include_str!("../../../migrations/sqlite/0003_pool_owner.sql")),
     (4, "staged moves", include_str!("../../../migrations/sqlite/0004_staged_moves.sql")),
     (5, "rolling upgrades", include_str!("../../../migrations/sqlite/0005_rolling_upgrades.sql")),
+    (6, "warm pools", include_str!("../../../migrations/sqlite/0006_warm_pools.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

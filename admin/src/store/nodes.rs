@@ -263,6 +263,14 @@ impl Store {
 }
 
 impl Store {
+    /// Records the configuration a node just fetched (and applies at once).
+    pub async fn set_config_version(&self, id: Uuid, version: i64) -> Result<()> {
+        on_pool!(self, |p| {
+            sqlx::query("UPDATE nodes SET config_version = $2 WHERE id = $1").bind(id).bind(version).execute(p).await?;
+        });
+        Ok(())
+    }
+
     /// Marks a node draining; it learns so from its next heartbeat's answer.
     pub async fn request_drain(&self, id: Uuid, actor: &str, now: UnixMs) -> Result<()> {
         on_pool!(self, |p| {

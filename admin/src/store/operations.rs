@@ -117,16 +117,42 @@ macro_rules! release_pool {
     };
 }
 
-/// The account's own dedicated pool, sized to `nodes`: found, or created.
+/// The account's own dedicated pool, sized to `nodes`: found, or a warm pool of
+/// that size (or the smallest larger one, trimmed) claimed, or created.
 macro_rules! owned_pool {
     ($tx:expr, $account:expr, $origin_type:expr, $nodes:expr, $now:expr) => {{
-        let owned: Option<Uuid> = sqlx::query_scalar(
+        let mut owned: Option<Uuid> = sqlx::query_scalar(
             "SELECT id FROM pools WHERE account_id = $1 AND kind = 'dedicated' AND state IN ('creating', 'ready', 'retained')
              ORDER BY id LIMIT 1",
         )
         .bind($account)
         .fetch_optional(&mut *$tx)
         .await?;
+        if owned.is_none() {
+            let warm: Option<Uuid> = sqlx::query_scalar(
+                "SELECT p.id FROM pools p
+                 WHERE p.origin_type = $1 AND p.kind = 'dedicated' AND p.account_id IS NULL
+                   AND p.state IN ('creating', 'ready') AND p.desired_nodes >= $2
+                 ORDER BY p.desired_nodes,
+                          (SELECT COUNT(*) FROM nodes n WHERE n.pool_id = p.id AND n.state = 'ready') DESC, p.id
+                 LIMIT 1",
+            )
+            .bind($origin_type)
+            .bind($nodes)
+            .fetch_optional(&mut *$tx)
+            .await?;
+            if let Some(pool) = warm {
+                sqlx::query("UPDATE pools SET account_id = $2, updated_at = $3 WHERE id = $1 AND account_id IS NULL")
+                    .bind(pool)
+                    .bind($account)
+                    .bind($now)
+                    .execute(&mut *$tx)
+                    .await?;
+                event!($tx, $now, "pool-manager", "pool.claimed", format!("pool:{pool}"),
+                    format!("warm pool taken by account:{}", $account))?;
+                owned = Some(pool);
+            }
+        }
         match owned {
             Some(pool) => {
                 sqlx::query("UPDATE pools SET desired_nodes = $2, updated_at = $3 WHERE id = $1 AND desired_nodes <> $2")

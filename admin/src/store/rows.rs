@@ -33,6 +33,8 @@ pub struct OriginTypeRow {
     pub current_image: Option<String>,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
+    /// Warm pools to keep: `{"size in nodes": count}` or `"auto"`.
+    pub warm_pools: Option<Json<serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
