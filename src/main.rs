@@ -24,6 +24,8 @@ enum Command {
     Router(headwater_router::RouterConfig),
     /// Run an origin node: serve VOD content at an enforced bandwidth.
     Origin(headwater_origin::OriginConfig),
+    /// Run a load-test scenario: players per account, faults, SLA checks (exit 1 when one is missed).
+    Loadtest(headwater_loadtest::LoadtestArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -31,6 +33,14 @@ enum Command {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HEADWATER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Logging for the load-test tool: warnings only unless HEADWATER_LOG says more,
+/// so the progress bar and the table stay readable.
+fn init_tracing_quiet() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HEADWATER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
@@ -79,6 +89,20 @@ async fn main() -> std::process::ExitCode {
             headwater_origin::run(cfg, shutdown_on_signals()).await
         }
         Command::Client(cmd) => return client::run(cmd).await,
+        Command::Loadtest(args) => {
+            init_tracing_quiet();
+            let demo = headwater_admin::probe_content::demo_files();
+            return match headwater_loadtest::run(&args, &demo).await {
+                Ok(report) => {
+                    println!("{}", report.table());
+                    if report.passed { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) }
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::ExitCode::from(2)
+                }
+            };
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
