@@ -82,6 +82,14 @@ async fn the_shipped_scenarios_hold_and_the_impossible_one_fails() {
     assert!(p50 > 0.0 && p99 >= p50, "{p50} {p99}");
     assert!(trial["requests"].as_u64().unwrap() > 1, "{trial}");
 
+    // Admin killed, then Redis stopped: the data plane goes on serving.
+    let (code, r) = run("control-plane-outage").await;
+    assert_eq!(code, 0, "{}", r["failures"]);
+    assert_eq!(r["events"].as_array().unwrap().len(), 2, "{}", r["events"]);
+    for a in r["accounts"].as_array().unwrap() {
+        assert_eq!((a["errors"].as_u64(), a["rebuffers"].as_u64()), (Some(0), Some(0)), "{a}");
+    }
+
     // An SLA the nodes cannot carry: exit 1, the miss named.
     let (code, r) = run("impossible").await;
     assert_eq!(code, 1);

@@ -172,55 +172,51 @@ async fn drive(
         bar.set_prefix(scenario.name.clone());
         bar
     });
-    let mut events_done = Vec::new();
     let mut sla: Vec<SlaTimeline> = accounts.iter().map(|a| vec![(0, a.mbps)]).collect();
-    let events = async {
-        let mut pending: Vec<_> = scenario.events.iter().collect();
-        pending.sort_by_key(|e| e.at_secs);
-        for e in pending {
-            tokio::time::sleep_until((start + Duration::from_secs(e.at_secs)).into()).await;
-            let label = e.action.label();
-            tracing::info!(at = e.at_secs, %label, "event");
-            let key_of = |name: &str| accounts.iter().find(|a| a.name == name).and_then(|a| a.key.clone());
-            let done = match &e.action {
-                Action::KillNode { account } => {
-                    let key = key_of(account).context("kill-node: unknown account")?;
-                    platform_ref.kill_node(account, &key).await.map(|node| format!("{label} ({node})"))
-                }
-                Action::ChangeOffer { account, offer, mbps } => {
-                    let key = key_of(account).context("change-offer: unknown account")?;
+    // Each event at its own time, concurrently (a killed admin's downtime must not
+    // delay the next event).
+    let key_of = |name: &str| accounts.iter().find(|a| a.name == name).and_then(|a| a.key.clone());
+    let events = futures_util::future::join_all(scenario.events.iter().map(|e| async move {
+        tokio::time::sleep_until((start + Duration::from_secs(e.at_secs)).into()).await;
+        let label = e.action.label();
+        tracing::info!(at = e.at_secs, %label, "event");
+        let mut sla_change = None;
+        let done = match &e.action {
+            Action::KillNode { account } => match key_of(account) {
+                Some(key) => platform_ref.kill_node(account, &key).await.map(|node| format!("{label} ({node})")),
+                None => Err(anyhow::anyhow!("unknown account {account}")),
+            },
+            Action::ChangeOffer { account, offer, mbps } => match key_of(account) {
+                Some(key) => {
                     let body = match mbps {
                         Some(m) => serde_json::json!({"offer": {"kind": offer, "mbps": m}}),
                         None => serde_json::json!({"offer": {"kind": offer}}),
                     };
                     let path = format!("/v1/accounts/{account}");
-                    let r = platform_ref.call(reqwest::Method::PATCH, &path, &key, Some(body)).await;
-                    if let Some(i) = accounts.iter().position(|a| &a.name == account) {
-                        sla[i].push((e.at_secs, if offer == "sla" { *mbps } else { None }));
-                    }
-                    r.map(|_| label.clone())
+                    sla_change = Some((account.clone(), if offer == "sla" { *mbps } else { None }));
+                    platform_ref.call(reqwest::Method::PATCH, &path, &key, Some(body)).await.map(|_| label.clone())
                 }
-                Action::UploadImage { version } => {
-                    let path = format!("/v1/origin-types/{}/images", platform_ref.origin_type);
-                    let body = serde_json::json!({"version": version, "command": "headwater", "args": ["origin"]});
-                    let token = platform_ref.operator_token.clone();
-                    platform_ref.call(reqwest::Method::POST, &path, &token, Some(body)).await.map(|_| label.clone())
-                }
-                Action::SetCapacity { mbps } => {
-                    let path = format!("/v1/origin-types/{}", platform_ref.origin_type);
-                    let body = serde_json::json!({"node_capacity_mbps": mbps});
-                    let token = platform_ref.operator_token.clone();
-                    platform_ref.call(reqwest::Method::PATCH, &path, &token, Some(body)).await.map(|_| label.clone())
-                }
-                Action::KillAdmin { down_secs } => {
-                    platform_ref.kill_admin(Duration::from_secs(*down_secs)).await.map(|()| label.clone())
-                }
-                Action::StopRedis => platform_ref.stop_redis().await.map(|()| label.clone()),
-            };
-            events_done.push((e.at_secs, done.with_context(|| format!("event at {} s: {label}", e.at_secs))?));
-        }
-        Ok::<_, anyhow::Error>(())
-    };
+                None => Err(anyhow::anyhow!("unknown account {account}")),
+            },
+            Action::UploadImage { version } => {
+                let path = format!("/v1/origin-types/{}/images", platform_ref.origin_type);
+                let body = serde_json::json!({"version": version, "command": "headwater", "args": ["origin"]});
+                let token = platform_ref.operator_token.clone();
+                platform_ref.call(reqwest::Method::POST, &path, &token, Some(body)).await.map(|_| label.clone())
+            }
+            Action::SetCapacity { mbps } => {
+                let path = format!("/v1/origin-types/{}", platform_ref.origin_type);
+                let body = serde_json::json!({"node_capacity_mbps": mbps});
+                let token = platform_ref.operator_token.clone();
+                platform_ref.call(reqwest::Method::PATCH, &path, &token, Some(body)).await.map(|_| label.clone())
+            }
+            Action::KillAdmin { down_secs } => {
+                platform_ref.kill_admin(Duration::from_secs(*down_secs)).await.map(|()| label.clone())
+            }
+            Action::StopRedis => platform_ref.stop_redis().await.map(|()| label.clone()),
+        };
+        (e.at_secs, done.with_context(|| format!("event at {} s: {label}", e.at_secs)), sla_change)
+    }));
     let ticker = async {
         for s in 1..=duration {
             tokio::time::sleep_until((start + Duration::from_secs(s)).into()).await;
@@ -233,6 +229,23 @@ async fn drive(
         }
     };
     let (events_result, signed, ()) = tokio::join!(events, signups, ticker);
+    let mut events_done = Vec::new();
+    let mut event_failure = None;
+    for (at, done, sla_change) in events_result {
+        match done {
+            Ok(label) => events_done.push((at, label)),
+            Err(e) => event_failure = event_failure.or(Some(e)),
+        }
+        if let Some((account, mbps)) = sla_change
+            && let Some(i) = accounts.iter().position(|a| a.name == account)
+        {
+            sla[i].push((at, mbps));
+        }
+    }
+    events_done.sort_by_key(|e| e.0);
+    for timeline in &mut sla {
+        timeline.sort_by_key(|t| t.0);
+    }
     stop.cancel();
     if let Some(bar) = progress {
         bar.finish_and_clear();
@@ -249,7 +262,9 @@ async fn drive(
             signup_failures.push(format!("{name}: sign-up failed: {e:#}"));
         }
     }
-    events_result?;
+    if let Some(e) = event_failure {
+        return Err(e);
+    }
     let observed: Vec<Observed<'_>> = accounts
         .iter()
         .zip(sla)
