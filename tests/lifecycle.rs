@@ -76,10 +76,24 @@ async fn deactivate_reactivate_and_retention(backend: Backend) {
     let before = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;
     until("three ready nodes in the dedicated pool", || async { ready_nodes(&admin, &pool).await.len() == 3 }).await;
 
-    // Deactivate: 410 at once, the pool kept with one node.
+    // The type keeps deactivated pools for 48 hours (admin's default is 7 days).
+    let t = admin
+        .call(
+            Method::PATCH,
+            "/v1/origin-types/hls",
+            Some(&admin.operator_token),
+            Some(json!({"retention_hours": 48})),
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(t["retention_hours"], 48);
+
+    // Deactivate: 410 at once, the pool kept with one node until retain_until.
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let d = admin.call(Method::POST, "/v1/accounts/ana-vod/deactivate", Some(&key), None, StatusCode::ACCEPTED).await;
     assert_eq!(d["account"]["state"], "deactivated");
-    assert!(d["account"]["retain_until"].is_string(), "{d}");
+    let retain_until = headwater_admin::clock::parse_rfc3339(d["account"]["retain_until"].as_str().unwrap()).unwrap();
+    assert!((retain_until - (now_ms + 48 * 3_600_000)).abs() < 60_000, "{d}");
     wait_status(&http, &url, StatusCode::GONE, "410 after deactivation").await;
     until("the retained pool down to one node", || async { pool_nodes(&admin, &pool).await.0.len() == 1 }).await;
     let now = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;

@@ -103,6 +103,11 @@ async fn a_new_image_rolls_out_with_no_failed_request_and_a_broken_one_halts_and
     let players: Vec<_> =
         ["pay-vod", "sla-a", "sla-b"].iter().map(|a| player(&router, a, stop.clone(), ok.clone())).collect();
 
+    // Bad input changes nothing.
+    let bad = json!({"version": "9", "command": "headwater", "args": ["origin"], "max_concurrent_pools": 0});
+    let res = admin.request(Method::POST, "/v1/origin-types/hls/images", Some(&admin.operator_token), Some(bad)).await;
+    support::expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some("max_concurrent_pools")).await;
+
     // A new image: every pool ends on it, one node at a time.
     let started = Instant::now();
     let op = image(&admin, "2.0.0", "headwater", &["origin"]).await;

@@ -272,8 +272,9 @@ impl Worker {
             return Err(WorkerError::Unplannable(op.id, "an upgrade names a type and a version".into()));
         };
         let now = self.clock.now_ms();
-        let progress =
-            self.store.advance_upgrade(origin_type, version, op.created_at, MAX_CONCURRENT_POOLS, now).await?;
+        let concurrent = op.input.0.get("max_concurrent_pools").and_then(serde_json::Value::as_u64);
+        let concurrent = concurrent.and_then(|c| usize::try_from(c).ok()).unwrap_or(MAX_CONCURRENT_POOLS).max(1);
+        let progress = self.store.advance_upgrade(origin_type, version, op.created_at, concurrent, now).await?;
         self.store.set_progress(op.id, &serde_json::to_value(&progress).unwrap_or_default(), now).await?;
         if let Some(why) = progress.halted {
             return Err(WorkerError::Halted(why));

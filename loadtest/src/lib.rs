@@ -1,6 +1,6 @@
 //! `headwater loadtest SCENARIO.toml`: proves the bandwidth SLAs. It starts (or
 //! connects to) a platform, makes the scenario's accounts with the demo asset,
-//! runs HLS players against their locators through the router while the
+//! runs HLS and DASH players against their locators through the router while the
 //! scenario's events (killed nodes, a killed admin, offer changes, new images,
 //! Redis stopped) happen, and checks every SLA and error budget. See DESIGN.md §2
 //! (`loadtest/`).
@@ -50,6 +50,7 @@ struct Account {
     offer: String,
     players: u32,
     mode: scenario::Mode,
+    format: scenario::Format,
     realtime_players: u32,
     ramp: Duration,
     signup_at: Option<u64>,
@@ -90,7 +91,8 @@ async fn drive(
 ) -> anyhow::Result<Report> {
     platform.configure(&scenario.platform).await?;
     let duration = scenario.duration_secs;
-    let start = Instant::now() + Duration::from_secs(1);
+    // Set again once the accounts made before the run serve.
+    let mut start = Instant::now();
     let mut accounts = Vec::new();
     for spec in &scenario.accounts {
         for name in spec.names() {
@@ -100,6 +102,7 @@ async fn drive(
                 offer: spec.offer.clone(),
                 players: spec.players,
                 mode: spec.mode,
+                format: spec.format,
                 realtime_players: spec.realtime_players,
                 ramp: Duration::from_secs(spec.ramp_secs),
                 signup_at: spec.signup_at_secs,
@@ -118,6 +121,20 @@ async fn drive(
         a.key = Some(made.next().context("account")?.with_context(|| format!("making account {}", a.name))?);
     }
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).timeout(Duration::from_secs(30)).build()?;
+    // The run starts when every account made before it serves through the router
+    // (a router learns of a new account within a moment, not at once).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for a in accounts.iter().filter(|a| a.signup_at.is_none()) {
+        let url = platform.locator(&a.name, a.format);
+        while !http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            anyhow::ensure!(Instant::now() < deadline, "{} never served through the router", a.name);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    start = Instant::now() + Duration::from_millis(200);
+    for a in &mut accounts {
+        a.stats = Arc::new(AccountStats::new(a.name.clone(), start, duration as usize));
+    }
     let stop = CancellationToken::new();
     let mut players = Vec::new();
     let platform_ref = platform;
@@ -130,7 +147,7 @@ async fn drive(
                 for i in 0..all {
                     let delay = a.ramp.mul_f64(f64::from(i) / f64::from(all.max(1)));
                     let (http, url, stats, stop) =
-                        (http.clone(), platform_ref.locator(&a.name), a.stats.clone(), stop.clone());
+                        (http.clone(), platform_ref.locator(&a.name, a.format), a.stats.clone(), stop.clone());
                     let mode = if i < a.players { a.mode } else { scenario::Mode::Realtime };
                     players.push(tokio::spawn(async move {
                         tokio::select! {
@@ -155,7 +172,7 @@ async fn drive(
             if made.is_ok() {
                 for i in 0..a.players + a.realtime_players {
                     let (http, url, stats, stop) =
-                        (http.clone(), platform.locator(&a.name), a.stats.clone(), stop.clone());
+                        (http.clone(), platform.locator(&a.name, a.format), a.stats.clone(), stop.clone());
                     let mode = if i < a.players { a.mode } else { scenario::Mode::Realtime };
                     handles.push(tokio::spawn(player::play(http, url, mode, stats, Some(signed_up), stop)));
                 }

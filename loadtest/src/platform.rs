@@ -253,8 +253,12 @@ impl Platform {
         Ok(key)
     }
 
-    pub fn locator(&self, account: &str) -> String {
-        format!("{}/{account}/demo/hls/master.m3u8", self.router_url)
+    /// The account's locator for the demo asset.
+    pub fn locator(&self, account: &str, format: crate::scenario::Format) -> String {
+        match format {
+            crate::scenario::Format::Hls => format!("{}/{account}/demo/hls/master.m3u8", self.router_url),
+            crate::scenario::Format::Dash => format!("{}/{account}/demo/dash/manifest.mpd", self.router_url),
+        }
     }
 
     /// `kill -9` one ready node serving `account` (own platform: its pid is in the

@@ -59,6 +59,14 @@ pub enum Mode {
     Realtime,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    #[default]
+    Hls,
+    Dash,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountSpec {
@@ -74,6 +82,9 @@ pub struct AccountSpec {
     pub players: u32,
     #[serde(default)]
     pub mode: Mode,
+    /// What the players play: the demo asset as HLS (the default) or as DASH.
+    #[serde(default)]
+    pub format: Format,
     /// Real-time players beside them (counting rebuffers while the others measure
     /// bandwidth).
     #[serde(default)]

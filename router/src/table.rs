@@ -125,10 +125,15 @@ pub async fn stream(table: Arc<Shared>, admin_url: String, token: String, stop: 
     let url = format!("{}/v1/routing/stream", admin_url.trim_end_matches('/'));
     let mut pause = Duration::from_millis(100);
     loop {
+        let connected = std::time::Instant::now();
         let followed = tokio::select! {
             _ = stop.cancelled() => return,
             r = follow_stream(&http, &url, &token, &table) => r,
         };
+        // A stream that lasted was a working admin: reconnect quickly.
+        if connected.elapsed() > Duration::from_secs(5) {
+            pause = Duration::from_millis(100);
+        }
         match followed {
             Ok(()) => tracing::warn!("routing stream ended; reconnecting"),
             Err(e) => tracing::warn!(error = %e, "routing stream: admin unreachable; serving the last table"),

@@ -157,8 +157,14 @@ pub async fn deactivate(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
-    let retain_until = s.clock.now_ms() + s.settings.retention_ms;
-    change(&s, caller, find(&s, caller, &name).await?, AccountChange::Deactivate { retain_until }).await
+    let account = find(&s, caller, &name).await?;
+    // The type's retention, else admin's.
+    let retention_ms = match s.store.origin_type(&account.origin_type).await?.and_then(|t| t.retention_hours) {
+        Some(h) => i64::from(h) * 3_600_000,
+        None => s.settings.retention_ms,
+    };
+    let retain_until = s.clock.now_ms() + retention_ms;
+    change(&s, caller, account, AccountChange::Deactivate { retain_until }).await
 }
 
 /// Serves a deactivated account again, behind the same locator.

@@ -231,6 +231,8 @@ pub struct OriginType {
     /// Warm pools kept ready: `{"size in nodes": count}` or `"auto"`.
     #[schema(value_type = Option<Object>)]
     pub warm_pools: Option<serde_json::Value>,
+    /// Retention of deactivated accounts' pools, in hours (`null`: admin's default).
+    pub retention_hours: Option<i32>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -245,6 +247,7 @@ impl From<OriginTypeRow> for OriginType {
             payg_cap_mbps: t.payg_cap_mbps,
             current_image: t.current_image,
             warm_pools: t.warm_pools.map(|w| w.0),
+            retention_hours: t.retention_hours,
             created_at: rfc3339(t.created_at),
             updated_at: rfc3339(t.updated_at),
         }
@@ -285,6 +288,9 @@ pub struct UpdateOriginType {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub warm_pools: Option<serde_json::Value>,
+    /// How long a deactivated account's pool is kept, in hours (1 to 87600).
+    #[serde(default)]
+    pub retention_hours: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -294,6 +300,9 @@ pub struct CreateImage {
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,
+    /// Pools upgraded at the same time (default 2).
+    #[serde(default)]
+    pub max_concurrent_pools: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

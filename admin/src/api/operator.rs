@@ -88,6 +88,11 @@ pub async fn update_origin_type(
     if let Some(w) = &b.warm_pools {
         crate::warm::WarmPolicy::parse(w).map_err(|e| ApiError::invalid("warm_pools", e))?;
     }
+    let retention = b
+        .retention_hours
+        .map(|h| i32::try_from(h).ok().filter(|h| (1..=87_600).contains(h)))
+        .map(|h| h.ok_or_else(|| ApiError::invalid("retention_hours", "1 to 87600 hours")))
+        .transpose()?;
     let mut row = s
         .store
         .update_origin_type(&name, &settings, "operator", s.clock.now_ms())
@@ -95,6 +100,9 @@ pub async fn update_origin_type(
         .map_err(type_not_found(&name))?;
     if let Some(w) = &b.warm_pools {
         row = s.store.set_warm_pools(&name, Some(w), "operator", s.clock.now_ms()).await?;
+    }
+    if let Some(h) = retention {
+        row = s.store.set_retention_hours(&name, h, "operator", s.clock.now_ms()).await?;
     }
     Ok(Json(row.into()))
 }
@@ -124,6 +132,10 @@ pub async fn create_image(
     if let Some(i) = b.args.iter().position(|a| a.contains('\0')) {
         return Err(ApiError::invalid(format!("args[{i}]"), "must not contain NUL"));
     }
+    let concurrent = b.max_concurrent_pools.unwrap_or(crate::worker::MAX_CONCURRENT_POOLS as i64);
+    if !(1..=64).contains(&concurrent) {
+        return Err(ApiError::invalid("max_concurrent_pools", "1 to 64 pools at a time"));
+    }
     let now = s.clock.now_ms();
     let image = ImageRow {
         origin_type: name.clone(),
@@ -134,7 +146,9 @@ pub async fn create_image(
     };
     let op = NewOperation {
         origin_type: Some(name.clone()),
-        input: serde_json::json!({"version": version, "previous": origin_type.current_image}),
+        input: serde_json::json!({
+            "version": version, "previous": origin_type.current_image, "max_concurrent_pools": concurrent,
+        }),
         ..NewOperation::new("upgrade")
     };
     let row = s.store.create_image(&image, &op, "operator", now).await.map_err(|e| match e {
@@ -297,7 +311,10 @@ pub async fn rollback(
     let version = op.input.0.get("version").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
     let new = NewOperation {
         origin_type: op.origin_type.clone(),
-        input: serde_json::json!({"version": previous, "previous": version, "rollback_of": op.id}),
+        input: serde_json::json!({
+            "version": previous, "previous": version, "rollback_of": op.id,
+            "max_concurrent_pools": op.input.0.get("max_concurrent_pools"),
+        }),
         ..NewOperation::new("upgrade")
     };
     let row = s.store.enqueue_operation(&new, "operator", s.clock.now_ms()).await?;

@@ -55,7 +55,7 @@ impl Store {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
                 "SELECT name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps, payg_cap_mbps, current_image,
-                        created_at, updated_at, warm_pools FROM origin_types ORDER BY name",
+                        created_at, updated_at, warm_pools, retention_hours FROM origin_types ORDER BY name",
             )
             .fetch_all(p)
             .await?)
@@ -66,7 +66,7 @@ impl Store {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
                 "SELECT name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps, payg_cap_mbps, current_image,
-                        created_at, updated_at, warm_pools FROM origin_types WHERE name = $1",
+                        created_at, updated_at, warm_pools, retention_hours FROM origin_types WHERE name = $1",
             )
             .bind(name)
             .fetch_optional(p)
@@ -88,7 +88,7 @@ impl Store {
                 "INSERT INTO origin_types (name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps,
                      payg_cap_mbps, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)
                  RETURNING name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps, payg_cap_mbps,
-                     current_image, created_at, updated_at, warm_pools",
+                     current_image, created_at, updated_at, warm_pools, retention_hours",
             )
             .bind(name)
             .bind(s.node_capacity_mbps)
@@ -119,7 +119,7 @@ impl Store {
                 "UPDATE origin_types SET node_capacity_mbps = $2, sla_increment_mbps = $3, trial_cap_mbps = $4,
                      payg_cap_mbps = $5, updated_at = $6 WHERE name = $1
                  RETURNING name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps, payg_cap_mbps,
-                     current_image, created_at, updated_at, warm_pools",
+                     current_image, created_at, updated_at, warm_pools, retention_hours",
             )
             .bind(name)
             .bind(s.node_capacity_mbps)

@@ -35,6 +35,8 @@ pub struct OriginTypeRow {
     pub updated_at: UnixMs,
     /// Warm pools to keep: `{"size in nodes": count}` or `"auto"`.
     pub warm_pools: Option<Json<serde_json::Value>>,
+    /// Retention of deactivated accounts' pools, in hours (`None`: admin's default).
+    pub retention_hours: Option<i32>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

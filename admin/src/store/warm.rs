@@ -29,7 +29,7 @@ impl Store {
             let row: Option<OriginTypeRow> = sqlx::query_as(
                 "UPDATE origin_types SET warm_pools = $2, updated_at = $3 WHERE name = $1
                  RETURNING name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps, payg_cap_mbps,
-                     current_image, created_at, updated_at, warm_pools",
+                     current_image, created_at, updated_at, warm_pools, retention_hours",
             )
             .bind(name)
             .bind(warm.map(Json))
@@ -39,6 +39,27 @@ impl Store {
             let row = row.ok_or(StoreError::NotFound)?;
             let what = warm.map_or_else(|| "none".to_owned(), ToString::to_string);
             event!(tx, now, actor, "origin_type.warm_pools", format!("origin_type:{name}"), what)?;
+            tx.commit().await?;
+            Ok(row)
+        })
+    }
+
+    /// Sets how long a deactivated account's pool is kept for a type.
+    pub async fn set_retention_hours(&self, name: &str, hours: i32, actor: &str, now: UnixMs) -> Result<OriginTypeRow> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            let row: Option<OriginTypeRow> = sqlx::query_as(
+                "UPDATE origin_types SET retention_hours = $2, updated_at = $3 WHERE name = $1
+                 RETURNING name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps, payg_cap_mbps,
+                     current_image, created_at, updated_at, warm_pools, retention_hours",
+            )
+            .bind(name)
+            .bind(hours)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let row = row.ok_or(StoreError::NotFound)?;
+            event!(tx, now, actor, "origin_type.retention", format!("origin_type:{name}"), format!("{hours} hours"))?;
             tx.commit().await?;
             Ok(row)
         })
