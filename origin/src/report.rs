@@ -92,6 +92,9 @@ async fn self_probe(http: &reqwest::Client, public: &str) -> SelfProbe {
 /// Heartbeats every `interval` until `stop`; fetches a new configuration when
 /// admin's version differs; asks for a drain (cancels `drain`) when admin says so.
 /// Sends a last heartbeat saying `draining` when stopped.
+/// Heartbeat interval of a node that serves no account yet.
+const IDLE_HEARTBEAT: Duration = Duration::from_millis(250);
+
 pub async fn heartbeats(
     node: Arc<Node>,
     admin: Admin,
@@ -102,8 +105,6 @@ pub async fn heartbeats(
 ) {
     let mut last_egress = node.egress_bytes.load(Ordering::Relaxed);
     let mut last_at = Instant::now();
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut want_version = 0u64;
     // After admin announces a new configuration, fetch it and report at once
     // rather than a tick later: admin waits for that report to call a change done.
@@ -113,8 +114,12 @@ pub async fn heartbeats(
             again = false;
             stop.is_cancelled()
         } else {
+            // A node that serves no account yet (a warm pool's) asks more often,
+            // so an account that claims its pool is served within a fraction of
+            // a second; a serving node heartbeats at the configured interval.
+            let pause = if node.served().accounts.is_empty() { interval.min(IDLE_HEARTBEAT) } else { interval };
             tokio::select! {
-                _ = tick.tick() => false,
+                _ = tokio::time::sleep(pause) => false,
                 _ = stop.cancelled() => true,
             }
         };
