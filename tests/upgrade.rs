@@ -132,6 +132,10 @@ async fn a_new_image_rolls_out_with_no_failed_request_and_a_broken_one_halts_and
         .map(|e| e["subject"].as_str().unwrap().trim_start_matches("pool:").to_owned())
         .collect();
     assert_eq!(upgrading.first(), Some(&ids[0]), "the shared pool goes first: {upgrading:?}");
+    // From the built-in image there is nothing to roll back to.
+    let path = format!("/v1/operations/{}/rollback", op["id"].as_str().unwrap());
+    let res = admin.request(Method::POST, &path, Some(&admin.operator_token), None).await;
+    support::expect_problem(res, StatusCode::CONFLICT, "conflict", None).await;
 
     // A broken image: its nodes exit at once; the upgrade halts, the pools keep
     // serving on 2.0.0.

@@ -112,8 +112,11 @@ impl Store {
                     .await?;
                 let Some(before) = before else { continue };
                 let state = effective_state(&before, hb.state);
+                // The verdict is applied in the statement too: a node stopped or
+                // failed by another transaction since the read above stays so.
                 sqlx::query(
-                    "UPDATE nodes SET state = $2, address = $3, image_version = $4, last_heartbeat = $5, egress_mbps = $6,
+                    "UPDATE nodes SET state = CASE WHEN state IN ('failed', 'stopped', 'draining') THEN state ELSE $2 END,
+                         address = $3, image_version = $4, last_heartbeat = $5, egress_mbps = $6,
                          open_connections = $7, cache_hit_ratio = $8, config_version = $9, updated_at = $5
                      WHERE id = $1",
                 )

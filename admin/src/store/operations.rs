@@ -142,15 +142,22 @@ macro_rules! owned_pool {
             .fetch_optional(&mut *$tx)
             .await?;
             if let Some(pool) = warm {
-                sqlx::query("UPDATE pools SET account_id = $2, updated_at = $3 WHERE id = $1 AND account_id IS NULL")
-                    .bind(pool)
-                    .bind($account)
-                    .bind($now)
-                    .execute(&mut *$tx)
-                    .await?;
-                event!($tx, $now, "pool-manager", "pool.claimed", format!("pool:{pool}"),
-                    format!("warm pool taken by account:{}", $account))?;
-                owned = Some(pool);
+                // Another sign-up may have claimed it meanwhile: then make a pool.
+                let claimed = sqlx::query(
+                    "UPDATE pools SET account_id = $2, updated_at = $3 WHERE id = $1 AND account_id IS NULL",
+                )
+                .bind(pool)
+                .bind($account)
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if claimed {
+                    event!($tx, $now, "pool-manager", "pool.claimed", format!("pool:{pool}"),
+                        format!("warm pool taken by account:{}", $account))?;
+                    owned = Some(pool);
+                }
             }
         }
         match owned {
