@@ -170,6 +170,49 @@ async fn a_router_keeps_serving_without_admin_and_knows_hosts_redirects_and_deac
     assert_eq!(res.status(), StatusCode::FOUND);
     let location = res.headers()["location"].to_str().unwrap().to_owned();
     assert_eq!(reqwest::get(&location).await.unwrap().bytes().await.unwrap(), playlist);
+    // CORS per account: a bad origin is refused; once the account names its
+    // player's origin, the router and the node let only that page read.
+    let res = admin
+        .request(Method::PATCH, "/v1/accounts/ana-vod", Some(&key), Some(json!({"allow_origins": ["ftp://x.example"]})))
+        .await;
+    support::expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some("allow_origins[0]")).await;
+    let patched = admin
+        .call(
+            Method::PATCH,
+            "/v1/accounts/ana-vod",
+            Some(&key),
+            Some(json!({"allow_origins": ["https://Player.example"]})),
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    assert_eq!(patched["account"]["allow_origins"], json!(["https://player.example"]));
+    let acao =
+        |r: &reqwest::Response| r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_owned());
+    let node_url = location.clone();
+    for url in [format!("{proxy}/ana-vod/demo/hls/master.m3u8"), node_url] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = http.get(&url).header("origin", "https://player.example").send().await.unwrap();
+            if acao(&r).as_deref() == Some("https://player.example") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{url}: still {:?}", acao(&r));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let r = http.get(&url).header("origin", "https://evil.example").send().await.unwrap();
+        assert_eq!(acao(&r), None, "{url}: another page may not read");
+        assert!(r.headers().get_all("vary").iter().any(|v| v.to_str().unwrap().contains("Origin")), "{url}");
+    }
+    let preflight = http
+        .request(Method::OPTIONS, format!("{proxy}/ana-vod/demo/hls/master.m3u8"))
+        .header("origin", "https://player.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
+    assert_eq!(acao(&preflight).as_deref(), Some("https://player.example"));
+
     // Unknown accounts are 404.
     let res = http.get(format!("{proxy}/nobody/demo/hls/master.m3u8")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);

@@ -191,6 +191,37 @@ pub fn dedicated_pool_nodes(sla: Mbps, node_capacity_mbps: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
+/// The web origins (`scheme://host[:port]`) whose pages may read an account's
+/// content across origins (CORS); empty means any origin (`*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowOrigins(Vec<String>);
+
+impl AllowOrigins {
+    pub fn parse(items: &[String]) -> Result<Self, Invalid> {
+        if items.len() > 20 {
+            return Err(Invalid::new("allow_origins", "at most 20 origins"));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("allow_origins[{i}]");
+            let uri: axum::http::Uri = item.parse().map_err(|_| Invalid::new(&field, "not a URL"))?;
+            let scheme = uri.scheme_str().filter(|s| *s == "http" || *s == "https");
+            let authority = uri.authority().filter(|a| !a.as_str().contains('@'));
+            match (scheme, authority, uri.path(), uri.query()) {
+                (Some(s), Some(a), "" | "/", None) => out.push(format!("{s}://{}", a.as_str().to_ascii_lowercase())),
+                _ => return Err(Invalid::new(&field, "an origin is http(s)://host[:port], with no path")),
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(Self(out))
+    }
+
+    pub fn into_strings(self) -> Vec<String> {
+        self.0
+    }
+}
+
 /// An IP allow-list: the networks whose clients may fetch an account's content.
 /// Empty means everyone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -44,6 +44,7 @@ pub fn table(rows: Vec<RouteRow>) -> RoutingTable {
         let route = table.accounts.entry(r.name).or_insert_with(|| Route {
             active: r.state != "deactivated",
             ip_allow: r.ip_allow.0.clone(),
+            allow_origins: r.allow_origins.0.clone(),
             nodes: Vec::new(),
         });
         if let (Some(id), Some(address)) = (r.node_id, r.address) {

@@ -29,6 +29,7 @@ fn new_account(customer_id: Uuid, name: &str, origin_type: &str, offer: Offer) -
         origin_type: origin_type.into(),
         offer,
         ip_allow: IpAllow::default(),
+        allow_origins: Vec::new(),
         locator: format!("http://router/{name}/"),
     }
 }
@@ -196,7 +197,7 @@ async fn operations_of_one_account_run_one_at_a_time(db: TestDb) {
     let ana = customer(&db, "ana@example.com").await;
     let (account, create) = enqueue(&db, ana, "ana-vod").await;
     let row = db.store.account_by_id(account).await.unwrap();
-    let change = AccountChange::Update { offer: Some(sla(200)), ip_allow: None };
+    let change = AccountChange::Update { offer: Some(sla(200)), ip_allow: None, allow_origins: None };
     let op = NewOperation { account_id: Some(account), customer_id: Some(ana), ..NewOperation::new("change_offer") };
     let later = db.store.change_account(&row, &change, &op, "test", T0 + 1).await.unwrap();
 
@@ -280,7 +281,13 @@ async fn worker_keeps_pool_and_allocation_tables_true(db: TestDb) {
     let row = db.store.account_by_id(trial).await.unwrap();
     let op = NewOperation { account_id: Some(trial), ..NewOperation::new("change_offer") };
     db.store
-        .change_account(&row, &AccountChange::Update { offer: Some(sla(100)), ip_allow: None }, &op, "test", T0)
+        .change_account(
+            &row,
+            &AccountChange::Update { offer: Some(sla(100)), ip_allow: None, allow_origins: None },
+            &op,
+            "test",
+            T0,
+        )
         .await
         .unwrap();
     drain(&w).await;
@@ -292,7 +299,13 @@ async fn worker_keeps_pool_and_allocation_tables_true(db: TestDb) {
     // sla -> payg: back to the shared pool; the dedicated pool is released.
     let op = NewOperation { account_id: Some(trial), ..NewOperation::new("change_offer") };
     db.store
-        .change_account(&a, &AccountChange::Update { offer: Some(Offer::Payg), ip_allow: None }, &op, "test", T0)
+        .change_account(
+            &a,
+            &AccountChange::Update { offer: Some(Offer::Payg), ip_allow: None, allow_origins: None },
+            &op,
+            "test",
+            T0,
+        )
         .await
         .unwrap();
     drain(&w).await;

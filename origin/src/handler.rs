@@ -40,7 +40,11 @@ pub async fn handle(
 ) -> Result<Response<ResBody>, Infallible> {
     let started = Instant::now();
     let mut res = route(&node, peer, &req).await;
-    headwater_serve::cors(res.headers_mut());
+    // The account's CORS policy (the first path segment names the account).
+    let account = req.uri().path().trim_start_matches('/').split('/').next().unwrap_or_default();
+    let served = node.served();
+    let allowed = served.accounts.get(account).map_or(&[][..], |a| a.allow_origins.as_slice());
+    headwater_serve::cors_for(res.headers_mut(), allowed, req.headers().get(header::ORIGIN));
     res.headers_mut().insert("x-headwater-node", node.id_header.clone());
     node.metrics.latency.observe(started.elapsed().as_secs_f64());
     Ok(res)

@@ -25,6 +25,8 @@ pub struct Account {
     pub ok_requests: prometheus::IntCounter,
     pub bytes: prometheus::IntCounter,
     pub allow: Vec<IpNet>,
+    /// Web origins whose pages may read the content (CORS); empty: any.
+    pub allow_origins: Vec<String>,
     pub active: bool,
 }
 
@@ -115,6 +117,7 @@ impl Node {
                     ok_requests: self.metrics.requests.with_label_values(&[a.name.as_str(), "200"]),
                     bytes: self.metrics.bytes.with_label_values(&[a.name.as_str()]),
                     allow,
+                    allow_origins: a.allow_origins.clone(),
                     active: a.active,
                 },
             );

@@ -71,6 +71,9 @@ pub struct ServedAccount {
     pub cap_mbps: Option<u32>,
     /// Allowed client networks in CIDR notation; empty means everyone.
     pub ip_allow: Vec<String>,
+    /// Web origins whose pages may read the content (CORS); empty means any.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
     /// `false` once deactivated: the node answers 410.
     pub active: bool,
 }
@@ -117,6 +120,9 @@ pub struct Route {
     pub active: bool,
     /// Allowed client networks in CIDR notation; empty means everyone.
     pub ip_allow: Vec<String>,
+    /// Web origins whose pages may read the content (CORS); empty means any.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
     /// The ready nodes of the account's pool.
     pub nodes: Vec<RouteNode>,
 }

@@ -241,12 +241,16 @@ impl Router {
             Some(q) => format!("{path}?{q}"),
             None => path,
         };
-        if req.method() == Method::OPTIONS {
-            // CORS preflight: answered here, whatever the account, as a browser
-            // asks it before the request that gets the real answer.
-            return headwater_serve::preflight().map(full);
-        }
         let table = self.table.get();
+        let allowed = table.accounts.get(&account).map_or(&[][..], |a| a.allow_origins.as_slice());
+        let origin = req.headers().get(header::ORIGIN);
+        if req.method() == Method::OPTIONS {
+            // CORS preflight: answered here, as a browser asks it before the
+            // request that gets the real answer.
+            let mut res = headwater_serve::preflight().map(full);
+            headwater_serve::cors_for(res.headers_mut(), allowed, origin);
+            return res;
+        }
         let known = table.accounts.contains_key(&account);
         let label = if known { account.as_str() } else { UNKNOWN };
         let metrics = self.metrics.account(label);
@@ -254,7 +258,9 @@ impl Router {
         let res = self.route(&table, &metrics, peer, &req, &account, &path_and_query).await;
         metrics.latency.observe(started.elapsed().as_secs_f64());
         self.metrics.requests.with_label_values(&[label, res.status().as_str()]).inc();
-        let (parts, body) = res.into_parts();
+        let (mut parts, body) = res.into_parts();
+        // The account's CORS policy, whatever the node said.
+        headwater_serve::cors_for(&mut parts.headers, allowed, origin);
         let bytes = metrics.bytes.clone();
         let body = body
             .map_frame(move |f| {

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Account {
     pub active: bool,
     pub allow: Vec<IpNet>,
+    /// Web origins whose pages may read the content (CORS); empty: any.
+    pub allow_origins: Vec<String>,
     /// `host:port` of each ready node.
     pub nodes: Vec<String>,
 }
@@ -45,7 +47,15 @@ impl From<RoutingTable> for Table {
             .into_iter()
             .map(|(name, r)| {
                 let allow = r.ip_allow.iter().filter_map(|c| c.parse().ok()).collect();
-                (name, Account { active: r.active, allow, nodes: r.nodes.into_iter().map(|n| n.address).collect() })
+                (
+                    name,
+                    Account {
+                        active: r.active,
+                        allow,
+                        allow_origins: r.allow_origins,
+                        nodes: r.nodes.into_iter().map(|n| n.address).collect(),
+                    },
+                )
             })
             .collect();
         Table { version: t.version, digest: t.digest, accounts }

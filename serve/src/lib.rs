@@ -121,6 +121,27 @@ pub fn cors(h: &mut http::HeaderMap) {
     );
 }
 
+/// CORS for an account that names the origins allowed (`allowed`, empty: any):
+/// the request's `Origin` is echoed when it is one of them (with `Vary: Origin`),
+/// and no `Access-Control-Allow-Origin` is sent otherwise, so browsers on other
+/// pages cannot read the content.
+pub fn cors_for(h: &mut http::HeaderMap, allowed: &[String], origin: Option<&http::HeaderValue>) {
+    use http::header;
+    cors(h);
+    if allowed.is_empty() {
+        return;
+    }
+    h.append(header::VARY, http::HeaderValue::from_static("Origin"));
+    match origin.filter(|o| o.to_str().is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))) {
+        Some(o) => {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
+        }
+        None => {
+            h.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+        }
+    }
+}
+
 /// The answer to a CORS preflight (`OPTIONS`) for `GET`/`HEAD` with ranges and
 /// revalidation, cached by the browser for a day.
 pub fn preflight() -> Response<bytes::Bytes> {

@@ -10,7 +10,7 @@ use super::AppState;
 use super::auth::{Caller, CustomerAuth};
 use super::model::{Account, AccountAccepted, AccountList, CreateAccount, OfferBody, Operation, UpdateAccount};
 use super::problem::{ApiError, ApiJson, Problem};
-use crate::domain::{AccountName, IpAllow, Offer, OriginTypeName};
+use crate::domain::{AccountName, AllowOrigins, IpAllow, Offer, OriginTypeName};
 use crate::store::{AccountChange, AccountRow, NewAccount, NewOperation, OperationFilter, StoreError};
 
 /// Availability is the share of admin's probes that succeeded over this window.
@@ -50,6 +50,7 @@ pub async fn create_account(
     let increment = increment_of(&s, origin_type.as_str(), "origin_type").await?;
     let offer = parse_offer(&body.offer, increment)?;
     let ip_allow = IpAllow::parse(body.ip_allow.as_deref().unwrap_or_default())?;
+    let allow_origins = AllowOrigins::parse(body.allow_origins.as_deref().unwrap_or_default())?.into_strings();
     let account_id = Uuid::now_v7();
     let locator = format!("{}/{}/", s.settings.locator_base.trim_end_matches('/'), name);
     let new = NewAccount {
@@ -58,6 +59,7 @@ pub async fn create_account(
         origin_type: origin_type.as_str().to_owned(),
         offer,
         ip_allow,
+        allow_origins,
         locator,
     };
     let op = NewOperation {
@@ -137,8 +139,8 @@ pub async fn update_account(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<UpdateAccount>,
 ) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
-    if body.offer.is_none() && body.ip_allow.is_none() {
-        return Err(ApiError::invalid("offer", "give an offer, an ip_allow, or both"));
+    if body.offer.is_none() && body.ip_allow.is_none() && body.allow_origins.is_none() {
+        return Err(ApiError::invalid("offer", "give an offer, an ip_allow or allow_origins"));
     }
     let account = find(&s, caller, &name).await?;
     let offer = match &body.offer {
@@ -146,7 +148,9 @@ pub async fn update_account(
         None => None,
     };
     let ip_allow = body.ip_allow.as_deref().map(IpAllow::parse).transpose()?;
-    change(&s, caller, account, AccountChange::Update { offer, ip_allow }).await
+    let allow_origins =
+        body.allow_origins.as_deref().map(AllowOrigins::parse).transpose()?.map(AllowOrigins::into_strings);
+    change(&s, caller, account, AccountChange::Update { offer, ip_allow, allow_origins }).await
 }
 
 /// Stops serving the account; its pool is kept until `retain_until`.

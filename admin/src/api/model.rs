@@ -88,6 +88,9 @@ pub struct CreateAccount {
     pub offer: OfferBody,
     #[serde(default)]
     pub ip_allow: Option<Vec<String>>,
+    /// Web origins whose pages may read the content (CORS); empty or absent: any.
+    #[serde(default)]
+    pub allow_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -97,6 +100,8 @@ pub struct UpdateAccount {
     pub offer: Option<OfferBody>,
     #[serde(default)]
     pub ip_allow: Option<Vec<String>>,
+    #[serde(default)]
+    pub allow_origins: Option<Vec<String>>,
 }
 
 /// The pool serving an account.
@@ -119,6 +124,8 @@ pub struct Account {
     /// The stable URL of the account's content: `{locator}{asset}/{file}`.
     pub locator: String,
     pub ip_allow: Vec<String>,
+    /// Web origins whose pages may read the content (CORS); empty: any.
+    pub allow_origins: Vec<String>,
     pub pool: Option<PoolSummary>,
     /// Share of successful probes over the last window, once nodes are probed.
     pub availability: Option<f64>,
@@ -147,6 +154,7 @@ impl From<AccountRow> for Account {
             state: a.state,
             locator: a.locator,
             ip_allow: a.ip_allow.0,
+            allow_origins: a.allow_origins.0,
             pool,
             availability: None,
             created_at: rfc3339(a.created_at),

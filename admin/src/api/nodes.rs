@@ -71,6 +71,7 @@ pub fn node_config(node_id: Uuid, s: &NodeServing) -> NodeConfig {
                 (false, _) => None,
             },
             ip_allow: a.ip_allow.0.clone(),
+            allow_origins: a.allow_origins.0.clone(),
             active: a.state == "active" || a.state == "provisioning",
         })
         .collect();

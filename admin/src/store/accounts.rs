@@ -12,7 +12,7 @@ use crate::domain::{AccountName, IpAllow, Offer};
 /// The account columns plus a summary of the pool that serves it.
 macro_rules! account_select {
     () => {
-        "SELECT a.id, a.customer_id, a.name, a.origin_type, a.offer, a.sla_mbps, a.state, a.locator, a.ip_allow,
+        "SELECT a.id, a.customer_id, a.name, a.origin_type, a.offer, a.sla_mbps, a.state, a.locator, a.ip_allow, a.allow_origins,
                 a.deactivated_at, a.retain_until, a.created_at, a.updated_at,
                 m.pool_id, p.kind AS pool_kind, p.desired_nodes AS pool_desired_nodes,
                 (SELECT COUNT(*) FROM nodes n WHERE n.pool_id = m.pool_id AND n.state = 'ready') AS pool_ready_nodes
@@ -30,13 +30,14 @@ pub struct NewAccount {
     pub origin_type: String,
     pub offer: Offer,
     pub ip_allow: IpAllow,
+    pub allow_origins: Vec<String>,
     pub locator: String,
 }
 
 /// A change a customer or operator asks of an account.
 #[derive(Debug, Clone)]
 pub enum AccountChange {
-    Update { offer: Option<Offer>, ip_allow: Option<IpAllow> },
+    Update { offer: Option<Offer>, ip_allow: Option<IpAllow>, allow_origins: Option<Vec<String>> },
     Deactivate { retain_until: UnixMs },
     Reactivate,
     Delete,
@@ -87,8 +88,8 @@ impl Store {
             let mut tx = p.begin_write().await?;
             sqlx::query(
                 "INSERT INTO accounts (id, customer_id, name, origin_type, offer, sla_mbps, state, locator, ip_allow,
-                     created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'provisioning', $7, $8, $9, $9)",
+                     created_at, updated_at, allow_origins)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'provisioning', $7, $8, $9, $9, $10)",
             )
             .bind(id)
             .bind(a.customer_id)
@@ -99,6 +100,7 @@ impl Store {
             .bind(&a.locator)
             .bind(Json(a.ip_allow.to_strings()))
             .bind(now)
+            .bind(Json(&a.allow_origins))
             .execute(&mut *tx)
             .await?;
             let who = format!("customer:{}", a.customer_id);
@@ -192,20 +194,22 @@ impl Store {
             let mut tx = p.begin_write().await?;
             // The state guard makes a concurrent change lose cleanly instead of racing.
             let q = match change {
-                AccountChange::Update { offer, ip_allow } => {
+                AccountChange::Update { offer, ip_allow, allow_origins } => {
+                    let origins = allow_origins.clone().unwrap_or_else(|| account.allow_origins.0.clone());
                     let (kind, sla) = match offer {
                         Some(o) => (o.kind().as_str().to_owned(), o.sla_mbps()),
                         None => (account.offer.clone(), account.sla_mbps),
                     };
                     let allow =
                         ip_allow.as_ref().map(IpAllow::to_strings).unwrap_or_else(|| account.ip_allow.0.clone());
-                    sqlx::query("UPDATE accounts SET offer = $2, sla_mbps = $3, ip_allow = $4, updated_at = $5 WHERE id = $1 AND state = $6")
+                    sqlx::query("UPDATE accounts SET offer = $2, sla_mbps = $3, ip_allow = $4, updated_at = $5, allow_origins = $7 WHERE id = $1 AND state = $6")
                         .bind(account.id)
                         .bind(kind)
                         .bind(sla)
                         .bind(Json(allow))
                         .bind(now)
                         .bind(&account.state)
+                        .bind(Json(origins))
                 }
                 AccountChange::Deactivate { retain_until } => sqlx::query(
                     "UPDATE accounts SET state = 'deactivated', deactivated_at = $2, retain_until = $3, updated_at = $2

@@ -165,6 +165,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "staged moves", include_str!("../../../migrations/postgres/0004_staged_moves.sql")),
     (5, "rolling upgrades", include_str!("../../../migrations/postgres/0005_rolling_upgrades.sql")),
     (6, "warm pools", include_str!("../../../migrations/postgres/0006_warm_pools.sql")),
+    (7, "allow origins", include_str!("../../../migrations/postgres/0007_allow_origins.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -173,6 +174,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "staged moves", include_str!("../../../migrations/sqlite/0004_staged_moves.sql")),
     (5, "rolling upgrades", include_str!("../../../migrations/sqlite/0005_rolling_upgrades.sql")),
     (6, "warm pools", include_str!("../../../migrations/sqlite/0006_warm_pools.sql")),
+    (7, "allow origins", include_str!("../../../migrations/sqlite/0007_allow_origins.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

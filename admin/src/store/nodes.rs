@@ -29,6 +29,7 @@ pub struct ServedAccountRow {
     pub offer: String,
     pub state: String,
     pub ip_allow: Json<Vec<String>>,
+    pub allow_origins: Json<Vec<String>>,
 }
 
 /// Everything a node needs to know about its pool.
@@ -191,7 +192,7 @@ impl Store {
         });
         let accounts = on_pool!(self, |p| {
             sqlx::query_as(
-                "SELECT a.name, a.offer, a.state, a.ip_allow FROM accounts a
+                "SELECT a.name, a.offer, a.state, a.ip_allow, a.allow_origins FROM accounts a
                  LEFT JOIN account_pool_mappings m ON m.account_id = a.id
                  WHERE (m.pool_id = $1 OR a.staged_pool_id = $1 OR (m.previous_pool_id = $1 AND m.moved_at > $2))
                    AND a.state <> 'deleted'
@@ -600,6 +601,7 @@ pub struct RouteRow {
     pub name: String,
     pub state: String,
     pub ip_allow: Json<Vec<String>>,
+    pub allow_origins: Json<Vec<String>>,
     pub node_id: Option<Uuid>,
     pub address: Option<String>,
 }
@@ -609,7 +611,7 @@ impl Store {
     pub async fn routes(&self) -> Result<Vec<RouteRow>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
-                "SELECT a.name, a.state, a.ip_allow, n.id AS node_id, n.address
+                "SELECT a.name, a.state, a.ip_allow, a.allow_origins, n.id AS node_id, n.address
                  FROM accounts a
                  LEFT JOIN account_pool_mappings m ON m.account_id = a.id
                  LEFT JOIN nodes n ON n.pool_id = m.pool_id AND n.state = 'ready' AND n.address IS NOT NULL

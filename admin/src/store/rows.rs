@@ -60,6 +60,7 @@ pub struct AccountRow {
     pub state: String,
     pub locator: String,
     pub ip_allow: Json<Vec<String>>,
+    pub allow_origins: Json<Vec<String>>,
     pub deactivated_at: Option<UnixMs>,
     pub retain_until: Option<UnixMs>,
     pub created_at: UnixMs,
