@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::routing::{get, post};
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{BIN, NodeCleanup, start, value};
+use support::{NodeCleanup, value};
 use tokio::process::Command;
 
 const PAGE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
@@ -49,14 +49,7 @@ async fn hls_js_in_chromium_plays_the_demo_locator() {
         .expect("chromium is installed (scripts/test installs Debian's chromium)");
     let data = tempfile::tempdir().unwrap();
     let _cleanup = NodeCleanup(data.path().to_path_buf());
-    let (_up, lines) = start(
-        Command::new(BIN)
-            .args(["up", "--demo", "--listen", "127.0.0.1:0", "--router-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data.path()),
-        "ready",
-    )
-    .await;
+    let (_up, lines) = support::up_demo(data.path()).await;
     let locator = value(&lines, "demo locator: ").to_owned();
 
     // The router answers a browser's CORS preflight for a range request itself.

@@ -19,14 +19,7 @@ async fn up_demo_serves_the_demo_and_survives_a_killed_node() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let data = tempfile::tempdir().unwrap();
     let _cleanup = NodeCleanup(data.path().to_path_buf());
-    let (mut up, lines) = start(
-        Command::new(BIN)
-            .args(["up", "--demo", "--listen", "127.0.0.1:0", "--router-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data.path()),
-        "ready",
-    )
-    .await;
+    let (mut up, lines) = support::up_demo(data.path()).await;
     let router = value(&lines, "headwater router listening on ").to_owned();
     let admin = value(&lines, "headwater admin listening on ").to_owned();
     assert!(lines.iter().any(|l| l.starts_with("demo API key: hw_")), "{lines:?}");

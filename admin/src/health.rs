@@ -23,13 +23,8 @@ pub struct Prober {
 
 impl Prober {
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut every = crate::every::Every::new(self.interval, &shutdown);
+        while every.next().await {
             if let Err(e) = self.probe_all().await {
                 tracing::warn!(error = %e, "probing nodes");
             }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod bus;
 pub mod clock;
 pub mod domain;
+pub mod every;
 pub mod health;
 pub mod heartbeats;
 pub mod keys;

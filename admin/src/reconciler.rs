@@ -219,13 +219,8 @@ impl Reconciler {
         if let Err(e) = self.adopt().await {
             tracing::error!(error = %e, "adopting nodes");
         }
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut every = crate::every::Every::new(self.interval, &shutdown);
+        while every.next().await {
             if let Err(e) = self.reconcile_once().await {
                 tracing::warn!(error = %e, "reconcile");
             }

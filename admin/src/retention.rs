@@ -61,13 +61,8 @@ impl Collector {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut every = crate::every::Every::new(self.every, &shutdown);
+        while every.next().await {
             if let Err(e) = self.sweep().await {
                 tracing::warn!(error = %e, "collector");
             }

@@ -91,14 +91,9 @@ impl Routing {
     /// routers on Redis) and publishes it whenever its content changes, until
     /// `shutdown`; then ends every stream.
     pub async fn publish(self: Arc<Self>, store: Store, bus: Bus, every: Duration, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = String::new();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
+        let mut tick = crate::every::Every::new(every, &shutdown);
+        while tick.next().await {
             if !bus.is_shared() && self.latest.receiver_count() == 0 {
                 last.clear();
                 continue;

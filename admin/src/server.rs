@@ -265,12 +265,9 @@ impl Admin {
         let sweeper = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(60));
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tick.tick() => limits.retain_recent(),
-                    }
+                let mut every = crate::every::Every::new(Duration::from_secs(60), &shutdown);
+                while every.next().await {
+                    limits.retain_recent();
                 }
             })
         };

@@ -150,13 +150,8 @@ impl Keeper {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut every = crate::every::Every::new(self.every, &shutdown);
+        while every.next().await {
             if let Err(e) = self.keep().await {
                 tracing::warn!(error = %e, "warm keeper");
             }

@@ -19,7 +19,7 @@ use hyper::body::{Frame, Incoming};
 use prometheus::{Encoder, IntCounter};
 
 use crate::files::{Body, Reply};
-use crate::node::Node;
+use crate::node::{Node, Served};
 use crate::shaper::CHUNK;
 
 pub type ResBody = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -39,10 +39,11 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
     let started = Instant::now();
-    let mut res = route(&node, peer, &req).await;
+    // One look at the configuration for the whole request.
+    let served = node.served();
+    let mut res = route(&node, &served, peer, &req).await;
     // The account's CORS policy (the first path segment names the account).
     let account = req.uri().path().trim_start_matches('/').split('/').next().unwrap_or_default();
-    let served = node.served();
     let allowed = served.accounts.get(account).map_or(&[][..], |a| a.allow_origins.as_slice());
     headwater_serve::cors_for(res.headers_mut(), allowed, req.headers().get(header::ORIGIN));
     res.headers_mut().insert("x-headwater-node", node.id_header.clone());
@@ -50,7 +51,7 @@ pub async fn handle(
     Ok(res)
 }
 
-async fn route(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> Response<ResBody> {
+async fn route(node: &Arc<Node>, served: &Served, peer: SocketAddr, req: &Request<Incoming>) -> Response<ResBody> {
     let path = req.uri().path();
     match path {
         "/healthz" => return Response::new(full("ok\n")),
@@ -84,7 +85,6 @@ async fn route(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> R
     if content.as_str().split('/').count() < 3 {
         return problem(StatusCode::NOT_FOUND, "not-found", "no such file");
     }
-    let served = node.served();
     let (account, counted, ok_counter, bytes_counter) = if content.first() == PROBE_PREFIX {
         (node.probe_account.clone(), false, &node.probe_ok_requests, &node.probe_bytes)
     } else {

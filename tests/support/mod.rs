@@ -580,3 +580,15 @@ pub async fn wait_status(http: &reqwest::Client, url: &str, status: StatusCode, 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `headwater up --demo` on random ports in `data`, started; its lines up to "ready".
+pub async fn up_demo(data: &std::path::Path) -> (Child, Vec<String>) {
+    start(
+        Command::new(BIN)
+            .args(["up", "--demo", "--listen", "127.0.0.1:0", "--router-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data),
+        "ready",
+    )
+    .await
+}
