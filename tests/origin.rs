@@ -119,6 +119,10 @@ async fn serves_vod_with_http_semantics() {
     let res = h2.get(url("hls/360p/index.m3u8")).send().await.unwrap();
     assert_eq!(res.version(), reqwest::Version::HTTP_2);
     assert_eq!(res.bytes().await.unwrap(), std::fs::read(format!("{DEMO}/hls/360p/index.m3u8")).unwrap());
+    // A segment over HTTP/2 is read from the open file in pieces (no sendfile there).
+    let res = h2.get(url("hls/720p/seg_001.ts")).header(header::RANGE, "bytes=1-").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(res.bytes().await.unwrap() == std::fs::read(format!("{DEMO}/hls/720p/seg_001.ts")).unwrap()[1..]);
 
     // A deactivated account answers 410 once the node has its new configuration.
     admin.call(Method::POST, "/v1/accounts/ana-vod/deactivate", Some(&key), None, StatusCode::ACCEPTED).await;
@@ -130,6 +134,103 @@ async fn serves_vod_with_http_semantics() {
         }
         assert!(Instant::now() < deadline, "still {s} after deactivation");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads until the server closes, then splits what came into responses:
+/// (status, headers, body), bodies delimited by Content-Length (none for HEAD).
+async fn exchange(origin: &Origin, requests: &str, heads: &[bool]) -> Vec<(u16, Vec<(String, String)>, Vec<u8>)> {
+    let addr = origin.url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(requests.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw)).await.expect("the node closes").unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < raw.len() {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut res = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(n) = res.parse(&raw[at..]).unwrap() else { panic!("partial response") };
+        let headers: Vec<(String, String)> = res
+            .headers
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8(h.value.to_vec()).unwrap()))
+            .collect();
+        let length: usize = headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
+        let length = if heads.get(out.len()).copied().unwrap_or(false) { 0 } else { length };
+        out.push((res.code.unwrap(), headers, raw[at + n..at + n + length].to_vec()));
+        at += n + length;
+    }
+    out
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_on_the_wire() {
+    let (_admin, _key, origin) = serving(json!({"kind": "payg"}), 1000, json!({})).await;
+    let seg = std::fs::read(format!("{DEMO}/hls/720p/seg_001.ts")).unwrap();
+    let playlist = std::fs::read(format!("{DEMO}/hls/master.m3u8")).unwrap();
+
+    // Pipelined in one write: a segment (sent from the file), a HEAD, a range, a
+    // GET carrying a small body (read and dropped), a playlist asking to close.
+    let p = "/ana-vod/demo/hls";
+    let requests = format!(
+        "GET {p}/720p/seg_001.ts HTTP/1.1\r\nHost: x\r\n\r\n\
+         HEAD {p}/720p/seg_001.ts HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET {p}/720p/seg_001.ts?session=1 HTTP/1.1\r\nHost: x\r\nRange: bytes=100000-100099\r\n\r\n\
+         GET {p}/master.m3u8 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+         GET {p}/master.m3u8 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let got = exchange(&origin, &requests, &[false, true]).await;
+    assert_eq!(got.len(), 5, "{:?}", got.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert_eq!((got[0].0, got[0].2.len()), (200, seg.len()));
+    assert!(got[0].2 == seg, "the segment's bytes differ");
+    assert_eq!(header(&got[0].1, "content-type"), Some("video/mp2t"));
+    assert!(header(&got[0].1, "date").is_some() && header(&got[0].1, "etag").is_some());
+    assert_eq!(header(&got[0].1, "connection"), None, "HTTP/1.1 keeps the connection");
+    assert_eq!(got[1].0, 200);
+    assert_eq!(header(&got[1].1, "content-length"), Some(seg.len().to_string().as_str()));
+    assert!(got[1].2.is_empty());
+    assert_eq!(got[2].0, 206);
+    assert_eq!(header(&got[2].1, "content-range"), Some(format!("bytes 100000-100099/{}", seg.len()).as_str()));
+    assert!(got[2].2 == seg[100_000..100_100]);
+    assert_eq!((got[3].0, &got[3].2), (200, &playlist));
+    assert_eq!((got[4].0, &got[4].2), (200, &playlist));
+    assert_eq!(header(&got[4].1, "connection"), Some("close"));
+
+    // HTTP/1.0 closes after one answer unless asked to keep the connection.
+    let got =
+        exchange(&origin, &format!("GET {p}/master.m3u8 HTTP/1.0\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n"), &[]).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].0, &got[0].2), (200, &playlist));
+    let got = exchange(
+        &origin,
+        &format!("GET {p}/master.m3u8 HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n"),
+        &[],
+    )
+    .await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(header(&got[0].1, "connection"), Some("keep-alive"));
+    assert_eq!((got[1].0, got[1].2.as_slice()), (200, &b"ok\n"[..]));
+
+    // Malformed, chunked and oversized requests: a problem, then the connection closes.
+    let long = "x".repeat(20_000);
+    for (request, status) in [
+        ("GET /a b c\r\n\r\n".to_owned(), 400),
+        (format!("GET {p}/master.m3u8 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 400),
+        (format!("GET {p}/master.m3u8 HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n"), 413),
+        (format!("GET {p}/master.m3u8 HTTP/1.1\r\nX-Long: {long}\r\n\r\n"), 431),
+    ] {
+        let got = exchange(&origin, &request, &[]).await;
+        assert_eq!(got.len(), 1, "{status}");
+        assert_eq!(got[0].0, status);
+        assert_eq!(header(&got[0].1, "content-type"), Some("application/problem+json"));
+        let problem: serde_json::Value = serde_json::from_slice(&got[0].2).unwrap();
+        assert_eq!(problem["status"], status);
+        assert_eq!(header(&got[0].1, "connection"), Some("close"));
     }
 }
 

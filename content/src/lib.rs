@@ -36,6 +36,8 @@ pub enum ContentError {
     },
     #[error("upload body: {0}")]
     Body(String),
+    #[error("reading a file: {0}")]
+    Io(#[source] std::io::Error),
 }
 
 impl From<object_store::Error> for ContentError {
@@ -71,7 +73,18 @@ pub struct AssetSummary {
 #[derive(Clone)]
 pub struct ContentStore {
     store: Arc<dyn ObjectStore>,
+    /// The same store when it is a local directory: files can then be opened and
+    /// sent by the kernel (`sendfile`) instead of read into memory.
+    local: Option<Arc<LocalFileSystem>>,
     description: String,
+}
+
+/// A file of the local store, open: its bytes stay those of `meta` even when a
+/// re-upload replaces the file meanwhile (the upload renames a new file into place).
+#[derive(Debug)]
+pub struct OpenFile {
+    pub file: std::fs::File,
+    pub meta: Meta,
 }
 
 impl std::fmt::Debug for ContentStore {
@@ -94,15 +107,15 @@ impl ContentStore {
                 "" => Arc::new(s3),
                 p => Arc::new(PrefixStore::new(s3, p)),
             };
-            return Ok(Self { store, description: url.to_owned() });
+            return Ok(Self { store, local: None, description: url.to_owned() });
         }
         let dir = url.strip_prefix("file://").unwrap_or(url);
         if dir.is_empty() || dir.contains("://") {
             return Err(ContentError::Url(url.to_owned()));
         }
         std::fs::create_dir_all(dir).map_err(|source| ContentError::Dir { path: dir.to_owned(), source })?;
-        let local = LocalFileSystem::new_with_prefix(dir)?;
-        Ok(Self { store: Arc::new(local), description: format!("file://{dir}") })
+        let local = Arc::new(LocalFileSystem::new_with_prefix(dir)?);
+        Ok(Self { store: local.clone(), local: Some(local), description: format!("file://{dir}") })
     }
 
     fn key(path: &ContentPath) -> object_store::path::Path {
@@ -118,6 +131,28 @@ impl ContentStore {
             None => format!("\"{:x}-{:x}\"", m.last_modified.timestamp_nanos_opt().unwrap_or_default(), m.size),
         };
         Ok(Meta { size: m.size, last_modified, etag })
+    }
+
+    /// Opens `path` when the store is a local directory (`None` for object stores),
+    /// with the same metadata (and ETag) [`ContentStore::head`] gives.
+    pub async fn open_file(&self, path: &ContentPath) -> Result<Option<OpenFile>> {
+        let Some(local) = &self.local else { return Ok(None) };
+        let fs_path = local.path_to_filesystem(&Self::key(path))?;
+        let opened = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&fs_path)?;
+            let md = file.metadata()?;
+            if !md.is_file() {
+                return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+            }
+            Ok((file, md))
+        })
+        .await
+        .map_err(|e| ContentError::Io(std::io::Error::other(e)))?;
+        match opened {
+            Ok((file, md)) => Ok(Some(OpenFile { file, meta: local_meta(&md) })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ContentError::NotFound),
+            Err(e) => Err(ContentError::Io(e)),
+        }
     }
 
     /// The bytes of `range` (or all), as a stream of chunks.
@@ -214,6 +249,52 @@ impl ContentStore {
     }
 }
 
+/// Metadata of a local file as `object_store`'s local backend reports it (ETag
+/// `"{inode}-{mtime µs}-{size}"` in hex), so opened and listed files agree.
+fn local_meta(md: &std::fs::Metadata) -> Meta {
+    use std::os::unix::fs::MetadataExt;
+    let mtime = md.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
+    Meta {
+        size: md.len(),
+        last_modified: i64::try_from(mtime.as_secs()).unwrap_or(i64::MAX),
+        etag: format!("\"{:x}-{:x}-{:x}\"", md.ino(), mtime.as_micros(), md.len()),
+    }
+}
+
 fn headwater_probe_prefix() -> &'static str {
     "_probe"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_opened_file_has_the_metadata_the_store_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path().to_str().unwrap()).unwrap();
+        let path = ContentPath::parse("acct/my video/seg 1.ts").unwrap();
+        store.write(&path, Bytes::from_static(b"0123456789")).await.unwrap();
+        let opened = store.open_file(&path).await.unwrap().expect("a local store opens files");
+        assert_eq!(opened.meta, store.head(&path).await.unwrap());
+        assert_eq!(opened.meta.size, 10);
+        let mut read = String::new();
+        std::io::Read::read_to_string(&mut &opened.file, &mut read).unwrap();
+        assert_eq!(read, "0123456789");
+
+        // A re-upload is a new file: the open one keeps its bytes, the ETag changes.
+        store.write(&path, Bytes::from_static(b"new")).await.unwrap();
+        let again = store.open_file(&path).await.unwrap().unwrap();
+        assert_ne!(again.meta.etag, opened.meta.etag);
+        assert_eq!(again.meta, store.head(&path).await.unwrap());
+        let mut old = Vec::new();
+        std::io::Read::read_to_end(&mut &opened.file, &mut old).unwrap();
+        assert!(old.is_empty(), "read to its end already");
+        assert_eq!(std::os::unix::fs::FileExt::read_at(&opened.file, &mut [0u8; 10], 0).unwrap(), 10);
+
+        let missing = ContentPath::parse("acct/vod/nope.ts").unwrap();
+        assert!(matches!(store.open_file(&missing).await, Err(ContentError::NotFound)));
+        let dir_path = ContentPath::parse("acct/my video").unwrap();
+        assert!(matches!(store.open_file(&dir_path).await, Err(ContentError::NotFound)));
+    }
 }

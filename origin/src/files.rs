@@ -23,15 +23,17 @@ struct Entry {
 }
 
 /// A file as found: its metadata, the headers every answer about it carries
-/// (made once, not per request), and its bytes when small enough to keep.
+/// (made once, not per request), and its bytes when small enough to keep in
+/// memory, or (local store) the open file the kernel sends from.
 struct Found {
     meta: Meta,
     headers: HeaderMap,
     bytes: Option<Bytes>,
+    file: Option<Arc<std::fs::File>>,
 }
 
 impl Found {
-    fn new(path: &ContentPath, meta: Meta, bytes: Option<Bytes>) -> Self {
+    fn new(path: &ContentPath, meta: Meta, bytes: Option<Bytes>, file: Option<Arc<std::fs::File>>) -> Self {
         let mut headers = HeaderMap::with_capacity(8);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(headwater_content::content_type(path.as_str())));
         if let Ok(v) = HeaderValue::from_str(&meta.etag) {
@@ -42,16 +44,26 @@ impl Found {
         }
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control(path.as_str())));
-        Self { meta, headers, bytes }
+        Self { meta, headers, bytes, file }
     }
 }
+
+/// Local files up to this size are kept in memory (playlists, init segments):
+/// one write sends headers and body. Larger ones are kept open and sent by the
+/// kernel from the page cache (`sendfile`), like nginx does.
+const IN_MEMORY_MAX: u64 = 64 * 1024;
+
+/// What an open file counts against the cache's size: bounds the open files
+/// (16,384 for the default 256 MiB).
+const OPEN_FILE_WEIGHT: u64 = 16 * 1024;
 
 #[derive(Clone)]
 struct BySize;
 
 impl Weighter<ContentPath, Entry> for BySize {
     fn weight(&self, _: &ContentPath, e: &Entry) -> u64 {
-        e.found.bytes.as_ref().map_or(0, Bytes::len) as u64 + 512
+        let held = if e.found.file.is_some() { OPEN_FILE_WEIGHT } else { 0 };
+        e.found.bytes.as_ref().map_or(0, Bytes::len) as u64 + held + 512
     }
 }
 
@@ -69,10 +81,47 @@ pub struct Files {
     misses: Arc<AtomicU64>,
 }
 
-/// What to send: a body source and its length.
+/// What to send.
 pub enum Body {
     Cached(Bytes),
+    /// `len` bytes of an open local file from `offset`.
+    File {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: u64,
+    },
     Stream(BoxStream<'static, Result<Bytes, ContentError>>),
+}
+
+impl Body {
+    /// The body as a stream of chunks, for connections that cannot take a file
+    /// (HTTP/2): a file is read in pieces off the runtime's threads.
+    pub fn into_stream(self) -> BoxStream<'static, Result<Bytes, ContentError>> {
+        const PIECE: u64 = 256 * 1024;
+        match self {
+            Body::Cached(b) => stream::iter([Ok(b)]).boxed(),
+            Body::Stream(s) => s,
+            Body::File { file, offset, len } => stream::try_unfold(offset..offset + len, move |left| {
+                let file = file.clone();
+                async move {
+                    if left.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = (left.end - left.start).min(PIECE);
+                    let at = left.start;
+                    let piece = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0; usize::try_from(n).unwrap_or(0)];
+                        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, at).map(|()| Bytes::from(buf))
+                    })
+                    .await
+                    .map_err(|e| ContentError::Io(std::io::Error::other(e)))?
+                    .map_err(ContentError::Io)?;
+                    Ok(Some((piece, at + n..left.end)))
+                }
+            })
+            .boxed(),
+        }
+    }
 }
 
 /// A response decided from the request and the file.
@@ -134,12 +183,23 @@ impl Files {
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let meta = self.store.head(path).await?;
-        if meta.size > self.max_item {
-            return Ok(Arc::new(Found::new(path, meta, None)));
-        }
-        let bytes = self.store.read_all(path).await?;
-        let found = Arc::new(Found::new(path, meta, Some(bytes)));
+        let found = if let Some(open) = self.store.open_file(path).await? {
+            let file = Arc::new(open.file);
+            if open.meta.size <= IN_MEMORY_MAX.min(self.max_item) {
+                let bytes = Body::File { file, offset: 0, len: open.meta.size }.into_stream().next().await;
+                let bytes = bytes.transpose()?.unwrap_or_default();
+                Arc::new(Found::new(path, open.meta, Some(bytes), None))
+            } else {
+                Arc::new(Found::new(path, open.meta, None, Some(file)))
+            }
+        } else {
+            let meta = self.store.head(path).await?;
+            if meta.size > self.max_item {
+                return Ok(Arc::new(Found::new(path, meta, None, None)));
+            }
+            let bytes = self.store.read_all(path).await?;
+            Arc::new(Found::new(path, meta, Some(bytes), None))
+        };
         self.cache.insert(path.clone(), Entry { found: found.clone(), checked: now });
         Ok(found)
     }
@@ -178,12 +238,13 @@ impl Files {
         if head {
             return Ok(Reply { status, headers, body: None });
         }
-        let body = match &found.bytes {
-            Some(b) => {
+        let body = match (&found.bytes, &found.file) {
+            (Some(b), _) => {
                 Body::Cached(b.slice(usize::try_from(span.start).unwrap_or(0)..usize::try_from(span.end).unwrap_or(0)))
             }
-            None if length == 0 => Body::Stream(stream::empty().boxed()),
-            None => Body::Stream(self.store.read(path, Some(span)).await?),
+            (None, _) if length == 0 => Body::Cached(Bytes::new()),
+            (None, Some(file)) => Body::File { file: file.clone(), offset: span.start, len: length },
+            (None, None) => Body::Stream(self.store.read(path, Some(span)).await?),
         };
         Ok(Reply { status, headers, body: Some(body) })
     }

@@ -1,5 +1,7 @@
 //! One request to the node: health and metrics, test content under `/_probe/`, and
-//! account content under `/{account}/{asset}/{file}`, shaped and counted.
+//! account content under `/{account}/{asset}/{file}`, shaped and counted. The
+//! answer is the same for both protocols; [`crate::h1`] sends it over HTTP/1.1
+//! (files by `sendfile`), [`handle`] hands it to hyper for HTTP/2.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use headwater_content::{ContentError, ContentPath};
 use headwater_protocol::PROBE_PREFIX;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -24,41 +26,71 @@ use crate::shaper::CHUNK;
 
 pub type ResBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
-fn full(b: impl Into<Bytes>) -> ResBody {
-    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+/// What an answer carries.
+pub enum Payload {
+    /// A small body in memory: health, metrics, problems; empty for HEAD, 304, 416.
+    Full(Bytes),
+    /// Content, sent as the shaper allows and counted as it goes.
+    Content(Sent, Body),
+}
+
+fn full(b: impl Into<Bytes>) -> Response<Payload> {
+    Response::new(Payload::Full(b.into()))
 }
 
 /// A small problem+json answer, like the rest of the platform's errors.
-fn problem(status: StatusCode, kind: &str, detail: &str) -> Response<ResBody> {
-    headwater_serve::problem(status, kind, detail).map(full)
+fn problem(status: StatusCode, kind: &str, detail: &str) -> Response<Payload> {
+    headwater_serve::problem(status, kind, detail).map(Payload::Full)
 }
 
+/// An HTTP/2 request, answered through hyper.
 pub async fn handle(
     node: Arc<Node>,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
+    let res = answer(&node, peer, req.method(), req.uri().path(), req.headers()).await;
+    Ok(res.map(|payload| match payload {
+        Payload::Full(b) => Full::new(b).map_err(|never| match never {}).boxed_unsync(),
+        Payload::Content(sent, body) => shaped(sent, body),
+    }))
+}
+
+/// The answer to a request, whichever protocol carried it.
+pub async fn answer(
+    node: &Arc<Node>,
+    peer: SocketAddr,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Response<Payload> {
     let started = Instant::now();
     // One look at the configuration for the whole request.
     let served = node.served();
-    let mut res = route(&node, &served, peer, &req).await;
+    let mut res = route(node, &served, peer, method, path, headers).await;
     // The account's CORS policy (the first path segment names the account).
-    let account = req.uri().path().trim_start_matches('/').split('/').next().unwrap_or_default();
+    let account = path.trim_start_matches('/').split('/').next().unwrap_or_default();
     let allowed = served.accounts.get(account).map_or(&[][..], |a| a.allow_origins.as_slice());
-    headwater_serve::cors_for(res.headers_mut(), allowed, req.headers().get(header::ORIGIN));
+    headwater_serve::cors_for(res.headers_mut(), allowed, headers.get(header::ORIGIN));
     res.headers_mut().insert("x-headwater-node", node.id_header.clone());
     node.metrics.latency.observe(started.elapsed().as_secs_f64());
-    Ok(res)
+    res
 }
 
-async fn route(node: &Arc<Node>, served: &Served, peer: SocketAddr, req: &Request<Incoming>) -> Response<ResBody> {
-    let path = req.uri().path();
+async fn route(
+    node: &Arc<Node>,
+    served: &Served,
+    peer: SocketAddr,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Response<Payload> {
     match path {
-        "/healthz" => return Response::new(full("ok\n")),
+        "/healthz" => return full("ok\n"),
         "/readyz" => {
             // Configured, heard by admin, not draining, and the content store answers.
             let ready = node.is_ready() && node.files.store().ping().await.is_ok();
-            let mut res = Response::new(full(if ready { "ready\n" } else { "not ready\n" }));
+            let mut res = full(if ready { "ready\n" } else { "not ready\n" });
             if !ready {
                 *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             }
@@ -67,12 +99,12 @@ async fn route(node: &Arc<Node>, served: &Served, peer: SocketAddr, req: &Reques
         "/metrics" => return metrics(node),
         _ => {}
     }
-    if req.method() == Method::OPTIONS {
+    if method == Method::OPTIONS {
         // CORS preflight for players on other origins asking for ranges.
-        return headwater_serve::preflight().map(full);
+        return headwater_serve::preflight().map(Payload::Full);
     }
-    let head = req.method() == Method::HEAD;
-    if req.method() != Method::GET && !head {
+    let head = method == Method::HEAD;
+    if method != Method::GET && !head {
         let mut res = problem(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "only GET and HEAD");
         res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
         return res;
@@ -98,7 +130,7 @@ async fn route(node: &Arc<Node>, served: &Served, peer: SocketAddr, req: &Reques
         if !a.active {
             return count(node, &a.name, problem(StatusCode::GONE, "gone", "the account is deactivated"));
         }
-        let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
         if !a.allows(node.client_ip(peer.ip(), forwarded)) {
             return count(
                 node,
@@ -108,7 +140,7 @@ async fn route(node: &Arc<Node>, served: &Served, peer: SocketAddr, req: &Reques
         }
         (a.name.clone(), true, &a.ok_requests, &a.bytes)
     };
-    let reply = match node.files.reply(&content, req.headers(), head).await {
+    let reply = match node.files.reply(&content, headers, head).await {
         Ok(r) => r,
         Err(ContentError::NotFound) => {
             return count(node, &account, problem(StatusCode::NOT_FOUND, "not-found", "no such file"));
@@ -131,7 +163,7 @@ async fn route(node: &Arc<Node>, served: &Served, peer: SocketAddr, req: &Reques
     }
 }
 
-fn count(node: &Node, account: &str, res: Response<ResBody>) -> Response<ResBody> {
+fn count(node: &Node, account: &str, res: Response<Payload>) -> Response<Payload> {
     node.metrics.requests.with_label_values(&[account, res.status().as_str()]).inc();
     res
 }
@@ -140,11 +172,11 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-fn respond(node: &Arc<Node>, account: Arc<str>, counted: bool, bytes: IntCounter, reply: Reply) -> Response<ResBody> {
+fn respond(node: &Arc<Node>, account: Arc<str>, counted: bool, bytes: IntCounter, reply: Reply) -> Response<Payload> {
     let Reply { status, headers, body } = reply;
     let body = match body {
-        None => full(Bytes::new()),
-        Some(b) => shaped(Sent::new(node.clone(), account, counted, bytes), b),
+        None => Payload::Full(Bytes::new()),
+        Some(b) => Payload::Content(Sent::new(node.clone(), account, counted, bytes), b),
     };
     let mut res = Response::new(body);
     *res.status_mut() = status;
@@ -152,14 +184,9 @@ fn respond(node: &Arc<Node>, account: Arc<str>, counted: bool, bytes: IntCounter
     res
 }
 
-/// Sends a body in chunks of at most [`CHUNK`], each only once the shaper grants
-/// it. The hot path per chunk is one shaper grant and one atomic add; usage and
-/// per-account metrics are recorded once, when the response ends.
+/// A body for hyper, in pieces the shaper grants (see [`Sent::grant`]).
 fn shaped(sent: Sent, body: Body) -> ResBody {
-    let source: BoxStream<'static, Result<Bytes, ContentError>> = match body {
-        Body::Cached(b) => stream::iter([Ok(b)]).boxed(),
-        Body::Stream(s) => s,
-    };
+    let source = body.into_stream();
     struct St {
         sent: Sent,
         source: BoxStream<'static, Result<Bytes, ContentError>>,
@@ -181,20 +208,9 @@ fn shaped(sent: Sent, body: Body) -> ResBody {
                 None => return None,
             }
         }
-        let node = &st.sent.node;
-        // All that is buffered in one grant when the tokens are there (no one
-        // waits); otherwise chunk by chunk, so waiting accounts interleave.
-        let piece = if node.shaper.try_acquire(&st.sent.account, st.buf.len()) {
-            std::mem::take(&mut st.buf)
-        } else {
-            let piece = st.buf.split_to(st.buf.len().min(CHUNK));
-            let waited = Instant::now();
-            node.shaper.acquire(&st.sent.account, piece.len()).await;
-            node.metrics.throttled_seconds.inc_by(waited.elapsed().as_secs_f64());
-            piece
-        };
-        node.egress_bytes.fetch_add(piece.len() as u64, Ordering::Relaxed);
-        st.sent.bytes += piece.len() as u64;
+        let granted = st.sent.grant(st.buf.len()).await;
+        let piece = st.buf.split_to(granted);
+        st.sent.record(piece.len());
         Some((Ok(Frame::data(piece)), st))
     });
     StreamBody::new(frames).boxed_unsync()
@@ -202,7 +218,7 @@ fn shaped(sent: Sent, body: Body) -> ResBody {
 
 /// A response being sent: counted in flight until its body is dropped, when its
 /// bytes go to the account's usage and metrics.
-struct Sent {
+pub struct Sent {
     node: Arc<Node>,
     account: Arc<str>,
     /// Account content (test content is never counted as usage).
@@ -218,6 +234,28 @@ impl Sent {
         node.metrics.in_flight.inc();
         Self { node, account, counted, bytes: 0, counter }
     }
+
+    /// Waits until the shaper lets bytes of a `want`-byte piece go and says how
+    /// many: all of them in one grant when the tokens are there and nobody waits,
+    /// otherwise one [`CHUNK`], so waiting accounts interleave. The hot path is one
+    /// shaper grant; usage and per-account metrics are recorded once, at the end.
+    pub async fn grant(&self, want: usize) -> usize {
+        let node = &self.node;
+        if node.shaper.try_acquire(&self.account, want) {
+            return want;
+        }
+        let n = want.min(CHUNK);
+        let waited = Instant::now();
+        node.shaper.acquire(&self.account, n).await;
+        node.metrics.throttled_seconds.inc_by(waited.elapsed().as_secs_f64());
+        n
+    }
+
+    /// Counts `n` bytes handed to the connection.
+    pub fn record(&mut self, n: usize) {
+        self.node.egress_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.bytes += n as u64;
+    }
 }
 
 impl Drop for Sent {
@@ -231,7 +269,7 @@ impl Drop for Sent {
     }
 }
 
-fn metrics(node: &Node) -> Response<ResBody> {
+fn metrics(node: &Node) -> Response<Payload> {
     let stats = node.files.stats();
     let m = &node.metrics;
     m.cache_hits.inc_by(stats.hits.saturating_sub(m.cache_hits.get()));
@@ -241,7 +279,7 @@ fn metrics(node: &Node) -> Response<ResBody> {
     if prometheus::TextEncoder::new().encode(&m.registry.gather(), &mut buf).is_err() {
         return problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "metrics encoding failed");
     }
-    let mut res = Response::new(full(buf));
+    let mut res = full(buf);
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     res
 }

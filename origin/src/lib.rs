@@ -3,10 +3,12 @@
 //! and usage to admin, and drains gracefully. See DESIGN.md §2 (`origin/`).
 
 mod files;
+mod h1;
 mod handler;
 mod metrics;
 mod node;
 mod report;
+mod server;
 pub mod shaper;
 
 use std::net::SocketAddr;
@@ -108,22 +110,7 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
         stop_reports.clone(),
     ));
     let serve_cfg = ServeConfig { drain_timeout: Duration::from_secs(cfg.drain_secs), ..ServeConfig::default() };
-    let serving = {
-        let node = node.clone();
-        let drain = drain.clone();
-        tokio::spawn(async move {
-            headwater_serve::run(
-                listener,
-                move |peer| {
-                    let node = node.clone();
-                    tower::service_fn(move |req| handler::handle(node.clone(), peer, req))
-                },
-                drain,
-                serve_cfg,
-            )
-            .await
-        })
-    };
+    let serving = tokio::spawn(server::serve(listener, node.clone(), drain.clone(), serve_cfg));
     drain.cancelled().await;
     node.draining.store(true, Ordering::Relaxed);
     tracing::info!("draining");

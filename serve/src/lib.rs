@@ -1,7 +1,8 @@
-//! Serving HTTP for every Headwater server (admin, router, origin): HTTP/1.1 and
-//! h2c on one listener, keep-alive, a header-read timeout so slow clients cannot
-//! hold connections, and a graceful drain: on shutdown the listener closes, in-flight
-//! requests finish (up to a deadline), then `run` returns.
+//! Serving HTTP for admin and the router: HTTP/1.1 and h2c on one listener,
+//! keep-alive, a header-read timeout so slow clients cannot hold connections, and a
+//! graceful drain: on shutdown the listener closes, in-flight requests finish (up to
+//! a deadline), then `run` returns. Origin nodes serve HTTP/1.1 themselves, to send
+//! files by `sendfile`, and share this crate's timeouts, CORS and problem answers.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,0 +1,361 @@
+//! HTTP/1.1 connections, served by the node itself so that file bodies go out
+//! with `sendfile(2)`: the kernel sends a segment from the page cache without
+//! copying it through the process. hyper writes every body from memory; profiled
+//! on segments, that copy was half of the node's CPU, and what nginx does not do.
+//! Requests are parsed by httparse (hyper's own parser); the answer comes from
+//! [`handler::answer`], as for HTTP/2.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
+use nix::sys::socket::MsgFlags;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::files::Body;
+use crate::handler::{self, Payload, Sent};
+use crate::node::Node;
+
+/// Longest request head (request line and headers).
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+/// A request body (odd on GET and HEAD) up to this size is read and dropped.
+const MAX_DISCARD: u64 = 64 * 1024;
+/// Bodies up to this size leave in the same write as the headers.
+const COALESCE_MAX: usize = 16 * 1024;
+
+/// A parsed request head.
+struct Head {
+    method: Method,
+    /// The path of the request target, without the query.
+    path: String,
+    version: Version,
+    headers: HeaderMap,
+}
+
+enum HeadError {
+    /// The client closed (or reset) the connection between requests.
+    Closed,
+    Io(io::Error),
+    /// Answered with a problem, then the connection is closed.
+    Bad(StatusCode, &'static str),
+}
+
+/// Serves requests on one connection until the client closes it, asks to, or
+/// the node drains (an idle connection closes at once, a busy one after its
+/// response).
+pub async fn serve(
+    node: Arc<Node>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    drain: CancellationToken,
+    header_timeout: Duration,
+) -> io::Result<()> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        if buf.is_empty() {
+            buf.reserve(4096);
+            tokio::select! {
+                biased;
+                _ = drain.cancelled() => return Ok(()),
+                n = stream.read_buf(&mut buf) => if n? == 0 { return Ok(()) },
+            }
+        }
+        let head = match tokio::time::timeout(header_timeout, read_head(&mut stream, &mut buf)).await {
+            Ok(Ok(head)) => head,
+            Err(_) | Ok(Err(HeadError::Closed)) => return Ok(()),
+            Ok(Err(HeadError::Io(e))) => return Err(e),
+            Ok(Err(HeadError::Bad(status, detail))) => {
+                let res = headwater_serve::problem(status, "bad-request", detail).map(Payload::Full);
+                return finish(&mut stream, &mut out, res, false, Version::HTTP_11).await;
+            }
+        };
+        if let Err((status, detail)) = discard_body(&mut stream, &mut buf, &head.headers).await? {
+            let res = headwater_serve::problem(status, "bad-request", detail).map(Payload::Full);
+            return finish(&mut stream, &mut out, res, false, head.version).await;
+        }
+        let res = handler::answer(&node, peer, &head.method, &head.path, &head.headers).await;
+        let keep = keep_alive(&head) && !drain.is_cancelled();
+        let bodiless = head.method == Method::HEAD;
+        write_response(&stream, &mut out, res, bodiless, head.version, keep).await?;
+        if !keep {
+            return stream.shutdown().await;
+        }
+    }
+}
+
+/// Reads until a whole request head is buffered, and parses it.
+async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Head, HeadError> {
+    loop {
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let head = to_head(&req)?;
+                    buf.advance(n);
+                    return Ok(head);
+                }
+                Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                    return Err(HeadError::Bad(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large"));
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(HeadError::Bad(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many headers"));
+                }
+                Err(_) => return Err(HeadError::Bad(StatusCode::BAD_REQUEST, "malformed request")),
+            }
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) => return Err(HeadError::Closed),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(HeadError::Closed),
+            Err(e) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+fn to_head(req: &httparse::Request<'_, '_>) -> Result<Head, HeadError> {
+    let bad = |detail| HeadError::Bad(StatusCode::BAD_REQUEST, detail);
+    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes()).map_err(|_| bad("invalid method"))?;
+    let version = if req.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let target = req.path.unwrap_or_default();
+    let path = if target.starts_with('/') {
+        target.split_once('?').map_or(target, |(p, _)| p).to_owned()
+    } else {
+        // absolute-form (`http://host/path`), or `*`.
+        let uri: http::Uri = target.parse().map_err(|_| bad("invalid request target"))?;
+        uri.path().to_owned()
+    };
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("invalid header name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("invalid header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Head { method, path, version, headers })
+}
+
+/// Reads and drops a request body; `Err` (answered, then the connection closes)
+/// for a chunked one or one too large.
+async fn discard_body(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    headers: &HeaderMap,
+) -> io::Result<Result<(), (StatusCode, &'static str)>> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Ok(Err((StatusCode::BAD_REQUEST, "request bodies are not accepted")));
+    }
+    let Some(length) = headers.get(header::CONTENT_LENGTH) else { return Ok(Ok(())) };
+    let Some(mut left) = length.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
+        return Ok(Err((StatusCode::BAD_REQUEST, "invalid Content-Length")));
+    };
+    if left > MAX_DISCARD {
+        return Ok(Err((StatusCode::PAYLOAD_TOO_LARGE, "request bodies are not accepted")));
+    }
+    loop {
+        let n = left.min(buf.len() as u64) as usize;
+        buf.advance(n);
+        left -= n as u64;
+        if left == 0 {
+            return Ok(Ok(()));
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only when asked.
+fn keep_alive(head: &Head) -> bool {
+    let has = |token: &str| {
+        head.headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if head.version == Version::HTTP_10 { has("keep-alive") } else { !has("close") }
+}
+
+/// Answers, then closes the connection.
+async fn finish(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    res: Response<Payload>,
+    bodiless: bool,
+    version: Version,
+) -> io::Result<()> {
+    write_response(stream, out, res, bodiless, version, false).await?;
+    stream.shutdown().await
+}
+
+async fn write_response(
+    stream: &TcpStream,
+    out: &mut Vec<u8>,
+    res: Response<Payload>,
+    bodiless: bool,
+    version: Version,
+    keep: bool,
+) -> io::Result<()> {
+    let (parts, payload) = res.into_parts();
+    let status = parts.status;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    date(out);
+    let no_body = bodiless || status == StatusCode::NOT_MODIFIED || status == StatusCode::NO_CONTENT;
+    if let Payload::Full(b) = &payload
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        && status != StatusCode::NOT_MODIFIED
+        && status != StatusCode::NO_CONTENT
+    {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(b.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    match payload {
+        Payload::Full(b) if no_body || b.is_empty() => write_all(stream, out, false).await,
+        Payload::Full(b) if b.len() <= COALESCE_MAX => {
+            out.extend_from_slice(&b);
+            write_all(stream, out, false).await
+        }
+        Payload::Full(b) => {
+            write_all(stream, out, true).await?;
+            write_all(stream, &b, false).await
+        }
+        Payload::Content(mut sent, body) => send_body(stream, out, &mut sent, body).await,
+    }
+}
+
+/// Sends a content body after the head in `out`, each piece once the shaper
+/// grants it: files by `sendfile`, the rest by `write`.
+async fn send_body(stream: &TcpStream, out: &mut Vec<u8>, sent: &mut Sent, body: Body) -> io::Result<()> {
+    match body {
+        Body::Cached(b) if b.len() <= COALESCE_MAX => {
+            // Small (a playlist): granted in one piece, sent with the head.
+            let mut b = b;
+            while !b.is_empty() {
+                let piece = b.split_to(sent.grant(b.len()).await);
+                out.extend_from_slice(&piece);
+                sent.record(piece.len());
+            }
+            write_all(stream, out, false).await
+        }
+        Body::Cached(b) => {
+            write_all(stream, out, true).await?;
+            write_pieces(stream, sent, b).await
+        }
+        Body::File { file, offset, len } => {
+            write_all(stream, out, true).await?;
+            let (mut at, end) = (offset, offset + len);
+            while at < end {
+                let n = sent.grant(usize::try_from(end - at).unwrap_or(usize::MAX)).await;
+                send_file(stream, &file, at, n).await?;
+                sent.record(n);
+                at += n as u64;
+            }
+            Ok(())
+        }
+        Body::Stream(mut chunks) => {
+            write_all(stream, out, true).await?;
+            while let Some(chunk) = chunks.next().await {
+                write_pieces(stream, sent, chunk.map_err(io::Error::other)?).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn write_pieces(stream: &TcpStream, sent: &mut Sent, mut b: Bytes) -> io::Result<()> {
+    while !b.is_empty() {
+        let piece = b.split_to(sent.grant(b.len()).await);
+        write_all(stream, &piece, false).await?;
+        sent.record(piece.len());
+    }
+    Ok(())
+}
+
+/// Writes all of `bytes`; with `more`, the kernel holds a partial packet for what
+/// follows (`MSG_MORE`), so a head and its body leave together.
+async fn write_all(stream: &TcpStream, bytes: &[u8], more: bool) -> io::Result<()> {
+    // nix names no MSG_MORE; it is Linux's flag.
+    let more = if more { MsgFlags::from_bits_retain(nix::libc::MSG_MORE) } else { MsgFlags::empty() };
+    let flags = more | MsgFlags::MSG_NOSIGNAL;
+    let mut done = 0;
+    while done < bytes.len() {
+        done += stream
+            .async_io(Interest::WRITABLE, || {
+                nix::sys::socket::send(stream.as_raw_fd(), &bytes[done..], flags).map_err(io::Error::from)
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Sends `len` bytes of `file` from `offset` with `sendfile(2)`.
+async fn send_file(stream: &TcpStream, file: &std::fs::File, offset: u64, len: usize) -> io::Result<()> {
+    let mut at = i64::try_from(offset).map_err(io::Error::other)?;
+    let mut left = len;
+    while left > 0 {
+        let n = stream
+            .async_io(Interest::WRITABLE, || {
+                let mut off = at;
+                nix::sys::sendfile::sendfile(stream, file, Some(&mut off), left).map_err(io::Error::from)
+            })
+            .await?;
+        if n == 0 {
+            // The file is shorter than its metadata said: the response cannot be finished.
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        at += n as i64;
+        left -= n;
+    }
+    Ok(())
+}
+
+/// Appends a `date` header, formatted once a second per thread.
+fn date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
