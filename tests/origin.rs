@@ -222,6 +222,7 @@ async fn http1_on_the_wire() {
         ("GET /a b c\r\n\r\n".to_owned(), 400),
         (format!("GET {p}/master.m3u8 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 400),
         (format!("GET {p}/master.m3u8 HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n"), 413),
+        (format!("GET {p}/master.m3u8 HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"), 400),
         (format!("GET {p}/master.m3u8 HTTP/1.1\r\nX-Long: {long}\r\n\r\n"), 431),
     ] {
         let got = exchange(&origin, &request, &[]).await;

@@ -158,7 +158,12 @@ async fn discard_body(
     if headers.contains_key(header::TRANSFER_ENCODING) {
         return Ok(Err((StatusCode::BAD_REQUEST, "request bodies are not accepted")));
     }
-    let Some(length) = headers.get(header::CONTENT_LENGTH) else { return Ok(Ok(())) };
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(length) = lengths.next() else { return Ok(Ok(())) };
+    if lengths.next().is_some() {
+        // Two lengths: where this request ends is ambiguous (request smuggling).
+        return Ok(Err((StatusCode::BAD_REQUEST, "more than one Content-Length")));
+    }
     let Some(mut left) = length.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
         return Ok(Err((StatusCode::BAD_REQUEST, "invalid Content-Length")));
     };
