@@ -82,7 +82,9 @@ async fn uploads_land_in_the_bucket_and_nodes_serve_from_it() {
     assert_eq!(list["items"][0]["files"].as_u64(), Some(support::demo_files().len() as u64));
 
     let (id, token) = admin.register_node(&pool).await;
-    let origin = Origin::start(&admin, &id, &token, 1000, &[]).await;
+    // A 1 MiB cache keeps files up to 128 KiB: playlists are served from memory,
+    // the 720p segment (317 KiB) is streamed from the bucket for every request.
+    let origin = Origin::start(&admin, &id, &token, 1000, &["--cache-mib", "1"]).await;
     origin.wait_state(&admin, "ready").await;
     let http = reqwest::Client::new();
     for file in ["hls/master.m3u8", "hls/720p/seg_001.ts", "dash/seg-1-002.m4s"] {
