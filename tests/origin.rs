@@ -218,12 +218,16 @@ async fn http1_on_the_wire() {
 
     // Malformed, chunked and oversized requests: a problem, then the connection closes.
     let long = "x".repeat(20_000);
-    for (request, status) in [
-        ("GET /a b c\r\n\r\n".to_owned(), 400),
-        (format!("GET {p}/master.m3u8 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 400),
-        (format!("GET {p}/master.m3u8 HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n"), 413),
-        (format!("GET {p}/master.m3u8 HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"), 400),
-        (format!("GET {p}/master.m3u8 HTTP/1.1\r\nX-Long: {long}\r\n\r\n"), 431),
+    for (request, status, kind) in [
+        ("GET /a b c\r\n\r\n".to_owned(), 400, "bad-request"),
+        (format!("GET {p}/master.m3u8 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 400, "bad-request"),
+        (format!("GET {p}/master.m3u8 HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n"), 413, "payload-too-large"),
+        (
+            format!("GET {p}/master.m3u8 HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+            400,
+            "bad-request",
+        ),
+        (format!("GET {p}/master.m3u8 HTTP/1.1\r\nX-Long: {long}\r\n\r\n"), 431, "header-too-large"),
     ] {
         let got = exchange(&origin, &request, &[]).await;
         assert_eq!(got.len(), 1, "{status}");
@@ -231,6 +235,7 @@ async fn http1_on_the_wire() {
         assert_eq!(header(&got[0].1, "content-type"), Some("application/problem+json"));
         let problem: serde_json::Value = serde_json::from_slice(&got[0].2).unwrap();
         assert_eq!(problem["status"], status);
+        assert_eq!(problem["type"], format!("/problems/{kind}"));
         assert_eq!(header(&got[0].1, "connection"), Some("close"));
     }
 }

@@ -75,13 +75,11 @@ pub async fn serve(
             Err(_) | Ok(Err(HeadError::Closed)) => return Ok(()),
             Ok(Err(HeadError::Io(e))) => return Err(e),
             Ok(Err(HeadError::Bad(status, detail))) => {
-                let res = headwater_serve::problem(status, "bad-request", detail).map(Payload::Full);
-                return finish(&mut stream, &mut out, res, false, Version::HTTP_11).await;
+                return finish(&mut stream, &mut out, refused(status, detail), Version::HTTP_11).await;
             }
         };
         if let Err((status, detail)) = discard_body(&mut stream, &mut buf, &head.headers).await? {
-            let res = headwater_serve::problem(status, "bad-request", detail).map(Payload::Full);
-            return finish(&mut stream, &mut out, res, false, head.version).await;
+            return finish(&mut stream, &mut out, refused(status, detail), head.version).await;
         }
         let res = handler::answer(&node, peer, &head.method, &head.path, &head.headers).await;
         let keep = keep_alive(&head) && !drain.is_cancelled();
@@ -196,15 +194,19 @@ fn keep_alive(head: &Head) -> bool {
     if head.version == Version::HTTP_10 { has("keep-alive") } else { !has("close") }
 }
 
+/// A request refused before it reached the handler.
+fn refused(status: StatusCode, detail: &str) -> Response<Payload> {
+    let kind = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "header-too-large",
+        _ => "bad-request",
+    };
+    headwater_serve::problem(status, kind, detail).map(Payload::Full)
+}
+
 /// Answers, then closes the connection.
-async fn finish(
-    stream: &mut TcpStream,
-    out: &mut Vec<u8>,
-    res: Response<Payload>,
-    bodiless: bool,
-    version: Version,
-) -> io::Result<()> {
-    write_response(stream, out, res, bodiless, version, false).await?;
+async fn finish(stream: &mut TcpStream, out: &mut Vec<u8>, res: Response<Payload>, version: Version) -> io::Result<()> {
+    write_response(stream, out, res, false, version, false).await?;
     stream.shutdown().await
 }
 
