@@ -121,7 +121,8 @@ impl Node {
                     active: a.active,
                 },
             );
-            self.shaper.set_account_cap(&a.name, a.cap_mbps);
+            let cap_kbps = a.cap_kbps.or(a.cap_mbps.map(|m| m.saturating_mul(1000)));
+            self.shaper.set_account_cap(&a.name, cap_kbps);
         }
         self.shaper.set_capacity(config.capacity_mbps);
         let served = Served { version: config.version, accounts };

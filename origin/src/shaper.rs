@@ -29,8 +29,8 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(mbps: u32, now: Instant) -> Self {
-        let rate = f64::from(mbps) * 1_000_000.0 / 8.0;
+    fn new(kbps: u64, now: Instant) -> Self {
+        let rate = kbps as f64 * 1_000.0 / 8.0;
         // 20 ms of traffic, at least two chunks: bursts small enough that the rate
         // holds over short windows.
         let burst = (rate * 0.02).max(2.0 * CHUNK as f64);
@@ -48,9 +48,9 @@ impl Bucket {
         if self.tokens >= n { Duration::ZERO } else { Duration::from_secs_f64((n - self.tokens) / self.rate) }
     }
 
-    fn set_rate(&mut self, mbps: u32, now: Instant) {
+    fn set_rate(&mut self, kbps: u64, now: Instant) {
         self.refill(now);
-        let fresh = Bucket::new(mbps, now);
+        let fresh = Bucket::new(kbps, now);
         self.rate = fresh.rate;
         self.burst = fresh.burst;
         self.tokens = self.tokens.min(self.burst);
@@ -87,7 +87,7 @@ impl Shaper {
     /// A shaper for a node of `capacity_mbps`, with its scheduler task.
     pub fn new(capacity_mbps: u32) -> Self {
         let state = State {
-            node: Bucket::new(capacity_mbps, Instant::now()),
+            node: Bucket::new(u64::from(capacity_mbps) * 1000, Instant::now()),
             accounts: HashMap::new(),
             ready: VecDeque::new(),
         };
@@ -116,19 +116,19 @@ impl Shaper {
     /// Changes the node's capacity.
     pub fn set_capacity(&self, mbps: u32) {
         let mut s = lock(&self.state);
-        s.node.set_rate(mbps, Instant::now());
+        s.node.set_rate(u64::from(mbps) * 1000, Instant::now());
         drop(s);
         self.wake.notify_one();
     }
 
-    /// Sets (or, with `None`, removes) the cap of one account.
-    pub fn set_account_cap(&self, account: &str, cap_mbps: Option<u32>) {
+    /// Sets (or, with `None`, removes) the cap of one account, in kbit/s.
+    pub fn set_account_cap(&self, account: &str, cap_kbps: Option<u32>) {
         let now = Instant::now();
         let mut s = lock(&self.state);
         let q = s.accounts.entry(Arc::from(account)).or_default();
-        match (cap_mbps, q.bucket.as_mut()) {
-            (Some(m), Some(b)) => b.set_rate(m, now),
-            (Some(m), None) => q.bucket = Some(Bucket::new(m, now)),
+        match (cap_kbps.map(u64::from), q.bucket.as_mut()) {
+            (Some(k), Some(b)) => b.set_rate(k, now),
+            (Some(k), None) => q.bucket = Some(Bucket::new(k, now)),
             (None, _) => q.bucket = None,
         }
         drop(s);
@@ -308,7 +308,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_account_is_held_to_its_cap_and_others_get_the_rest() {
         let shaper = Shaper::new(100);
-        shaper.set_account_cap("capped", Some(20));
+        shaper.set_account_cap("capped", Some(20_000));
         let got = run(&shaper, &[("capped", 4), ("free", 1)], 10).await;
         let capped = mbps(got["capped"], 10);
         let free = mbps(got["free"], 10);
@@ -330,9 +330,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn caps_change_without_a_restart() {
         let shaper = Shaper::new(1000);
-        shaper.set_account_cap("a", Some(10));
+        shaper.set_account_cap("a", Some(10_000));
         let before = mbps(run(&shaper, &[("a", 2)], 5).await["a"], 5);
-        shaper.set_account_cap("a", Some(40));
+        shaper.set_account_cap("a", Some(40_000));
         let after = mbps(run(&shaper, &[("a", 2)], 5).await["a"], 5);
         assert!((9.5..=10.6).contains(&before), "{before}");
         assert!((39.0..=40.8).contains(&after), "{after}");

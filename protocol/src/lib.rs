@@ -67,8 +67,12 @@ pub struct HeartbeatAck {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServedAccount {
     pub name: String,
-    /// Per-account cap in shared pools (trial/payg); `None` on a dedicated pool.
+    /// This node's share of the account's cap in shared pools (trial/payg),
+    /// rounded up to whole Mbit/s; `None` on a dedicated pool.
     pub cap_mbps: Option<u32>,
+    /// The same share in kbit/s, which nodes prefer (absent from older admins).
+    #[serde(default)]
+    pub cap_kbps: Option<u32>,
     /// Allowed client networks in CIDR notation; empty means everyone.
     pub ip_allow: Vec<String>,
     /// Web origins whose pages may read the content (CORS); empty means any.

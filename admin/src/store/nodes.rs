@@ -40,6 +40,8 @@ pub struct NodeServing {
     pub node_capacity_mbps: i32,
     pub trial_cap_mbps: i32,
     pub payg_cap_mbps: i32,
+    /// Ready nodes of the pool: the router spreads an account's requests over them.
+    pub ready_nodes: i64,
     pub accounts: Vec<ServedAccountRow>,
 }
 
@@ -180,16 +182,18 @@ impl Store {
     /// staged to move in, and the ones that left less than
     /// [`MOVE_GRACE_MS`](crate::domain::MOVE_GRACE_MS) ago.
     pub async fn node_serving(&self, id: Uuid, now: UnixMs) -> Result<NodeServing> {
-        let (pool_id, pool_kind, cap, trial, payg): (Uuid, String, i32, i32, i32) = on_pool!(self, |p| {
-            sqlx::query_as(
-                "SELECT p.id, p.kind, t.node_capacity_mbps, t.trial_cap_mbps, t.payg_cap_mbps
+        let (pool_id, pool_kind, cap, trial, payg, ready_nodes): (Uuid, String, i32, i32, i32, i64) =
+            on_pool!(self, |p| {
+                sqlx::query_as(
+                    "SELECT p.id, p.kind, t.node_capacity_mbps, t.trial_cap_mbps, t.payg_cap_mbps,
+                        (SELECT COUNT(*) FROM nodes r WHERE r.pool_id = p.id AND r.state = 'ready')
                  FROM nodes n JOIN pools p ON p.id = n.pool_id JOIN origin_types t ON t.name = p.origin_type
                  WHERE n.id = $1",
-            )
-            .bind(id)
-            .fetch_one(p)
-            .await?
-        });
+                )
+                .bind(id)
+                .fetch_one(p)
+                .await?
+            });
         let accounts = on_pool!(self, |p| {
             sqlx::query_as(
                 "SELECT a.name, a.offer, a.state, a.ip_allow, a.allow_origins FROM accounts a
@@ -209,6 +213,7 @@ impl Store {
             node_capacity_mbps: cap,
             trial_cap_mbps: trial,
             payg_cap_mbps: payg,
+            ready_nodes,
             accounts,
         })
     }
