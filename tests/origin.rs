@@ -241,6 +241,29 @@ async fn http1_on_the_wire() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_cut_off() {
+    let admin = Admin::start(Backend::Sqlite, &[]).await;
+    let (_, key) = admin.sign_up("slow@example.com").await;
+    let pool = admin.account(&key, json!({"name": "slow-vod", "origin_type": "hls", "offer": {"kind": "trial"}})).await;
+    let (id, token) = admin.register_node(&pool).await;
+    let origin = Origin::start(&admin, &id, &token, 100, &["--header-read-timeout-ms", "300"]).await;
+    let addr = origin.url.trim_start_matches("http://");
+    // Half a request head and then nothing, or nothing at all: the node closes
+    // the connection without an answer.
+    for opening in ["GET /healthz HTTP/1.1\r\nHost: x\r\n", ""] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(opening.as_bytes()).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+        let n = read.unwrap_or_else(|_| panic!("{opening:?}: the node kept a slow connection open")).unwrap();
+        assert_eq!(n, 0, "{opening:?}: {}", String::from_utf8_lossy(&rest));
+    }
+    // A request sent in time is answered.
+    let raw = raw_get(&origin, "/healthz").await;
+    assert!(raw.starts_with("HTTP/1.1 200") && raw.ends_with("ok\n"), "{raw}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ip_allow_list_is_enforced() {
     let (_admin, _key, origin) = serving(json!({"kind": "payg"}), 1000, json!({"ip_allow": ["192.0.2.0/24"]})).await;
     let res = reqwest::get(format!("{}/ana-vod/demo/hls/master.m3u8", origin.url)).await.unwrap();

@@ -64,6 +64,10 @@ pub struct OriginConfig {
     /// Time in-flight responses get to finish when draining.
     #[arg(long, env = "HEADWATER_DRAIN_SECS", default_value_t = 30)]
     pub drain_secs: u64,
+    /// A client must send a whole request head within this time after connecting
+    /// or starting a request; slower ones are disconnected.
+    #[arg(long, env = "HEADWATER_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
 }
 
 /// Runs a node until `shutdown` (SIGTERM) or admin's drain request; then stops
@@ -109,7 +113,10 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
         Duration::from_millis(cfg.usage_report_ms),
         stop_reports.clone(),
     ));
-    let serve_cfg = ServeConfig { drain_timeout: Duration::from_secs(cfg.drain_secs), ..ServeConfig::default() };
+    let serve_cfg = ServeConfig {
+        drain_timeout: Duration::from_secs(cfg.drain_secs),
+        header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms),
+    };
     let serving = tokio::spawn(server::serve(listener, node.clone(), drain.clone(), serve_cfg));
     drain.cancelled().await;
     node.draining.store(true, Ordering::Relaxed);

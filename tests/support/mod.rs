@@ -349,7 +349,8 @@ pub fn kill_processes_naming(needle: &str) {
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if String::from_utf8_lossy(&cmdline).contains(needle) && String::from_utf8_lossy(&cmdline).contains("origin") {
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+            // It may have exited since it was listed: that is fine, and not worth a line.
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
         }
     }
 }
