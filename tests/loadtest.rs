@@ -47,10 +47,11 @@ async fn the_shipped_scenarios_hold_and_the_impossible_one_fails() {
     assert!(sla["sla"][0]["worst_window_mbps"].as_f64().unwrap() >= 198.0);
     assert!(r["payg_jain_index"].as_f64().unwrap() >= 0.95, "{}", r["payg_jain_index"]);
     assert_eq!(r["accounts"].as_array().unwrap().len(), 11);
-    // The payg cap (10 Mbit/s) is per account across the shared pool's nodes, not per node.
+    // The payg cap (10 Mbit/s) holds per account across the shared pool's nodes
+    // (each enforces its share; the router spreads each account evenly over them).
     for a in r["accounts"].as_array().unwrap().iter().filter(|a| a["offer"] == "payg") {
         let mean = a["mean_mbps"].as_f64().unwrap();
-        assert!(mean <= 12.0, "{}: {mean:.1} Mbit/s against a 10 Mbit/s cap", a["name"]);
+        assert!((8.0..=11.0).contains(&mean), "{}: {mean:.1} Mbit/s against a 10 Mbit/s cap", a["name"]);
     }
 
     // A node killed under the players: nothing failed, nobody rebuffered.

@@ -1,7 +1,8 @@
 //! One player request: resolve the account (path or Host), check it, pick a ready
-//! node (power of two choices on outstanding requests, skipping nodes that just
-//! failed), and stream the node's answer back — or try the next node if this one
-//! fails before answering.
+//! node (the one sending the fewest of this account's responses, then power of two
+//! choices on outstanding requests, skipping nodes that just failed), and stream
+//! the node's answer back — or try the next node if this one fails before
+//! answering.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -105,7 +106,31 @@ pub struct Router {
     domain: Option<String>,
     client: Client<HttpConnector, Empty<Bytes>>,
     nodes: Mutex<HashMap<String, Arc<NodeStats>>>,
+    sending: Arc<Mutex<Sending>>,
     metrics: Metrics,
+}
+
+/// Responses being sent (awaiting headers or streaming the body) per (account,
+/// node). Spreading an account evenly is what lets it reach its cap in a shared
+/// pool, where each of N nodes holds it to 1/N.
+type Sending = HashMap<(String, String), u64>;
+
+/// One response counted in [`Sending`] until dropped (with its body).
+struct SendingGuard {
+    sending: Arc<Mutex<Sending>>,
+    key: (String, String),
+}
+
+impl Drop for SendingGuard {
+    fn drop(&mut self) {
+        let mut m = self.sending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -171,7 +196,15 @@ impl Router {
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        Ok(Self { table, mode, domain, client, nodes: Mutex::default(), metrics: Metrics::new()? })
+        Ok(Self {
+            table,
+            mode,
+            domain,
+            client,
+            nodes: Mutex::default(),
+            sending: Arc::default(),
+            metrics: Metrics::new()?,
+        })
     }
 
     fn stats(&self, addr: &str) -> Arc<NodeStats> {
@@ -182,24 +215,36 @@ impl Router {
         m.entry(addr.to_owned()).or_default().clone()
     }
 
-    /// The order to try nodes in: the better of two random healthy ones first,
-    /// then the other healthy ones, then the ejected ones as a last resort.
-    fn order(&self, nodes: &[String]) -> Vec<String> {
+    /// The order to try nodes in for `account`: first a healthy node sending the
+    /// fewest of the account's responses (of two such, the one with fewer
+    /// outstanding requests), then the other healthy ones, then the ejected ones
+    /// as a last resort.
+    fn order(&self, account: &str, nodes: &[String]) -> Vec<String> {
         let now = now_ms();
         let stats: Vec<_> = nodes.iter().map(|a| (a, self.stats(a))).collect();
         let (mut healthy, ejected): (Vec<_>, Vec<_>) =
             stats.into_iter().partition(|(_, s)| s.ejected_until.load(Ordering::Relaxed) <= now);
         if healthy.len() >= 2 {
-            let i = rand::random_range(0..healthy.len());
-            let mut j = rand::random_range(0..healthy.len() - 1);
-            if j >= i {
-                j += 1;
-            }
-            let load = |k: usize| healthy[k].1.outstanding.load(Ordering::Relaxed);
-            let first = if load(i) <= load(j) { i } else { j };
+            let sending = self.sending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let loads: Vec<(u64, u64)> = healthy
+                .iter()
+                .map(|(addr, s)| {
+                    let mine = sending.get(&(account.to_owned(), (*addr).clone())).copied().unwrap_or(0);
+                    (mine, s.outstanding.load(Ordering::Relaxed))
+                })
+                .collect();
+            drop(sending);
+            let first = choose(&loads, rand::random_range(0..usize::MAX));
             healthy.swap(0, first);
         }
         healthy.into_iter().chain(ejected).map(|(a, _)| a.clone()).collect()
+    }
+
+    /// Counts a response of `account` from `node` until the guard is dropped.
+    fn sending(&self, account: &str, node: &str) -> SendingGuard {
+        let key = (account.to_owned(), node.to_owned());
+        *self.sending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(key.clone()).or_default() += 1;
+        SendingGuard { sending: self.sending.clone(), key }
     }
 
     pub async fn handle(self: &Arc<Self>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
@@ -296,7 +341,7 @@ impl Router {
         }
         let method = req.method().clone();
         if self.mode == Mode::Redirect {
-            let node = &self.order(&a.nodes)[0];
+            let node = &self.order(account, &a.nodes)[0];
             let mut res = Response::new(full(""));
             *res.status_mut() = StatusCode::FOUND;
             if let Ok(v) = HeaderValue::from_str(&format!("http://{node}{path}")) {
@@ -322,13 +367,14 @@ impl Router {
             headers.insert("x-forwarded-for", v);
         }
         headers.insert(header::VIA, HeaderValue::from_static("1.1 headwater-router"));
-        let mut order = self.order(&a.nodes).into_iter();
+        let mut order = self.order(account, &a.nodes).into_iter();
         let mut attempt = 0;
         while let Some(node) = order.next() {
             if attempt > 0 {
                 metrics.retries.inc();
             }
             attempt += 1;
+            let guard = self.sending(account, &node);
             match self.forward(metrics, &node, &method, path, &headers).await {
                 Ok(res) => {
                     let (mut parts, body) = res.into_parts();
@@ -341,6 +387,13 @@ impl Router {
                         Some(r) => resumable(self.clone(), metrics.clone(), body, r),
                         None => body.map_err(Into::into).boxed_unsync(),
                     };
+                    // Counted as sending until the body is done (or dropped).
+                    let body = body
+                        .map_frame(move |frame| {
+                            let _sending = &guard;
+                            frame
+                        })
+                        .boxed_unsync();
                     return Response::from_parts(parts, body);
                 }
                 Err(_) => continue,
@@ -448,4 +501,44 @@ fn resumable(router: Arc<Router>, metrics: Arc<AccountMetrics>, body: Incoming, 
         }
     });
     http_body_util::StreamBody::new(frames).boxed_unsync()
+}
+
+/// Which of `loads` (this account's responses being sent, outstanding requests;
+/// per healthy node) to try first: among the nodes sending the fewest of the
+/// account's responses, the less loaded of two picked by `seed`.
+fn choose(loads: &[(u64, u64)], seed: usize) -> usize {
+    let fewest = loads.iter().map(|l| l.0).min().unwrap_or(0);
+    let ties: Vec<usize> = (0..loads.len()).filter(|&k| loads[k].0 == fewest).collect();
+    match ties.len() {
+        0 => 0,
+        1 => ties[0],
+        n => {
+            let i = seed % n;
+            let j = (i + 1 + (seed / n) % (n - 1)) % n;
+            if loads[ties[i]].1 <= loads[ties[j]].1 { ties[i] } else { ties[j] }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::choose;
+
+    #[test]
+    fn the_node_sending_the_fewest_of_the_accounts_responses_goes_first() {
+        // Node 1 sends none of this account's responses: it wins whatever its load.
+        assert_eq!(choose(&[(2, 0), (0, 50), (1, 0)], 7), 1);
+        for seed in 0..100 {
+            // A tie on the account: the less loaded of the two picked.
+            assert_eq!(choose(&[(1, 9), (1, 3)], seed), 1, "seed {seed}");
+            // Three tied: never the most loaded one (it loses either pair).
+            assert_ne!(choose(&[(0, 1), (0, 9), (0, 2)], seed), 1, "seed {seed}");
+            // Never an index out of range, never one with more of the account.
+            let k = choose(&[(3, 0), (0, 4), (0, 4), (5, 0)], seed);
+            assert!(k == 1 || k == 2, "seed {seed}: {k}");
+        }
+        // Every tied node gets picked first for some seed (no node starves).
+        let firsts: std::collections::HashSet<usize> = (0..100).map(|s| choose(&[(0, 0), (0, 0), (0, 0)], s)).collect();
+        assert_eq!(firsts.len(), 3);
+    }
 }
