@@ -110,10 +110,10 @@ pub struct Router {
     metrics: Metrics,
 }
 
-/// Responses being sent (awaiting headers or streaming the body) per (account,
-/// node). Spreading an account evenly is what lets it reach its cap in a shared
-/// pool, where each of N nodes holds it to 1/N.
-type Sending = HashMap<(String, String), u64>;
+/// Responses being sent (awaiting headers or streaming the body), per account
+/// and node. Spreading an account evenly is what lets it reach its cap in a
+/// shared pool, where each of N nodes holds it to 1/N.
+type Sending = HashMap<String, HashMap<String, u64>>;
 
 /// One response counted in [`Sending`] until dropped (with its body).
 struct SendingGuard {
@@ -124,10 +124,16 @@ struct SendingGuard {
 impl Drop for SendingGuard {
     fn drop(&mut self) {
         let mut m = self.sending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = m.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.key);
+        let (account, node) = &self.key;
+        if let Some(nodes) = m.get_mut(account) {
+            if let Some(n) = nodes.get_mut(node) {
+                *n -= 1;
+                if *n == 0 {
+                    nodes.remove(node);
+                }
+            }
+            if nodes.is_empty() {
+                m.remove(account);
             }
         }
     }
@@ -226,11 +232,12 @@ impl Router {
             stats.into_iter().partition(|(_, s)| s.ejected_until.load(Ordering::Relaxed) <= now);
         if healthy.len() >= 2 {
             let sending = self.sending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mine = sending.get(account);
             let loads: Vec<(u64, u64)> = healthy
                 .iter()
                 .map(|(addr, s)| {
-                    let mine = sending.get(&(account.to_owned(), (*addr).clone())).copied().unwrap_or(0);
-                    (mine, s.outstanding.load(Ordering::Relaxed))
+                    let n = mine.and_then(|m| m.get(addr.as_str())).copied().unwrap_or(0);
+                    (n, s.outstanding.load(Ordering::Relaxed))
                 })
                 .collect();
             drop(sending);
@@ -242,9 +249,10 @@ impl Router {
 
     /// Counts a response of `account` from `node` until the guard is dropped.
     fn sending(&self, account: &str, node: &str) -> SendingGuard {
-        let key = (account.to_owned(), node.to_owned());
-        *self.sending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(key.clone()).or_default() += 1;
-        SendingGuard { sending: self.sending.clone(), key }
+        let mut m = self.sending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *m.entry(account.to_owned()).or_default().entry(node.to_owned()).or_default() += 1;
+        drop(m);
+        SendingGuard { sending: self.sending.clone(), key: (account.to_owned(), node.to_owned()) }
     }
 
     pub async fn handle(self: &Arc<Self>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
