@@ -264,6 +264,37 @@ async fn routing_changes_reach_the_router_over_redis_and_it_serves_while_redis_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_starts_while_redis_is_down_and_publishes_once_it_is_up() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut redis = support::RedisServer::start().await;
+    redis.stop().await;
+    let admin =
+        Admin::start(Backend::Sqlite, &["--driver", "process", "--redis-url", &redis.url(), "--redis-prefix", "hw"])
+            .await;
+    let http = reqwest::Client::new();
+    let res = http.get(format!("{}/readyz", admin.url)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let why = res.text().await.unwrap();
+    assert!(why.contains("bus unreachable"), "{why}");
+    // The API works meanwhile: a sign-up, and an account whose operation runs here.
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    admin.account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
+
+    redis.start_again().await;
+    wait_status(&http, &format!("{}/readyz", admin.url), StatusCode::OK, "admin ready once Redis is up").await;
+    // What admin publishes now reaches a router that hears only Redis (it polls
+    // admin at start, then every 10 minutes).
+    let (_router, router) =
+        router_of(&admin, &["--redis-url", &redis.url(), "--redis-prefix", "hw", "--refresh-ms", "600000"]).await;
+    wait_status(&http, &format!("{router}/readyz"), StatusCode::OK, "the router's first table").await;
+    let (_, other) = admin.sign_up("bo@example.com").await;
+    admin.account(&other, json!({"name": "bo-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
+    admin.upload_demo(&other, "bo-vod", "demo").await;
+    wait_status(&http, &format!("{router}/bo-vod/demo/hls/master.m3u8"), StatusCode::OK, "the new account over Redis")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payg_to_sla_under_a_playing_client_moves_it_to_the_dedicated_pool_with_no_failed_request() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let admin = Admin::start(Backend::Sqlite, &["--driver", "process"]).await;

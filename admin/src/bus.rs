@@ -1,18 +1,22 @@
 //! The bus: how admin replicas, and routers, hear what changed. With Redis, a
 //! message is a PUBLISH on `{prefix}:{topic}`; every admin subscribes to
 //! `{prefix}:operations` on a reconnecting connection manager (RESP3 push messages)
-//! that re-subscribes by itself after a reconnect. Without Redis there is one
-//! process, and the only listener is the local worker.
+//! that re-subscribes by itself after a reconnect. Admin starts whether or not
+//! Redis answers: until it first does, the bus connects in the background,
+//! publications wait in the outbox (or report that Redis did not take them), and
+//! `/readyz` says so. Without Redis there is one process, and the only listener is
+//! the local worker.
 //!
 //! Topics: [`OPERATIONS`] ("an operation was enqueued": wakes a worker at once
 //! instead of at its next poll), [`HEARTBEATS`] (a node's latest heartbeat, for
 //! outside listeners) and [`ROUTING`] (the routing table, for routers).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, PushKind};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 pub const OPERATIONS: &str = "operations";
 pub const HEARTBEATS: &str = "heartbeats";
@@ -23,6 +27,8 @@ pub const ROUTING: &str = "routing";
 pub enum BusError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("redis: not connected yet")]
+    NotConnected,
 }
 
 #[derive(Clone)]
@@ -30,7 +36,8 @@ pub struct Bus {
     /// Rung when an operation is enqueued here or on another replica: the local
     /// workers' wake-up.
     pub wake: Arc<Notify>,
-    redis: Option<(ConnectionManager, String)>,
+    /// The Redis connection (`None` until first made) and the channel prefix.
+    redis: Option<(watch::Receiver<Option<ConnectionManager>>, String)>,
     /// Messages sent by [`Bus::notify`], published in order by a task of their own
     /// so a slow or absent Redis never holds up the request that sent them.
     outbox: Option<tokio::sync::mpsc::Sender<(String, String)>>,
@@ -47,8 +54,9 @@ impl Bus {
     }
 
     /// A bus over Redis at `url`; channel names start with `prefix` so deployments
-    /// can share one Redis.
-    pub async fn redis(url: &str, prefix: &str) -> Result<Self, BusError> {
+    /// can share one Redis. Waits up to `first_wait` for the first connection, then
+    /// goes on connecting in the background; only an invalid URL is an error.
+    pub async fn redis(url: &str, prefix: &str, first_wait: Duration) -> Result<Self, BusError> {
         // Push messages (pub/sub on a multiplexed connection) need RESP3.
         let url = if url.contains("protocol=") {
             url.to_owned()
@@ -70,20 +78,54 @@ impl Bus {
         let config = ConnectionManagerConfig::new()
             .set_push_sender(on_push)
             .set_automatic_resubscription()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(5)));
-        let client = redis::Client::open(url)?;
-        let mut conn = client.get_connection_manager_with_config(config).await?;
-        conn.subscribe(format!("{prefix}:{OPERATIONS}")).await?;
-        let (outbox, mut queued) = tokio::sync::mpsc::channel::<(String, String)>(OUTBOX);
-        let mut publisher = conn.clone();
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let client = redis::Client::open(url.as_str())?;
+        let (connected, conn) = watch::channel(None);
+        let operations = format!("{prefix}:{OPERATIONS}");
         tokio::spawn(async move {
+            let mut pause = Duration::from_millis(200);
+            loop {
+                let attempt = async {
+                    let mut conn = client.get_connection_manager_with_config(config.clone()).await?;
+                    conn.subscribe(&operations).await?;
+                    Ok::<_, redis::RedisError>(conn)
+                };
+                match attempt.await {
+                    Ok(conn) => {
+                        tracing::info!("bus connected to Redis");
+                        let _ = connected.send(Some(conn));
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = pause.as_millis(), "Redis not reachable yet");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        let (outbox, mut queued) = tokio::sync::mpsc::channel::<(String, String)>(OUTBOX);
+        let mut waiting = conn.clone();
+        tokio::spawn(async move {
+            let Ok(publisher) = waiting.wait_for(Option::is_some).await.map(|c| c.clone()) else { return };
+            let Some(mut publisher) = publisher else { return };
             while let Some((channel, payload)) = queued.recv().await {
                 if let Err(e) = publisher.publish::<_, _, i64>(&channel, payload).await {
                     tracing::warn!(error = %e, %channel, "publishing on the bus");
                 }
             }
         });
+        let mut first = conn.clone();
+        if tokio::time::timeout(first_wait, first.wait_for(Option::is_some)).await.is_err() {
+            tracing::warn!(url = %redact(url.as_str()), "starting without Redis; connecting in the background");
+        }
         Ok(Self { wake, redis: Some((conn, prefix.to_owned())), outbox: Some(outbox) })
+    }
+
+    /// The connection, once made.
+    fn connection(&self) -> Option<(ConnectionManager, &str)> {
+        let (conn, prefix) = self.redis.as_ref()?;
+        Some((conn.borrow().clone()?, prefix.as_str()))
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -99,8 +141,7 @@ impl Bus {
     /// lost message is never a lost change (the store has it; workers poll,
     /// routers resync), so errors are logged; the answer says whether Redis took it.
     pub async fn publish(&self, topic: &str, payload: String) -> bool {
-        let Some((conn, prefix)) = &self.redis else { return false };
-        let mut conn = conn.clone();
+        let Some((mut conn, prefix)) = self.connection() else { return false };
         match conn.publish::<_, _, i64>(format!("{prefix}:{topic}"), payload).await {
             Ok(_) => true,
             Err(e) => {
@@ -129,11 +170,20 @@ impl Bus {
 
     /// Ready when Redis (if configured) answers.
     pub async fn ready(&self) -> Result<(), BusError> {
-        if let Some((conn, _)) = &self.redis {
-            let mut conn = conn.clone();
-            redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        if self.redis.is_none() {
+            return Ok(());
         }
+        let (mut conn, _) = self.connection().ok_or(BusError::NotConnected)?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
         Ok(())
+    }
+}
+
+/// A Redis URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
     }
 }
 
@@ -147,5 +197,23 @@ mod tests {
         let woken = bus.wake.notified();
         bus.operation_enqueued().await;
         tokio::time::timeout(std::time::Duration::from_secs(5), woken).await.expect("a worker is woken");
+    }
+
+    #[test]
+    fn logged_urls_carry_no_password() {
+        assert_eq!(redact("redis://:s3cret@cache:6379/0?protocol=resp3"), "redis://…@cache:6379/0?protocol=resp3");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[tokio::test]
+    async fn a_bus_starts_without_redis_and_says_it_is_not_ready() {
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let bus = Bus::redis(&format!("redis://127.0.0.1:{port}"), "t", Duration::from_millis(200)).await.unwrap();
+        assert!(bus.is_shared());
+        assert!(matches!(bus.ready().await, Err(BusError::NotConnected)));
+        assert!(!bus.publish(ROUTING, "{}".into()).await, "nothing took it");
+        bus.notify(HEARTBEATS, "{}".into()); // queued, never blocks
+        assert!(Bus::redis("not a url", "t", Duration::ZERO).await.is_err());
     }
 }

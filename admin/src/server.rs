@@ -142,7 +142,7 @@ impl Admin {
         let store = Store::connect(&cfg.database_url).await.context("opening the store")?;
         store.seed_builtin_types(clock.now_ms()).await.context("seeding origin types")?;
         let bus = match &cfg.redis_url {
-            Some(url) => Bus::redis(url, &cfg.redis_prefix).await.context("connecting to Redis")?,
+            Some(url) => Bus::redis(url, &cfg.redis_prefix, Duration::from_secs(2)).await.context("the Redis URL")?,
             None => Bus::in_process(),
         };
         let settings = ApiSettings {
