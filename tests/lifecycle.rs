@@ -143,15 +143,7 @@ async fn deactivate_reactivate_and_retention(backend: Backend) {
     assert!(names.contains(&other_pool.as_str()), "the other account's allocation is kept: {allocations}");
     assert!(admin.count("SELECT COUNT(*) FROM account_pool_mappings m JOIN accounts a ON a.id = m.account_id WHERE a.name = 'ana-vod'").await == 0);
     wait_status(&http, &url, StatusCode::NOT_FOUND, "404 once deleted").await;
-    let events = get(&admin, "/v1/events?limit=500").await;
-    assert!(
-        events["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "pool.deleted" && e["subject"] == format!("pool:{pool}")),
-        "a pool.deleted event"
-    );
+    assert!(admin.has_event("pool.deleted", &format!("pool:{pool}")).await, "a pool.deleted event");
     // Nothing else touched: the other account serves from the same nodes.
     let res = http.get(&other_url).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
@@ -251,14 +243,7 @@ async fn an_sla_sign_up_takes_a_warm_pool_and_the_stock_is_refilled(backend: Bac
     assert_eq!(op["state"], "succeeded", "{op}");
     let account = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;
     assert_eq!(account["pool"]["id"].as_str(), Some(warm.as_str()), "the sign-up took the warm pool");
-    let events = get(&admin, "/v1/events?limit=500").await;
-    assert!(
-        events["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "pool.claimed" && e["subject"] == format!("pool:{warm}"))
-    );
+    assert!(admin.has_event("pool.claimed", &format!("pool:{warm}")).await, "a pool.claimed event");
     // Its nodes serve the account (configured without a restart).
     admin.upload_demo(&key, "ana-vod", "demo").await;
     let nodes = get(&admin, "/v1/nodes?limit=500").await;

@@ -103,15 +103,7 @@ async fn an_sla_account_gets_its_nodes_and_a_killed_node_is_replaced(backend: Ba
     }
     eprintln!("node kill -> replacement ready after {:?}", killed.elapsed());
     assert_eq!(admin.node_processes().len(), 4);
-    let events =
-        admin.call(Method::GET, "/v1/events?limit=500", Some(&admin.operator_token), None, StatusCode::OK).await;
-    assert!(
-        events["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "node.failed" && e["subject"] == format!("node:{victim}"))
-    );
+    assert!(admin.has_event("node.failed", &format!("node:{victim}")).await, "a node.failed event");
 }
 
 async fn nodes_outlive_an_admin_crash_and_are_adopted(backend: Backend) {

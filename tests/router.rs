@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use support::{Admin, BIN, Backend, NodeCleanup, router_of, start, value, wait_status};
+use support::{Admin, Backend, NodeCleanup, router_of, value, wait_status};
 use tokio::process::Command;
 
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
@@ -121,24 +121,8 @@ async fn a_router_keeps_serving_without_admin_and_knows_hosts_redirects_and_deac
     let (_, key) = admin.sign_up("ana@example.com").await;
     admin.account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
     admin.upload_demo(&key, "ana-vod", "demo").await;
-    let router = |extra: &[&str]| {
-        let mut c = Command::new(BIN);
-        c.args([
-            "router",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-url",
-            &admin.url,
-            "--operator-token",
-            &admin.operator_token,
-        ])
-        .args(extra);
-        c
-    };
-    let (_proxy, lines) = start(&mut router(&["--domain", "example.test"]), "headwater router listening on ").await;
-    let proxy = value(&lines, "headwater router listening on ").to_owned();
-    let (_redirect, lines) = start(&mut router(&["--mode", "redirect"]), "headwater router listening on ").await;
-    let redirect = value(&lines, "headwater router listening on ").to_owned();
+    let (_proxy, proxy) = router_of(&admin, &["--domain", "example.test"]).await;
+    let (_redirect, redirect) = router_of(&admin, &["--mode", "redirect"]).await;
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let playlist = std::fs::read(format!("{DEMO}/hls/master.m3u8")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);

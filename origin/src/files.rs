@@ -186,6 +186,7 @@ impl Files {
         let found = if let Some(open) = self.store.open_file(path).await? {
             let file = Arc::new(open.file);
             if open.meta.size <= IN_MEMORY_MAX.min(self.max_item) {
+                // One piece of the file's stream holds it all (64 KiB < 256 KiB).
                 let bytes = Body::File { file, offset: 0, len: open.meta.size }.into_stream().next().await;
                 let bytes = bytes.transpose()?.unwrap_or_default();
                 Arc::new(Found::new(path, open.meta, Some(bytes), None))

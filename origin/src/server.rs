@@ -22,20 +22,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// when the drain deadline passed (0 after a clean drain).
 pub async fn serve(listener: TcpListener, node: Arc<Node>, drain: CancellationToken, cfg: ServeConfig) -> usize {
     let connections = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = drain.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a moment, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = headwater_serve::accept(&listener, &drain).await {
         connections.spawn(connection(node.clone(), stream, peer, drain.clone(), cfg));
     }
     drop(listener);

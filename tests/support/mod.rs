@@ -205,6 +205,13 @@ impl Admin {
         req.send().await.expect("request")
     }
 
+    /// Whether one of the last 500 events is `action` on `subject`.
+    pub async fn has_event(&self, action: &str, subject: &str) -> bool {
+        let events =
+            self.call(Method::GET, "/v1/events?limit=500", Some(&self.operator_token), None, StatusCode::OK).await;
+        events["items"].as_array().unwrap().iter().any(|e| e["action"] == action && e["subject"] == subject)
+    }
+
     /// A request whose answer must have `status`; returns the JSON body.
     pub async fn call(
         &self,

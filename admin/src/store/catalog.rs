@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::{
     AllocationRow, BeginWrite, EventRow, ImageRow, NewOperation, NodeRow, OperationRow, OriginTypeRow, PoolRow, Result,
-    Store, StoreError, event, on_pool,
+    Store, StoreError, event, on_pool, origin_type_columns,
 };
 use crate::clock::UnixMs;
 
@@ -53,24 +53,18 @@ impl Store {
 
     pub async fn origin_types(&self) -> Result<Vec<OriginTypeRow>> {
         on_pool!(self, |p| {
-            Ok(sqlx::query_as(
-                "SELECT name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps, payg_cap_mbps, current_image,
-                        created_at, updated_at, warm_pools, retention_hours FROM origin_types ORDER BY name",
-            )
-            .fetch_all(p)
-            .await?)
+            Ok(sqlx::query_as(concat!("SELECT ", origin_type_columns!(), " FROM origin_types ORDER BY name"))
+                .fetch_all(p)
+                .await?)
         })
     }
 
     pub async fn origin_type(&self, name: &str) -> Result<Option<OriginTypeRow>> {
         on_pool!(self, |p| {
-            Ok(sqlx::query_as(
-                "SELECT name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps, payg_cap_mbps, current_image,
-                        created_at, updated_at, warm_pools, retention_hours FROM origin_types WHERE name = $1",
-            )
-            .bind(name)
-            .fetch_optional(p)
-            .await?)
+            Ok(sqlx::query_as(concat!("SELECT ", origin_type_columns!(), " FROM origin_types WHERE name = $1"))
+                .bind(name)
+                .fetch_optional(p)
+                .await?)
         })
     }
 
@@ -84,12 +78,12 @@ impl Store {
     ) -> Result<OriginTypeRow> {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
-            let row = sqlx::query_as(
+            let row = sqlx::query_as(concat!(
                 "INSERT INTO origin_types (name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps,
-                     payg_cap_mbps, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)
-                 RETURNING name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps, payg_cap_mbps,
-                     current_image, created_at, updated_at, warm_pools, retention_hours",
-            )
+                     payg_cap_mbps, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                " RETURNING ",
+                origin_type_columns!()
+            ))
             .bind(name)
             .bind(s.node_capacity_mbps)
             .bind(s.sla_increment_mbps)
@@ -115,12 +109,12 @@ impl Store {
     ) -> Result<OriginTypeRow> {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
-            let row: Option<OriginTypeRow> = sqlx::query_as(
+            let row: Option<OriginTypeRow> = sqlx::query_as(concat!(
                 "UPDATE origin_types SET node_capacity_mbps = $2, sla_increment_mbps = $3, trial_cap_mbps = $4,
-                     payg_cap_mbps = $5, updated_at = $6 WHERE name = $1
-                 RETURNING name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps, payg_cap_mbps,
-                     current_image, created_at, updated_at, warm_pools, retention_hours",
-            )
+                     payg_cap_mbps = $5, updated_at = $6 WHERE name = $1",
+                " RETURNING ",
+                origin_type_columns!()
+            ))
             .bind(name)
             .bind(s.node_capacity_mbps)
             .bind(s.sla_increment_mbps)

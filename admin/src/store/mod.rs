@@ -47,6 +47,15 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+/// The columns of an [`OriginTypeRow`], for every query that returns one.
+macro_rules! origin_type_columns {
+    () => {
+        "name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps, payg_cap_mbps, current_image, \
+         created_at, updated_at, warm_pools, retention_hours"
+    };
+}
+pub(crate) use origin_type_columns;
+
 /// Begins a transaction that will write. On SQLite it takes the write lock at once
 /// (`BEGIN IMMEDIATE`): a deferred transaction that reads, then writes, would fail
 /// with "database is locked" instead of waiting when another writer is active.

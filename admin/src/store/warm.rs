@@ -4,7 +4,7 @@
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{BeginWrite, OriginTypeRow, Result, Store, StoreError, event, on_pool};
+use super::{BeginWrite, OriginTypeRow, Result, Store, StoreError, event, on_pool, origin_type_columns};
 use crate::clock::UnixMs;
 
 /// A warm pool: its size in nodes and how many of them are ready.
@@ -26,11 +26,11 @@ impl Store {
     ) -> Result<OriginTypeRow> {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
-            let row: Option<OriginTypeRow> = sqlx::query_as(
-                "UPDATE origin_types SET warm_pools = $2, updated_at = $3 WHERE name = $1
-                 RETURNING name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps, payg_cap_mbps,
-                     current_image, created_at, updated_at, warm_pools, retention_hours",
-            )
+            let row: Option<OriginTypeRow> = sqlx::query_as(concat!(
+                "UPDATE origin_types SET warm_pools = $2, updated_at = $3 WHERE name = $1",
+                " RETURNING ",
+                origin_type_columns!()
+            ))
             .bind(name)
             .bind(warm.map(Json))
             .bind(now)
@@ -48,11 +48,11 @@ impl Store {
     pub async fn set_retention_hours(&self, name: &str, hours: i32, actor: &str, now: UnixMs) -> Result<OriginTypeRow> {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
-            let row: Option<OriginTypeRow> = sqlx::query_as(
-                "UPDATE origin_types SET retention_hours = $2, updated_at = $3 WHERE name = $1
-                 RETURNING name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps, payg_cap_mbps,
-                     current_image, created_at, updated_at, warm_pools, retention_hours",
-            )
+            let row: Option<OriginTypeRow> = sqlx::query_as(concat!(
+                "UPDATE origin_types SET retention_hours = $2, updated_at = $3 WHERE name = $1",
+                " RETURNING ",
+                origin_type_columns!()
+            ))
             .bind(name)
             .bind(hours)
             .bind(now)
