@@ -4,16 +4,9 @@
 pub mod api;
 pub mod bus;
 pub mod clock;
+pub mod control;
 pub mod domain;
-pub mod every;
-pub mod health;
-pub mod heartbeats;
 pub mod keys;
 pub mod probe_content;
-pub mod reconciler;
-pub mod retention;
-pub mod routing;
 pub mod server;
 pub mod store;
-pub mod warm;
-pub mod worker;

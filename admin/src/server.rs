@@ -13,11 +13,11 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiSettings, AppState, Metrics, RateLimits};
 use crate::bus::Bus;
 use crate::clock::{Clock, SystemClock};
-use crate::health::Prober;
+use crate::control::health::Prober;
+use crate::control::reconciler::{HealthPolicy, NodeTemplate, Reconciler, ScalePolicy};
+use crate::control::worker::Worker;
 use crate::keys;
-use crate::reconciler::{HealthPolicy, NodeTemplate, Reconciler, ScalePolicy};
 use crate::store::Store;
-use crate::worker::Worker;
 use headwater_content::ContentStore;
 use headwater_provisioner::{Driver, ProcessDriver};
 use headwater_serve::{ServeConfig, with_peer};
@@ -130,7 +130,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 /// Everything `admin` runs, assembled: used by `headwater admin` and by `up`.
 pub struct Admin {
     pub state: AppState,
-    heartbeat_rx: tokio::sync::mpsc::Receiver<crate::heartbeats::Queued>,
+    heartbeat_rx: tokio::sync::mpsc::Receiver<crate::control::heartbeats::Queued>,
     pub workers: Vec<Worker>,
     /// Runs nodes for pools; `None` with `--driver none`.
     pub driver: Option<Arc<dyn Driver>>,
@@ -159,7 +159,7 @@ impl Admin {
         if seeded > 0 {
             tracing::info!(files = seeded, "test content written under _probe/");
         }
-        let (heartbeats, heartbeat_rx) = crate::heartbeats::HeartbeatQueue::new();
+        let (heartbeats, heartbeat_rx) = crate::control::heartbeats::HeartbeatQueue::new();
         let state = AppState {
             store: store.clone(),
             clock: clock.clone(),
@@ -195,8 +195,11 @@ impl Admin {
         let workers: Vec<_> = self.workers.into_iter().map(|w| tokio::spawn(w.run(shutdown.clone()))).collect();
         // The writer outlives the server so heartbeats queued during the drain are kept.
         let writer_stop = CancellationToken::new();
-        let writer =
-            tokio::spawn(crate::heartbeats::write(self.state.store.clone(), self.heartbeat_rx, writer_stop.clone()));
+        let writer = tokio::spawn(crate::control::heartbeats::write(
+            self.state.store.clone(),
+            self.heartbeat_rx,
+            writer_stop.clone(),
+        ));
         let prober = Prober {
             store: self.state.store.clone(),
             clock: self.state.clock.clone(),
@@ -208,10 +211,10 @@ impl Admin {
         let routing = tokio::spawn(self.state.routing.clone().publish(
             self.state.store.clone(),
             self.state.bus.clone(),
-            crate::routing::PUBLISH_EVERY,
+            crate::control::routing::PUBLISH_EVERY,
             shutdown.clone(),
         ));
-        let collector = crate::retention::Collector {
+        let collector = crate::control::retention::Collector {
             store: self.state.store.clone(),
             bus: self.state.bus.clone(),
             clock: self.state.clock.clone(),
@@ -222,7 +225,7 @@ impl Admin {
             every: Duration::from_secs(1),
         };
         let collector = tokio::spawn(collector.run(shutdown.clone()));
-        let keeper = crate::warm::Keeper {
+        let keeper = crate::control::warm::Keeper {
             store: self.state.store.clone(),
             clock: self.state.clock.clone(),
             every: Duration::from_secs(1),
@@ -265,7 +268,7 @@ impl Admin {
         let sweeper = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let mut every = crate::every::Every::new(Duration::from_secs(60), &shutdown);
+                let mut every = crate::control::every::Every::new(Duration::from_secs(60), &shutdown);
                 while every.next().await {
                     limits.retain_recent();
                 }

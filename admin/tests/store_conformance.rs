@@ -6,12 +6,12 @@ mod support;
 use std::sync::Arc;
 
 use headwater_admin::clock::{Clock, ManualClock};
+use headwater_admin::control::worker::{LEASE_MS, Worker};
 use headwater_admin::domain::{AccountName, IpAllow, Offer, OfferKind};
 use headwater_admin::keys;
 use headwater_admin::store::{
     AccountChange, Effect, IdempotencyStart, NewAccount, NewOperation, OperationFilter, StoreError,
 };
-use headwater_admin::worker::{LEASE_MS, Worker};
 use support::{TestDb, raw_count, raw_execute};
 use tokio::sync::Notify;
 use uuid::Uuid;

@@ -60,13 +60,13 @@ pub struct AppState {
     pub bus: Bus,
     pub settings: Arc<ApiSettings>,
     /// Heartbeats queued for the batch writer.
-    pub heartbeats: crate::heartbeats::HeartbeatQueue,
+    pub heartbeats: crate::control::heartbeats::HeartbeatQueue,
     /// Where assets are uploaded to (and nodes read from).
     pub content: ContentStore,
     pub metrics: Arc<Metrics>,
     pub limits: Arc<RateLimits>,
     /// The routing table handed to routers.
-    pub routing: Arc<crate::routing::Routing>,
+    pub routing: Arc<crate::control::routing::Routing>,
     /// The retention collector's clock, movable with `--test-clock`.
     pub test_clock: Option<Arc<crate::clock::OffsetClock>>,
 }

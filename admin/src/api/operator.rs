@@ -86,7 +86,7 @@ pub async fn update_origin_type(
         payg_cap_mbps: pick("payg_cap_mbps", b.payg_cap_mbps, t.payg_cap_mbps)?,
     };
     if let Some(w) = &b.warm_pools {
-        crate::warm::WarmPolicy::parse(w).map_err(|e| ApiError::invalid("warm_pools", e))?;
+        crate::control::warm::WarmPolicy::parse(w).map_err(|e| ApiError::invalid("warm_pools", e))?;
     }
     let retention = b
         .retention_hours
@@ -132,7 +132,7 @@ pub async fn create_image(
     if let Some(i) = b.args.iter().position(|a| a.contains('\0')) {
         return Err(ApiError::invalid(format!("args[{i}]"), "must not contain NUL"));
     }
-    let concurrent = b.max_concurrent_pools.unwrap_or(crate::worker::MAX_CONCURRENT_POOLS as i64);
+    let concurrent = b.max_concurrent_pools.unwrap_or(crate::control::worker::MAX_CONCURRENT_POOLS as i64);
     if !(1..=64).contains(&concurrent) {
         return Err(ApiError::invalid("max_concurrent_pools", "1 to 64 pools at a time"));
     }

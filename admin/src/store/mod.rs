@@ -12,8 +12,12 @@ mod customers;
 mod idempotency;
 mod nodes;
 mod operations;
+mod pools;
+mod probes;
+mod routes;
 mod rows;
 mod upgrades;
+mod usage;
 mod warm;
 
 use std::borrow::Cow;
@@ -27,13 +31,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use accounts::{AccountChange, NewAccount};
 pub use catalog::{BUILTIN_TYPES, OriginTypeSettings};
 pub use idempotency::IdempotencyStart;
-pub use nodes::{
-    HeartbeatRecord, NodeHealthRow, NodeServing, Placement, PoolTarget, RouteRow, ServedAccountRow, UsageRow,
-    effective_state,
-};
+pub use nodes::{HeartbeatRecord, NodeHealthRow, NodeServing, Placement, ServedAccountRow, effective_state};
 pub use operations::{Effect, OperationFilter};
+pub use pools::PoolTarget;
+pub use routes::RouteRow;
 pub use rows::*;
 pub use upgrades::{HALT_AFTER_FAILED_NODES, UpgradeProgress};
+pub use usage::UsageRow;
 pub use warm::WarmPool;
 
 /// Expands `$body` once per backend with `$p` bound to that backend's pool.

@@ -1,5 +1,5 @@
 //! Origin nodes: registration, heartbeats (latest in `nodes`, history in `probes`),
-//! the configuration a node serves, and usage it reports.
+//! their states and handles, and the configuration a node serves.
 
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -43,14 +43,6 @@ pub struct NodeServing {
     /// Ready nodes of the pool: the router spreads an account's requests over them.
     pub ready_nodes: i64,
     pub accounts: Vec<ServedAccountRow>,
-}
-
-/// One minute of usage of one account.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct UsageRow {
-    pub window_start: UnixMs,
-    pub bytes: i64,
-    pub requests: i64,
 }
 
 impl Store {
@@ -217,58 +209,6 @@ impl Store {
             accounts,
         })
     }
-
-    /// Adds a node's usage report. Only accounts mapped to the node's pool count;
-    /// returns how many windows were refused for naming other accounts.
-    pub async fn record_usage(&self, node_id: Uuid, windows: &[(String, UnixMs, i64, i64)]) -> Result<usize> {
-        let mut refused = 0;
-        on_pool!(self, |p| {
-            let mut tx = p.begin_write().await?;
-            for (account, window_start, bytes, requests) in windows {
-                let account_id: Option<Uuid> = sqlx::query_scalar(
-                    "SELECT a.id FROM accounts a JOIN account_pool_mappings m ON m.account_id = a.id
-                     JOIN nodes n ON n.pool_id = m.pool_id OR n.pool_id = m.previous_pool_id OR n.pool_id = a.staged_pool_id
-                     WHERE a.name = $1 AND n.id = $2",
-                )
-                .bind(account)
-                .bind(node_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(account_id) = account_id else {
-                    refused += 1;
-                    continue;
-                };
-                sqlx::query(
-                    "INSERT INTO usage (account_id, window_start, bytes, requests) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (account_id, window_start) DO UPDATE
-                     SET bytes = usage.bytes + excluded.bytes, requests = usage.requests + excluded.requests",
-                )
-                .bind(account_id)
-                .bind(window_start)
-                .bind(bytes)
-                .bind(requests)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(refused)
-    }
-
-    /// An account's usage per minute in `[from, to)`.
-    pub async fn usage(&self, account_id: Uuid, from: UnixMs, to: UnixMs) -> Result<Vec<UsageRow>> {
-        on_pool!(self, |p| {
-            Ok(sqlx::query_as(
-                "SELECT window_start, bytes, requests FROM usage WHERE account_id = $1 AND window_start >= $2 AND window_start < $3
-                 ORDER BY window_start",
-            )
-            .bind(account_id)
-            .bind(from)
-            .bind(to)
-            .fetch_all(p)
-            .await?)
-        })
-    }
 }
 
 impl Store {
@@ -333,58 +273,7 @@ pub struct Placement<'a> {
     pub image_version: Option<&'a str>,
 }
 
-/// A pool as the reconciler sees it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct PoolTarget {
-    pub id: Uuid,
-    pub kind: String,
-    pub state: String,
-    pub desired_nodes: i32,
-    pub node_capacity_mbps: i32,
-    pub image_version: Option<String>,
-    pub updated_at: UnixMs,
-    pub origin_type: String,
-    /// Nodes on the pool's image that failed in the last 10 minutes: at
-    /// [`HALT_AFTER_FAILED_NODES`](super::HALT_AFTER_FAILED_NODES) a rolling upgrade
-    /// of the pool stops launching them.
-    pub failed_on_image: i64,
-}
-
 impl Store {
-    /// Pools that need nodes or still have some; failures counted from `now`.
-    pub async fn pool_targets(&self, now: UnixMs) -> Result<Vec<PoolTarget>> {
-        on_pool!(self, |p| {
-            Ok(sqlx::query_as(
-                "SELECT p.id, p.kind, p.state, p.desired_nodes, t.node_capacity_mbps, p.image_version, p.updated_at,
-                        p.origin_type,
-                        (SELECT COUNT(*) FROM nodes f WHERE f.pool_id = p.id AND f.state = 'failed'
-                           AND f.image_version = p.image_version AND f.created_at >= $1) AS failed_on_image
-                 FROM pools p JOIN origin_types t ON t.name = p.origin_type
-                 WHERE p.state <> 'deleted' OR EXISTS (SELECT 1 FROM nodes n WHERE n.pool_id = p.id AND n.state IN ('starting', 'ready', 'draining'))
-                 ORDER BY p.id",
-            )
-            .bind(now - 600_000)
-            .fetch_all(p)
-            .await?)
-        })
-    }
-
-    /// The nodes of a pool that are not stopped, with their health signals.
-    pub async fn pool_health(&self, pool_id: Uuid) -> Result<Vec<NodeHealthRow>> {
-        on_pool!(self, |p| {
-            Ok(sqlx::query_as(
-                "SELECT n.id, n.pool_id, n.handle, n.state, n.last_heartbeat, n.created_at, n.egress_mbps, n.upgrade_domain,
-                        n.image_version,
-                        (SELECT COUNT(*) FROM (SELECT ok FROM probes r WHERE r.node_id = n.id AND r.source = 'self'
-                                               ORDER BY r.id DESC LIMIT 2) last WHERE NOT last.ok) AS recent_probe_failures
-                 FROM nodes n WHERE n.pool_id = $1 AND n.state <> 'stopped' ORDER BY n.id",
-            )
-            .bind(pool_id)
-            .fetch_all(p)
-            .await?)
-        })
-    }
-
     /// Every node that should be running (for adopting processes after a restart).
     pub async fn live_node_ids(&self) -> Result<Vec<Uuid>> {
         on_pool!(self, |p| {
@@ -434,195 +323,6 @@ impl Store {
                  WHERE a.id = $1 AND n.state = 'ready' ORDER BY n.id",
             )
             .bind(account_id)
-            .fetch_all(p)
-            .await?)
-        })
-    }
-
-    /// Ready nodes of the pool the account's offer calls for: its own dedicated pool
-    /// for sla; for trial/payg the shared pool it is in, else the best shared pool
-    /// of its type (the one it would be put in).
-    pub async fn target_ready_nodes(&self, account_id: Uuid) -> Result<i64> {
-        on_pool!(self, |p| {
-            Ok(sqlx::query_scalar(
-                "SELECT CASE WHEN a.offer = 'sla' THEN
-                    (SELECT COUNT(*) FROM pools p JOIN nodes n ON n.pool_id = p.id
-                     WHERE p.account_id = a.id AND p.kind = 'dedicated' AND p.state IN ('creating', 'ready', 'retained')
-                       AND n.state = 'ready')
-                 WHEN EXISTS (SELECT 1 FROM account_pool_mappings m JOIN pools p ON p.id = m.pool_id
-                              WHERE m.account_id = a.id AND p.kind = 'shared') THEN
-                    (SELECT COUNT(*) FROM account_pool_mappings m JOIN nodes n ON n.pool_id = m.pool_id
-                     WHERE m.account_id = a.id AND n.state = 'ready')
-                 ELSE
-                    (SELECT COALESCE(MAX(c), 0) FROM (SELECT COUNT(*) AS c FROM shared_pools s JOIN nodes n ON n.pool_id = s.pool_id
-                     WHERE s.origin_type = a.origin_type AND n.state = 'ready' GROUP BY s.pool_id) ready)
-                 END
-                 FROM accounts a WHERE a.id = $1",
-            )
-            .bind(account_id)
-            .fetch_one(p)
-            .await?)
-        })
-    }
-}
-
-impl Store {
-    /// Nodes that should be serving, with their addresses.
-    pub async fn probe_targets(&self) -> Result<Vec<(Uuid, String)>> {
-        on_pool!(self, |p| {
-            Ok(sqlx::query_as(
-                "SELECT id, address FROM nodes WHERE state IN ('starting', 'ready') AND address IS NOT NULL ORDER BY id",
-            )
-            .fetch_all(p)
-            .await?)
-        })
-    }
-
-    pub async fn record_probe(
-        &self,
-        node: Uuid,
-        source: &str,
-        ok: bool,
-        latency_ms: i32,
-        detail: Option<&str>,
-        now: UnixMs,
-    ) -> Result<()> {
-        on_pool!(self, |p| {
-            sqlx::query(
-                "INSERT INTO probes (node_id, at, source, ok, latency_ms, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(node)
-            .bind(now)
-            .bind(source)
-            .bind(ok)
-            .bind(latency_ms)
-            .bind(detail)
-            .execute(p)
-            .await?;
-        });
-        Ok(())
-    }
-
-    /// Per live account: the share of admin's probes of its pool's nodes since
-    /// `since` that succeeded (accounts with no probes in the window are absent).
-    pub async fn availabilities(&self, since: UnixMs) -> Result<Vec<(String, f64)>> {
-        on_pool!(self, |p| {
-            Ok(sqlx::query_as(
-                "SELECT a.name, CAST(AVG(CASE WHEN r.ok THEN 1.0 ELSE 0.0 END) AS DOUBLE PRECISION) AS availability
-                 FROM accounts a JOIN account_pool_mappings m ON m.account_id = a.id
-                 JOIN nodes n ON n.pool_id = m.pool_id JOIN probes r ON r.node_id = n.id
-                 WHERE a.state <> 'deleted' AND r.source = 'admin' AND r.at >= $1
-                 GROUP BY a.name ORDER BY a.name",
-            )
-            .bind(since)
-            .fetch_all(p)
-            .await?)
-        })
-    }
-
-    /// One account's availability since `since`.
-    pub async fn availability(&self, account_id: Uuid, since: UnixMs) -> Result<Option<f64>> {
-        on_pool!(self, |p| {
-            Ok(sqlx::query_scalar(
-                "SELECT CAST(AVG(CASE WHEN r.ok THEN 1.0 ELSE 0.0 END) AS DOUBLE PRECISION) FROM account_pool_mappings m
-                 JOIN nodes n ON n.pool_id = m.pool_id JOIN probes r ON r.node_id = n.id
-                 WHERE m.account_id = $1 AND r.source = 'admin' AND r.at >= $2",
-            )
-            .bind(account_id)
-            .bind(since)
-            .fetch_one(p)
-            .await?)
-        })
-    }
-}
-
-impl Store {
-    /// Deletes released pools whose nodes have all stopped (and whose grace for
-    /// routers is over, `released_before`): their node rows, the nodes' probe
-    /// history, and the pool row. Returns the pools deleted.
-    pub async fn purge_released_pools(&self, released_before: UnixMs, now: UnixMs) -> Result<Vec<Uuid>> {
-        on_pool!(self, |p| {
-            let mut tx = p.begin_write().await?;
-            let pools: Vec<Uuid> = sqlx::query_scalar(
-                "SELECT p.id FROM pools p
-                 WHERE p.state = 'deleting' AND p.updated_at < $1
-                   AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.pool_id = p.id AND n.state IN ('starting', 'ready', 'draining'))
-                   AND NOT EXISTS (SELECT 1 FROM account_pool_mappings m WHERE m.pool_id = p.id)
-                   AND NOT EXISTS (SELECT 1 FROM global_allocations g WHERE g.pool_id = p.id)
-                 ORDER BY p.id",
-            )
-            .bind(released_before)
-            .fetch_all(&mut *tx)
-            .await?;
-            for pool in &pools {
-                let nodes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE pool_id = $1")
-                    .bind(pool)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                for q in [
-                    "DELETE FROM probes WHERE node_id IN (SELECT id FROM nodes WHERE pool_id = $1)",
-                    "DELETE FROM nodes WHERE pool_id = $1",
-                    "UPDATE account_pool_mappings SET previous_pool_id = NULL WHERE previous_pool_id = $1",
-                    "UPDATE accounts SET staged_pool_id = NULL WHERE staged_pool_id = $1",
-                    "DELETE FROM shared_pools WHERE pool_id = $1",
-                    "DELETE FROM pools WHERE id = $1",
-                ] {
-                    sqlx::query(q).bind(pool).execute(&mut *tx).await?;
-                }
-                event!(
-                    tx,
-                    now,
-                    "collector",
-                    "pool.deleted",
-                    format!("pool:{pool}"),
-                    format!("{nodes} node rows removed")
-                )?;
-            }
-            tx.commit().await?;
-            Ok(pools)
-        })
-    }
-
-    /// Sets a pool's desired size, with the reason in the event trail.
-    pub async fn set_pool_desired(&self, pool: Uuid, nodes: i32, reason: &str, now: UnixMs) -> Result<()> {
-        on_pool!(self, |p| {
-            let mut tx = p.begin_write().await?;
-            sqlx::query("UPDATE pools SET desired_nodes = $2, updated_at = $3 WHERE id = $1")
-                .bind(pool)
-                .bind(nodes)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            event!(tx, now, "autoscaler", "pool.scaled", format!("pool:{pool}"), format!("{nodes} nodes: {reason}"))?;
-            tx.commit().await?;
-            Ok(())
-        })
-    }
-}
-
-/// One row of the routing table query: an account and (maybe) one ready node.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct RouteRow {
-    pub name: String,
-    pub state: String,
-    pub ip_allow: Json<Vec<String>>,
-    pub allow_origins: Json<Vec<String>>,
-    pub node_id: Option<Uuid>,
-    pub address: Option<String>,
-}
-
-impl Store {
-    /// Every live account with the ready nodes of its pool.
-    pub async fn routes(&self) -> Result<Vec<RouteRow>> {
-        on_pool!(self, |p| {
-            Ok(sqlx::query_as(
-                "SELECT a.name, a.state, a.ip_allow, a.allow_origins, n.id AS node_id, n.address
-                 FROM accounts a
-                 LEFT JOIN account_pool_mappings m ON m.account_id = a.id
-                 LEFT JOIN nodes n ON n.pool_id = m.pool_id AND n.state = 'ready' AND n.address IS NOT NULL
-                 WHERE a.state IN ('active', 'deactivated', 'provisioning')
-                 ORDER BY a.name, n.id",
-            )
             .fetch_all(p)
             .await?)
         })

@@ -150,7 +150,7 @@ impl Keeper {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut every = crate::every::Every::new(self.every, &shutdown);
+        let mut every = crate::control::every::Every::new(self.every, &shutdown);
         while every.next().await {
             if let Err(e) = self.keep().await {
                 tracing::warn!(error = %e, "warm keeper");

@@ -256,7 +256,7 @@ impl Worker {
                 let mut all = true;
                 for (node, running) in self.store.account_ready_node_versions(account).await? {
                     let serving = self.store.node_serving(node, self.clock.now_ms()).await?;
-                    let want = crate::api::nodes::node_config(node, &serving).version;
+                    let want = crate::control::node_config::node_config(node, &serving).version;
                     all &= u64::try_from(running).ok() == Some(want);
                 }
                 all

@@ -219,7 +219,7 @@ impl Reconciler {
         if let Err(e) = self.adopt().await {
             tracing::error!(error = %e, "adopting nodes");
         }
-        let mut every = crate::every::Every::new(self.interval, &shutdown);
+        let mut every = crate::control::every::Every::new(self.interval, &shutdown);
         while every.next().await {
             if let Err(e) = self.reconcile_once().await {
                 tracing::warn!(error = %e, "reconcile");

@@ -61,7 +61,7 @@ impl Collector {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut every = crate::every::Every::new(self.every, &shutdown);
+        let mut every = crate::control::every::Every::new(self.every, &shutdown);
         while every.next().await {
             if let Err(e) = self.sweep().await {
                 tracing::warn!(error = %e, "collector");

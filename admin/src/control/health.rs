@@ -23,7 +23,7 @@ pub struct Prober {
 
 impl Prober {
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut every = crate::every::Every::new(self.interval, &shutdown);
+        let mut every = crate::control::every::Every::new(self.interval, &shutdown);
         while every.next().await {
             if let Err(e) = self.probe_all().await {
                 tracing::warn!(error = %e, "probing nodes");

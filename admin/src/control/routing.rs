@@ -92,7 +92,7 @@ impl Routing {
     /// `shutdown`; then ends every stream.
     pub async fn publish(self: Arc<Self>, store: Store, bus: Bus, every: Duration, shutdown: CancellationToken) {
         let mut last = String::new();
-        let mut tick = crate::every::Every::new(every, &shutdown);
+        let mut tick = crate::control::every::Every::new(every, &shutdown);
         while tick.next().await {
             if !bus.is_shared() && self.latest.receiver_count() == 0 {
                 last.clear();

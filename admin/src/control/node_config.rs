@@ -1,0 +1,97 @@
+//! The configuration an origin node serves (`GET /v1/nodes/{id}/config`), made
+//! from what the store says its pool serves. The worker compares it with what a
+//! node runs to know that the node has heard of a change.
+
+use headwater_protocol::{NodeConfig, ServedAccount};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::store::NodeServing;
+
+/// The configuration a node of this pool serves. Its version is a digest of its
+/// content, so it changes exactly when the configuration does.
+///
+/// An account's cap in a shared pool is for the account, not per node: the router
+/// spreads its requests over the pool's ready nodes, so each node holds it to its
+/// share (kbit/s, rounded up), and the shares grow when a node fails or leaves.
+pub fn node_config(node_id: Uuid, s: &NodeServing) -> NodeConfig {
+    let shared = s.pool_kind == "shared";
+    let nodes = u32::try_from(s.ready_nodes).unwrap_or(1).max(1);
+    // kbit/s, at least 1.
+    let share = |cap: i32| u32::try_from(cap).ok().map(|c| c.saturating_mul(1000).div_ceil(nodes).max(1));
+    let accounts: Vec<ServedAccount> = s
+        .accounts
+        .iter()
+        .map(|a| {
+            let cap_kbps = match (shared, a.offer.as_str()) {
+                (true, "trial") => share(s.trial_cap_mbps),
+                (true, _) => share(s.payg_cap_mbps),
+                (false, _) => None,
+            };
+            ServedAccount {
+                name: a.name.clone(),
+                cap_mbps: cap_kbps.map(|k| k.div_ceil(1000)),
+                cap_kbps,
+                ip_allow: a.ip_allow.0.clone(),
+                allow_origins: a.allow_origins.0.clone(),
+                active: a.state == "active" || a.state == "provisioning",
+            }
+        })
+        .collect();
+    let capacity_mbps = u32::try_from(s.node_capacity_mbps).unwrap_or(1);
+    let mut config = NodeConfig { version: 0, node_id, pool_id: s.pool_id, capacity_mbps, accounts };
+    let digest = Sha256::digest(serde_json::to_vec(&config).unwrap_or_default());
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&digest[..8]);
+    // Kept below 2^63 so it fits a signed BIGINT.
+    config.version = u64::from_be_bytes(v) >> 1;
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ServedAccountRow;
+
+    fn serving(kind: &str, ready_nodes: i64) -> NodeServing {
+        let account = |name: &str, offer: &str| ServedAccountRow {
+            name: name.into(),
+            offer: offer.into(),
+            state: "active".into(),
+            ip_allow: sqlx::types::Json(vec![]),
+            allow_origins: sqlx::types::Json(vec![]),
+        };
+        NodeServing {
+            pool_id: Uuid::nil(),
+            pool_kind: kind.into(),
+            node_capacity_mbps: 100,
+            trial_cap_mbps: 5,
+            payg_cap_mbps: 10,
+            ready_nodes,
+            accounts: vec![account("p", "payg"), account("t", "trial"), account("s", "sla")],
+        }
+    }
+
+    /// kbit/s per account.
+    fn caps(c: &NodeConfig) -> Vec<Option<u32>> {
+        c.accounts.iter().map(|a| a.cap_kbps).collect()
+    }
+
+    #[test]
+    fn a_shared_pool_splits_each_cap_over_its_ready_nodes() {
+        assert_eq!(caps(&node_config(Uuid::nil(), &serving("shared", 1))), [Some(10_000), Some(5_000), Some(10_000)]);
+        assert_eq!(caps(&node_config(Uuid::nil(), &serving("shared", 2))), [Some(5_000), Some(2_500), Some(5_000)]);
+        let three = node_config(Uuid::nil(), &serving("shared", 3));
+        assert_eq!(caps(&three), [Some(3_334), Some(1_667), Some(3_334)]);
+        // Older nodes read whole Mbit/s, rounded up.
+        assert_eq!(three.accounts.iter().map(|a| a.cap_mbps).collect::<Vec<_>>(), [Some(4), Some(2), Some(4)]);
+        // No ready node yet (the first one starting): the whole cap, never 0.
+        assert_eq!(caps(&node_config(Uuid::nil(), &serving("shared", 0))), [Some(10_000), Some(5_000), Some(10_000)]);
+        // Dedicated pools are held by the node capacity alone.
+        assert_eq!(caps(&node_config(Uuid::nil(), &serving("dedicated", 2))), [None, None, None]);
+        // The version follows the content: a node joining changes the shares.
+        let (one, two) =
+            (node_config(Uuid::nil(), &serving("shared", 1)), node_config(Uuid::nil(), &serving("shared", 2)));
+        assert_ne!(one.version, two.version);
+    }
+}

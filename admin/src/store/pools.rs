@@ -1,0 +1,149 @@
+//! Pools as the reconciler sees them: their desired size, their nodes' health,
+//! scaling and the removal of released pools.
+
+use uuid::Uuid;
+
+use super::NodeHealthRow;
+use super::{BeginWrite, Result, Store, event, on_pool};
+use crate::clock::UnixMs;
+
+/// A pool as the reconciler sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PoolTarget {
+    pub id: Uuid,
+    pub kind: String,
+    pub state: String,
+    pub desired_nodes: i32,
+    pub node_capacity_mbps: i32,
+    pub image_version: Option<String>,
+    pub updated_at: UnixMs,
+    pub origin_type: String,
+    /// Nodes on the pool's image that failed in the last 10 minutes: at
+    /// [`HALT_AFTER_FAILED_NODES`](super::HALT_AFTER_FAILED_NODES) a rolling upgrade
+    /// of the pool stops launching them.
+    pub failed_on_image: i64,
+}
+
+impl Store {
+    /// Pools that need nodes or still have some; failures counted from `now`.
+    pub async fn pool_targets(&self, now: UnixMs) -> Result<Vec<PoolTarget>> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(
+                "SELECT p.id, p.kind, p.state, p.desired_nodes, t.node_capacity_mbps, p.image_version, p.updated_at,
+                        p.origin_type,
+                        (SELECT COUNT(*) FROM nodes f WHERE f.pool_id = p.id AND f.state = 'failed'
+                           AND f.image_version = p.image_version AND f.created_at >= $1) AS failed_on_image
+                 FROM pools p JOIN origin_types t ON t.name = p.origin_type
+                 WHERE p.state <> 'deleted' OR EXISTS (SELECT 1 FROM nodes n WHERE n.pool_id = p.id AND n.state IN ('starting', 'ready', 'draining'))
+                 ORDER BY p.id",
+            )
+            .bind(now - 600_000)
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
+    /// The nodes of a pool that are not stopped, with their health signals.
+    pub async fn pool_health(&self, pool_id: Uuid) -> Result<Vec<NodeHealthRow>> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(
+                "SELECT n.id, n.pool_id, n.handle, n.state, n.last_heartbeat, n.created_at, n.egress_mbps, n.upgrade_domain,
+                        n.image_version,
+                        (SELECT COUNT(*) FROM (SELECT ok FROM probes r WHERE r.node_id = n.id AND r.source = 'self'
+                                               ORDER BY r.id DESC LIMIT 2) last WHERE NOT last.ok) AS recent_probe_failures
+                 FROM nodes n WHERE n.pool_id = $1 AND n.state <> 'stopped' ORDER BY n.id",
+            )
+            .bind(pool_id)
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
+    /// Ready nodes of the pool the account's offer calls for: its own dedicated pool
+    /// for sla; for trial/payg the shared pool it is in, else the best shared pool
+    /// of its type (the one it would be put in).
+    pub async fn target_ready_nodes(&self, account_id: Uuid) -> Result<i64> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_scalar(
+                "SELECT CASE WHEN a.offer = 'sla' THEN
+                    (SELECT COUNT(*) FROM pools p JOIN nodes n ON n.pool_id = p.id
+                     WHERE p.account_id = a.id AND p.kind = 'dedicated' AND p.state IN ('creating', 'ready', 'retained')
+                       AND n.state = 'ready')
+                 WHEN EXISTS (SELECT 1 FROM account_pool_mappings m JOIN pools p ON p.id = m.pool_id
+                              WHERE m.account_id = a.id AND p.kind = 'shared') THEN
+                    (SELECT COUNT(*) FROM account_pool_mappings m JOIN nodes n ON n.pool_id = m.pool_id
+                     WHERE m.account_id = a.id AND n.state = 'ready')
+                 ELSE
+                    (SELECT COALESCE(MAX(c), 0) FROM (SELECT COUNT(*) AS c FROM shared_pools s JOIN nodes n ON n.pool_id = s.pool_id
+                     WHERE s.origin_type = a.origin_type AND n.state = 'ready' GROUP BY s.pool_id) ready)
+                 END
+                 FROM accounts a WHERE a.id = $1",
+            )
+            .bind(account_id)
+            .fetch_one(p)
+            .await?)
+        })
+    }
+
+    /// Deletes released pools whose nodes have all stopped (and whose grace for
+    /// routers is over, `released_before`): their node rows, the nodes' probe
+    /// history, and the pool row. Returns the pools deleted.
+    pub async fn purge_released_pools(&self, released_before: UnixMs, now: UnixMs) -> Result<Vec<Uuid>> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            let pools: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT p.id FROM pools p
+                 WHERE p.state = 'deleting' AND p.updated_at < $1
+                   AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.pool_id = p.id AND n.state IN ('starting', 'ready', 'draining'))
+                   AND NOT EXISTS (SELECT 1 FROM account_pool_mappings m WHERE m.pool_id = p.id)
+                   AND NOT EXISTS (SELECT 1 FROM global_allocations g WHERE g.pool_id = p.id)
+                 ORDER BY p.id",
+            )
+            .bind(released_before)
+            .fetch_all(&mut *tx)
+            .await?;
+            for pool in &pools {
+                let nodes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nodes WHERE pool_id = $1")
+                    .bind(pool)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                for q in [
+                    "DELETE FROM probes WHERE node_id IN (SELECT id FROM nodes WHERE pool_id = $1)",
+                    "DELETE FROM nodes WHERE pool_id = $1",
+                    "UPDATE account_pool_mappings SET previous_pool_id = NULL WHERE previous_pool_id = $1",
+                    "UPDATE accounts SET staged_pool_id = NULL WHERE staged_pool_id = $1",
+                    "DELETE FROM shared_pools WHERE pool_id = $1",
+                    "DELETE FROM pools WHERE id = $1",
+                ] {
+                    sqlx::query(q).bind(pool).execute(&mut *tx).await?;
+                }
+                event!(
+                    tx,
+                    now,
+                    "collector",
+                    "pool.deleted",
+                    format!("pool:{pool}"),
+                    format!("{nodes} node rows removed")
+                )?;
+            }
+            tx.commit().await?;
+            Ok(pools)
+        })
+    }
+
+    /// Sets a pool's desired size, with the reason in the event trail.
+    pub async fn set_pool_desired(&self, pool: Uuid, nodes: i32, reason: &str, now: UnixMs) -> Result<()> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            sqlx::query("UPDATE pools SET desired_nodes = $2, updated_at = $3 WHERE id = $1")
+                .bind(pool)
+                .bind(nodes)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            event!(tx, now, "autoscaler", "pool.scaled", format!("pool:{pool}"), format!("{nodes} nodes: {reason}"))?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}
