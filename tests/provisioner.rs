@@ -324,3 +324,93 @@ async fn a_busy_shared_pool_grows_and_shrinks_back() {
         .collect();
     assert_eq!(scaled.len(), 2, "{scaled:?}");
 }
+
+/// A pool of an origin type whose image exits at start (`/bin/false`) beside a
+/// healthy pool, for 30 s: its launches back off (1 s doubling) instead of one
+/// every reconcile pass, its failed node rows stay few, it shows as degraded with
+/// the reason and one event, and the healthy pool keeps its nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_pool_backs_off_beside_a_healthy_one() {
+    let admin = Admin::start(Backend::Sqlite, PROCESS_DRIVER).await;
+    let op = &admin.operator_token;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let (healthy, _) =
+        create(&admin, &key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
+    let serving: Vec<Value> = wait_ready(&admin, &healthy, 2).await;
+    let mut serving: Vec<String> = serving.iter().map(|n| n["id"].as_str().unwrap().to_owned()).collect();
+    serving.sort();
+
+    admin
+        .call(
+            Method::POST,
+            "/v1/origin-types",
+            Some(op),
+            Some(json!({"name": "broken", "node_capacity_mbps": 100})),
+            StatusCode::CREATED,
+        )
+        .await;
+    let bin_false = support::which("false").expect("false").display().to_string();
+    let up = admin
+        .call(
+            Method::POST,
+            "/v1/origin-types/broken/images",
+            Some(op),
+            Some(json!({"version": "1", "command": bin_false})),
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    assert_eq!(admin.wait_operation(up["id"].as_str().unwrap(), op).await["state"], "succeeded");
+    let (_, key2) = admin.sign_up("bo@example.com").await;
+    let a = admin
+        .call(
+            Method::POST,
+            "/v1/accounts",
+            Some(&key2),
+            Some(json!({"name": "bo-vod", "origin_type": "broken", "offer": {"kind": "trial"}})),
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    let started = Instant::now();
+    let broken_pool = || async {
+        let pools = admin.call(Method::GET, "/v1/pools?limit=500", Some(op), None, StatusCode::OK).await;
+        pools["items"].as_array().unwrap().iter().find(|p| p["origin_type"] == "broken").cloned()
+    };
+    support::eventually(Duration::from_secs(30), "the broken pool to be degraded", || async {
+        broken_pool().await.is_some_and(|p| p["health"] == "degraded")
+    })
+    .await;
+    let pool = broken_pool().await.unwrap();
+    assert_eq!(pool["reason"], "node exits at start (exit status 1)", "{pool}");
+    assert!(pool["next_launch_at"].is_string(), "{pool}");
+    let pool_id = pool["id"].as_str().unwrap().to_owned();
+    // Watch it for 30 s of crash loop.
+    while started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let launched = admin
+        .count(&format!("SELECT COUNT(*) FROM events WHERE action = 'node.registered' AND reason = 'pool:{pool_id}'"))
+        .await;
+    eprintln!("30 s of crash loop: {launched} launches");
+    // Without a backoff: 2 nodes every 250 ms pass, some 240.
+    assert!((2..=12).contains(&launched), "{launched} launches in 30 s");
+    let rows = nodes_of(&admin, &pool_id).await;
+    assert!(rows.len() <= 5 + 2, "failed node rows are trimmed: {}", rows.len());
+    assert_eq!(admin.count("SELECT COUNT(*) FROM events WHERE action = 'pool.degraded'").await, 1);
+    // The account's operation waits, it does not fail.
+    let path = format!("/v1/operations/{}", a["operation"]["id"].as_str().unwrap());
+    let waiting = admin.call(Method::GET, &path, Some(&key2), None, StatusCode::OK).await;
+    assert!(waiting["state"] == "running" || waiting["state"] == "pending", "{waiting}");
+    // The healthy pool is untouched: the same ready nodes, healthy.
+    let now: Vec<Value> = nodes_of(&admin, &healthy).await;
+    let mut ready: Vec<String> =
+        now.iter().filter(|n| n["state"] == "ready").map(|n| n["id"].as_str().unwrap().to_owned()).collect();
+    ready.sort();
+    assert_eq!(ready, serving);
+    let pools = admin.call(Method::GET, "/v1/pools?limit=500", Some(op), None, StatusCode::OK).await;
+    let h = pools["items"].as_array().unwrap().iter().find(|p| p["id"] == healthy.as_str()).unwrap();
+    assert_eq!(
+        (h["health"].as_str(), h["state"].as_str(), h["reason"].is_null()),
+        (Some("healthy"), Some("ready"), true),
+        "{h}"
+    );
+}

@@ -183,4 +183,94 @@ async fn a_new_image_rolls_out_with_no_failed_request_and_a_broken_one_halts_and
     assert!(ok > 30, "{ok}");
 }
 
-e2e_on_both_backends!(a_new_image_rolls_out_with_no_failed_request_and_a_broken_one_halts_and_rolls_back);
+/// Three uploads within a second under looping players: one upgrade of the type
+/// runs at a time, each newer upload supersedes the one before at once (no node
+/// is launched on a superseded image after that), every pool ends on the last
+/// image, and a rollback goes back to the last image that finished everywhere.
+async fn uploads_in_a_row_supersede_each_other_and_end_on_the_last(backend: Backend) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = Admin::start(backend, &["--driver", "process"]).await;
+    let op = admin.operator_token.clone();
+    let mut ids = Vec::new();
+    for (name, offer) in [("pay-vod", json!({"kind": "payg"})), ("sla-a", json!({"kind": "sla", "mbps": 100}))] {
+        let (_, key) = admin.sign_up(&format!("{name}@example.com")).await;
+        ids.push(admin.account(&key, json!({"name": name, "origin_type": "hls", "offer": offer})).await);
+        admin.upload_demo(&key, name, "demo").await;
+    }
+    // A finished upgrade first: the image a rollback returns to.
+    let first = image(&admin, "1.5.0", "headwater", &["origin"]).await;
+    assert_eq!(first["state"], "succeeded", "{first}");
+    let (_router, router) = router_of(&admin, &[]).await;
+    let http = reqwest::Client::new();
+    for name in ["pay-vod", "sla-a"] {
+        wait_status(&http, &format!("{router}/{name}/demo/hls/master.m3u8"), StatusCode::OK, name).await;
+    }
+    let stop = CancellationToken::new();
+    let ok = Arc::new(AtomicU64::new(0));
+    let players: Vec<_> = ["pay-vod", "sla-a"].iter().map(|a| player(&router, a, stop.clone(), ok.clone())).collect();
+
+    let mut ops = Vec::new();
+    let started = Instant::now();
+    for version in ["2.0.0", "3.0.0", "4.0.0"] {
+        let body = json!({"version": version, "command": "headwater", "args": ["origin"]});
+        let v =
+            admin.call(Method::POST, "/v1/origin-types/hls/images", Some(&op), Some(body), StatusCode::ACCEPTED).await;
+        ops.push(v);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "uploads close together");
+    let last = admin.wait_operation_for(ops[2]["id"].as_str().unwrap(), &op, Duration::from_secs(180)).await;
+    assert_eq!(last["state"], "succeeded", "{last}");
+    for older in &ops[..2] {
+        let id = older["id"].as_str().unwrap();
+        let o = admin.call(Method::GET, &format!("/v1/operations/{id}"), Some(&op), None, StatusCode::OK).await;
+        assert_eq!(o["state"], "superseded", "{o}");
+        assert!(admin.has_event("operation.superseded", &format!("operation:{id}")).await);
+        // Nothing to roll back: a superseded upgrade is a conflict.
+        let res = admin.request(Method::POST, &format!("/v1/operations/{id}/rollback"), Some(&op), None).await;
+        let p = support::expect_problem(res, StatusCode::CONFLICT, "conflict", None).await;
+        assert!(p["detail"].as_str().unwrap().contains("superseded"), "{p}");
+    }
+    for (image, ready) in pools(&admin, &ids).await {
+        assert_eq!(image.as_deref(), Some("4.0.0"));
+        assert!(ready.len() >= 2 && ready.iter().all(|v| v.as_deref() == Some("4.0.0")), "{ready:?}");
+    }
+    let hls = admin.call(Method::GET, "/v1/origin-types/hls", Some(&op), None, StatusCode::OK).await;
+    assert_eq!(hls["current_image"], "4.0.0", "{hls}");
+    // No node launched on a superseded image once the upload that superseded it came.
+    for (superseded, by) in [("2.0.0", "3.0.0"), ("3.0.0", "4.0.0")] {
+        let late = admin
+            .count(&format!(
+                "SELECT COUNT(*) FROM nodes WHERE image_version = '{superseded}' AND created_at >
+                     (SELECT at FROM events WHERE action = 'image.created' AND reason = 'version {by}')"
+            ))
+            .await;
+        assert_eq!(late, 0, "nodes on {superseded} launched after {by} superseded it");
+    }
+    // The rollback of the last upgrade returns to 1.5.0, the last image that
+    // finished on every pool, not to a superseded one.
+    let path = format!("/v1/operations/{}/rollback", last["id"].as_str().unwrap());
+    let back = admin.call(Method::POST, &path, Some(&op), None, StatusCode::ACCEPTED).await;
+    assert_eq!(back["input"]["version"], "1.5.0", "{back}");
+    let back = admin.wait_operation_for(back["id"].as_str().unwrap(), &op, Duration::from_secs(180)).await;
+    assert_eq!(back["state"], "succeeded", "{back}");
+    for (image, ready) in pools(&admin, &ids).await {
+        assert_eq!(image.as_deref(), Some("1.5.0"));
+        assert!(ready.iter().all(|v| v.as_deref() == Some("1.5.0")), "{ready:?}");
+    }
+
+    stop.cancel();
+    let mut failed = Vec::new();
+    for p in players {
+        failed.extend(p.await.unwrap());
+    }
+    let ok = ok.load(Ordering::Relaxed);
+    eprintln!("players: {ok} segments, {} failed", failed.len());
+    assert!(failed.is_empty(), "{} failed player requests ({ok} ok): {failed:?}", failed.len());
+    assert!(ok > 30, "{ok}");
+}
+
+e2e_on_both_backends!(
+    a_new_image_rolls_out_with_no_failed_request_and_a_broken_one_halts_and_rolls_back,
+    uploads_in_a_row_supersede_each_other_and_end_on_the_last,
+);

@@ -4,8 +4,7 @@
 use std::fmt;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use serde::Serialize;
 
 /// How long the pool an account moved out of keeps serving it, so routers that
 /// have not yet heard of the move never send a player to a node that refuses it.
@@ -98,31 +97,12 @@ impl Mbps {
     }
 }
 
-/// The kind of offer an account is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum OfferKind {
-    Trial,
-    Payg,
-    Sla,
-}
-
-impl OfferKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OfferKind::Trial => "trial",
-            OfferKind::Payg => "payg",
-            OfferKind::Sla => "sla",
-        }
-    }
-
-    pub fn from_db(s: &str) -> Option<Self> {
-        match s {
-            "trial" => Some(Self::Trial),
-            "payg" => Some(Self::Payg),
-            "sla" => Some(Self::Sla),
-            _ => None,
-        }
+crate::states::text_enum! {
+    /// The kind of offer an account is on.
+    pub enum OfferKind ("offer kind") {
+        Trial = "trial",
+        Payg = "payg",
+        Sla = "sla",
     }
 }
 
@@ -172,12 +152,13 @@ impl Offer {
         }
     }
 
-    /// Reads an offer back from its two store columns.
-    pub fn from_db(kind: &str, sla_mbps: Option<i32>) -> Option<Self> {
-        match (OfferKind::from_db(kind)?, sla_mbps) {
+    /// Reads an offer back from its two store columns; `None` when they disagree
+    /// (an sla offer without a positive rate), which the schema refuses.
+    pub fn from_db(kind: OfferKind, sla_mbps: Option<i32>) -> Option<Self> {
+        match (kind, sla_mbps) {
             (OfferKind::Trial, _) => Some(Offer::Trial),
             (OfferKind::Payg, _) => Some(Offer::Payg),
-            (OfferKind::Sla, Some(m)) => Some(Offer::Sla(Mbps(u32::try_from(m).ok()?))),
+            (OfferKind::Sla, Some(m)) => Some(Offer::Sla(Mbps(u32::try_from(m).ok().filter(|m| *m > 0)?))),
             (OfferKind::Sla, None) => None,
         }
     }
@@ -307,8 +288,9 @@ mod tests {
         assert!(Offer::parse(OfferKind::Sla, Some(-100), 100).is_err());
         assert!(Offer::parse(OfferKind::Sla, None, 100).is_err());
         assert!(Offer::parse(OfferKind::Payg, Some(100), 100).is_err());
-        assert_eq!(Offer::from_db("sla", Some(200)), Some(Offer::Sla(Mbps(200))));
-        assert_eq!(Offer::from_db("sla", None), None);
+        assert_eq!(Offer::from_db(OfferKind::Sla, Some(200)), Some(Offer::Sla(Mbps(200))));
+        assert_eq!(Offer::from_db(OfferKind::Sla, None), None);
+        assert_eq!(Offer::from_db(OfferKind::Sla, Some(0)), None);
     }
 
     #[test]

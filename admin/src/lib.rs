@@ -9,4 +9,5 @@ pub mod domain;
 pub mod keys;
 pub mod probe_content;
 pub mod server;
+pub mod states;
 pub mod store;

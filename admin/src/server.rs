@@ -75,6 +75,11 @@ pub struct AdminConfig {
     /// The program nodes run (`headwater` itself by default).
     #[arg(long, env = "HEADWATER_NODE_PROGRAM")]
     pub node_program: Option<PathBuf>,
+    /// The admin URL(s) nodes report to, comma-separated (each node fails over to
+    /// the next when one is down): the replicas' shared address, or each replica's.
+    /// Default: this admin's own listen address.
+    #[arg(long, env = "HEADWATER_NODE_ADMIN_URL")]
+    pub node_admin_url: Option<String>,
     /// A node without a heartbeat for this long is failed and replaced.
     #[arg(long, env = "HEADWATER_HEARTBEAT_TIMEOUT_MS", default_value_t = 3000)]
     pub heartbeat_timeout_ms: u64,
@@ -224,13 +229,17 @@ impl Admin {
             },
             every: Duration::from_secs(1),
         };
-        let collector = tokio::spawn(collector.run(shutdown.clone()));
+        // One replica at a time runs the loops that act on the whole fleet.
+        let (leader_task, leader) =
+            crate::control::leader::Leader::new(self.state.store.clone(), self.state.clock.clone())
+                .spawn(shutdown.clone());
+        let collector = tokio::spawn(collector.run(shutdown.clone(), leader.clone()));
         let keeper = crate::control::warm::Keeper {
             store: self.state.store.clone(),
             clock: self.state.clock.clone(),
             every: Duration::from_secs(1),
         };
-        let keeper = tokio::spawn(keeper.run(shutdown.clone()));
+        let keeper = tokio::spawn(keeper.run(shutdown.clone(), leader.clone()));
         let reconciler = match self.driver {
             Some(driver) => {
                 let program = match &self.cfg.node_program {
@@ -239,7 +248,10 @@ impl Admin {
                 };
                 let template = NodeTemplate {
                     program,
-                    admin_url: format!("http://{}", listener.local_addr()?),
+                    admin_url: match &self.cfg.node_admin_url {
+                        Some(u) => u.clone(),
+                        None => format!("http://{}", listener.local_addr()?),
+                    },
                     content_url: self.cfg.content_url.clone(),
                     heartbeat_ms: 1000,
                 };
@@ -247,21 +259,19 @@ impl Admin {
                     heartbeat_timeout_ms: i64::try_from(self.cfg.heartbeat_timeout_ms).unwrap_or(3000),
                     ..HealthPolicy::default()
                 };
-                let r = Reconciler {
-                    store: self.state.store.clone(),
-                    driver,
-                    clock: self.state.clock.clone(),
-                    policy,
-                    template,
-                    interval: Duration::from_millis(250),
-                    started: self.state.clock.now_ms(),
-                    scale_policy: ScalePolicy {
-                        sustain_ms: i64::try_from(self.cfg.scale_window_secs * 1000).unwrap_or(30_000),
-                        ..ScalePolicy::default()
-                    },
-                    pressure: Default::default(),
+                let scale = ScalePolicy {
+                    sustain_ms: i64::try_from(self.cfg.scale_window_secs * 1000).unwrap_or(30_000),
+                    ..ScalePolicy::default()
                 };
-                Some(tokio::spawn(r.run(shutdown.clone())))
+                let r = Reconciler::new(
+                    self.state.store.clone(),
+                    driver,
+                    self.state.clock.clone(),
+                    template,
+                    policy,
+                    scale,
+                );
+                Some(tokio::spawn(r.run(shutdown.clone(), leader.clone())))
             }
             None => None,
         };
@@ -288,6 +298,7 @@ impl Admin {
         let _ = routing.await;
         let _ = collector.await;
         let _ = keeper.await;
+        let _ = leader_task.await;
         writer_stop.cancel();
         let _ = writer.await;
         let _ = sweeper.await;

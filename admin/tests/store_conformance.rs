@@ -9,6 +9,7 @@ use headwater_admin::clock::{Clock, ManualClock};
 use headwater_admin::control::worker::{LEASE_MS, Worker};
 use headwater_admin::domain::{AccountName, IpAllow, Offer, OfferKind};
 use headwater_admin::keys;
+use headwater_admin::states::{AccountState, OperationKind, OperationState, PoolKind, PoolState};
 use headwater_admin::store::{
     AccountChange, Effect, IdempotencyStart, NewAccount, NewOperation, OperationFilter, StoreError,
 };
@@ -35,7 +36,11 @@ fn new_account(customer_id: Uuid, name: &str, origin_type: &str, offer: Offer) -
 }
 
 fn create_op(account_id: Uuid, customer_id: Uuid) -> NewOperation {
-    NewOperation { account_id: Some(account_id), customer_id: Some(customer_id), ..NewOperation::new("create") }
+    NewOperation {
+        account_id: Some(account_id),
+        customer_id: Some(customer_id),
+        ..NewOperation::new(OperationKind::Create)
+    }
 }
 
 async fn seeded(db: &TestDb) {
@@ -188,7 +193,7 @@ async fn queue_claims_with_leases_in_order(db: TestDb) {
     assert_eq!((third.attempts, third.last_error.as_deref()), (3, Some("boom")));
     db.store.fail_attempt(&third, "w4", "still boom", T0 + 200_000, true, T0 + 100_001).await.unwrap();
     let failed = db.store.operation(first, OperationFilter::Any).await.unwrap();
-    assert_eq!(failed.state, "failed");
+    assert_eq!(failed.state, OperationState::Failed);
     assert!(db.store.claim_operation("w5", T0 + 10_000_000, LEASE_MS).await.unwrap().is_some_and(|o| o.id == second));
 }
 
@@ -198,7 +203,11 @@ async fn operations_of_one_account_run_one_at_a_time(db: TestDb) {
     let (account, create) = enqueue(&db, ana, "ana-vod").await;
     let row = db.store.account_by_id(account).await.unwrap();
     let change = AccountChange::Update { offer: Some(sla(200)), ip_allow: None, allow_origins: None };
-    let op = NewOperation { account_id: Some(account), customer_id: Some(ana), ..NewOperation::new("change_offer") };
+    let op = NewOperation {
+        account_id: Some(account),
+        customer_id: Some(ana),
+        ..NewOperation::new(OperationKind::ChangeOffer)
+    };
     let later = db.store.change_account(&row, &change, &op, "test", T0 + 1).await.unwrap();
 
     let c = db.store.claim_operation("w1", T0 + 2, LEASE_MS).await.unwrap().expect("create first");
@@ -264,22 +273,21 @@ async fn worker_keeps_pool_and_allocation_tables_true(db: TestDb) {
     drain(&w).await;
 
     let a = db.store.account_by_id(trial).await.unwrap();
-    assert_eq!((a.state.as_str(), a.pool_kind.as_deref()), ("active", Some("shared")));
+    assert_eq!((a.state.as_str(), a.pool_kind.map(PoolKind::as_str)), ("active", Some("shared")));
     let b = db.store.account_by_id(sla_id).await.unwrap();
-    assert_eq!((b.pool_kind.as_deref(), b.pool_desired_nodes), (Some("dedicated"), Some(4)));
+    assert_eq!((b.pool_kind.map(PoolKind::as_str), b.pool_desired_nodes), (Some("dedicated"), Some(4)));
     let allocs = db.store.allocations(None, 10).await.unwrap();
     assert_eq!(allocs.len(), 2);
-    assert!(
-        allocs
-            .iter()
-            .any(|r| r.account_id == sla_id && r.offer == "sla" && r.sla_mbps == Some(300) && r.state == "active")
-    );
+    assert!(allocs.iter().any(|r| r.account_id == sla_id
+        && r.offer == OfferKind::Sla
+        && r.sla_mbps == Some(300)
+        && r.state == AccountState::Active));
     assert_eq!(raw_count(&db.url, "SELECT COUNT(*) FROM shared_pools").await, 1);
     assert_eq!(raw_count(&db.url, "SELECT CAST(accounts AS BIGINT) FROM shared_pools").await, 1);
 
     // payg -> sla: a dedicated pool, the shared pool lets go of the account.
     let row = db.store.account_by_id(trial).await.unwrap();
-    let op = NewOperation { account_id: Some(trial), ..NewOperation::new("change_offer") };
+    let op = NewOperation { account_id: Some(trial), ..NewOperation::new(OperationKind::ChangeOffer) };
     db.store
         .change_account(
             &row,
@@ -292,12 +300,12 @@ async fn worker_keeps_pool_and_allocation_tables_true(db: TestDb) {
         .unwrap();
     drain(&w).await;
     let a = db.store.account_by_id(trial).await.unwrap();
-    assert_eq!((a.pool_kind.as_deref(), a.pool_desired_nodes), (Some("dedicated"), Some(2)));
+    assert_eq!((a.pool_kind.map(PoolKind::as_str), a.pool_desired_nodes), (Some("dedicated"), Some(2)));
     assert_eq!(raw_count(&db.url, "SELECT CAST(accounts AS BIGINT) FROM shared_pools").await, 0);
     let dedicated = a.pool_id.unwrap();
 
     // sla -> payg: back to the shared pool; the dedicated pool is released.
-    let op = NewOperation { account_id: Some(trial), ..NewOperation::new("change_offer") };
+    let op = NewOperation { account_id: Some(trial), ..NewOperation::new(OperationKind::ChangeOffer) };
     db.store
         .change_account(
             &a,
@@ -310,13 +318,13 @@ async fn worker_keeps_pool_and_allocation_tables_true(db: TestDb) {
         .unwrap();
     drain(&w).await;
     let a = db.store.account_by_id(trial).await.unwrap();
-    assert_eq!(a.pool_kind.as_deref(), Some("shared"));
+    assert_eq!(a.pool_kind.map(PoolKind::as_str), Some("shared"));
     let released = db.store.pools(None, 10).await.unwrap().into_iter().find(|p| p.id == dedicated).unwrap();
     assert_eq!((released.state.as_str(), released.desired_nodes), ("deleting", 0));
 
     // Deactivate keeps the pool (retained), delete releases everything.
     let b = db.store.account_by_id(sla_id).await.unwrap();
-    let op = NewOperation { account_id: Some(sla_id), ..NewOperation::new("deactivate") };
+    let op = NewOperation { account_id: Some(sla_id), ..NewOperation::new(OperationKind::Deactivate) };
     db.store
         .change_account(&b, &AccountChange::Deactivate { retain_until: T0 + 7 * 86_400_000 }, &op, "test", T0)
         .await
@@ -325,15 +333,15 @@ async fn worker_keeps_pool_and_allocation_tables_true(db: TestDb) {
     let b = db.store.account_by_id(sla_id).await.unwrap();
     assert_eq!((b.state.as_str(), b.retain_until), ("deactivated", Some(T0 + 7 * 86_400_000)));
     let pool = db.store.pools(None, 10).await.unwrap().into_iter().find(|p| Some(p.id) == b.pool_id).unwrap();
-    assert_eq!(pool.state, "retained");
-    let op = NewOperation { account_id: Some(sla_id), ..NewOperation::new("delete") };
+    assert_eq!(pool.state, PoolState::Retained);
+    let op = NewOperation { account_id: Some(sla_id), ..NewOperation::new(OperationKind::Delete) };
     db.store.change_account(&b, &AccountChange::Delete, &op, "test", T0).await.unwrap();
     drain(&w).await;
     assert!(db.store.allocations(None, 10).await.unwrap().iter().all(|r| r.account_id != sla_id));
     assert!(matches!(db.store.account("bo-vod", None).await, Err(StoreError::NotFound)));
     assert_eq!(raw_count(&db.url, "SELECT COUNT(*) FROM allocation_operations WHERE state <> 'succeeded'").await, 0);
     // A reactivate of a deleted account is refused and enqueues nothing.
-    let op = NewOperation { account_id: Some(sla_id), ..NewOperation::new("reactivate") };
+    let op = NewOperation { account_id: Some(sla_id), ..NewOperation::new(OperationKind::Reactivate) };
     let gone = db.store.account_by_id(sla_id).await.unwrap();
     assert!(matches!(
         db.store.change_account(&gone, &AccountChange::Reactivate, &op, "t", T0).await,
@@ -361,12 +369,12 @@ async fn a_crashed_worker_is_resumed_after_its_last_step(db: TestDb) {
     assert!(w.run_once().await.unwrap());
 
     let done = db.store.operation(op.id, OperationFilter::Any).await.unwrap();
-    assert_eq!(done.state, "succeeded");
+    assert_eq!(done.state, OperationState::Succeeded);
     assert_eq!(done.attempts, 2);
     let names: Vec<_> = done.steps.0.iter().map(|s| s.step.as_str()).collect();
     assert_eq!(names, ["pool_prepared", "pool_assigned", "allocation_recorded"], "no step ran twice");
     assert_eq!(raw_count(&db.url, "SELECT COUNT(*) FROM pools WHERE kind = 'dedicated'").await, 1, "no second pool");
-    assert_eq!(db.store.account_by_id(id).await.unwrap().state, "active");
+    assert_eq!(db.store.account_by_id(id).await.unwrap().state, AccountState::Active);
 }
 
 async fn idempotency_records(db: TestDb) {

@@ -37,8 +37,10 @@ pub struct OriginConfig {
     pub advertise: Option<String>,
     #[arg(long, env = "HEADWATER_NODE_ID")]
     pub node_id: Uuid,
-    #[arg(long, env = "HEADWATER_ADMIN_URL", default_value = "http://127.0.0.1:7400")]
-    pub admin_url: String,
+    /// Admin's URL; several, comma-separated, for admin replicas: the node uses
+    /// the first that answers and moves to the next when it stops answering.
+    #[arg(long, env = "HEADWATER_ADMIN_URL", default_value = "http://127.0.0.1:7400", value_delimiter = ',')]
+    pub admin_url: Vec<String>,
     /// The node's token from its registration.
     #[arg(long, env = "HEADWATER_NODE_TOKEN", hide_env_values = true)]
     pub node_token: String,
@@ -89,7 +91,7 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
     let addr = listener.local_addr()?;
     let public = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-    let admin = report::Admin { http, url: cfg.admin_url.clone(), token: cfg.node_token.clone() };
+    let admin = report::Admin::new(http, &cfg.admin_url, cfg.node_token.clone());
 
     // Content store reachable before we say we listen.
     node.files.store().ping().await.context("content store unreachable")?;

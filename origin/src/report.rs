@@ -13,10 +13,13 @@ use crate::node::Node;
 /// The test file the node fetches from itself.
 pub const PROBE_PATH: &str = "/_probe/hls/360p/index.m3u8";
 
+/// Admin as the node reaches it: one URL or several (replicas), the one in use
+/// first; a request that cannot reach one, or that it answers 5xx, goes to the next.
 #[derive(Clone)]
 pub struct Admin {
     pub http: reqwest::Client,
-    pub url: String,
+    urls: Arc<[String]>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     pub token: String,
 }
 
@@ -26,15 +29,48 @@ pub enum ReportError {
     Http(#[from] reqwest::Error),
     #[error("admin answered {0}")]
     Status(reqwest::StatusCode),
+    #[error("no admin URL")]
+    NoAdmin,
 }
 
 impl Admin {
-    fn node_url(&self, node: &Node, what: &str) -> String {
-        format!("{}/v1/nodes/{}/{what}", self.url.trim_end_matches('/'), node.id)
+    pub fn new(http: reqwest::Client, urls: &[String], token: String) -> Self {
+        let urls: Vec<String> =
+            urls.iter().map(|u| u.trim().trim_end_matches('/').to_owned()).filter(|u| !u.is_empty()).collect();
+        Self { http, urls: urls.into(), current: Arc::default(), token }
+    }
+
+    /// Sends `make(url)` to the admin in use, then to the others in turn while one
+    /// cannot be reached or answers 5xx; the first that answers is used from then on.
+    async fn send(&self, make: impl Fn(&str) -> reqwest::RequestBuilder) -> Result<reqwest::Response, ReportError> {
+        let n = self.urls.len().max(1);
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let k = (start + i) % n;
+            let Some(url) = self.urls.get(k) else { break };
+            match make(url).bearer_auth(&self.token).send().await {
+                Ok(r) if !r.status().is_server_error() => {
+                    if k != start {
+                        tracing::info!(admin = %url, "reporting to another admin");
+                        self.current.store(k, Ordering::Relaxed);
+                    }
+                    return Ok(r);
+                }
+                Ok(r) => last = Some(ReportError::Status(r.status())),
+                Err(e) => last = Some(ReportError::Http(e)),
+            }
+        }
+        Err(last.unwrap_or(ReportError::NoAdmin))
+    }
+
+    fn path(node: &Node, what: &str) -> String {
+        format!("/v1/nodes/{}/{what}", node.id)
     }
 
     pub async fn config(&self, node: &Node) -> Result<NodeConfig, ReportError> {
-        let res = self.http.get(self.node_url(node, "config")).bearer_auth(&self.token).send().await?;
+        let path = Self::path(node, "config");
+        let res = self.send(|u| self.http.get(format!("{u}{path}"))).await?;
         if !res.status().is_success() {
             return Err(ReportError::Status(res.status()));
         }
@@ -42,7 +78,8 @@ impl Admin {
     }
 
     async fn heartbeat(&self, node: &Node, hb: &Heartbeat) -> Result<HeartbeatAck, ReportError> {
-        let res = self.http.post(self.node_url(node, "heartbeat")).bearer_auth(&self.token).json(hb).send().await?;
+        let path = Self::path(node, "heartbeat");
+        let res = self.send(|u| self.http.post(format!("{u}{path}")).json(hb)).await?;
         if !res.status().is_success() {
             return Err(ReportError::Status(res.status()));
         }
@@ -56,7 +93,8 @@ impl Admin {
             return Ok(());
         }
         let body = UsageReport { windows };
-        let sent = self.http.post(self.node_url(node, "usage")).bearer_auth(&self.token).json(&body).send().await;
+        let path = Self::path(node, "usage");
+        let sent = self.send(|u| self.http.post(format!("{u}{path}")).json(&body)).await;
         match sent {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => {
@@ -65,7 +103,7 @@ impl Admin {
             }
             Err(e) => {
                 node.restore_usage(body.windows);
-                Err(e.into())
+                Err(e)
             }
         }
     }

@@ -4,6 +4,7 @@
 //! default); a Kubernetes driver is the other side of the same seam. Nothing here
 //! knows about HLS, offers or locators (DESIGN.md §6).
 
+pub mod fake;
 pub mod policy;
 mod process;
 
@@ -14,6 +15,7 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use fake::FakeDriver;
 pub use policy::{Policy, SharedPoolLoad};
 pub use process::ProcessDriver;
 
@@ -32,15 +34,25 @@ pub struct InstanceSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handle {
     pub id: Uuid,
-    /// Driver-specific reference, e.g. `pid:1234`.
+    /// Driver-specific reference, e.g. `pid:1234@5678` (pid and start time).
     pub reference: String,
 }
 
 /// What the driver sees of an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     Running,
-    Exited,
+    /// Gone. `detail` says how it ended (`exit status 1`, `killed by signal 9`)
+    /// when the driver saw it end.
+    Exited {
+        detail: Option<String>,
+    },
+}
+
+impl Status {
+    pub fn running(&self) -> bool {
+        matches!(self, Status::Running)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

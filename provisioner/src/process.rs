@@ -1,8 +1,13 @@
 //! Instances as local OS processes. Each runs in its own process group, detached
 //! from the caller, so it keeps serving while admin restarts; a small state file
-//! per instance (`{dir}/{id}.json`) lets a restarted admin find and adopt it.
+//! per instance (`{dir}/{id}.json`) lets a restarted admin find and adopt it. A
+//! process is named by its pid and its start time, so a recycled pid is never
+//! taken for an instance, and an instance is known from the moment it is forked
+//! (before it has exec'd and its command line names it).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -17,6 +22,10 @@ use crate::{BoxFuture, Driver, DriverError, Handle, InstanceSpec, Status};
 struct Record {
     id: Uuid,
     pid: u32,
+    /// The process's start time (`/proc/PID/stat`, clock ticks since boot); absent
+    /// in records written before it was kept.
+    #[serde(default)]
+    start: Option<u64>,
     program: PathBuf,
 }
 
@@ -24,6 +33,8 @@ struct Record {
 #[derive(Debug, Clone)]
 pub struct ProcessDriver {
     dir: PathBuf,
+    /// How instances launched by this driver ended, as their reaper saw it.
+    exits: Arc<Mutex<HashMap<Uuid, String>>>,
 }
 
 impl ProcessDriver {
@@ -31,29 +42,65 @@ impl ProcessDriver {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)
             .map_err(|source| DriverError::State { path: dir.display().to_string(), source })?;
-        Ok(Self { dir })
+        Ok(Self { dir, exits: Arc::default() })
     }
 
     fn record_path(&self, id: Uuid) -> PathBuf {
         self.dir.join(format!("{id}.json"))
     }
 
+    /// The pid and (when the handle has it) start time a handle names.
+    fn process_of(handle: &Handle) -> Option<(u32, Option<u64>)> {
+        let rest = handle.reference.strip_prefix("pid:")?;
+        match rest.split_once('@') {
+            Some((pid, start)) => Some((pid.parse().ok()?, Some(start.parse().ok()?))),
+            None => Some((rest.parse().ok()?, None)),
+        }
+    }
+
     fn pid_of(handle: &Handle) -> Option<u32> {
-        handle.reference.strip_prefix("pid:")?.parse().ok()
+        Self::process_of(handle).map(|(pid, _)| pid)
+    }
+
+    /// Whether the process a handle names still runs.
+    fn handle_alive(handle: &Handle) -> bool {
+        Self::process_of(handle).is_some_and(|(pid, start)| alive(pid, start, handle.id))
     }
 }
 
-/// Whether `pid` runs (not a zombie) and is the instance `id` (its command line
-/// names it), so a recycled pid is never mistaken for an instance.
-fn alive(pid: u32, id: Uuid) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The state is the field after the parenthesised command name.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-    if matches!(state, None | Some("Z") | Some("X")) {
+fn reference(pid: u32, start: Option<u64>) -> String {
+    match start {
+        Some(t) => format!("pid:{pid}@{t}"),
+        None => format!("pid:{pid}"),
+    }
+}
+
+/// The state and start time of `pid` from `/proc/PID/stat`.
+fn stat(pid: u32) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the parenthesised command name: state is the 3rd field of
+    // the line, the start time the 22nd.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.to_owned();
+    let start = rest.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Whether `pid` runs (not a zombie) and is the instance: the process that started
+/// at `start`, or (for records without a start time) the one whose command line
+/// names `id`, so a recycled pid is never mistaken for an instance.
+fn alive(pid: u32, start: Option<u64>, id: Uuid) -> bool {
+    let Some((state, started)) = stat(pid) else { return false };
+    if state == "Z" || state == "X" {
         return false;
     }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&cmdline).contains(&id.to_string())
+    match start {
+        Some(s) => s == started,
+        None => {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(&id.to_string())
+        }
+    }
 }
 
 /// The running process whose command line names instance `id`.
@@ -62,7 +109,17 @@ fn find_by_id(id: Uuid) -> Option<u32> {
         .ok()?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| alive(*pid, id))
+        .find(|pid| alive(*pid, None, id))
+}
+
+/// How a process ended, in words.
+fn ended(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        (None, None) => "ended".to_owned(),
+    }
 }
 
 fn read_record(path: &Path) -> Option<Record> {
@@ -86,20 +143,27 @@ impl Driver for ProcessDriver {
             // The record exists before the process does: if the caller dies between
             // the two, `list` still finds the process (by its id) and adopts it.
             let path = self.record_path(spec.id);
-            let pending = Record { id: spec.id, pid: 0, program: spec.program.clone() };
+            let pending = Record { id: spec.id, pid: 0, start: None, program: spec.program.clone() };
             std::fs::write(&path, serde_json::to_vec(&pending).unwrap_or_default())
                 .map_err(|source| DriverError::State { path: path.display().to_string(), source })?;
             let mut child = cmd.spawn().map_err(launch_err)?;
             let pid = child.id().unwrap_or_default();
-            // Reap it when it exits, so it never lingers as a zombie of ours.
+            // Read before the reaper can run: the process exists (if only as a
+            // zombie) until it is waited for.
+            let start = stat(pid).map(|(_, start)| start);
+            // Reap it when it exits, so it never lingers as a zombie of ours, and
+            // remember how it ended.
+            let (exits, id) = (self.exits.clone(), spec.id);
             tokio::spawn(async move {
-                let _ = child.wait().await;
+                if let Ok(status) = child.wait().await {
+                    exits.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, ended(status));
+                }
             });
-            let record = Record { id: spec.id, pid, program: spec.program.clone() };
+            let record = Record { id: spec.id, pid, start, program: spec.program.clone() };
             std::fs::write(&path, serde_json::to_vec(&record).unwrap_or_default())
                 .map_err(|source| DriverError::State { path: path.display().to_string(), source })?;
             tracing::info!(instance = %spec.id, pid, "launched");
-            Ok(Handle { id: spec.id, reference: format!("pid:{pid}") })
+            Ok(Handle { id: spec.id, reference: reference(pid, start) })
         })
     }
 
@@ -107,7 +171,7 @@ impl Driver for ProcessDriver {
         Box::pin(async move {
             match Self::pid_of(handle) {
                 // SIGTERM is the drain signal of the node contract.
-                Some(pid) if alive(pid, handle.id) => kill(Pid::from_raw(pid as i32), Signal::SIGTERM)
+                Some(pid) if Self::handle_alive(handle) => kill(Pid::from_raw(pid as i32), Signal::SIGTERM)
                     .map_err(|e| DriverError::Signal { reference: handle.reference.clone(), detail: e.to_string() }),
                 _ => Ok(()),
             }
@@ -119,17 +183,17 @@ impl Driver for ProcessDriver {
             let Some(pid) = Self::pid_of(handle) else {
                 return Ok(());
             };
-            if alive(pid, handle.id) {
+            if Self::handle_alive(handle) {
                 let signal = |sig| {
                     kill(Pid::from_raw(pid as i32), sig)
                         .map_err(|e| DriverError::Signal { reference: handle.reference.clone(), detail: e.to_string() })
                 };
                 signal(Signal::SIGTERM)?;
                 let deadline = tokio::time::Instant::now() + grace;
-                while alive(pid, handle.id) && tokio::time::Instant::now() < deadline {
+                while Self::handle_alive(handle) && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                if alive(pid, handle.id) {
+                if Self::handle_alive(handle) {
                     tracing::warn!(instance = %handle.id, pid, "did not stop in time; killing it");
                     signal(Signal::SIGKILL)?;
                 }
@@ -141,10 +205,11 @@ impl Driver for ProcessDriver {
 
     fn inspect<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Status> {
         Box::pin(async move {
-            match Self::pid_of(handle) {
-                Some(pid) if alive(pid, handle.id) => Status::Running,
-                _ => Status::Exited,
+            if Self::handle_alive(handle) {
+                return Status::Running;
             }
+            let detail = self.exits.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&handle.id).cloned();
+            Status::Exited { detail }
         })
     }
 
@@ -167,8 +232,8 @@ impl Driver for ProcessDriver {
                     r
                 });
                 match record {
-                    Some(r) if r.pid != 0 && alive(r.pid, r.id) => {
-                        out.push(Handle { id: r.id, reference: format!("pid:{}", r.pid) })
+                    Some(r) if r.pid != 0 && alive(r.pid, r.start, r.id) => {
+                        out.push(Handle { id: r.id, reference: reference(r.pid, r.start) })
                     }
                     // Exited while nobody watched: forget it.
                     _ => {
@@ -211,7 +276,7 @@ mod tests {
         want.sort_by_key(|h| h.id);
         assert_eq!(listed, want);
         again.terminate(&a, Duration::from_secs(5)).await.unwrap();
-        assert_eq!(again.inspect(&a).await, Status::Exited);
+        assert!(!again.inspect(&a).await.running());
         assert_eq!(again.list().await.unwrap(), vec![b.clone()]);
         // Terminating twice is fine.
         again.terminate(&a, Duration::from_secs(1)).await.unwrap();
@@ -219,17 +284,59 @@ mod tests {
         let c = again.launch(&sleeper(Uuid::now_v7())).await.unwrap();
         again.drain(&c).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while again.inspect(&c).await == Status::Running {
+        while again.inspect(&c).await.running() {
             assert!(tokio::time::Instant::now() < deadline, "a drained process kept running");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // A process that dies on its own is not listed.
         kill(Pid::from_raw(ProcessDriver::pid_of(&b).unwrap() as i32), Signal::SIGKILL).unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while again.inspect(&b).await == Status::Running {
+        while again.inspect(&b).await.running() {
             assert!(tokio::time::Instant::now() < deadline, "killed process still listed as running");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(again.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_instance_runs_from_its_launch_and_its_end_is_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = ProcessDriver::new(dir.path()).unwrap();
+        // Inspected at once, before it has exec'd: still the instance.
+        for _ in 0..20 {
+            let h = driver.launch(&sleeper(Uuid::now_v7())).await.unwrap();
+            assert_eq!(driver.inspect(&h).await, Status::Running, "{h:?}");
+            driver.terminate(&h, Duration::from_secs(5)).await.unwrap();
+        }
+        let id = Uuid::now_v7();
+        let failing = InstanceSpec {
+            id,
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "exit 3".into(), id.to_string()],
+            env: vec![],
+        };
+        let h = driver.launch(&failing).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match driver.inspect(&h).await {
+                Status::Exited { detail: Some(d) } => {
+                    assert_eq!(d, "exit status 3");
+                    break;
+                }
+                other => assert!(tokio::time::Instant::now() < deadline, "still {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A handle from before start times were kept is checked by its command line.
+        let old = driver.launch(&sleeper(Uuid::now_v7())).await.unwrap();
+        let legacy = Handle { id: old.id, reference: format!("pid:{}", ProcessDriver::pid_of(&old).unwrap()) };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !driver.inspect(&legacy).await.running() {
+            assert!(tokio::time::Instant::now() < deadline, "never exec'd");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stranger = Handle { id: Uuid::now_v7(), reference: legacy.reference.clone() };
+        assert!(!driver.inspect(&stranger).await.running(), "another instance's process");
+        driver.terminate(&old, Duration::from_secs(5)).await.unwrap();
     }
 }

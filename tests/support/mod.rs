@@ -94,6 +94,17 @@ impl Admin {
         content: Option<String>,
         env: Vec<(String, String)>,
     ) -> Self {
+        Self::start_at(backend, extra, content, env, "127.0.0.1:0").await
+    }
+
+    /// Like `start_with`, listening on `listen` (e.g. a port chosen with [`free_port`]).
+    pub async fn start_at(
+        backend: Backend,
+        extra: &[&str],
+        content: Option<String>,
+        env: Vec<(String, String)>,
+        listen: &str,
+    ) -> Self {
         // The one crypto provider, as the binary installs it.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let data_dir = tempfile::tempdir().expect("temp dir");
@@ -104,18 +115,21 @@ impl Admin {
         let operator_token = format!("op-{}", uuid::Uuid::new_v4().simple());
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         let content = content.unwrap_or_else(|| data_dir.path().join("content").display().to_string());
-        let (child, url) =
-            spawn(&db_url, data_dir.path(), &operator_token, &extra, &content, &env, "127.0.0.1:0").await;
+        let (child, url) = spawn(&db_url, data_dir.path(), &operator_token, &extra, &content, &env, listen).await;
         Self { url, db_url, operator_token, data_dir, extra, content, env, child, http: reqwest::Client::new() }
     }
 
     /// Another admin process on the same database (a second replica).
     pub async fn replica(&self, extra: &[&str]) -> Admin {
+        self.replica_at(extra, "127.0.0.1:0").await
+    }
+
+    /// Another replica, listening on `listen`.
+    pub async fn replica_at(&self, extra: &[&str], listen: &str) -> Admin {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         let (child, url) =
-            spawn(&self.db_url, data_dir.path(), &self.operator_token, &extra, &self.content, &self.env, "127.0.0.1:0")
-                .await;
+            spawn(&self.db_url, data_dir.path(), &self.operator_token, &extra, &self.content, &self.env, listen).await;
         Admin {
             url,
             db_url: self.db_url.clone(),
@@ -127,6 +141,11 @@ impl Admin {
             child,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Kills the process with SIGKILL (a crash) and waits until it is gone.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill -9 admin");
     }
 
     /// Kills the process with SIGKILL (a crash) and starts it again on the same
@@ -242,7 +261,7 @@ impl Admin {
         (v["id"].as_str().unwrap().to_owned(), v["api_key"].as_str().unwrap().to_owned())
     }
 
-    /// Polls an operation until it leaves pending/running (deadline 30 s).
+    /// Polls an operation until it ends: succeeded, failed or superseded (deadline 30 s).
     pub async fn wait_operation(&self, id: &str, token: &str) -> Value {
         self.wait_operation_for(id, token, Duration::from_secs(30)).await
     }
@@ -251,7 +270,7 @@ impl Admin {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let op = self.call(Method::GET, &format!("/v1/operations/{id}"), Some(token), None, StatusCode::OK).await;
-            if op["state"] == "succeeded" || op["state"] == "failed" {
+            if op["state"] == "succeeded" || op["state"] == "failed" || op["state"] == "superseded" {
                 return op;
             }
             assert!(tokio::time::Instant::now() < deadline, "operation {id} still {} after {limit:?}", op["state"]);
@@ -309,6 +328,11 @@ impl Admin {
 
     pub async fn count(&self, sql: &str) -> i64 {
         db::raw_count(&self.db_url, sql).await
+    }
+
+    /// One text value read with raw SQL.
+    pub async fn text(&self, sql: &str) -> Option<String> {
+        db::raw_text(&self.db_url, sql).await
     }
 }
 
@@ -447,6 +471,25 @@ impl Origin {
     pub async fn terminate(&mut self) {
         let pid = self.child.id().expect("running");
         Command::new("kill").args(["-TERM", &pid.to_string()]).status().await.expect("kill");
+    }
+}
+
+/// A TCP port nothing listens on now (for a process that must know another's
+/// address before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until `check` holds (polling every 100 ms), failing with `what` after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

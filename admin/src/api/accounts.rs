@@ -11,6 +11,7 @@ use super::auth::{Caller, CustomerAuth};
 use super::model::{Account, AccountAccepted, AccountList, CreateAccount, OfferBody, Operation, UpdateAccount};
 use super::problem::{ApiError, ApiJson, Problem};
 use crate::domain::{AccountName, AllowOrigins, IpAllow, Offer, OriginTypeName};
+use crate::states::OperationKind;
 use crate::store::{AccountChange, AccountRow, NewAccount, NewOperation, OperationFilter, StoreError};
 
 /// Availability is the share of admin's probes that succeeded over this window.
@@ -67,7 +68,7 @@ pub async fn create_account(
         customer_id: Some(auth.customer_id),
         origin_type: Some(new.origin_type.clone()),
         input: serde_json::json!({"offer": body.offer}),
-        ..NewOperation::new("create")
+        ..NewOperation::new(OperationKind::Create)
     };
     let (account, operation) = s.store.create_account(&new, &op, s.clock.now_ms()).await.map_err(|e| match e {
         StoreError::Conflict { field: "origin_type" } => ApiError::Conflict {

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::clock::rfc3339;
 use crate::domain::OfferKind;
+use crate::states::{AccountState, NodeState, OperationKind, OperationState, PoolHealth, PoolKind, PoolState};
 use crate::store::{
     AccountRow, AllocationRow, ApiKeyRow, CustomerRow, EventRow, ImageRow, NodeRow, OperationRow, OriginTypeRow,
     PoolRow,
@@ -108,7 +109,7 @@ pub struct UpdateAccount {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PoolSummary {
     pub id: Uuid,
-    pub kind: String,
+    pub kind: PoolKind,
     pub desired_nodes: i32,
     pub ready_nodes: i64,
 }
@@ -119,8 +120,7 @@ pub struct Account {
     pub name: String,
     pub origin_type: String,
     pub offer: OfferBody,
-    /// `provisioning`, `active`, `deactivated` or `deleted`.
-    pub state: String,
+    pub state: AccountState,
     /// The stable URL of the account's content: `{locator}{asset}/{file}`.
     pub locator: String,
     pub ip_allow: Vec<String>,
@@ -147,10 +147,7 @@ impl From<AccountRow> for Account {
             id: a.id,
             name: a.name,
             origin_type: a.origin_type,
-            offer: OfferBody {
-                kind: OfferKind::from_db(&a.offer).unwrap_or(OfferKind::Trial),
-                mbps: a.sla_mbps.map(i64::from),
-            },
+            offer: OfferBody { kind: a.offer, mbps: a.sla_mbps.map(i64::from) },
             state: a.state,
             locator: a.locator,
             ip_allow: a.ip_allow.0,
@@ -174,10 +171,8 @@ pub struct StepView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Operation {
     pub id: Uuid,
-    /// `create`, `change_offer`, `update`, `scale`, `upgrade`, `deactivate`, `reactivate` or `delete`.
-    pub kind: String,
-    /// `pending`, `running`, `succeeded` or `failed`.
-    pub state: String,
+    pub kind: OperationKind,
+    pub state: OperationState,
     pub account_id: Option<Uuid>,
     pub origin_type: Option<String>,
     /// The last finished step.
@@ -338,13 +333,18 @@ impl From<ImageRow> for Image {
 pub struct Pool {
     pub id: Uuid,
     pub origin_type: String,
-    /// `shared` or `dedicated`.
-    pub kind: String,
+    pub kind: PoolKind,
     pub image_version: Option<String>,
     pub desired_nodes: i32,
     pub ready_nodes: i64,
     pub accounts: i64,
-    pub state: String,
+    pub state: PoolState,
+    /// `degraded` while its nodes fail before they are ready (launches back off).
+    pub health: PoolHealth,
+    /// Why it is degraded, e.g. `node exits at start (exit status 1)`.
+    pub reason: Option<String>,
+    /// When the next node may be launched, while backing off (RFC 3339).
+    pub next_launch_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -360,6 +360,9 @@ impl From<PoolRow> for Pool {
             ready_nodes: p.ready_nodes,
             accounts: p.accounts,
             state: p.state,
+            health: if p.degraded_reason.is_some() { PoolHealth::Degraded } else { PoolHealth::Healthy },
+            reason: p.degraded_reason,
+            next_launch_at: p.launch_after.map(rfc3339),
             created_at: rfc3339(p.created_at),
             updated_at: rfc3339(p.updated_at),
         }
@@ -373,7 +376,7 @@ pub struct Node {
     pub address: Option<String>,
     pub image_version: Option<String>,
     pub upgrade_domain: i32,
-    pub state: String,
+    pub state: NodeState,
     pub last_heartbeat: Option<String>,
     pub egress_mbps: f64,
     pub open_connections: i64,
@@ -405,11 +408,12 @@ pub struct Allocation {
     pub account_id: Uuid,
     pub account: String,
     pub origin_type: String,
-    pub offer: String,
+    pub offer: OfferKind,
     pub sla_mbps: Option<i32>,
     pub pool_id: Uuid,
     pub locator: String,
-    pub state: String,
+    /// `active` or `deactivated`.
+    pub state: AccountState,
     pub updated_at: String,
 }
 

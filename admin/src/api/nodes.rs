@@ -18,7 +18,8 @@ use super::problem::{ApiError, ApiJson, Problem};
 use crate::bus::HEARTBEATS;
 use crate::control::node_config::node_config;
 use crate::keys;
-use crate::store::{HeartbeatRecord, Placement, StoreError, effective_state};
+use crate::states::NodeState;
+use crate::store::{HeartbeatRecord, Placement, StoreError};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -86,7 +87,7 @@ pub async fn heartbeat(
     ApiJson(hb): ApiJson<Heartbeat>,
 ) -> Result<Json<HeartbeatAck>, ApiError> {
     let record = HeartbeatRecord {
-        state: hb.state.as_str(),
+        state: hb.state,
         address: hb.address.clone(),
         image_version: hb.image_version.clone(),
         egress_mbps: hb.egress_mbps.max(0.0),
@@ -97,7 +98,7 @@ pub async fn heartbeat(
         probe_latency_ms: i32::try_from(hb.self_probe.latency_ms).unwrap_or(i32::MAX),
         probe_error: hb.self_probe.error.clone(),
     };
-    let state = effective_state(&s.store.node_state(id).await?, record.state).to_owned();
+    let state = s.store.node_state(id).await?.after_heartbeat(record.state);
     s.heartbeats.push((id, record, s.clock.now_ms())).await.map_err(|e| ApiError::Internal(e.into()))?;
     let serving = s.store.node_serving(id, s.clock.now_ms()).await?;
     let config = node_config(id, &serving);
@@ -105,7 +106,7 @@ pub async fn heartbeat(
         let payload = serde_json::json!({"node": id, "state": state, "heartbeat": hb}).to_string();
         s.bus.notify(HEARTBEATS, payload);
     }
-    Ok(Json(HeartbeatAck { config_version: config.version, drain: state == "draining" }))
+    Ok(Json(HeartbeatAck { config_version: config.version, drain: state == NodeState::Draining }))
 }
 
 /// What the node serves: its accounts, their caps and allow-lists.

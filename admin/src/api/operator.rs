@@ -15,6 +15,7 @@ use super::model::{
 };
 use super::problem::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::domain::{Mbps, OriginTypeName};
+use crate::states::{OperationKind, OperationState};
 use crate::store::{ImageRow, NewOperation, OriginTypeSettings, StoreError};
 
 fn mbps(field: &str, v: i64) -> Result<i32, ApiError> {
@@ -107,7 +108,9 @@ pub async fn update_origin_type(
     Ok(Json(row.into()))
 }
 
-/// Records a new image version for a type and starts its upgrade operation.
+/// Records a new image version for a type and starts its upgrade operation. An
+/// upgrade of the type still pending or running is superseded at once: it ends
+/// `superseded`, and the pools it was moving go on to this image.
 #[utoipa::path(post, path = "/v1/origin-types/{type}/images", tag = "operator", security(("bearer" = [])), request_body = CreateImage,
     params(("type" = String, Path)),
     responses((status = 202, body = Operation), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
@@ -146,12 +149,13 @@ pub async fn create_image(
     };
     let op = NewOperation {
         origin_type: Some(name.clone()),
+        // A rollback goes back to the last image that finished on every pool.
         input: serde_json::json!({
-            "version": version, "previous": origin_type.current_image, "max_concurrent_pools": concurrent,
+            "version": version, "previous": origin_type.completed_image, "max_concurrent_pools": concurrent,
         }),
-        ..NewOperation::new("upgrade")
+        ..NewOperation::new(OperationKind::Upgrade)
     };
-    let row = s.store.create_image(&image, &op, "operator", now).await.map_err(|e| match e {
+    let (row, _) = s.store.enqueue_upgrade(Some(&image), &op, "operator", now).await.map_err(|e| match e {
         StoreError::Conflict { .. } => {
             ApiError::Conflict { detail: format!("image {version} of {name} exists"), field: Some("version".into()) }
         }
@@ -280,8 +284,9 @@ pub async fn advance_test_clock(
     Ok(Json(TestClock { now: crate::clock::rfc3339(clock.now_ms()) }))
 }
 
-/// Returns the pools of a failed (or unwanted) upgrade to the image before it, the
-/// same way: a new upgrade operation to the previous version.
+/// Returns the pools of a failed (or unwanted) upgrade to the image before it (the
+/// last one that finished on every pool), the same way: a new upgrade operation
+/// to that version. A superseded upgrade has nothing to roll back (409).
 #[utoipa::path(post, path = "/v1/operations/{id}/rollback", tag = "operator", security(("bearer" = [])),
     params(("id" = Uuid, Path)),
     responses((status = 202, body = Operation), (status = 404, body = Problem), (status = 409, body = Problem)))]
@@ -297,27 +302,36 @@ pub async fn rollback(
         other => other.into(),
     })?;
     let conflict = |detail: String| ApiError::Conflict { detail, field: None };
-    if op.kind != "upgrade" {
+    if op.kind != OperationKind::Upgrade {
         return Err(conflict(format!("operation {id} is a {}, not an upgrade", op.kind)));
     }
-    if matches!(op.state.as_str(), "pending" | "running") {
-        return Err(conflict(format!("operation {id} is still {}", op.state)));
+    match op.state {
+        OperationState::Pending | OperationState::Running => {
+            return Err(conflict(format!("operation {id} is still {}", op.state)));
+        }
+        OperationState::Superseded => {
+            return Err(conflict(format!(
+                "operation {id} was superseded by a newer upgrade; roll that one back instead"
+            )));
+        }
+        OperationState::Succeeded | OperationState::Failed => {}
     }
     let Some(previous) = op.input.0.get("previous").and_then(|v| v.as_str()).map(str::to_owned) else {
         return Err(conflict(format!(
             "operation {id} started from the built-in image; there is no image to go back to"
         )));
     };
-    let version = op.input.0.get("version").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let type_name = op.origin_type.clone().unwrap_or_default();
+    let completed = s.store.origin_type(&type_name).await?.and_then(|t| t.completed_image);
     let new = NewOperation {
         origin_type: op.origin_type.clone(),
         input: serde_json::json!({
-            "version": previous, "previous": version, "rollback_of": op.id,
+            "version": previous, "previous": completed, "rollback_of": op.id,
             "max_concurrent_pools": op.input.0.get("max_concurrent_pools"),
         }),
-        ..NewOperation::new("upgrade")
+        ..NewOperation::new(OperationKind::Upgrade)
     };
-    let row = s.store.enqueue_operation(&new, "operator", s.clock.now_ms()).await?;
+    let (row, _) = s.store.enqueue_upgrade(None, &new, "operator", s.clock.now_ms()).await?;
     s.bus.operation_enqueued().await;
     Ok((StatusCode::ACCEPTED, Json(row.into())))
 }

@@ -7,6 +7,7 @@
 pub mod every;
 pub mod health;
 pub mod heartbeats;
+pub mod leader;
 pub mod node_config;
 pub mod reconciler;
 pub mod retention;

@@ -6,6 +6,8 @@ use headwater_protocol::{NodeConfig, ServedAccount};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::domain::OfferKind;
+use crate::states::PoolKind;
 use crate::store::NodeServing;
 
 /// The configuration a node of this pool serves. Its version is a digest of its
@@ -15,7 +17,7 @@ use crate::store::NodeServing;
 /// spreads its requests over the pool's ready nodes, so each node holds it to its
 /// share (kbit/s, rounded up), and the shares grow when a node fails or leaves.
 pub fn node_config(node_id: Uuid, s: &NodeServing) -> NodeConfig {
-    let shared = s.pool_kind == "shared";
+    let shared = s.pool_kind == PoolKind::Shared;
     let nodes = u32::try_from(s.ready_nodes).unwrap_or(1).max(1);
     // kbit/s, at least 1.
     let share = |cap: i32| u32::try_from(cap).ok().map(|c| c.saturating_mul(1000).div_ceil(nodes).max(1));
@@ -23,9 +25,9 @@ pub fn node_config(node_id: Uuid, s: &NodeServing) -> NodeConfig {
         .accounts
         .iter()
         .map(|a| {
-            let cap_kbps = match (shared, a.offer.as_str()) {
-                (true, "trial") => share(s.trial_cap_mbps),
-                (true, _) => share(s.payg_cap_mbps),
+            let cap_kbps = match (shared, a.offer) {
+                (true, OfferKind::Trial) => share(s.trial_cap_mbps),
+                (true, OfferKind::Payg | OfferKind::Sla) => share(s.payg_cap_mbps),
                 (false, _) => None,
             };
             ServedAccount {
@@ -34,7 +36,7 @@ pub fn node_config(node_id: Uuid, s: &NodeServing) -> NodeConfig {
                 cap_kbps,
                 ip_allow: a.ip_allow.0.clone(),
                 allow_origins: a.allow_origins.0.clone(),
-                active: a.state == "active" || a.state == "provisioning",
+                active: a.state.serves(),
             }
         })
         .collect();
@@ -53,22 +55,22 @@ mod tests {
     use super::*;
     use crate::store::ServedAccountRow;
 
-    fn serving(kind: &str, ready_nodes: i64) -> NodeServing {
-        let account = |name: &str, offer: &str| ServedAccountRow {
+    fn serving(kind: PoolKind, ready_nodes: i64) -> NodeServing {
+        let account = |name: &str, offer: OfferKind| ServedAccountRow {
             name: name.into(),
-            offer: offer.into(),
-            state: "active".into(),
+            offer,
+            state: crate::states::AccountState::Active,
             ip_allow: sqlx::types::Json(vec![]),
             allow_origins: sqlx::types::Json(vec![]),
         };
         NodeServing {
             pool_id: Uuid::nil(),
-            pool_kind: kind.into(),
+            pool_kind: kind,
             node_capacity_mbps: 100,
             trial_cap_mbps: 5,
             payg_cap_mbps: 10,
             ready_nodes,
-            accounts: vec![account("p", "payg"), account("t", "trial"), account("s", "sla")],
+            accounts: vec![account("p", OfferKind::Payg), account("t", OfferKind::Trial), account("s", OfferKind::Sla)],
         }
     }
 
@@ -79,19 +81,30 @@ mod tests {
 
     #[test]
     fn a_shared_pool_splits_each_cap_over_its_ready_nodes() {
-        assert_eq!(caps(&node_config(Uuid::nil(), &serving("shared", 1))), [Some(10_000), Some(5_000), Some(10_000)]);
-        assert_eq!(caps(&node_config(Uuid::nil(), &serving("shared", 2))), [Some(5_000), Some(2_500), Some(5_000)]);
-        let three = node_config(Uuid::nil(), &serving("shared", 3));
+        assert_eq!(
+            caps(&node_config(Uuid::nil(), &serving(PoolKind::Shared, 1))),
+            [Some(10_000), Some(5_000), Some(10_000)]
+        );
+        assert_eq!(
+            caps(&node_config(Uuid::nil(), &serving(PoolKind::Shared, 2))),
+            [Some(5_000), Some(2_500), Some(5_000)]
+        );
+        let three = node_config(Uuid::nil(), &serving(PoolKind::Shared, 3));
         assert_eq!(caps(&three), [Some(3_334), Some(1_667), Some(3_334)]);
         // Older nodes read whole Mbit/s, rounded up.
         assert_eq!(three.accounts.iter().map(|a| a.cap_mbps).collect::<Vec<_>>(), [Some(4), Some(2), Some(4)]);
         // No ready node yet (the first one starting): the whole cap, never 0.
-        assert_eq!(caps(&node_config(Uuid::nil(), &serving("shared", 0))), [Some(10_000), Some(5_000), Some(10_000)]);
+        assert_eq!(
+            caps(&node_config(Uuid::nil(), &serving(PoolKind::Shared, 0))),
+            [Some(10_000), Some(5_000), Some(10_000)]
+        );
         // Dedicated pools are held by the node capacity alone.
-        assert_eq!(caps(&node_config(Uuid::nil(), &serving("dedicated", 2))), [None, None, None]);
+        assert_eq!(caps(&node_config(Uuid::nil(), &serving(PoolKind::Dedicated, 2))), [None, None, None]);
         // The version follows the content: a node joining changes the shares.
-        let (one, two) =
-            (node_config(Uuid::nil(), &serving("shared", 1)), node_config(Uuid::nil(), &serving("shared", 2)));
+        let (one, two) = (
+            node_config(Uuid::nil(), &serving(PoolKind::Shared, 1)),
+            node_config(Uuid::nil(), &serving(PoolKind::Shared, 2)),
+        );
         assert_ne!(one.version, two.version);
     }
 }

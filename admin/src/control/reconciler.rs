@@ -3,6 +3,12 @@
 //! failed, stop. It is not told why it was woken, so every pass is idempotent.
 //! [`plan`] is pure; [`Reconciler::apply`] does the I/O, each action recorded in the
 //! store as it happens, so a crash resumes from what the store says.
+//!
+//! Each pool is reconciled on its own: one pool's error is logged and the pool
+//! is looked at again after a growing pause, while the others go on. A pool whose
+//! nodes fail before they are ready (a crash loop) backs off its launches
+//! exponentially ([`launch_backoff`]) and shows as degraded until a node of it
+//! becomes ready. Only the replica holding the control lease reconciles.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +19,24 @@ use uuid::Uuid;
 
 use crate::clock::{Clock, UnixMs};
 use crate::keys;
+use crate::states::{NodeState, PoolKind, PoolState};
 use crate::store::{HALT_AFTER_FAILED_NODES, NodeHealthRow, Placement, PoolTarget, Store};
+
+/// Failed node rows kept per pool (the newest): a crash loop leaves a bounded trail.
+pub const FAILED_NODES_KEPT: i64 = 5;
+
+/// The pause before the next launch after `failures` nodes in a row failed before
+/// they were ready: 1 s, doubling, at most 5 minutes.
+pub fn launch_backoff(failures: i32) -> Duration {
+    let doublings = u32::try_from(failures.saturating_sub(1)).unwrap_or(0).min(9);
+    Duration::from_secs(1u64 << doublings).min(Duration::from_secs(300))
+}
+
+/// The pause before a pool whose reconcile failed is looked at again: 250 ms,
+/// doubling, at most 30 s.
+fn error_backoff(errors: u32) -> Duration {
+    Duration::from_millis(250u64 << errors.saturating_sub(1).min(7)).min(Duration::from_secs(30))
+}
 
 /// When a node counts as failed.
 #[derive(Debug, Clone, Copy)]
@@ -98,9 +121,14 @@ pub enum Action {
     Stop { node: Uuid },
 }
 
+/// What an action tells the pool's health: a node that failed before it was
+/// ready (the crash-loop signal), with why.
+type StartFailure = Option<String>;
+
 /// What to do for one pool, from its desired size and its nodes. `listening_since`
 /// is when this reconciler started hearing heartbeats: silence from before then
-/// (admin was down or restarting) is not held against a node.
+/// (admin was down or restarting) is not held against a node. While the pool backs
+/// off after failed starts (`launch_after`), nothing is launched.
 pub fn plan(
     pool: &PoolTarget,
     nodes: &[NodeHealthRow],
@@ -110,12 +138,12 @@ pub fn plan(
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     let mut healthy: Vec<&NodeHealthRow> = Vec::new();
-    for n in nodes.iter().filter(|n| matches!(n.state.as_str(), "starting" | "ready")) {
+    for n in nodes.iter().filter(|n| n.state.live()) {
         let silent_for = now - n.last_heartbeat.unwrap_or(n.created_at).max(listening_since);
         let limit = if n.last_heartbeat.is_some() { policy.heartbeat_timeout_ms } else { policy.start_timeout_ms };
         if silent_for > limit {
             actions.push(Action::Fail { node: n.id, reason: format!("no heartbeat for {silent_for} ms") });
-        } else if n.state == "ready" && n.recent_probe_failures >= 2 {
+        } else if n.state == NodeState::Ready && n.recent_probe_failures >= 2 {
             actions.push(Action::Fail { node: n.id, reason: "self-probe failed twice".into() });
         } else {
             healthy.push(n);
@@ -123,30 +151,38 @@ pub fn plan(
     }
     // A released pool's nodes serve the account that left for a grace period
     // (routers may not have switched yet); then they stop.
-    let lingering = pool.state == "deleting" && now < pool.updated_at + crate::domain::MOVE_GRACE_MS;
+    let lingering = pool.state == PoolState::Deleting && now < pool.updated_at + crate::domain::MOVE_GRACE_MS;
     let desired = if lingering {
         healthy.len()
-    } else if matches!(pool.state.as_str(), "deleting" | "deleted") {
-        0
-    } else {
+    } else if pool.state.live() {
         pool.desired_nodes.max(0) as usize
+    } else {
+        0
     };
     if let Some(image) = pool.image_version.as_deref().filter(|_| desired > 0) {
         let (old, new): (Vec<&NodeHealthRow>, Vec<&NodeHealthRow>) =
             healthy.iter().partition(|n| n.image_version.as_deref() != Some(image));
         if !old.is_empty() {
             roll(pool, &old, &new, desired, &mut actions);
-            return actions;
+            return backing_off(pool, now, actions);
         }
     }
     if healthy.len() < desired {
         actions.push(Action::Launch { count: desired - healthy.len() });
     } else if healthy.len() > desired {
         // Stop the ones that serve least: starting before ready, newest first.
-        healthy.sort_by_key(|n| (n.state == "ready", std::cmp::Reverse(n.id)));
+        healthy.sort_by_key(|n| (n.state == NodeState::Ready, std::cmp::Reverse(n.id)));
         for n in healthy.iter().take(healthy.len() - desired) {
             actions.push(Action::Stop { node: n.id });
         }
+    }
+    backing_off(pool, now, actions)
+}
+
+/// Drops launches while the pool backs off after failed starts.
+fn backing_off(pool: &PoolTarget, now: UnixMs, mut actions: Vec<Action>) -> Vec<Action> {
+    if pool.launch_after.is_some_and(|t| now < t) {
+        actions.retain(|a| !matches!(a, Action::Launch { .. }));
     }
     actions
 }
@@ -158,12 +194,12 @@ pub fn plan(
 /// surged: the old nodes keep serving until a rollback.
 fn roll(pool: &PoolTarget, old: &[&NodeHealthRow], new: &[&NodeHealthRow], desired: usize, actions: &mut Vec<Action>) {
     let healthy = old.len() + new.len();
-    if new.iter().any(|n| n.state == "starting") {
+    if new.iter().any(|n| n.state == NodeState::Starting) {
         return;
     }
     if healthy > desired {
         let mut old = old.to_vec();
-        old.sort_by_key(|n| (n.state == "ready", n.upgrade_domain, n.id));
+        old.sort_by_key(|n| (n.state == NodeState::Ready, n.upgrade_domain, n.id));
         for n in old.iter().take(healthy - desired) {
             actions.push(Action::Stop { node: n.id });
         }
@@ -190,15 +226,41 @@ pub struct Reconciler {
     pub policy: HealthPolicy,
     pub template: NodeTemplate,
     pub interval: Duration,
-    /// When this reconciler started (see [`plan`]).
-    pub started: UnixMs,
+    /// Since when this reconciler hears heartbeats (see [`plan`]): when it took
+    /// the control lease.
+    pub started: std::sync::atomic::AtomicI64,
     pub scale_policy: ScalePolicy,
     /// Per shared pool, since when it has been hot or cold (in memory: a restart
     /// only restarts the window).
     pub pressure: std::sync::Mutex<std::collections::HashMap<Uuid, Pressure>>,
+    /// Per pool whose last reconcile failed: errors in a row, and when to look again.
+    pub errors: std::sync::Mutex<std::collections::HashMap<Uuid, (u32, UnixMs)>>,
 }
 
 impl Reconciler {
+    pub fn new(
+        store: Store,
+        driver: Arc<dyn Driver>,
+        clock: Arc<dyn Clock>,
+        template: NodeTemplate,
+        policy: HealthPolicy,
+        scale_policy: ScalePolicy,
+    ) -> Self {
+        let started = std::sync::atomic::AtomicI64::new(clock.now_ms());
+        Self {
+            store,
+            driver,
+            clock,
+            policy,
+            template,
+            interval: Duration::from_millis(250),
+            started,
+            scale_policy,
+            pressure: Default::default(),
+            errors: Default::default(),
+        }
+    }
+
     /// Adopts the nodes the driver still runs that the store knows; stops strays.
     pub async fn adopt(&self) -> anyhow::Result<()> {
         let known = self.store.live_node_ids().await?;
@@ -215,61 +277,169 @@ impl Reconciler {
         Ok(())
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
-        if let Err(e) = self.adopt().await {
-            tracing::error!(error = %e, "adopting nodes");
-        }
+    /// Reconciles every `interval` while this replica holds the control lease
+    /// (`leader`); adopts the driver's nodes each time it takes the lease.
+    pub async fn run(self, shutdown: CancellationToken, leader: tokio::sync::watch::Receiver<bool>) {
         let mut every = crate::control::every::Every::new(self.interval, &shutdown);
+        let mut leading = false;
         while every.next().await {
+            let leads = *leader.borrow();
+            if leads && !leading {
+                self.started.store(self.clock.now_ms(), std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = self.adopt().await {
+                    tracing::error!(error = %e, "adopting nodes");
+                }
+            }
+            leading = leads;
+            if !leading {
+                continue;
+            }
             if let Err(e) = self.reconcile_once().await {
                 tracing::warn!(error = %e, "reconcile");
             }
         }
     }
 
-    /// One pass over every pool.
+    /// One pass: every pool on its own. A pool's error is logged and the pool is
+    /// skipped for a growing pause; the others are not held up.
     pub async fn reconcile_once(&self) -> anyhow::Result<()> {
-        for mut pool in self.store.pool_targets(self.clock.now_ms()).await? {
-            let mut nodes = self.store.pool_health(pool.id).await?;
-            self.fail_exited(&mut nodes).await?;
-            if pool.kind == "shared" && pool.state != "deleted" {
-                self.autoscale(&mut pool, &nodes).await?;
+        let now = self.clock.now_ms();
+        let pools = self.store.pool_targets(now).await?;
+        let ids: std::collections::HashSet<Uuid> = pools.iter().map(|p| p.id).collect();
+        for pool in pools {
+            let id = pool.id;
+            let skip = self.errors.lock().map(|e| e.get(&id).is_some_and(|(_, at)| now < *at)).unwrap_or(false);
+            if skip {
+                continue;
             }
-            for action in plan(&pool, &nodes, self.clock.now_ms(), self.started, self.policy) {
-                self.apply(&pool, &nodes, action).await?;
-            }
-            // A node the store gave up on must not keep running.
-            for n in nodes.iter().filter(|n| n.state == "failed") {
-                if let Some(h) = handle(n)
-                    && self.driver.inspect(&h).await == Status::Running
-                {
-                    self.terminate_later(h, Duration::from_secs(5));
+            match self.reconcile_pool(pool).await {
+                Ok(()) => {
+                    if let Ok(mut e) = self.errors.lock() {
+                        e.remove(&id);
+                    }
                 }
+                Err(err) => {
+                    let mut e = self.errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let n = e.get(&id).map_or(1, |(n, _)| n + 1);
+                    let pause = error_backoff(n);
+                    tracing::warn!(pool = %id, error = %err, errors = n, retry_in_ms = pause.as_millis() as u64, "reconciling pool");
+                    e.insert(id, (n, now + i64::try_from(pause.as_millis()).unwrap_or(30_000)));
+                }
+            }
+        }
+        // Pools that are gone leave nothing behind in memory.
+        if let Ok(mut p) = self.pressure.lock() {
+            p.retain(|id, _| ids.contains(id));
+        }
+        if let Ok(mut e) = self.errors.lock() {
+            e.retain(|id, _| ids.contains(id));
+        }
+        Ok(())
+    }
+
+    /// Observes one pool, plans, applies, and keeps its health: a node that failed
+    /// before it was ready backs its launches off and marks it degraded; a node
+    /// that became ready since clears that.
+    pub async fn reconcile_pool(&self, mut pool: PoolTarget) -> anyhow::Result<()> {
+        let mut nodes = self.store.pool_health(pool.id).await?;
+        // Failures seen now hold back this pass's launches too.
+        let exited = self.fail_exited(&mut nodes).await?;
+        self.back_off(&mut pool, &exited).await?;
+        if pool.kind == PoolKind::Shared && pool.state.live() {
+            self.autoscale(&mut pool, &nodes).await?;
+        }
+        let now = self.clock.now_ms();
+        let listening_since = self.started.load(std::sync::atomic::Ordering::Relaxed);
+        let mut failed = Vec::new();
+        for action in plan(&pool, &nodes, now, listening_since, self.policy) {
+            if let Some(why) = self.apply(&pool, &nodes, action).await? {
+                failed.push(why);
+            }
+        }
+        self.back_off(&mut pool, &failed).await?;
+        self.stop_failed(&nodes);
+        let now = self.clock.now_ms();
+        let recovered = pool.degraded_since.is_some_and(|since| {
+            exited.is_empty()
+                && failed.is_empty()
+                && nodes.iter().any(|n| n.state == NodeState::Ready && n.created_at >= since)
+        });
+        if recovered {
+            tracing::info!(pool = %pool.id, "a node became ready; the pool recovered");
+            self.store.clear_degraded(pool.id, now).await?;
+        }
+        if pool.state == PoolState::Creating {
+            let ready = nodes.iter().filter(|n| n.state == NodeState::Ready).count();
+            // Ready once it carries what it owes (the spare of a dedicated pool
+            // aside), or for a shared pool once it serves at all.
+            let owed = match pool.kind {
+                PoolKind::Shared => 1,
+                PoolKind::Dedicated => usize::try_from(pool.desired_nodes - 1).unwrap_or(0).max(1),
+            };
+            if ready >= owed {
+                self.store.mark_pool_ready(pool.id, now).await?;
             }
         }
         Ok(())
     }
 
+    /// Counts nodes of `pool` that failed before they were ready (`why`, one
+    /// each): the pool degrades and its next launch waits [`launch_backoff`]; its
+    /// failed node rows are trimmed to the newest [`FAILED_NODES_KEPT`].
+    async fn back_off(&self, pool: &mut PoolTarget, why: &[String]) -> anyhow::Result<()> {
+        let Some(last) = why.last() else { return Ok(()) };
+        let now = self.clock.now_ms();
+        let count = i32::try_from(why.len()).unwrap_or(i32::MAX);
+        pool.launch_failures = pool.launch_failures.saturating_add(count);
+        let pause = launch_backoff(pool.launch_failures);
+        let after = now + i64::try_from(pause.as_millis()).unwrap_or(300_000);
+        tracing::warn!(pool = %pool.id, failures = pool.launch_failures, reason = %last,
+            retry_in_s = pause.as_secs(), "nodes fail at start; backing off");
+        self.store.record_launch_failures(pool.id, count, last, after, now).await?;
+        self.store.trim_failed_nodes(pool.id, FAILED_NODES_KEPT).await?;
+        pool.launch_after = Some(after);
+        pool.degraded_since.get_or_insert(now);
+        pool.degraded_reason = Some(last.clone());
+        Ok(())
+    }
+
     /// A starting node whose process has exited will never be ready: failed now,
-    /// not at the start timeout.
-    async fn fail_exited(&self, nodes: &mut [NodeHealthRow]) -> anyhow::Result<()> {
-        for n in nodes.iter_mut().filter(|n| n.state == "starting") {
-            if let Some(h) = handle(n)
-                && self.driver.inspect(&h).await == Status::Exited
-            {
-                tracing::warn!(node = %n.id, "node exited before it was ready");
+    /// not at the start timeout. Returns why, for each such node.
+    async fn fail_exited(&self, nodes: &mut [NodeHealthRow]) -> anyhow::Result<Vec<String>> {
+        let mut failed = Vec::new();
+        for n in nodes.iter_mut().filter(|n| n.state == NodeState::Starting) {
+            let Some(h) = handle(n) else { continue };
+            if let Status::Exited { detail } = self.driver.inspect(&h).await {
+                let why = match detail {
+                    Some(d) => format!("node exits at start ({d})"),
+                    None => "node exits at start".to_owned(),
+                };
+                tracing::warn!(node = %n.id, reason = %why, "node exited before it was ready");
                 let now = self.clock.now_ms();
-                self.store.set_node_state(n.id, "failed", "exited before it was ready", "health-monitor", now).await?;
-                n.state = "failed".into();
+                self.store.set_node_state(n.id, NodeState::Failed, &why, "health-monitor", now).await?;
+                self.store.clear_node_handle(n.id).await?;
+                n.state = NodeState::Failed;
+                n.handle = None;
+                failed.push(why);
             }
         }
-        Ok(())
+        Ok(failed)
+    }
+
+    /// A node the store gave up on must not keep running: stopped in the
+    /// background; its handle is forgotten once it is gone.
+    fn stop_failed(&self, nodes: &[NodeHealthRow]) {
+        for n in nodes.iter().filter(|n| n.state == NodeState::Failed) {
+            if let Some(h) = handle(n) {
+                self.terminate_later(h, Duration::from_secs(5), true);
+            }
+        }
     }
 
     /// Grows or shrinks a shared pool on its measured egress.
     async fn autoscale(&self, pool: &mut PoolTarget, nodes: &[NodeHealthRow]) -> anyhow::Result<()> {
         let now = self.clock.now_ms();
-        let ready: Vec<_> = nodes.iter().filter(|n| n.state == "ready").collect();
+        let ready: Vec<_> = nodes.iter().filter(|n| n.state == NodeState::Ready).collect();
         let egress: f64 = ready.iter().map(|n| n.egress_mbps).sum();
         let before = self.pressure.lock().map(|p| p.get(&pool.id).copied().unwrap_or_default()).unwrap_or_default();
         let (change, after) =
@@ -286,33 +456,35 @@ impl Reconciler {
         Ok(())
     }
 
-    async fn apply(&self, pool: &PoolTarget, nodes: &[NodeHealthRow], action: Action) -> anyhow::Result<()> {
+    /// Carries out one action, recording it in the store as it goes. Returns why,
+    /// when a node failed before it was ready (it could not be launched, or a
+    /// starting node was given up on).
+    pub async fn apply(
+        &self,
+        pool: &PoolTarget,
+        nodes: &[NodeHealthRow],
+        action: Action,
+    ) -> anyhow::Result<StartFailure> {
         let now = self.clock.now_ms();
         match action {
             Action::Launch { count } => {
                 // Spread over upgrade domains, so a rolling upgrade never takes a pool down.
-                let mut domains: Vec<i32> = nodes
-                    .iter()
-                    .filter(|n| matches!(n.state.as_str(), "starting" | "ready"))
-                    .map(|n| n.upgrade_domain)
-                    .collect();
+                let mut domains: Vec<i32> = nodes.iter().filter(|n| n.state.live()).map(|n| n.upgrade_domain).collect();
                 for _ in 0..count {
                     let id = Uuid::now_v7();
                     let token = format!("hwn_{}", keys::random_token().trim_start_matches("hwop_"));
                     let domain = Policy::DEFAULT.upgrade_domain(&domains);
                     domains.push(domain);
                     let image = pool.image_version.as_deref();
-                    self.store
-                        .register_node(
-                            id,
-                            pool.id,
-                            &keys::hash(&token),
-                            Placement { upgrade_domain: domain, image_version: image },
-                            "reconciler",
-                            now,
-                        )
-                        .await?;
-                    let spec = self.spec(id, token, pool).await?;
+                    // The spec first: a pool whose image cannot be read registers nothing.
+                    let spec = self.spec(id, token.clone(), pool).await?;
+                    let placement = Placement { upgrade_domain: domain, image_version: image };
+                    let registered =
+                        self.store.register_launch(id, pool.id, &keys::hash(&token), placement, now).await?;
+                    if registered.is_none() {
+                        tracing::debug!(pool = %pool.id, "the pool moved to another image; launching next pass");
+                        return Ok(None);
+                    }
                     match self.driver.launch(&spec).await {
                         Ok(h) => {
                             self.store.set_node_handle(id, &h.reference, now).await?;
@@ -320,36 +492,50 @@ impl Reconciler {
                         }
                         Err(e) => {
                             tracing::warn!(node = %id, error = %e, "node could not be launched");
-                            let reason = format!("could not be launched: {e}");
-                            self.store.set_node_state(id, "failed", &reason, "reconciler", now).await?;
+                            let reason = format!("node could not be launched: {e}");
+                            self.store.set_node_state(id, NodeState::Failed, &reason, "reconciler", now).await?;
+                            // The rest would fail the same way; the backoff decides when to try again.
+                            return Ok(Some(reason));
                         }
                     }
                 }
+                Ok(None)
             }
             Action::Fail { node, reason } => {
                 tracing::warn!(%node, %reason, "node failed");
-                self.store.set_node_state(node, "failed", &reason, "health-monitor", now).await?;
-                if let Some(h) = nodes.iter().find(|n| n.id == node).and_then(handle) {
-                    self.terminate_later(h, Duration::from_secs(5));
+                self.store.set_node_state(node, NodeState::Failed, &reason, "health-monitor", now).await?;
+                let n = nodes.iter().find(|n| n.id == node);
+                if let Some(h) = n.and_then(handle) {
+                    self.terminate_later(h, Duration::from_secs(5), true);
                 }
+                let at_start = n.is_some_and(|n| n.state == NodeState::Starting);
+                Ok(at_start.then(|| format!("node never became ready: {reason}")))
             }
             Action::Stop { node } => {
-                self.store.set_node_state(node, "stopped", "the pool needs fewer nodes", "reconciler", now).await?;
+                self.store
+                    .set_node_state(node, NodeState::Stopped, "the pool needs fewer nodes", "reconciler", now)
+                    .await?;
                 if let Some(h) = nodes.iter().find(|n| n.id == node).and_then(handle) {
                     // SIGTERM: the node drains, then exits.
-                    self.terminate_later(h, Duration::from_secs(30));
+                    self.terminate_later(h, Duration::from_secs(30), false);
                 }
+                Ok(None)
             }
         }
-        Ok(())
     }
 
-    /// Stops a node in the background, so a slow drain never holds up the loop.
-    fn terminate_later(&self, h: Handle, grace: Duration) {
+    /// Stops a node in the background, so a slow drain never holds up the loop;
+    /// with `forget`, its handle is cleared once it is gone.
+    fn terminate_later(&self, h: Handle, grace: Duration, forget: bool) {
         let driver = self.driver.clone();
+        let store = self.store.clone();
         tokio::spawn(async move {
             if let Err(e) = driver.terminate(&h, grace).await {
                 tracing::warn!(node = %h.id, error = %e, "terminating");
+                return;
+            }
+            if forget && let Err(e) = store.clear_node_handle(h.id).await {
+                tracing::warn!(node = %h.id, error = %e, "forgetting a stopped node's handle");
             }
         });
     }
@@ -392,26 +578,30 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000_000;
 
-    fn pool(desired: i32, state: &str) -> PoolTarget {
+    fn pool(desired: i32, state: PoolState) -> PoolTarget {
         PoolTarget {
-            kind: "dedicated".into(),
+            kind: PoolKind::Dedicated,
             id: Uuid::now_v7(),
-            state: state.into(),
+            state,
             desired_nodes: desired,
             node_capacity_mbps: 100,
             image_version: None,
             updated_at: NOW - crate::domain::MOVE_GRACE_MS,
             origin_type: "hls".into(),
             failed_on_image: 0,
+            launch_failures: 0,
+            launch_after: None,
+            degraded_reason: None,
+            degraded_since: None,
         }
     }
 
-    fn node(state: &str, heartbeat_ago: Option<i64>, probe_failures: i64) -> NodeHealthRow {
+    fn node(state: NodeState, heartbeat_ago: Option<i64>, probe_failures: i64) -> NodeHealthRow {
         NodeHealthRow {
             id: Uuid::now_v7(),
             pool_id: Uuid::nil(),
             handle: Some("pid:1".into()),
-            state: state.into(),
+            state,
             last_heartbeat: heartbeat_ago.map(|a| NOW - a),
             created_at: NOW - 60_000,
             recent_probe_failures: probe_failures,
@@ -421,26 +611,26 @@ mod tests {
         }
     }
 
-    fn on(image: &str, state: &str, domain: i32) -> NodeHealthRow {
+    fn on(image: &str, state: NodeState, domain: i32) -> NodeHealthRow {
         NodeHealthRow { image_version: Some(image.into()), upgrade_domain: domain, ..node(state, Some(100), 0) }
     }
 
     #[test]
     fn a_rolling_upgrade_surges_one_new_node_then_drains_one_old_node() {
-        let pool = PoolTarget { image_version: Some("2".into()), ..pool(2, "ready") };
-        let (a, b) = (on("1", "ready", 0), on("1", "ready", 1));
+        let pool = PoolTarget { image_version: Some("2".into()), ..pool(2, PoolState::Ready) };
+        let (a, b) = (on("1", NodeState::Ready, 0), on("1", NodeState::Ready, 1));
         let plan_for = |nodes: &[NodeHealthRow]| plan(&pool, nodes, NOW, 0, HealthPolicy::default());
         // Two old nodes: one new node first, capacity never below two.
         assert_eq!(plan_for(&[a.clone(), b.clone()]), [Action::Launch { count: 1 }]);
         // While it starts, nothing else.
-        let starting = on("2", "starting", 0);
+        let starting = on("2", NodeState::Starting, 0);
         assert!(plan_for(&[a.clone(), b.clone(), starting]).is_empty());
         // Ready: the old node of the lowest upgrade domain is drained.
-        let ready = on("2", "ready", 0);
+        let ready = on("2", NodeState::Ready, 0);
         assert_eq!(plan_for(&[b.clone(), a.clone(), ready.clone()]), [Action::Stop { node: a.id }]);
         // Then the next one, the same way.
         assert_eq!(plan_for(&[b.clone(), ready.clone()]), [Action::Launch { count: 1 }]);
-        let second = on("2", "ready", 1);
+        let second = on("2", NodeState::Ready, 1);
         assert_eq!(plan_for(&[b.clone(), ready.clone(), second.clone()]), [Action::Stop { node: b.id }]);
         assert!(plan_for(&[ready.clone(), second]).is_empty(), "done");
         // Two new nodes failed: the upgrade is halted, the old nodes keep serving.
@@ -450,13 +640,16 @@ mod tests {
 
     #[test]
     fn an_empty_pool_is_filled() {
-        assert_eq!(plan(&pool(4, "creating"), &[], NOW, 0, HealthPolicy::default()), [Action::Launch { count: 4 }]);
+        assert_eq!(
+            plan(&pool(4, PoolState::Creating), &[], NOW, 0, HealthPolicy::default()),
+            [Action::Launch { count: 4 }]
+        );
     }
 
     #[test]
     fn a_silent_node_is_failed_and_replaced() {
-        let nodes = [node("ready", Some(500), 0), node("ready", Some(10_000), 0)];
-        let actions = plan(&pool(2, "ready"), &nodes, NOW, 0, HealthPolicy::default());
+        let nodes = [node(NodeState::Ready, Some(500), 0), node(NodeState::Ready, Some(10_000), 0)];
+        let actions = plan(&pool(2, PoolState::Ready), &nodes, NOW, 0, HealthPolicy::default());
         assert_eq!(
             actions,
             [
@@ -469,48 +662,53 @@ mod tests {
     #[test]
     fn silence_while_admin_was_down_does_not_count() {
         // Admin restarted 1 s ago; the node's last heartbeat reached the old one 10 s ago.
-        let nodes = [node("ready", Some(10_000), 0)];
-        assert!(plan(&pool(1, "ready"), &nodes, NOW, NOW - 1_000, HealthPolicy::default()).is_empty());
+        let nodes = [node(NodeState::Ready, Some(10_000), 0)];
+        assert!(plan(&pool(1, PoolState::Ready), &nodes, NOW, NOW - 1_000, HealthPolicy::default()).is_empty());
         assert!(matches!(
-            plan(&pool(1, "ready"), &nodes, NOW, NOW - 4_000, HealthPolicy::default())[0],
+            plan(&pool(1, PoolState::Ready), &nodes, NOW, NOW - 4_000, HealthPolicy::default())[0],
             Action::Fail { .. }
         ));
     }
 
     #[test]
     fn two_failed_self_probes_fail_a_node() {
-        let nodes = [node("ready", Some(100), 2), node("ready", Some(100), 1)];
-        let actions = plan(&pool(2, "ready"), &nodes, NOW, 0, HealthPolicy::default());
+        let nodes = [node(NodeState::Ready, Some(100), 2), node(NodeState::Ready, Some(100), 1)];
+        let actions = plan(&pool(2, PoolState::Ready), &nodes, NOW, 0, HealthPolicy::default());
         assert_eq!(actions[0], Action::Fail { node: nodes[0].id, reason: "self-probe failed twice".into() });
         assert_eq!(actions[1], Action::Launch { count: 1 });
     }
 
     #[test]
     fn a_starting_node_gets_time_to_start() {
-        let mut starting = node("starting", None, 0);
+        let mut starting = node(NodeState::Starting, None, 0);
         starting.created_at = NOW - 5_000;
-        assert!(plan(&pool(1, "creating"), &[starting.clone()], NOW, 0, HealthPolicy::default()).is_empty());
+        assert!(plan(&pool(1, PoolState::Creating), &[starting.clone()], NOW, 0, HealthPolicy::default()).is_empty());
         starting.created_at = NOW - 31_000;
         assert!(matches!(
-            plan(&pool(1, "creating"), &[starting], NOW, 0, HealthPolicy::default())[0],
+            plan(&pool(1, PoolState::Creating), &[starting], NOW, 0, HealthPolicy::default())[0],
             Action::Fail { .. }
         ));
     }
 
     #[test]
     fn surplus_nodes_are_stopped_starting_first_and_released_pools_emptied() {
-        let ready = node("ready", Some(100), 0);
-        let starting = node("starting", Some(100), 0);
-        let actions = plan(&pool(1, "ready"), &[ready.clone(), starting.clone()], NOW, 0, HealthPolicy::default());
+        let ready = node(NodeState::Ready, Some(100), 0);
+        let starting = node(NodeState::Starting, Some(100), 0);
+        let actions =
+            plan(&pool(1, PoolState::Ready), &[ready.clone(), starting.clone()], NOW, 0, HealthPolicy::default());
         assert_eq!(actions, [Action::Stop { node: starting.id }]);
-        let actions = plan(&pool(3, "deleting"), std::slice::from_ref(&ready), NOW, 0, HealthPolicy::default());
+        let actions =
+            plan(&pool(3, PoolState::Deleting), std::slice::from_ref(&ready), NOW, 0, HealthPolicy::default());
         assert_eq!(actions, [Action::Stop { node: ready.id }]);
         // ... but only once the grace for routers to follow the move is over.
-        let just_released = PoolTarget { updated_at: NOW - 1_000, ..pool(3, "deleting") };
+        let just_released = PoolTarget { updated_at: NOW - 1_000, ..pool(3, PoolState::Deleting) };
         assert!(plan(&just_released, std::slice::from_ref(&ready), NOW, 0, HealthPolicy::default()).is_empty());
         // Failed, draining and stopped nodes are not counted as serving.
-        let drained = node("draining", Some(100), 0);
-        assert_eq!(plan(&pool(1, "ready"), &[drained], NOW, 0, HealthPolicy::default()), [Action::Launch { count: 1 }]);
+        let drained = node(NodeState::Draining, Some(100), 0);
+        assert_eq!(
+            plan(&pool(1, PoolState::Ready), &[drained], NOW, 0, HealthPolicy::default()),
+            [Action::Launch { count: 1 }]
+        );
     }
 }
 
@@ -557,5 +755,215 @@ mod scale_tests {
     fn a_converging_pool_is_not_judged() {
         let p = ScalePolicy { sustain_ms: 0, ..ScalePolicy::default() };
         assert_eq!(scale(3, 2, 200.0, 100, Pressure::default(), T, p), (None, Pressure::default()));
+    }
+}
+
+/// `apply` and whole passes against a real store (SQLite) and the fake driver:
+/// crash loops back off, a ready node clears that, one pool's error spares the
+/// others.
+#[cfg(test)]
+mod driven {
+    use super::*;
+    use crate::clock::ManualClock;
+    use headwater_provisioner::FakeDriver;
+
+    const T0: i64 = 1_800_000_000_000;
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        store: Store,
+        clock: Arc<ManualClock>,
+        driver: Arc<FakeDriver>,
+        reconciler: Reconciler,
+    }
+
+    async fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}/t.db", dir.path().display())).await.unwrap();
+        store.seed_builtin_types(T0).await.unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let driver = Arc::new(FakeDriver::new());
+        let template = NodeTemplate {
+            program: "/bin/headwater".into(),
+            admin_url: "http://127.0.0.1:1".into(),
+            content_url: "/tmp/content".into(),
+            heartbeat_ms: 1000,
+        };
+        let reconciler = Reconciler::new(
+            store.clone(),
+            driver.clone(),
+            clock.clone(),
+            template,
+            HealthPolicy::default(),
+            ScalePolicy::default(),
+        );
+        Rig { _dir: dir, store, clock, driver, reconciler }
+    }
+
+    async fn sql(store: &Store, q: &str) {
+        match &store.backend {
+            crate::store::Backend::Sqlite(p) => {
+                sqlx::query(sqlx::AssertSqlSafe(q.to_owned())).execute(p).await.unwrap();
+            }
+            crate::store::Backend::Postgres(_) => unreachable!("the rig runs on SQLite"),
+        }
+    }
+
+    async fn target(store: &Store, id: Uuid, now: UnixMs) -> PoolTarget {
+        store.pool_targets(now).await.unwrap().into_iter().find(|p| p.id == id).unwrap()
+    }
+
+    async fn events(store: &Store, action: &str) -> usize {
+        store.events(None, 500).await.unwrap().iter().filter(|e| e.action == action).count()
+    }
+
+    /// Marks a node ready as its heartbeat would.
+    async fn heartbeat(store: &Store, node: Uuid, now: UnixMs) {
+        let hb = crate::store::HeartbeatRecord {
+            state: headwater_protocol::NodeState::Ready,
+            address: "127.0.0.1:9".into(),
+            image_version: "0.1.0".into(),
+            egress_mbps: 0.0,
+            open_connections: 0,
+            cache_hit_ratio: 0.0,
+            config_version: 1,
+            probe_ok: true,
+            probe_latency_ms: 1,
+            probe_error: None,
+        };
+        store.record_heartbeats(&[(node, hb, now)]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_crash_loop_backs_off_and_degrades_the_pool_once() {
+        let r = rig().await;
+        let pool = r.store.create_warm_pool("hls", 1, T0).await.unwrap();
+        r.driver.exit_at_start(Some("exit status 1"));
+        r.reconciler.reconcile_once().await.unwrap();
+        assert_eq!(r.driver.launched().len(), 1, "the pool's one node");
+        // The node exited: failed, and no launch before the backoff (1 s) is over.
+        r.clock.advance_ms(250);
+        r.reconciler.reconcile_once().await.unwrap();
+        assert_eq!(r.driver.launched().len(), 1);
+        let p = target(&r.store, pool, r.clock.now_ms()).await;
+        assert_eq!(p.degraded_reason.as_deref(), Some("node exits at start (exit status 1)"));
+        assert_eq!(p.launch_failures, 1);
+        assert_eq!(p.launch_after, Some(T0 + 250 + 1_000));
+        r.clock.advance_ms(500);
+        r.reconciler.reconcile_once().await.unwrap();
+        assert_eq!(r.driver.launched().len(), 1, "still backing off");
+        // Each failure doubles the pause: launches at +1.25 s, then 2 s, 4 s, 8 s later.
+        let mut launches = vec![];
+        for _ in 0..(60 * 4) {
+            r.clock.advance_ms(250);
+            let before = r.driver.launched().len();
+            r.reconciler.reconcile_once().await.unwrap();
+            if r.driver.launched().len() > before {
+                launches.push(r.clock.now_ms() - T0);
+            }
+        }
+        assert_eq!(launches[..4], [1_250, 3_500, 7_750, 16_000], "{launches:?}");
+        assert!(launches.len() <= 7, "a minute of crash loop launches a handful of nodes, not 240: {launches:?}");
+        assert_eq!(events(&r.store, "pool.degraded").await, 1, "one event when it degrades");
+        let failed: i64 =
+            r.store.pool_health(pool).await.unwrap().iter().filter(|n| n.state == NodeState::Failed).count() as i64;
+        assert!(failed <= FAILED_NODES_KEPT, "failed rows are trimmed: {failed}");
+    }
+
+    #[tokio::test]
+    async fn a_node_that_becomes_ready_ends_the_backoff() {
+        let r = rig().await;
+        let pool = r.store.create_warm_pool("hls", 1, T0).await.unwrap();
+        r.driver.refuse_launches(Some("no room"));
+        r.reconciler.reconcile_once().await.unwrap();
+        let p = target(&r.store, pool, r.clock.now_ms()).await;
+        assert!(
+            p.degraded_reason.as_deref().is_some_and(|r| r.contains("could not be launched") && r.contains("no room"))
+        );
+        r.driver.refuse_launches(None);
+        r.clock.advance_ms(1_000);
+        r.reconciler.reconcile_once().await.unwrap();
+        let node = r.driver.launched().last().unwrap().id;
+        assert_eq!(r.driver.running(), vec![node]);
+        heartbeat(&r.store, node, r.clock.now_ms()).await;
+        r.reconciler.reconcile_once().await.unwrap();
+        let p = target(&r.store, pool, r.clock.now_ms()).await;
+        assert_eq!((p.degraded_reason, p.launch_failures, p.launch_after), (None, 0, None));
+        assert_eq!(p.state, PoolState::Ready, "a warm pool whose node is ready is ready");
+        assert_eq!(events(&r.store, "pool.recovered").await, 1);
+    }
+
+    #[tokio::test]
+    async fn one_pools_error_spares_the_others_and_is_retried_later() {
+        let r = rig().await;
+        // An image whose stored arguments cannot be read: launching its pool's
+        // nodes fails in the store, for that pool only.
+        sql(&r.store, &format!("INSERT INTO images (origin_type, version, command, args, created_at) VALUES ('hls', 'bad', 'headwater', '{{\"x\": 1}}', {T0})")).await;
+        sql(&r.store, "UPDATE origin_types SET current_image = 'bad' WHERE name = 'hls'").await;
+        let broken = r.store.create_warm_pool("hls", 1, T0).await.unwrap();
+        sql(&r.store, "UPDATE origin_types SET current_image = NULL WHERE name = 'hls'").await;
+        let fine = r.store.create_warm_pool("hls", 2, T0).await.unwrap();
+        r.reconciler.reconcile_once().await.unwrap();
+        let nodes_of = |pool: Uuid| {
+            let store = r.store.clone();
+            async move { store.pool_health(pool).await.unwrap().len() }
+        };
+        assert_eq!(nodes_of(fine).await, 2, "the pool after the broken one got its nodes");
+        let (errors, retry_at) = r.reconciler.errors.lock().unwrap()[&broken];
+        assert_eq!((errors, retry_at), (1, T0 + 250));
+        // Skipped until then; looked at again after it, and the pause grows.
+        r.reconciler.reconcile_once().await.unwrap();
+        assert_eq!(r.reconciler.errors.lock().unwrap()[&broken], (1, T0 + 250));
+        r.clock.advance_ms(250);
+        r.reconciler.reconcile_once().await.unwrap();
+        assert_eq!(r.reconciler.errors.lock().unwrap()[&broken], (2, T0 + 250 + 500));
+        // Fixed, it is reconciled and forgotten.
+        sql(&r.store, "UPDATE images SET args = '[\"origin\"]' WHERE version = 'bad'").await;
+        r.clock.advance_ms(500);
+        r.reconciler.reconcile_once().await.unwrap();
+        assert!(!r.reconciler.errors.lock().unwrap().contains_key(&broken));
+        assert_eq!(nodes_of(broken).await, 1);
+        let spec = r
+            .driver
+            .launched()
+            .into_iter()
+            .find(|s| s.args.contains(&"bad".to_owned()))
+            .expect("launched on its image");
+        assert_eq!(spec.args[0], "origin");
+    }
+
+    #[tokio::test]
+    async fn apply_records_each_action_in_the_store() {
+        let r = rig().await;
+        let pool = r.store.create_warm_pool("hls", 2, T0).await.unwrap();
+        let p = target(&r.store, pool, T0).await;
+        assert_eq!(r.reconciler.apply(&p, &[], Action::Launch { count: 2 }).await.unwrap(), None);
+        let nodes = r.store.pool_health(pool).await.unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert!(nodes.iter().all(|n| n.state == NodeState::Starting && n.handle.is_some()));
+        // Spread over the upgrade domains, tokens passed in the environment only.
+        let mut domains: Vec<i32> = nodes.iter().map(|n| n.upgrade_domain).collect();
+        domains.sort();
+        assert_eq!(domains, [0, 1]);
+        for spec in r.driver.launched() {
+            assert!(spec.env.iter().any(|(k, v)| k == "HEADWATER_NODE_TOKEN" && v.starts_with("hwn_")));
+            assert!(!spec.args.iter().any(|a| a.starts_with("hwn_")));
+        }
+        // A starting node given up on is a failed start, and it is stopped.
+        let why = r
+            .reconciler
+            .apply(&p, &nodes, Action::Fail { node: nodes[0].id, reason: "no heartbeat for 31000 ms".into() })
+            .await
+            .unwrap();
+        assert_eq!(why.as_deref(), Some("node never became ready: no heartbeat for 31000 ms"));
+        assert_eq!(r.store.node_state(nodes[0].id).await.unwrap(), NodeState::Failed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !r.driver.terminated().contains(&nodes[0].id) {
+            assert!(std::time::Instant::now() < deadline, "never terminated");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Stopping is not a failure.
+        assert_eq!(r.reconciler.apply(&p, &nodes, Action::Stop { node: nodes[1].id }).await.unwrap(), None);
+        assert_eq!(r.store.node_state(nodes[1].id).await.unwrap(), NodeState::Stopped);
     }
 }

@@ -60,9 +60,13 @@ impl Collector {
         Ok((started, purged.len()))
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Sweeps every `every` while this replica holds the control lease.
+    pub async fn run(self, shutdown: CancellationToken, leader: tokio::sync::watch::Receiver<bool>) {
         let mut every = crate::control::every::Every::new(self.every, &shutdown);
         while every.next().await {
+            if !*leader.borrow() {
+                continue;
+            }
             if let Err(e) = self.sweep().await {
                 tracing::warn!(error = %e, "collector");
             }

@@ -42,7 +42,7 @@ pub fn table(rows: Vec<RouteRow>) -> RoutingTable {
     let mut table = RoutingTable::default();
     for r in rows {
         let route = table.accounts.entry(r.name).or_insert_with(|| Route {
-            active: r.state != "deactivated",
+            active: r.state != crate::states::AccountState::Deactivated,
             ip_allow: r.ip_allow.0.clone(),
             allow_origins: r.allow_origins.0.clone(),
             nodes: Vec::new(),

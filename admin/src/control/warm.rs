@@ -149,9 +149,13 @@ impl Keeper {
         Ok(())
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Keeps the stock every `every` while this replica holds the control lease.
+    pub async fn run(self, shutdown: CancellationToken, leader: tokio::sync::watch::Receiver<bool>) {
         let mut every = crate::control::every::Every::new(self.every, &shutdown);
         while every.next().await {
+            if !*leader.borrow() {
+                continue;
+            }
             if let Err(e) = self.keep().await {
                 tracing::warn!(error = %e, "warm keeper");
             }

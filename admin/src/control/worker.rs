@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::domain::{Offer, dedicated_pool_nodes};
-use crate::store::{Effect, OperationRow, Store, StoreError};
+use crate::states::OperationKind;
+use crate::store::{Effect, OperationRow, Store, StoreError, UpgradeStep};
 
 /// How long a claim lasts before another worker may take the operation over.
 pub const LEASE_MS: i64 = 30_000;
@@ -76,6 +77,10 @@ pub enum WorkerError {
     /// An upgrade stopped because nodes on the new image failed.
     #[error("{0}")]
     Halted(String),
+    /// A newer upload of the origin type replaced this upgrade (the store has
+    /// already marked it so).
+    #[error("superseded by a newer upgrade")]
+    Superseded,
 }
 
 /// The steps of an operation, in order. Pure: the same operation and facts always
@@ -85,9 +90,9 @@ pub enum WorkerError {
 /// dedicated one.
 pub fn plan(op: &OperationRow, account: Option<AccountFacts>, wait_for_nodes: bool) -> Result<Vec<Step>, String> {
     let need_account = || account.ok_or_else(|| "the operation names no account".to_owned());
-    let steps = match op.kind.as_str() {
+    let steps = match op.kind {
         // Reactivation sizes a retained pool again, the way a change of offer does.
-        "create" | "change_offer" | "reactivate" => {
+        OperationKind::Create | OperationKind::ChangeOffer | OperationKind::Reactivate => {
             let a = need_account()?;
             let nodes = match a.offer {
                 Offer::Sla(m) => dedicated_pool_nodes(m, a.node_capacity_mbps),
@@ -109,27 +114,31 @@ pub fn plan(op: &OperationRow, account: Option<AccountFacts>, wait_for_nodes: bo
             steps.push(Step::apply("allocation_recorded", Effect::RecordAllocation { account_id: a.id }));
             steps
         }
-        "update" | "deactivate" => {
+        OperationKind::Update | OperationKind::Deactivate => {
             let a = need_account()?;
             vec![Step::apply("allocation_recorded", Effect::RecordAllocation { account_id: a.id })]
         }
-        "delete" => {
+        OperationKind::Delete => {
             let a = need_account()?;
             vec![Step::apply("released", Effect::Release { account_id: a.id })]
         }
-        "upgrade" => {
+        OperationKind::Upgrade => {
             let origin_type = op.origin_type.clone().ok_or("an upgrade names an origin type")?;
             let version = op.input.0.get("version").and_then(|v| v.as_str()).ok_or("an upgrade names a version")?;
             let mut steps = vec![Step::apply(
                 "image_current",
-                Effect::SetCurrentImage { origin_type, version: version.to_owned() },
+                Effect::SetCurrentImage { origin_type: origin_type.clone(), version: version.to_owned() },
             )];
             if wait_for_nodes {
                 steps.push(Step { name: "pools_upgraded", effect: None, wait: Some(Wait::PoolsUpgraded) });
             }
+            // Where a later rollback goes back to.
+            steps.push(Step::apply(
+                "image_completed",
+                Effect::CompleteImage { origin_type, version: version.to_owned() },
+            ));
             steps
         }
-        other => return Err(format!("unknown operation kind {other}")),
     };
     Ok(steps)
 }
@@ -194,9 +203,14 @@ impl Worker {
         let Some(op) = self.store.claim_operation(&self.owner, self.clock.now_ms(), LEASE_MS).await? else {
             return Ok(false);
         };
-        tracing::info!(operation = %op.id, kind = %op.kind, attempt = op.attempts, "running operation");
+        tracing::debug!(operation = %op.id, kind = %op.kind, attempt = op.attempts, "running operation");
         match self.execute(&op).await {
-            Ok(Progress::Done) => {}
+            Ok(Progress::Done) => {
+                tracing::info!(operation = %op.id, kind = %op.kind, "operation succeeded");
+            }
+            Err(WorkerError::Superseded) => {
+                tracing::info!(operation = %op.id, "upgrade superseded by a newer one; left as it is");
+            }
             Ok(Progress::Waiting) => {
                 let now = self.clock.now_ms();
                 let at = now + WAIT_RECHECK_MS;
@@ -212,7 +226,11 @@ impl Worker {
                 let give_up =
                     op.attempts >= MAX_ATTEMPTS || matches!(e, WorkerError::Unplannable(..) | WorkerError::Halted(_));
                 let backoff = 1_000i64 << op.attempts.clamp(0, 6);
-                tracing::warn!(operation = %op.id, error = %e, give_up, "operation attempt failed");
+                if give_up {
+                    tracing::warn!(operation = %op.id, kind = %op.kind, error = %e, "operation failed");
+                } else {
+                    tracing::warn!(operation = %op.id, error = %e, attempt = op.attempts, "operation attempt failed; retrying");
+                }
                 self.store.fail_attempt(&op, &self.owner, &e.to_string(), now + backoff, give_up, now).await?;
             }
         }
@@ -236,23 +254,26 @@ impl Worker {
             {
                 return Ok(Progress::Waiting);
             }
-            current = self
+            current = match self
                 .store
                 .complete_step(&current, &self.owner, step.name, step.effect.as_ref(), i == last, self.clock.now_ms())
-                .await?;
+                .await
+            {
+                // The lease was lost: to another worker, or to a newer upgrade.
+                Err(StoreError::NotFound) if op.kind == OperationKind::Upgrade => return Err(WorkerError::Superseded),
+                other => other?,
+            };
+            tracing::info!(operation = %op.id, kind = %op.kind, step = step.name, "step done");
         }
         Ok(Progress::Done)
     }
 
     async fn holds(&self, wait: Wait, op: &OperationRow) -> Result<bool, WorkerError> {
-        if wait == Wait::PoolsUpgraded {
-            return self.upgrade_done(op).await;
-        }
-        let Some(account) = op.account_id else { return Ok(true) };
-        Ok(match wait {
-            Wait::PoolsUpgraded => true,
-            Wait::ReadyNodes(need) => self.store.target_ready_nodes(account).await? >= need,
-            Wait::NodesConfigured => {
+        Ok(match (wait, op.account_id) {
+            (Wait::PoolsUpgraded, _) => self.upgrade_done(op).await?,
+            (_, None) => true,
+            (Wait::ReadyNodes(need), Some(account)) => self.store.target_ready_nodes(account).await? >= need,
+            (Wait::NodesConfigured, Some(account)) => {
                 let mut all = true;
                 for (node, running) in self.store.account_ready_node_versions(account).await? {
                     let serving = self.store.node_serving(node, self.clock.now_ms()).await?;
@@ -274,7 +295,10 @@ impl Worker {
         let now = self.clock.now_ms();
         let concurrent = op.input.0.get("max_concurrent_pools").and_then(serde_json::Value::as_u64);
         let concurrent = concurrent.and_then(|c| usize::try_from(c).ok()).unwrap_or(MAX_CONCURRENT_POOLS).max(1);
-        let progress = self.store.advance_upgrade(origin_type, version, op.created_at, concurrent, now).await?;
+        let step = UpgradeStep { op: op.id, owner: &self.owner, origin_type, version, since: op.created_at };
+        let Some(progress) = self.store.advance_upgrade(&step, concurrent, now).await? else {
+            return Err(WorkerError::Superseded);
+        };
         self.store.set_progress(op.id, &serde_json::to_value(&progress).unwrap_or_default(), now).await?;
         if let Some(why) = progress.halted {
             return Err(WorkerError::Halted(why));
@@ -289,8 +313,8 @@ impl Worker {
             .origin_type(&a.origin_type)
             .await?
             .ok_or_else(|| WorkerError::Unplannable(id, format!("origin type {} is gone", a.origin_type)))?;
-        let offer =
-            Offer::from_db(&a.offer, a.sla_mbps).ok_or_else(|| WorkerError::Unplannable(id, "bad offer".into()))?;
+        let offer = Offer::from_db(a.offer, a.sla_mbps)
+            .ok_or_else(|| WorkerError::Unplannable(id, format!("the stored offer {} has no SLA", a.offer)))?;
         Ok(AccountFacts { id, offer, node_capacity_mbps: u32::try_from(t.node_capacity_mbps).unwrap_or(1) })
     }
 }
@@ -301,14 +325,14 @@ mod tests {
     use crate::domain::OfferKind;
     use sqlx::types::Json;
 
-    fn op(kind: &str) -> OperationRow {
+    fn op(kind: OperationKind) -> OperationRow {
         OperationRow {
             id: Uuid::now_v7(),
-            kind: kind.into(),
+            kind,
             account_id: None,
             origin_type: Some("hls".into()),
             customer_id: None,
-            state: "running".into(),
+            state: crate::states::OperationState::Running,
             step: None,
             steps: Json(vec![]),
             input: Json(serde_json::json!({"version": "2"})),
@@ -328,7 +352,7 @@ mod tests {
         let id = Uuid::now_v7();
         let sla = Offer::parse(OfferKind::Sla, Some(300), 100).unwrap();
         let facts = AccountFacts { id, offer: sla, node_capacity_mbps: 100 };
-        let steps = plan(&op("create"), Some(facts), false).unwrap();
+        let steps = plan(&op(OperationKind::Create), Some(facts), false).unwrap();
         assert_eq!(
             steps.iter().map(|s| s.name).collect::<Vec<_>>(),
             ["pool_prepared", "pool_assigned", "allocation_recorded"]
@@ -336,7 +360,7 @@ mod tests {
         assert_eq!(steps[0].effect, Some(Effect::PreparePool { account_id: id, dedicated_nodes: 4 }));
         assert_eq!(steps[1].effect, Some(Effect::AssignPool { account_id: id, dedicated_nodes: 4 }));
         // With a driver, the SLA waits for the three nodes that carry 300 Mbit/s.
-        let steps = plan(&op("create"), Some(facts), true).unwrap();
+        let steps = plan(&op(OperationKind::Create), Some(facts), true).unwrap();
         assert_eq!(
             steps.iter().map(|s| s.name).collect::<Vec<_>>(),
             ["pool_prepared", "nodes_ready", "nodes_configured", "pool_assigned", "allocation_recorded"]
@@ -349,7 +373,7 @@ mod tests {
     fn shared_offers_need_no_dedicated_nodes() {
         let id = Uuid::now_v7();
         let facts = AccountFacts { id, offer: Offer::Payg, node_capacity_mbps: 100 };
-        let steps = plan(&op("change_offer"), Some(facts), true).unwrap();
+        let steps = plan(&op(OperationKind::ChangeOffer), Some(facts), true).unwrap();
         assert_eq!(steps[0].effect, Some(Effect::PreparePool { account_id: id, dedicated_nodes: 0 }));
         assert_eq!(steps[1].wait, Some(Wait::ReadyNodes(1)), "a shared pool needs one ready node");
     }
@@ -358,17 +382,19 @@ mod tests {
     fn lifecycle_and_upgrade_plans() {
         let id = Uuid::now_v7();
         let facts = Some(AccountFacts { id, offer: Offer::Trial, node_capacity_mbps: 100 });
-        assert_eq!(plan(&op("delete"), facts, true).unwrap()[0].effect, Some(Effect::Release { account_id: id }));
-        assert_eq!(plan(&op("deactivate"), facts, true).unwrap()[0].name, "allocation_recorded");
         assert_eq!(
-            plan(&op("reactivate"), facts, true).unwrap()[0].name,
+            plan(&op(OperationKind::Delete), facts, true).unwrap()[0].effect,
+            Some(Effect::Release { account_id: id })
+        );
+        assert_eq!(plan(&op(OperationKind::Deactivate), facts, true).unwrap()[0].name, "allocation_recorded");
+        assert_eq!(
+            plan(&op(OperationKind::Reactivate), facts, true).unwrap()[0].name,
             "pool_prepared",
             "a retained pool is resized"
         );
-        let up = plan(&op("upgrade"), None, true).unwrap();
+        let up = plan(&op(OperationKind::Upgrade), None, true).unwrap();
         assert_eq!(up[0].effect, Some(Effect::SetCurrentImage { origin_type: "hls".into(), version: "2".into() }));
         assert_eq!(up[1].wait, Some(Wait::PoolsUpgraded), "with a driver, the pools are rolled over");
-        assert!(plan(&op("create"), None, true).is_err());
-        assert!(plan(&op("teleport"), facts, true).is_err());
+        assert!(plan(&op(OperationKind::Create), None, true).is_err());
     }
 }

@@ -8,6 +8,7 @@ use super::operations::insert_operation;
 use super::{AccountRow, BeginWrite, NewOperation, OperationRow, Result, Store, StoreError, event, on_pool};
 use crate::clock::UnixMs;
 use crate::domain::{AccountName, IpAllow, Offer};
+use crate::states::{AccountState, OperationKind};
 
 /// The account columns plus a summary of the pool that serves it.
 macro_rules! account_select {
@@ -44,13 +45,13 @@ pub enum AccountChange {
 }
 
 impl AccountChange {
-    pub fn operation_kind(&self) -> &'static str {
+    pub fn operation_kind(&self) -> OperationKind {
         match self {
-            AccountChange::Update { offer: Some(_), .. } => "change_offer",
-            AccountChange::Update { offer: None, .. } => "update",
-            AccountChange::Deactivate { .. } => "deactivate",
-            AccountChange::Reactivate => "reactivate",
-            AccountChange::Delete => "delete",
+            AccountChange::Update { offer: Some(_), .. } => OperationKind::ChangeOffer,
+            AccountChange::Update { offer: None, .. } => OperationKind::Update,
+            AccountChange::Deactivate { .. } => OperationKind::Deactivate,
+            AccountChange::Reactivate => OperationKind::Reactivate,
+            AccountChange::Delete => OperationKind::Delete,
         }
     }
 }
@@ -95,7 +96,7 @@ impl Store {
             .bind(a.customer_id)
             .bind(a.name.as_str())
             .bind(&a.origin_type)
-            .bind(a.offer.kind().as_str())
+            .bind(a.offer.kind())
             .bind(a.offer.sla_mbps())
             .bind(&a.locator)
             .bind(Json(a.ip_allow.to_strings()))
@@ -178,9 +179,9 @@ impl Store {
         now: UnixMs,
     ) -> Result<OperationRow> {
         let allowed = match change {
-            AccountChange::Update { .. } | AccountChange::Delete => account.state != "deleted",
-            AccountChange::Deactivate { .. } => account.state == "active" || account.state == "provisioning",
-            AccountChange::Reactivate => account.state == "deactivated",
+            AccountChange::Update { .. } | AccountChange::Delete => account.state != AccountState::Deleted,
+            AccountChange::Deactivate { .. } => account.state.serves(),
+            AccountChange::Reactivate => account.state == AccountState::Deactivated,
         };
         if !allowed {
             return Err(StoreError::InvalidState(format!(
@@ -197,8 +198,8 @@ impl Store {
                 AccountChange::Update { offer, ip_allow, allow_origins } => {
                     let origins = allow_origins.clone().unwrap_or_else(|| account.allow_origins.0.clone());
                     let (kind, sla) = match offer {
-                        Some(o) => (o.kind().as_str().to_owned(), o.sla_mbps()),
-                        None => (account.offer.clone(), account.sla_mbps),
+                        Some(o) => (o.kind(), o.sla_mbps()),
+                        None => (account.offer, account.sla_mbps),
                     };
                     let allow =
                         ip_allow.as_ref().map(IpAllow::to_strings).unwrap_or_else(|| account.ip_allow.0.clone());
@@ -208,7 +209,7 @@ impl Store {
                         .bind(sla)
                         .bind(Json(allow))
                         .bind(now)
-                        .bind(&account.state)
+                        .bind(account.state)
                         .bind(Json(origins))
                 }
                 AccountChange::Deactivate { retain_until } => sqlx::query(
@@ -218,19 +219,19 @@ impl Store {
                 .bind(account.id)
                 .bind(now)
                 .bind(*retain_until)
-                .bind(&account.state),
+                .bind(account.state),
                 AccountChange::Reactivate => sqlx::query(
                     "UPDATE accounts SET state = 'active', deactivated_at = NULL, retain_until = NULL, updated_at = $2
                      WHERE id = $1 AND state = $3",
                 )
                 .bind(account.id)
                 .bind(now)
-                .bind(&account.state),
+                .bind(account.state),
                 AccountChange::Delete => {
                     sqlx::query("UPDATE accounts SET state = 'deleted', updated_at = $2 WHERE id = $1 AND state = $3")
                         .bind(account.id)
                         .bind(now)
-                        .bind(&account.state)
+                        .bind(account.state)
                 }
             };
             if q.execute(&mut *tx).await?.rows_affected() == 0 {

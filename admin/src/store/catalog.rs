@@ -1,12 +1,11 @@
 //! Operator-side tables: origin types and images, and the read-only views of pools,
 //! nodes, the global allocation table and the event trail.
 
-use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{
-    AllocationRow, BeginWrite, EventRow, ImageRow, NewOperation, NodeRow, OperationRow, OriginTypeRow, PoolRow, Result,
-    Store, StoreError, event, on_pool, origin_type_columns,
+    AllocationRow, BeginWrite, EventRow, NodeRow, OriginTypeRow, PoolRow, Result, Store, StoreError, event, on_pool,
+    origin_type_columns,
 };
 use crate::clock::UnixMs;
 
@@ -144,39 +143,12 @@ impl Store {
         })
     }
 
-    /// Records a new image version and enqueues its upgrade operation.
-    pub async fn create_image(
-        &self,
-        image: &ImageRow,
-        op: &NewOperation,
-        actor: &str,
-        now: UnixMs,
-    ) -> Result<OperationRow> {
-        on_pool!(self, |p| {
-            let mut tx = p.begin_write().await?;
-            sqlx::query(
-                "INSERT INTO images (origin_type, version, command, args, created_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&image.origin_type)
-            .bind(&image.version)
-            .bind(&image.command)
-            .bind(Json(&image.args.0))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            let subject = format!("origin_type:{}", image.origin_type);
-            event!(tx, now, actor, "image.created", &subject, format!("version {}", image.version))?;
-            let row = super::operations::insert_operation!(tx, op, now)?;
-            tx.commit().await?;
-            Ok(row)
-        })
-    }
-
     /// Pools in id (creation) order, after `cursor`.
     pub async fn pools(&self, cursor: Option<Uuid>, limit: i64) -> Result<Vec<PoolRow>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
                 "SELECT p.id, p.origin_type, p.kind, p.image_version, p.desired_nodes, p.state, p.created_at, p.updated_at,
+                        p.degraded_reason, p.launch_after,
                         (SELECT COUNT(*) FROM account_pool_mappings m WHERE m.pool_id = p.id) AS accounts,
                         (SELECT COUNT(*) FROM nodes n WHERE n.pool_id = p.id AND n.state = 'ready') AS ready_nodes
                  FROM pools p WHERE ($1 IS NULL OR p.id > $1) ORDER BY p.id LIMIT $2",

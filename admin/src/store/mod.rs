@@ -10,6 +10,7 @@ mod accounts;
 mod catalog;
 mod customers;
 mod idempotency;
+mod leases;
 mod nodes;
 mod operations;
 mod pools;
@@ -31,12 +32,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use accounts::{AccountChange, NewAccount};
 pub use catalog::{BUILTIN_TYPES, OriginTypeSettings};
 pub use idempotency::IdempotencyStart;
-pub use nodes::{HeartbeatRecord, NodeHealthRow, NodeServing, Placement, ServedAccountRow, effective_state};
+pub use nodes::{HeartbeatRecord, NodeHealthRow, NodeServing, Placement, ServedAccountRow};
 pub use operations::{Effect, OperationFilter};
 pub use pools::PoolTarget;
 pub use routes::RouteRow;
 pub use rows::*;
-pub use upgrades::{HALT_AFTER_FAILED_NODES, UpgradeProgress};
+pub use upgrades::{HALT_AFTER_FAILED_NODES, UpgradeProgress, UpgradeStep};
 pub use usage::UsageRow;
 pub use warm::WarmPool;
 
@@ -55,7 +56,7 @@ pub(crate) use on_pool;
 macro_rules! origin_type_columns {
     () => {
         "name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps, payg_cap_mbps, current_image, \
-         created_at, updated_at, warm_pools, retention_hours"
+         created_at, updated_at, warm_pools, retention_hours, completed_image"
     };
 }
 pub(crate) use origin_type_columns;
@@ -179,6 +180,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "rolling upgrades", include_str!("../../../migrations/postgres/0005_rolling_upgrades.sql")),
     (6, "warm pools", include_str!("../../../migrations/postgres/0006_warm_pools.sql")),
     (7, "allow origins", include_str!("../../../migrations/postgres/0007_allow_origins.sql")),
+    (8, "control plane", include_str!("../../../migrations/postgres/0008_control_plane.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -188,6 +190,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "rolling upgrades", include_str!("../../../migrations/sqlite/0005_rolling_upgrades.sql")),
     (6, "warm pools", include_str!("../../../migrations/sqlite/0006_warm_pools.sql")),
     (7, "allow origins", include_str!("../../../migrations/sqlite/0007_allow_origins.sql")),
+    (8, "control plane", include_str!("../../../migrations/sqlite/0008_control_plane.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

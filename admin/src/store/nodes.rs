@@ -6,11 +6,14 @@ use uuid::Uuid;
 
 use super::{BeginWrite, NodeRow, Result, Store, StoreError, event, on_pool};
 use crate::clock::UnixMs;
+use crate::domain::OfferKind;
+use crate::states::{AccountState, NodeState, PoolKind};
 
 /// What a heartbeat changes in the store.
 #[derive(Debug, Clone)]
 pub struct HeartbeatRecord {
-    pub state: &'static str,
+    /// What the node says of itself.
+    pub state: headwater_protocol::NodeState,
     pub address: String,
     pub image_version: String,
     pub egress_mbps: f64,
@@ -26,8 +29,8 @@ pub struct HeartbeatRecord {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ServedAccountRow {
     pub name: String,
-    pub offer: String,
-    pub state: String,
+    pub offer: OfferKind,
+    pub state: AccountState,
     pub ip_allow: Json<Vec<String>>,
     pub allow_origins: Json<Vec<String>>,
 }
@@ -36,7 +39,7 @@ pub struct ServedAccountRow {
 #[derive(Debug, Clone)]
 pub struct NodeServing {
     pub pool_id: Uuid,
-    pub pool_kind: String,
+    pub pool_kind: PoolKind,
     pub node_capacity_mbps: i32,
     pub trial_cap_mbps: i32,
     pub payg_cap_mbps: i32,
@@ -47,7 +50,7 @@ pub struct NodeServing {
 
 impl Store {
     /// Registers a node of `pool_id` that will authenticate with a token whose
-    /// SHA-256 is `token_hash`.
+    /// SHA-256 is `token_hash` (a node an operator runs by hand).
     pub async fn register_node(
         &self,
         id: Uuid,
@@ -57,11 +60,40 @@ impl Store {
         actor: &str,
         now: UnixMs,
     ) -> Result<NodeRow> {
+        self.insert_node(id, pool_id, token_hash, placement, false, actor, now).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Registers a node the reconciler is about to launch on the pool's image as
+    /// it planned it; `None` (nothing registered) when the pool moved to another
+    /// image meanwhile (an upgrade superseded), so no node starts on a stale image.
+    pub async fn register_launch(
+        &self,
+        id: Uuid,
+        pool_id: Uuid,
+        token_hash: &[u8],
+        placement: Placement<'_>,
+        now: UnixMs,
+    ) -> Result<Option<NodeRow>> {
+        self.insert_node(id, pool_id, token_hash, placement, true, "reconciler", now).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_node(
+        &self,
+        id: Uuid,
+        pool_id: Uuid,
+        token_hash: &[u8],
+        placement: Placement<'_>,
+        on_pool_image: bool,
+        actor: &str,
+        now: UnixMs,
+    ) -> Result<Option<NodeRow>> {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
-            let row = sqlx::query_as(
+            let row: Option<NodeRow> = sqlx::query_as(
                 "INSERT INTO nodes (id, pool_id, state, token_hash, upgrade_domain, image_version, created_at, updated_at)
-                 VALUES ($1, $2, 'starting', $3, $5, $6, $4, $4)
+                 SELECT $1, p.id, 'starting', $3, $5, $6, $4, $4 FROM pools p
+                 WHERE p.id = $2 AND (NOT $7 OR COALESCE(p.image_version, '') = COALESCE($6, ''))
                  RETURNING id, pool_id, handle, address, image_version, upgrade_domain, state, last_heartbeat,
                      egress_mbps, open_connections, cache_hit_ratio, created_at, updated_at",
             )
@@ -71,13 +103,12 @@ impl Store {
             .bind(now)
             .bind(placement.upgrade_domain)
             .bind(placement.image_version)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| match StoreError::from(e) {
-                StoreError::Constraint(_) => StoreError::NotFound,
-                other => other,
-            })?;
-            event!(tx, now, actor, "node.registered", format!("node:{id}"), format!("pool:{pool_id}"))?;
+            .bind(on_pool_image)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if row.is_some() {
+                event!(tx, now, actor, "node.registered", format!("node:{id}"), format!("pool:{pool_id}"))?;
+            }
             tx.commit().await?;
             Ok(row)
         })
@@ -101,12 +132,12 @@ impl Store {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
             for (id, hb, now) in batch {
-                let before: Option<String> = sqlx::query_scalar("SELECT state FROM nodes WHERE id = $1")
+                let before: Option<NodeState> = sqlx::query_scalar("SELECT state FROM nodes WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&mut *tx)
                     .await?;
                 let Some(before) = before else { continue };
-                let state = effective_state(&before, hb.state);
+                let state = before.after_heartbeat(hb.state);
                 // The verdict is applied in the statement too: a node stopped or
                 // failed by another transaction since the read above stays so.
                 sqlx::query(
@@ -151,7 +182,7 @@ impl Store {
     }
 
     /// A node's state as admin holds it.
-    pub async fn node_state(&self, id: Uuid) -> Result<String> {
+    pub async fn node_state(&self, id: Uuid) -> Result<NodeState> {
         on_pool!(self, |p| {
             Ok(sqlx::query_scalar("SELECT state FROM nodes WHERE id = $1").bind(id).fetch_one(p).await?)
         })
@@ -174,7 +205,7 @@ impl Store {
     /// staged to move in, and the ones that left less than
     /// [`MOVE_GRACE_MS`](crate::domain::MOVE_GRACE_MS) ago.
     pub async fn node_serving(&self, id: Uuid, now: UnixMs) -> Result<NodeServing> {
-        let (pool_id, pool_kind, cap, trial, payg, ready_nodes): (Uuid, String, i32, i32, i32, i64) =
+        let (pool_id, pool_kind, cap, trial, payg, ready_nodes): (Uuid, PoolKind, i32, i32, i32, i64) =
             on_pool!(self, |p| {
                 sqlx::query_as(
                     "SELECT p.id, p.kind, t.node_capacity_mbps, t.trial_cap_mbps, t.payg_cap_mbps,
@@ -241,19 +272,13 @@ impl Store {
     }
 }
 
-/// The state a heartbeat leaves a node in: admin's verdicts (failed, stopped,
-/// draining) stick; otherwise what the node says.
-pub fn effective_state<'a>(before: &'a str, reported: &'a str) -> &'a str {
-    if matches!(before, "failed" | "stopped" | "draining") { before } else { reported }
-}
-
 /// A node as the reconciler sees it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct NodeHealthRow {
     pub id: Uuid,
     pub pool_id: Uuid,
     pub handle: Option<String>,
-    pub state: String,
+    pub state: NodeState,
     pub last_heartbeat: Option<UnixMs>,
     pub created_at: UnixMs,
     /// Failed self-probes among the node's last two.
@@ -283,6 +308,15 @@ impl Store {
         })
     }
 
+    /// Forgets a node's driver handle once its instance is gone, so nothing
+    /// inspects it again.
+    pub async fn clear_node_handle(&self, id: Uuid) -> Result<()> {
+        on_pool!(self, |p| {
+            sqlx::query("UPDATE nodes SET handle = NULL WHERE id = $1").bind(id).execute(p).await?;
+        });
+        Ok(())
+    }
+
     pub async fn set_node_handle(&self, id: Uuid, handle: &str, now: UnixMs) -> Result<()> {
         on_pool!(self, |p| {
             sqlx::query("UPDATE nodes SET handle = $2, updated_at = $3 WHERE id = $1")
@@ -296,7 +330,14 @@ impl Store {
     }
 
     /// Marks a node failed or stopped, with the reason in the event trail.
-    pub async fn set_node_state(&self, id: Uuid, state: &str, reason: &str, actor: &str, now: UnixMs) -> Result<()> {
+    pub async fn set_node_state(
+        &self,
+        id: Uuid,
+        state: NodeState,
+        reason: &str,
+        actor: &str,
+        now: UnixMs,
+    ) -> Result<()> {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
             let done = sqlx::query("UPDATE nodes SET state = $2, updated_at = $3 WHERE id = $1 AND state <> $2")

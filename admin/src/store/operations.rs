@@ -2,13 +2,16 @@
 //! lease; each step commits its effect and its record in one transaction, so a
 //! worker that dies mid-operation loses nothing and repeats nothing: its lease
 //! expires, another worker claims the operation and continues after the last
-//! recorded step. Operations of one account run one at a time, oldest first.
+//! recorded step. Operations of one account run one at a time, oldest first, and
+//! so do upgrades of one origin type.
 
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{BeginWrite, NewOperation, OperationRow, Result, StepRecord, Store, StoreError, event, on_pool};
+use super::{BeginWrite, OperationRow, Result, StepRecord, Store, StoreError, event, on_pool};
 use crate::clock::UnixMs;
+use crate::domain::OfferKind;
+use crate::states::{AccountState, PoolKind, PoolState};
 
 /// Inserts an operation inside the caller's transaction, returning its row.
 macro_rules! insert_operation {
@@ -61,6 +64,8 @@ pub enum Effect {
     Release { account_id: Uuid },
     /// Make `version` the current image of an origin type.
     SetCurrentImage { origin_type: String, version: String },
+    /// Record that an upgrade to `version` finished on every pool of the type.
+    CompleteImage { origin_type: String, version: String },
 }
 
 const CLAIM_POSTGRES: &str = "UPDATE allocation_operations SET state = 'running', attempts = attempts + 1,
@@ -71,6 +76,9 @@ const CLAIM_POSTGRES: &str = "UPDATE allocation_operations SET state = 'running'
           AND (o.lease_until IS NULL OR o.lease_until < $3)
           AND NOT EXISTS (SELECT 1 FROM allocation_operations e
                           WHERE e.account_id = o.account_id AND e.state IN ('pending', 'running') AND e.id < o.id)
+          AND NOT EXISTS (SELECT 1 FROM allocation_operations u
+                          WHERE o.kind = 'upgrade' AND u.kind = 'upgrade' AND u.origin_type = o.origin_type
+                            AND u.state IN ('pending', 'running') AND u.id < o.id)
         ORDER BY o.id LIMIT 1
         FOR UPDATE SKIP LOCKED)
     RETURNING id, kind, account_id, origin_type, customer_id, state, step, steps, input, attempts,
@@ -86,6 +94,9 @@ const CLAIM_SQLITE: &str = "UPDATE allocation_operations SET state = 'running', 
           AND (o.lease_until IS NULL OR o.lease_until < $3)
           AND NOT EXISTS (SELECT 1 FROM allocation_operations e
                           WHERE e.account_id = o.account_id AND e.state IN ('pending', 'running') AND e.id < o.id)
+          AND NOT EXISTS (SELECT 1 FROM allocation_operations u
+                          WHERE o.kind = 'upgrade' AND u.kind = 'upgrade' AND u.origin_type = o.origin_type
+                            AND u.state IN ('pending', 'running') AND u.id < o.id)
         ORDER BY o.id LIMIT 1)
     RETURNING id, kind, account_id, origin_type, customer_id, state, step, steps, input, attempts,
         last_error, lease_owner, lease_until, not_before, created_at, updated_at, progress";
@@ -94,7 +105,7 @@ const CLAIM_SQLITE: &str = "UPDATE allocation_operations SET state = 'running', 
 /// dedicated pool is marked for deletion with no nodes desired.
 macro_rules! release_pool {
     ($tx:expr, $pool:expr, $kind:expr, $now:expr, $account:expr) => {
-        if $kind == "shared" {
+        if *$kind == PoolKind::Shared {
             sqlx::query("UPDATE shared_pools SET accounts = accounts - 1 WHERE pool_id = $1 AND accounts > 0")
                 .bind($pool)
                 .execute(&mut *$tx)
@@ -252,7 +263,7 @@ macro_rules! shared_pool {
 /// is in, else the one it was staged to, else the best shared pool of its type.
 macro_rules! target_pool {
     ($tx:expr, $account:expr, $dedicated_nodes:expr, $now:expr) => {{
-        let (offer, origin_type, staged): (String, String, Option<Uuid>) = sqlx::query_as(
+        let (offer, origin_type, staged): (OfferKind, String, Option<Uuid>) = sqlx::query_as(
             "SELECT a.offer, a.origin_type, p.id FROM accounts a
              LEFT JOIN shared_pools s ON s.pool_id = a.staged_pool_id
              LEFT JOIN pools p ON p.id = s.pool_id AND p.state IN ('creating', 'ready')
@@ -261,17 +272,17 @@ macro_rules! target_pool {
         .bind($account)
         .fetch_one(&mut *$tx)
         .await?;
-        let current: Option<(Uuid, String)> = sqlx::query_as(
+        let current: Option<(Uuid, PoolKind)> = sqlx::query_as(
             "SELECT p.id, p.kind FROM account_pool_mappings m JOIN pools p ON p.id = m.pool_id WHERE m.account_id = $1",
         )
         .bind($account)
         .fetch_optional(&mut *$tx)
         .await?;
-        let target = if offer == "sla" {
+        let target = if offer == OfferKind::Sla {
             owned_pool!($tx, $account, &origin_type, $dedicated_nodes, $now)
         } else {
             match (&current, staged) {
-                (Some((pool, kind)), _) if kind == "shared" => *pool,
+                (Some((pool, PoolKind::Shared)), _) => *pool,
                 (_, Some(staged)) => staged,
                 _ => shared_pool!($tx, &origin_type, $now),
             }
@@ -318,7 +329,7 @@ macro_rules! apply_effect {
                 }
             }
             Effect::RecordAllocation { account_id } => {
-                let (state, pool): (String, Option<Uuid>) = sqlx::query_as(
+                let (state, pool): (AccountState, Option<Uuid>) = sqlx::query_as(
                     "SELECT a.state, m.pool_id FROM accounts a LEFT JOIN account_pool_mappings m ON m.account_id = a.id
                      WHERE a.id = $1",
                 )
@@ -326,14 +337,14 @@ macro_rules! apply_effect {
                 .fetch_one(&mut *$tx)
                 .await?;
                 let pool = pool.ok_or_else(|| StoreError::Constraint(format!("account {account_id} has no pool")))?;
-                if state == "provisioning" {
+                if state == AccountState::Provisioning {
                     sqlx::query("UPDATE accounts SET state = 'active', updated_at = $2 WHERE id = $1")
                         .bind(account_id)
                         .bind($now)
                         .execute(&mut *$tx)
                         .await?;
                 }
-                let live = if state == "deactivated" { "deactivated" } else { "active" };
+                let live = if state == AccountState::Deactivated { AccountState::Deactivated } else { AccountState::Active };
                 sqlx::query(
                     "INSERT INTO global_allocations (account_id, origin_type, offer, sla_mbps, pool_id, locator, state, updated_at)
                      SELECT id, origin_type, offer, sla_mbps, $2, locator, $3, $4 FROM accounts WHERE id = $1
@@ -348,7 +359,7 @@ macro_rules! apply_effect {
                 .execute(&mut *$tx)
                 .await?;
                 // A deactivated account's dedicated pool is kept (retained) for reactivation.
-                let pool_state = if live == "deactivated" { "retained" } else { "ready" };
+                let pool_state = if live == AccountState::Deactivated { PoolState::Retained } else { PoolState::Ready };
                 sqlx::query(
                     "UPDATE pools SET state = $2, updated_at = $3
                      WHERE id = $1 AND kind = 'dedicated' AND state IN ('creating', 'ready', 'retained')",
@@ -358,7 +369,7 @@ macro_rules! apply_effect {
                 .bind($now)
                 .execute(&mut *$tx)
                 .await?;
-                if live == "deactivated" {
+                if live == AccountState::Deactivated {
                     // Kept small while retained; reactivation sizes it again.
                     sqlx::query(
                         "UPDATE pools SET desired_nodes = 1, updated_at = $2
@@ -369,10 +380,10 @@ macro_rules! apply_effect {
                     .execute(&mut *$tx)
                     .await?;
                 }
-                event!($tx, $now, "pool-manager", "allocation.recorded", format!("account:{account_id}"), live)?;
+                event!($tx, $now, "pool-manager", "allocation.recorded", format!("account:{account_id}"), live.as_str())?;
             }
             Effect::Release { account_id } => {
-                let current: Option<(Uuid, String)> = sqlx::query_as(
+                let current: Option<(Uuid, PoolKind)> = sqlx::query_as(
                     "SELECT p.id, p.kind FROM account_pool_mappings m JOIN pools p ON p.id = m.pool_id WHERE m.account_id = $1",
                 )
                 .bind(account_id)
@@ -401,23 +412,20 @@ macro_rules! apply_effect {
                     .await?;
                 event!($tx, $now, "pool-manager", "image.current", format!("origin_type:{origin_type}"), version)?;
             }
+            Effect::CompleteImage { origin_type, version } => {
+                sqlx::query("UPDATE origin_types SET completed_image = $2, updated_at = $3 WHERE name = $1")
+                    .bind(origin_type)
+                    .bind(version)
+                    .bind($now)
+                    .execute(&mut *$tx)
+                    .await?;
+                event!($tx, $now, "upgrader", "image.completed", format!("origin_type:{origin_type}"), version)?;
+            }
         }
     };
 }
 
 impl Store {
-    /// Enqueues an operation that changes no account (an upgrade, a rollback).
-    pub async fn enqueue_operation(&self, op: &NewOperation, actor: &str, now: UnixMs) -> Result<OperationRow> {
-        on_pool!(self, |p| {
-            let mut tx = p.begin_write().await?;
-            let row = insert_operation!(tx, op, now)?;
-            let subject = format!("operation:{}", row.id);
-            event!(tx, now, actor, format!("operation.{}", op.kind), subject, op.input.to_string())?;
-            tx.commit().await?;
-            Ok(row)
-        })
-    }
-
     pub async fn operation(&self, id: Uuid, filter: OperationFilter) -> Result<OperationRow> {
         let customer = match filter {
             OperationFilter::Any => None,
@@ -487,7 +495,7 @@ impl Store {
                 apply_effect!(tx, effect, now);
             }
             if finish {
-                event!(tx, now, "worker", "operation.succeeded", format!("operation:{}", op.id), op.kind.clone())?;
+                event!(tx, now, "worker", "operation.succeeded", format!("operation:{}", op.id), op.kind.as_str())?;
             }
             tx.commit().await?;
             Ok(row)

@@ -3,16 +3,16 @@
 
 use uuid::Uuid;
 
-use super::NodeHealthRow;
-use super::{BeginWrite, Result, Store, event, on_pool};
+use super::{BeginWrite, NodeHealthRow, Result, Store, event, on_pool};
 use crate::clock::UnixMs;
+use crate::states::{PoolKind, PoolState};
 
 /// A pool as the reconciler sees it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PoolTarget {
     pub id: Uuid,
-    pub kind: String,
-    pub state: String,
+    pub kind: PoolKind,
+    pub state: PoolState,
     pub desired_nodes: i32,
     pub node_capacity_mbps: i32,
     pub image_version: Option<String>,
@@ -22,6 +22,14 @@ pub struct PoolTarget {
     /// [`HALT_AFTER_FAILED_NODES`](super::HALT_AFTER_FAILED_NODES) a rolling upgrade
     /// of the pool stops launching them.
     pub failed_on_image: i64,
+    /// Nodes in a row that failed before they were ready (crash loop backoff).
+    pub launch_failures: i32,
+    /// No node is launched before this (backing off after failures).
+    pub launch_after: Option<UnixMs>,
+    /// Why the pool is degraded, and since when; cleared by a node that becomes
+    /// ready after that.
+    pub degraded_reason: Option<String>,
+    pub degraded_since: Option<UnixMs>,
 }
 
 impl Store {
@@ -32,7 +40,8 @@ impl Store {
                 "SELECT p.id, p.kind, p.state, p.desired_nodes, t.node_capacity_mbps, p.image_version, p.updated_at,
                         p.origin_type,
                         (SELECT COUNT(*) FROM nodes f WHERE f.pool_id = p.id AND f.state = 'failed'
-                           AND f.image_version = p.image_version AND f.created_at >= $1) AS failed_on_image
+                           AND f.image_version = p.image_version AND f.created_at >= $1) AS failed_on_image,
+                        p.launch_failures, p.launch_after, p.degraded_reason, p.degraded_since
                  FROM pools p JOIN origin_types t ON t.name = p.origin_type
                  WHERE p.state <> 'deleted' OR EXISTS (SELECT 1 FROM nodes n WHERE n.pool_id = p.id AND n.state IN ('starting', 'ready', 'draining'))
                  ORDER BY p.id",
@@ -144,6 +153,104 @@ impl Store {
             event!(tx, now, "autoscaler", "pool.scaled", format!("pool:{pool}"), format!("{nodes} nodes: {reason}"))?;
             tx.commit().await?;
             Ok(())
+        })
+    }
+}
+
+impl Store {
+    /// Counts `count` nodes of `pool` that failed before they were ready: no launch
+    /// before `launch_after`, and the pool degraded for `reason` (one
+    /// `pool.degraded` event when it becomes so). Returns the failures in a row.
+    pub async fn record_launch_failures(
+        &self,
+        pool: Uuid,
+        count: i32,
+        reason: &str,
+        launch_after: UnixMs,
+        now: UnixMs,
+    ) -> Result<i32> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            let was: Option<String> = sqlx::query_scalar("SELECT degraded_reason FROM pools WHERE id = $1")
+                .bind(pool)
+                .fetch_one(&mut *tx)
+                .await?;
+            let failures: i32 = sqlx::query_scalar(
+                "UPDATE pools SET launch_failures = launch_failures + $5, launch_after = $2,
+                     degraded_since = COALESCE(degraded_since, $4), degraded_reason = $3
+                 WHERE id = $1 RETURNING launch_failures",
+            )
+            .bind(pool)
+            .bind(launch_after)
+            .bind(reason)
+            .bind(now)
+            .bind(count)
+            .fetch_one(&mut *tx)
+            .await?;
+            if was.is_none() {
+                event!(tx, now, "reconciler", "pool.degraded", format!("pool:{pool}"), reason)?;
+            }
+            tx.commit().await?;
+            Ok(failures)
+        })
+    }
+
+    /// A node became ready after the pool degraded: launches go on at once.
+    pub async fn clear_degraded(&self, pool: Uuid, now: UnixMs) -> Result<()> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            let done = sqlx::query(
+                "UPDATE pools SET launch_failures = 0, launch_after = NULL, degraded_reason = NULL, degraded_since = NULL
+                 WHERE id = $1 AND (degraded_since IS NOT NULL OR launch_failures > 0)",
+            )
+            .bind(pool)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() > 0 {
+                event!(tx, now, "reconciler", "pool.recovered", format!("pool:{pool}"), "a node became ready")?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// A pool being made serves with the nodes it owes: `creating` -> `ready`.
+    pub async fn mark_pool_ready(&self, pool: Uuid, now: UnixMs) -> Result<()> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            let done =
+                sqlx::query("UPDATE pools SET state = 'ready', updated_at = $2 WHERE id = $1 AND state = 'creating'")
+                    .bind(pool)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            if done.rows_affected() > 0 {
+                event!(tx, now, "reconciler", "pool.ready", format!("pool:{pool}"), "its nodes are ready")?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Deletes the failed node rows of a pool beyond its newest `keep` (with their
+    /// probes), so a crash loop leaves a bounded trail. Returns how many went.
+    pub async fn trim_failed_nodes(&self, pool: Uuid, keep: i64) -> Result<u64> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            let old: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT id FROM nodes WHERE pool_id = $1 AND state = 'failed' AND id NOT IN
+                     (SELECT id FROM nodes WHERE pool_id = $1 AND state = 'failed' ORDER BY id DESC LIMIT $2)",
+            )
+            .bind(pool)
+            .bind(keep)
+            .fetch_all(&mut *tx)
+            .await?;
+            for id in &old {
+                sqlx::query("DELETE FROM probes WHERE node_id = $1").bind(id).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM nodes WHERE id = $1").bind(id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(old.len() as u64)
         })
     }
 }

@@ -5,12 +5,13 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{Result, Store, on_pool};
+use crate::states::AccountState;
 
 /// One row of the routing table query: an account and (maybe) one ready node.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RouteRow {
     pub name: String,
-    pub state: String,
+    pub state: AccountState,
     pub ip_allow: Json<Vec<String>>,
     pub allow_origins: Json<Vec<String>>,
     pub node_id: Option<Uuid>,

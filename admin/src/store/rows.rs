@@ -5,6 +5,8 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::clock::UnixMs;
+use crate::domain::OfferKind;
+use crate::states::{AccountState, NodeState, OperationKind, OperationState, PoolKind, PoolState};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CustomerRow {
@@ -37,6 +39,8 @@ pub struct OriginTypeRow {
     pub warm_pools: Option<Json<serde_json::Value>>,
     /// Retention of deactivated accounts' pools, in hours (`None`: admin's default).
     pub retention_hours: Option<i32>,
+    /// The last image an upgrade finished on every pool (`None`: the built-in one).
+    pub completed_image: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -55,9 +59,9 @@ pub struct AccountRow {
     pub customer_id: Uuid,
     pub name: String,
     pub origin_type: String,
-    pub offer: String,
+    pub offer: OfferKind,
     pub sla_mbps: Option<i32>,
-    pub state: String,
+    pub state: AccountState,
     pub locator: String,
     pub ip_allow: Json<Vec<String>>,
     pub allow_origins: Json<Vec<String>>,
@@ -66,7 +70,7 @@ pub struct AccountRow {
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
     pub pool_id: Option<Uuid>,
-    pub pool_kind: Option<String>,
+    pub pool_kind: Option<PoolKind>,
     pub pool_desired_nodes: Option<i32>,
     pub pool_ready_nodes: Option<i64>,
 }
@@ -75,15 +79,19 @@ pub struct AccountRow {
 pub struct PoolRow {
     pub id: Uuid,
     pub origin_type: String,
-    pub kind: String,
+    pub kind: PoolKind,
     pub image_version: Option<String>,
     pub desired_nodes: i32,
-    pub state: String,
+    pub state: PoolState,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
     /// Accounts mapped to the pool.
     pub accounts: i64,
     pub ready_nodes: i64,
+    /// Why the pool is degraded (nodes failing at start), if it is.
+    pub degraded_reason: Option<String>,
+    /// The next node launch waits until then (backing off after failures).
+    pub launch_after: Option<UnixMs>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -94,7 +102,7 @@ pub struct NodeRow {
     pub address: Option<String>,
     pub image_version: Option<String>,
     pub upgrade_domain: i32,
-    pub state: String,
+    pub state: NodeState,
     pub last_heartbeat: Option<UnixMs>,
     pub egress_mbps: f64,
     pub open_connections: i64,
@@ -109,11 +117,12 @@ pub struct AllocationRow {
     pub account_id: Uuid,
     pub account_name: String,
     pub origin_type: String,
-    pub offer: String,
+    pub offer: OfferKind,
     pub sla_mbps: Option<i32>,
     pub pool_id: Uuid,
     pub locator: String,
-    pub state: String,
+    /// `active` or `deactivated`.
+    pub state: AccountState,
     pub updated_at: UnixMs,
 }
 
@@ -127,11 +136,11 @@ pub struct StepRecord {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OperationRow {
     pub id: Uuid,
-    pub kind: String,
+    pub kind: OperationKind,
     pub account_id: Option<Uuid>,
     pub origin_type: Option<String>,
     pub customer_id: Option<Uuid>,
-    pub state: String,
+    pub state: OperationState,
     pub step: Option<String>,
     pub steps: Json<Vec<StepRecord>>,
     pub input: Json<serde_json::Value>,
@@ -167,7 +176,7 @@ pub struct EventRow {
 #[derive(Debug, Clone)]
 pub struct NewOperation {
     pub id: Uuid,
-    pub kind: &'static str,
+    pub kind: OperationKind,
     pub account_id: Option<Uuid>,
     pub origin_type: Option<String>,
     pub customer_id: Option<Uuid>,
@@ -175,7 +184,7 @@ pub struct NewOperation {
 }
 
 impl NewOperation {
-    pub fn new(kind: &'static str) -> Self {
+    pub fn new(kind: OperationKind) -> Self {
         Self {
             id: Uuid::now_v7(),
             kind,

@@ -2,13 +2,30 @@
 //! moving them to a new one a few at a time. The reconciler does the per-node work
 //! (a node on the new image up, then one old node drained); this decides which
 //! pools are being upgraded and when an upgrade is done or must halt.
+//!
+//! One upgrade per origin type runs at a time: a newer upload (or a rollback)
+//! supersedes the open one in the transaction that enqueues it, and moves the
+//! pools the old one was rolling on to the newest image, never back.
 
 use serde::Serialize;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{BeginWrite, ImageRow, Result, Store, event, on_pool};
+use super::operations::insert_operation;
+use super::{BeginWrite, ImageRow, NewOperation, OperationRow, Result, Store, event, on_pool};
 use crate::clock::UnixMs;
+
+/// An upgrade operation as the worker runs it: the store checks, in the same
+/// transaction as its changes, that the worker still holds it (not superseded).
+#[derive(Debug, Clone, Copy)]
+pub struct UpgradeStep<'a> {
+    pub op: Uuid,
+    pub owner: &'a str,
+    pub origin_type: &'a str,
+    pub version: &'a str,
+    /// When the upgrade started: failures of new nodes are counted from then.
+    pub since: UnixMs,
+}
 
 /// Failed nodes on the new image, in one pool, that halt an upgrade.
 pub const HALT_AFTER_FAILED_NODES: i64 = 2;
@@ -54,22 +71,38 @@ impl Store {
         })
     }
 
-    /// One look at an upgrade of `origin_type` to `version` (started at `since`):
-    /// halts it if a pool being upgraded had [`HALT_AFTER_FAILED_NODES`] nodes on
-    /// the new image fail; otherwise starts the next pools, shared and unassigned
-    /// ones before dedicated pools of accounts, so that at most `max_concurrent`
-    /// are in progress. A pool is done when it targets `version` and no node of
-    /// another image is left.
+    /// One look at an upgrade: halts it if a pool being upgraded had
+    /// [`HALT_AFTER_FAILED_NODES`] nodes on the new image fail; otherwise starts the
+    /// next pools, shared and unassigned ones before dedicated pools of accounts,
+    /// so that at most `max_concurrent` are in progress. A pool is done when it
+    /// targets the version and no node of another image is left. `None` when the
+    /// operation is no longer the worker's to run (superseded).
     pub async fn advance_upgrade(
         &self,
-        origin_type: &str,
-        version: &str,
-        since: UnixMs,
+        step: &UpgradeStep<'_>,
         max_concurrent: usize,
         now: UnixMs,
-    ) -> Result<UpgradeProgress> {
+    ) -> Result<Option<UpgradeProgress>> {
+        let UpgradeStep { op, owner, origin_type, version, since } = *step;
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
+            // Holds the operation's row for the transaction (PostgreSQL), so a
+            // newer upload that supersedes it waits for this pass, then moves the
+            // pools on.
+            let held = sqlx::query(
+                "UPDATE allocation_operations SET updated_at = $3
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+            )
+            .bind(op)
+            .bind(owner)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !held {
+                return Ok(None);
+            }
             let pools: Vec<UpgradePool> = sqlx::query_as(
                 "SELECT p.id, p.image_version,
                         (SELECT COUNT(*) FROM nodes n WHERE n.pool_id = p.id AND n.state IN ('starting', 'ready', 'draining')
@@ -129,7 +162,95 @@ impl Store {
                 }
             }
             tx.commit().await?;
-            Ok(progress)
+            Ok(Some(progress))
+        })
+    }
+
+    /// Enqueues an upgrade of `origin_type` (a new image, or a rollback to an
+    /// existing one): the open upgrade of the type, if any, is superseded in the
+    /// same transaction (with an event), and the pools it had moved to its image go
+    /// on to this one. Returns the new operation and the ones superseded.
+    pub async fn enqueue_upgrade(
+        &self,
+        image: Option<&ImageRow>,
+        op: &NewOperation,
+        actor: &str,
+        now: UnixMs,
+    ) -> Result<(OperationRow, Vec<Uuid>)> {
+        let origin_type = op.origin_type.clone().unwrap_or_default();
+        let version = op.input.get("version").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        on_pool!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            if let Some(image) = image {
+                sqlx::query(
+                    "INSERT INTO images (origin_type, version, command, args, created_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&image.origin_type)
+                .bind(&image.version)
+                .bind(&image.command)
+                .bind(Json(&image.args.0))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let subject = format!("origin_type:{}", image.origin_type);
+                event!(tx, now, actor, "image.created", &subject, format!("version {}", image.version))?;
+            }
+            let superseded: Vec<(Uuid, Json<serde_json::Value>)> = sqlx::query_as(
+                "UPDATE allocation_operations SET state = 'superseded', lease_owner = NULL, lease_until = NULL,
+                     updated_at = $3, last_error = $4
+                 WHERE kind = 'upgrade' AND origin_type = $1 AND state IN ('pending', 'running') AND id <> $2
+                 RETURNING id, input",
+            )
+            .bind(&origin_type)
+            .bind(op.id)
+            .bind(now)
+            .bind(format!("superseded by operation {} (version {version})", op.id))
+            .fetch_all(&mut *tx)
+            .await?;
+            for (old, input) in &superseded {
+                let old_version = input.0.get("version").and_then(|v| v.as_str()).unwrap_or_default();
+                event!(
+                    tx,
+                    now,
+                    actor,
+                    "operation.superseded",
+                    format!("operation:{old}"),
+                    format!("upgrade to {old_version} superseded by operation:{} ({version})", op.id)
+                )?;
+                // Pools on their way to the superseded image go on to this one.
+                let moved = sqlx::query(
+                    "UPDATE pools SET image_version = $3, updated_at = $4
+                     WHERE origin_type = $1 AND image_version = $2 AND state IN ('creating', 'ready', 'retained')",
+                )
+                .bind(&origin_type)
+                .bind(old_version)
+                .bind(&version)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if moved > 0 {
+                    event!(
+                        tx,
+                        now,
+                        "upgrader",
+                        "pool.upgrading",
+                        format!("origin_type:{origin_type}"),
+                        format!("{moved} pools {old_version} -> {version}")
+                    )?;
+                }
+            }
+            let row = insert_operation!(tx, op, now)?;
+            event!(
+                tx,
+                now,
+                actor,
+                format!("operation.{}", op.kind),
+                format!("operation:{}", row.id),
+                op.input.to_string()
+            )?;
+            tx.commit().await?;
+            Ok((row, superseded.into_iter().map(|(id, _)| id).collect()))
         })
     }
 

@@ -69,6 +69,18 @@ pub async fn raw_count(url: &str, sql: &str) -> i64 {
     }
 }
 
+/// Reads one text value (or none) with raw SQL.
+pub async fn raw_text(url: &str, sql: &str) -> Option<String> {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    if url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+        sqlx::query_scalar(sql).fetch_optional(&mut c).await.expect("text")
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
+        sqlx::query_scalar(sql).fetch_optional(&mut c).await.expect("text")
+    }
+}
+
 /// Declares each listed `async fn(TestDb)` as two tests, one per backend.
 #[macro_export]
 macro_rules! on_both_backends {
