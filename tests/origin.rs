@@ -15,6 +15,16 @@ const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
 /// An admin, a customer with one account of `offer` holding the demo asset, and a
 /// ready node of the account's pool.
 async fn serving(offer: serde_json::Value, capacity: u32, extra_account: serde_json::Value) -> (Admin, String, Origin) {
+    serving_with(offer, capacity, extra_account, &[]).await
+}
+
+/// Like `serving`, with flags for the node.
+async fn serving_with(
+    offer: serde_json::Value,
+    capacity: u32,
+    extra_account: serde_json::Value,
+    node_flags: &[&str],
+) -> (Admin, String, Origin) {
     let admin = Admin::start(Backend::Sqlite, &[]).await;
     // The origin type's node capacity is what nodes apply once configured.
     let patch = json!({"node_capacity_mbps": capacity});
@@ -29,7 +39,7 @@ async fn serving(offer: serde_json::Value, capacity: u32, extra_account: serde_j
     let pool = admin.account(&key, body).await;
     admin.upload_demo(&key, "ana-vod", "demo").await;
     let (id, token) = admin.register_node(&pool).await;
-    let origin = Origin::start(&admin, &id, &token, capacity, &[]).await;
+    let origin = Origin::start(&admin, &id, &token, capacity, node_flags).await;
     origin.wait_state(&admin, "ready").await;
     (admin, key, origin)
 }
@@ -228,6 +238,8 @@ async fn http1_on_the_wire() {
             "bad-request",
         ),
         (format!("GET {p}/master.m3u8 HTTP/1.1\r\nX-Long: {long}\r\n\r\n"), 431, "header-too-large"),
+        // Digits only: another parser on the way could read `+33` otherwise.
+        (format!("GET {p}/master.m3u8 HTTP/1.1\r\nContent-Length: +3\r\n\r\nabc"), 400, "bad-request"),
     ] {
         let got = exchange(&origin, &request, &[]).await;
         assert_eq!(got.len(), 1, "{status}");
@@ -394,9 +406,78 @@ async fn a_drain_finishes_the_download_in_flight_then_exits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_too() {
-    let (_admin, _key, mut origin) = serving(json!({"kind": "payg"}), 1000, json!({})).await;
+    // 2 Mbit/s: the 720p segment (~310 kB) takes more than a second.
+    let (_admin, _key, mut origin) = serving(json!({"kind": "sla", "mbps": 100}), 2, json!({})).await;
+    let url = format!("{}/ana-vod/demo/hls/720p/seg_001.ts", origin.url);
+    let mut res = reqwest::get(url).await.unwrap();
+    // The first bytes are here: the response is in flight when SIGTERM comes.
+    let mut got = res.chunk().await.unwrap().expect("a first chunk").to_vec();
     origin.terminate().await;
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
     assert!(origin.wait_exit().await.success());
+    assert_eq!(
+        got,
+        std::fs::read(format!("{DEMO}/hls/720p/seg_001.ts")).unwrap(),
+        "the in-flight response finished whole"
+    );
+}
+
+async fn closed_within(conn: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    let mut rest = Vec::new();
+    tokio::time::timeout(limit, conn.read_to_end(&mut rest)).await.is_ok()
+}
+
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_after_the_idle_timeout() {
+    let (_admin, _key, origin) =
+        serving_with(json!({"kind": "payg"}), 1000, json!({}), &["--idle-timeout-secs", "1"]).await;
+    let addr = origin.url.trim_start_matches("http://").to_owned();
+    // HTTP/1.1 keep-alive: answered, then closed once idle for a second (it was
+    // still open after 90 s before).
+    let mut h1 = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    h1.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 12];
+    h1.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let idle = Instant::now();
+    assert!(closed_within(&mut h1, Duration::from_secs(10)).await, "an idle HTTP/1.1 connection stayed open");
+    assert!(idle.elapsed() >= Duration::from_millis(900), "closed before its idle time");
+    // HTTP/2: after a request, no stream for a second: GOAWAY and closed.
+    let mut h2 = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    assert!(closed_within(&mut h2, Duration::from_secs(10)).await, "an idle HTTP/2 connection stayed open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_at_the_cap_never_keep_a_player_out() {
+    let flags = ["--max-connections", "100", "--header-read-timeout-ms", "120000"];
+    let (_admin, _key, origin) = serving_with(json!({"kind": "payg"}), 1000, json!({}), &flags).await;
+    let addr = origin.url.trim_start_matches("http://").to_owned();
+    // 150 connections held open and idle (they say nothing).
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let metrics = || async { reqwest::get(format!("{}/metrics", origin.url)).await.unwrap().text().await.unwrap() };
+    support::eventually(Duration::from_secs(10), "the node to close 50 idle connections for newer ones", || async {
+        gauge(&metrics().await, "headwater_origin_connections_evicted_total") >= 50.0
+    })
+    .await;
+    // A player is served: the node closes an idle connection to make room.
+    let url = format!("{}/ana-vod/demo/hls/master.m3u8", origin.url);
+    let res = reqwest::Client::new().get(&url).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.bytes().await.unwrap(), std::fs::read(format!("{DEMO}/hls/master.m3u8")).unwrap());
+    let m = metrics().await;
+    assert!(gauge(&m, "headwater_origin_connections_open") <= 100.0, "{m}");
+    assert_eq!(gauge(&m, "headwater_origin_connections_refused_total"), 0.0);
+    drop(held);
 }
 
 /// Downloads segments of `account` with `clients` connections for `secs`; Mbit/s.

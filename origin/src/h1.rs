@@ -10,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::conns::Conn;
 use crate::files::Body;
 use crate::handler::{self, Payload, Sent};
 use crate::node::Node;
@@ -51,26 +52,32 @@ enum HeadError {
 
 /// Serves requests on one connection until the client closes it, asks to, or
 /// the node drains (an idle connection closes at once, a busy one after its
-/// response).
+/// response); an idle connection is also closed after `cfg.idle_timeout`, or when
+/// the node needs its place for a new one.
 pub async fn serve(
     node: Arc<Node>,
     mut stream: TcpStream,
     peer: SocketAddr,
+    conn: &Conn,
     drain: CancellationToken,
-    header_timeout: Duration,
+    cfg: headwater_serve::ServeConfig,
 ) -> io::Result<()> {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = Vec::with_capacity(1024);
     loop {
         if buf.is_empty() {
             buf.reserve(4096);
+            conn.idle();
             tokio::select! {
                 biased;
                 _ = drain.cancelled() => return Ok(()),
+                _ = conn.close.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(cfg.idle_timeout) => return Ok(()),
                 n = stream.read_buf(&mut buf) => if n? == 0 { return Ok(()) },
             }
         }
-        let head = match tokio::time::timeout(header_timeout, read_head(&mut stream, &mut buf)).await {
+        conn.busy();
+        let head = match tokio::time::timeout(cfg.header_read_timeout, read_head(&mut stream, &mut buf)).await {
             Ok(Ok(head)) => head,
             Err(_) | Ok(Err(HeadError::Closed)) => return Ok(()),
             Ok(Err(HeadError::Io(e))) => return Err(e),
@@ -162,7 +169,12 @@ async fn discard_body(
         // Two lengths: where this request ends is ambiguous (request smuggling).
         return Ok(Err((StatusCode::BAD_REQUEST, "more than one Content-Length")));
     }
-    let Some(mut left) = length.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) else {
+    // Digits only: `+33` or ` 33` would be read differently by another parser.
+    let digits = length.as_bytes();
+    let parsed = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+        .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+        .flatten();
+    let Some(mut left) = parsed else {
         return Ok(Err((StatusCode::BAD_REQUEST, "invalid Content-Length")));
     };
     if left > MAX_DISCARD {
@@ -199,9 +211,19 @@ fn refused(status: StatusCode, detail: &str) -> Response<Payload> {
     let kind = match status {
         StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "header-too-large",
+        StatusCode::SERVICE_UNAVAILABLE => "busy",
         _ => "bad-request",
     };
     headwater_serve::problem(status, kind, detail).map(Payload::Full)
+}
+
+/// Refuses a connection the node has no room for (every open one is busy): 503
+/// with `Retry-After`, then the connection is closed.
+pub async fn refuse_busy(mut stream: TcpStream) {
+    let mut res = refused(StatusCode::SERVICE_UNAVAILABLE, "the node is at its connection limit; try again");
+    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    let mut out = Vec::with_capacity(512);
+    let _ = finish(&mut stream, &mut out, res, Version::HTTP_11).await;
 }
 
 /// Answers, then closes the connection.

@@ -2,6 +2,7 @@
 //! enforced bandwidth, serves test content, reports heartbeats (with a self-probe)
 //! and usage to admin, and drains gracefully. See DESIGN.md §2 (`origin/`).
 
+mod conns;
 mod files;
 mod h1;
 mod handler;
@@ -45,7 +46,8 @@ pub struct OriginConfig {
     #[arg(long, env = "HEADWATER_NODE_TOKEN", hide_env_values = true)]
     pub node_token: String,
     /// Total egress limit until admin's configuration says otherwise.
-    #[arg(long, env = "HEADWATER_CAPACITY_MBPS", default_value_t = 100)]
+    #[arg(long, env = "HEADWATER_CAPACITY_MBPS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub capacity_mbps: u32,
     /// A directory, file:///dir, or s3://bucket/prefix.
     #[arg(long, env = "HEADWATER_CONTENT_URL", default_value = "headwater-data/content")]
@@ -70,6 +72,17 @@ pub struct OriginConfig {
     /// or starting a request; slower ones are disconnected.
     #[arg(long, env = "HEADWATER_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request (HTTP/1.1) or no stream (HTTP/2)
+    /// for this long is closed. Above the router's 30 s pool idle time, like
+    /// nginx's 75 s `keepalive_timeout`.
+    #[arg(long, env = "HEADWATER_IDLE_TIMEOUT_SECS", default_value_t = 75,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+    /// Most client connections open at once. At the bound the connection idle
+    /// longest is closed for a new one; with every one busy a new one gets 503.
+    #[arg(long, env = "HEADWATER_MAX_CONNECTIONS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
 }
 
 /// Runs a node until `shutdown` (SIGTERM) or admin's drain request; then stops
@@ -118,8 +131,11 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
     let serve_cfg = ServeConfig {
         drain_timeout: Duration::from_secs(cfg.drain_secs),
         header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms),
+        idle_timeout: Duration::from_secs(cfg.idle_timeout_secs),
     };
-    let serving = tokio::spawn(server::serve(listener, node.clone(), drain.clone(), serve_cfg));
+    let conns =
+        conns::Connections::new(usize::try_from(cfg.max_connections).unwrap_or(usize::MAX), &node.metrics.registry)?;
+    let serving = tokio::spawn(server::serve(listener, node.clone(), conns, drain.clone(), serve_cfg));
     drain.cancelled().await;
     node.draining.store(true, Ordering::Relaxed);
     tracing::info!("draining");

@@ -1,29 +1,43 @@
-//! The node's listener: accepts connections, tells HTTP/2 (prior knowledge, h2c)
-//! from HTTP/1.1 by the connection preface, serves HTTP/1.1 itself ([`h1`]) and
-//! HTTP/2 through hyper, and drains: on shutdown the listener closes, in-flight
-//! responses finish (up to a deadline), then [`serve`] returns.
+//! The node's listener: accepts connections (at most so many, see [`conns`]),
+//! tells HTTP/2 (prior knowledge, h2c) from HTTP/1.1 by the connection preface,
+//! serves HTTP/1.1 itself ([`h1`]) and HTTP/2 through hyper, closes connections
+//! idle too long, and drains: on shutdown the listener closes, in-flight responses
+//! finish (up to a deadline), then [`serve`] returns.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use headwater_serve::ServeConfig;
+use headwater_serve::{H2Streams, ServeConfig, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::conns::{Conn, Connections};
 use crate::node::Node;
 use crate::{h1, handler};
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 /// Serves `listener` until `drain`; returns how many connections were still open
 /// when the drain deadline passed (0 after a clean drain).
-pub async fn serve(listener: TcpListener, node: Arc<Node>, drain: CancellationToken, cfg: ServeConfig) -> usize {
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    conns: Arc<Connections>,
+    drain: CancellationToken,
+    cfg: ServeConfig,
+) -> usize {
     let connections = TaskTracker::new();
     while let Some((stream, peer)) = headwater_serve::accept(&listener, &drain).await {
-        connections.spawn(connection(node.clone(), stream, peer, drain.clone(), cfg));
+        match conns.admit() {
+            Some(conn) => {
+                connections.spawn(connection(node.clone(), stream, peer, conn, drain.clone(), cfg));
+            }
+            // Every connection is busy: a clean refusal, not a silent close.
+            None => {
+                connections.spawn(async move { h1::refuse_busy(stream).await });
+            }
+        }
     }
     drop(listener);
     connections.close();
@@ -37,41 +51,30 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, drain: CancellationTo
     }
 }
 
-async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr, drain: CancellationToken, cfg: ServeConfig) {
+async fn connection(
+    node: Arc<Node>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: Conn,
+    drain: CancellationToken,
+    cfg: ServeConfig,
+) {
+    // A client that sends nothing at all is cut off like one that sends half a head.
     let h2 = tokio::select! {
         _ = drain.cancelled() => return,
-        sniffed = tokio::time::timeout(cfg.header_read_timeout, is_h2(&stream)) => match sniffed {
+        _ = conn.close.cancelled() => return,
+        sniffed = tokio::time::timeout(cfg.header_read_timeout, headwater_serve::sniff(&stream)) => match sniffed {
             Ok(Ok(Some(h2))) => h2,
             _ => return,
         },
     };
     let served = if h2 {
-        serve_h2(node, stream, peer, drain).await
+        serve_h2(node, stream, peer, &conn, drain, cfg.idle_timeout).await
     } else {
-        h1::serve(node, stream, peer, drain, cfg.header_read_timeout).await
+        h1::serve(node, stream, peer, &conn, drain, cfg).await
     };
     if let Err(e) = served {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
-    }
-}
-
-/// Whether the client opens with the HTTP/2 preface (`None`: it closed first).
-/// Looks without reading, so the chosen protocol sees every byte.
-async fn is_h2(stream: &TcpStream) -> std::io::Result<Option<bool>> {
-    let mut buf = [0u8; H2_PREFACE.len()];
-    loop {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        if buf[..n] != H2_PREFACE[..n] {
-            return Ok(Some(false));
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(Some(true));
-        }
-        // Part of the preface so far (it nearly always comes in one packet).
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -79,20 +82,42 @@ async fn serve_h2(
     node: Arc<Node>,
     stream: TcpStream,
     peer: SocketAddr,
+    slot: &Conn,
     drain: CancellationToken,
+    idle_timeout: Duration,
 ) -> std::io::Result<()> {
-    let service = hyper::service::service_fn(move |req| handler::handle(node.clone(), peer, req));
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(20)))
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let done = tokio::select! {
-        done = conn.as_mut() => done,
-        _ = drain.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let streams = H2Streams::new();
+    let counted = streams.clone();
+    let service = hyper::service::service_fn(move |req| {
+        // Counted until the body is done (or dropped).
+        let stream = counted.open();
+        let node = node.clone();
+        async move {
+            let res = handler::handle(node, peer, req).await?;
+            Ok::<_, std::convert::Infallible>(res.map(|b| StreamBody::new(b, stream)))
+        }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(20)));
+    headwater_serve::bound_h2(&mut builder);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    // Closed when idle too long, when the node needs its place, or on drain.
+    let stop = async {
+        tokio::select! {
+            _ = drain.cancelled() => {}
+            _ = slot.close.cancelled() => {}
         }
     };
+    let done =
+        headwater_serve::drive_h2(
+            conn,
+            &streams,
+            idle_timeout,
+            stop,
+            |idle| {
+                if idle { slot.idle() } else { slot.busy() }
+            },
+        )
+        .await;
     done.map_err(std::io::Error::other)
 }

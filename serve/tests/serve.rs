@@ -101,3 +101,51 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
     assert_eq!(in_flight.await.unwrap(), "finished");
     assert_eq!(task.await.unwrap(), 0, "drained cleanly");
 }
+
+/// Reads until the server closes the connection; `false` if it was still open
+/// after `limit`.
+async fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = Vec::new();
+    tokio::time::timeout(limit, conn.read_to_end(&mut buf)).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_client_that_sends_nothing_at_all_is_disconnected() {
+    // The probe found 20 such sockets still open after 130 s: the timeout used to
+    // start only with the first byte.
+    let cfg = ServeConfig { header_read_timeout: Duration::from_millis(300), ..ServeConfig::default() };
+    let (addr, shutdown, _task) = start(peer_echo(), cfg).await;
+    let mut silent: Vec<TcpStream> = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    for conn in &mut silent {
+        assert!(closed_within(conn, Duration::from_secs(10)).await, "a silent connection was still open after 10 s");
+    }
+    // One that speaks in time is served.
+    let res = reqwest::get(format!("http://{addr}/peer")).await.unwrap();
+    assert_eq!(res.text().await.unwrap(), "127.0.0.1");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let cfg = ServeConfig {
+        header_read_timeout: Duration::from_millis(500),
+        idle_timeout: Duration::from_millis(500),
+        ..ServeConfig::default()
+    };
+    let (addr, shutdown, _task) = start(peer_echo(), cfg).await;
+    // HTTP/1.1 keep-alive: answered, then closed once idle.
+    let mut h1 = TcpStream::connect(addr).await.unwrap();
+    h1.write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut got = vec![0u8; 12];
+    h1.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"HTTP/1.1 200");
+    assert!(closed_within(&mut h1, Duration::from_secs(10)).await, "an idle HTTP/1.1 connection stayed open");
+    // HTTP/2: a connection with no stream is sent GOAWAY and closed.
+    let mut h2 = TcpStream::connect(addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    assert!(closed_within(&mut h2, Duration::from_secs(10)).await, "an idle HTTP/2 connection stayed open");
+    shutdown.cancel();
+}
