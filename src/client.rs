@@ -167,6 +167,20 @@ pub enum AssetsCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum OperationsCmd {
+    /// Operations, newest first (the operator sees all, a customer its own).
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// An account's name.
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long = "type")]
+        origin_type: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     Show {
         id: String,
     },
@@ -324,7 +338,7 @@ async fn wait_operation(c: &Client, id: &str, timeout: Duration) -> Result<Value
         let op = c.call(Method::GET, &format!("/v1/operations/{id}"), None, false).await?;
         match op["state"].as_str() {
             Some("succeeded") => return Ok(op),
-            Some("failed") => return Err(Failure::Problem(op, StatusCode::OK)),
+            Some("failed" | "superseded") => return Err(Failure::Problem(op, StatusCode::OK)),
             _ if started.elapsed() > timeout => {
                 return Err(Failure::Transport(format!(
                     "operation {id} still {} after {}s",
@@ -454,6 +468,30 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
             let json_out = conn.json;
             let c = Client::new(conn)?;
             let v = match cmd {
+                OperationsCmd::List { state, kind, account, origin_type, limit } => {
+                    let mut url = reqwest::Url::parse("http://admin/v1/operations")
+                        .map_err(|e| Failure::Transport(e.to_string()))?;
+                    url.query_pairs_mut().append_pair("limit", &limit.to_string());
+                    for (k, v) in [("state", state), ("kind", kind), ("account", account), ("origin_type", origin_type)]
+                    {
+                        if let Some(v) = v {
+                            url.query_pairs_mut().append_pair(k, &v);
+                        }
+                    }
+                    let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+                    let v = c.call(Method::GET, &path, None, false).await?;
+                    if !json_out {
+                        let rows = v["items"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|o| vec![s(o, "id"), s(o, "kind"), s(o, "state"), s(o, "step"), s(o, "created_at")])
+                            .collect();
+                        table(&["id", "kind", "state", "last step", "created"], rows);
+                        return Ok(());
+                    }
+                    v
+                }
                 OperationsCmd::Show { id } => c.call(Method::GET, &format!("/v1/operations/{id}"), None, false).await?,
                 OperationsCmd::Wait { id, timeout_secs } => {
                     wait_operation(&c, &id, Duration::from_secs(timeout_secs)).await?

@@ -425,7 +425,90 @@ async fn signups_are_rate_limited_per_ip(backend: Backend) {
     assert_eq!(admin.count("SELECT COUNT(*) FROM customers").await, 2);
 }
 
+/// `GET /v1/operations`: the operator sees every operation, a customer only its
+/// own; state, kind, account and origin type narrow the list; pages follow
+/// `next_cursor`; bad filters are problems. `GET /v1/accounts` pages too.
+async fn operations_and_accounts_are_listed_a_page_at_a_time(backend: Backend) {
+    let admin = Admin::start(backend, &[]).await;
+    let op = admin.operator_token.clone();
+    let (_, ana) = admin.sign_up("ana@example.com").await;
+    let (_, bo) = admin.sign_up("bo@example.com").await;
+    let mut ana_ops = Vec::new();
+    for (name, t) in [("ana-hls", "hls"), ("ana-dash", "dash")] {
+        let a = create_account(&admin, &ana, json!({"name": name, "origin_type": t, "offer": {"kind": "trial"}})).await;
+        ana_ops.push(a["operation"]["id"].as_str().unwrap().to_owned());
+    }
+    let b =
+        create_account(&admin, &bo, json!({"name": "bo-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
+    let bo_op = b["operation"]["id"].as_str().unwrap().to_owned();
+    for id in ana_ops.iter().chain([&bo_op]) {
+        admin.wait_operation(id, &op).await;
+    }
+    let patched =
+        admin.call(Method::POST, "/v1/accounts/ana-hls/deactivate", Some(&ana), None, StatusCode::ACCEPTED).await;
+    admin.wait_operation(patched["operation"]["id"].as_str().unwrap(), &ana).await;
+    let ids = |v: &Value| -> Vec<String> {
+        v["items"].as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap().to_owned()).collect()
+    };
+    // The operator: all four, newest first.
+    let all = admin.call(Method::GET, "/v1/operations", Some(&op), None, StatusCode::OK).await;
+    let all_ids = ids(&all);
+    assert_eq!(all_ids.len(), 4, "{all}");
+    assert_eq!(all_ids[0], patched["operation"]["id"].as_str().unwrap());
+    // A customer: only its own, never bo's.
+    let mine = admin.call(Method::GET, "/v1/operations", Some(&ana), None, StatusCode::OK).await;
+    assert_eq!(ids(&mine).len(), 3);
+    assert!(!ids(&mine).contains(&bo_op));
+    let theirs = admin.call(Method::GET, "/v1/operations?account=bo-vod", Some(&ana), None, StatusCode::OK).await;
+    assert_eq!(ids(&theirs), Vec::<String>::new(), "another customer's account lists nothing");
+    // Filters.
+    let created = admin.call(Method::GET, "/v1/operations?kind=create", Some(&ana), None, StatusCode::OK).await;
+    assert_eq!(ids(&created).len(), 2);
+    assert!(created["items"].as_array().unwrap().iter().all(|o| o["kind"] == "create"));
+    let dash = admin.call(Method::GET, "/v1/operations?origin_type=dash", Some(&op), None, StatusCode::OK).await;
+    assert_eq!(ids(&dash), vec![ana_ops[1].clone()]);
+    let one = admin
+        .call(
+            Method::GET,
+            "/v1/operations?account=ana-hls&kind=deactivate&state=succeeded",
+            Some(&op),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(ids(&one), vec![patched["operation"]["id"].as_str().unwrap().to_owned()]);
+    let none = admin.call(Method::GET, "/v1/operations?state=failed", Some(&op), None, StatusCode::OK).await;
+    assert!(ids(&none).is_empty());
+    // Pages: two and two, no overlap, the same four.
+    let first = admin.call(Method::GET, "/v1/operations?limit=2", Some(&op), None, StatusCode::OK).await;
+    let cursor = first["next_cursor"].as_str().expect("a full page has a cursor").to_owned();
+    let second = admin
+        .call(Method::GET, &format!("/v1/operations?limit=2&cursor={cursor}"), Some(&op), None, StatusCode::OK)
+        .await;
+    let paged: Vec<String> = ids(&first).into_iter().chain(ids(&second)).collect();
+    assert_eq!(paged, all_ids);
+    // Bad filters are problems.
+    for (q, field) in
+        [("state=sleeping", "query"), ("kind=scale", "query"), ("limit=0", "limit"), ("cursor=x", "cursor")]
+    {
+        let res = admin.request(Method::GET, &format!("/v1/operations?{q}"), Some(&op), None).await;
+        expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some(field)).await;
+    }
+    let res = admin.request(Method::GET, "/v1/operations", None, None).await;
+    expect_problem(res, StatusCode::UNAUTHORIZED, "unauthorized", None).await;
+    // Accounts page by name.
+    let page = admin.call(Method::GET, "/v1/accounts?limit=1", Some(&ana), None, StatusCode::OK).await;
+    assert_eq!(page["items"][0]["name"], "ana-dash");
+    let next = page["next_cursor"].as_str().unwrap();
+    let rest =
+        admin.call(Method::GET, &format!("/v1/accounts?limit=1&cursor={next}"), Some(&ana), None, StatusCode::OK).await;
+    assert_eq!(rest["items"][0]["name"], "ana-hls");
+    let res = admin.request(Method::GET, "/v1/accounts?limit=501", Some(&ana), None).await;
+    expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some("limit")).await;
+}
+
 e2e_on_both_backends!(
+    operations_and_accounts_are_listed_a_page_at_a_time,
     signup_and_accounts_of_each_offer,
     every_error_is_a_problem_and_writes_nothing,
     idempotent_replay,

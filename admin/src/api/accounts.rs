@@ -8,11 +8,14 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::{Caller, CustomerAuth};
-use super::model::{Account, AccountAccepted, AccountList, CreateAccount, OfferBody, Operation, UpdateAccount};
-use super::problem::{ApiError, ApiJson, Problem};
+use super::model::{
+    Account, AccountAccepted, CreateAccount, OfferBody, Operation, Page, PageQuery, UpdateAccount, page_limit,
+    uuid_cursor,
+};
+use super::problem::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::domain::{AccountName, AllowOrigins, IpAllow, Offer, OriginTypeName};
-use crate::states::OperationKind;
-use crate::store::{AccountChange, AccountRow, NewAccount, NewOperation, OperationFilter, StoreError};
+use crate::states::{OperationKind, OperationState};
+use crate::store::{AccountChange, AccountRow, NewAccount, NewOperation, OperationFilter, OperationQuery, StoreError};
 
 /// Availability is the share of admin's probes that succeeded over this window.
 pub const AVAILABILITY_WINDOW_MS: i64 = 5 * 60 * 1000;
@@ -84,12 +87,18 @@ pub async fn create_account(
     Ok((StatusCode::ACCEPTED, Json(AccountAccepted { account: account.into(), operation: operation.into() })))
 }
 
-/// The calling customer's live accounts.
-#[utoipa::path(get, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])),
-    responses((status = 200, body = AccountList), (status = 401, body = Problem)))]
-pub async fn list_accounts(State(s): State<AppState>, auth: CustomerAuth) -> Result<Json<AccountList>, ApiError> {
-    let items = s.store.accounts(auth.customer_id).await?.into_iter().map(Account::from).collect();
-    Ok(Json(AccountList { items }))
+/// The calling customer's live accounts, by name, a page at a time.
+#[utoipa::path(get, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])), params(PageQuery),
+    responses((status = 200, body = Page<Account>), (status = 401, body = Problem)))]
+pub async fn list_accounts(
+    State(s): State<AppState>,
+    auth: CustomerAuth,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Page<Account>>, ApiError> {
+    let limit = q.limit()?;
+    let rows = s.store.accounts(auth.customer_id, q.cursor.as_deref(), limit).await?;
+    let items = rows.into_iter().map(Account::from).collect();
+    Ok(Json(Page::of(items, limit, |a: &Account| a.name.clone())))
 }
 
 /// One account, with its locator and pool. Another customer's account is 404.
@@ -213,6 +222,52 @@ pub async fn get_operation(
         other => other.into(),
     })?;
     Ok(Json(op.into()))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OperationsQuery {
+    pub state: Option<OperationState>,
+    pub kind: Option<OperationKind>,
+    /// An account's name.
+    pub account: Option<String>,
+    pub origin_type: Option<String>,
+    /// At most this many (1–500, default 100).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+    /// Where the previous page ended (its `next_cursor`).
+    pub cursor: Option<String>,
+}
+
+/// Operations, newest first, a page at a time: the operator sees all of them, a
+/// customer only its own. Filters narrow the list.
+#[utoipa::path(get, path = "/v1/operations", tag = "operations", security(("bearer" = [])), params(OperationsQuery),
+    responses((status = 200, body = Page<Operation>), (status = 401, body = Problem), (status = 422, body = Problem)))]
+pub async fn list_operations(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<OperationsQuery>,
+) -> Result<Json<Page<Operation>>, ApiError> {
+    let limit = page_limit(q.limit)?;
+    let before = uuid_cursor(q.cursor.as_deref())?;
+    // An account another customer owns is no account: an empty page.
+    let account_id = match &q.account {
+        Some(name) => match s.store.account(name, caller.customer_scope()).await {
+            Ok(a) => Some(a.id),
+            Err(StoreError::NotFound) => return Ok(Json(Page { items: vec![], next_cursor: None })),
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
+    let query = OperationQuery {
+        customer: caller.customer_scope(),
+        state: q.state,
+        kind: q.kind,
+        account_id,
+        origin_type: q.origin_type.clone(),
+    };
+    let items = s.store.operations(&query, before, limit).await?.into_iter().map(Operation::from).collect();
+    Ok(Json(Page::of(items, limit, |o: &Operation| o.id.to_string())))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]

@@ -109,6 +109,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(accounts::usage))
         .routes(routes!(assets::list))
         .routes(routes!(assets::delete))
+        .routes(routes!(accounts::list_operations))
         .routes(routes!(accounts::get_operation))
         .routes(routes!(operator::list_origin_types, operator::create_origin_type))
         .routes(routes!(operator::get_origin_type, operator::update_origin_type))

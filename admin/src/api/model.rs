@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::problem::ApiError;
 use crate::clock::rfc3339;
 use crate::domain::OfferKind;
 use crate::states::{AccountState, NodeState, OperationKind, OperationState, PoolHealth, PoolKind, PoolState};
@@ -216,11 +217,6 @@ impl From<OperationRow> for Operation {
 pub struct AccountAccepted {
     pub account: Account,
     pub operation: Operation,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AccountList {
-    pub items: Vec<Account>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -456,11 +452,46 @@ pub struct Page<T: ToSchema> {
     pub next_cursor: Option<String>,
 }
 
+impl<T: ToSchema> Page<T> {
+    /// A page of `items` asked for with `limit`: a full page has a next cursor,
+    /// the last item's key.
+    pub fn of(items: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Self {
+        let next_cursor = if items.len() as i64 == limit { items.last().map(&key) } else { None };
+        Page { items, next_cursor }
+    }
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// At most this many items (1–500, default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
-    /// Where the previous page ended.
+    /// Where the previous page ended (its `next_cursor`).
     pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        page_limit(self.limit)
+    }
+
+    /// The cursor as a key of uuid-keyed listings.
+    pub fn uuid_cursor(&self) -> Result<Option<Uuid>, ApiError> {
+        uuid_cursor(self.cursor.as_deref())
+    }
+}
+
+pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(100),
+        Some(l) if (1..=500).contains(&l) => Ok(l),
+        Some(_) => Err(ApiError::invalid("limit", "must be between 1 and 500")),
+    }
+}
+
+pub fn uuid_cursor(cursor: Option<&str>) -> Result<Option<Uuid>, ApiError> {
+    cursor
+        .map(|c| Uuid::try_parse(c).map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page")))
+        .transpose()
 }

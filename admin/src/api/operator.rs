@@ -165,27 +165,6 @@ pub async fn create_image(
     Ok((StatusCode::ACCEPTED, Json(row.into())))
 }
 
-fn limit(q: &PageQuery) -> Result<i64, ApiError> {
-    match q.limit {
-        None => Ok(100),
-        Some(l) if (1..=500).contains(&l) => Ok(l),
-        Some(_) => Err(ApiError::invalid("limit", "must be between 1 and 500")),
-    }
-}
-
-fn uuid_cursor(q: &PageQuery) -> Result<Option<Uuid>, ApiError> {
-    q.cursor
-        .as_deref()
-        .map(|c| Uuid::try_parse(c).map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page")))
-        .transpose()
-}
-
-/// A full page has a next cursor: the last item's key.
-fn page<T: utoipa::ToSchema>(items: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Page<T> {
-    let next_cursor = if items.len() as i64 == limit { items.last().map(&key) } else { None };
-    Page { items, next_cursor }
-}
-
 #[utoipa::path(get, path = "/v1/pools", tag = "operator", security(("bearer" = [])), params(PageQuery),
     responses((status = 200, body = Page<Pool>), (status = 401, body = Problem)))]
 pub async fn list_pools(
@@ -193,9 +172,9 @@ pub async fn list_pools(
     _op: OperatorAuth,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Pool>>, ApiError> {
-    let l = limit(&q)?;
-    let items = s.store.pools(uuid_cursor(&q)?, l).await?.into_iter().map(Pool::from).collect();
-    Ok(Json(page(items, l, |p: &Pool| p.id.to_string())))
+    let l = q.limit()?;
+    let items = s.store.pools(q.uuid_cursor()?, l).await?.into_iter().map(Pool::from).collect();
+    Ok(Json(Page::of(items, l, |p: &Pool| p.id.to_string())))
 }
 
 #[utoipa::path(get, path = "/v1/nodes", tag = "operator", security(("bearer" = [])), params(PageQuery),
@@ -205,9 +184,9 @@ pub async fn list_nodes(
     _op: OperatorAuth,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Node>>, ApiError> {
-    let l = limit(&q)?;
-    let items = s.store.nodes(uuid_cursor(&q)?, l).await?.into_iter().map(Node::from).collect();
-    Ok(Json(page(items, l, |n: &Node| n.id.to_string())))
+    let l = q.limit()?;
+    let items = s.store.nodes(q.uuid_cursor()?, l).await?.into_iter().map(Node::from).collect();
+    Ok(Json(Page::of(items, l, |n: &Node| n.id.to_string())))
 }
 
 /// The global allocation table: one row per live account.
@@ -218,9 +197,9 @@ pub async fn list_allocations(
     _op: OperatorAuth,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Allocation>>, ApiError> {
-    let l = limit(&q)?;
-    let items = s.store.allocations(uuid_cursor(&q)?, l).await?.into_iter().map(Allocation::from).collect();
-    Ok(Json(page(items, l, |a: &Allocation| a.account_id.to_string())))
+    let l = q.limit()?;
+    let items = s.store.allocations(q.uuid_cursor()?, l).await?.into_iter().map(Allocation::from).collect();
+    Ok(Json(Page::of(items, l, |a: &Allocation| a.account_id.to_string())))
 }
 
 /// The audit trail, newest first.
@@ -231,14 +210,14 @@ pub async fn list_events(
     _op: OperatorAuth,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Event>>, ApiError> {
-    let l = limit(&q)?;
+    let l = q.limit()?;
     let cursor = q
         .cursor
         .as_deref()
         .map(|c| c.parse::<i64>().map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page")))
         .transpose()?;
     let items = s.store.events(cursor, l).await?.into_iter().map(Event::from).collect();
-    Ok(Json(page(items, l, |e: &Event| e.id.to_string())))
+    Ok(Json(Page::of(items, l, |e: &Event| e.id.to_string())))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]

@@ -155,14 +155,17 @@ impl Store {
         })
     }
 
-    /// A customer's live accounts, by name.
-    pub async fn accounts(&self, customer: Uuid) -> Result<Vec<AccountRow>> {
+    /// A customer's live accounts, by name, after `after` (a cursor).
+    pub async fn accounts(&self, customer: Uuid, after: Option<&str>, limit: i64) -> Result<Vec<AccountRow>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(concat!(
                 account_select!(),
-                " WHERE a.customer_id = $1 AND a.state <> 'deleted' ORDER BY a.name"
+                " WHERE a.customer_id = $1 AND a.state <> 'deleted' AND ($2 IS NULL OR a.name > $2)
+                  ORDER BY a.name LIMIT $3"
             ))
             .bind(customer)
+            .bind(after)
+            .bind(limit)
             .fetch_all(p)
             .await?)
         })

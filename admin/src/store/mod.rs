@@ -33,7 +33,7 @@ pub use accounts::{AccountChange, NewAccount};
 pub use catalog::{BUILTIN_TYPES, OriginTypeSettings};
 pub use idempotency::IdempotencyStart;
 pub use nodes::{HeartbeatRecord, NodeHealthRow, NodeServing, Placement, ServedAccountRow};
-pub use operations::{Effect, OperationFilter};
+pub use operations::{Effect, OperationFilter, OperationQuery};
 pub use pools::PoolTarget;
 pub use routes::RouteRow;
 pub use rows::*;

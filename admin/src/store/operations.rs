@@ -37,6 +37,17 @@ macro_rules! insert_operation {
 }
 pub(crate) use insert_operation;
 
+/// What a listing of operations keeps: each field set narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct OperationQuery {
+    /// Only this customer's (a customer never sees another's).
+    pub customer: Option<Uuid>,
+    pub state: Option<crate::states::OperationState>,
+    pub kind: Option<crate::states::OperationKind>,
+    pub account_id: Option<Uuid>,
+    pub origin_type: Option<String>,
+}
+
 /// Which operations a caller may see.
 #[derive(Debug, Clone, Copy)]
 pub enum OperationFilter {
@@ -440,6 +451,29 @@ impl Store {
             .bind(id)
             .bind(customer)
             .fetch_one(p)
+            .await?)
+        })
+    }
+
+    /// Operations that `q` keeps, newest first, older than `before` (a cursor).
+    pub async fn operations(&self, q: &OperationQuery, before: Option<Uuid>, limit: i64) -> Result<Vec<OperationRow>> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(
+                "SELECT id, kind, account_id, origin_type, customer_id, state, step, steps, input, attempts,
+                        last_error, lease_owner, lease_until, not_before, created_at, updated_at, progress
+                 FROM allocation_operations
+                 WHERE ($1 IS NULL OR customer_id = $1) AND ($2 IS NULL OR state = $2) AND ($3 IS NULL OR kind = $3)
+                   AND ($4 IS NULL OR account_id = $4) AND ($5 IS NULL OR origin_type = $5) AND ($6 IS NULL OR id < $6)
+                 ORDER BY id DESC LIMIT $7",
+            )
+            .bind(q.customer)
+            .bind(q.state)
+            .bind(q.kind)
+            .bind(q.account_id)
+            .bind(&q.origin_type)
+            .bind(before)
+            .bind(limit)
+            .fetch_all(p)
             .await?)
         })
     }
