@@ -507,7 +507,55 @@ async fn operations_and_accounts_are_listed_a_page_at_a_time(backend: Backend) {
     expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some("limit")).await;
 }
 
+/// A node's usage report is counted once, however often it is sent (its answer
+/// lost, or sent to another replica), and a window of more bytes than the node
+/// could send in a minute is refused, so totals never wrap.
+async fn usage_reports_count_once_and_within_what_a_node_can_send(backend: Backend) {
+    let admin = Admin::start(backend, &[]).await;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let pool = admin.account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
+    let (node, token) = admin.register_node(&pool).await;
+    // A minute boundary (2027-01-15 08:00 UTC).
+    let window = 1_800_000_000_000i64;
+    let report = |id: &str, bytes: u64| json!({"id": id, "windows": [{"account": "ana-vod", "window_start": window, "bytes": bytes, "requests": 3}]});
+    let path = format!("/v1/nodes/{node}/usage");
+    let id = uuid::Uuid::now_v7().to_string();
+    let first = admin.call(Method::POST, &path, Some(&token), Some(report(&id, 1000)), StatusCode::OK).await;
+    assert_eq!(first, json!({"accepted": 1, "refused": 0, "duplicate": false}));
+    let again = admin.call(Method::POST, &path, Some(&token), Some(report(&id, 1000)), StatusCode::OK).await;
+    assert_eq!(again, json!({"accepted": 0, "refused": 0, "duplicate": true}));
+    // Another report adds.
+    let other = uuid::Uuid::now_v7().to_string();
+    admin.call(Method::POST, &path, Some(&token), Some(report(&other, 500)), StatusCode::OK).await;
+    // 2^64 - 1 bytes in a minute, twice: refused, never added (a node of 100
+    // Mbit/s sends at most some 750 MB a minute).
+    for _ in 0..2 {
+        let huge = admin
+            .call(
+                Method::POST,
+                &path,
+                Some(&token),
+                Some(report(&uuid::Uuid::now_v7().to_string(), u64::MAX)),
+                StatusCode::OK,
+            )
+            .await;
+        assert_eq!(huge, json!({"accepted": 0, "refused": 1, "duplicate": false}));
+    }
+    let from = "2027-01-15T00:00:00Z";
+    let u = admin
+        .call(
+            Method::GET,
+            &format!("/v1/accounts/ana-vod/usage?from={from}&to=2027-01-16T00:00:00Z"),
+            Some(&key),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!((u["total_bytes"].as_u64(), u["total_requests"].as_u64()), (Some(1500), Some(6)), "{u}");
+}
+
 e2e_on_both_backends!(
+    usage_reports_count_once_and_within_what_a_node_can_send,
     operations_and_accounts_are_listed_a_page_at_a_time,
     signup_and_accounts_of_each_offer,
     every_error_is_a_problem_and_writes_nothing,

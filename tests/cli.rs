@@ -96,3 +96,20 @@ async fn customers_accounts_operations_and_origin_types_from_the_cli() {
     gone.args(["accounts", "list"]).env("HEADWATER_ADMIN_URL", "http://127.0.0.1:9").env("HEADWATER_API_KEY", &key);
     assert_eq!(gone.output().await.unwrap().status.code(), Some(2));
 }
+
+/// Flags that would break a node are refused when it starts, with the reason,
+/// not met later as a panic (a capacity of 0 reached a division by zero in the
+/// shaper).
+#[tokio::test]
+async fn an_origin_node_refuses_impossible_flags() {
+    for (flag, value) in [("--capacity-mbps", "0"), ("--max-connections", "0"), ("--idle-timeout-secs", "0")] {
+        let out = tokio::process::Command::new(BIN)
+            .args(["origin", "--node-id", &uuid::Uuid::now_v7().to_string(), "--node-token", "t", flag, value])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = text(&out.stderr);
+        assert!(err.contains(flag) && err.contains("not in 1.."), "{flag}: {err}");
+    }
+}

@@ -64,6 +64,10 @@ async fn the_shipped_scenarios_hold_and_the_impossible_one_fails() {
     // A new image rolled out under the players.
     let (code, r) = run("upgrade").await;
     assert_eq!(code, 0, "{}", r["failures"]);
+    let up = &r["upgrades"][0];
+    assert_eq!((up["version"].as_str(), up["outcome"].as_str()), (Some("2.0.0"), Some("succeeded")), "{up}");
+    assert!(up["pools_total"].as_u64().is_some_and(|n| n >= 2) && up["pools_upgraded"] == up["pools_total"], "{up}");
+    assert!(up["seconds"].as_f64().is_some_and(|s| s > 0.0), "{up}");
     for a in r["accounts"].as_array().unwrap() {
         assert_eq!(a["errors"], 0, "{a}");
         assert!(a["requests"].as_u64().unwrap() > 10, "{a}");

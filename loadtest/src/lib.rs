@@ -198,6 +198,7 @@ async fn drive(
         let label = e.action.label();
         tracing::info!(at = e.at_secs, %label, "event");
         let mut sla_change = None;
+        let mut upgrade = None;
         let done = match &e.action {
             Action::KillNode { account } => match key_of(account) {
                 Some(key) => platform_ref.kill_node(account, &key).await.map(|node| format!("{label} ({node})")),
@@ -219,7 +220,15 @@ async fn drive(
                 let path = format!("/v1/origin-types/{}/images", platform_ref.origin_type);
                 let body = serde_json::json!({"version": version, "command": "headwater", "args": ["origin"]});
                 let token = platform_ref.operator_token.clone();
-                platform_ref.call(reqwest::Method::POST, &path, &token, Some(body)).await.map(|_| label.clone())
+                match platform_ref.call(reqwest::Method::POST, &path, &token, Some(body)).await {
+                    Ok(op) => {
+                        // Followed until it ends or the run does.
+                        let end = start + Duration::from_secs(duration);
+                        upgrade = Some(follow_upgrade(platform_ref, &token, version, &op, end).await);
+                        Ok(label.clone())
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Action::SetCapacity { mbps } => {
                 let path = format!("/v1/origin-types/{}", platform_ref.origin_type);
@@ -232,7 +241,7 @@ async fn drive(
             }
             Action::StopRedis => platform_ref.stop_redis().await.map(|()| label.clone()),
         };
-        (e.at_secs, done.with_context(|| format!("event at {} s: {label}", e.at_secs)), sla_change)
+        (e.at_secs, done.with_context(|| format!("event at {} s: {label}", e.at_secs)), sla_change, upgrade)
     }));
     let ticker = async {
         for s in 1..=duration {
@@ -248,7 +257,9 @@ async fn drive(
     let (events_result, signed, ()) = tokio::join!(events, signups, ticker);
     let mut events_done = Vec::new();
     let mut event_failure = None;
-    for (at, done, sla_change) in events_result {
+    let mut upgrades = Vec::new();
+    for (at, done, sla_change, upgrade) in events_result {
+        upgrades.extend(upgrade);
         match done {
             Ok(label) => events_done.push((at, label)),
             Err(e) => event_failure = event_failure.or(Some(e)),
@@ -295,10 +306,44 @@ async fn drive(
         })
         .collect();
     let mut report =
-        report::evaluate(&scenario.name, duration, scenario.settle_secs, &scenario.budgets, &observed, events_done);
+        report::evaluate(&scenario.name, duration, scenario.settle_secs, &scenario.budgets, &observed, events_done)
+            .with_upgrades(upgrades);
     if !signup_failures.is_empty() {
         report.failures.extend(signup_failures);
         report.passed = false;
     }
     Ok(report)
+}
+
+/// Polls the upgrade operation `op` until it ends or `end` passes; how it went.
+async fn follow_upgrade(
+    platform: &platform::Platform,
+    token: &str,
+    version: &str,
+    op: &serde_json::Value,
+    end: Instant,
+) -> report::UpgradeOutcome {
+    let id = op["id"].as_str().unwrap_or_default().to_owned();
+    let started = Instant::now();
+    let mut last = op.clone();
+    loop {
+        let state = last["state"].as_str().unwrap_or_default().to_owned();
+        let ended = matches!(state.as_str(), "succeeded" | "failed" | "superseded");
+        if ended || Instant::now() >= end {
+            let progress = &last["progress"];
+            return report::UpgradeOutcome {
+                version: version.to_owned(),
+                operation: id,
+                outcome: if ended { state } else { "unfinished".to_owned() },
+                seconds: started.elapsed().as_secs_f64(),
+                pools_upgraded: progress["pools_done"].as_u64().unwrap_or(0),
+                pools_total: progress["pools_total"].as_u64().unwrap_or(0),
+                error: last["last_error"].as_str().map(str::to_owned),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(250).min(end.saturating_duration_since(Instant::now()))).await;
+        if let Ok(v) = platform.call(reqwest::Method::GET, &format!("/v1/operations/{id}"), token, None).await {
+            last = v;
+        }
+    }
 }

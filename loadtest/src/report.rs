@@ -62,6 +62,41 @@ pub struct Report {
     /// Why the run failed; empty when every SLA and budget held.
     pub failures: Vec<String>,
     pub passed: bool,
+    /// The rolling upgrades `upload-image` events started, and how they ended.
+    pub upgrades: Vec<UpgradeOutcome>,
+}
+
+/// How an upgrade an `upload-image` event started ended within the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpgradeOutcome {
+    pub version: String,
+    pub operation: String,
+    /// `succeeded`, `failed` (halted), `superseded`, or `unfinished` at the run's end.
+    pub outcome: String,
+    /// From the upload until it ended (or the run did).
+    pub seconds: f64,
+    pub pools_upgraded: u64,
+    pub pools_total: u64,
+    /// Why it halted, when it did.
+    pub error: Option<String>,
+}
+
+impl Report {
+    /// Adds the upgrades the run started; one that did not succeed fails the run.
+    pub fn with_upgrades(mut self, upgrades: Vec<UpgradeOutcome>) -> Self {
+        for u in &upgrades {
+            if u.outcome != "succeeded" {
+                let why = u.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+                self.failures.push(format!(
+                    "upgrade to {} {} after {:.1} s ({}/{} pools){why}",
+                    u.version, u.outcome, u.seconds, u.pools_upgraded, u.pools_total
+                ));
+                self.passed = false;
+            }
+        }
+        self.upgrades = upgrades;
+        self
+    }
 }
 
 /// The account as the report needs it.
@@ -186,6 +221,7 @@ pub fn evaluate(
         scenario: scenario.to_owned(),
         duration_secs: duration,
         passed: failures.is_empty(),
+        upgrades: Vec::new(),
         accounts,
         events,
         payg_jain_index,
@@ -243,6 +279,12 @@ impl Report {
         }
         for (at, what) in &self.events {
             out.push_str(&format!("event at {at} s: {what}\n"));
+        }
+        for u in &self.upgrades {
+            out.push_str(&format!(
+                "upgrade to {}: {} in {:.1} s, {}/{} pools\n",
+                u.version, u.outcome, u.seconds, u.pools_upgraded, u.pools_total
+            ));
         }
         if self.passed {
             out.push_str("every SLA and budget held\n");
@@ -327,5 +369,32 @@ mod tests {
         let checks = check_sla(&mbps, &changed, 0, 1, 5, 0.99);
         assert_eq!(checks.len(), 1);
         assert_eq!(checks[0].worst_window_start_secs, 7);
+    }
+
+    #[test]
+    fn an_upgrade_that_did_not_finish_fails_the_run() {
+        let report = |outcome: &str| {
+            let r = evaluate("t", 10, 0, &Budgets::default(), &[], vec![]);
+            r.with_upgrades(vec![UpgradeOutcome {
+                version: "2".into(),
+                operation: "op".into(),
+                outcome: outcome.into(),
+                seconds: 9.0,
+                pools_upgraded: 1,
+                pools_total: 2,
+                error: None,
+            }])
+        };
+        assert!(report("succeeded").passed);
+        for bad in ["unfinished", "failed", "superseded"] {
+            let r = report(bad);
+            assert!(!r.passed, "{bad}");
+            assert!(
+                r.failures.iter().any(|f| f.contains(&format!("upgrade to 2 {bad}")) && f.contains("1/2 pools")),
+                "{:?}",
+                r.failures
+            );
+            assert!(r.table().contains(&format!("upgrade to 2: {bad}")));
+        }
     }
 }

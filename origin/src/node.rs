@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use headwater_protocol::{NodeConfig, UsageWindow};
+use headwater_protocol::{NodeConfig, UsageReport, UsageWindow};
 use ipnet::IpNet;
 use uuid::Uuid;
 
@@ -61,6 +61,8 @@ pub struct Node {
     pub trusted_proxies: Vec<IpNet>,
     /// Bytes of account content sent, per (account, minute start in ms): bytes, requests.
     usage: Mutex<UsageCounts>,
+    /// A usage report sent whose answer has not come; sent again with its id.
+    pending_usage: Mutex<Option<UsageReport>>,
     /// All bytes sent (test content included), for the egress figure.
     pub egress_bytes: AtomicU64,
     pub in_flight: AtomicU64,
@@ -94,6 +96,7 @@ impl Node {
             served: RwLock::new(Arc::new(Served::default())),
             trusted_proxies,
             usage: Mutex::new(HashMap::new()),
+            pending_usage: Mutex::new(None),
             egress_bytes: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -151,14 +154,20 @@ impl Node {
             .collect()
     }
 
-    /// Puts back usage whose report failed, so it is sent with the next one.
-    pub fn restore_usage(&self, windows: Vec<UsageWindow>) {
-        let mut u = self.usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for w in windows {
-            let e = u.entry((Arc::from(w.account.as_str()), w.window_start)).or_default();
-            e.0 += w.bytes;
-            e.1 += w.requests;
-        }
+    /// The report sent but not yet acknowledged, if any: it goes again as it is.
+    pub fn pending_usage(&self) -> Option<UsageReport> {
+        self.pending_usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Keeps `report` until admin acknowledges it.
+    pub fn hold_usage(&self, report: UsageReport) -> UsageReport {
+        *self.pending_usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(report.clone());
+        report
+    }
+
+    /// Admin acknowledged the pending report.
+    pub fn usage_sent(&self) {
+        *self.pending_usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     /// The client's address: the peer, or the last hop a trusted proxy names.

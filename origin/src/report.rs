@@ -86,26 +86,26 @@ impl Admin {
         Ok(res.json().await?)
     }
 
-    /// Sends the usage counted so far; on failure it is kept for the next report.
+    /// Sends the usage counted so far. A report whose answer did not come is sent
+    /// again as it was, with its id, before anything newer, so admin counts it once.
     pub async fn report_usage(&self, node: &Node) -> Result<(), ReportError> {
-        let windows = node.take_usage();
-        if windows.is_empty() {
-            return Ok(());
-        }
-        let body = UsageReport { windows };
+        let report = match node.pending_usage() {
+            Some(r) => r,
+            None => {
+                let windows = node.take_usage();
+                if windows.is_empty() {
+                    return Ok(());
+                }
+                node.hold_usage(UsageReport { id: Some(uuid::Uuid::now_v7()), windows })
+            }
+        };
         let path = Self::path(node, "usage");
-        let sent = self.send(|u| self.http.post(format!("{u}{path}")).json(&body)).await;
-        match sent {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => {
-                node.restore_usage(body.windows);
-                Err(ReportError::Status(r.status()))
-            }
-            Err(e) => {
-                node.restore_usage(body.windows);
-                Err(e)
-            }
+        let res = self.send(|u| self.http.post(format!("{u}{path}")).json(&report)).await?;
+        if !res.status().is_success() {
+            return Err(ReportError::Status(res.status()));
         }
+        node.usage_sent();
+        Ok(())
     }
 }
 

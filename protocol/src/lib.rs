@@ -106,6 +106,10 @@ pub struct UsageWindow {
 /// `POST /v1/nodes/{id}/usage`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageReport {
+    /// Names this report: a report sent again (its answer was lost) keeps its id,
+    /// and admin counts it once. Absent from older nodes.
+    #[serde(default)]
+    pub id: Option<Uuid>,
     pub windows: Vec<UsageWindow>,
 }
 

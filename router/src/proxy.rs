@@ -106,6 +106,9 @@ pub struct Router {
     domain: Option<String>,
     client: Client<HttpConnector, Empty<Bytes>>,
     nodes: Mutex<HashMap<String, Arc<NodeStats>>>,
+    /// The routing table version `nodes` was last pruned for: nodes that left
+    /// the table leave the map, so it never grows with the fleet's history.
+    pruned: AtomicU64,
     sending: Arc<Mutex<Sending>>,
     metrics: Metrics,
 }
@@ -208,9 +211,26 @@ impl Router {
             domain,
             client,
             nodes: Mutex::default(),
+            pruned: AtomicU64::new(0),
             sending: Arc::default(),
             metrics: Metrics::new()?,
         })
+    }
+
+    /// Forgets the stats of nodes no longer in `table` (once per table version).
+    fn prune(&self, table: &crate::table::Table) {
+        // A read on the hot path; the write only when the table changed.
+        if self.pruned.load(Ordering::Relaxed) == table.version
+            || self.pruned.swap(table.version, Ordering::Relaxed) == table.version
+        {
+            return;
+        }
+        let live: std::collections::HashSet<&str> =
+            table.accounts.values().flat_map(|a| a.nodes.iter().map(String::as_str)).collect();
+        self.nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|addr, _| live.contains(addr.as_str()));
     }
 
     fn stats(&self, addr: &str) -> Arc<NodeStats> {
@@ -335,6 +355,7 @@ impl Router {
         account: &str,
         path: &str,
     ) -> Response<Body> {
+        self.prune(table);
         let Some(a) = table.accounts.get(account) else {
             return problem(StatusCode::NOT_FOUND, "not-found", "no such account");
         };
@@ -531,6 +552,29 @@ fn choose(loads: &[(u64, u64)], seed: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::choose;
+
+    #[test]
+    fn stats_of_nodes_that_left_the_table_are_forgotten() {
+        use crate::table::{Account, Table};
+        let table = |version: u64, nodes: &[&str]| {
+            let account = Account {
+                active: true,
+                allow: vec![],
+                allow_origins: vec![],
+                nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
+            };
+            Table { version, digest: version.to_string(), accounts: [("a".to_owned(), account)].into() }
+        };
+        let router = super::Router::new(Default::default(), crate::Mode::Proxy, None).unwrap();
+        for n in ["127.0.0.1:1", "127.0.0.1:2"] {
+            router.stats(n);
+        }
+        router.prune(&table(1, &["127.0.0.1:1", "127.0.0.1:2"]));
+        assert_eq!(router.nodes.lock().unwrap().len(), 2);
+        router.prune(&table(2, &["127.0.0.1:2"]));
+        let left: Vec<String> = router.nodes.lock().unwrap().keys().cloned().collect();
+        assert_eq!(left, ["127.0.0.1:2"]);
+    }
 
     #[test]
     fn the_node_sending_the_fewest_of_the_accounts_responses_goes_first() {

@@ -41,6 +41,9 @@ pub struct Admin {
     pub env: Vec<(String, String)>,
     child: Child,
     pub http: reqwest::Client,
+    /// The first admin of a database drops it (a PostgreSQL one) when dropped;
+    /// its replicas do not.
+    owns_db: bool,
 }
 
 async fn spawn(
@@ -116,7 +119,18 @@ impl Admin {
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         let content = content.unwrap_or_else(|| data_dir.path().join("content").display().to_string());
         let (child, url) = spawn(&db_url, data_dir.path(), &operator_token, &extra, &content, &env, listen).await;
-        Self { url, db_url, operator_token, data_dir, extra, content, env, child, http: reqwest::Client::new() }
+        Self {
+            url,
+            db_url,
+            operator_token,
+            data_dir,
+            extra,
+            content,
+            env,
+            child,
+            http: reqwest::Client::new(),
+            owns_db: true,
+        }
     }
 
     /// Another admin process on the same database (a second replica).
@@ -140,6 +154,7 @@ impl Admin {
             env: self.env.clone(),
             child,
             http: reqwest::Client::new(),
+            owns_db: false,
         }
     }
 
@@ -368,6 +383,10 @@ impl Drop for Admin {
     /// line, even one launched just as admin was killed.
     fn drop(&mut self) {
         kill_processes_naming(&self.data_dir.path().display().to_string());
+        if self.owns_db && self.db_url.starts_with("postgres") {
+            let _ = self.child.start_kill();
+            db::drop_postgres(&self.db_url);
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use crate::bus::HEARTBEATS;
 use crate::control::node_config::node_config;
 use crate::keys;
 use crate::states::NodeState;
-use crate::store::{HeartbeatRecord, Placement, StoreError};
+use crate::store::{HeartbeatRecord, Placement, StoreError, UsageRecorded, UsageWindowRow};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -120,33 +120,41 @@ pub async fn config(State(s): State<AppState>, NodeAuth(id): NodeAuth) -> Result
     Ok(Json(config))
 }
 
-/// Bytes served per account per minute. Windows for accounts the node's pool does
-/// not serve are refused (and counted in the answer).
+/// What a usage report came to.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageAccepted {
+    /// Windows added.
+    pub accepted: usize,
+    /// Windows refused: another pool's account, or more bytes than the node
+    /// could have sent in a minute.
+    pub refused: usize,
+    /// The report (its `id`) was added before; nothing was added again.
+    pub duplicate: bool,
+}
+
+/// Bytes served per account per minute. A report is counted once by its `id`;
+/// windows for accounts the node's pool does not serve, or beyond what the node
+/// could send, are refused (and counted in the answer).
 #[utoipa::path(post, path = "/v1/nodes/{id}/usage", tag = "nodes", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body(content = Object, description = "headwater_protocol::UsageReport"),
-    responses((status = 200, description = "{accepted, refused}"), (status = 401, body = Problem)))]
+    responses((status = 200, body = UsageAccepted), (status = 401, body = Problem)))]
 pub async fn usage(
     State(s): State<AppState>,
     NodeAuth(id): NodeAuth,
     ApiJson(r): ApiJson<UsageReport>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<UsageAccepted>, ApiError> {
     if r.windows.len() > 10_000 {
         return Err(ApiError::invalid("windows", "at most 10000 windows per report"));
     }
-    let windows: Vec<_> = r
-        .windows
-        .iter()
-        .map(|w| {
-            (
-                w.account.clone(),
-                w.window_start,
-                i64::try_from(w.bytes).unwrap_or(i64::MAX),
-                i64::try_from(w.requests).unwrap_or(i64::MAX),
-            )
-        })
-        .collect();
-    let refused = s.store.record_usage(id, &windows).await?;
-    Ok(Json(serde_json::json!({"accepted": windows.len() - refused, "refused": refused})))
+    let windows: Vec<UsageWindowRow> =
+        r.windows.iter().map(|w| (w.account.clone(), w.window_start, w.bytes, w.requests)).collect();
+    let answer = match s.store.record_usage(id, r.id, &windows, s.clock.now_ms()).await? {
+        UsageRecorded::Added { refused } => {
+            UsageAccepted { accepted: windows.len() - refused, refused, duplicate: false }
+        }
+        UsageRecorded::Duplicate => UsageAccepted { accepted: 0, refused: 0, duplicate: true },
+    };
+    Ok(Json(answer))
 }
 
 /// Asks a node to drain: it stops taking connections, finishes what is in flight, exits.

@@ -2,7 +2,8 @@
 //! deactivated account past `retain_until` gets a `delete` operation (which
 //! releases its pool and removes its mapping and allocation rows, like
 //! `DELETE /v1/accounts/{name}`), and a released pool whose nodes have all stopped
-//! is removed with its node rows. Content and usage are kept.
+//! is removed with its node rows. Content and usage are kept; the ids of usage
+//! reports are forgotten after a day.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,9 @@ use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::domain::MOVE_GRACE_MS;
 use crate::store::{AccountChange, NewOperation, Store};
+
+/// How long the ids of usage reports are kept to recognise a report sent again.
+pub const USAGE_REPORT_IDS_KEPT_MS: i64 = 86_400_000;
 
 pub struct Collector {
     pub store: Store,
@@ -54,6 +58,7 @@ impl Collector {
         }
         let now = self.clock.now_ms();
         let purged = self.store.purge_released_pools(now - MOVE_GRACE_MS, now).await?;
+        self.store.forget_usage_reports(now - USAGE_REPORT_IDS_KEPT_MS).await?;
         for pool in &purged {
             tracing::info!(%pool, "released pool deleted");
         }

@@ -38,7 +38,7 @@ pub use pools::PoolTarget;
 pub use routes::RouteRow;
 pub use rows::*;
 pub use upgrades::{HALT_AFTER_FAILED_NODES, UpgradeProgress, UpgradeStep};
-pub use usage::UsageRow;
+pub use usage::{UsageRecorded, UsageRow, UsageWindowRow, window_bytes_limit};
 pub use warm::WarmPool;
 
 /// Expands `$body` once per backend with `$p` bound to that backend's pool.
@@ -181,6 +181,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "warm pools", include_str!("../../../migrations/postgres/0006_warm_pools.sql")),
     (7, "allow origins", include_str!("../../../migrations/postgres/0007_allow_origins.sql")),
     (8, "control plane", include_str!("../../../migrations/postgres/0008_control_plane.sql")),
+    (9, "usage reports", include_str!("../../../migrations/postgres/0009_usage_reports.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -191,6 +192,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "warm pools", include_str!("../../../migrations/sqlite/0006_warm_pools.sql")),
     (7, "allow origins", include_str!("../../../migrations/sqlite/0007_allow_origins.sql")),
     (8, "control plane", include_str!("../../../migrations/sqlite/0008_control_plane.sql")),
+    (9, "usage reports", include_str!("../../../migrations/sqlite/0009_usage_reports.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

@@ -14,14 +14,70 @@ pub struct UsageRow {
     pub requests: i64,
 }
 
+/// What became of a usage report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageRecorded {
+    /// Added: this many windows were refused (another pool's account, or more
+    /// bytes than the node could have sent in a minute).
+    Added { refused: usize },
+    /// A report with this id was added before: nothing is added again.
+    Duplicate,
+}
+
+/// One window of a usage report: account, minute, bytes, requests.
+pub type UsageWindowRow = (String, UnixMs, u64, u64);
+
+/// The most bytes a node could send in one minute window at `capacity_mbps`,
+/// with room for bursts at the window's edges: twice the capacity.
+pub fn window_bytes_limit(capacity_mbps: i32) -> u64 {
+    u64::try_from(capacity_mbps.max(1)).unwrap_or(1) * 125_000 * 60 * 2
+}
+
 impl Store {
-    /// Adds a node's usage report. Only accounts mapped to the node's pool count;
-    /// returns how many windows were refused for naming other accounts.
-    pub async fn record_usage(&self, node_id: Uuid, windows: &[(String, UnixMs, i64, i64)]) -> Result<usize> {
+    /// Adds a node's usage report once (a report id seen before adds nothing).
+    /// Only accounts mapped to the node's pool count, and no window past what the
+    /// node could send ([`window_bytes_limit`]); totals saturate instead of wrapping.
+    pub async fn record_usage(
+        &self,
+        node_id: Uuid,
+        report: Option<Uuid>,
+        windows: &[UsageWindowRow],
+        now: UnixMs,
+    ) -> Result<UsageRecorded> {
         let mut refused = 0;
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
+            if let Some(report) = report {
+                let fresh = sqlx::query(
+                    "INSERT INTO usage_reports (node_id, report_id, received_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (node_id, report_id) DO NOTHING",
+                )
+                .bind(node_id)
+                .bind(report)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if !fresh {
+                    return Ok(UsageRecorded::Duplicate);
+                }
+            }
+            let capacity: Option<i32> = sqlx::query_scalar(
+                "SELECT t.node_capacity_mbps FROM nodes n JOIN pools p ON p.id = n.pool_id
+                 JOIN origin_types t ON t.name = p.origin_type WHERE n.id = $1",
+            )
+            .bind(node_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let limit = window_bytes_limit(capacity.unwrap_or(1));
             for (account, window_start, bytes, requests) in windows {
+                if *bytes > limit {
+                    refused += 1;
+                    continue;
+                }
+                let (bytes, requests) =
+                    (i64::try_from(*bytes).unwrap_or(i64::MAX), i64::try_from(*requests).unwrap_or(i64::MAX));
                 let account_id: Option<Uuid> = sqlx::query_scalar(
                     "SELECT a.id FROM accounts a JOIN account_pool_mappings m ON m.account_id = a.id
                      JOIN nodes n ON n.pool_id = m.pool_id OR n.pool_id = m.previous_pool_id OR n.pool_id = a.staged_pool_id
@@ -35,10 +91,14 @@ impl Store {
                     refused += 1;
                     continue;
                 };
+                // Saturating sums: a total never wraps to a small number.
                 sqlx::query(
                     "INSERT INTO usage (account_id, window_start, bytes, requests) VALUES ($1, $2, $3, $4)
                      ON CONFLICT (account_id, window_start) DO UPDATE
-                     SET bytes = usage.bytes + excluded.bytes, requests = usage.requests + excluded.requests",
+                     SET bytes = CASE WHEN usage.bytes > 9223372036854775807 - excluded.bytes
+                                      THEN 9223372036854775807 ELSE usage.bytes + excluded.bytes END,
+                         requests = CASE WHEN usage.requests > 9223372036854775807 - excluded.requests
+                                         THEN 9223372036854775807 ELSE usage.requests + excluded.requests END",
                 )
                 .bind(account_id)
                 .bind(window_start)
@@ -48,8 +108,20 @@ impl Store {
                 .await?;
             }
             tx.commit().await?;
-        });
-        Ok(refused)
+            Ok(UsageRecorded::Added { refused })
+        })
+    }
+
+    /// Forgets usage report ids received before `before` (nodes resend within
+    /// seconds; a day is plenty).
+    pub async fn forget_usage_reports(&self, before: UnixMs) -> Result<u64> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query("DELETE FROM usage_reports WHERE received_at < $1")
+                .bind(before)
+                .execute(p)
+                .await?
+                .rows_affected())
+        })
     }
 
     /// An account's usage per minute in `[from, to)`.

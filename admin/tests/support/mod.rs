@@ -38,6 +38,37 @@ pub async fn fresh_postgres_url() -> String {
     format!("{base}/{name}")
 }
 
+/// Drops a database made by [`fresh_postgres_url`] (its connections are ended),
+/// so a test leaves none behind. Blocking: for `Drop`.
+pub fn drop_postgres(url: &str) {
+    let Some(name) = url.rsplit('/').next().filter(|n| n.starts_with("hw_test_")).map(str::to_owned) else {
+        return;
+    };
+    let admin_url = std::env::var("HEADWATER_TEST_DATABASE_URL").unwrap_or_else(|_| PG_DEFAULT.into());
+    let dropped = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        rt.block_on(async {
+            let mut conn = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                .execute(&mut conn)
+                .await
+                .ok()
+        })
+    })
+    .join();
+    if !matches!(dropped, Ok(Some(_))) {
+        eprintln!("could not drop the test database {url}; the next scripts/test drops it");
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.url.starts_with("postgres") {
+            drop_postgres(&self.url);
+        }
+    }
+}
+
 pub async fn postgres() -> TestDb {
     let url = fresh_postgres_url().await;
     let store = Store::connect(&url).await.expect("postgres store");
