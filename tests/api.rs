@@ -250,10 +250,11 @@ async fn every_error_is_a_problem_and_writes_nothing(backend: Backend) {
         None,
     )
     .await;
+    // A customer's key on an operator route: valid, but not its scope.
     expect_problem(
         admin.request(Method::GET, "/v1/origin-types", Some(&key), None).await,
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
+        StatusCode::FORBIDDEN,
+        "forbidden",
         None,
     )
     .await;
@@ -336,9 +337,13 @@ async fn idempotent_replay(backend: Backend) {
             .send()
     };
     let a: Value = signup("signup-bo").await.unwrap().json().await.unwrap();
+    assert!(a["api_key"].as_str().is_some_and(|k| k.starts_with("hw_")));
+    // The same sign-up again (another client behind the same NAT, or a retry):
+    // not done twice, and the key is never shown a second time.
     let b = signup("signup-bo").await.unwrap();
-    assert_eq!(b.status(), StatusCode::CREATED);
-    assert_eq!(a, b.json::<Value>().await.unwrap());
+    assert_eq!(b.headers().get("idempotent-replayed").unwrap(), "true");
+    let p = expect_problem(b, StatusCode::CONFLICT, "secret-not-replayed", Some("Idempotency-Key")).await;
+    assert!(!p.to_string().contains("hw_"), "{p}");
     assert_eq!(admin.count("SELECT COUNT(*) FROM customers").await, 2);
 }
 
@@ -554,7 +559,97 @@ async fn usage_reports_count_once_and_within_what_a_node_can_send(backend: Backe
     assert_eq!((u["total_bytes"].as_u64(), u["total_requests"].as_u64()), (Some(1500), Some(6)), "{u}");
 }
 
+/// A revoked key replays nothing (authentication comes before replay), and a
+/// replay never shows a secret again, even to a valid key of the same customer.
+async fn replays_follow_authentication_and_never_show_a_secret_twice(backend: Backend) {
+    let admin = Admin::start(backend, &[]).await;
+    let (_, k) = admin.sign_up("ana@example.com").await;
+    let mint = |key: String| {
+        admin
+            .http
+            .post(format!("{}/v1/customers/me/keys", admin.url))
+            .bearer_auth(key)
+            .header("idempotency-key", "mint-1")
+            .send()
+    };
+    let first = mint(k.clone()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let minted: Value = first.json().await.unwrap();
+    let k2 = minted["api_key"].as_str().unwrap().to_owned();
+    // The same request with the same key: a refusal, not the new key again.
+    let again = mint(k2.clone()).await.unwrap();
+    let p = expect_problem(again, StatusCode::CONFLICT, "secret-not-replayed", Some("Idempotency-Key")).await;
+    assert!(!p.to_string().contains(&k2), "{p}");
+    // K is revoked: it replays nothing at all.
+    let me = admin.call(Method::GET, "/v1/customers/me", Some(&k2), None, StatusCode::OK).await;
+    let k_id = me["keys"].as_array().unwrap().iter().find(|x| x["id"] != minted["id"]).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    admin.call(Method::DELETE, &format!("/v1/customers/me/keys/{k_id}"), Some(&k2), None, StatusCode::NO_CONTENT).await;
+    let replay = mint(k.clone()).await.unwrap();
+    assert!(replay.headers().get("idempotent-replayed").is_none());
+    expect_problem(replay, StatusCode::UNAUTHORIZED, "unauthorized", None).await;
+    // Nothing secret was kept: no key, no part of one, in the saved answers.
+    let secret = k2.rsplit('_').next().unwrap();
+    assert_eq!(admin.count(&format!("SELECT COUNT(*) FROM idempotency_keys WHERE body LIKE '%{secret}%'")).await, 0);
+}
+
+/// Credentials that fail store nothing, requests without valid credentials are
+/// limited per client address, and the per-key limit is keyed on the customer,
+/// so other spellings or more keys of it do not buy more requests.
+async fn rate_limits_follow_the_principal_and_failures_write_nothing(backend: Backend) {
+    let admin = Admin::start(backend, &["--rate-limit-per-key", "2", "--unauthenticated-rate-limit", "3"]).await;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    // Bogus bearer tokens with fresh Idempotency-Keys: 401 (then 429), no row.
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let res = admin
+            .http
+            .post(format!("{}/v1/accounts", admin.url))
+            .bearer_auth(format!("hw_{:032x}_{}", i, "A".repeat(43)))
+            .header("idempotency-key", format!("k-{i}"))
+            .json(&json!({"name": format!("bogus-{i}"), "origin_type": "hls", "offer": {"kind": "trial"}}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
+    assert!(statuses.contains(&429), "requests without valid credentials are limited per address: {statuses:?}");
+    assert_eq!(admin.count("SELECT COUNT(*) FROM idempotency_keys").await, 0, "nothing stored for a failed credential");
+    assert_eq!(admin.count("SELECT COUNT(*) FROM accounts").await, 0);
+    // Other spellings of the key are not the key: 401, never a bucket of their own.
+    let (id, secret) = key.trim_start_matches("hw_").split_once('_').unwrap();
+    for spelling in
+        [format!("Bearer  {key}"), format!("Bearer hw_{}_{secret}", id.to_uppercase()), format!("bearer {key}")]
+    {
+        let res = admin
+            .http
+            .get(format!("{}/v1/customers/me", admin.url))
+            .header("authorization", spelling.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(matches!(res.status().as_u16(), 401 | 429), "{spelling}: {}", res.status());
+    }
+    // Two keys of one customer share its bucket (2/s, bursts of 4).
+    let k2 = admin.call(Method::POST, "/v1/customers/me/keys", Some(&key), None, StatusCode::CREATED).await["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut answered = Vec::new();
+    for k in [&key, &k2].iter().cycle().take(12) {
+        answered.push(admin.request(Method::GET, "/v1/customers/me", Some(k), None).await.status().as_u16());
+    }
+    let ok = answered.iter().filter(|s| **s == 200).count();
+    assert!(ok <= 5, "one bucket for the customer, not one per key: {answered:?}");
+    assert!(answered.contains(&429), "{answered:?}");
+}
+
 e2e_on_both_backends!(
+    replays_follow_authentication_and_never_show_a_secret_twice,
+    rate_limits_follow_the_principal_and_failures_write_nothing,
     usage_reports_count_once_and_within_what_a_node_can_send,
     operations_and_accounts_are_listed_a_page_at_a_time,
     signup_and_accounts_of_each_offer,

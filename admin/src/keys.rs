@@ -1,7 +1,10 @@
-//! API keys and the operator token. A key is `hw_<key id>_<secret>`: the id finds the
-//! row, the secret is checked against its SHA-256 in constant time. Keys are 256-bit
-//! random secrets, so a fast hash is the right one (a slow password hash would only
-//! slow every request); the key itself is shown once and never stored.
+//! API keys, node tokens and the operator token. A key is `hw_<key id>_<secret>`, a
+//! node token `hwn_<node id>_<secret>`: the id finds the row, the secret is checked
+//! against its SHA-256 in constant time. Secrets are 256-bit random values, so a
+//! fast hash is the right one (a slow password hash would only slow every
+//! request); a credential is shown once and never stored. Only the canonical
+//! spelling parses (lower-case hex id, base64url secret), so one credential is one
+//! rate-limit bucket.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -10,7 +13,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-const PREFIX: &str = "hw_";
+pub const PREFIX: &str = "hw_";
+pub const NODE_PREFIX: &str = "hwn_";
+/// Characters of a secret: 32 random bytes in unpadded base64url.
+const SECRET_LEN: usize = 43;
 
 /// A freshly made key: the id and hash to store, and the text to show once.
 pub struct NewKey {
@@ -19,23 +25,46 @@ pub struct NewKey {
     pub plaintext: String,
 }
 
+fn secret() -> String {
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    URL_SAFE_NO_PAD.encode(secret)
+}
+
 /// Makes a new API key from the operating system's random source.
 pub fn generate() -> NewKey {
     let id = Uuid::now_v7();
-    let mut secret = [0u8; 32];
-    rand::rng().fill_bytes(&mut secret);
-    let secret = URL_SAFE_NO_PAD.encode(secret);
+    let secret = secret();
     NewKey { id, secret_hash: hash(&secret), plaintext: format!("{PREFIX}{}_{secret}", id.simple()) }
+}
+
+/// A new token for node `id`: its text (shown once, handed to the node) and the
+/// hash to store.
+pub fn node_token(id: Uuid) -> (String, Vec<u8>) {
+    let secret = secret();
+    let hashed = hash(&secret);
+    (format!("{NODE_PREFIX}{}_{secret}", id.simple()), hashed)
+}
+
+/// Splits `<prefix><32 lower-case hex>_<43 base64url>` into its id and secret.
+fn split<'a>(presented: &'a str, prefix: &str) -> Option<(Uuid, &'a str)> {
+    let (id, secret) = presented.strip_prefix(prefix)?.split_once('_')?;
+    let hex = id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let b64 = secret.len() == SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !hex || !b64 {
+        return None;
+    }
+    Some((Uuid::try_parse(id).ok()?, secret))
 }
 
 /// Splits a presented key into its id and secret; `None` if it is not shaped like one.
 pub fn parse(presented: &str) -> Option<(Uuid, &str)> {
-    let rest = presented.strip_prefix(PREFIX)?;
-    let (id, secret) = rest.split_once('_')?;
-    if id.len() != 32 || secret.is_empty() {
-        return None;
-    }
-    Some((Uuid::try_parse(id).ok()?, secret))
+    split(presented, PREFIX)
+}
+
+/// Splits a presented node token into the node's id and the secret.
+pub fn parse_node_token(presented: &str) -> Option<(Uuid, &str)> {
+    split(presented, NODE_PREFIX)
 }
 
 /// SHA-256 of a key's secret part.
@@ -84,6 +113,29 @@ mod tests {
         {
             assert!(parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_the_canonical_spelling_parses() {
+        let k = generate();
+        let (_, secret) = parse(&k.plaintext).unwrap();
+        let id = k.id.simple().to_string();
+        // An upper-case id, a hyphenated one, a cut or padded secret: not this key.
+        for spelling in [
+            format!("hw_{}_{secret}", id.to_uppercase()),
+            format!("hw_{}_{secret}", k.id.hyphenated()),
+            format!("hw_{id}_{}", &secret[1..]),
+            format!("hw_{id}_{secret}="),
+            format!("hw_{id}_{secret} "),
+        ] {
+            assert!(parse(&spelling).is_none(), "{spelling}");
+        }
+        let node = Uuid::now_v7();
+        let (token, hashed) = node_token(node);
+        let (id, secret) = parse_node_token(&token).unwrap();
+        assert_eq!(id, node);
+        assert!(verify(secret, &hashed));
+        assert!(parse(&token).is_none() && parse_node_token(&k.plaintext).is_none(), "kinds do not mix");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiSettings, AppState, Metrics, RateLimits};
+use crate::api::{self, ApiSettings, AppState, Metrics, RateLimits, Rates};
 use crate::bus::Bus;
 use crate::clock::{Clock, SystemClock};
 use crate::control::health::Prober;
@@ -49,9 +49,16 @@ pub struct AdminConfig {
     /// How long a deactivated account's pool is kept, in hours.
     #[arg(long, env = "HEADWATER_RETENTION_HOURS", default_value_t = 168)]
     pub retention_hours: u32,
-    /// Requests per second per API key (bursts to twice that).
+    /// API requests per second per customer (all its keys together), node, or the
+    /// operator (bursts to twice that).
     #[arg(long, env = "HEADWATER_RATE_LIMIT_PER_KEY", default_value = "20")]
     pub rate_limit_per_key: NonZeroU32,
+    /// File uploads per second per customer (bursts to twice that).
+    #[arg(long, env = "HEADWATER_UPLOAD_RATE_LIMIT", default_value = "100")]
+    pub upload_rate_limit: NonZeroU32,
+    /// Requests per second per client IP without valid credentials (bursts to twice that).
+    #[arg(long, env = "HEADWATER_UNAUTHENTICATED_RATE_LIMIT", default_value = "20")]
+    pub unauthenticated_rate_limit: NonZeroU32,
     /// Sign-ups per minute per client IP.
     #[arg(long, env = "HEADWATER_SIGNUP_RATE_LIMIT", default_value = "10")]
     pub signup_rate_limit: NonZeroU32,
@@ -173,7 +180,12 @@ impl Admin {
             heartbeats,
             content,
             metrics: Arc::new(Metrics::new()?),
-            limits: Arc::new(RateLimits::new(cfg.rate_limit_per_key, cfg.signup_rate_limit)),
+            limits: Arc::new(RateLimits::new(Rates {
+                per_principal: cfg.rate_limit_per_key,
+                uploads: cfg.upload_rate_limit,
+                unauthenticated: cfg.unauthenticated_rate_limit,
+                signups_per_min: cfg.signup_rate_limit,
+            })),
             routing: Arc::default(),
             test_clock: cfg.test_clock.then(Arc::default),
         };

@@ -380,20 +380,33 @@ async fn a_crashed_worker_is_resumed_after_its_last_step(db: TestDb) {
 async fn idempotency_records(db: TestDb) {
     let h1 = [1u8; 32];
     let h2 = [2u8; 32];
-    assert_eq!(db.store.start_idempotent("p", "k", &h1, T0).await.unwrap(), IdempotencyStart::Run);
-    assert_eq!(db.store.start_idempotent("p", "k", &h1, T0).await.unwrap(), IdempotencyStart::InFlight);
+    assert_eq!(db.store.start_idempotent("p", "k", &h1, T0, OLD).await.unwrap(), IdempotencyStart::Run);
+    assert_eq!(db.store.start_idempotent("p", "k", &h1, T0, OLD).await.unwrap(), IdempotencyStart::InFlight);
     db.store.finish_idempotent("p", "k", 202, "{\"a\":1}").await.unwrap();
     assert_eq!(
-        db.store.start_idempotent("p", "k", &h1, T0).await.unwrap(),
+        db.store.start_idempotent("p", "k", &h1, T0, OLD).await.unwrap(),
         IdempotencyStart::Replay { status: 202, body: "{\"a\":1}".into() }
     );
-    assert_eq!(db.store.start_idempotent("p", "k", &h2, T0).await.unwrap(), IdempotencyStart::Mismatch);
+    assert_eq!(db.store.start_idempotent("p", "k", &h2, T0, OLD).await.unwrap(), IdempotencyStart::Mismatch);
     // Keys are per principal.
-    assert_eq!(db.store.start_idempotent("q", "k", &h2, T0).await.unwrap(), IdempotencyStart::Run);
+    assert_eq!(db.store.start_idempotent("q", "k", &h2, T0, OLD).await.unwrap(), IdempotencyStart::Run);
     // A server error forgets the key so a retry runs.
     db.store.finish_idempotent("q", "k", 503, "").await.unwrap();
-    assert_eq!(db.store.start_idempotent("q", "k", &h2, T0).await.unwrap(), IdempotencyStart::Run);
+    assert_eq!(db.store.start_idempotent("q", "k", &h2, T0, OLD).await.unwrap(), IdempotencyStart::Run);
+    // A day later the key is forgotten: the same key runs again, with any body.
+    let later = T0 + 86_400_001;
+    assert_eq!(
+        db.store.start_idempotent("p", "k", &h2, later, later - 86_400_000).await.unwrap(),
+        IdempotencyStart::Run
+    );
+    // The collector drops records older than a day.
+    db.store.finish_idempotent("q", "k", 201, "{}").await.unwrap();
+    assert_eq!(db.store.forget_idempotency_keys(T0 + 1).await.unwrap(), 1, "q's record (made at T0) goes, p's stays");
+    assert_eq!(raw_count(&db.url, "SELECT COUNT(*) FROM idempotency_keys").await, 1);
 }
+
+/// Records made at `T0` are not expired for these checks.
+const OLD: i64 = T0 - 86_400_000;
 
 async fn paging_and_events(db: TestDb) {
     seeded(&db).await;

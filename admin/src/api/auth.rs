@@ -1,9 +1,16 @@
-//! Who is calling: a customer by API key, or the operator by token. Both are
-//! `Authorization: Bearer …`, compared in constant time.
+//! Who is calling. [`authenticate`] reads `Authorization: Bearer …` once per
+//! request, before rate limits and idempotency, into a [`Principal`]: a customer
+//! (an API key), a node (its token), the operator, nobody, or a credential that
+//! failed. Only the canonical spelling is accepted (`Bearer`, one space, the
+//! token), so one credential has one rate-limit bucket. Secrets are compared in
+//! constant time. The extractors below take the principal a route needs: the
+//! wrong kind of credential is 403, none or a failed one 401.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header;
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
 use uuid::Uuid;
 
 use super::AppState;
@@ -28,6 +35,32 @@ pub enum Caller {
     Operator,
 }
 
+/// What the request's credentials are, as [`authenticate`] found them.
+#[derive(Debug, Clone, Copy)]
+pub enum Principal {
+    /// No `Authorization` header.
+    Anonymous,
+    Customer(CustomerAuth),
+    /// An origin node, by its token.
+    Node(Uuid),
+    Operator,
+    /// Credentials that were given but failed: why.
+    Failed(&'static str),
+}
+
+impl Principal {
+    /// The key of its rate-limit bucket and idempotency records: one per customer,
+    /// node or operator, however the credential was spelled. `None` for nobody.
+    pub fn key(self) -> Option<String> {
+        match self {
+            Principal::Customer(c) => Some(format!("customer:{}", c.customer_id)),
+            Principal::Node(id) => Some(format!("node:{id}")),
+            Principal::Operator => Some("operator".to_owned()),
+            Principal::Anonymous | Principal::Failed(_) => None,
+        }
+    }
+}
+
 impl Caller {
     /// The customer whose resources this caller may see; `None` means all (operator).
     pub fn customer_scope(self) -> Option<Uuid> {
@@ -46,61 +79,140 @@ impl Caller {
     }
 }
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .ok_or(ApiError::Unauthorized("missing Authorization: Bearer header"))?;
-    let value = value.to_str().map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
-    value
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or(ApiError::Unauthorized("expected Authorization: Bearer <token>"))
+/// The token of an `Authorization` header in its one accepted spelling:
+/// `Bearer <token>`, the token of visible ASCII without spaces.
+fn bearer(value: &[u8]) -> Option<&str> {
+    let token = std::str::from_utf8(value.strip_prefix(b"Bearer ")?).ok()?;
+    (!token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())).then_some(token)
 }
 
-async fn customer(token: &str, state: &AppState) -> Result<CustomerAuth, ApiError> {
-    let bad = ApiError::Unauthorized("invalid or revoked API key");
-    let (key_id, secret) = keys::parse(token).ok_or(ApiError::Unauthorized("invalid or revoked API key"))?;
-    let row = state.store.api_key(key_id).await?;
-    match row {
-        Some(k) if k.revoked_at.is_none() && keys::verify(secret, &k.secret_hash) => {
-            Ok(CustomerAuth { customer_id: k.customer_id, key_id })
+async fn resolve(parts_headers: &axum::http::HeaderMap, state: &AppState) -> Result<Principal, ApiError> {
+    let Some(value) = parts_headers.get(header::AUTHORIZATION) else { return Ok(Principal::Anonymous) };
+    let Some(token) = bearer(value.as_bytes()) else {
+        return Ok(Principal::Failed("expected Authorization: Bearer <token>"));
+    };
+    if token.starts_with(keys::PREFIX) {
+        let Some((key_id, secret)) = keys::parse(token) else {
+            return Ok(Principal::Failed("invalid or revoked API key"));
+        };
+        return Ok(match state.store.api_key(key_id).await? {
+            Some(k) if k.revoked_at.is_none() && keys::verify(secret, &k.secret_hash) => {
+                Principal::Customer(CustomerAuth { customer_id: k.customer_id, key_id })
+            }
+            _ => Principal::Failed("invalid or revoked API key"),
+        });
+    }
+    if token.starts_with(keys::NODE_PREFIX) {
+        let Some((node, secret)) = keys::parse_node_token(token) else {
+            return Ok(Principal::Failed("invalid node token"));
+        };
+        return Ok(match state.store.node_token_hash(node).await? {
+            Some(hash) if keys::verify(secret, &hash) => Principal::Node(node),
+            _ => Principal::Failed("invalid node token"),
+        });
+    }
+    Ok(if keys::tokens_equal(token, &state.settings.operator_token) {
+        Principal::Operator
+    } else {
+        Principal::Failed("invalid operator token")
+    })
+}
+
+/// Resolves the request's credentials into a [`Principal`] extension, once.
+pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    use axum::response::IntoResponse;
+    match resolve(req.headers(), &s).await {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
         }
-        _ => Err(bad),
+        Err(e) => e.into_response(),
     }
 }
 
-fn operator(token: &str, state: &AppState) -> Result<OperatorAuth, ApiError> {
-    if keys::tokens_equal(token, &state.settings.operator_token) {
-        Ok(OperatorAuth)
-    } else {
-        Err(ApiError::Unauthorized("invalid operator token"))
+fn principal(parts: &Parts) -> Principal {
+    parts.extensions.get::<Principal>().copied().unwrap_or(Principal::Anonymous)
+}
+
+/// The refusal for a principal that is not the one a route needs.
+fn refuse(p: Principal, wanted: &'static str) -> ApiError {
+    match p {
+        Principal::Anonymous => ApiError::Unauthorized("missing Authorization: Bearer header"),
+        Principal::Failed(why) => ApiError::Unauthorized(why),
+        Principal::Customer(_) | Principal::Node(_) | Principal::Operator => {
+            ApiError::Forbidden(format!("this route needs {wanted}"))
+        }
     }
 }
 
 impl FromRequestParts<AppState> for CustomerAuth {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        customer(bearer(parts)?, state).await
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        match principal(parts) {
+            Principal::Customer(c) => Ok(c),
+            other => Err(refuse(other, "a customer's API key")),
+        }
     }
 }
 
 impl FromRequestParts<AppState> for OperatorAuth {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        operator(bearer(parts)?, state)
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        match principal(parts) {
+            Principal::Operator => Ok(OperatorAuth),
+            other => Err(refuse(other, "the operator token")),
+        }
     }
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        match principal(parts) {
+            Principal::Customer(c) => Ok(Caller::Customer(c)),
+            Principal::Operator => Ok(Caller::Operator),
+            other => Err(refuse(other, "a customer's API key or the operator token")),
+        }
+    }
+}
+
+/// A node, authenticated by its token, on a route of its own (`/v1/nodes/{id}/…`).
+pub struct NodeAuth(pub Uuid);
+
+impl FromRequestParts<AppState> for NodeAuth {
+    type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)?;
-        if token.starts_with("hw_") {
-            customer(token, state).await.map(Caller::Customer)
-        } else {
-            operator(token, state).map(|_| Caller::Operator)
+        let axum::extract::Path(id): axum::extract::Path<String> =
+            axum::extract::Path::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::NotFound("node".into()))?;
+        let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound(format!("node {id}")))?;
+        match principal(parts) {
+            Principal::Node(node) if node == id => Ok(NodeAuth(id)),
+            // Another node's routes are not this node's to call.
+            Principal::Node(_) => Err(ApiError::Forbidden("a node calls only its own routes".into())),
+            other => Err(refuse(other, "the node's token")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn only_the_canonical_spelling_is_a_bearer_token() {
+        assert_eq!(bearer(b"Bearer abc"), Some("abc"));
+        for bad in [
+            &b"Bearer  abc"[..],
+            b"bearer abc",
+            b"Bearer abc ",
+            b"Bearer a bc",
+            b"Bearer ",
+            b"Basic abc",
+            b"Bearer\tabc",
+        ] {
+            assert_eq!(bearer(bad), None, "{}", String::from_utf8_lossy(bad));
         }
     }
 }

@@ -1,12 +1,13 @@
 //! Sign-up and the customer's own keys.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use uuid::Uuid;
 
 use super::AppState;
 use super::auth::CustomerAuth;
+use super::middleware::ShownOnce;
 use super::model::{CreateCustomer, Customer, CustomerCreated, NewApiKey};
 use super::problem::{ApiError, ApiJson, Problem};
 use crate::clock::rfc3339;
@@ -19,13 +20,14 @@ use crate::keys;
 pub async fn create_customer(
     State(s): State<AppState>,
     ApiJson(body): ApiJson<CreateCustomer>,
-) -> Result<(StatusCode, Json<CustomerCreated>), ApiError> {
+) -> Result<(StatusCode, Extension<ShownOnce>, Json<CustomerCreated>), ApiError> {
     let name = parse_customer_name(&body.name)?;
     let email = parse_email(&body.email)?;
     let key = keys::generate();
     let c = s.store.create_customer(&name, &email, &key, s.clock.now_ms()).await?;
     Ok((
         StatusCode::CREATED,
+        Extension(ShownOnce("an API key")),
         Json(CustomerCreated {
             id: c.id,
             name: c.name,
@@ -51,11 +53,12 @@ pub async fn me(State(s): State<AppState>, auth: CustomerAuth) -> Result<Json<Cu
 pub async fn create_key(
     State(s): State<AppState>,
     auth: CustomerAuth,
-) -> Result<(StatusCode, Json<NewApiKey>), ApiError> {
+) -> Result<(StatusCode, Extension<ShownOnce>, Json<NewApiKey>), ApiError> {
     let key = keys::generate();
     let now = s.clock.now_ms();
     s.store.add_api_key(auth.customer_id, &key, now).await?;
-    Ok((StatusCode::CREATED, Json(NewApiKey { id: key.id, api_key: key.plaintext, created_at: rfc3339(now) })))
+    let created = NewApiKey { id: key.id, api_key: key.plaintext, created_at: rfc3339(now) };
+    Ok((StatusCode::CREATED, Extension(ShownOnce("an API key")), Json(created)))
 }
 
 /// Revokes a key: it stops working at once.

@@ -1,5 +1,5 @@
-//! Cross-cutting request handling: per-key and per-IP rate limits (governor),
-//! `Idempotency-Key` replay, and request metrics.
+//! Cross-cutting request handling: rate limits per principal and per IP
+//! (governor), `Idempotency-Key` replay, and request metrics.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -15,29 +15,50 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 
 use super::AppState;
+use super::auth::Principal;
 use super::problem::ApiError;
-use crate::store::IdempotencyStart;
+use crate::store::{IDEMPOTENCY_TTL_MS, IdempotencyStart};
 
-/// Keyed limiters: one bucket per API key (or token), one per client IP for sign-up.
+/// Keyed limiters: one bucket per principal (customer, node, operator) for API
+/// requests and another for uploads; one per client IP for requests without
+/// valid credentials, and one for sign-ups.
 pub struct RateLimits {
-    per_key: DefaultKeyedRateLimiter<String>,
+    per_principal: DefaultKeyedRateLimiter<String>,
+    uploads: DefaultKeyedRateLimiter<String>,
+    unauthenticated_per_ip: DefaultKeyedRateLimiter<IpAddr>,
     signup_per_ip: DefaultKeyedRateLimiter<IpAddr>,
 }
 
+/// The rates of [`RateLimits`]; each bucket bursts to twice its rate.
+#[derive(Debug, Clone, Copy)]
+pub struct Rates {
+    /// API requests a second per customer (all its keys), node or the operator.
+    pub per_principal: NonZeroU32,
+    /// File uploads a second per principal.
+    pub uploads: NonZeroU32,
+    /// Requests a second per client IP without valid credentials.
+    pub unauthenticated: NonZeroU32,
+    /// Sign-ups a minute per client IP (bursting to that many).
+    pub signups_per_min: NonZeroU32,
+}
+
 impl RateLimits {
-    /// `per_key_per_sec` requests a second per key (bursting to twice that), and
-    /// `signups_per_min` sign-ups a minute per IP (bursting to that many).
-    pub fn new(per_key_per_sec: NonZeroU32, signups_per_min: NonZeroU32) -> Self {
-        let burst = per_key_per_sec.saturating_mul(NonZeroU32::MIN.saturating_add(1));
+    pub fn new(r: Rates) -> Self {
+        let twice = |n: NonZeroU32| n.saturating_mul(NonZeroU32::MIN.saturating_add(1));
+        let per_second = |n: NonZeroU32| Quota::per_second(n).allow_burst(twice(n));
         Self {
-            per_key: RateLimiter::keyed(Quota::per_second(per_key_per_sec).allow_burst(burst)),
-            signup_per_ip: RateLimiter::keyed(Quota::per_minute(signups_per_min)),
+            per_principal: RateLimiter::keyed(per_second(r.per_principal)),
+            uploads: RateLimiter::keyed(per_second(r.uploads)),
+            unauthenticated_per_ip: RateLimiter::keyed(per_second(r.unauthenticated)),
+            signup_per_ip: RateLimiter::keyed(Quota::per_minute(r.signups_per_min)),
         }
     }
 
     /// Drops buckets that are full again, so memory does not grow with callers.
     pub fn retain_recent(&self) {
-        self.per_key.retain_recent();
+        self.per_principal.retain_recent();
+        self.uploads.retain_recent();
+        self.unauthenticated_per_ip.retain_recent();
         self.signup_per_ip.retain_recent();
     }
 }
@@ -46,23 +67,26 @@ fn client_ip(req: &Request) -> Option<IpAddr> {
     req.extensions().get::<SocketAddr>().map(SocketAddr::ip)
 }
 
-/// A short digest of the bearer token: enough to key a bucket or an idempotency
-/// record, without keeping the token itself in memory or in the store.
-fn token_digest(req: &Request) -> Option<String> {
-    let v = req.headers().get(header::AUTHORIZATION)?;
-    Some(hex::encode(&Sha256::digest(v.as_bytes())[..16]))
+fn principal(req: &Request) -> Principal {
+    req.extensions().get::<Principal>().copied().unwrap_or(Principal::Anonymous)
 }
 
+fn is_signup(req: &Request) -> bool {
+    req.method() == Method::POST && req.uri().path() == "/v1/customers"
+}
+
+/// 429 before any work is done: sign-ups per IP; uploads and other requests per
+/// authenticated principal (however its credential is spelled), requests without
+/// valid credentials per IP. Runs after [`authenticate`](super::auth::authenticate).
 pub async fn rate_limit(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    // Uploads are bounded by their size and timeout; a packaged asset is hundreds of
-    // files, so they are not counted against the key's request rate.
     let upload = req.method() == Method::PUT && req.uri().path().contains("/assets/");
-    let verdict = if upload {
-        None
-    } else if req.method() == Method::POST && req.uri().path() == "/v1/customers" {
-        client_ip(&req).map(|ip| s.limits.signup_per_ip.check_key(&ip))
-    } else {
-        token_digest(&req).map(|k| s.limits.per_key.check_key(&k))
+    let limits = &s.limits;
+    let verdict = match (is_signup(&req), principal(&req).key(), client_ip(&req)) {
+        (true, _, Some(ip)) => Some(limits.signup_per_ip.check_key(&ip)),
+        (_, Some(who), _) if upload => Some(limits.uploads.check_key(&who)),
+        (_, Some(who), _) => Some(limits.per_principal.check_key(&who)),
+        (_, None, Some(ip)) => Some(limits.unauthenticated_per_ip.check_key(&ip)),
+        (_, None, None) => None,
     };
     if let Some(Err(not_until)) = verdict {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -72,9 +96,16 @@ pub async fn rate_limit(State(s): State<AppState>, req: Request, next: Next) -> 
     next.run(req).await
 }
 
+/// Marks a response that shows a secret once (an API key, a node token): its
+/// `Idempotency-Key` is never answered with it again.
+#[derive(Debug, Clone, Copy)]
+pub struct ShownOnce(pub &'static str);
+
 /// Replays the saved response of a mutating request whose `Idempotency-Key` was
-/// seen before with the same method, path and body; refuses a reused key with a
-/// different request.
+/// seen before, from the same principal, with the same method, path and body;
+/// refuses a reused key with a different request. Runs after authentication:
+/// a request whose credentials failed stores nothing and replays nothing, and a
+/// response that showed a secret is remembered as a refusal, never as the secret.
 pub async fn idempotency(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let mutating = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
     let key = req.headers().get("idempotency-key").map(|v| v.to_str().map(str::to_owned));
@@ -85,10 +116,12 @@ pub async fn idempotency(State(s): State<AppState>, req: Request, next: Next) ->
         }
         _ => return next.run(req).await,
     };
-    let principal = match (token_digest(&req), client_ip(&req)) {
-        (Some(t), _) => format!("token:{t}"),
-        (None, Some(ip)) => format!("ip:{ip}"),
-        (None, None) => "anonymous".to_owned(),
+    let scope = match (principal(&req), client_ip(&req)) {
+        (p, _) if p.key().is_some() => p.key().unwrap_or_default(),
+        // Sign-up is the one request without credentials.
+        (Principal::Anonymous, Some(ip)) if is_signup(&req) => format!("ip:{ip}"),
+        // Failed or missing credentials: the route answers 401, nothing is kept.
+        _ => return next.run(req).await,
     };
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, s.settings.max_body_bytes).await {
@@ -102,7 +135,8 @@ pub async fn idempotency(State(s): State<AppState>, req: Request, next: Next) ->
     h.update([0]);
     h.update(&bytes);
     let hash = h.finalize().to_vec();
-    let start = s.store.start_idempotent(&principal, &key, &hash, s.clock.now_ms()).await;
+    let now = s.clock.now_ms();
+    let start = s.store.start_idempotent(&scope, &key, &hash, now, now - IDEMPOTENCY_TTL_MS).await;
     match start {
         Err(e) => ApiError::from(e).into_response(),
         Ok(IdempotencyStart::Mismatch) => ApiError::IdempotencyMismatch.into_response(),
@@ -123,8 +157,15 @@ pub async fn idempotency(State(s): State<AppState>, req: Request, next: Next) ->
             let res = next.run(Request::from_parts(parts, Body::from(bytes))).await;
             let (parts, body) = res.into_parts();
             let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_else(|_| Bytes::new());
-            let text = String::from_utf8_lossy(&bytes);
-            if let Err(e) = s.store.finish_idempotent(&principal, &key, parts.status.as_u16(), &text).await {
+            // A secret is shown this once: what is kept is a refusal to show it again.
+            let (status, kept) = match parts.extensions.get::<ShownOnce>() {
+                Some(ShownOnce(what)) => {
+                    let refusal = ApiError::SecretNotReplayed { what };
+                    (StatusCode::CONFLICT, serde_json::to_string(&refusal.problem()).unwrap_or_default())
+                }
+                None => (parts.status, String::from_utf8_lossy(&bytes).into_owned()),
+            };
+            if let Err(e) = s.store.finish_idempotent(&scope, &key, status.as_u16(), &kept).await {
                 tracing::error!(error = %e, "saving an idempotent response");
             }
             Response::from_parts(parts, Body::from(bytes))

@@ -31,7 +31,7 @@ use headwater_content::ContentStore;
 use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::store::Store;
-pub use middleware::RateLimits;
+pub use middleware::{RateLimits, Rates};
 pub use system::Metrics;
 
 /// Settings the handlers need.
@@ -166,8 +166,10 @@ pub fn router(state: AppState) -> Router {
             *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             res
         })
-        // 429 before any work is done.
+        // 429 before any work is done: per principal, or per IP without credentials.
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::rate_limit))
+        // Who is calling, once: every layer inside and the handlers use it.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         // Answers from the layers inside are problems too.
         .layer(axum::middleware::map_response(middleware::layer_errors_as_problems))
         .layer(TraceLayer::new_for_http())

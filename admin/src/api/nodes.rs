@@ -2,9 +2,8 @@
 //! usage (the node itself, by its token), drain (operator).
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use futures_util::StreamExt;
 use headwater_protocol::{Heartbeat, HeartbeatAck, NodeConfig, UsageReport};
 use serde::{Deserialize, Serialize};
@@ -12,7 +11,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::OperatorAuth;
+use super::auth::{NodeAuth, OperatorAuth};
 use super::model::Node;
 use super::problem::{ApiError, ApiJson, Problem};
 use crate::bus::HEARTBEATS;
@@ -35,28 +34,6 @@ pub struct NodeRegistered {
     pub token: String,
 }
 
-/// A node, authenticated by the bearer token issued at registration.
-pub struct NodeAuth(pub Uuid);
-
-impl FromRequestParts<AppState> for NodeAuth {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Path(id): Path<String> =
-            Path::from_request_parts(parts, state).await.map_err(|_| ApiError::NotFound("node".into()))?;
-        let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound(format!("node {id}")))?;
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized("missing node token"))?;
-        match state.store.node_token_hash(id).await? {
-            Some(hash) if keys::verify(token, &hash) => Ok(NodeAuth(id)),
-            _ => Err(ApiError::Unauthorized("invalid node token")),
-        }
-    }
-}
-
 /// Registers a node that will run elsewhere (`headwater origin … --node-token`).
 #[utoipa::path(post, path = "/v1/nodes", tag = "nodes", security(("bearer" = [])), request_body = RegisterNode,
     responses((status = 201, body = NodeRegistered), (status = 404, body = Problem)))]
@@ -64,17 +41,18 @@ pub async fn register(
     State(s): State<AppState>,
     _op: OperatorAuth,
     ApiJson(b): ApiJson<RegisterNode>,
-) -> Result<(StatusCode, Json<NodeRegistered>), ApiError> {
+) -> Result<(StatusCode, axum::Extension<super::middleware::ShownOnce>, Json<NodeRegistered>), ApiError> {
     let id = Uuid::now_v7();
-    let token = format!("hwn_{}", keys::random_token().trim_start_matches("hwop_"));
+    let (token, token_hash) = keys::node_token(id);
     s.store
-        .register_node(id, b.pool_id, &keys::hash(&token), Placement::default(), "operator", s.clock.now_ms())
+        .register_node(id, b.pool_id, &token_hash, Placement::default(), "operator", s.clock.now_ms())
         .await
         .map_err(|e| match e {
             StoreError::NotFound => ApiError::invalid("pool_id", "no such pool"),
             other => other.into(),
         })?;
-    Ok((StatusCode::CREATED, Json(NodeRegistered { id, pool_id: b.pool_id, token })))
+    let shown = axum::Extension(super::middleware::ShownOnce("a node token"));
+    Ok((StatusCode::CREATED, shown, Json(NodeRegistered { id, pool_id: b.pool_id, token })))
 }
 
 /// A node's heartbeat: its state, load and self-probe.

@@ -25,6 +25,9 @@ pub struct Problem {
     /// The request field at fault, where there is one (`offer.mbps`, `ip_allow[1]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The quota a `quota-exceeded` problem hit (`max_sla_mbps`, `max_accounts`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,17 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("unauthorized: {0}")]
     Unauthorized(&'static str),
+    /// Valid credentials of the wrong scope for the route.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A quota of the customer or the origin type would be passed.
+    #[error("{detail}")]
+    QuotaExceeded { quota: &'static str, field: Option<String>, detail: String },
+    /// A replay of a request whose answer held a secret shown once.
+    #[error(
+        "the first request with this Idempotency-Key was answered with a secret ({what}), shown once and never kept; it is not replayed"
+    )]
+    SecretNotReplayed { what: &'static str },
     #[error("{0} not found")]
     NotFound(String),
     #[error("{detail}")]
@@ -66,6 +80,13 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", None)
             }
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", None),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden", None),
+            ApiError::QuotaExceeded { field, .. } => {
+                (StatusCode::CONFLICT, "quota-exceeded", "Quota exceeded", field.clone())
+            }
+            ApiError::SecretNotReplayed { .. } => {
+                (StatusCode::CONFLICT, "secret-not-replayed", "Secret not replayed", Some("Idempotency-Key".into()))
+            }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found", None),
             ApiError::Conflict { field, .. } => (StatusCode::CONFLICT, "conflict", "Conflict", field.clone()),
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Request body too large", None),
@@ -88,7 +109,18 @@ impl ApiError {
             ApiError::Internal(_) => "the server failed to handle the request; it has been logged".into(),
             other => other.to_string(),
         };
-        Problem { kind: format!("/problems/{kind}"), title: title.into(), status: status.as_u16(), detail, field }
+        let quota = match self {
+            ApiError::QuotaExceeded { quota, .. } => Some((*quota).to_owned()),
+            _ => None,
+        };
+        Problem {
+            kind: format!("/problems/{kind}"),
+            title: title.into(),
+            status: status.as_u16(),
+            detail,
+            field,
+            quota,
+        }
     }
 }
 

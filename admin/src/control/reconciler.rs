@@ -472,15 +472,14 @@ impl Reconciler {
                 let mut domains: Vec<i32> = nodes.iter().filter(|n| n.state.live()).map(|n| n.upgrade_domain).collect();
                 for _ in 0..count {
                     let id = Uuid::now_v7();
-                    let token = format!("hwn_{}", keys::random_token().trim_start_matches("hwop_"));
+                    let (token, token_hash) = keys::node_token(id);
                     let domain = Policy::DEFAULT.upgrade_domain(&domains);
                     domains.push(domain);
                     let image = pool.image_version.as_deref();
                     // The spec first: a pool whose image cannot be read registers nothing.
                     let spec = self.spec(id, token.clone(), pool).await?;
                     let placement = Placement { upgrade_domain: domain, image_version: image };
-                    let registered =
-                        self.store.register_launch(id, pool.id, &keys::hash(&token), placement, now).await?;
+                    let registered = self.store.register_launch(id, pool.id, &token_hash, placement, now).await?;
                     if registered.is_none() {
                         tracing::debug!(pool = %pool.id, "the pool moved to another image; launching next pass");
                         return Ok(None);

@@ -59,6 +59,7 @@ impl Collector {
         let now = self.clock.now_ms();
         let purged = self.store.purge_released_pools(now - MOVE_GRACE_MS, now).await?;
         self.store.forget_usage_reports(now - USAGE_REPORT_IDS_KEPT_MS).await?;
+        self.store.forget_idempotency_keys(now - crate::store::IDEMPOTENCY_TTL_MS).await?;
         for pool in &purged {
             tracing::info!(%pool, "released pool deleted");
         }

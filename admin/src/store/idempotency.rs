@@ -4,6 +4,9 @@
 use super::{Result, Store, StoreError, on_pool};
 use crate::clock::UnixMs;
 
+/// How long an `Idempotency-Key` is remembered (as Stripe does, a day).
+pub const IDEMPOTENCY_TTL_MS: i64 = 86_400_000;
+
 /// What to do with a request that carries an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyStart {
@@ -18,22 +21,29 @@ pub enum IdempotencyStart {
 }
 
 impl Store {
+    /// Starts a request with an idempotency key: a key first seen, or last used
+    /// before `expired_before` (forgotten), runs.
     pub async fn start_idempotent(
         &self,
         principal: &str,
         key: &str,
         request_hash: &[u8],
         now: UnixMs,
+        expired_before: UnixMs,
     ) -> Result<IdempotencyStart> {
         let inserted = on_pool!(self, |p| {
             sqlx::query(
                 "INSERT INTO idempotency_keys (principal, key, request_hash, status, body, created_at)
-                 VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (principal, key) DO NOTHING",
+                 VALUES ($1, $2, $3, 0, '', $4)
+                 ON CONFLICT (principal, key) DO UPDATE SET request_hash = excluded.request_hash, status = 0,
+                     body = '', created_at = excluded.created_at
+                 WHERE idempotency_keys.created_at < $5",
             )
             .bind(principal)
             .bind(key)
             .bind(request_hash)
             .bind(now)
+            .bind(expired_before)
             .execute(p)
             .await?
             .rows_affected()
@@ -78,5 +88,16 @@ impl Store {
             }
         });
         Ok(())
+    }
+
+    /// Forgets idempotency records made before `before`.
+    pub async fn forget_idempotency_keys(&self, before: UnixMs) -> Result<u64> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+                .bind(before)
+                .execute(p)
+                .await?
+                .rows_affected())
+        })
     }
 }
