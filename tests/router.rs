@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use support::{Admin, Backend, NodeCleanup, router_of, value, wait_status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
@@ -350,4 +351,47 @@ async fn payg_to_sla_under_a_playing_client_moves_it_to_the_dedicated_pool_with_
     assert!(failed.is_empty(), "{} failed player requests: {failed:?}", failed.len());
     assert!(served.iter().any(|n| !dedicated.contains(n)), "the player started on the shared pool");
     eprintln!("player: {} segments, none failed", served.len());
+}
+
+/// A player's GET with a body (HTTP/1.1 and h2c) is refused by the router at
+/// once and never forwarded half: no node waits for a body that never comes, and
+/// no node is taken for failed (the probe saw 502 after 20 s and both nodes
+/// skipped). Framing headers are the router's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_with_a_body_is_refused_and_no_node_is_ejected() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let data = tempfile::tempdir().unwrap();
+    let _cleanup = NodeCleanup(data.path().to_path_buf());
+    let (_up, lines) = support::up_demo(data.path()).await;
+    let router = value(&lines, "headwater router listening on ").to_owned();
+    let path = "/demo-trial/demo/hls/master.m3u8";
+    // HTTP/1.1: Content-Length 1 and one byte of body.
+    let mut s = tokio::net::TcpStream::connect(router.trim_start_matches("http://")).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx").as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut head)).await.expect("answered at once").unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(head.contains("application/problem+json") && head.contains("/problems/bad-request"), "{head}");
+    // h2c: a GET with DATA.
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(5), h2.get(format!("{router}{path}")).body("x").send())
+        .await
+        .expect("answered at once")
+        .unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    support::expect_problem(res, StatusCode::BAD_REQUEST, "bad-request", None).await;
+    // Both nodes of the pool still take players: none was ejected.
+    let http = reqwest::Client::new();
+    let mut nodes = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let r = http.get(format!("{router}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        nodes.insert(r.headers()["x-headwater-node"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(nodes.len(), 2, "requests go to both nodes: {nodes:?}");
+    let metrics = http.get(format!("{router}/metrics")).send().await.unwrap().text().await.unwrap();
+    let errors =
+        metrics.lines().find(|l| l.starts_with("headwater_router_upstream_errors_total{account=\"demo-trial\"}"));
+    assert!(errors.is_none_or(|l| l.ends_with(" 0")), "{errors:?}");
 }

@@ -382,20 +382,13 @@ impl Router {
         if !matches!(method, Method::GET | Method::HEAD) {
             return problem(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "only GET, HEAD and OPTIONS");
         }
-        let forwarded_for = match req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prior) => format!("{prior}, {}", peer.ip()),
-            None => peer.ip().to_string(),
-        };
-        let mut headers = http::HeaderMap::new();
-        for (k, v) in req.headers() {
-            if k != header::HOST && !HOP_BY_HOP.contains(&k.as_str()) && k != "x-forwarded-for" {
-                headers.append(k.clone(), v.clone());
-            }
+        // A GET or HEAD with a body is the player's mistake (or an attack): it is
+        // refused here, never forwarded half, so no node waits for a body that
+        // never comes and is then taken for a failed node.
+        if !hyper::body::Body::is_end_stream(req.body()) {
+            return problem(StatusCode::BAD_REQUEST, "bad-request", "GET and HEAD requests carry no body");
         }
-        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert("x-forwarded-for", v);
-        }
-        headers.insert(header::VIA, HeaderValue::from_static("1.1 headwater-router"));
+        let headers = upstream_headers(req.headers(), peer);
         let mut order = self.order(account, &a.nodes).into_iter();
         let mut attempt = 0;
         while let Some(node) = order.next() {
@@ -430,6 +423,41 @@ impl Router {
         }
         problem(StatusCode::BAD_GATEWAY, "no-node-answered", "every node of the account failed")
     }
+}
+
+/// The headers sent to a node for a player's request: the player's, less those of
+/// its connection (hop-by-hop, and any its `Connection` header names) and of its
+/// framing (`Content-Length`, `Transfer-Encoding`, `Expect`: the router sends no
+/// body and frames its own request), with `X-Forwarded-For` extended and `Via`.
+fn upstream_headers(from: &http::HeaderMap, peer: SocketAddr) -> http::HeaderMap {
+    const FRAMING: [&str; 4] = ["content-length", "transfer-encoding", "expect", "x-forwarded-for"];
+    let named: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    let mut headers = http::HeaderMap::with_capacity(from.len() + 2);
+    for (k, v) in from {
+        let name = k.as_str();
+        if k != header::HOST
+            && !HOP_BY_HOP.contains(&name)
+            && !FRAMING.contains(&name)
+            && !named.iter().any(|n| n == name)
+        {
+            headers.append(k.clone(), v.clone());
+        }
+    }
+    let forwarded_for = match from.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert(header::VIA, HeaderValue::from_static("1.1 headwater-router"));
+    headers
 }
 
 /// How to finish a body on another node if the one sending it dies mid-way: ask
@@ -552,6 +580,30 @@ fn choose(loads: &[(u64, u64)], seed: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::choose;
+
+    #[test]
+    fn framing_and_connection_headers_are_rebuilt_not_copied() {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("content-length", "1"),
+            ("transfer-encoding", "chunked"),
+            ("expect", "100-continue"),
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("host", "player.example"),
+            ("x-forwarded-for", "198.51.100.7"),
+            ("range", "bytes=0-99"),
+            ("if-none-match", "\"e\""),
+        ] {
+            h.append(k, v.parse().unwrap());
+        }
+        let out = super::upstream_headers(&h, "203.0.113.9:4000".parse().unwrap());
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["if-none-match", "range", "via", "x-forwarded-for"]);
+        assert_eq!(out["x-forwarded-for"], "198.51.100.7, 203.0.113.9");
+    }
 
     #[test]
     fn stats_of_nodes_that_left_the_table_are_forgotten() {
