@@ -647,7 +647,126 @@ async fn rate_limits_follow_the_principal_and_failures_write_nothing(backend: Ba
     assert!(answered.contains(&429), "{answered:?}");
 }
 
+/// Quotas: the largest SLA per account (the type's, 1000 Mbit/s by default),
+/// accounts and SLA Mbit/s per customer, storage per account; each refusal a
+/// problem naming the quota that writes nothing; the operator raises them per
+/// customer.
+async fn quotas_refuse_what_is_past_them_and_the_operator_raises_them(backend: Backend) {
+    let admin = Admin::start(backend, &["--quota-accounts", "1", "--quota-sla-mbps", "300"]).await;
+    let op = admin.operator_token.clone();
+    let (id, key) = admin.sign_up("ana@example.com").await;
+    // 2000 Mbit/s from a brand-new customer: 21 nodes before; refused now.
+    let res = admin
+        .request(
+            Method::POST,
+            "/v1/accounts",
+            Some(&key),
+            Some(json!({"name": "ana-big", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 2000}})),
+        )
+        .await;
+    let p = expect_problem(res, StatusCode::CONFLICT, "quota-exceeded", Some("offer.mbps")).await;
+    assert_eq!(p["quota"], "max_sla_mbps", "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("1000 Mbit/s"), "{p}");
+    assert_eq!(admin.count("SELECT COUNT(*) FROM accounts").await + admin.count("SELECT COUNT(*) FROM pools").await, 0);
+    // Within the largest SLA but past the customer's 300 in all.
+    let res = admin
+        .request(
+            Method::POST,
+            "/v1/accounts",
+            Some(&key),
+            Some(json!({"name": "ana-sla", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 400}})),
+        )
+        .await;
+    let p = expect_problem(res, StatusCode::CONFLICT, "quota-exceeded", Some("offer.mbps")).await;
+    assert_eq!(p["quota"], "max_total_sla_mbps", "{p}");
+    create_account(
+        &admin,
+        &key,
+        json!({"name": "ana-sla", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 300}}),
+    )
+    .await;
+    // One account at most.
+    let res = admin
+        .request(
+            Method::POST,
+            "/v1/accounts",
+            Some(&key),
+            Some(json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "trial"}})),
+        )
+        .await;
+    assert_eq!(expect_problem(res, StatusCode::CONFLICT, "quota-exceeded", None).await["quota"], "max_accounts");
+    let res = admin
+        .request(
+            Method::PATCH,
+            "/v1/accounts/ana-sla",
+            Some(&key),
+            Some(json!({"offer": {"kind": "sla", "mbps": 400}})),
+        )
+        .await;
+    assert_eq!(
+        expect_problem(res, StatusCode::CONFLICT, "quota-exceeded", Some("offer.mbps")).await["quota"],
+        "max_total_sla_mbps"
+    );
+    let me = admin.call(Method::GET, "/v1/customers/me", Some(&key), None, StatusCode::OK).await;
+    assert_eq!(me["quotas"]["used"], json!({"accounts": 1, "total_sla_mbps": 300, "storage_bytes": 0}), "{me}");
+    assert_eq!(
+        (me["quotas"]["max_accounts"].as_i64(), me["quotas"]["max_total_sla_mbps"].as_i64()),
+        (Some(1), Some(300))
+    );
+
+    // Only the operator sets quotas, and only sensible ones.
+    let path = format!("/v1/customers/{id}");
+    let raise = json!({"quotas": {"max_accounts": 5, "max_total_sla_mbps": 5000, "max_sla_mbps": 2000, "max_storage_bytes": 1000}});
+    let res = admin.request(Method::PATCH, &path, Some(&key), Some(raise.clone())).await;
+    expect_problem(res, StatusCode::FORBIDDEN, "forbidden", None).await;
+    let res = admin.request(Method::PATCH, &path, Some(&op), Some(json!({"quotas": {"max_sla_mbps": 0}}))).await;
+    expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some("quotas.max_sla_mbps")).await;
+    let view = admin.call(Method::PATCH, &path, Some(&op), Some(raise), StatusCode::OK).await;
+    assert_eq!(view["quotas"]["max_sla_mbps"], 2000, "{view}");
+    assert_eq!(view["quotas"]["overrides"]["max_accounts"], 5, "{view}");
+    assert!(admin.has_event("customer.quotas", &format!("customer:{id}")).await);
+    // Now allowed: a second account, and an SLA past the type's 1000.
+    create_account(&admin, &key, json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "trial"}})).await;
+    admin
+        .call(
+            Method::PATCH,
+            "/v1/accounts/ana-sla",
+            Some(&key),
+            Some(json!({"offer": {"kind": "sla", "mbps": 2000}})),
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    let listed = admin.call(Method::GET, "/v1/customers?limit=10", Some(&op), None, StatusCode::OK).await;
+    assert!(listed["items"].as_array().unwrap().iter().any(|c| c["id"] == id.as_str()), "{listed}");
+
+    // Storage: 1000 bytes for the account; a replaced file counts once.
+    let put = |file: &str, n: usize| {
+        admin
+            .http
+            .put(format!("{}/v1/accounts/ana-dash/assets/vod/{file}", admin.url))
+            .bearer_auth(&key)
+            .body(vec![b'x'; n])
+            .send()
+    };
+    assert_eq!(put("a.ts", 600).await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(put("a.ts", 600).await.unwrap().status(), StatusCode::CREATED, "a replaced file counts once");
+    let res = put("b.ts", 600).await.unwrap();
+    let p = expect_problem(res, StatusCode::CONFLICT, "quota-exceeded", None).await;
+    assert_eq!(p["quota"], "max_storage_bytes", "{p}");
+    assert_eq!(put("b.ts", 400).await.unwrap().status(), StatusCode::CREATED);
+    // A file used as a folder: a conflict naming the path, never a 500.
+    admin.call(Method::DELETE, "/v1/accounts/ana-dash/assets/vod", Some(&key), None, StatusCode::NO_CONTENT).await;
+    assert_eq!(put("master.m3u8", 10).await.unwrap().status(), StatusCode::CREATED);
+    for nested in ["master.m3u8/child.ts", "master.m3u8/x/child.ts"] {
+        let p = expect_problem(put(nested, 10).await.unwrap(), StatusCode::CONFLICT, "conflict", Some("path")).await;
+        assert!(p["detail"].as_str().unwrap().contains("master.m3u8"), "{p}");
+    }
+    let me = admin.call(Method::GET, "/v1/customers/me", Some(&key), None, StatusCode::OK).await;
+    assert_eq!(me["quotas"]["used"]["storage_bytes"], 10, "{me}");
+}
+
 e2e_on_both_backends!(
+    quotas_refuse_what_is_past_them_and_the_operator_raises_them,
     replays_follow_authentication_and_never_show_a_secret_twice,
     rate_limits_follow_the_principal_and_failures_write_nothing,
     usage_reports_count_once_and_within_what_a_node_can_send,

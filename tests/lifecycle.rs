@@ -155,6 +155,9 @@ async fn deactivate_reactivate_and_retention(backend: Backend) {
     let pool = admin
         .account(&cat_key, json!({"name": "cat-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 100}}))
         .await;
+    // (The collector's clock is already a week ahead: a longer retention from here.)
+    let month = json!({"retention_hours": 720});
+    admin.call(Method::PATCH, "/v1/origin-types/hls", Some(&admin.operator_token), Some(month), StatusCode::OK).await;
     admin.call(Method::DELETE, "/v1/accounts/cat-vod", Some(&cat_key), None, StatusCode::ACCEPTED).await;
     until("the deleted account's pool and nodes gone", || async {
         let pools = get(&admin, "/v1/pools?limit=500").await;
@@ -162,6 +165,29 @@ async fn deactivate_reactivate_and_retention(backend: Backend) {
             && pool_nodes(&admin, &pool).await.1 == 0
     })
     .await;
+
+    // A deleted account's name (its locator) stays reserved for the retention
+    // period, then another customer may take it.
+    let (_, dan_key) = admin.sign_up("dan@example.com").await;
+    let take = json!({"name": "cat-vod", "origin_type": "hls", "offer": {"kind": "trial"}});
+    let res = admin.request(Method::POST, "/v1/accounts", Some(&dan_key), Some(take.clone())).await;
+    support::expect_problem(res, StatusCode::CONFLICT, "conflict", Some("name")).await;
+    admin
+        .call(
+            Method::POST,
+            "/v1/test/clock",
+            Some(&admin.operator_token),
+            Some(json!({"advance_ms": 30 * 24 * 3_600_000_i64})),
+            StatusCode::OK,
+        )
+        .await;
+    until("the name released", || async {
+        admin.count("SELECT COUNT(*) FROM events WHERE action = 'account.name_released' AND reason = 'cat-vod'").await
+            == 1
+    })
+    .await;
+    let taken = admin.call(Method::POST, "/v1/accounts", Some(&dan_key), Some(take), StatusCode::ACCEPTED).await;
+    assert_eq!(taken["account"]["locator"].as_str().map(|l| l.ends_with("/cat-vod/")), Some(true), "{taken}");
 }
 
 async fn the_test_clock_is_off_unless_asked_for(backend: Backend) {

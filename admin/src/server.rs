@@ -97,6 +97,15 @@ pub struct AdminConfig {
     /// How often admin probes every node's test content (availability), in ms.
     #[arg(long, env = "HEADWATER_PROBE_INTERVAL_MS", default_value_t = 2000)]
     pub probe_interval_ms: u64,
+    /// Accounts one customer may hold, unless the operator sets its own quota.
+    #[arg(long, env = "HEADWATER_QUOTA_ACCOUNTS", default_value_t = 10)]
+    pub quota_accounts: u32,
+    /// The SLAs of one customer's accounts may add up to this many Mbit/s.
+    #[arg(long, env = "HEADWATER_QUOTA_SLA_MBPS", default_value_t = 1000)]
+    pub quota_sla_mbps: u32,
+    /// What one account may store, in GiB.
+    #[arg(long, env = "HEADWATER_QUOTA_STORAGE_GIB", default_value_t = 100)]
+    pub quota_storage_gib: u32,
     /// Largest request body in bytes.
     #[arg(long, env = "HEADWATER_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -165,6 +174,11 @@ impl Admin {
             request_timeout: Duration::from_secs(cfg.request_timeout_secs),
             max_upload_bytes: cfg.max_upload_bytes,
             upload_timeout: Duration::from_secs(3600),
+            quotas: api::quotas::QuotaDefaults {
+                max_accounts: i64::from(cfg.quota_accounts),
+                max_total_sla_mbps: i64::from(cfg.quota_sla_mbps),
+                max_storage_bytes: i64::from(cfg.quota_storage_gib) << 30,
+            },
         };
         let content = ContentStore::open(&cfg.content_url).context("opening the content store")?;
         let seeded = crate::probe_content::seed(&content).await.context("writing the test content")?;

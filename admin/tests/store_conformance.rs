@@ -10,6 +10,7 @@ use headwater_admin::control::worker::{LEASE_MS, Worker};
 use headwater_admin::domain::{AccountName, IpAllow, Offer, OfferKind};
 use headwater_admin::keys;
 use headwater_admin::states::{AccountState, OperationKind, OperationState, PoolKind, PoolState};
+use headwater_admin::store::AccountLimits;
 use headwater_admin::store::{
     AccountChange, Effect, IdempotencyStart, NewAccount, NewOperation, OperationFilter, StoreError,
 };
@@ -83,7 +84,7 @@ async fn account_rules_live_in_the_schema(db: TestDb) {
     let id = Uuid::now_v7();
     let (a, op) = db
         .store
-        .create_account(&new_account(ana, "ana-vod", "hls", Offer::Payg), &create_op(id, ana), T0)
+        .create_account(&new_account(ana, "ana-vod", "hls", Offer::Payg), &create_op(id, ana), &AccountLimits::NONE, T0)
         .await
         .expect("create");
     assert_eq!((a.id, a.state.as_str(), a.offer.as_str()), (id, "provisioning", "payg"));
@@ -92,18 +93,33 @@ async fn account_rules_live_in_the_schema(db: TestDb) {
     // Names are globally unique, across customers.
     let dup = db
         .store
-        .create_account(&new_account(bo, "ana-vod", "dash", Offer::Trial), &create_op(Uuid::now_v7(), bo), T0)
+        .create_account(
+            &new_account(bo, "ana-vod", "dash", Offer::Trial),
+            &create_op(Uuid::now_v7(), bo),
+            &AccountLimits::NONE,
+            T0,
+        )
         .await;
     assert!(matches!(dup, Err(StoreError::Conflict { field: "name" })), "{dup:?}");
     // One live account per customer per origin type.
     let second = db
         .store
-        .create_account(&new_account(ana, "ana-two", "hls", Offer::Trial), &create_op(Uuid::now_v7(), ana), T0)
+        .create_account(
+            &new_account(ana, "ana-two", "hls", Offer::Trial),
+            &create_op(Uuid::now_v7(), ana),
+            &AccountLimits::NONE,
+            T0,
+        )
         .await;
     assert!(matches!(second, Err(StoreError::Conflict { field: "origin_type" })), "{second:?}");
     // Another type is fine.
     db.store
-        .create_account(&new_account(ana, "ana-dash", "dash", Offer::Trial), &create_op(Uuid::now_v7(), ana), T0)
+        .create_account(
+            &new_account(ana, "ana-dash", "dash", Offer::Trial),
+            &create_op(Uuid::now_v7(), ana),
+            &AccountLimits::NONE,
+            T0,
+        )
         .await
         .expect("dash");
 
@@ -136,7 +152,12 @@ async fn sla_increment_changes_are_checked_against_existing_accounts(db: TestDb)
     seeded(&db).await;
     let ana = customer(&db, "ana@example.com").await;
     db.store
-        .create_account(&new_account(ana, "ana-vod", "hls", sla(300)), &create_op(Uuid::now_v7(), ana), T0)
+        .create_account(
+            &new_account(ana, "ana-vod", "hls", sla(300)),
+            &create_op(Uuid::now_v7(), ana),
+            &AccountLimits::NONE,
+            T0,
+        )
         .await
         .expect("create");
     let mut s = headwater_admin::store::OriginTypeSettings::DEFAULT;
@@ -156,7 +177,12 @@ async fn enqueue(db: &TestDb, customer_id: Uuid, name: &str) -> (Uuid, Uuid) {
     let id = Uuid::now_v7();
     let (_, op) = db
         .store
-        .create_account(&new_account(customer_id, name, "hls", Offer::Payg), &create_op(id, customer_id), T0)
+        .create_account(
+            &new_account(customer_id, name, "hls", Offer::Payg),
+            &create_op(id, customer_id),
+            &AccountLimits::NONE,
+            T0,
+        )
         .await
         .expect("create");
     (id, op.id)
@@ -208,7 +234,7 @@ async fn operations_of_one_account_run_one_at_a_time(db: TestDb) {
         customer_id: Some(ana),
         ..NewOperation::new(OperationKind::ChangeOffer)
     };
-    let later = db.store.change_account(&row, &change, &op, "test", T0 + 1).await.unwrap();
+    let later = db.store.change_account(&row, &change, &op, &AccountLimits::NONE, "test", T0 + 1).await.unwrap();
 
     let c = db.store.claim_operation("w1", T0 + 2, LEASE_MS).await.unwrap().expect("create first");
     assert_eq!(c.id, create);
@@ -269,7 +295,10 @@ async fn worker_keeps_pool_and_allocation_tables_true(db: TestDb) {
     let bo = customer(&db, "bo@example.com").await;
     let (trial, _) = enqueue(&db, ana, "ana-vod").await;
     let sla_id = Uuid::now_v7();
-    db.store.create_account(&new_account(bo, "bo-vod", "hls", sla(300)), &create_op(sla_id, bo), T0).await.unwrap();
+    db.store
+        .create_account(&new_account(bo, "bo-vod", "hls", sla(300)), &create_op(sla_id, bo), &AccountLimits::NONE, T0)
+        .await
+        .unwrap();
     drain(&w).await;
 
     let a = db.store.account_by_id(trial).await.unwrap();
@@ -293,6 +322,7 @@ async fn worker_keeps_pool_and_allocation_tables_true(db: TestDb) {
             &row,
             &AccountChange::Update { offer: Some(sla(100)), ip_allow: None, allow_origins: None },
             &op,
+            &AccountLimits::NONE,
             "test",
             T0,
         )
@@ -311,6 +341,7 @@ async fn worker_keeps_pool_and_allocation_tables_true(db: TestDb) {
             &a,
             &AccountChange::Update { offer: Some(Offer::Payg), ip_allow: None, allow_origins: None },
             &op,
+            &AccountLimits::NONE,
             "test",
             T0,
         )
@@ -326,7 +357,14 @@ async fn worker_keeps_pool_and_allocation_tables_true(db: TestDb) {
     let b = db.store.account_by_id(sla_id).await.unwrap();
     let op = NewOperation { account_id: Some(sla_id), ..NewOperation::new(OperationKind::Deactivate) };
     db.store
-        .change_account(&b, &AccountChange::Deactivate { retain_until: T0 + 7 * 86_400_000 }, &op, "test", T0)
+        .change_account(
+            &b,
+            &AccountChange::Deactivate { retain_until: T0 + 7 * 86_400_000 },
+            &op,
+            &AccountLimits::NONE,
+            "test",
+            T0,
+        )
         .await
         .unwrap();
     drain(&w).await;
@@ -335,7 +373,10 @@ async fn worker_keeps_pool_and_allocation_tables_true(db: TestDb) {
     let pool = db.store.pools(None, 10).await.unwrap().into_iter().find(|p| Some(p.id) == b.pool_id).unwrap();
     assert_eq!(pool.state, PoolState::Retained);
     let op = NewOperation { account_id: Some(sla_id), ..NewOperation::new(OperationKind::Delete) };
-    db.store.change_account(&b, &AccountChange::Delete, &op, "test", T0).await.unwrap();
+    db.store
+        .change_account(&b, &AccountChange::Delete { name_until: T0 }, &op, &AccountLimits::NONE, "test", T0)
+        .await
+        .unwrap();
     drain(&w).await;
     assert!(db.store.allocations(None, 10).await.unwrap().iter().all(|r| r.account_id != sla_id));
     assert!(matches!(db.store.account("bo-vod", None).await, Err(StoreError::NotFound)));
@@ -344,7 +385,7 @@ async fn worker_keeps_pool_and_allocation_tables_true(db: TestDb) {
     let op = NewOperation { account_id: Some(sla_id), ..NewOperation::new(OperationKind::Reactivate) };
     let gone = db.store.account_by_id(sla_id).await.unwrap();
     assert!(matches!(
-        db.store.change_account(&gone, &AccountChange::Reactivate, &op, "t", T0).await,
+        db.store.change_account(&gone, &AccountChange::Reactivate, &op, &AccountLimits::NONE, "t", T0).await,
         Err(StoreError::InvalidState(_))
     ));
     assert_eq!(db.store.open_operations().await.unwrap(), 0);
@@ -355,7 +396,10 @@ async fn a_crashed_worker_is_resumed_after_its_last_step(db: TestDb) {
     let clock = ManualClock::new(T0);
     let bo = customer(&db, "bo@example.com").await;
     let id = Uuid::now_v7();
-    db.store.create_account(&new_account(bo, "bo-vod", "hls", sla(300)), &create_op(id, bo), T0).await.unwrap();
+    db.store
+        .create_account(&new_account(bo, "bo-vod", "hls", sla(300)), &create_op(id, bo), &AccountLimits::NONE, T0)
+        .await
+        .unwrap();
 
     // A worker claims the operation, finishes its first step, and dies.
     let op = db.store.claim_operation("doomed", T0, LEASE_MS).await.unwrap().unwrap();
@@ -426,7 +470,51 @@ async fn paging_and_events(db: TestDb) {
     );
 }
 
+/// Quotas hold inside the transaction that makes the change: accounts per
+/// customer, the SLAs of its serving accounts added up, and concurrent sign-ups
+/// racing for the last place never both get it.
+async fn quotas_hold_inside_the_transaction(db: TestDb) {
+    seeded(&db).await;
+    db.store
+        .create_origin_type("cmaf", &headwater_admin::store::OriginTypeSettings::DEFAULT, "test", T0)
+        .await
+        .unwrap();
+    let ana = customer(&db, "ana@example.com").await;
+    let limits = AccountLimits { max_accounts: 2, max_total_sla_mbps: 300 };
+    let make = |name: &'static str, t: &'static str, offer: Offer| {
+        let store = db.store.clone();
+        async move {
+            let id = Uuid::now_v7();
+            store.create_account(&new_account(ana, name, t, offer), &create_op(id, ana), &limits, T0).await
+        }
+    };
+    make("ana-sla", "hls", sla(200)).await.unwrap();
+    // 200 + 200 is past 300 Mbit/s: refused, nothing written.
+    let err = make("ana-two", "dash", sla(200)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Quota { quota: "max_total_sla_mbps", .. }), "{err:?}");
+    assert_eq!(raw_count(&db.url, "SELECT COUNT(*) FROM accounts").await, 1);
+    // Two accounts at most: the last place goes to one of two racing sign-ups.
+    let (a, b) = tokio::join!(make("ana-dash", "dash", Offer::Trial), make("ana-cmaf", "cmaf", Offer::Trial));
+    assert_eq!(u8::from(a.is_ok()) + u8::from(b.is_ok()), 1, "{a:?} {b:?}");
+    let lost = a.err().or(b.err()).unwrap();
+    assert!(matches!(lost, StoreError::Quota { quota: "max_accounts", .. }), "{lost:?}");
+    assert_eq!(raw_count(&db.url, "SELECT COUNT(*) FROM accounts").await, 2);
+    // An offer change is checked without the account's own SLA counted twice.
+    let row = db.store.account("ana-sla", None).await.unwrap();
+    let change = AccountChange::Update { offer: Some(sla(300)), ip_allow: None, allow_origins: None };
+    let op = NewOperation { account_id: Some(row.id), ..NewOperation::new(OperationKind::ChangeOffer) };
+    db.store.change_account(&row, &change, &op, &limits, "test", T0).await.unwrap();
+    let row = db.store.account("ana-sla", None).await.unwrap();
+    let change = AccountChange::Update { offer: Some(sla(400)), ip_allow: None, allow_origins: None };
+    let op = NewOperation { account_id: Some(row.id), ..NewOperation::new(OperationKind::ChangeOffer) };
+    let err = db.store.change_account(&row, &change, &op, &limits, "test", T0).await.unwrap_err();
+    assert!(matches!(err, StoreError::Quota { quota: "max_total_sla_mbps", .. }), "{err:?}");
+    let used = db.store.quota_use(ana).await.unwrap();
+    assert_eq!((used.accounts, used.total_sla_mbps), (2, 300));
+}
+
 on_both_backends!(
+    quotas_hold_inside_the_transaction,
     customers_keys_and_unique_emails,
     account_rules_live_in_the_schema,
     sla_increment_changes_are_checked_against_existing_accounts,

@@ -38,6 +38,34 @@ pub enum ContentError {
     Body(String),
     #[error("reading a file: {0}")]
     Io(#[source] std::io::Error),
+    /// A file where a folder is needed, or the other way round (a local store).
+    #[error("a file and a folder would have the same path")]
+    PathTaken,
+}
+
+/// Whether a store error is a file standing where a folder is needed (or a
+/// folder where a file would go).
+fn path_taken(e: &object_store::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::NotADirectory
+                    | std::io::ErrorKind::IsADirectory
+                    | std::io::ErrorKind::AlreadyExists
+            )
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// A store error of a write, with path collisions told apart.
+fn write_error(e: object_store::Error) -> ContentError {
+    if path_taken(&e) { ContentError::PathTaken } else { ContentError::from(e) }
 }
 
 impl From<object_store::Error> for ContentError {
@@ -178,7 +206,7 @@ impl ContentStore {
         S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let upload = self.store.put_multipart(&Self::key(path)).await?;
+        let upload = self.store.put_multipart(&Self::key(path)).await.map_err(write_error)?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, 5 * 1024 * 1024);
         let mut written = 0u64;
         while let Some(chunk) = body.next().await {
@@ -194,10 +222,10 @@ impl ContentStore {
                 let _ = writer.abort().await;
                 return Err(ContentError::TooLarge { limit });
             }
-            writer.wait_for_capacity(4).await?;
+            writer.wait_for_capacity(4).await.map_err(write_error)?;
             writer.put(chunk);
         }
-        writer.finish().await?;
+        writer.finish().await.map_err(write_error)?;
         Ok(written)
     }
 
@@ -296,5 +324,24 @@ mod tests {
         assert!(matches!(store.open_file(&missing).await, Err(ContentError::NotFound)));
         let dir_path = ContentPath::parse("acct/my video").unwrap();
         assert!(matches!(store.open_file(&dir_path).await, Err(ContentError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn a_file_where_a_folder_goes_is_a_path_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path().to_str().unwrap()).unwrap();
+        let file = ContentPath::parse("acct/vod/master.m3u8").unwrap();
+        store.write(&file, Bytes::from_static(b"#EXTM3U")).await.unwrap();
+        let body = || futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"ts"))]);
+        let under = ContentPath::parse("acct/vod/master.m3u8/child.ts").unwrap();
+        assert!(matches!(store.write_stream(&under, body(), 100).await, Err(ContentError::PathTaken)));
+        let deeper = ContentPath::parse("acct/vod/master.m3u8/a/child.ts").unwrap();
+        assert!(matches!(store.write_stream(&deeper, body(), 100).await, Err(ContentError::PathTaken)));
+        // A file over a folder fails too (admin refuses it before writing, from
+        // what the account stores).
+        let folder = ContentPath::parse("acct/vod").unwrap();
+        assert!(store.write_stream(&folder, body(), 100).await.is_err());
+        // The file is untouched.
+        assert_eq!(store.read_all(&file).await.unwrap(), Bytes::from_static(b"#EXTM3U"));
     }
 }

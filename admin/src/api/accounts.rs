@@ -13,6 +13,7 @@ use super::model::{
     uuid_cursor,
 };
 use super::problem::{ApiError, ApiJson, ApiQuery, Problem};
+use super::quotas::{self, Effective};
 use crate::domain::{AccountName, AllowOrigins, IpAllow, Offer, OriginTypeName};
 use crate::states::{OperationKind, OperationState};
 use crate::store::{AccountChange, AccountRow, NewAccount, NewOperation, OperationFilter, OperationQuery, StoreError};
@@ -27,17 +28,19 @@ fn not_found(name: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
     }
 }
 
-async fn increment_of(s: &AppState, origin_type: &str, field: &str) -> Result<u32, ApiError> {
-    let t = s
-        .store
+async fn type_of(s: &AppState, origin_type: &str, field: &str) -> Result<crate::store::OriginTypeRow, ApiError> {
+    s.store
         .origin_type(origin_type)
         .await?
-        .ok_or_else(|| ApiError::invalid(field, format!("unknown origin type '{origin_type}'")))?;
-    Ok(u32::try_from(t.sla_increment_mbps).unwrap_or(100))
+        .ok_or_else(|| ApiError::invalid(field, format!("unknown origin type '{origin_type}'")))
 }
 
-fn parse_offer(o: &OfferBody, increment: u32) -> Result<Offer, ApiError> {
-    Ok(Offer::parse(o.kind, o.mbps, increment)?)
+/// An offer valid for the type (its SLA increment) and within the customer's
+/// largest SLA.
+fn parse_offer(o: &OfferBody, t: &crate::store::OriginTypeRow, q: &Effective) -> Result<Offer, ApiError> {
+    let offer = Offer::parse(o.kind, o.mbps, u32::try_from(t.sla_increment_mbps).unwrap_or(100))?;
+    q.check_offer(offer, t)?;
+    Ok(offer)
 }
 
 /// Creates an account: trial and payg join a shared pool, sla gets a dedicated pool.
@@ -51,8 +54,9 @@ pub async fn create_account(
 ) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
     let name = AccountName::parse(&body.name)?;
     let origin_type = OriginTypeName::parse("origin_type", &body.origin_type)?;
-    let increment = increment_of(&s, origin_type.as_str(), "origin_type").await?;
-    let offer = parse_offer(&body.offer, increment)?;
+    let t = type_of(&s, origin_type.as_str(), "origin_type").await?;
+    let (_, quotas) = quotas::effective(&s, auth.customer_id).await?;
+    let offer = parse_offer(&body.offer, &t, &quotas)?;
     let ip_allow = IpAllow::parse(body.ip_allow.as_deref().unwrap_or_default())?;
     let allow_origins = AllowOrigins::parse(body.allow_origins.as_deref().unwrap_or_default())?.into_strings();
     let account_id = Uuid::now_v7();
@@ -73,16 +77,17 @@ pub async fn create_account(
         input: serde_json::json!({"offer": body.offer}),
         ..NewOperation::new(OperationKind::Create)
     };
-    let (account, operation) = s.store.create_account(&new, &op, s.clock.now_ms()).await.map_err(|e| match e {
-        StoreError::Conflict { field: "origin_type" } => ApiError::Conflict {
-            detail: format!("this customer already has a live {} account", new.origin_type),
-            field: Some("origin_type".into()),
-        },
-        StoreError::Conflict { field } => {
-            ApiError::Conflict { detail: format!("account name {} is taken", new.name), field: Some(field.into()) }
-        }
-        other => other.into(),
-    })?;
+    let (account, operation) =
+        s.store.create_account(&new, &op, &quotas.accounts, s.clock.now_ms()).await.map_err(|e| match e {
+            StoreError::Conflict { field: "origin_type" } => ApiError::Conflict {
+                detail: format!("this customer already has a live {} account", new.origin_type),
+                field: Some("origin_type".into()),
+            },
+            StoreError::Conflict { field } => {
+                ApiError::Conflict { detail: format!("account name {} is taken", new.name), field: Some(field.into()) }
+            }
+            other => other.into(),
+        })?;
     s.bus.operation_enqueued().await;
     Ok((StatusCode::ACCEPTED, Json(AccountAccepted { account: account.into(), operation: operation.into() })))
 }
@@ -133,7 +138,15 @@ async fn change(
         origin_type: Some(account.origin_type.clone()),
         ..NewOperation::new(change.operation_kind())
     };
-    let operation = s.store.change_account(&account, &change, &op, &caller.actor(), s.clock.now_ms()).await?;
+    let (_, quotas) = quotas::effective(s, account.customer_id).await?;
+    if let AccountChange::Reactivate = change
+        && let Some(offer) = Offer::from_db(account.offer, account.sla_mbps)
+    {
+        // The largest SLA may have been lowered while it was deactivated.
+        quotas.check_offer(offer, &type_of(s, &account.origin_type, "origin_type").await?)?;
+    }
+    let operation =
+        s.store.change_account(&account, &change, &op, &quotas.accounts, &caller.actor(), s.clock.now_ms()).await?;
     s.bus.operation_enqueued().await;
     let account = s.store.account_by_id(account.id).await?;
     Ok((StatusCode::ACCEPTED, Json(AccountAccepted { account: account.into(), operation: Operation::from(operation) })))
@@ -154,7 +167,10 @@ pub async fn update_account(
     }
     let account = find(&s, caller, &name).await?;
     let offer = match &body.offer {
-        Some(o) => Some(parse_offer(o, increment_of(&s, &account.origin_type, "offer").await?)?),
+        Some(o) => {
+            let (_, quotas) = quotas::effective(&s, account.customer_id).await?;
+            Some(parse_offer(o, &type_of(&s, &account.origin_type, "offer").await?, &quotas)?)
+        }
         None => None,
     };
     let ip_allow = body.ip_allow.as_deref().map(IpAllow::parse).transpose()?;
@@ -172,13 +188,17 @@ pub async fn deactivate(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
     let account = find(&s, caller, &name).await?;
-    // The type's retention, else admin's.
-    let retention_ms = match s.store.origin_type(&account.origin_type).await?.and_then(|t| t.retention_hours) {
+    let retain_until = s.clock.now_ms() + retention_ms(&s, &account).await?;
+    change(&s, caller, account, AccountChange::Deactivate { retain_until }).await
+}
+
+/// How long an account's pool (and, once deleted, its name) is kept: its type's
+/// retention, else admin's.
+async fn retention_ms(s: &AppState, account: &AccountRow) -> Result<i64, ApiError> {
+    Ok(match s.store.origin_type(&account.origin_type).await?.and_then(|t| t.retention_hours) {
         Some(h) => i64::from(h) * 3_600_000,
         None => s.settings.retention_ms,
-    };
-    let retain_until = s.clock.now_ms() + retention_ms;
-    change(&s, caller, account, AccountChange::Deactivate { retain_until }).await
+    })
 }
 
 /// Serves a deactivated account again, behind the same locator.
@@ -192,7 +212,9 @@ pub async fn reactivate(
     change(&s, caller, find(&s, caller, &name).await?, AccountChange::Reactivate).await
 }
 
-/// Deletes the account and releases its pool.
+/// Deletes the account and releases its pool. Its name (and so its locator)
+/// stays reserved for the retention period (CDNs may still cache it), then any
+/// customer may take it.
 #[utoipa::path(delete, path = "/v1/accounts/{name}", tag = "accounts", security(("bearer" = [])),
     params(("name" = String, Path)), responses((status = 202, body = AccountAccepted), (status = 404, body = Problem)))]
 pub async fn delete_account(
@@ -200,7 +222,9 @@ pub async fn delete_account(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
-    change(&s, caller, find(&s, caller, &name).await?, AccountChange::Delete).await
+    let account = find(&s, caller, &name).await?;
+    let name_until = s.clock.now_ms() + retention_ms(&s, &account).await?;
+    change(&s, caller, account, AccountChange::Delete { name_until }).await
 }
 
 /// An operation: its state and the steps it has finished.

@@ -42,7 +42,20 @@ fn content_error(e: ContentError) -> ApiError {
         ContentError::TooLarge { .. } => ApiError::TooLarge,
         ContentError::NotFound => ApiError::NotFound("asset".into()),
         ContentError::Body(detail) => ApiError::Malformed { detail },
+        // A file where a folder is needed, or the other way round (local store).
+        ContentError::PathTaken => ApiError::Conflict {
+            detail: "a file and a folder of the asset would have the same path".into(),
+            field: Some("path".into()),
+        },
         other => ApiError::Internal(other.to_string()),
+    }
+}
+
+fn path_taken(path: &str, existing: &str) -> ApiError {
+    let (file, folder) = if path.len() > existing.len() { (existing, path) } else { (path, existing) };
+    ApiError::Conflict {
+        detail: format!("'{file}' is a file and cannot also be a folder (for '{folder}'); delete the asset first"),
+        field: Some("path".into()),
     }
 }
 
@@ -65,25 +78,52 @@ fn asset_path(account: &str, asset: &str, rest: Option<&str>) -> Result<ContentP
     ContentPath::parse(&full).map_err(|e| ApiError::invalid("path", e.to_string()))
 }
 
-/// Uploads one file of an asset (streamed; 413 past the upload limit).
+/// Uploads one file of an asset (streamed; 413 past the upload limit, 409 past the
+/// account's storage quota or where a file and a folder would share a path).
 #[utoipa::path(put, path = "/v1/accounts/{name}/assets/{asset}/{path}", tag = "assets", security(("bearer" = [])),
     params(("name" = String, Path), ("asset" = String, Path), ("path" = String, Path, description = "file path inside the asset")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 201, body = Uploaded), (status = 400, body = Problem), (status = 404, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = Uploaded), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)))]
 pub async fn upload(
     State(s): State<AppState>,
     caller: Caller,
     Path((name, asset, path)): Path<(String, String, String)>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     // Validate before touching the store, and before reading the body.
     let target = asset_path(&name, &asset, Some(&path))?;
     let a = account(&s, caller, &name).await?;
-    let bytes = s
-        .content
-        .write_stream(&target, body.into_data_stream(), s.settings.max_upload_bytes)
-        .await
-        .map_err(content_error)?;
+    let rel = target.rest();
+    if let Some(existing) = s.store.path_conflict(a.id, rel).await? {
+        return Err(path_taken(rel, &existing));
+    }
+    // The storage quota: what the account stores, less the file this replaces.
+    let (_, quotas) = super::quotas::effective(&s, a.customer_id).await?;
+    let stored = s.store.stored(a.id, rel).await?;
+    let room = quotas.max_storage_bytes.saturating_sub(stored.total - stored.this_path).max(0);
+    let over_quota = || ApiError::QuotaExceeded {
+        quota: "max_storage_bytes",
+        field: None,
+        detail: format!(
+            "account {name} may store {} bytes and stores {}; delete an asset or ask the operator to raise the quota",
+            quotas.max_storage_bytes, stored.total
+        ),
+    };
+    let room = u64::try_from(room).unwrap_or(0);
+    if declared.is_some_and(|n| n > room) {
+        return Err(over_quota());
+    }
+    let limit = s.settings.max_upload_bytes.min(room);
+    let bytes = match s.content.write_stream(&target, body.into_data_stream(), limit).await {
+        Err(ContentError::TooLarge { .. }) if limit < s.settings.max_upload_bytes => return Err(over_quota()),
+        other => other.map_err(content_error)?,
+    };
+    s.store.record_stored_file(a.id, rel, i64::try_from(bytes).unwrap_or(i64::MAX), s.clock.now_ms()).await?;
     let url = format!("{}{}", a.locator, target.rest());
     Ok((StatusCode::CREATED, Json(Uploaded { account: name, asset, path, bytes, url })))
 }
@@ -114,6 +154,7 @@ pub async fn delete(
     let prefix = asset_path(&name, &asset, None)?;
     let a = account(&s, caller, &name).await?;
     let n = s.content.delete_prefix(&prefix).await.map_err(content_error)?;
+    s.store.forget_stored_asset(a.id, &asset).await?;
     if n == 0 {
         return Err(ApiError::NotFound(format!("asset {asset}")));
     }

@@ -6,10 +6,11 @@ use axum::{Extension, Json};
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::CustomerAuth;
+use super::auth::{CustomerAuth, OperatorAuth};
 use super::middleware::ShownOnce;
-use super::model::{CreateCustomer, Customer, CustomerCreated, NewApiKey};
-use super::problem::{ApiError, ApiJson, Problem};
+use super::model::{CreateCustomer, Customer, CustomerCreated, CustomerSummary, NewApiKey, Page, PageQuery};
+use super::problem::{ApiError, ApiJson, ApiQuery, Problem};
+use super::quotas::{self, QuotaSettings, Quotas};
 use crate::clock::rfc3339;
 use crate::domain::{parse_customer_name, parse_email};
 use crate::keys;
@@ -42,9 +43,17 @@ pub async fn create_customer(
 #[utoipa::path(get, path = "/v1/customers/me", tag = "customers", security(("bearer" = [])),
     responses((status = 200, body = Customer), (status = 401, body = Problem)))]
 pub async fn me(State(s): State<AppState>, auth: CustomerAuth) -> Result<Json<Customer>, ApiError> {
-    let c = s.store.customer(auth.customer_id).await?;
+    let (c, q) = quotas::effective(&s, auth.customer_id).await?;
     let keys = s.store.api_keys(auth.customer_id).await?;
-    Ok(Json(Customer::new(c, &keys)))
+    let quotas = Quotas::new(&c, &q, s.store.quota_use(auth.customer_id).await?);
+    Ok(Json(Customer {
+        id: c.id,
+        name: c.name,
+        email: c.email,
+        created_at: rfc3339(c.created_at),
+        keys: keys.iter().map(Into::into).collect(),
+        quotas,
+    }))
 }
 
 /// Adds an API key (shown once).
@@ -76,4 +85,82 @@ pub async fn revoke_key(
         other => other.into(),
     })?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A customer as the operator sees it: with its quotas and what it holds.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct CustomerView {
+    pub id: Uuid,
+    pub name: String,
+    pub email: String,
+    pub created_at: String,
+    pub quotas: Quotas,
+}
+
+async fn view(s: &AppState, id: Uuid) -> Result<CustomerView, ApiError> {
+    let (c, q) = quotas::effective(s, id).await?;
+    let used = s.store.quota_use(id).await?;
+    let quotas = Quotas::new(&c, &q, used);
+    Ok(CustomerView { id: c.id, name: c.name, email: c.email, created_at: rfc3339(c.created_at), quotas })
+}
+
+fn customer_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(id).map_err(|_| ApiError::NotFound(format!("customer {id}")))
+}
+
+/// Customers, in sign-up order (operator).
+#[utoipa::path(get, path = "/v1/customers", tag = "customers", security(("bearer" = [])), params(PageQuery),
+    responses((status = 200, body = Page<CustomerSummary>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub async fn list_customers(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<Page<CustomerSummary>>, ApiError> {
+    let limit = q.limit()?;
+    let rows = s.store.customers(q.uuid_cursor()?, limit).await?;
+    let items = rows.into_iter().map(CustomerSummary::from).collect();
+    Ok(Json(Page::of(items, limit, |c: &CustomerSummary| c.id.to_string())))
+}
+
+/// One customer with its quotas and what it holds against them (operator).
+#[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers", security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = CustomerView), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn get_customer(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    Path(id): Path<String>,
+) -> Result<Json<CustomerView>, ApiError> {
+    let id = customer_id(&id)?;
+    view(&s, id).await.map(Json).map_err(|e| match e {
+        ApiError::NotFound(_) => ApiError::NotFound(format!("customer {id}")),
+        other => other,
+    })
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetQuotas {
+    pub quotas: QuotaSettings,
+}
+
+/// Sets a customer's own quotas (operator): the object replaces its overrides, a
+/// field left out or `null` takes the default.
+#[utoipa::path(patch, path = "/v1/customers/{id}", tag = "customers", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), request_body = SetQuotas,
+    responses((status = 200, body = CustomerView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn set_customer_quotas(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SetQuotas>,
+) -> Result<Json<CustomerView>, ApiError> {
+    let id = customer_id(&id)?;
+    let overrides = body.quotas.parse()?;
+    s.store.set_quotas(id, &overrides, "operator", s.clock.now_ms()).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => ApiError::NotFound(format!("customer {id}")),
+        other => other.into(),
+    })?;
+    Ok(Json(view(&s, id).await?))
 }

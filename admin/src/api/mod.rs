@@ -10,6 +10,7 @@ pub mod model;
 pub mod nodes;
 mod operator;
 pub mod problem;
+pub mod quotas;
 mod system;
 
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub struct ApiSettings {
     pub request_timeout: Duration,
     /// Time an upload may take.
     pub upload_timeout: Duration,
+    /// What a customer may hold unless the operator says otherwise.
+    pub quotas: quotas::QuotaDefaults,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -98,7 +101,8 @@ impl Modify for BearerAuth {
 /// The routes and their OpenAPI description, from the same handler list.
 pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(customers::create_customer))
+        .routes(routes!(customers::create_customer, customers::list_customers))
+        .routes(routes!(customers::get_customer, customers::set_customer_quotas))
         .routes(routes!(customers::me))
         .routes(routes!(customers::create_key))
         .routes(routes!(customers::revoke_key))

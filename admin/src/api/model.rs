@@ -44,6 +44,7 @@ impl From<&ApiKeyRow> for ApiKeyInfo {
     }
 }
 
+/// The calling customer: its keys (never their secrets) and its quotas.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Customer {
     pub id: Uuid,
@@ -51,17 +52,21 @@ pub struct Customer {
     pub email: String,
     pub created_at: String,
     pub keys: Vec<ApiKeyInfo>,
+    pub quotas: super::quotas::Quotas,
 }
 
-impl Customer {
-    pub fn new(c: CustomerRow, keys: &[ApiKeyRow]) -> Self {
-        Self {
-            id: c.id,
-            name: c.name,
-            email: c.email,
-            created_at: rfc3339(c.created_at),
-            keys: keys.iter().map(Into::into).collect(),
-        }
+/// A customer in the operator's listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerSummary {
+    pub id: Uuid,
+    pub name: String,
+    pub email: String,
+    pub created_at: String,
+}
+
+impl From<CustomerRow> for CustomerSummary {
+    fn from(c: CustomerRow) -> Self {
+        Self { id: c.id, name: c.name, email: c.email, created_at: rfc3339(c.created_at) }
     }
 }
 
@@ -226,6 +231,8 @@ pub struct OriginType {
     pub sla_increment_mbps: i32,
     pub trial_cap_mbps: i32,
     pub payg_cap_mbps: i32,
+    /// The largest SLA one account may buy (a customer's own quota overrides it).
+    pub max_sla_mbps: i32,
     pub current_image: Option<String>,
     /// Warm pools kept ready: `{"size in nodes": count}` or `"auto"`.
     #[schema(value_type = Option<Object>)]
@@ -244,6 +251,7 @@ impl From<OriginTypeRow> for OriginType {
             sla_increment_mbps: t.sla_increment_mbps,
             trial_cap_mbps: t.trial_cap_mbps,
             payg_cap_mbps: t.payg_cap_mbps,
+            max_sla_mbps: t.max_sla_mbps,
             current_image: t.current_image,
             warm_pools: t.warm_pools.map(|w| w.0),
             retention_hours: t.retention_hours,
@@ -269,6 +277,9 @@ pub struct CreateOriginType {
     pub trial_cap_mbps: Option<i64>,
     #[serde(default)]
     pub payg_cap_mbps: Option<i64>,
+    /// The largest SLA one account may buy (default 1000).
+    #[serde(default)]
+    pub max_sla_mbps: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -282,6 +293,8 @@ pub struct UpdateOriginType {
     pub trial_cap_mbps: Option<i64>,
     #[serde(default)]
     pub payg_cap_mbps: Option<i64>,
+    #[serde(default)]
+    pub max_sla_mbps: Option<i64>,
     /// Warm pools to keep ready: `{"size in nodes": count}` (`{}` for none), or
     /// `"auto"` to follow recent SLA sign-ups per size.
     #[serde(default)]

@@ -53,6 +53,7 @@ pub async fn create_origin_type(
             .unwrap_or(d.sla_increment_mbps),
         trial_cap_mbps: b.trial_cap_mbps.map(|v| mbps("trial_cap_mbps", v)).transpose()?.unwrap_or(d.trial_cap_mbps),
         payg_cap_mbps: b.payg_cap_mbps.map(|v| mbps("payg_cap_mbps", v)).transpose()?.unwrap_or(d.payg_cap_mbps),
+        max_sla_mbps: b.max_sla_mbps.map(|v| mbps("max_sla_mbps", v)).transpose()?.unwrap_or(d.max_sla_mbps),
     };
     let row = s.store.create_origin_type(name.as_str(), &settings, "operator", s.clock.now_ms()).await?;
     Ok((StatusCode::CREATED, Json(row.into())))
@@ -85,6 +86,7 @@ pub async fn update_origin_type(
         sla_increment_mbps: pick("sla_increment_mbps", b.sla_increment_mbps, t.sla_increment_mbps)?,
         trial_cap_mbps: pick("trial_cap_mbps", b.trial_cap_mbps, t.trial_cap_mbps)?,
         payg_cap_mbps: pick("payg_cap_mbps", b.payg_cap_mbps, t.payg_cap_mbps)?,
+        max_sla_mbps: pick("max_sla_mbps", b.max_sla_mbps, t.max_sla_mbps)?,
     };
     if let Some(w) = &b.warm_pools {
         crate::control::warm::WarmPolicy::parse(w).map_err(|e| ApiError::invalid("warm_pools", e))?;

@@ -132,6 +132,10 @@ impl From<StoreError> for ApiError {
                 ApiError::Conflict { detail: format!("{field} is already taken"), field: Some(field.into()) }
             }
             StoreError::InvalidState(detail) => ApiError::Conflict { detail, field: None },
+            StoreError::Quota { quota, detail } => {
+                let field = (quota == "max_total_sla_mbps").then(|| "offer.mbps".to_owned());
+                ApiError::QuotaExceeded { quota, field, detail: format!("{detail}; ask the operator to raise it") }
+            }
             StoreError::Constraint(detail) => ApiError::Conflict { detail, field: None },
             other => ApiError::Internal(other.to_string()),
         }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::domain::MOVE_GRACE_MS;
-use crate::store::{AccountChange, NewOperation, Store};
+use crate::store::{AccountChange, AccountLimits, NewOperation, Store};
 
 /// How long the ids of usage reports are kept to recognise a report sent again.
 pub const USAGE_REPORT_IDS_KEPT_MS: i64 = 86_400_000;
@@ -38,11 +38,19 @@ impl Collector {
                 account_id: Some(account.id),
                 customer_id: Some(account.customer_id),
                 origin_type: Some(account.origin_type.clone()),
-                ..NewOperation::new(AccountChange::Delete.operation_kind())
+                ..NewOperation::new(crate::states::OperationKind::Delete)
             };
             match self
                 .store
-                .change_account(account, &AccountChange::Delete, &op, "collector", self.clock.now_ms())
+                .change_account(
+                    account,
+                    // Its retention is over: the name goes with it.
+                    &AccountChange::Delete { name_until: self.retention_clock.now_ms() },
+                    &op,
+                    &AccountLimits::NONE,
+                    "collector",
+                    self.clock.now_ms(),
+                )
                 .await
             {
                 Ok(_) => {
@@ -55,6 +63,9 @@ impl Collector {
         }
         if started > 0 {
             self.bus.operation_enqueued().await;
+        }
+        for name in self.store.release_names(self.retention_clock.now_ms()).await? {
+            tracing::info!(account = %name, "retention over; the name may be taken again");
         }
         let now = self.clock.now_ms();
         let purged = self.store.purge_released_pools(now - MOVE_GRACE_MS, now).await?;

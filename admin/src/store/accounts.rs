@@ -5,7 +5,10 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::operations::insert_operation;
-use super::{AccountRow, BeginWrite, NewOperation, OperationRow, Result, Store, StoreError, event, on_pool};
+use super::{
+    AccountLimits, AccountRow, BeginWrite, NewOperation, OperationRow, Result, Store, StoreError, event,
+    lock_customer_sql, on_pool,
+};
 use crate::clock::UnixMs;
 use crate::domain::{AccountName, IpAllow, Offer};
 use crate::states::{AccountState, OperationKind};
@@ -23,6 +26,41 @@ macro_rules! account_select {
     };
 }
 
+/// Checks, inside the caller's transaction and with the customer's row locked, that
+/// the customer may hold one account more (`adding`) and the SLAs of its serving
+/// accounts other than `account`, plus `sla`, within its limits.
+macro_rules! check_quotas {
+    ($tx:expr, $p:expr, $customer:expr, $account:expr, $adding:expr, $sla:expr, $limits:expr) => {{
+        sqlx::query(lock_customer_sql($p)).bind($customer).execute(&mut *$tx).await?;
+        let (accounts, others_sla): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM accounts WHERE customer_id = $1 AND state <> 'deleted'),
+                    (SELECT CAST(COALESCE(SUM(sla_mbps), 0) AS BIGINT) FROM accounts
+                     WHERE customer_id = $1 AND state IN ('provisioning', 'active') AND id <> $2)",
+        )
+        .bind($customer)
+        .bind($account)
+        .fetch_one(&mut *$tx)
+        .await?;
+        let limits: &AccountLimits = $limits;
+        if $adding && accounts >= limits.max_accounts {
+            return Err(StoreError::Quota {
+                quota: "max_accounts",
+                detail: format!("this customer may hold {} accounts and holds {accounts}", limits.max_accounts),
+            });
+        }
+        let sla = i64::from($sla.unwrap_or(0));
+        if sla > 0 && others_sla + sla > limits.max_total_sla_mbps {
+            return Err(StoreError::Quota {
+                quota: "max_total_sla_mbps",
+                detail: format!(
+                    "this customer's SLAs may add up to {} Mbit/s; its other accounts hold {others_sla}, this one asks {sla}",
+                    limits.max_total_sla_mbps
+                ),
+            });
+        }
+    }};
+}
+
 /// A new account as validated by the API.
 #[derive(Debug, Clone)]
 pub struct NewAccount {
@@ -38,10 +76,20 @@ pub struct NewAccount {
 /// A change a customer or operator asks of an account.
 #[derive(Debug, Clone)]
 pub enum AccountChange {
-    Update { offer: Option<Offer>, ip_allow: Option<IpAllow>, allow_origins: Option<Vec<String>> },
-    Deactivate { retain_until: UnixMs },
+    Update {
+        offer: Option<Offer>,
+        ip_allow: Option<IpAllow>,
+        allow_origins: Option<Vec<String>>,
+    },
+    Deactivate {
+        retain_until: UnixMs,
+    },
     Reactivate,
-    Delete,
+    /// The name stays reserved until `name_until` (unless an earlier
+    /// `retain_until` of a deactivation already passed).
+    Delete {
+        name_until: UnixMs,
+    },
 }
 
 impl AccountChange {
@@ -51,7 +99,7 @@ impl AccountChange {
             AccountChange::Update { offer: None, .. } => OperationKind::Update,
             AccountChange::Deactivate { .. } => OperationKind::Deactivate,
             AccountChange::Reactivate => OperationKind::Reactivate,
-            AccountChange::Delete => OperationKind::Delete,
+            AccountChange::Delete { .. } => OperationKind::Delete,
         }
     }
 }
@@ -62,16 +110,17 @@ impl Store {
         &self,
         a: &NewAccount,
         op: &NewOperation,
+        limits: &AccountLimits,
         now: UnixMs,
     ) -> Result<(AccountRow, OperationRow)> {
         let id = op.account_id.unwrap_or_else(Uuid::now_v7);
-        let created = self.insert_account(id, a, op, now).await;
+        let created = self.insert_account(id, a, op, limits, now).await;
         let op_row = match created {
             // Both unique rules may fail at once; which one a backend reports first
             // differs, so name the taken name first, the same on both.
             Err(StoreError::Conflict { .. }) => {
                 let taken: i64 = on_pool!(self, |p| {
-                    sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE name = $1")
+                    sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE name = $1 AND name_released_at IS NULL")
                         .bind(a.name.as_str())
                         .fetch_one(p)
                         .await?
@@ -84,9 +133,17 @@ impl Store {
         Ok((self.account_by_id(id).await?, op_row))
     }
 
-    async fn insert_account(&self, id: Uuid, a: &NewAccount, op: &NewOperation, now: UnixMs) -> Result<OperationRow> {
+    async fn insert_account(
+        &self,
+        id: Uuid,
+        a: &NewAccount,
+        op: &NewOperation,
+        limits: &AccountLimits,
+        now: UnixMs,
+    ) -> Result<OperationRow> {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
+            check_quotas!(tx, p, a.customer_id, id, true, a.offer.sla_mbps(), limits);
             sqlx::query(
                 "INSERT INTO accounts (id, customer_id, name, origin_type, offer, sla_mbps, state, locator, ip_allow,
                      created_at, updated_at, allow_origins)
@@ -139,6 +196,27 @@ impl Store {
         })
     }
 
+    /// Releases the names of deleted accounts whose retention ended by `now`, so
+    /// another account may take them; returns the names.
+    pub async fn release_names(&self, now: UnixMs) -> Result<Vec<String>> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            let released: Vec<(Uuid, String)> = sqlx::query_as(
+                "UPDATE accounts SET name_released_at = $1
+                 WHERE state = 'deleted' AND name_released_at IS NULL AND (retain_until IS NULL OR retain_until <= $1)
+                 RETURNING id, name",
+            )
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (id, name) in &released {
+                event!(tx, now, "collector", "account.name_released", format!("account:{id}"), name)?;
+            }
+            tx.commit().await?;
+            Ok(released.into_iter().map(|(_, n)| n).collect())
+        })
+    }
+
     /// Deactivated accounts whose retention ended by `now`.
     pub async fn expired_accounts(&self, now: UnixMs) -> Result<Vec<AccountRow>> {
         on_pool!(self, |p| {
@@ -178,11 +256,12 @@ impl Store {
         account: &AccountRow,
         change: &AccountChange,
         op: &NewOperation,
+        limits: &AccountLimits,
         actor: &str,
         now: UnixMs,
     ) -> Result<OperationRow> {
         let allowed = match change {
-            AccountChange::Update { .. } | AccountChange::Delete => account.state != AccountState::Deleted,
+            AccountChange::Update { .. } | AccountChange::Delete { .. } => account.state != AccountState::Deleted,
             AccountChange::Deactivate { .. } => account.state.serves(),
             AccountChange::Reactivate => account.state == AccountState::Deactivated,
         };
@@ -194,8 +273,17 @@ impl Store {
                 change.operation_kind()
             )));
         }
+        // The SLA the account will hold while serving, if the change gives it one.
+        let serving_sla = match change {
+            AccountChange::Update { offer: Some(o), .. } => o.sla_mbps(),
+            AccountChange::Reactivate => account.sla_mbps,
+            AccountChange::Update { offer: None, .. }
+            | AccountChange::Deactivate { .. }
+            | AccountChange::Delete { .. } => None,
+        };
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
+            check_quotas!(tx, p, account.customer_id, account.id, false, serving_sla, limits);
             // The state guard makes a concurrent change lose cleanly instead of racing.
             let q = match change {
                 AccountChange::Update { offer, ip_allow, allow_origins } => {
@@ -230,12 +318,15 @@ impl Store {
                 .bind(account.id)
                 .bind(now)
                 .bind(account.state),
-                AccountChange::Delete => {
-                    sqlx::query("UPDATE accounts SET state = 'deleted', updated_at = $2 WHERE id = $1 AND state = $3")
-                        .bind(account.id)
-                        .bind(now)
-                        .bind(account.state)
-                }
+                AccountChange::Delete { name_until } => sqlx::query(
+                    "UPDATE accounts SET state = 'deleted', updated_at = $2,
+                         retain_until = CASE WHEN retain_until IS NOT NULL AND retain_until < $4 THEN retain_until ELSE $4 END
+                     WHERE id = $1 AND state = $3",
+                )
+                .bind(account.id)
+                .bind(now)
+                .bind(account.state)
+                .bind(*name_until),
             };
             if q.execute(&mut *tx).await?.rows_affected() == 0 {
                 return Err(StoreError::InvalidState(format!("account {} changed meanwhile; try again", account.name)));

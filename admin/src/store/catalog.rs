@@ -16,14 +16,21 @@ pub struct OriginTypeSettings {
     pub sla_increment_mbps: i32,
     pub trial_cap_mbps: i32,
     pub payg_cap_mbps: i32,
+    /// The largest SLA one account may buy.
+    pub max_sla_mbps: i32,
 }
 
 /// The types every installation starts with: HLS and DASH from pre-packaged content.
 pub const BUILTIN_TYPES: [&str; 2] = ["hls", "dash"];
 
 impl OriginTypeSettings {
-    pub const DEFAULT: Self =
-        Self { node_capacity_mbps: 100, sla_increment_mbps: 100, trial_cap_mbps: 10, payg_cap_mbps: 50 };
+    pub const DEFAULT: Self = Self {
+        node_capacity_mbps: 100,
+        sla_increment_mbps: 100,
+        trial_cap_mbps: 10,
+        payg_cap_mbps: 50,
+        max_sla_mbps: 1000,
+    };
 }
 
 impl Store {
@@ -79,7 +86,7 @@ impl Store {
             let mut tx = p.begin_write().await?;
             let row = sqlx::query_as(concat!(
                 "INSERT INTO origin_types (name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps,
-                     payg_cap_mbps, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                     payg_cap_mbps, created_at, updated_at, max_sla_mbps) VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
                 " RETURNING ",
                 origin_type_columns!()
             ))
@@ -89,6 +96,7 @@ impl Store {
             .bind(s.trial_cap_mbps)
             .bind(s.payg_cap_mbps)
             .bind(now)
+            .bind(s.max_sla_mbps)
             .fetch_one(&mut *tx)
             .await?;
             event!(tx, now, actor, "origin_type.created", format!("origin_type:{name}"), "requested by the operator")?;
@@ -110,7 +118,7 @@ impl Store {
             let mut tx = p.begin_write().await?;
             let row: Option<OriginTypeRow> = sqlx::query_as(concat!(
                 "UPDATE origin_types SET node_capacity_mbps = $2, sla_increment_mbps = $3, trial_cap_mbps = $4,
-                     payg_cap_mbps = $5, updated_at = $6 WHERE name = $1",
+                     payg_cap_mbps = $5, updated_at = $6, max_sla_mbps = $7 WHERE name = $1",
                 " RETURNING ",
                 origin_type_columns!()
             ))
@@ -120,6 +128,7 @@ impl Store {
             .bind(s.trial_cap_mbps)
             .bind(s.payg_cap_mbps)
             .bind(now)
+            .bind(s.max_sla_mbps)
             .fetch_optional(&mut *tx)
             .await?;
             let row = row.ok_or(StoreError::NotFound)?;

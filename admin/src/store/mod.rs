@@ -31,6 +31,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub use accounts::{AccountChange, NewAccount};
 pub use catalog::{BUILTIN_TYPES, OriginTypeSettings};
+pub use customers::{AccountLimits, QuotaOverrides, QuotaUse};
 pub use idempotency::{IDEMPOTENCY_TTL_MS, IdempotencyStart};
 pub use nodes::{HeartbeatRecord, NodeHealthRow, NodeServing, Placement, ServedAccountRow};
 pub use operations::{Effect, OperationFilter, OperationQuery};
@@ -38,7 +39,7 @@ pub use pools::PoolTarget;
 pub use routes::RouteRow;
 pub use rows::*;
 pub use upgrades::{HALT_AFTER_FAILED_NODES, UpgradeProgress, UpgradeStep};
-pub use usage::{UsageRecorded, UsageRow, UsageWindowRow, window_bytes_limit};
+pub use usage::{Stored, UsageRecorded, UsageRow, UsageWindowRow, window_bytes_limit};
 pub use warm::WarmPool;
 
 /// Expands `$body` once per backend with `$p` bound to that backend's pool.
@@ -56,7 +57,7 @@ pub(crate) use on_pool;
 macro_rules! origin_type_columns {
     () => {
         "name, node_capacity_mbps, sla_increment_mbps, trial_cap_mbps, payg_cap_mbps, current_image, \
-         created_at, updated_at, warm_pools, retention_hours, completed_image"
+         created_at, updated_at, warm_pools, retention_hours, completed_image, max_sla_mbps"
     };
 }
 pub(crate) use origin_type_columns;
@@ -74,6 +75,26 @@ impl BeginWrite for PgPool {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
         self.begin().await
     }
+}
+
+/// How each backend locks a row it reads for a change: PostgreSQL locks it (`FOR
+/// UPDATE`); SQLite's write transaction already holds the one write lock.
+pub(crate) trait LockCustomer {
+    /// Reads a customer's row and locks it until the transaction ends.
+    const LOCK_CUSTOMER: &'static str;
+}
+
+impl LockCustomer for PgPool {
+    const LOCK_CUSTOMER: &'static str = "SELECT id FROM customers WHERE id = $1 FOR UPDATE";
+}
+
+impl LockCustomer for SqlitePool {
+    const LOCK_CUSTOMER: &'static str = "SELECT id FROM customers WHERE id = $1";
+}
+
+/// The `LOCK_CUSTOMER` statement of the pool `p` is of.
+pub(crate) fn lock_customer_sql<P: LockCustomer>(_: &P) -> &'static str {
+    P::LOCK_CUSTOMER
 }
 
 impl BeginWrite for SqlitePool {
@@ -124,6 +145,9 @@ pub enum StoreError {
     /// The row is not in a state that allows the change.
     #[error("{0}")]
     InvalidState(String),
+    /// The change would pass one of the customer's quotas (`quota` names it).
+    #[error("{detail}")]
+    Quota { quota: &'static str, detail: String },
     #[error("unsupported database url '{0}': use postgres://… or sqlite://…")]
     Url(String),
     #[error("database: {0}")]
@@ -182,6 +206,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "allow origins", include_str!("../../../migrations/postgres/0007_allow_origins.sql")),
     (8, "control plane", include_str!("../../../migrations/postgres/0008_control_plane.sql")),
     (9, "usage reports", include_str!("../../../migrations/postgres/0009_usage_reports.sql")),
+    (10, "quotas", include_str!("../../../migrations/postgres/0010_quotas.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -193,6 +218,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "allow origins", include_str!("../../../migrations/sqlite/0007_allow_origins.sql")),
     (8, "control plane", include_str!("../../../migrations/sqlite/0008_control_plane.sql")),
     (9, "usage reports", include_str!("../../../migrations/sqlite/0009_usage_reports.sql")),
+    (10, "quotas", include_str!("../../../migrations/sqlite/0010_quotas.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

@@ -14,6 +14,11 @@ pub struct CustomerRow {
     pub name: String,
     pub email: String,
     pub created_at: UnixMs,
+    /// The operator's overrides of the default quotas (`None`: the default).
+    pub max_accounts: Option<i32>,
+    pub max_total_sla_mbps: Option<i32>,
+    pub max_sla_mbps: Option<i32>,
+    pub max_storage_bytes: Option<i64>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -41,6 +46,9 @@ pub struct OriginTypeRow {
     pub retention_hours: Option<i32>,
     /// The last image an upgrade finished on every pool (`None`: the built-in one).
     pub completed_image: Option<String>,
+    /// The largest SLA one account of this type may buy (a customer's own quota
+    /// overrides it).
+    pub max_sla_mbps: i32,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

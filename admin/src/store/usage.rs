@@ -139,3 +139,80 @@ impl Store {
         })
     }
 }
+
+/// What an account stores, for its storage quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Stored {
+    /// Bytes of every file of the account.
+    pub total: i64,
+    /// Bytes of the file at the path asked about (0 if none).
+    pub this_path: i64,
+}
+
+impl Store {
+    /// The account's stored bytes, and those of the file at `path` (an upload
+    /// there replaces it).
+    pub async fn stored(&self, account: Uuid, path: &str) -> Result<Stored> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(
+                "SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS total,
+                        CAST(COALESCE(SUM(CASE WHEN path = $2 THEN bytes ELSE 0 END), 0) AS BIGINT) AS this_path
+                 FROM stored_files WHERE account_id = $1",
+            )
+            .bind(account)
+            .bind(path)
+            .fetch_one(p)
+            .await?)
+        })
+    }
+
+    /// A stored file of the account that `path` would collide with: a file where
+    /// `path` needs a folder (`a/b` over a file `a`), or a folder where it would
+    /// be a file (`a` over `a/b`).
+    pub async fn path_conflict(&self, account: Uuid, path: &str) -> Result<Option<String>> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_scalar(
+                "SELECT path FROM stored_files WHERE account_id = $1
+                   AND (substr(CAST($2 AS TEXT), 1, length(path) + 1) = path || '/'
+                        OR substr(path, 1, length(CAST($2 AS TEXT)) + 1) = CAST($2 AS TEXT) || '/')
+                 LIMIT 1",
+            )
+            .bind(account)
+            .bind(path)
+            .fetch_optional(p)
+            .await?)
+        })
+    }
+
+    /// Records the file an upload wrote (replacing what was at `path`).
+    pub async fn record_stored_file(&self, account: Uuid, path: &str, bytes: i64, now: UnixMs) -> Result<()> {
+        on_pool!(self, |p| {
+            sqlx::query(
+                "INSERT INTO stored_files (account_id, path, bytes, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (account_id, path) DO UPDATE SET bytes = excluded.bytes, updated_at = excluded.updated_at",
+            )
+            .bind(account)
+            .bind(path)
+            .bind(bytes)
+            .bind(now)
+            .execute(p)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Forgets the files of an asset that was deleted.
+    pub async fn forget_stored_asset(&self, account: Uuid, asset: &str) -> Result<u64> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query(
+                "DELETE FROM stored_files WHERE account_id = $1
+                   AND substr(path, 1, length(CAST($2 AS TEXT)) + 1) = CAST($2 AS TEXT) || '/'",
+            )
+            .bind(account)
+            .bind(asset)
+            .execute(p)
+            .await?
+            .rows_affected())
+        })
+    }
+}
