@@ -180,6 +180,26 @@ async fn every_error_is_a_problem_and_writes_nothing(backend: Backend) {
             .send()
     };
     expect_problem(post("{\"name\": ").await.unwrap(), StatusCode::BAD_REQUEST, "malformed-request", None).await;
+    // Origins are exact origins: no wildcard hosts, real ports.
+    for (origin, why) in [("https://*.example.com", "wildcard"), ("https://player.example.com:99999", "port")] {
+        let body =
+            json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "trial"}, "allow_origins": [origin]});
+        let p = expect_problem(
+            post(&body.to_string()).await.unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-value",
+            Some("allow_origins[0]"),
+        )
+        .await;
+        assert!(p["detail"].as_str().unwrap().contains(if why == "port" { "port" } else { "wildcard" }), "{p}");
+    }
+    // Names show as what they are: no bidi overrides or invisible characters.
+    for name in ["Ana\u{202E}gpj.exe", "A\u{200B}na"] {
+        let res = admin
+            .request(Method::POST, "/v1/customers", None, Some(json!({"name": name, "email": "x@example.com"})))
+            .await;
+        expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some("name")).await;
+    }
     expect_problem(
         post("{\"name\": \"x-y-z\", \"origin_type\": \"hls\"}").await.unwrap(),
         StatusCode::UNPROCESSABLE_ENTITY,

@@ -188,10 +188,22 @@ impl AllowOrigins {
             let uri: axum::http::Uri = item.parse().map_err(|_| Invalid::new(&field, "not a URL"))?;
             let scheme = uri.scheme_str().filter(|s| *s == "http" || *s == "https");
             let authority = uri.authority().filter(|a| !a.as_str().contains('@'));
-            match (scheme, authority, uri.path(), uri.query()) {
-                (Some(s), Some(a), "" | "/", None) => out.push(format!("{s}://{}", a.as_str().to_ascii_lowercase())),
-                _ => return Err(Invalid::new(&field, "an origin is http(s)://host[:port], with no path")),
+            let (Some(s), Some(a), "" | "/", None) = (scheme, authority, uri.path(), uri.query()) else {
+                return Err(Invalid::new(&field, "an origin is http(s)://host[:port], with no path"));
+            };
+            // A browser sends one exact origin: no wildcards, a real host, a real port.
+            if !valid_host(a.host()) {
+                return Err(Invalid::new(&field, "the host must be a DNS name or an IP address (no wildcards)"));
             }
+            let text = a.as_str();
+            let port = match text.rfind(']') {
+                Some(end) => text[end + 1..].strip_prefix(':'),
+                None => text.rsplit_once(':').map(|(_, p)| p),
+            };
+            if port.is_some_and(|p| !p.parse::<u16>().is_ok_and(|n| n > 0)) {
+                return Err(Invalid::new(&field, "the port must be between 1 and 65535"));
+            }
+            out.push(format!("{s}://{}", a.as_str().to_ascii_lowercase()));
         }
         out.sort();
         out.dedup();
@@ -201,6 +213,27 @@ impl AllowOrigins {
     pub fn into_strings(self) -> Vec<String> {
         self.0
     }
+}
+
+/// A host of an origin: a DNS name (labels of `[a-z0-9-]`, not starting or ending
+/// with `-`), an IPv4 address, or a bracketed IPv6 one.
+fn valid_host(host: &str) -> bool {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let host = host.to_ascii_lowercase();
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// An IP allow-list: the networks whose clients may fetch an account's content.
@@ -237,11 +270,32 @@ impl IpAllow {
     }
 }
 
-/// A customer's display name: 1–200 characters, no control characters.
+/// A customer's display name: 1–200 characters, none of them control, format
+/// (bidi overrides like U+202E, zero-width characters), separator or private-use
+/// characters, so a name shows as what it is.
 pub fn parse_customer_name(s: &str) -> Result<String, Invalid> {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
     let t = s.trim();
-    if t.is_empty() || t.chars().count() > 200 || t.chars().any(char::is_control) {
+    if t.is_empty() || t.chars().count() > 200 {
         return Err(Invalid::new("name", "must be 1 to 200 printable characters"));
+    }
+    let hidden = |c: &char| {
+        matches!(
+            c.general_category(),
+            GeneralCategory::Control
+                | GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+                | GeneralCategory::Surrogate
+                | GeneralCategory::PrivateUse
+                | GeneralCategory::Unassigned
+        )
+    };
+    if let Some(c) = t.chars().find(hidden) {
+        return Err(Invalid::new(
+            "name",
+            format!("U+{:04X} is not shown as itself (a control, format or invisible character)", u32::from(c)),
+        ));
     }
     Ok(t.to_owned())
 }
@@ -309,6 +363,40 @@ mod tests {
         assert!(IpAllow::default().allows("203.0.113.9".parse().unwrap()));
         let e = IpAllow::parse(&["10.0.0.0/8".into(), "10.0.0.0/33".into()]).unwrap_err();
         assert_eq!(e.field, "ip_allow[1]");
+    }
+
+    #[test]
+    fn origins_are_exact_origins() {
+        let ok = AllowOrigins::parse(&[
+            "https://Player.Example.com:8443".into(),
+            "http://192.0.2.1".into(),
+            "http://[::1]:80".into(),
+        ])
+        .unwrap();
+        assert_eq!(ok.into_strings(), ["http://192.0.2.1", "http://[::1]:80", "https://player.example.com:8443"]);
+        for bad in [
+            "https://*.example.com",
+            "https://example.com:99999",
+            "https://example.com:0",
+            "https://exa_mple.com",
+            "https://-x.com",
+            "ftp://example.com",
+            "https://example.com/path",
+        ] {
+            assert_eq!(AllowOrigins::parse(&[bad.into()]).unwrap_err().field, "allow_origins[0]", "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_show_as_what_they_are() {
+        assert_eq!(parse_customer_name(" Ana Müller ").unwrap(), "Ana Müller");
+        assert_eq!(parse_customer_name("李雷").unwrap(), "李雷");
+        for bad in
+            ["ana\u{202E}txt.exe", "a\u{200B}b", "a\u{2066}b", "a\u{FEFF}", "a\u{0007}", "a\u{2028}b", "a\u{E000}", ""]
+        {
+            assert!(parse_customer_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_customer_name("x\u{202E}").unwrap_err().detail.contains("U+202E"));
     }
 
     #[test]
