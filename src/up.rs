@@ -45,7 +45,8 @@ struct AdminArgs {
 }
 
 pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    headwater_admin::keys::create_private_dir(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let data = cfg.data_dir.canonicalize()?;
     let router_listener =
         TcpListener::bind(&cfg.router_listen).await.with_context(|| format!("binding {}", cfg.router_listen))?;
@@ -121,7 +122,8 @@ async fn demo(admin: &str, router: &str, data: &Path) -> anyhow::Result<()> {
             }
             let v: Value = res.json().await?;
             let key = v["api_key"].as_str().context("no api key")?.to_owned();
-            std::fs::write(&key_file, &key)?;
+            headwater_admin::keys::write_secret_file(&key_file, &key)
+                .with_context(|| format!("writing {}", key_file.display()))?;
             key
         }
     };

@@ -785,7 +785,87 @@ async fn quotas_refuse_what_is_past_them_and_the_operator_raises_them(backend: B
     assert_eq!(me["quotas"]["used"]["storage_bytes"], 10, "{me}");
 }
 
+/// After a run that makes every kind of secret (sign-up, a minted key, a node
+/// token, each with an Idempotency-Key so their answers are saved), none of them
+/// is anywhere in the database: not in a row, not in SQLite's files at all. The
+/// database's files and the data directory are the owner's only.
+async fn no_secret_is_kept_in_the_database(backend: Backend) {
+    use std::os::unix::fs::PermissionsExt;
+    let admin = Admin::start(backend, &[]).await;
+    let op = admin.operator_token.clone();
+    let post = |path: &str, token: Option<String>, body: Value, key: &str| {
+        let mut req = admin.http.post(format!("{}{path}", admin.url)).header("idempotency-key", key).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let signed: Value = post("/v1/customers", None, json!({"name": "Ana", "email": "ana@example.com"}), "s-1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = signed["api_key"].as_str().unwrap().to_owned();
+    let minted: Value =
+        post("/v1/customers/me/keys", Some(key.clone()), json!({}), "m-1").await.unwrap().json().await.unwrap();
+    let key2 = minted["api_key"].as_str().unwrap().to_owned();
+    let pool = admin.account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "trial"}})).await;
+    let node: Value =
+        post("/v1/nodes", Some(op.clone()), json!({"pool_id": pool}), "n-1").await.unwrap().json().await.unwrap();
+    let token = node["token"].as_str().unwrap().to_owned();
+    // A request each, so the keys are used (and looked up) too.
+    admin.call(Method::GET, "/v1/customers/me", Some(&key2), None, StatusCode::OK).await;
+    assert_eq!(admin.count("SELECT COUNT(*) FROM idempotency_keys").await, 3);
+    let secrets: Vec<String> = [&key, &key2, &token, &op]
+        .iter()
+        .flat_map(|s| [s.to_string(), s.rsplit('_').next().unwrap().to_owned()])
+        .collect();
+    if admin.db_url.starts_with("postgres") {
+        let tables = db_tables(&admin).await;
+        assert!(tables.len() >= 15, "{tables:?}");
+        let any: Vec<String> = secrets.iter().map(|s| format!("r::text LIKE '%{s}%'")).collect();
+        for t in &tables {
+            let hits = admin.count(&format!("SELECT COUNT(*) FROM {t} r WHERE {}", any.join(" OR "))).await;
+            assert_eq!(hits, 0, "a secret in {t}");
+        }
+    } else {
+        let mut files = 0;
+        for e in std::fs::read_dir(admin.data_dir.path()).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("headwater.db") {
+                continue;
+            }
+            files += 1;
+            let bytes = std::fs::read(e.path()).unwrap();
+            for secret in &secrets {
+                assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "a secret in {name}");
+            }
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name} is {mode:o}");
+        }
+        assert!(files >= 2, "the database and its WAL");
+    }
+}
+
+/// The tables of the test's PostgreSQL database.
+async fn db_tables(admin: &Admin) -> Vec<String> {
+    let n = admin.count("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'").await;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let t = admin
+            .text(&format!(
+                "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name OFFSET {i} LIMIT 1"
+            ))
+            .await
+            .unwrap();
+        out.push(t);
+    }
+    out
+}
+
 e2e_on_both_backends!(
+    no_secret_is_kept_in_the_database,
     quotas_refuse_what_is_past_them_and_the_operator_raises_them,
     replays_follow_authentication_and_never_show_a_secret_twice,
     rate_limits_follow_the_principal_and_failures_write_nothing,

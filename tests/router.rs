@@ -24,6 +24,12 @@ async fn up_demo_serves_the_demo_and_survives_a_killed_node() {
     let router = value(&lines, "headwater router listening on ").to_owned();
     let admin = value(&lines, "headwater admin listening on ").to_owned();
     assert!(lines.iter().any(|l| l.starts_with("demo API key: hw_")), "{lines:?}");
+    // Secrets and the database are the owner's only.
+    for file in ["operator-token", "demo-api-key", "headwater.db", "headwater.db-wal"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.path().join(file)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file} is {mode:o}");
+    }
     let locator = lines.iter().find_map(|l| l.strip_prefix("demo locator: ")).unwrap().to_owned();
     assert_eq!(locator, format!("{router}/demo-trial/demo/hls/master.m3u8"));
 

@@ -83,6 +83,23 @@ pub fn tokens_equal(presented: &str, expected: &str) -> bool {
     hash(presented).ct_eq(&hash(expected)).into()
 }
 
+/// Writes a secret to a new file readable by its owner only (0600).
+pub fn write_secret_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// Creates `dir` (and its parents) readable by its owner only, when missing.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 /// A random token for operators and development set-ups.
 pub fn random_token() -> String {
     let mut b = [0u8; 32];

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,24 +128,11 @@ fn operator_token(cfg: &AdminConfig) -> anyhow::Result<String> {
     if let Ok(t) = std::fs::read_to_string(&path) {
         return Ok(t.trim().to_owned());
     }
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    keys::create_private_dir(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let token = keys::random_token();
-    write_private(&path, &token)?;
+    keys::write_secret_file(&path, &token).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("operator token generated and saved in {}", path.display());
     Ok(token)
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 /// Everything `admin` runs, assembled: used by `headwater admin` and by `up`.

@@ -239,9 +239,10 @@ impl Store {
         } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             let file = path.split('?').next().unwrap_or(path);
             if let Some(dir) = std::path::Path::new(file).parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
+                crate::keys::create_private_dir(dir)
                     .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
             }
+            private_file(std::path::Path::new(file))?;
             let opts = SqliteConnectOptions::from_str(url)
                 .map_err(StoreError::Db)?
                 .create_if_missing(true)
@@ -289,6 +290,19 @@ impl Store {
     pub async fn close(&self) {
         on_pool!(self, |p| p.close().await)
     }
+}
+
+/// Makes the SQLite file (when missing) readable by its owner only, and keeps an
+/// existing one so: it holds hashes, events and usage. SQLite gives its `-wal`
+/// and `-shm` files the database file's mode.
+fn private_file(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |source| StoreError::DataDir { path: path.display().to_string(), source };
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)
 }
 
 /// The fewest nodes a shared pool runs with.
