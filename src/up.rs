@@ -36,6 +36,10 @@ pub struct UpConfig {
     pub keep_nodes: bool,
 }
 
+/// The loopback address `up`'s router connects to nodes from, so nodes tell it
+/// from any other local client.
+const ROUTER_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
+
 /// The admin flags `up` runs with, parsed like `headwater admin` (so `HEADWATER_*`
 /// variables apply) from the data directory's paths.
 #[derive(Parser)]
@@ -66,6 +70,9 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         router_url.clone(),
         "--listen".into(),
         admin_listener.local_addr()?.to_string(),
+        // The router below connects from this address; nodes believe it alone.
+        "--trusted-proxy".into(),
+        format!("{ROUTER_SOURCE}/32"),
     ])?;
     let admin = Admin::build(&args.admin, Arc::new(SystemClock)).await?;
     let operator_token = admin.state.settings.operator_token.clone();
@@ -79,6 +86,7 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         redis_url: None,
         redis_prefix: "headwater".into(),
         refresh_ms: 250,
+        source_ip: Some(std::net::IpAddr::V4(ROUTER_SOURCE)),
     };
     let router_task = tokio::spawn(headwater_router::serve(router_cfg, router_listener, shutdown.clone()));
     println!("headwater admin listening on {admin_url}");

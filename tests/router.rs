@@ -401,3 +401,59 @@ async fn a_get_with_a_body_is_refused_and_no_node_is_ejected() {
         metrics.lines().find(|l| l.starts_with("headwater_router_upstream_errors_total{account=\"demo-trial\"}"));
     assert!(errors.is_none_or(|l| l.ends_with(" 0")), "{errors:?}");
 }
+
+/// Nodes believe `X-Forwarded-For` from the routers alone (admin's
+/// `--trusted-proxy`, the router's `--source-ip`): a local client talking to a
+/// node directly cannot claim an allowed address, while players through the router
+/// are judged by their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_router_may_say_who_the_client_is() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let admin = Admin::start(Backend::Sqlite, &["--driver", "process", "--trusted-proxy", "127.0.0.2/32"]).await;
+    let (_, ana) = admin.sign_up("ana@example.com").await;
+    let (_, bo) = admin.sign_up("bo@example.com").await;
+    // Two trial accounts of the shared pool: one allows this host, one only 10.9.9.9.
+    admin
+        .account(
+            &ana,
+            json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "trial"}, "ip_allow": ["127.0.0.1/32"]}),
+        )
+        .await;
+    admin
+        .account(
+            &bo,
+            json!({"name": "bo-vod", "origin_type": "hls", "offer": {"kind": "trial"}, "ip_allow": ["10.9.9.9/32"]}),
+        )
+        .await;
+    admin.upload_demo(&ana, "ana-vod", "demo").await;
+    admin.upload_demo(&bo, "bo-vod", "demo").await;
+    let (_router, router) = router_of(&admin, &["--source-ip", "127.0.0.2"]).await;
+    let http = reqwest::Client::new();
+    wait_status(&http, &format!("{router}/ana-vod/demo/hls/master.m3u8"), StatusCode::OK, "ana through the router")
+        .await;
+    let nodes = admin.call(Method::GET, "/v1/nodes", Some(&admin.operator_token), None, StatusCode::OK).await;
+    let node = nodes["items"].as_array().unwrap().iter().find(|n| n["state"] == "ready").unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let get = |url: String, claim: Option<&'static str>| {
+        let mut req = http.get(url);
+        if let Some(ip) = claim {
+            req = req.header("x-forwarded-for", ip);
+        }
+        req.send()
+    };
+    // Directly to the node, claiming the allowed address: refused (it was served before).
+    let res = get(format!("http://{node}/bo-vod/demo/hls/master.m3u8"), Some("10.9.9.9")).await.unwrap();
+    support::expect_problem(res, StatusCode::FORBIDDEN, "forbidden", None).await;
+    // Through the router the claim is a hop, not the client.
+    let res = get(format!("{router}/bo-vod/demo/hls/master.m3u8"), Some("10.9.9.9")).await.unwrap();
+    support::expect_problem(res, StatusCode::FORBIDDEN, "forbidden", None).await;
+    // A player this host may be: served through the router (the node believes
+    // the router's word) and directly.
+    for url in [format!("{router}/ana-vod/demo/hls/master.m3u8"), format!("http://{node}/ana-vod/demo/hls/master.m3u8")]
+    {
+        let res = get(url.clone(), None).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{url}");
+    }
+}

@@ -87,6 +87,12 @@ pub struct AdminConfig {
     /// Default: this admin's own listen address.
     #[arg(long, env = "HEADWATER_NODE_ADMIN_URL")]
     pub node_admin_url: Option<String>,
+    /// The routers' addresses (CIDR, repeat or comma-separate): the nodes admin
+    /// runs believe the client address a router forwards (`X-Forwarded-For`, for IP
+    /// allow-lists) from these only. None by default: no forwarded address is
+    /// believed. `up` sets its router's.
+    #[arg(long = "trusted-proxy", env = "HEADWATER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// A node without a heartbeat for this long is failed and replaced.
     #[arg(long, env = "HEADWATER_HEARTBEAT_TIMEOUT_MS", default_value_t = 3000)]
     pub heartbeat_timeout_ms: u64,
@@ -267,6 +273,7 @@ impl Admin {
                     },
                     content_url: self.cfg.content_url.clone(),
                     heartbeat_ms: 1000,
+                    trusted_proxies: self.cfg.trusted_proxies.iter().map(ToString::to_string).collect(),
                 };
                 let policy = HealthPolicy {
                     heartbeat_timeout_ms: i64::try_from(self.cfg.heartbeat_timeout_ms).unwrap_or(3000),

@@ -48,6 +48,11 @@ pub struct RouterConfig {
     /// With Redis, how often admin is also polled for the routing table, in ms.
     #[arg(long, env = "HEADWATER_ROUTING_REFRESH_MS", default_value_t = 250)]
     pub refresh_ms: u64,
+    /// The address the router connects to nodes from, so nodes can tell it from
+    /// other clients and believe its `X-Forwarded-For` (admin's
+    /// `--trusted-proxy`); e.g. 127.0.0.2 when both run on one host.
+    #[arg(long, env = "HEADWATER_ROUTER_SOURCE_IP")]
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// Runs a router on `listener` until `shutdown`, then drains.
@@ -73,7 +78,7 @@ pub async fn serve(cfg: RouterConfig, listener: TcpListener, shutdown: Cancellat
             shutdown.clone(),
         ))],
     };
-    let router = Arc::new(Router::new(table, cfg.mode, cfg.domain.clone())?);
+    let router = Arc::new(Router::new(table, cfg.mode, cfg.domain.clone(), cfg.source_ip)?);
     headwater_serve::run(
         listener,
         move |peer| {

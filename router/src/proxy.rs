@@ -200,8 +200,14 @@ impl Router {
         Err(())
     }
 
-    pub fn new(table: Arc<Shared>, mode: Mode, domain: Option<String>) -> Result<Self, prometheus::Error> {
+    pub fn new(
+        table: Arc<Shared>,
+        mode: Mode,
+        domain: Option<String>,
+        source_ip: Option<std::net::IpAddr>,
+    ) -> Result<Self, prometheus::Error> {
         let mut connector = HttpConnector::new();
+        connector.set_local_address(source_ip);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
@@ -617,7 +623,7 @@ mod tests {
             };
             Table { version, digest: version.to_string(), accounts: [("a".to_owned(), account)].into() }
         };
-        let router = super::Router::new(Default::default(), crate::Mode::Proxy, None).unwrap();
+        let router = super::Router::new(Default::default(), crate::Mode::Proxy, None, None).unwrap();
         for n in ["127.0.0.1:1", "127.0.0.1:2"] {
             router.stats(n);
         }

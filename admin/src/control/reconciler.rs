@@ -217,6 +217,8 @@ pub struct NodeTemplate {
     pub admin_url: String,
     pub content_url: String,
     pub heartbeat_ms: u64,
+    /// The routers' addresses: nodes believe `X-Forwarded-For` from these only.
+    pub trusted_proxies: Vec<String>,
 }
 
 pub struct Reconciler {
@@ -557,8 +559,11 @@ impl Reconciler {
         args.extend(["--admin-url".into(), t.admin_url.clone(), "--content".into(), t.content_url.clone()]);
         args.extend(["--capacity-mbps".into(), pool.node_capacity_mbps.to_string()]);
         args.extend(["--heartbeat-ms".into(), t.heartbeat_ms.to_string()]);
-        // A router on this machine forwards players' addresses (for IP allow-lists).
-        args.extend(["--trusted-proxy".into(), "127.0.0.1/32".into()]);
+        // The routers forward players' addresses (for IP allow-lists); nobody else
+        // is believed.
+        for proxy in &t.trusted_proxies {
+            args.extend(["--trusted-proxy".into(), proxy.clone()]);
+        }
         if let Some(v) = &pool.image_version {
             args.extend(["--image-version".into(), v.clone()]);
         }
@@ -787,6 +792,7 @@ mod driven {
             admin_url: "http://127.0.0.1:1".into(),
             content_url: "/tmp/content".into(),
             heartbeat_ms: 1000,
+            trusted_proxies: vec![],
         };
         let reconciler = Reconciler::new(
             store.clone(),
