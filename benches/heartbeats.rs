@@ -171,7 +171,7 @@ async fn main() {
     let cpu = (cpu_ticks(pid) - cpu_before) as f64 / 100.0; // USER_HZ is 100 on Linux
     let mut lat = latencies.lock().unwrap().clone();
     lat.sort_by(f64::total_cmp);
-    let metrics = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = http.get(format!("{url}/metrics")).bearer_auth(token).send().await.unwrap().text().await.unwrap();
     let server_p99 = histogram_p99(&metrics, "/v1/nodes/{id}/heartbeat");
     println!(
         "heartbeat fan-in: {nodes} nodes at 1 Hz for {elapsed:.1} s on {}",

@@ -76,6 +76,7 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     ])?;
     let admin = Admin::build(&args.admin, Arc::new(SystemClock)).await?;
     let operator_token = admin.state.settings.operator_token.clone();
+    let admin_metrics_token = admin.state.settings.metrics_token.clone();
     let admin_task = tokio::spawn(admin.run(admin_listener, shutdown.clone()));
     let router_cfg = RouterConfig {
         listen: router_listener.local_addr()?,
@@ -87,11 +88,13 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         redis_prefix: "headwater".into(),
         refresh_ms: 250,
         source_ip: Some(std::net::IpAddr::V4(ROUTER_SOURCE)),
+        metrics_token: Some(admin_metrics_token),
     };
     let router_task = tokio::spawn(headwater_router::serve(router_cfg, router_listener, shutdown.clone()));
     println!("headwater admin listening on {admin_url}");
     println!("headwater router listening on {router_url}");
     println!("operator token in {}", data.join("operator-token").display());
+    println!("metrics token in {} (Authorization: Bearer for /metrics)", data.join("metrics-token").display());
 
     if cfg.demo {
         match demo(&admin_url, &router_url, &data).await {

@@ -946,8 +946,15 @@ async fn openapi_metrics_and_health() {
     let ready = admin.request(Method::GET, "/readyz", None, None).await;
     assert_eq!(ready.status(), StatusCode::OK);
     assert_eq!(ready.text().await.unwrap(), "ready\n");
-    admin.sign_up("ana@example.com").await;
-    let metrics = admin.request(Method::GET, "/metrics", None, None).await.text().await.unwrap();
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    // /metrics names every account: the metrics token (or the operator's) only.
+    let res = admin.request(Method::GET, "/metrics", None, None).await;
+    expect_problem(res, StatusCode::UNAUTHORIZED, "unauthorized", None).await;
+    let res = admin.request(Method::GET, "/metrics", Some(&key), None).await;
+    expect_problem(res, StatusCode::UNAUTHORIZED, "unauthorized", None).await;
+    let by_operator = admin.request(Method::GET, "/metrics", Some(&admin.operator_token), None).await;
+    assert_eq!(by_operator.status(), StatusCode::OK);
+    let metrics = support::metrics(&admin.url).await;
     assert!(
         metrics.lines().any(|l| l.starts_with("headwater_admin_http_requests_total{")
             && l.contains("route=\"/v1/customers\"")

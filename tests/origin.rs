@@ -359,7 +359,10 @@ async fn usage_counts_account_bytes_but_never_test_content() {
     let n = &nodes["items"][0];
     assert_eq!(n["state"], "ready");
     assert_eq!(n["address"].as_str(), Some(origin.url.trim_start_matches("http://")));
-    let metrics = reqwest::get(format!("{}/metrics", origin.url)).await.unwrap().text().await.unwrap();
+    let metrics = support::metrics(&origin.url).await;
+    // Without the token the node's metrics are not shown.
+    let res = reqwest::get(format!("{}/metrics", origin.url)).await.unwrap();
+    support::expect_problem(res, StatusCode::UNAUTHORIZED, "unauthorized", None).await;
     assert!(metrics.contains("headwater_origin_bytes_total{account=\"_probe\"}"), "{metrics}");
 }
 
@@ -372,7 +375,7 @@ async fn a_drain_finishes_the_download_in_flight_then_exits() {
     // Wait until the response is on its way.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let m = reqwest::get(format!("{}/metrics", origin.url)).await.unwrap().text().await.unwrap();
+        let m = support::metrics(&origin.url).await;
         let in_flight = m
             .lines()
             .find_map(|l| l.strip_prefix("headwater_origin_responses_in_flight "))
@@ -464,7 +467,7 @@ async fn idle_connections_at_the_cap_never_keep_a_player_out() {
     for _ in 0..150 {
         held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
-    let metrics = || async { reqwest::get(format!("{}/metrics", origin.url)).await.unwrap().text().await.unwrap() };
+    let metrics = || support::metrics(&origin.url);
     support::eventually(Duration::from_secs(10), "the node to close 50 idle connections for newer ones", || async {
         gauge(&metrics().await, "headwater_origin_connections_evicted_total") >= 50.0
     })

@@ -83,7 +83,7 @@ async fn an_sla_account_gets_its_nodes_and_a_killed_node_is_replaced(backend: Ba
         assert!(Instant::now() < deadline, "no availability figure: {a}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = admin.request(Method::GET, "/metrics", None, None).await.text().await.unwrap();
+    let metrics = support::metrics(&admin.url).await;
     assert!(metrics.lines().any(|l| l == "headwater_admin_account_availability{account=\"ana-vod\"} 1"), "{metrics}");
 
     // kill -9 one node: it is marked failed and a replacement becomes ready.

@@ -396,7 +396,11 @@ async fn a_get_with_a_body_is_refused_and_no_node_is_ejected() {
         nodes.insert(r.headers()["x-headwater-node"].to_str().unwrap().to_owned());
     }
     assert_eq!(nodes.len(), 2, "requests go to both nodes: {nodes:?}");
-    let metrics = http.get(format!("{router}/metrics")).send().await.unwrap().text().await.unwrap();
+    let token = std::fs::read_to_string(data.path().join("metrics-token")).unwrap();
+    let res = http.get(format!("{router}/metrics")).send().await.unwrap();
+    support::expect_problem(res, StatusCode::UNAUTHORIZED, "unauthorized", None).await;
+    let metrics =
+        http.get(format!("{router}/metrics")).bearer_auth(token.trim()).send().await.unwrap().text().await.unwrap();
     let errors =
         metrics.lines().find(|l| l.starts_with("headwater_router_upstream_errors_total{account=\"demo-trial\"}"));
     assert!(errors.is_none_or(|l| l.ends_with(" 0")), "{errors:?}");

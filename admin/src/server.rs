@@ -43,6 +43,10 @@ pub struct AdminConfig {
     /// Bearer token of operator routes; generated into DATA_DIR/operator-token when unset.
     #[arg(long, env = "HEADWATER_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
+    /// Bearer token of `/metrics` (for Prometheus; the operator token works too),
+    /// handed to the nodes admin runs; generated into DATA_DIR/metrics-token when unset.
+    #[arg(long, env = "HEADWATER_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Base URL of the router, from which each account's locator is made.
     #[arg(long, env = "HEADWATER_LOCATOR_BASE", default_value = "http://127.0.0.1:7401")]
     pub locator_base: String,
@@ -124,20 +128,20 @@ pub struct AdminConfig {
     pub test_clock: bool,
 }
 
-/// Reads the operator token from the flag, or from DATA_DIR/operator-token, making
-/// and saving one (readable by the owner only) on first start.
-fn operator_token(cfg: &AdminConfig) -> anyhow::Result<String> {
-    if let Some(t) = cfg.operator_token.as_ref().filter(|t| !t.is_empty()) {
+/// A token from its flag, or from DATA_DIR/`file`, made and saved there (readable
+/// by the owner only) on first start.
+fn token(cfg: &AdminConfig, flag: Option<&String>, file: &str, what: &str) -> anyhow::Result<String> {
+    if let Some(t) = flag.filter(|t| !t.is_empty()) {
         return Ok(t.clone());
     }
-    let path = cfg.data_dir.join("operator-token");
+    let path = cfg.data_dir.join(file);
     if let Ok(t) = std::fs::read_to_string(&path) {
         return Ok(t.trim().to_owned());
     }
     keys::create_private_dir(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let token = keys::random_token();
     keys::write_secret_file(&path, &token).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("operator token generated and saved in {}", path.display());
+    eprintln!("{what} generated and saved in {}", path.display());
     Ok(token)
 }
 
@@ -160,7 +164,8 @@ impl Admin {
             None => Bus::in_process(),
         };
         let settings = ApiSettings {
-            operator_token: operator_token(cfg)?,
+            operator_token: token(cfg, cfg.operator_token.as_ref(), "operator-token", "operator token")?,
+            metrics_token: token(cfg, cfg.metrics_token.as_ref(), "metrics-token", "metrics token")?,
             locator_base: cfg.locator_base.clone(),
             retention_ms: i64::from(cfg.retention_hours) * 3_600_000,
             max_body_bytes: cfg.max_body_bytes,
@@ -274,6 +279,7 @@ impl Admin {
                     content_url: self.cfg.content_url.clone(),
                     heartbeat_ms: 1000,
                     trusted_proxies: self.cfg.trusted_proxies.iter().map(ToString::to_string).collect(),
+                    metrics_token: self.state.settings.metrics_token.clone(),
                 };
                 let policy = HealthPolicy {
                     heartbeat_timeout_ms: i64::try_from(self.cfg.heartbeat_timeout_ms).unwrap_or(3000),

@@ -96,7 +96,14 @@ async fn route(
             }
             return res;
         }
-        "/metrics" => return metrics(node),
+        "/metrics" => {
+            // It names every account: for the scraper's token only.
+            let allowed = node.metrics_token.as_deref().is_some_and(|t| headwater_serve::bearer_is(headers, t));
+            if !allowed {
+                return headwater_serve::metrics_refused(node.metrics_token.is_some()).map(Payload::Full);
+            }
+            return metrics(node);
+        }
         _ => {}
     }
     if method == Method::OPTIONS {

@@ -72,6 +72,11 @@ pub struct OriginConfig {
     /// or starting a request; slower ones are disconnected.
     #[arg(long, env = "HEADWATER_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
+    /// `/metrics` answers only `Authorization: Bearer` this token (it names every
+    /// account); without it the node's metrics are off. Admin hands its own to
+    /// the nodes it runs.
+    #[arg(long, env = "HEADWATER_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// A keep-alive connection with no request (HTTP/1.1) or no stream (HTTP/2)
     /// for this long is closed. Above the router's 30 s pool idle time, like
     /// nginx's 75 s `keepalive_timeout`.
@@ -99,6 +104,7 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
         shaper,
         metrics,
         cfg.trusted_proxies.clone(),
+        cfg.metrics_token.clone(),
     ));
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;

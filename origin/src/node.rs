@@ -59,6 +59,8 @@ pub struct Node {
     pub served: RwLock<Arc<Served>>,
     /// Proxies (the router) whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<IpNet>,
+    /// The bearer token of `/metrics` (off without one).
+    pub metrics_token: Option<String>,
     /// Bytes of account content sent, per (account, minute start in ms): bytes, requests.
     usage: Mutex<UsageCounts>,
     /// A usage report sent whose answer has not come; sent again with its id.
@@ -79,6 +81,7 @@ impl Node {
         shaper: Shaper,
         metrics: Metrics,
         trusted_proxies: Vec<IpNet>,
+        metrics_token: Option<String>,
     ) -> Self {
         let id_header =
             http::HeaderValue::from_str(&id.to_string()).unwrap_or(http::HeaderValue::from_static("unknown"));
@@ -95,6 +98,7 @@ impl Node {
             metrics,
             served: RwLock::new(Arc::new(Served::default())),
             trusted_proxies,
+            metrics_token,
             usage: Mutex::new(HashMap::new()),
             pending_usage: Mutex::new(None),
             egress_bytes: AtomicU64::new(0),

@@ -15,11 +15,12 @@ use headwater_serve::ServeConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use proxy::Router;
+pub use proxy::{Options, Router};
 
 /// Proxy through the router, or redirect players to a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
+    #[default]
     Proxy,
     Redirect,
 }
@@ -53,6 +54,10 @@ pub struct RouterConfig {
     /// `--trusted-proxy`); e.g. 127.0.0.2 when both run on one host.
     #[arg(long, env = "HEADWATER_ROUTER_SOURCE_IP")]
     pub source_ip: Option<std::net::IpAddr>,
+    /// `/metrics` answers only `Authorization: Bearer` this token (it names every
+    /// account); without it the router's metrics are off.
+    #[arg(long, env = "HEADWATER_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 /// Runs a router on `listener` until `shutdown`, then drains.
@@ -78,7 +83,13 @@ pub async fn serve(cfg: RouterConfig, listener: TcpListener, shutdown: Cancellat
             shutdown.clone(),
         ))],
     };
-    let router = Arc::new(Router::new(table, cfg.mode, cfg.domain.clone(), cfg.source_ip)?);
+    let options = Options {
+        mode: cfg.mode,
+        domain: cfg.domain.clone(),
+        source_ip: cfg.source_ip,
+        metrics_token: cfg.metrics_token.clone(),
+    };
+    let router = Arc::new(Router::new(table, options)?);
     headwater_serve::run(
         listener,
         move |peer| {

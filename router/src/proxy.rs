@@ -100,10 +100,23 @@ impl Metrics {
     }
 }
 
+/// How a router serves, beside its routing table.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub mode: Mode,
+    /// Serve `{account}.DOMAIN` by Host too.
+    pub domain: Option<String>,
+    /// The address to connect to nodes from.
+    pub source_ip: Option<std::net::IpAddr>,
+    /// The bearer token `/metrics` asks for (off without one).
+    pub metrics_token: Option<String>,
+}
+
 pub struct Router {
     table: Arc<Shared>,
     mode: Mode,
     domain: Option<String>,
+    metrics_token: Option<String>,
     client: Client<HttpConnector, Empty<Bytes>>,
     nodes: Mutex<HashMap<String, Arc<NodeStats>>>,
     /// The routing table version `nodes` was last pruned for: nodes that left
@@ -200,12 +213,8 @@ impl Router {
         Err(())
     }
 
-    pub fn new(
-        table: Arc<Shared>,
-        mode: Mode,
-        domain: Option<String>,
-        source_ip: Option<std::net::IpAddr>,
-    ) -> Result<Self, prometheus::Error> {
+    pub fn new(table: Arc<Shared>, options: Options) -> Result<Self, prometheus::Error> {
+        let Options { mode, domain, source_ip, metrics_token } = options;
         let mut connector = HttpConnector::new();
         connector.set_local_address(source_ip);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
@@ -215,6 +224,7 @@ impl Router {
             table,
             mode,
             domain,
+            metrics_token,
             client,
             nodes: Mutex::default(),
             pruned: AtomicU64::new(0),
@@ -293,6 +303,12 @@ impl Router {
                 return res;
             }
             "/metrics" => {
+                // It names every account: for the scraper's token only.
+                let allowed =
+                    self.metrics_token.as_deref().is_some_and(|t| headwater_serve::bearer_is(req.headers(), t));
+                if !allowed {
+                    return headwater_serve::metrics_refused(self.metrics_token.is_some()).map(full);
+                }
                 let mut buf = Vec::new();
                 let _ = prometheus::TextEncoder::new().encode(&self.metrics.registry.gather(), &mut buf);
                 return Response::new(full(buf));
@@ -623,7 +639,7 @@ mod tests {
             };
             Table { version, digest: version.to_string(), accounts: [("a".to_owned(), account)].into() }
         };
-        let router = super::Router::new(Default::default(), crate::Mode::Proxy, None, None).unwrap();
+        let router = super::Router::new(Default::default(), super::Options::default()).unwrap();
         for n in ["127.0.0.1:1", "127.0.0.1:2"] {
             router.stats(n);
         }

@@ -388,6 +388,33 @@ pub fn preflight() -> Response<bytes::Bytes> {
     res
 }
 
+/// Whether the request carries `Authorization: Bearer <token>` for `token`,
+/// compared in constant time (digests first, so neither where they differ nor
+/// their lengths show).
+pub fn bearer_is(headers: &http::HeaderMap, token: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let Some(presented) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    Sha256::digest(presented).ct_eq(&Sha256::digest(token.as_bytes())).into()
+}
+
+/// The answer to `/metrics` without the scrape token (it names every account):
+/// 401, or 404 when the server was given no token, so its metrics are off.
+pub fn metrics_refused(configured: bool) -> Response<bytes::Bytes> {
+    let mut res = if configured {
+        problem(http::StatusCode::UNAUTHORIZED, "unauthorized", "metrics need Authorization: Bearer <metrics token>")
+    } else {
+        problem(http::StatusCode::NOT_FOUND, "not-found", "metrics are off: start with --metrics-token")
+    };
+    if configured {
+        res.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    }
+    res
+}
+
 /// A problem answer (`application/problem+json`, RFC 9457) for the data plane
 /// (origin nodes, router), shaped like the admin API's problems.
 pub fn problem(status: http::StatusCode, kind: &str, detail: &str) -> Response<bytes::Bytes> {

@@ -17,6 +17,16 @@ use tokio::process::{Child, Command};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_headwater");
 
+/// The `/metrics` token of every admin, node and router the tests start.
+pub const METRICS_TOKEN: &str = "hw-test-metrics";
+
+/// A component's Prometheus text, fetched with the metrics token.
+pub async fn metrics(base: &str) -> String {
+    let res = reqwest::Client::new().get(format!("{base}/metrics")).bearer_auth(METRICS_TOKEN).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{base}/metrics");
+    res.text().await.unwrap()
+}
+
 /// Redis for tests: `HEADWATER_TEST_REDIS_URL`, default the local server.
 pub fn redis_url() -> String {
     std::env::var("HEADWATER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -57,6 +67,7 @@ async fn spawn(
 ) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args(["admin", "--listen", listen, "--database-url", db_url, "--operator-token", token])
+        .args(["--metrics-token", METRICS_TOKEN])
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--content", content])
@@ -446,6 +457,7 @@ impl Origin {
                 &admin.url,
             ])
             .args(["--capacity-mbps", &capacity_mbps.to_string(), "--heartbeat-ms", "200", "--usage-report-ms", "300"])
+            .args(["--metrics-token", METRICS_TOKEN])
             .args(["--content", &admin.content])
             .envs(admin.env.iter().map(|(k, v)| (k, v)))
             .args(extra)
@@ -629,6 +641,8 @@ pub async fn router_of(admin: &Admin, extra: &[&str]) -> (tokio::process::Child,
                 &admin.url,
                 "--operator-token",
                 &admin.operator_token,
+                "--metrics-token",
+                METRICS_TOKEN,
             ])
             .args(extra),
         "headwater router listening on ",

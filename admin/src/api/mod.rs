@@ -40,6 +40,8 @@ pub use system::Metrics;
 pub struct ApiSettings {
     /// Compared (in constant time) with the bearer token of operator routes.
     pub operator_token: String,
+    /// The bearer token of `/metrics` (the operator token works too).
+    pub metrics_token: String,
     /// Base URL of the router; an account's locator is `{locator_base}/{name}/`.
     pub locator_base: String,
     /// How long a deactivated account's pool is kept.

@@ -61,9 +61,19 @@ pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format")))]
-pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+/// Prometheus text exposition, for the metrics token (or the operator token):
+/// it names every account.
+#[utoipa::path(get, path = "/metrics", tag = "system", security(("bearer" = [])),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
+              (status = 401, body = super::problem::Problem, content_type = "application/problem+json")))]
+pub async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> axum::response::Response {
+    let settings = &s.settings;
+    if !headwater_serve::bearer_is(&headers, &settings.metrics_token)
+        && !headwater_serve::bearer_is(&headers, &settings.operator_token)
+    {
+        return super::problem::ApiError::Unauthorized("metrics need the metrics or the operator token")
+            .into_response();
+    }
     let since = s.clock.now_ms() - super::accounts::AVAILABILITY_WINDOW_MS;
     match s.store.availabilities(since).await {
         Ok(rows) => {
@@ -77,7 +87,8 @@ pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let mut buf = Vec::new();
     let enc = TextEncoder::new();
     if let Err(e) = enc.encode(&s.metrics.registry.gather(), &mut buf) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], e.to_string().into_bytes());
+        return (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], e.to_string().into_bytes())
+            .into_response();
     }
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf)
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
 }

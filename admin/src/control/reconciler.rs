@@ -219,6 +219,8 @@ pub struct NodeTemplate {
     pub heartbeat_ms: u64,
     /// The routers' addresses: nodes believe `X-Forwarded-For` from these only.
     pub trusted_proxies: Vec<String>,
+    /// The bearer token of the nodes' `/metrics`.
+    pub metrics_token: String,
 }
 
 pub struct Reconciler {
@@ -567,8 +569,10 @@ impl Reconciler {
         if let Some(v) = &pool.image_version {
             args.extend(["--image-version".into(), v.clone()]);
         }
-        // The token goes in the environment, not on the command line.
-        Ok(InstanceSpec { id, program, args, env: vec![("HEADWATER_NODE_TOKEN".into(), token)] })
+        // Tokens go in the environment, not on the command line.
+        let env =
+            vec![("HEADWATER_NODE_TOKEN".into(), token), ("HEADWATER_METRICS_TOKEN".into(), t.metrics_token.clone())];
+        Ok(InstanceSpec { id, program, args, env })
     }
 }
 
@@ -793,6 +797,7 @@ mod driven {
             content_url: "/tmp/content".into(),
             heartbeat_ms: 1000,
             trusted_proxies: vec![],
+            metrics_token: "metrics".into(),
         };
         let reconciler = Reconciler::new(
             store.clone(),
