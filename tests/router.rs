@@ -396,6 +396,22 @@ async fn a_get_with_a_body_is_refused_and_no_node_is_ejected() {
         nodes.insert(r.headers()["x-headwater-node"].to_str().unwrap().to_owned());
     }
     assert_eq!(nodes.len(), 2, "requests go to both nodes: {nodes:?}");
+    // HTTP/2 control floods (the probe's 20,000 PINGs and SETTINGS were all
+    // answered): the router and the nodes end such a connection early.
+    let admin = value(&lines, "headwater admin listening on ").to_owned();
+    let op = std::fs::read_to_string(data.path().join("operator-token")).unwrap();
+    let listed: serde_json::Value =
+        http.get(format!("{admin}/v1/nodes")).bearer_auth(op.trim()).send().await.unwrap().json().await.unwrap();
+    let node_addr = listed["items"][0]["address"].as_str().unwrap().to_owned();
+    for (target, addr) in [("router", router.trim_start_matches("http://").to_owned()), ("node", node_addr)] {
+        for settings in [false, true] {
+            let (answered, closed) = support::h2_control_flood(&addr, 20_000, settings).await;
+            assert!(
+                closed && answered < 1_000,
+                "{target}, settings {settings}: {answered} of 20000 answered, closed {closed}"
+            );
+        }
+    }
     let token = std::fs::read_to_string(data.path().join("metrics-token")).unwrap();
     let res = http.get(format!("{router}/metrics")).send().await.unwrap();
     support::expect_problem(res, StatusCode::UNAUTHORIZED, "unauthorized", None).await;

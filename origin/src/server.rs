@@ -100,7 +100,8 @@ async fn serve_h2(
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(20)));
     headwater_serve::bound_h2(&mut builder);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let io = TokioIo::new(headwater_serve::FloodGuard::new(stream, headwater_serve::ControlBudget::default()));
+    let conn = builder.serve_connection(io, service);
     // Closed when idle too long, when the node needs its place, or on drain.
     let stop = async {
         tokio::select! {

@@ -18,6 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod flood;
+pub use flood::{ControlBudget, FloodGuard};
+
 /// Timeouts of a server.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeConfig {
@@ -100,8 +103,8 @@ where
             _ => return Ok(()),
         },
     };
-    let io = TokioIo::new(stream);
     if h2 {
+        let io = TokioIo::new(FloodGuard::new(stream, ControlBudget::default()));
         let streams = H2Streams::new();
         let counted = streams.clone();
         let service = TowerToHyperService::new(service);
@@ -119,6 +122,7 @@ where
         let conn = builder.serve_connection(io, service);
         drive_h2(conn, &streams, cfg.idle_timeout, shutdown.cancelled(), |_| {}).await?;
     } else {
+        let io = TokioIo::new(stream);
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(cfg.header_read_timeout)

@@ -676,3 +676,59 @@ pub async fn up_demo(data: &std::path::Path) -> (Child, Vec<String>) {
     )
     .await
 }
+
+/// Opens an HTTP/2 connection to `addr` and sends `count` PING frames (or SETTINGS
+/// with `settings`) as fast as it can; returns how many the server answered
+/// (PING ACKs or SETTINGS ACKs) before it closed the connection, and whether it
+/// closed it.
+pub async fn h2_control_flood(addr: &str, count: usize, settings: bool) -> (usize, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let frame = |kind: u8, flags: u8, payload: &[u8]| {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, 0];
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    wire.extend(frame(0x4, 0, &[]));
+    let (mut rd, mut wr) = s.split();
+    let writer = async {
+        wr.write_all(&wire).await.ok();
+        let one = if settings { frame(0x4, 0, &[]) } else { frame(0x6, 0, &[7; 8]) };
+        let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 100).collect();
+        for _ in 0..count / 100 {
+            if wr.write_all(&batch).await.is_err() {
+                break;
+            }
+        }
+    };
+    let reader = async {
+        let (mut acks, mut buf) = (0usize, Vec::new());
+        let mut chunk = vec![0u8; 64 * 1024];
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => break false,
+            }
+            // Count the ACK frames among the whole frames received so far.
+            let mut at = 0;
+            while buf.len() >= at + 9 {
+                let len = (usize::from(buf[at]) << 16) | (usize::from(buf[at + 1]) << 8) | usize::from(buf[at + 2]);
+                if buf.len() < at + 9 + len {
+                    break;
+                }
+                let (kind, flags) = (buf[at + 3], buf[at + 4]);
+                if flags & 1 == 1 && kind == if settings { 0x4 } else { 0x6 } {
+                    acks += 1;
+                }
+                at += 9 + len;
+            }
+            buf.drain(..at);
+        };
+        (acks, closed)
+    };
+    let ((), got) = tokio::join!(writer, reader);
+    got
+}
