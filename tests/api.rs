@@ -864,6 +864,34 @@ async fn db_tables(admin: &Admin) -> Vec<String> {
     out
 }
 
+/// Sockets that never send a byte are closed at the header-read timeout (20 of
+/// them were still open after 130 s), and uploads are rate limited per customer.
+#[tokio::test]
+async fn silent_sockets_are_closed_and_uploads_are_rate_limited() {
+    let admin = Admin::start(Backend::Sqlite, &["--header-read-timeout-ms", "300", "--upload-rate-limit", "1"]).await;
+    let addr = admin.url.trim_start_matches("http://").to_owned();
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    for s in &mut silent {
+        use tokio::io::AsyncReadExt;
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a silent socket was still open after 10 s");
+    }
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    admin.account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "trial"}})).await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let url = format!("{}/v1/accounts/ana-vod/assets/vod/f{i}.ts", admin.url);
+        statuses.push(admin.http.put(url).bearer_auth(&key).body("x").send().await.unwrap().status().as_u16());
+    }
+    // 1 a second, bursts of 2.
+    assert_eq!(&statuses[..2], [201, 201], "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
+
 e2e_on_both_backends!(
     no_secret_is_kept_in_the_database,
     quotas_refuse_what_is_past_them_and_the_operator_raises_them,

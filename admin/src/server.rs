@@ -119,6 +119,10 @@ pub struct AdminConfig {
     /// Largest request body in bytes.
     #[arg(long, env = "HEADWATER_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+    /// A client must send a whole request head within this time of connecting (or
+    /// of its previous answer); slower ones, and silent ones, are disconnected.
+    #[arg(long, env = "HEADWATER_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
     /// Time a request may take, including reading its body, in seconds.
     #[arg(long, env = "HEADWATER_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
@@ -311,7 +315,11 @@ impl Admin {
             })
         };
         let app = api::router(self.state);
-        let serve = ServeConfig { drain_timeout: Duration::from_secs(10), ..ServeConfig::default() };
+        let serve = ServeConfig {
+            drain_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_millis(self.cfg.header_read_timeout_ms),
+            ..ServeConfig::default()
+        };
         headwater_serve::run(listener, |peer| with_peer(app.clone(), peer), shutdown.clone(), serve).await;
         shutdown.cancel();
         for w in workers {

@@ -54,6 +54,10 @@ pub struct RouterConfig {
     /// `--trusted-proxy`); e.g. 127.0.0.2 when both run on one host.
     #[arg(long, env = "HEADWATER_ROUTER_SOURCE_IP")]
     pub source_ip: Option<std::net::IpAddr>,
+    /// A player must send a whole request head within this time of connecting (or
+    /// of its previous answer); slower ones, and silent ones, are disconnected.
+    #[arg(long, env = "HEADWATER_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
     /// `/metrics` answers only `Authorization: Bearer` this token (it names every
     /// account); without it the router's metrics are off.
     #[arg(long, env = "HEADWATER_METRICS_TOKEN", hide_env_values = true)]
@@ -100,7 +104,11 @@ pub async fn serve(cfg: RouterConfig, listener: TcpListener, shutdown: Cancellat
             })
         },
         shutdown,
-        ServeConfig { drain_timeout: Duration::from_secs(30), ..ServeConfig::default() },
+        ServeConfig {
+            drain_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms),
+            ..ServeConfig::default()
+        },
     )
     .await;
     for f in followers {
