@@ -107,18 +107,20 @@ async fn signup_and_accounts_of_each_offer(backend: Backend) {
     }
 
     // payg -> sla, then deactivate, reactivate, delete: each an operation.
+    // (200.0 is the JSON number 200.)
     let changed = admin
         .call(
             Method::PATCH,
             "/v1/accounts/ana-payg",
             Some(&key),
-            Some(json!({"offer": {"kind": "sla", "mbps": 200}})),
+            Some(json!({"offer": {"kind": "sla", "mbps": 200.0}})),
             StatusCode::ACCEPTED,
         )
         .await;
     assert_eq!(changed["operation"]["kind"], "change_offer");
     assert_eq!(admin.wait_operation(changed["operation"]["id"].as_str().unwrap(), &key).await["state"], "succeeded");
     let payg_now = admin.call(Method::GET, "/v1/accounts/ana-payg", Some(&key), None, StatusCode::OK).await;
+    assert_eq!(payg_now["offer"], json!({"kind": "sla", "mbps": 200}));
     assert_eq!(
         (payg_now["pool"]["kind"].as_str(), payg_now["pool"]["desired_nodes"].as_i64()),
         (Some("dedicated"), Some(3))
@@ -224,8 +226,6 @@ async fn every_error_is_a_problem_and_writes_nothing(backend: Backend) {
     let cases = [
         (json!({"name": "-bad-", "origin_type": "hls", "offer": {"kind": "trial"}}), "name"),
         (json!({"name": "_probe", "origin_type": "hls", "offer": {"kind": "trial"}}), "name"),
-        (json!({"name": "ana-cmaf", "origin_type": "nope", "offer": {"kind": "trial"}}), "origin_type"),
-        (json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "sla", "mbps": 150}}), "offer.mbps"),
         (json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "sla"}}), "offer.mbps"),
         (
             json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "payg"}, "ip_allow": ["10.0.0.0/8", "10.0.0.0/99"]}),
@@ -238,7 +238,29 @@ async fn every_error_is_a_problem_and_writes_nothing(backend: Backend) {
         let p = expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some(field)).await;
         assert!(!p["detail"].as_str().unwrap().is_empty(), "{body}");
     }
-    // Conflicts: a taken name, a second live account of the same type.
+    // An origin type that does not exist.
+    let res = admin
+        .request(
+            Method::POST,
+            "/v1/accounts",
+            Some(&key),
+            Some(json!({"name": "ana-cmaf", "origin_type": "nope", "offer": {"kind": "trial"}})),
+        )
+        .await;
+    let p = expect_problem(res, StatusCode::NOT_FOUND, "not-found", None).await;
+    assert!(p["detail"].as_str().unwrap().contains("nope"), "{p}");
+    // Conflicts: an SLA off the type's increment, a taken name, a second live
+    // account of the same type.
+    let res = admin
+        .request(
+            Method::POST,
+            "/v1/accounts",
+            Some(&key),
+            Some(json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "sla", "mbps": 150}})),
+        )
+        .await;
+    let p = expect_problem(res, StatusCode::CONFLICT, "conflict", Some("offer.mbps")).await;
+    assert!(p["detail"].as_str().unwrap().contains("100"), "{p}");
     let (_, bo) = admin.sign_up("bo@example.com").await;
     let res = admin
         .request(
@@ -299,7 +321,7 @@ async fn every_error_is_a_problem_and_writes_nothing(backend: Backend) {
         admin.request(Method::GET, "/v1/events?limit=x", Some(&admin.operator_token), None).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid-value",
-        Some("query"),
+        Some("limit"),
     )
     .await;
     expect_problem(
@@ -345,7 +367,7 @@ async fn idempotent_replay(backend: Backend) {
     // The same key with another body is refused.
     let other = json!({"name": "ana-dash", "origin_type": "dash", "offer": {"kind": "payg"}});
     let res = send(other, "create-1").await.unwrap();
-    expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", Some("Idempotency-Key")).await;
+    expect_problem(res, StatusCode::CONFLICT, "idempotency-key-reused", Some("Idempotency-Key")).await;
     assert_eq!(admin.count("SELECT COUNT(*) FROM accounts").await, 1);
     // Sign-up is idempotent too.
     let signup = |k: &'static str| {
@@ -514,7 +536,7 @@ async fn operations_and_accounts_are_listed_a_page_at_a_time(backend: Backend) {
     assert_eq!(paged, all_ids);
     // Bad filters are problems.
     for (q, field) in
-        [("state=sleeping", "query"), ("kind=scale", "query"), ("limit=0", "limit"), ("cursor=x", "cursor")]
+        [("state=sleeping", "state"), ("kind=scale", "kind"), ("limit=0", "limit"), ("cursor=x", "cursor")]
     {
         let res = admin.request(Method::GET, &format!("/v1/operations?{q}"), Some(&op), None).await;
         expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some(field)).await;

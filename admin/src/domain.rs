@@ -6,6 +6,8 @@ use std::fmt;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::rules;
+
 /// How long the pool an account moved out of keeps serving it, so routers that
 /// have not yet heard of the move never send a player to a node that refuses it.
 /// Routers follow changes within a second (stream or Redis, or their 250 ms poll).
@@ -184,26 +186,15 @@ impl AllowOrigins {
         }
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let field = format!("allow_origins[{i}]");
-            let uri: axum::http::Uri = item.parse().map_err(|_| Invalid::new(&field, "not a URL"))?;
-            let scheme = uri.scheme_str().filter(|s| *s == "http" || *s == "https");
-            let authority = uri.authority().filter(|a| !a.as_str().contains('@'));
-            let (Some(s), Some(a), "" | "/", None) = (scheme, authority, uri.path(), uri.query()) else {
-                return Err(Invalid::new(&field, "an origin is http(s)://host[:port], with no path"));
-            };
-            // A browser sends one exact origin: no wildcards, a real host, a real port.
-            if !valid_host(a.host()) {
-                return Err(Invalid::new(&field, "the host must be a DNS name or an IP address (no wildcards)"));
+            if !rules::IS_WEB_ORIGIN.matches(item) {
+                let why = if item.contains('*') {
+                    "an origin is one exact http(s)://host[:port]: no wildcard hosts"
+                } else {
+                    "an origin is http(s)://host[:port] with a DNS or IP host, a port from 1 to 65535, no path"
+                };
+                return Err(Invalid::new(format!("allow_origins[{i}]"), why));
             }
-            let text = a.as_str();
-            let port = match text.rfind(']') {
-                Some(end) => text[end + 1..].strip_prefix(':'),
-                None => text.rsplit_once(':').map(|(_, p)| p),
-            };
-            if port.is_some_and(|p| !p.parse::<u16>().is_ok_and(|n| n > 0)) {
-                return Err(Invalid::new(&field, "the port must be between 1 and 65535"));
-            }
-            out.push(format!("{s}://{}", a.as_str().to_ascii_lowercase()));
+            out.push(item.trim_end_matches('/').to_ascii_lowercase());
         }
         out.sort();
         out.dedup();
@@ -213,27 +204,6 @@ impl AllowOrigins {
     pub fn into_strings(self) -> Vec<String> {
         self.0
     }
-}
-
-/// A host of an origin: a DNS name (labels of `[a-z0-9-]`, not starting or ending
-/// with `-`), an IPv4 address, or a bracketed IPv6 one.
-fn valid_host(host: &str) -> bool {
-    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return v6.parse::<std::net::Ipv6Addr>().is_ok();
-    }
-    if host.parse::<std::net::Ipv4Addr>().is_ok() {
-        return true;
-    }
-    let host = host.to_ascii_lowercase();
-    !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 /// An IP allow-list: the networks whose clients may fetch an account's content.
@@ -250,12 +220,15 @@ impl IpAllow {
             .iter()
             .enumerate()
             .map(|(i, s)| {
+                let bad =
+                    || Invalid::new(format!("ip_allow[{i}]"), format!("'{s}' is not an IP address or network (CIDR)"));
+                if !rules::IS_IP_NETWORK.matches(s) {
+                    return Err(bad());
+                }
                 s.parse::<IpNet>()
                     .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
                     .map(|n| n.trunc())
-                    .map_err(|_| {
-                        Invalid::new(format!("ip_allow[{i}]"), format!("'{s}' is not an IP network in CIDR notation"))
-                    })
+                    .map_err(|_| bad())
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Self)
@@ -270,51 +243,31 @@ impl IpAllow {
     }
 }
 
-/// A customer's display name: 1–200 characters, none of them control, format
-/// (bidi overrides like U+202E, zero-width characters), separator or private-use
-/// characters, so a name shows as what it is.
+/// A customer's display name: 1–200 characters shown as themselves (no
+/// control, format, separator or private-use character: no bidi override, no
+/// zero-width character), no whitespace at either end ([`rules::CUSTOMER_NAME`]).
 pub fn parse_customer_name(s: &str) -> Result<String, Invalid> {
-    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
-    let t = s.trim();
-    if t.is_empty() || t.chars().count() > 200 {
-        return Err(Invalid::new("name", "must be 1 to 200 printable characters"));
+    if rules::IS_CUSTOMER_NAME.matches(s) {
+        return Ok(s.to_owned());
     }
-    let hidden = |c: &char| {
-        matches!(
-            c.general_category(),
-            GeneralCategory::Control
-                | GeneralCategory::Format
-                | GeneralCategory::LineSeparator
-                | GeneralCategory::ParagraphSeparator
-                | GeneralCategory::Surrogate
-                | GeneralCategory::PrivateUse
-                | GeneralCategory::Unassigned
-        )
-    };
-    if let Some(c) = t.chars().find(hidden) {
-        return Err(Invalid::new(
-            "name",
-            format!("U+{:04X} is not shown as itself (a control, format or invisible character)", u32::from(c)),
-        ));
-    }
-    Ok(t.to_owned())
+    Err(Invalid::new(
+        "name",
+        match s.chars().find(|c| rules::hidden(*c)) {
+            Some(c) => {
+                format!("U+{:04X} is not shown as itself (a control, format or invisible character)", u32::from(c))
+            }
+            None => "must be 1 to 200 printable characters, with no whitespace at either end".to_owned(),
+        },
+    ))
 }
 
-/// An e-mail address, checked for shape only (one `@`, a dotted domain); it is
+/// An e-mail address, checked for shape only ([`rules::EMAIL`]); it is
 /// normalised to lower case so that one mailbox cannot sign up twice.
 pub fn parse_email(s: &str) -> Result<String, Invalid> {
-    let bad = || Invalid::new("email", "must be an e-mail address like name@example.com");
-    let t = s.trim().to_ascii_lowercase();
-    if t.len() > 254 || t.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(bad());
+    if s.chars().count() > rules::EMAIL_MAX || !rules::IS_EMAIL.matches(s) {
+        return Err(Invalid::new("email", "must be an e-mail address like name@example.com"));
     }
-    let (local, domain) = t.split_once('@').ok_or_else(bad)?;
-    let domain_ok = domain.split('.').count() >= 2
-        && domain.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-    if local.is_empty() || domain.contains('@') || !domain_ok {
-        return Err(bad());
-    }
-    Ok(t)
+    Ok(s.to_lowercase())
 }
 
 #[cfg(test)]
@@ -374,6 +327,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(ok.into_strings(), ["http://192.0.2.1", "http://[::1]:80", "https://player.example.com:8443"]);
+        let slash = AllowOrigins::parse(&["https://a.example/".into()]).unwrap();
+        assert_eq!(slash.into_strings(), ["https://a.example"]);
         for bad in [
             "https://*.example.com",
             "https://example.com:99999",
@@ -389,7 +344,8 @@ mod tests {
 
     #[test]
     fn names_show_as_what_they_are() {
-        assert_eq!(parse_customer_name(" Ana Müller ").unwrap(), "Ana Müller");
+        assert_eq!(parse_customer_name("Ana Müller").unwrap(), "Ana Müller");
+        assert!(parse_customer_name(" Ana").is_err(), "no spaces around");
         assert_eq!(parse_customer_name("李雷").unwrap(), "李雷");
         for bad in
             ["ana\u{202E}txt.exe", "a\u{200B}b", "a\u{2066}b", "a\u{FEFF}", "a\u{0007}", "a\u{2028}b", "a\u{E000}", ""]
@@ -401,7 +357,8 @@ mod tests {
 
     #[test]
     fn emails_are_shape_checked_and_lowercased() {
-        assert_eq!(parse_email(" Ana@Example.COM ").unwrap(), "ana@example.com");
+        assert_eq!(parse_email("Ana@Example.COM").unwrap(), "ana@example.com");
+        assert!(parse_email(" ana@example.com").is_err(), "no spaces around");
         for bad in ["", "ana", "ana@", "@x.com", "a@b", "a@b@c.com", "a b@c.com", "a@.com"] {
             assert!(parse_email(bad).is_err(), "{bad}");
         }

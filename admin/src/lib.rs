@@ -8,6 +8,7 @@ pub mod control;
 pub mod domain;
 pub mod keys;
 pub mod probe_content;
+pub mod rules;
 pub mod server;
 pub mod states;
 pub mod store;

@@ -16,10 +16,13 @@ pub struct UnknownState {
 /// `as_str`/`FromStr`/`Display`, and sqlx encoding as text on both backends.
 macro_rules! text_enum {
     ($(#[$meta:meta])* pub enum $name:ident ($what:literal) { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        // Words are the variants' names in snake case (serde and the OpenAPI
+        // schema spell them so; a test checks they match `as_str`).
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
         pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+            $($(#[$vmeta])* $variant),+
         }
 
         impl $name {
@@ -236,15 +239,37 @@ impl OperationState {
 mod tests {
     use super::*;
 
+    /// The store's words, serde's and the OpenAPI document's are one.
+    fn spelled_alike<T>(all: &[T])
+    where
+        T: Copy
+            + PartialEq
+            + std::fmt::Debug
+            + serde::Serialize
+            + std::str::FromStr
+            + std::fmt::Display
+            + utoipa::ToSchema,
+        <T as std::str::FromStr>::Err: std::fmt::Debug,
+    {
+        let schema = serde_json::to_value(T::schema()).unwrap();
+        let words: Vec<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(schema["enum"], serde_json::json!(words), "{schema}");
+        for v in all {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.to_string());
+            assert_eq!(v.to_string().parse::<T>().ok(), Some(*v));
+        }
+    }
+
     #[test]
     fn every_word_reads_back_as_its_variant() {
-        for s in OperationState::ALL {
-            assert_eq!(s.as_str().parse::<OperationState>(), Ok(*s));
-            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
-        }
-        for k in OperationKind::ALL {
-            assert_eq!(k.as_str().parse::<OperationKind>(), Ok(*k));
-        }
+        spelled_alike(AccountState::ALL);
+        spelled_alike(PoolKind::ALL);
+        spelled_alike(PoolState::ALL);
+        spelled_alike(PoolHealth::ALL);
+        spelled_alike(NodeState::ALL);
+        spelled_alike(OperationKind::ALL);
+        spelled_alike(OperationState::ALL);
+        spelled_alike(crate::domain::OfferKind::ALL);
         assert_eq!("scale".parse::<OperationKind>().unwrap_err().what, "operation kind");
         assert_eq!(serde_json::from_str::<NodeState>("\"draining\"").unwrap(), NodeState::Draining);
     }

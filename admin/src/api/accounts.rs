@@ -9,8 +9,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::{Caller, CustomerAuth};
 use super::model::{
-    Account, AccountAccepted, CreateAccount, OfferBody, Operation, Page, PageQuery, UpdateAccount, page_limit,
-    uuid_cursor,
+    Account, AccountAccepted, AccountsQuery, CreateAccount, OfferBody, Operation, Page, UpdateAccount, page_limit,
 };
 use super::problem::{ApiError, ApiJson, ApiQuery, Problem};
 use super::quotas::{self, Effective};
@@ -28,17 +27,24 @@ fn not_found(name: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
     }
 }
 
-async fn type_of(s: &AppState, origin_type: &str, field: &str) -> Result<crate::store::OriginTypeRow, ApiError> {
-    s.store
-        .origin_type(origin_type)
-        .await?
-        .ok_or_else(|| ApiError::invalid(field, format!("unknown origin type '{origin_type}'")))
+async fn type_of(s: &AppState, origin_type: &str) -> Result<crate::store::OriginTypeRow, ApiError> {
+    s.store.origin_type(origin_type).await?.ok_or_else(|| ApiError::NotFound(format!("origin type {origin_type}")))
 }
 
 /// An offer valid for the type (its SLA increment) and within the customer's
 /// largest SLA.
 fn parse_offer(o: &OfferBody, t: &crate::store::OriginTypeRow, q: &Effective) -> Result<Offer, ApiError> {
-    let offer = Offer::parse(o.kind, o.mbps, u32::try_from(t.sla_increment_mbps).unwrap_or(100))?;
+    let offer = Offer::parse(o.kind(), o.mbps(), 1)?;
+    // The increment is the type's (it may change): a conflict with it, not a
+    // malformed value.
+    if let Offer::Sla(m) = offer
+        && m.get() % u32::try_from(t.sla_increment_mbps).unwrap_or(1).max(1) != 0
+    {
+        return Err(ApiError::Conflict {
+            detail: format!("an SLA of {} must be a multiple of {} Mbit/s", t.name, t.sla_increment_mbps),
+            field: Some("offer.mbps".into()),
+        });
+    }
     q.check_offer(offer, t)?;
     Ok(offer)
 }
@@ -46,6 +52,7 @@ fn parse_offer(o: &OfferBody, t: &crate::store::OriginTypeRow, q: &Effective) ->
 /// Creates an account: trial and payg join a shared pool, sla gets a dedicated pool.
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])), request_body = CreateAccount,
     responses((status = 202, body = AccountAccepted), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 404, body = Problem, description = "no such origin type"),
               (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn create_account(
     State(s): State<AppState>,
@@ -54,7 +61,7 @@ pub async fn create_account(
 ) -> Result<(StatusCode, Json<AccountAccepted>), ApiError> {
     let name = AccountName::parse(&body.name)?;
     let origin_type = OriginTypeName::parse("origin_type", &body.origin_type)?;
-    let t = type_of(&s, origin_type.as_str(), "origin_type").await?;
+    let t = type_of(&s, origin_type.as_str()).await?;
     let (_, quotas) = quotas::effective(&s, auth.customer_id).await?;
     let offer = parse_offer(&body.offer, &t, &quotas)?;
     let ip_allow = IpAllow::parse(body.ip_allow.as_deref().unwrap_or_default())?;
@@ -93,15 +100,17 @@ pub async fn create_account(
 }
 
 /// The calling customer's live accounts, by name, a page at a time.
-#[utoipa::path(get, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])), params(PageQuery),
+#[utoipa::path(get, path = "/v1/accounts", tag = "accounts", security(("bearer" = [])), params(AccountsQuery),
     responses((status = 200, body = Page<Account>), (status = 401, body = Problem)))]
 pub async fn list_accounts(
     State(s): State<AppState>,
     auth: CustomerAuth,
-    ApiQuery(q): ApiQuery<PageQuery>,
+    ApiQuery(q): ApiQuery<AccountsQuery>,
 ) -> Result<Json<Page<Account>>, ApiError> {
-    let limit = q.limit()?;
-    let rows = s.store.accounts(auth.customer_id, q.cursor.as_deref(), limit).await?;
+    let limit = page_limit(q.limit)?;
+    let after =
+        q.cursor.as_deref().map(AccountName::parse).transpose().map_err(|e| ApiError::invalid("cursor", e.detail))?;
+    let rows = s.store.accounts(auth.customer_id, after.as_ref().map(AccountName::as_str), limit).await?;
     let items = rows.into_iter().map(Account::from).collect();
     Ok(Json(Page::of(items, limit, |a: &Account| a.name.clone())))
 }
@@ -143,7 +152,7 @@ async fn change(
         && let Some(offer) = Offer::from_db(account.offer, account.sla_mbps)
     {
         // The largest SLA may have been lowered while it was deactivated.
-        quotas.check_offer(offer, &type_of(s, &account.origin_type, "origin_type").await?)?;
+        quotas.check_offer(offer, &type_of(s, &account.origin_type).await?)?;
     }
     let operation =
         s.store.change_account(&account, &change, &op, &quotas.accounts, &caller.actor(), s.clock.now_ms()).await?;
@@ -169,7 +178,7 @@ pub async fn update_account(
     let offer = match &body.offer {
         Some(o) => {
             let (_, quotas) = quotas::effective(&s, account.customer_id).await?;
-            Some(parse_offer(o, &type_of(&s, &account.origin_type, "offer").await?, &quotas)?)
+            Some(parse_offer(o, &type_of(&s, &account.origin_type).await?, &quotas)?)
         }
         None => None,
     };
@@ -260,7 +269,7 @@ pub struct OperationsQuery {
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// Where the previous page ended (its `next_cursor`).
-    pub cursor: Option<String>,
+    pub cursor: Option<Uuid>,
 }
 
 /// Operations, newest first, a page at a time: the operator sees all of them, a
@@ -273,7 +282,7 @@ pub async fn list_operations(
     ApiQuery(q): ApiQuery<OperationsQuery>,
 ) -> Result<Json<Page<Operation>>, ApiError> {
     let limit = page_limit(q.limit)?;
-    let before = uuid_cursor(q.cursor.as_deref())?;
+    let before = q.cursor;
     // An account another customer owns is no account: an empty page.
     let account_id = match &q.account {
         Some(name) => match s.store.account(name, caller.customer_scope()).await {
@@ -297,9 +306,11 @@ pub async fn list_operations(
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UsageQuery {
-    /// Start (RFC 3339), inclusive; default 24 hours ago.
+    /// Start (RFC 3339), inclusive; default 24 hours before `to`.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// End (RFC 3339), exclusive; default now.
+    #[param(format = DateTime)]
     pub to: Option<String>,
 }
 
@@ -321,6 +332,8 @@ pub struct Usage {
     pub windows: Vec<UsageWindowView>,
 }
 
+const DAY_MS: i64 = 86_400_000;
+
 /// Bytes served for the account per minute.
 #[utoipa::path(get, path = "/v1/accounts/{name}/usage", tag = "accounts", security(("bearer" = [])),
     params(("name" = String, Path), UsageQuery), responses((status = 200, body = Usage), (status = 404, body = Problem), (status = 422, body = Problem)))]
@@ -339,10 +352,11 @@ pub async fn usage(
             parse_rfc3339(t).ok_or_else(|| ApiError::invalid(field, "an RFC 3339 time, e.g. 2026-11-25T00:00:00Z"))
         }
     };
-    let from = time("from", &q.from, now - 86_400_000)?;
     let to = time("to", &q.to, now + 1)?;
-    if to <= from {
-        return Err(ApiError::invalid("to", "must be after from"));
+    let from = time("from", &q.from, to.saturating_sub(DAY_MS))?;
+    // [from, to): equal times are an empty range, `to` before `from` a mistake.
+    if to < from {
+        return Err(ApiError::invalid("to", "must not be before from"));
     }
     let rows = s.store.usage(account.id, from, to).await?;
     Ok(Json(Usage {

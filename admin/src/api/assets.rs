@@ -67,9 +67,23 @@ async fn account(s: &AppState, caller: Caller, name: &str) -> Result<crate::stor
 }
 
 fn asset_path(account: &str, asset: &str, rest: Option<&str>) -> Result<ContentPath, ApiError> {
-    let asset_only = ContentPath::parse(asset).map_err(|e| ApiError::invalid("asset", e.to_string()))?;
-    if asset_only.as_str().contains('/') {
-        return Err(ApiError::invalid("asset", "an asset name is one path segment"));
+    // No account has a name that is not an account name.
+    if crate::domain::AccountName::parse(account).is_err() {
+        return Err(ApiError::NotFound(format!("account {account}")));
+    }
+    if !crate::rules::IS_ASSET.matches(asset) {
+        return Err(ApiError::invalid(
+            "asset",
+            "an asset name is one path segment of printable ASCII (no '/', '\\', '.' or '..'), at most 100",
+        ));
+    }
+    if let Some(r) = rest
+        && (r.len() > crate::rules::FILE_PATH_MAX || !crate::rules::IS_FILE_PATH.matches(r))
+    {
+        return Err(ApiError::invalid(
+            "path",
+            "segments of printable ASCII (no '\\', '.' or '..', at most 255 each), at most 800 in all",
+        ));
     }
     let full = match rest {
         Some(r) => format!("{account}/{asset}/{r}"),
@@ -82,7 +96,7 @@ fn asset_path(account: &str, asset: &str, rest: Option<&str>) -> Result<ContentP
 /// account's storage quota or where a file and a folder would share a path).
 #[utoipa::path(put, path = "/v1/accounts/{name}/assets/{asset}/{path}", tag = "assets", security(("bearer" = [])),
     params(("name" = String, Path), ("asset" = String, Path), ("path" = String, Path, description = "file path inside the asset")),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    request_body(content = Option<Vec<u8>>, content_type = "application/octet-stream", description = "the file's bytes (none for an empty file)"),
     responses((status = 201, body = Uploaded), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)))]
 pub async fn upload(
     State(s): State<AppState>,

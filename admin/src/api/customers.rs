@@ -117,7 +117,7 @@ pub async fn list_customers(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<CustomerSummary>>, ApiError> {
     let limit = q.limit()?;
-    let rows = s.store.customers(q.uuid_cursor()?, limit).await?;
+    let rows = s.store.customers(q.cursor, limit).await?;
     let items = rows.into_iter().map(CustomerSummary::from).collect();
     Ok(Json(Page::of(items, limit, |c: &CustomerSummary| c.id.to_string())))
 }

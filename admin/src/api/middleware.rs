@@ -110,9 +110,10 @@ pub async fn idempotency(State(s): State<AppState>, req: Request, next: Next) ->
     let mutating = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
     let key = req.headers().get("idempotency-key").map(|v| v.to_str().map(str::to_owned));
     let key = match (mutating, key) {
-        (true, Some(Ok(k))) if !k.is_empty() && k.len() <= 255 => k,
+        (true, Some(Ok(k))) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => k,
         (true, Some(_)) => {
-            return ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible ASCII characters").into_response();
+            return ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible ASCII characters, no spaces")
+                .into_response();
         }
         _ => return next.run(req).await,
     };

@@ -8,10 +8,12 @@ mod customers;
 pub mod middleware;
 pub mod model;
 pub mod nodes;
+mod openapi;
 mod operator;
 pub mod problem;
 pub mod quotas;
 mod system;
+mod whole;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,6 +149,7 @@ pub fn router(state: AppState) -> Router {
     let uploads: Router<AppState> =
         Router::new().route("/v1/accounts/{name}/assets/{asset}/{*path}", axum::routing::put(assets::upload));
     openapi.merge(UploadDoc::openapi());
+    openapi::finish(&mut openapi, state.test_clock.is_some());
     let openapi = Arc::new(openapi);
     let settings = state.settings.clone();
     let track = || axum::middleware::from_fn_with_state(state.clone(), middleware::track);

@@ -78,36 +78,82 @@ pub struct NewApiKey {
     pub created_at: String,
 }
 
-/// An offer: `trial`, `payg`, or `sla` with a guaranteed `mbps`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OfferBody {
-    pub kind: OfferKind,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mbps: Option<i64>,
+/// An optional request field that, when given, is not `null` (the schema says
+/// so, and so does the API): `{"offer": null}` is refused, not taken for absent.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// An offer: `trial`, `payg`, or `sla` with a guaranteed `mbps` (a multiple of the
+/// origin type's SLA increment, 100 for the built-in types; at most the type's
+/// or the customer's largest SLA).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OfferBody {
+    Trial,
+    Payg,
+    Sla {
+        #[serde(deserialize_with = "super::whole::required")]
+        #[schema(minimum = 1, maximum = 1000000, multiple_of = 100)]
+        mbps: i64,
+    },
+}
+
+impl OfferBody {
+    pub fn kind(self) -> OfferKind {
+        match self {
+            OfferBody::Trial => OfferKind::Trial,
+            OfferBody::Payg => OfferKind::Payg,
+            OfferBody::Sla { .. } => OfferKind::Sla,
+        }
+    }
+
+    pub fn mbps(self) -> Option<i64> {
+        match self {
+            OfferBody::Sla { mbps } => Some(mbps),
+            OfferBody::Trial | OfferBody::Payg => None,
+        }
+    }
+
+    fn stored(kind: OfferKind, sla_mbps: Option<i32>) -> Self {
+        match (kind, sla_mbps) {
+            (OfferKind::Trial, _) => OfferBody::Trial,
+            (OfferKind::Payg, _) => OfferBody::Payg,
+            (OfferKind::Sla, m) => OfferBody::Sla { mbps: m.map_or(0, i64::from) },
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
+    /// A DNS label: part of the locator, unique across all customers.
     pub name: String,
     pub origin_type: String,
     pub offer: OfferBody,
-    #[serde(default)]
+    /// Client networks allowed to fetch the content; empty or absent: any.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false, max_items = 100)]
     pub ip_allow: Option<Vec<String>>,
     /// Web origins whose pages may read the content (CORS); empty or absent: any.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false, max_items = 20)]
     pub allow_origins: Option<Vec<String>>,
 }
 
+/// A change to an account: at least one of its fields.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct UpdateAccount {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     pub offer: Option<OfferBody>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false, max_items = 100)]
     pub ip_allow: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false, max_items = 20)]
     pub allow_origins: Option<Vec<String>>,
 }
 
@@ -153,7 +199,7 @@ impl From<AccountRow> for Account {
             id: a.id,
             name: a.name,
             origin_type: a.origin_type,
-            offer: OfferBody { kind: a.offer, mbps: a.sla_mbps.map(i64::from) },
+            offer: OfferBody::stored(a.offer, a.sla_mbps),
             state: a.state,
             locator: a.locator,
             ip_allow: a.ip_allow.0,
@@ -191,7 +237,7 @@ pub struct Operation {
     #[schema(value_type = Option<Object>)]
     pub progress: Option<serde_json::Value>,
     /// What the operation was asked to do (an upgrade: `version`, `previous`).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub input: serde_json::Value,
     pub created_at: String,
     pub updated_at: String,
@@ -270,38 +316,74 @@ pub struct OriginTypeList {
 #[serde(deny_unknown_fields)]
 pub struct CreateOriginType {
     pub name: String,
+    #[serde(deserialize_with = "super::whole::required")]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub node_capacity_mbps: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole::present")]
+    #[schema(nullable = false, minimum = 1, maximum = 1000000)]
     pub sla_increment_mbps: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole::present")]
+    #[schema(nullable = false, minimum = 1, maximum = 1000000)]
     pub trial_cap_mbps: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole::present")]
+    #[schema(nullable = false, minimum = 1, maximum = 1000000)]
     pub payg_cap_mbps: Option<i64>,
     /// The largest SLA one account may buy (default 1000).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole::present")]
+    #[schema(nullable = false, minimum = 1, maximum = 1000000)]
     pub max_sla_mbps: Option<i64>,
+}
+
+/// Warm pools to keep ready: `{"size in nodes": count}` (`{}` for none), or
+/// `"auto"` to follow recent SLA sign-ups per size.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum WarmPools {
+    Auto(WarmAuto),
+    /// Sizes (1 to 64 nodes) and how many pools of each (0 to 16).
+    Sizes(#[serde(deserialize_with = "super::whole::counts")] std::collections::BTreeMap<String, u32>),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WarmAuto {
+    Auto,
+}
+
+impl WarmPools {
+    /// As the store keeps it.
+    pub fn to_value(&self) -> serde_json::Value {
+        match self {
+            WarmPools::Auto(_) => serde_json::Value::String("auto".into()),
+            WarmPools::Sizes(m) => m.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(*v))).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateOriginType {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole::present")]
+    #[schema(nullable = false, minimum = 1, maximum = 1000000)]
     pub node_capacity_mbps: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole::present")]
+    #[schema(nullable = false, minimum = 1, maximum = 1000000)]
     pub sla_increment_mbps: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole::present")]
+    #[schema(nullable = false, minimum = 1, maximum = 1000000)]
     pub trial_cap_mbps: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole::present")]
+    #[schema(nullable = false, minimum = 1, maximum = 1000000)]
     pub payg_cap_mbps: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole::present")]
+    #[schema(nullable = false, minimum = 1, maximum = 1000000)]
     pub max_sla_mbps: Option<i64>,
-    /// Warm pools to keep ready: `{"size in nodes": count}` (`{}` for none), or
-    /// `"auto"` to follow recent SLA sign-ups per size.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub warm_pools: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    pub warm_pools: Option<WarmPools>,
     /// How long a deactivated account's pool is kept, in hours (1 to 87600).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole::present")]
+    #[schema(nullable = false, minimum = 1, maximum = 87600)]
     pub retention_hours: Option<i64>,
 }
 
@@ -309,11 +391,13 @@ pub struct UpdateOriginType {
 #[serde(deny_unknown_fields)]
 pub struct CreateImage {
     pub version: String,
+    /// The program nodes run (`headwater` is this binary), without a shell.
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,
     /// Pools upgraded at the same time (default 2).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole::present")]
+    #[schema(nullable = false, minimum = 1, maximum = 64)]
     pub max_concurrent_pools: Option<i64>,
 }
 
@@ -474,6 +558,7 @@ impl<T: ToSchema> Page<T> {
     }
 }
 
+/// A page of a listing keyed by id.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
@@ -481,18 +566,37 @@ pub struct PageQuery {
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// Where the previous page ended (its `next_cursor`).
-    pub cursor: Option<String>,
+    pub cursor: Option<Uuid>,
 }
 
 impl PageQuery {
     pub fn limit(&self) -> Result<i64, ApiError> {
         page_limit(self.limit)
     }
+}
 
-    /// The cursor as a key of uuid-keyed listings.
-    pub fn uuid_cursor(&self) -> Result<Option<Uuid>, ApiError> {
-        uuid_cursor(self.cursor.as_deref())
-    }
+/// A page of the event trail, newest first.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// At most this many events (1–500, default 100).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+    /// Where the previous page ended (its `next_cursor`): an event id.
+    #[param(minimum = 1)]
+    pub cursor: Option<i64>,
+}
+
+/// A page of accounts, by name.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AccountsQuery {
+    /// At most this many accounts (1–500, default 100).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+    /// Where the previous page ended (its `next_cursor`): an account name.
+    #[param(pattern = r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$")]
+    pub cursor: Option<String>,
 }
 
 pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
@@ -501,10 +605,4 @@ pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
         Some(l) if (1..=500).contains(&l) => Ok(l),
         Some(_) => Err(ApiError::invalid("limit", "must be between 1 and 500")),
     }
-}
-
-pub fn uuid_cursor(cursor: Option<&str>) -> Result<Option<Uuid>, ApiError> {
-    cursor
-        .map(|c| Uuid::try_parse(c).map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page")))
-        .transpose()
 }

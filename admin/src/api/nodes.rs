@@ -48,7 +48,7 @@ pub async fn register(
         .register_node(id, b.pool_id, &token_hash, Placement::default(), "operator", s.clock.now_ms())
         .await
         .map_err(|e| match e {
-            StoreError::NotFound => ApiError::invalid("pool_id", "no such pool"),
+            StoreError::NotFound => ApiError::NotFound(format!("pool {}", b.pool_id)),
             other => other.into(),
         })?;
     let shown = axum::Extension(super::middleware::ShownOnce("a node token"));

@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::OperatorAuth;
 use super::model::{
-    Allocation, CreateImage, CreateOriginType, Event, Node, Operation, OriginType, OriginTypeList, Page, PageQuery,
-    Pool, UpdateOriginType,
+    Allocation, CreateImage, CreateOriginType, Event, EventsQuery, Node, Operation, OriginType, OriginTypeList, Page,
+    PageQuery, Pool, UpdateOriginType, page_limit,
 };
 use super::problem::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::domain::{Mbps, OriginTypeName};
@@ -88,7 +88,8 @@ pub async fn update_origin_type(
         payg_cap_mbps: pick("payg_cap_mbps", b.payg_cap_mbps, t.payg_cap_mbps)?,
         max_sla_mbps: pick("max_sla_mbps", b.max_sla_mbps, t.max_sla_mbps)?,
     };
-    if let Some(w) = &b.warm_pools {
+    let warm = b.warm_pools.as_ref().map(super::model::WarmPools::to_value);
+    if let Some(w) = &warm {
         crate::control::warm::WarmPolicy::parse(w).map_err(|e| ApiError::invalid("warm_pools", e))?;
     }
     let retention = b
@@ -101,7 +102,7 @@ pub async fn update_origin_type(
         .update_origin_type(&name, &settings, "operator", s.clock.now_ms())
         .await
         .map_err(type_not_found(&name))?;
-    if let Some(w) = &b.warm_pools {
+    if let Some(w) = &warm {
         row = s.store.set_warm_pools(&name, Some(w), "operator", s.clock.now_ms()).await?;
     }
     if let Some(h) = retention {
@@ -124,15 +125,15 @@ pub async fn create_image(
 ) -> Result<(StatusCode, Json<Operation>), ApiError> {
     let origin_type =
         s.store.origin_type(&name).await?.ok_or_else(|| ApiError::NotFound(format!("origin type {name}")))?;
-    let version = b.version.trim();
-    if version.is_empty()
-        || version.len() > 64
-        || !version.bytes().all(|c| c.is_ascii_alphanumeric() || b"._-+".contains(&c))
-    {
+    let version = b.version.as_str();
+    if !crate::rules::IS_IMAGE_VERSION.matches(version) {
         return Err(ApiError::invalid("version", "1 to 64 of [A-Za-z0-9._+-]"));
     }
-    if b.command.trim().is_empty() || b.command.chars().any(char::is_control) {
-        return Err(ApiError::invalid("command", "must name a program"));
+    if !crate::rules::IS_COMMAND.matches(&b.command) {
+        return Err(ApiError::invalid(
+            "command",
+            "must name a program: printable characters, no whitespace at either end, at most 4096",
+        ));
     }
     if let Some(i) = b.args.iter().position(|a| a.contains('\0')) {
         return Err(ApiError::invalid(format!("args[{i}]"), "must not contain NUL"));
@@ -175,7 +176,7 @@ pub async fn list_pools(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Pool>>, ApiError> {
     let l = q.limit()?;
-    let items = s.store.pools(q.uuid_cursor()?, l).await?.into_iter().map(Pool::from).collect();
+    let items = s.store.pools(q.cursor, l).await?.into_iter().map(Pool::from).collect();
     Ok(Json(Page::of(items, l, |p: &Pool| p.id.to_string())))
 }
 
@@ -187,7 +188,7 @@ pub async fn list_nodes(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Node>>, ApiError> {
     let l = q.limit()?;
-    let items = s.store.nodes(q.uuid_cursor()?, l).await?.into_iter().map(Node::from).collect();
+    let items = s.store.nodes(q.cursor, l).await?.into_iter().map(Node::from).collect();
     Ok(Json(Page::of(items, l, |n: &Node| n.id.to_string())))
 }
 
@@ -200,25 +201,23 @@ pub async fn list_allocations(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Allocation>>, ApiError> {
     let l = q.limit()?;
-    let items = s.store.allocations(q.uuid_cursor()?, l).await?.into_iter().map(Allocation::from).collect();
+    let items = s.store.allocations(q.cursor, l).await?.into_iter().map(Allocation::from).collect();
     Ok(Json(Page::of(items, l, |a: &Allocation| a.account_id.to_string())))
 }
 
 /// The audit trail, newest first.
-#[utoipa::path(get, path = "/v1/events", tag = "operator", security(("bearer" = [])), params(PageQuery),
+#[utoipa::path(get, path = "/v1/events", tag = "operator", security(("bearer" = [])), params(EventsQuery),
     responses((status = 200, body = Page<Event>), (status = 401, body = Problem)))]
 pub async fn list_events(
     State(s): State<AppState>,
     _op: OperatorAuth,
-    ApiQuery(q): ApiQuery<PageQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<Page<Event>>, ApiError> {
-    let l = q.limit()?;
-    let cursor = q
-        .cursor
-        .as_deref()
-        .map(|c| c.parse::<i64>().map_err(|_| ApiError::invalid("cursor", "not a cursor from a previous page")))
-        .transpose()?;
-    let items = s.store.events(cursor, l).await?.into_iter().map(Event::from).collect();
+    let l = page_limit(q.limit)?;
+    if q.cursor.is_some_and(|c| c < 1) {
+        return Err(ApiError::invalid("cursor", "an event id (1 or more)"));
+    }
+    let items = s.store.events(q.cursor, l).await?.into_iter().map(Event::from).collect();
     Ok(Json(Page::of(items, l, |e: &Event| e.id.to_string())))
 }
 
@@ -226,6 +225,7 @@ pub async fn list_events(
 #[serde(deny_unknown_fields)]
 pub struct AdvanceClock {
     /// How far to move the clock forward, in milliseconds.
+    #[serde(deserialize_with = "super::whole::required")]
     pub advance_ms: i64,
 }
 

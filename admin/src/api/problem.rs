@@ -91,8 +91,9 @@ impl ApiError {
             ApiError::Conflict { field, .. } => (StatusCode::CONFLICT, "conflict", "Conflict", field.clone()),
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Request body too large", None),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", None),
+            // A conflict with the request the key was first used for.
             ApiError::IdempotencyMismatch => (
-                StatusCode::UNPROCESSABLE_ENTITY,
+                StatusCode::CONFLICT,
                 "idempotency-key-reused",
                 "Idempotency key reused",
                 Some("Idempotency-Key".into()),
@@ -217,8 +218,14 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::try_from_uri(&parts.uri)
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::invalid("query", e.body_text()))
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| {
+            let field = match e.path().to_string() {
+                p if p == "." => "query".to_owned(),
+                p => p,
+            };
+            ApiError::invalid(field, e.into_inner().to_string())
+        })
     }
 }

@@ -119,16 +119,16 @@ impl Quotas {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaSettings {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole::nullable")]
     #[schema(minimum = 0, maximum = 10000)]
     pub max_accounts: Option<i32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole::nullable")]
     #[schema(minimum = 0, maximum = 1000000)]
     pub max_total_sla_mbps: Option<i32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole::nullable")]
     #[schema(minimum = 1, maximum = 1000000)]
     pub max_sla_mbps: Option<i32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole::nullable")]
     #[schema(minimum = 0, maximum = 1125899906842624_i64)]
     pub max_storage_bytes: Option<i64>,
 }

@@ -39,10 +39,11 @@ impl WarmPolicy {
             serde_json::Value::Object(m) => {
                 let mut sizes = BTreeMap::new();
                 for (k, v) in m {
-                    let size: i32 =
-                        k.parse().ok().filter(|s| (1..=MAX_SIZE).contains(s)).ok_or_else(|| {
-                            format!("sizes are numbers of nodes from 1 to {MAX_SIZE}; {k:?} is not one")
-                        })?;
+                    let size: i32 = k
+                        .parse()
+                        .ok()
+                        .filter(|s| (1..=MAX_SIZE).contains(s) && crate::rules::IS_WARM_POOL_SIZE.matches(k))
+                        .ok_or_else(|| format!("sizes are numbers of nodes from 1 to {MAX_SIZE}; {k:?} is not one"))?;
                     let count = v
                         .as_u64()
                         .and_then(|c| u32::try_from(c).ok())
