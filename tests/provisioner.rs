@@ -276,17 +276,22 @@ fn load(nodes: Vec<String>, stop: tokio_util::sync::CancellationToken) -> Vec<to
     tasks
 }
 
-async fn wait_desired(admin: &Admin, pool: &str, n: i64) {
+/// Waits until `GET /v1/pools` shows `pool` as `what` says (60 s at most).
+async fn wait_pool(admin: &Admin, pool: &str, wanted: &str, what: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let pools = admin.call(Method::GET, "/v1/pools", Some(&admin.operator_token), None, StatusCode::OK).await;
         let p = pools["items"].as_array().unwrap().iter().find(|p| p["id"] == pool).cloned().unwrap();
-        if p["desired_nodes"].as_i64() == Some(n) {
-            return;
+        if what(&p) {
+            return p;
         }
-        assert!(Instant::now() < deadline, "pool never wanted {n} nodes: {p}");
+        assert!(Instant::now() < deadline, "pool never {wanted}: {p}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn wait_desired(admin: &Admin, pool: &str, n: i64) {
+    wait_pool(admin, pool, &format!("wanted {n} nodes"), |p| p["desired_nodes"].as_i64() == Some(n)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,6 +306,9 @@ async fn a_busy_shared_pool_grows_and_shrinks_back() {
     admin.upload_demo(&key, "ana-vod", "demo").await;
     let nodes = wait_ready(&admin, &pool, 2).await;
     let addrs: Vec<String> = nodes.iter().map(|n| n["address"].as_str().unwrap().to_owned()).collect();
+    // A shared pool whose nodes serve says so (it stayed `creating` once).
+    let p = wait_pool(&admin, &pool, "ready", |p| p["state"] == "ready").await;
+    assert_eq!((p["kind"].as_str(), p["health"].as_str()), (Some("shared"), Some("healthy")), "{p}");
 
     let stop = tokio_util::sync::CancellationToken::new();
     let tasks = load(addrs, stop.clone());
