@@ -16,6 +16,35 @@ use tokio_util::sync::CancellationToken;
 
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
 
+/// Looping players, one per account, and what they saw.
+struct Players {
+    stop: CancellationToken,
+    ok: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Players {
+    fn start(router: &str, accounts: &[&str]) -> Self {
+        let stop = CancellationToken::new();
+        let ok = Arc::new(AtomicU64::new(0));
+        let tasks = accounts.iter().map(|a| player(router, a, stop.clone(), ok.clone())).collect();
+        Self { stop, ok, tasks }
+    }
+
+    /// Stops them and asserts no request failed (and that they did play).
+    async fn finish(self) {
+        self.stop.cancel();
+        let mut failed = Vec::new();
+        for t in self.tasks {
+            failed.extend(t.await.unwrap());
+        }
+        let ok = self.ok.load(Ordering::Relaxed);
+        eprintln!("players: {ok} segments, {} failed", failed.len());
+        assert!(failed.is_empty(), "{} failed player requests ({ok} ok): {failed:?}", failed.len());
+        assert!(ok > 30, "{ok}");
+    }
+}
+
 /// A player fetching one segment of `account` in a loop through the router until
 /// `stop`; returns its failures.
 fn player(
@@ -98,10 +127,7 @@ async fn a_new_image_rolls_out_with_no_failed_request_and_a_broken_one_halts_and
     for name in ["pay-vod", "sla-a", "sla-b"] {
         wait_status(&http, &format!("{router}/{name}/demo/hls/master.m3u8"), StatusCode::OK, name).await;
     }
-    let stop = CancellationToken::new();
-    let ok = Arc::new(AtomicU64::new(0));
-    let players: Vec<_> =
-        ["pay-vod", "sla-a", "sla-b"].iter().map(|a| player(&router, a, stop.clone(), ok.clone())).collect();
+    let players = Players::start(&router, &["pay-vod", "sla-a", "sla-b"]);
 
     // Bad input changes nothing.
     let bad = json!({"version": "9", "command": "headwater", "args": ["origin"], "max_concurrent_pools": 0});
@@ -172,15 +198,7 @@ async fn a_new_image_rolls_out_with_no_failed_request_and_a_broken_one_halts_and
         assert!(!ready.is_empty() && ready.iter().all(|v| v.as_deref() == Some("2.0.0")), "{ready:?}");
     }
 
-    stop.cancel();
-    let mut failed = Vec::new();
-    for p in players {
-        failed.extend(p.await.unwrap());
-    }
-    let ok = ok.load(Ordering::Relaxed);
-    eprintln!("players: {ok} segments, {} failed", failed.len());
-    assert!(failed.is_empty(), "{} failed player requests ({ok} ok): {failed:?}", failed.len());
-    assert!(ok > 30, "{ok}");
+    players.finish().await;
 }
 
 /// Three uploads within a second under looping players: one upgrade of the type
@@ -205,9 +223,7 @@ async fn uploads_in_a_row_supersede_each_other_and_end_on_the_last(backend: Back
     for name in ["pay-vod", "sla-a"] {
         wait_status(&http, &format!("{router}/{name}/demo/hls/master.m3u8"), StatusCode::OK, name).await;
     }
-    let stop = CancellationToken::new();
-    let ok = Arc::new(AtomicU64::new(0));
-    let players: Vec<_> = ["pay-vod", "sla-a"].iter().map(|a| player(&router, a, stop.clone(), ok.clone())).collect();
+    let players = Players::start(&router, &["pay-vod", "sla-a"]);
 
     let mut ops = Vec::new();
     let started = Instant::now();
@@ -237,15 +253,23 @@ async fn uploads_in_a_row_supersede_each_other_and_end_on_the_last(backend: Back
     }
     let hls = admin.call(Method::GET, "/v1/origin-types/hls", Some(&op), None, StatusCode::OK).await;
     assert_eq!(hls["current_image"], "4.0.0", "{hls}");
-    // No node launched on a superseded image once the upload that superseded it came.
-    for (superseded, by) in [("2.0.0", "3.0.0"), ("3.0.0", "4.0.0")] {
+    // No node registered (so launched) on a superseded image once its upgrade was
+    // superseded: in the event trail, which orders both.
+    for (older, superseded) in ops[..2].iter().zip(["2.0.0", "3.0.0"]) {
+        let id = older["id"].as_str().unwrap();
         let late = admin
             .count(&format!(
-                "SELECT COUNT(*) FROM nodes WHERE image_version = '{superseded}' AND created_at >
-                     (SELECT at FROM events WHERE action = 'image.created' AND reason = 'version {by}')"
+                "SELECT COUNT(*) FROM events WHERE action = 'node.registered' AND reason LIKE '% image {superseded}'
+                 AND id > (SELECT id FROM events WHERE action = 'operation.superseded' AND subject = 'operation:{id}')"
             ))
             .await;
-        assert_eq!(late, 0, "nodes on {superseded} launched after {by} superseded it");
+        assert_eq!(late, 0, "nodes on {superseded} registered after its upgrade was superseded");
+        let before = admin
+            .count(&format!(
+                "SELECT COUNT(*) FROM events WHERE action = 'node.registered' AND reason LIKE '% image {superseded}'"
+            ))
+            .await;
+        eprintln!("nodes registered on {superseded}: {before}, after it was superseded: {late}");
     }
     // The rollback of the last upgrade returns to 1.5.0, the last image that
     // finished on every pool, not to a superseded one.
@@ -259,15 +283,7 @@ async fn uploads_in_a_row_supersede_each_other_and_end_on_the_last(backend: Back
         assert!(ready.iter().all(|v| v.as_deref() == Some("1.5.0")), "{ready:?}");
     }
 
-    stop.cancel();
-    let mut failed = Vec::new();
-    for p in players {
-        failed.extend(p.await.unwrap());
-    }
-    let ok = ok.load(Ordering::Relaxed);
-    eprintln!("players: {ok} segments, {} failed", failed.len());
-    assert!(failed.is_empty(), "{} failed player requests ({ok} ok): {failed:?}", failed.len());
-    assert!(ok > 30, "{ok}");
+    players.finish().await;
 }
 
 e2e_on_both_backends!(

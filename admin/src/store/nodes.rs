@@ -90,6 +90,24 @@ impl Store {
     ) -> Result<Option<NodeRow>> {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
+            if on_pool_image {
+                // Lock the pool row first: an upload superseding this image holds
+                // it until it commits, and this then sees the pool's new image
+                // (an INSERT ... SELECT alone reads the image from before that
+                // commit under PostgreSQL's READ COMMITTED).
+                let still = sqlx::query(
+                    "UPDATE pools SET updated_at = updated_at
+                     WHERE id = $1 AND COALESCE(image_version, '') = COALESCE($2, '')",
+                )
+                .bind(pool_id)
+                .bind(placement.image_version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if still == 0 {
+                    return Ok(None);
+                }
+            }
             let row: Option<NodeRow> = sqlx::query_as(
                 "INSERT INTO nodes (id, pool_id, state, token_hash, upgrade_domain, image_version, created_at, updated_at)
                  SELECT $1, p.id, 'starting', $3, $5, $6, $4, $4 FROM pools p
@@ -107,7 +125,11 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             if row.is_some() {
-                event!(tx, now, actor, "node.registered", format!("node:{id}"), format!("pool:{pool_id}"))?;
+                let reason = match placement.image_version {
+                    Some(v) => format!("pool:{pool_id} image {v}"),
+                    None => format!("pool:{pool_id}"),
+                };
+                event!(tx, now, actor, "node.registered", format!("node:{id}"), reason)?;
             }
             tx.commit().await?;
             Ok(row)

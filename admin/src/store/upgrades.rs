@@ -181,6 +181,39 @@ impl Store {
         let version = op.input.get("version").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
+            // Locks in the order an upgrade's step takes them (its operation, then
+            // pools), and the events after both: a node the reconciler registers
+            // on a superseded image locks its pool too, so it is registered (with
+            // its event) before the pools move here, or sees the new image.
+            let superseded: Vec<(Uuid, Json<serde_json::Value>)> = sqlx::query_as(
+                "UPDATE allocation_operations SET state = 'superseded', lease_owner = NULL, lease_until = NULL,
+                     updated_at = $3, last_error = $4
+                 WHERE kind = 'upgrade' AND origin_type = $1 AND state IN ('pending', 'running') AND id <> $2
+                 RETURNING id, input",
+            )
+            .bind(&origin_type)
+            .bind(op.id)
+            .bind(now)
+            .bind(format!("superseded by operation {} (version {version})", op.id))
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut moves = Vec::with_capacity(superseded.len());
+            for (old, input) in &superseded {
+                let old_version = input.0.get("version").and_then(|v| v.as_str()).unwrap_or_default();
+                // Pools on their way to the superseded image go on to this one.
+                let moved = sqlx::query(
+                    "UPDATE pools SET image_version = $3, updated_at = $4
+                     WHERE origin_type = $1 AND image_version = $2 AND state IN ('creating', 'ready', 'retained')",
+                )
+                .bind(&origin_type)
+                .bind(old_version)
+                .bind(&version)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                moves.push((*old, old_version, moved));
+            }
             if let Some(image) = image {
                 sqlx::query(
                     "INSERT INTO images (origin_type, version, command, args, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -195,20 +228,7 @@ impl Store {
                 let subject = format!("origin_type:{}", image.origin_type);
                 event!(tx, now, actor, "image.created", &subject, format!("version {}", image.version))?;
             }
-            let superseded: Vec<(Uuid, Json<serde_json::Value>)> = sqlx::query_as(
-                "UPDATE allocation_operations SET state = 'superseded', lease_owner = NULL, lease_until = NULL,
-                     updated_at = $3, last_error = $4
-                 WHERE kind = 'upgrade' AND origin_type = $1 AND state IN ('pending', 'running') AND id <> $2
-                 RETURNING id, input",
-            )
-            .bind(&origin_type)
-            .bind(op.id)
-            .bind(now)
-            .bind(format!("superseded by operation {} (version {version})", op.id))
-            .fetch_all(&mut *tx)
-            .await?;
-            for (old, input) in &superseded {
-                let old_version = input.0.get("version").and_then(|v| v.as_str()).unwrap_or_default();
+            for (old, old_version, moved) in moves {
                 event!(
                     tx,
                     now,
@@ -217,18 +237,6 @@ impl Store {
                     format!("operation:{old}"),
                     format!("upgrade to {old_version} superseded by operation:{} ({version})", op.id)
                 )?;
-                // Pools on their way to the superseded image go on to this one.
-                let moved = sqlx::query(
-                    "UPDATE pools SET image_version = $3, updated_at = $4
-                     WHERE origin_type = $1 AND image_version = $2 AND state IN ('creating', 'ready', 'retained')",
-                )
-                .bind(&origin_type)
-                .bind(old_version)
-                .bind(&version)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
                 if moved > 0 {
                     event!(
                         tx,
