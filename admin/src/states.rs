@@ -271,6 +271,8 @@ mod tests {
         spelled_alike(OperationState::ALL);
         spelled_alike(crate::domain::OfferKind::ALL);
         assert_eq!("scale".parse::<OperationKind>().unwrap_err().what, "operation kind");
+        // A word outside the enum read from the store is an error, never a default.
+        assert!("gold".parse::<crate::domain::OfferKind>().is_err());
         assert_eq!(serde_json::from_str::<NodeState>("\"draining\"").unwrap(), NodeState::Draining);
     }
 

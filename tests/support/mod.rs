@@ -362,6 +362,21 @@ impl Admin {
     }
 }
 
+/// The secret part of a credential as the server splits it: what follows the
+/// id in `hw_{id}_{secret}` and `hwn_{id}_{secret}`, what follows the prefix in
+/// `hwop_{secret}`, and the whole of any other token. The secret is base64url,
+/// so it may itself hold `_`: splitting from the right would give a short tail
+/// that any text can hold.
+pub fn secret_of(credential: &str) -> &str {
+    if let Some(secret) = credential.strip_prefix("hwop_") {
+        return secret;
+    }
+    match credential.strip_prefix("hw_").or_else(|| credential.strip_prefix("hwn_")) {
+        Some(rest) => rest.split_once('_').map_or(rest, |(_id, secret)| secret),
+        None => credential,
+    }
+}
+
 /// Asserts a problem+json answer and returns its body.
 pub async fn expect_problem(res: Response, status: StatusCode, kind: &str, field: Option<&str>) -> Value {
     assert_eq!(res.status(), status);
