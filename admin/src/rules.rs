@@ -22,6 +22,10 @@ pub const IMAGE_VERSION: &str = r"^[A-Za-z0-9._+-]{1,64}$";
 pub const IDEMPOTENCY_KEY: &str = r"^[!-~]{1,255}$";
 /// An argument of an image's command: anything but NUL.
 pub const NO_NUL: &str = "^[^\u{0}]*$";
+/// A target's name: a DNS label (it names Kubernetes objects and labels).
+pub const TARGET_NAME: &str = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+/// A zone or region: a Kubernetes label value.
+pub const ZONE: &str = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$";
 /// A warm pool size in nodes, as a key of `warm_pools`: 1 to 64, no leading zero.
 pub const WARM_POOL_SIZE: &str = r"^([1-9]|[1-5][0-9]|6[0-4])$";
 
@@ -193,6 +197,8 @@ pub static IS_COMMAND: Rule = Rule::at_most(COMMAND_MAX, || compile(&COMMAND));
 pub static IS_EMAIL: Rule = Rule::new(|| compile(&EMAIL));
 pub static IS_IMAGE_VERSION: Rule = Rule::new(|| compile(IMAGE_VERSION));
 pub static IS_WARM_POOL_SIZE: Rule = Rule::new(|| compile(WARM_POOL_SIZE));
+pub static IS_TARGET_NAME: Rule = Rule::new(|| compile(TARGET_NAME));
+pub static IS_ZONE: Rule = Rule::new(|| compile(ZONE));
 
 #[cfg(test)]
 mod tests {

@@ -235,6 +235,30 @@ impl OperationState {
     }
 }
 
+text_enum! {
+    /// What runs a target's nodes.
+    pub enum TargetKind ("target kind") {
+        /// Processes on admin's own host.
+        Process = "process",
+        /// Pods in a Kubernetes namespace.
+        Kubernetes = "kubernetes",
+    }
+}
+
+text_enum! {
+    /// Whether a target takes new nodes.
+    pub enum TargetState ("target state") {
+        /// New nodes are placed here within its quotas.
+        Active = "active",
+        /// Set by the operator: no new nodes; its nodes are replaced elsewhere,
+        /// make-before-break.
+        Draining = "draining",
+        /// Set by admin when many of its nodes went silent at once: no new nodes,
+        /// and replacements there are rate-limited.
+        Unreachable = "unreachable",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +294,8 @@ mod tests {
         spelled_alike(OperationKind::ALL);
         spelled_alike(OperationState::ALL);
         spelled_alike(crate::domain::OfferKind::ALL);
+        spelled_alike(TargetKind::ALL);
+        spelled_alike(TargetState::ALL);
         assert_eq!("scale".parse::<OperationKind>().unwrap_err().what, "operation kind");
         // A word outside the enum read from the store is an error, never a default.
         assert!("gold".parse::<crate::domain::OfferKind>().is_err());

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use fake::FakeDriver;
-pub use policy::{Policy, SharedPoolLoad};
+pub use policy::{Policy, Room, SharedPoolLoad};
 pub use process::ProcessDriver;
 
 /// What to run: one instance of a service package.

@@ -44,6 +44,45 @@ impl Policy {
     }
 }
 
+/// A place an instance may go, as the policy sees it: only places that take new
+/// instances are offered, each with the room its quotas leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room<'a> {
+    pub name: &'a str,
+    pub zone: &'a str,
+    /// Instances it may still take (`None`: no limit).
+    pub free_instances: Option<i64>,
+    /// Capacity it may still take, in the caller's unit (`None`: no limit).
+    pub free_capacity: Option<i64>,
+}
+
+impl Room<'_> {
+    fn takes(&self, size: i64) -> bool {
+        self.free_instances.is_none_or(|n| n > 0) && self.free_capacity.is_none_or(|c| c >= size)
+    }
+}
+
+impl Policy {
+    /// Where a new instance of `size` in upgrade domain `domain` goes, given the
+    /// zones and domains of the pool's live instances (`pool`): a place with room,
+    /// in the zone holding the fewest of the pool's instances (so a zone lost takes
+    /// the smallest share), then the zone already holding that upgrade domain (so a
+    /// domain, rolled at once, stays in one zone and domains spread over zones),
+    /// then the place with the most room, then by name. `None`: nowhere has room.
+    pub fn place<'a>(&self, rooms: &[Room<'a>], size: i64, domain: i32, pool: &[(&str, i32)]) -> Option<&'a str> {
+        rooms
+            .iter()
+            .filter(|r| r.takes(size))
+            .min_by_key(|r| {
+                let in_zone = pool.iter().filter(|(z, _)| *z == r.zone).count();
+                let domain_elsewhere = !pool.iter().any(|(z, d)| *z == r.zone && *d == domain);
+                let room = std::cmp::Reverse(r.free_instances.unwrap_or(i64::MAX));
+                (in_zone, domain_elsewhere, room, r.name)
+            })
+            .map(|r| r.name)
+    }
+}
+
 /// A shared pool as the policy sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SharedPoolLoad {
@@ -77,6 +116,39 @@ mod tests {
         assert_eq!(P.pick_shared_pool(&[cold]), Some(cold.id));
         assert_eq!(P.pick_shared_pool(&[full]), None, "no room: open a new pool");
         assert_eq!(P.pick_shared_pool(&[]), None);
+    }
+
+    #[test]
+    fn instances_spread_over_zones_one_upgrade_domain_per_zone() {
+        let rooms = [
+            Room { name: "a1", zone: "a", free_instances: None, free_capacity: None },
+            Room { name: "b1", zone: "b", free_instances: None, free_capacity: None },
+        ];
+        // Four instances in domains 0, 1, 0, 1 (as `upgrade_domain` hands them out).
+        let mut pool: Vec<(&str, i32)> = vec![];
+        for domain in [0, 1, 0, 1] {
+            let name = P.place(&rooms, 100, domain, &pool).unwrap();
+            pool.push((if name == "a1" { "a" } else { "b" }, domain));
+        }
+        assert_eq!(pool, [("a", 0), ("b", 1), ("a", 0), ("b", 1)]);
+        // A surge during an upgrade of domain 0 joins domain 0's zone.
+        assert_eq!(P.place(&rooms, 100, 0, &pool), Some("a1"));
+        assert_eq!(P.place(&rooms, 100, 1, &pool), Some("b1"));
+    }
+
+    #[test]
+    fn places_are_held_to_their_quotas() {
+        let full = Room { name: "full", zone: "a", free_instances: Some(0), free_capacity: None };
+        let small = Room { name: "small", zone: "b", free_instances: Some(5), free_capacity: Some(50) };
+        let roomy = Room { name: "roomy", zone: "c", free_instances: Some(9), free_capacity: Some(1000) };
+        assert_eq!(P.place(&[full, small], 100, 0, &[]), None, "no room anywhere");
+        assert_eq!(P.place(&[full, small], 50, 0, &[]), Some("small"), "exactly the capacity left fits");
+        assert_eq!(P.place(&[small, roomy], 50, 0, &[]), Some("roomy"), "the most room first");
+        // One zone with two places: the zone is filled evenly with the other zone.
+        let a2 = Room { name: "a2", zone: "a", free_instances: None, free_capacity: None };
+        let b = Room { name: "b", zone: "b", free_instances: None, free_capacity: None };
+        assert_eq!(P.place(&[a2, b], 10, 1, &[("a", 0)]), Some("b"));
+        assert_eq!(P.place(&[], 10, 0, &[]), None);
     }
 
     #[test]

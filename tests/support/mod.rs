@@ -8,12 +8,15 @@
 mod db;
 
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_headwater");
 
@@ -746,4 +749,63 @@ pub async fn h2_control_flood(addr: &str, count: usize, settings: bool) -> (usiz
     };
     let ((), got) = tokio::join!(writer, reader);
     got
+}
+
+/// Looping players, one per account, and what they saw.
+pub struct Players {
+    stop: CancellationToken,
+    ok: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Players {
+    pub fn start(router: &str, accounts: &[&str]) -> Self {
+        let stop = CancellationToken::new();
+        let ok = Arc::new(AtomicU64::new(0));
+        let tasks = accounts.iter().map(|a| player(router, a, stop.clone(), ok.clone())).collect();
+        Self { stop, ok, tasks }
+    }
+
+    /// Stops them and asserts no request failed (and that they did play).
+    pub async fn finish(self) {
+        self.stop.cancel();
+        let mut failed = Vec::new();
+        for t in self.tasks {
+            failed.extend(t.await.unwrap());
+        }
+        let ok = self.ok.load(Ordering::Relaxed);
+        eprintln!("players: {ok} segments, {} failed", failed.len());
+        assert!(failed.is_empty(), "{} failed player requests ({ok} ok): {failed:?}", failed.len());
+        assert!(ok > 30, "{ok}");
+    }
+}
+
+/// A player fetching one segment of `account` in a loop through the router until
+/// `stop`; returns its failures.
+fn player(
+    router: &str,
+    account: &str,
+    stop: CancellationToken,
+    ok: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let url = format!("{router}/{account}/demo/hls/360p/seg_001.ts");
+    let want = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo/hls/360p/seg_001.ts")).unwrap();
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut failed = Vec::new();
+        while !stop.is_cancelled() {
+            match http.get(&url).send().await {
+                Ok(r) if r.status() == StatusCode::OK => match r.bytes().await {
+                    Ok(b) if b == want => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(b) => failed.push(format!("{} bytes", b.len())),
+                    Err(e) => failed.push(e.to_string()),
+                },
+                Ok(r) => failed.push(r.status().to_string()),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        failed
+    })
 }

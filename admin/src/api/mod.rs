@@ -13,6 +13,7 @@ mod operator;
 pub mod problem;
 pub mod quotas;
 mod system;
+mod targets;
 mod whole;
 
 use std::sync::Arc;
@@ -123,6 +124,8 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(operator::get_origin_type, operator::update_origin_type))
         .routes(routes!(operator::create_image))
         .routes(routes!(operator::list_pools))
+        .routes(routes!(targets::list_targets, targets::create_target))
+        .routes(routes!(targets::get_target, targets::update_target, targets::delete_target))
         .routes(routes!(operator::list_nodes, nodes::register))
         .routes(routes!(nodes::heartbeat))
         .routes(routes!(nodes::config))

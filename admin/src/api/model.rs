@@ -80,7 +80,7 @@ pub struct NewApiKey {
 
 /// An optional request field that, when given, is not `null` (the schema says
 /// so, and so does the API): `{"offer": null}` is refused, not taken for absent.
-fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+pub(super) fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
 }
 
@@ -233,7 +233,8 @@ pub struct Operation {
     pub attempts: i32,
     pub last_error: Option<String>,
     /// An upgrade's progress: `{"pools_total", "pools_done", "in_progress": [pool ids],
-    /// "version", "halted"}`.
+    /// "version", "halted"}`; an account's operation while it waits for nodes no
+    /// target has room for: `{"waiting": "waiting for capacity: …"}`.
     #[schema(value_type = Option<Object>)]
     pub progress: Option<serde_json::Value>,
     /// What the operation was asked to do (an upgrade: `version`, `previous`).
@@ -255,7 +256,7 @@ impl From<OperationRow> for Operation {
             steps: o.steps.0.into_iter().map(|s| StepView { step: s.step, at: rfc3339(s.at) }).collect(),
             attempts: o.attempts,
             last_error: o.last_error,
-            progress: o.progress.map(|p| p.0),
+            progress: o.progress.map(|p| p.0).filter(|p| !p.is_null()),
             input: o.input.0,
             created_at: rfc3339(o.created_at),
             updated_at: rfc3339(o.updated_at),
@@ -438,6 +439,8 @@ pub struct Pool {
     pub reason: Option<String>,
     /// When the next node may be launched, while backing off (RFC 3339).
     pub next_launch_at: Option<String>,
+    /// Why it lacks nodes no target has room for: `waiting for capacity: …`.
+    pub waiting: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -456,6 +459,7 @@ impl From<PoolRow> for Pool {
             health: if p.degraded_reason.is_some() { PoolHealth::Degraded } else { PoolHealth::Healthy },
             reason: p.degraded_reason,
             next_launch_at: p.launch_after.map(rfc3339),
+            waiting: p.waiting_reason,
             created_at: rfc3339(p.created_at),
             updated_at: rfc3339(p.updated_at),
         }
@@ -474,6 +478,8 @@ pub struct Node {
     pub egress_mbps: f64,
     pub open_connections: i64,
     pub cache_hit_ratio: f64,
+    /// The target it runs on (`null`: a node an operator runs by hand).
+    pub target: Option<String>,
     pub created_at: String,
 }
 
@@ -490,6 +496,7 @@ impl From<NodeRow> for Node {
             egress_mbps: n.egress_mbps,
             open_connections: n.open_connections,
             cache_hit_ratio: n.cache_hit_ratio,
+            target: n.target,
             created_at: rfc3339(n.created_at),
         }
     }

@@ -175,7 +175,7 @@ fn string_schema(s: &mut Schema) -> Option<&mut Object> {
 /// Puts the validators' patterns on the fields and parameters they check.
 fn shapes(doc: &mut OpenApi) {
     let email = Shape { pattern: &rules::EMAIL, max_length: Some(rules::EMAIL_MAX) };
-    let fields: [(&str, &str, Shape); 12] = [
+    let fields: [(&str, &str, Shape); 17] = [
         (
             "CreateCustomer",
             "name",
@@ -192,6 +192,11 @@ fn shapes(doc: &mut OpenApi) {
         ("CreateImage", "version", shape(rules::IMAGE_VERSION)),
         ("CreateImage", "command", Shape { pattern: &rules::COMMAND, max_length: Some(rules::COMMAND_MAX) }),
         ("CreateImage", "args", shape(rules::NO_NUL)),
+        ("CreateTarget", "name", shape(rules::TARGET_NAME)),
+        ("CreateTarget", "zone", shape(rules::ZONE)),
+        ("CreateTarget", "region", shape(rules::ZONE)),
+        ("UpdateTarget", "zone", shape(rules::ZONE)),
+        ("UpdateTarget", "region", shape(rules::ZONE)),
     ];
     for (schema, field, sh) in fields {
         if let Some(o) = property(doc, schema, field).and_then(string_schema) {

@@ -13,14 +13,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use headwater_provisioner::{Driver, Handle, InstanceSpec, Policy, Status};
+use headwater_provisioner::{Driver, Handle, InstanceSpec, Policy, Room, Status};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::clock::{Clock, UnixMs};
 use crate::keys;
-use crate::states::{NodeState, PoolKind, PoolState};
-use crate::store::{HALT_AFTER_FAILED_NODES, NodeHealthRow, Placement, PoolTarget, Store};
+use crate::states::{NodeState, PoolKind, PoolState, TargetKind, TargetState};
+use crate::store::{HALT_AFTER_FAILED_NODES, NodeHealthRow, Placement, PoolSpec, Store, TargetRow, TargetUse};
 
 /// Failed node rows kept per pool (the newest): a crash loop leaves a bounded trail.
 pub const FAILED_NODES_KEPT: i64 = 5;
@@ -130,7 +130,7 @@ type StartFailure = Option<String>;
 /// (admin was down or restarting) is not held against a node. While the pool backs
 /// off after failed starts (`launch_after`), nothing is launched.
 pub fn plan(
-    pool: &PoolTarget,
+    pool: &PoolSpec,
     nodes: &[NodeHealthRow],
     now: UnixMs,
     listening_since: UnixMs,
@@ -159,9 +159,14 @@ pub fn plan(
     } else {
         0
     };
-    if let Some(image) = pool.image_version.as_deref().filter(|_| desired > 0) {
-        let (old, new): (Vec<&NodeHealthRow>, Vec<&NodeHealthRow>) =
-            healthy.iter().partition(|n| n.image_version.as_deref() != Some(image));
+    if desired > 0 {
+        // Nodes on another image than the pool's, or on a target being emptied, are
+        // replaced one at a time, make-before-break.
+        let stale = |n: &&&NodeHealthRow| {
+            n.on_draining_target()
+                || pool.image_version.as_deref().is_some_and(|image| n.image_version.as_deref() != Some(image))
+        };
+        let (old, new): (Vec<&NodeHealthRow>, Vec<&NodeHealthRow>) = healthy.iter().partition(stale);
         if !old.is_empty() {
             roll(pool, &old, &new, desired, &mut actions);
             return backing_off(pool, now, actions);
@@ -180,7 +185,7 @@ pub fn plan(
 }
 
 /// Drops launches while the pool backs off after failed starts.
-fn backing_off(pool: &PoolTarget, now: UnixMs, mut actions: Vec<Action>) -> Vec<Action> {
+fn backing_off(pool: &PoolSpec, now: UnixMs, mut actions: Vec<Action>) -> Vec<Action> {
     if pool.launch_after.is_some_and(|t| now < t) {
         actions.retain(|a| !matches!(a, Action::Launch { .. }));
     }
@@ -192,7 +197,7 @@ fn backing_off(pool: &PoolTarget, now: UnixMs, mut actions: Vec<Action>) -> Vec<
 /// one old node, lowest upgrade domain first. Capacity never drops below `desired`.
 /// Once [`HALT_AFTER_FAILED_NODES`] nodes on the new image failed, no more are
 /// surged: the old nodes keep serving until a rollback.
-fn roll(pool: &PoolTarget, old: &[&NodeHealthRow], new: &[&NodeHealthRow], desired: usize, actions: &mut Vec<Action>) {
+fn roll(pool: &PoolSpec, old: &[&NodeHealthRow], new: &[&NodeHealthRow], desired: usize, actions: &mut Vec<Action>) {
     let healthy = old.len() + new.len();
     if new.iter().any(|n| n.state == NodeState::Starting) {
         return;
@@ -308,7 +313,7 @@ impl Reconciler {
     /// skipped for a growing pause; the others are not held up.
     pub async fn reconcile_once(&self) -> anyhow::Result<()> {
         let now = self.clock.now_ms();
-        let pools = self.store.pool_targets(now).await?;
+        let pools = self.store.pools_to_reconcile(now).await?;
         let ids: std::collections::HashSet<Uuid> = pools.iter().map(|p| p.id).collect();
         for pool in pools {
             let id = pool.id;
@@ -344,7 +349,7 @@ impl Reconciler {
     /// Observes one pool, plans, applies, and keeps its health: a node that failed
     /// before it was ready backs its launches off and marks it degraded; a node
     /// that became ready since clears that.
-    pub async fn reconcile_pool(&self, mut pool: PoolTarget) -> anyhow::Result<()> {
+    pub async fn reconcile_pool(&self, mut pool: PoolSpec) -> anyhow::Result<()> {
         let mut nodes = self.store.pool_health(pool.id).await?;
         // Failures seen now hold back this pass's launches too.
         let exited = self.fail_exited(&mut nodes).await?;
@@ -390,7 +395,7 @@ impl Reconciler {
     /// Counts nodes of `pool` that failed before they were ready (`why`, one
     /// each): the pool degrades and its next launch waits [`launch_backoff`]; its
     /// failed node rows are trimmed to the newest [`FAILED_NODES_KEPT`].
-    async fn back_off(&self, pool: &mut PoolTarget, why: &[String]) -> anyhow::Result<()> {
+    async fn back_off(&self, pool: &mut PoolSpec, why: &[String]) -> anyhow::Result<()> {
         let Some(last) = why.last() else { return Ok(()) };
         let now = self.clock.now_ms();
         let count = i32::try_from(why.len()).unwrap_or(i32::MAX);
@@ -441,7 +446,7 @@ impl Reconciler {
     }
 
     /// Grows or shrinks a shared pool on its measured egress.
-    async fn autoscale(&self, pool: &mut PoolTarget, nodes: &[NodeHealthRow]) -> anyhow::Result<()> {
+    async fn autoscale(&self, pool: &mut PoolSpec, nodes: &[NodeHealthRow]) -> anyhow::Result<()> {
         let now = self.clock.now_ms();
         let ready: Vec<_> = nodes.iter().filter(|n| n.state == NodeState::Ready).collect();
         let egress: f64 = ready.iter().map(|n| n.egress_mbps).sum();
@@ -465,7 +470,7 @@ impl Reconciler {
     /// starting node was given up on).
     pub async fn apply(
         &self,
-        pool: &PoolTarget,
+        pool: &PoolSpec,
         nodes: &[NodeHealthRow],
         action: Action,
     ) -> anyhow::Result<StartFailure> {
@@ -473,25 +478,43 @@ impl Reconciler {
         match action {
             Action::Launch { count } => {
                 // Spread over upgrade domains, so a rolling upgrade never takes a pool down.
-                let mut domains: Vec<i32> = nodes.iter().filter(|n| n.state.live()).map(|n| n.upgrade_domain).collect();
+                let live = nodes.iter().filter(|n| n.state.live());
+                let mut domains: Vec<i32> = live.clone().map(|n| n.upgrade_domain).collect();
+                let mut zones: Vec<(String, i32)> =
+                    live.filter_map(|n| Some((n.zone.clone()?, n.upgrade_domain))).collect();
+                let mut targets = self.store.targets().await?;
                 for _ in 0..count {
                     let id = Uuid::now_v7();
-                    let (token, token_hash) = keys::node_token(id);
                     let domain = Policy::DEFAULT.upgrade_domain(&domains);
-                    domains.push(domain);
+                    let Some(at) = self.place(&targets, pool, domain, &zones) else {
+                        let reason = waiting_for_capacity(&targets, pool.node_capacity_mbps, |k| self.drives(k));
+                        if pool.waiting_reason.as_deref() != Some(reason.as_str()) {
+                            tracing::warn!(pool = %pool.id, %reason, "no target has room");
+                        }
+                        self.store.set_pool_waiting(pool.id, Some(&reason), now).await?;
+                        return Ok(None);
+                    };
+                    let target = targets[at].target.clone();
+                    let Some(driver) = self.driver_for(target.kind) else { return Ok(None) };
+                    let (token, token_hash) = keys::node_token(id);
                     let image = pool.image_version.as_deref();
                     // The spec first: a pool whose image cannot be read registers nothing.
-                    let spec = self.spec(id, token.clone(), pool).await?;
-                    let placement = Placement { upgrade_domain: domain, image_version: image };
+                    let spec = self.spec(id, token.clone(), pool, &target).await?;
+                    let placement =
+                        Placement { upgrade_domain: domain, image_version: image, target: Some(&target.name) };
                     let registered = self.store.register_launch(id, pool.id, &token_hash, placement, now).await?;
                     if registered.is_none() {
                         tracing::debug!(pool = %pool.id, "the pool moved to another image; launching next pass");
                         return Ok(None);
                     }
-                    match self.driver.launch(&spec).await {
+                    domains.push(domain);
+                    zones.push((target.zone.clone(), domain));
+                    targets[at].nodes += 1;
+                    targets[at].mbps += i64::from(pool.node_capacity_mbps);
+                    match driver.launch(&spec).await {
                         Ok(h) => {
                             self.store.set_node_handle(id, &h.reference, now).await?;
-                            tracing::info!(node = %id, pool = %pool.id, "node launched");
+                            tracing::info!(node = %id, pool = %pool.id, target = %target.name, "node launched");
                         }
                         Err(e) => {
                             tracing::warn!(node = %id, error = %e, "node could not be launched");
@@ -501,6 +524,9 @@ impl Reconciler {
                             return Ok(Some(reason));
                         }
                     }
+                }
+                if pool.waiting_reason.is_some() {
+                    self.store.set_pool_waiting(pool.id, None, now).await?;
                 }
                 Ok(None)
             }
@@ -543,10 +569,44 @@ impl Reconciler {
         });
     }
 
-    /// How to run a node of `pool`: its image's program and arguments (`headwater`
-    /// means this very binary), then what every node is told.
-    async fn spec(&self, id: Uuid, token: String, pool: &PoolTarget) -> anyhow::Result<InstanceSpec> {
+    /// The driver that runs nodes on targets of `kind`, if this admin has one.
+    fn driver_for(&self, kind: TargetKind) -> Option<Arc<dyn Driver>> {
+        match kind {
+            TargetKind::Process => Some(self.driver.clone()),
+            TargetKind::Kubernetes => None,
+        }
+    }
+
+    fn drives(&self, kind: TargetKind) -> bool {
+        self.driver_for(kind).is_some()
+    }
+
+    /// The index in `targets` of where a new node of `pool` in upgrade domain
+    /// `domain` goes (see [`Policy::place`]); `zones` are the zones and domains of
+    /// the pool's live nodes.
+    fn place(&self, targets: &[TargetUse], pool: &PoolSpec, domain: i32, zones: &[(String, i32)]) -> Option<usize> {
+        let size = i64::from(pool.node_capacity_mbps);
+        let rooms: Vec<Room<'_>> = targets
+            .iter()
+            .filter(|t| t.target.state == TargetState::Active && self.drives(t.target.kind))
+            .map(|t| Room {
+                name: &t.target.name,
+                zone: &t.target.zone,
+                free_instances: t.target.max_nodes.map(|m| i64::from(m) - t.nodes),
+                free_capacity: t.target.max_mbps.map(|m| i64::from(m) - t.mbps),
+            })
+            .collect();
+        let zones: Vec<(&str, i32)> = zones.iter().map(|(z, d)| (z.as_str(), *d)).collect();
+        let name = Policy::DEFAULT.place(&rooms, size, domain, &zones)?;
+        targets.iter().position(|t| t.target.name == name)
+    }
+
+    /// How to run a node of `pool` on `target`: its image's program and arguments
+    /// (`headwater` means this very binary), then what every node is told, as the
+    /// target says where it differs.
+    async fn spec(&self, id: Uuid, token: String, pool: &PoolSpec, target: &TargetRow) -> anyhow::Result<InstanceSpec> {
         let t = &self.template;
+        let at = &target.settings.0;
         let image = match &pool.image_version {
             Some(v) => self.store.image(&pool.origin_type, v).await?,
             None => None,
@@ -556,14 +616,15 @@ impl Reconciler {
             Some(i) => (t.program.clone(), i.args.0),
             None => (t.program.clone(), vec!["origin".to_owned()]),
         };
-        args.extend(["--listen", "127.0.0.1:0", "--node-id"].map(String::from));
-        args.push(id.to_string());
-        args.extend(["--admin-url".into(), t.admin_url.clone(), "--content".into(), t.content_url.clone()]);
+        let listen = at.node_listen.clone().unwrap_or_else(|| "127.0.0.1:0".to_owned());
+        let admin_url = at.node_admin_url.clone().unwrap_or_else(|| t.admin_url.clone());
+        args.extend(["--listen".into(), listen, "--node-id".into(), id.to_string()]);
+        args.extend(["--admin-url".into(), admin_url, "--content".into(), t.content_url.clone()]);
         args.extend(["--capacity-mbps".into(), pool.node_capacity_mbps.to_string()]);
         args.extend(["--heartbeat-ms".into(), t.heartbeat_ms.to_string()]);
         // The routers forward players' addresses (for IP allow-lists); nobody else
         // is believed.
-        for proxy in &t.trusted_proxies {
+        for proxy in at.trusted_proxies.as_ref().unwrap_or(&t.trusted_proxies) {
             args.extend(["--trusted-proxy".into(), proxy.clone()]);
         }
         if let Some(v) = &pool.image_version {
@@ -576,6 +637,23 @@ impl Reconciler {
     }
 }
 
+/// Why no target takes a node of `mbps`: `waiting for capacity: ` and each
+/// target's reason.
+fn waiting_for_capacity(targets: &[TargetUse], mbps: i32, drives: impl Fn(TargetKind) -> bool) -> String {
+    let why: Vec<String> = targets
+        .iter()
+        .map(|t| {
+            if drives(t.target.kind) {
+                t.no_room(mbps).unwrap_or_else(|| format!("{}: room", t.target.name))
+            } else {
+                format!("{}: no {} driver in this admin", t.target.name, t.target.kind)
+            }
+        })
+        .collect();
+    let list = if why.is_empty() { "no targets".to_owned() } else { why.join(", ") };
+    format!("waiting for capacity: no target has room for a {mbps} Mbit/s node ({list})")
+}
+
 fn handle(n: &NodeHealthRow) -> Option<Handle> {
     n.handle.as_ref().map(|r| Handle { id: n.id, reference: r.clone() })
 }
@@ -586,8 +664,8 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000_000;
 
-    fn pool(desired: i32, state: PoolState) -> PoolTarget {
-        PoolTarget {
+    fn pool(desired: i32, state: PoolState) -> PoolSpec {
+        PoolSpec {
             kind: PoolKind::Dedicated,
             id: Uuid::now_v7(),
             state,
@@ -601,6 +679,7 @@ mod tests {
             launch_after: None,
             degraded_reason: None,
             degraded_since: None,
+            waiting_reason: None,
         }
     }
 
@@ -616,6 +695,9 @@ mod tests {
             egress_mbps: 0.0,
             upgrade_domain: 0,
             image_version: None,
+            target: Some("local".into()),
+            zone: Some("local".into()),
+            target_state: Some(TargetState::Active),
         }
     }
 
@@ -624,8 +706,24 @@ mod tests {
     }
 
     #[test]
+    fn nodes_on_a_draining_target_are_replaced_make_before_break() {
+        let pool = pool(2, PoolState::Ready);
+        let leaving = |d| NodeHealthRow {
+            target: Some("a".into()),
+            target_state: Some(TargetState::Draining),
+            ..on("1", NodeState::Ready, d)
+        };
+        let (a, b) = (leaving(0), leaving(1));
+        let plan_for = |nodes: &[NodeHealthRow]| plan(&pool, nodes, NOW, 0, HealthPolicy::default());
+        assert_eq!(plan_for(&[a.clone(), b.clone()]), [Action::Launch { count: 1 }], "a new node first");
+        let new = NodeHealthRow { target: Some("b".into()), ..on("1", NodeState::Ready, 0) };
+        assert_eq!(plan_for(&[a.clone(), b.clone(), new.clone()]), [Action::Stop { node: a.id }], "then one leaves");
+        assert!(plan_for(&[new.clone(), NodeHealthRow { id: Uuid::now_v7(), ..new.clone() }]).is_empty());
+    }
+
+    #[test]
     fn a_rolling_upgrade_surges_one_new_node_then_drains_one_old_node() {
-        let pool = PoolTarget { image_version: Some("2".into()), ..pool(2, PoolState::Ready) };
+        let pool = PoolSpec { image_version: Some("2".into()), ..pool(2, PoolState::Ready) };
         let (a, b) = (on("1", NodeState::Ready, 0), on("1", NodeState::Ready, 1));
         let plan_for = |nodes: &[NodeHealthRow]| plan(&pool, nodes, NOW, 0, HealthPolicy::default());
         // Two old nodes: one new node first, capacity never below two.
@@ -642,7 +740,7 @@ mod tests {
         assert_eq!(plan_for(&[b.clone(), ready.clone(), second.clone()]), [Action::Stop { node: b.id }]);
         assert!(plan_for(&[ready.clone(), second]).is_empty(), "done");
         // Two new nodes failed: the upgrade is halted, the old nodes keep serving.
-        let halted = PoolTarget { failed_on_image: 2, ..pool.clone() };
+        let halted = PoolSpec { failed_on_image: 2, ..pool.clone() };
         assert!(plan(&halted, &[a, b], NOW, 0, HealthPolicy::default()).is_empty());
     }
 
@@ -709,7 +807,7 @@ mod tests {
             plan(&pool(3, PoolState::Deleting), std::slice::from_ref(&ready), NOW, 0, HealthPolicy::default());
         assert_eq!(actions, [Action::Stop { node: ready.id }]);
         // ... but only once the grace for routers to follow the move is over.
-        let just_released = PoolTarget { updated_at: NOW - 1_000, ..pool(3, PoolState::Deleting) };
+        let just_released = PoolSpec { updated_at: NOW - 1_000, ..pool(3, PoolState::Deleting) };
         assert!(plan(&just_released, std::slice::from_ref(&ready), NOW, 0, HealthPolicy::default()).is_empty());
         // Failed, draining and stopped nodes are not counted as serving.
         let drained = node(NodeState::Draining, Some(100), 0);
@@ -819,8 +917,8 @@ mod driven {
         }
     }
 
-    async fn target(store: &Store, id: Uuid, now: UnixMs) -> PoolTarget {
-        store.pool_targets(now).await.unwrap().into_iter().find(|p| p.id == id).unwrap()
+    async fn spec_of(store: &Store, id: Uuid, now: UnixMs) -> PoolSpec {
+        store.pools_to_reconcile(now).await.unwrap().into_iter().find(|p| p.id == id).unwrap()
     }
 
     async fn events(store: &Store, action: &str) -> usize {
@@ -855,7 +953,7 @@ mod driven {
         r.clock.advance_ms(250);
         r.reconciler.reconcile_once().await.unwrap();
         assert_eq!(r.driver.launched().len(), 1);
-        let p = target(&r.store, pool, r.clock.now_ms()).await;
+        let p = spec_of(&r.store, pool, r.clock.now_ms()).await;
         assert_eq!(p.degraded_reason.as_deref(), Some("node exits at start (exit status 1)"));
         assert_eq!(p.launch_failures, 1);
         assert_eq!(p.launch_after, Some(T0 + 250 + 1_000));
@@ -886,7 +984,7 @@ mod driven {
         let pool = r.store.create_warm_pool("hls", 1, T0).await.unwrap();
         r.driver.refuse_launches(Some("no room"));
         r.reconciler.reconcile_once().await.unwrap();
-        let p = target(&r.store, pool, r.clock.now_ms()).await;
+        let p = spec_of(&r.store, pool, r.clock.now_ms()).await;
         assert!(
             p.degraded_reason.as_deref().is_some_and(|r| r.contains("could not be launched") && r.contains("no room"))
         );
@@ -897,7 +995,7 @@ mod driven {
         assert_eq!(r.driver.running(), vec![node]);
         heartbeat(&r.store, node, r.clock.now_ms()).await;
         r.reconciler.reconcile_once().await.unwrap();
-        let p = target(&r.store, pool, r.clock.now_ms()).await;
+        let p = spec_of(&r.store, pool, r.clock.now_ms()).await;
         assert_eq!((p.degraded_reason, p.launch_failures, p.launch_after), (None, 0, None));
         assert_eq!(p.state, PoolState::Ready, "a warm pool whose node is ready is ready");
         assert_eq!(events(&r.store, "pool.recovered").await, 1);
@@ -943,10 +1041,43 @@ mod driven {
     }
 
     #[tokio::test]
+    async fn launches_wait_for_a_target_with_room_and_go_on_when_a_quota_is_raised() {
+        let r = rig().await;
+        sql(&r.store, "UPDATE targets SET max_nodes = 1 WHERE name = 'local'").await;
+        let pool = r.store.create_warm_pool("hls", 3, T0).await.unwrap();
+        r.reconciler.reconcile_once().await.unwrap();
+        assert_eq!(r.driver.launched().len(), 1, "the quota holds");
+        let p = spec_of(&r.store, pool, T0).await;
+        let want = "waiting for capacity: no target has room for a 100 Mbit/s node (local: 1 of 1 nodes)";
+        assert_eq!(p.waiting_reason.as_deref(), Some(want));
+        assert_eq!(p.degraded_reason, None, "waiting for room is not a failure");
+        // Pass after pass, one event.
+        r.clock.advance_ms(250);
+        r.reconciler.reconcile_once().await.unwrap();
+        assert_eq!(events(&r.store, "pool.waiting").await, 1);
+        // 250 Mbit/s takes one more 100 Mbit/s node, not two.
+        sql(&r.store, "UPDATE targets SET max_nodes = NULL, max_mbps = 250 WHERE name = 'local'").await;
+        r.clock.advance_ms(250);
+        r.reconciler.reconcile_once().await.unwrap();
+        assert_eq!(r.driver.launched().len(), 2);
+        let p = spec_of(&r.store, pool, r.clock.now_ms()).await;
+        assert!(p.waiting_reason.as_deref().is_some_and(|w| w.contains("local: 200 of 250 Mbit/s in use")), "{p:?}");
+        sql(&r.store, "UPDATE targets SET max_mbps = NULL WHERE name = 'local'").await;
+        r.clock.advance_ms(250);
+        r.reconciler.reconcile_once().await.unwrap();
+        assert_eq!(r.driver.launched().len(), 3);
+        assert_eq!(spec_of(&r.store, pool, r.clock.now_ms()).await.waiting_reason, None);
+        assert_eq!(events(&r.store, "pool.placed").await, 1);
+        let on_local =
+            r.store.pool_health(pool).await.unwrap().iter().filter(|n| n.target.as_deref() == Some("local")).count();
+        assert_eq!(on_local, 3, "every node names its target");
+    }
+
+    #[tokio::test]
     async fn apply_records_each_action_in_the_store() {
         let r = rig().await;
         let pool = r.store.create_warm_pool("hls", 2, T0).await.unwrap();
-        let p = target(&r.store, pool, T0).await;
+        let p = spec_of(&r.store, pool, T0).await;
         assert_eq!(r.reconciler.apply(&p, &[], Action::Launch { count: 2 }).await.unwrap(), None);
         let nodes = r.store.pool_health(pool).await.unwrap();
         assert_eq!(nodes.len(), 2);

@@ -272,7 +272,18 @@ impl Worker {
         Ok(match (wait, op.account_id) {
             (Wait::PoolsUpgraded, _) => self.upgrade_done(op).await?,
             (_, None) => true,
-            (Wait::ReadyNodes(need), Some(account)) => self.store.target_ready_nodes(account).await? >= need,
+            (Wait::ReadyNodes(need), Some(account)) => {
+                let ready = self.store.wanted_pool_ready_nodes(account).await? >= need;
+                // Why it waits, on the operation, while it does.
+                let waiting = if ready { None } else { self.store.account_pool_waiting(account).await? };
+                let progress = waiting.map(|why| serde_json::json!({ "waiting": why }));
+                let shown = op.progress.as_ref().map(|p| &p.0).filter(|p| !p.is_null());
+                if shown != progress.as_ref() {
+                    let value = progress.unwrap_or(serde_json::Value::Null);
+                    self.store.set_progress(op.id, &value, self.clock.now_ms()).await?;
+                }
+                ready
+            }
             (Wait::NodesConfigured, Some(account)) => {
                 let mut all = true;
                 for (node, running) in self.store.account_ready_node_versions(account).await? {

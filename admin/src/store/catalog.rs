@@ -157,7 +157,7 @@ impl Store {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
                 "SELECT p.id, p.origin_type, p.kind, p.image_version, p.desired_nodes, p.state, p.created_at, p.updated_at,
-                        p.degraded_reason, p.launch_after,
+                        p.degraded_reason, p.launch_after, p.waiting_reason,
                         (SELECT COUNT(*) FROM account_pool_mappings m WHERE m.pool_id = p.id) AS accounts,
                         (SELECT COUNT(*) FROM nodes n WHERE n.pool_id = p.id AND n.state = 'ready') AS ready_nodes
                  FROM pools p WHERE ($1 IS NULL OR p.id > $1) ORDER BY p.id LIMIT $2",
@@ -173,7 +173,7 @@ impl Store {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
                 "SELECT id, pool_id, handle, address, image_version, upgrade_domain, state, last_heartbeat, egress_mbps,
-                        open_connections, cache_hit_ratio, created_at, updated_at FROM nodes WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2",
+                        open_connections, cache_hit_ratio, created_at, updated_at, target FROM nodes WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2",
             )
             .bind(cursor)
             .bind(limit)

@@ -17,6 +17,7 @@ mod pools;
 mod probes;
 mod routes;
 mod rows;
+mod targets;
 mod upgrades;
 mod usage;
 mod warm;
@@ -35,9 +36,10 @@ pub use customers::{AccountLimits, QuotaOverrides, QuotaUse};
 pub use idempotency::{IDEMPOTENCY_TTL_MS, IdempotencyStart};
 pub use nodes::{HeartbeatRecord, NodeHealthRow, NodeServing, Placement, ServedAccountRow};
 pub use operations::{Effect, OperationFilter, OperationQuery};
-pub use pools::PoolTarget;
+pub use pools::PoolSpec;
 pub use routes::RouteRow;
 pub use rows::*;
+pub use targets::{NewTarget, TargetChange, TargetRow, TargetSettings, TargetUse};
 pub use upgrades::{HALT_AFTER_FAILED_NODES, UpgradeProgress, UpgradeStep};
 pub use usage::{Stored, UsageRecorded, UsageRow, UsageWindowRow, window_bytes_limit};
 pub use warm::WarmPool;
@@ -207,6 +209,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "control plane", include_str!("../../../migrations/postgres/0008_control_plane.sql")),
     (9, "usage reports", include_str!("../../../migrations/postgres/0009_usage_reports.sql")),
     (10, "quotas", include_str!("../../../migrations/postgres/0010_quotas.sql")),
+    (11, "targets", include_str!("../../../migrations/postgres/0011_targets.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -219,6 +222,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "control plane", include_str!("../../../migrations/sqlite/0008_control_plane.sql")),
     (9, "usage reports", include_str!("../../../migrations/sqlite/0009_usage_reports.sql")),
     (10, "quotas", include_str!("../../../migrations/sqlite/0010_quotas.sql")),
+    (11, "targets", include_str!("../../../migrations/sqlite/0011_targets.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

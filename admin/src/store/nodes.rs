@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::{BeginWrite, NodeRow, Result, Store, StoreError, event, on_pool};
 use crate::clock::UnixMs;
 use crate::domain::OfferKind;
-use crate::states::{AccountState, NodeState, PoolKind};
+use crate::states::{AccountState, NodeState, PoolKind, TargetState};
 
 /// What a heartbeat changes in the store.
 #[derive(Debug, Clone)]
@@ -109,11 +109,11 @@ impl Store {
                 }
             }
             let row: Option<NodeRow> = sqlx::query_as(
-                "INSERT INTO nodes (id, pool_id, state, token_hash, upgrade_domain, image_version, created_at, updated_at)
-                 SELECT $1, p.id, 'starting', $3, $5, $6, $4, $4 FROM pools p
+                "INSERT INTO nodes (id, pool_id, state, token_hash, upgrade_domain, image_version, target, created_at, updated_at)
+                 SELECT $1, p.id, 'starting', $3, $5, $6, $8, $4, $4 FROM pools p
                  WHERE p.id = $2 AND (NOT $7 OR COALESCE(p.image_version, '') = COALESCE($6, ''))
                  RETURNING id, pool_id, handle, address, image_version, upgrade_domain, state, last_heartbeat,
-                     egress_mbps, open_connections, cache_hit_ratio, created_at, updated_at",
+                     egress_mbps, open_connections, cache_hit_ratio, created_at, updated_at, target",
             )
             .bind(id)
             .bind(pool_id)
@@ -122,13 +122,17 @@ impl Store {
             .bind(placement.upgrade_domain)
             .bind(placement.image_version)
             .bind(on_pool_image)
+            .bind(placement.target)
             .fetch_optional(&mut *tx)
             .await?;
             if row.is_some() {
-                let reason = match placement.image_version {
-                    Some(v) => format!("pool:{pool_id} image {v}"),
-                    None => format!("pool:{pool_id}"),
-                };
+                let mut reason = format!("pool:{pool_id}");
+                if let Some(v) = placement.image_version {
+                    reason.push_str(&format!(" image {v}"));
+                }
+                if let Some(t) = placement.target {
+                    reason.push_str(&format!(" target {t}"));
+                }
                 event!(tx, now, actor, "node.registered", format!("node:{id}"), reason)?;
             }
             tx.commit().await?;
@@ -310,14 +314,28 @@ pub struct NodeHealthRow {
     pub upgrade_domain: i32,
     /// The image it was launched with, or the one it reports.
     pub image_version: Option<String>,
+    /// Where it runs (`None`: a node an operator runs by hand), that target's
+    /// zone and state.
+    pub target: Option<String>,
+    pub zone: Option<String>,
+    pub target_state: Option<TargetState>,
 }
 
-/// Where a new node goes within its pool: its upgrade domain and the image it runs
-/// (`None`: the built-in one).
+impl NodeHealthRow {
+    /// Whether its target is being emptied: the node is replaced elsewhere.
+    pub fn on_draining_target(&self) -> bool {
+        self.target_state == Some(TargetState::Draining)
+    }
+}
+
+/// Where a new node goes: its upgrade domain within its pool, the image it runs
+/// (`None`: the built-in one) and its target.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Placement<'a> {
     pub upgrade_domain: i32,
     pub image_version: Option<&'a str>,
+    /// The target it runs on (`None`: run by hand, wherever the operator put it).
+    pub target: Option<&'a str>,
 }
 
 impl Store {

@@ -9,7 +9,7 @@ use crate::states::{PoolKind, PoolState};
 
 /// A pool as the reconciler sees it.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct PoolTarget {
+pub struct PoolSpec {
     pub id: Uuid,
     pub kind: PoolKind,
     pub state: PoolState,
@@ -30,18 +30,20 @@ pub struct PoolTarget {
     /// ready after that.
     pub degraded_reason: Option<String>,
     pub degraded_since: Option<UnixMs>,
+    /// Why no target can take the nodes it needs now (`waiting for capacity: …`).
+    pub waiting_reason: Option<String>,
 }
 
 impl Store {
     /// Pools that need nodes or still have some; failures counted from `now`.
-    pub async fn pool_targets(&self, now: UnixMs) -> Result<Vec<PoolTarget>> {
+    pub async fn pools_to_reconcile(&self, now: UnixMs) -> Result<Vec<PoolSpec>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
                 "SELECT p.id, p.kind, p.state, p.desired_nodes, t.node_capacity_mbps, p.image_version, p.updated_at,
                         p.origin_type,
                         (SELECT COUNT(*) FROM nodes f WHERE f.pool_id = p.id AND f.state = 'failed'
                            AND f.image_version = p.image_version AND f.created_at >= $1) AS failed_on_image,
-                        p.launch_failures, p.launch_after, p.degraded_reason, p.degraded_since
+                        p.launch_failures, p.launch_after, p.degraded_reason, p.degraded_since, p.waiting_reason
                  FROM pools p JOIN origin_types t ON t.name = p.origin_type
                  WHERE p.state <> 'deleted' OR EXISTS (SELECT 1 FROM nodes n WHERE n.pool_id = p.id AND n.state IN ('starting', 'ready', 'draining'))
                  ORDER BY p.id",
@@ -57,10 +59,11 @@ impl Store {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
                 "SELECT n.id, n.pool_id, n.handle, n.state, n.last_heartbeat, n.created_at, n.egress_mbps, n.upgrade_domain,
-                        n.image_version,
+                        n.image_version, n.target, t.zone, t.state AS target_state,
                         (SELECT COUNT(*) FROM (SELECT ok FROM probes r WHERE r.node_id = n.id AND r.source = 'self'
                                                ORDER BY r.id DESC LIMIT 2) last WHERE NOT last.ok) AS recent_probe_failures
-                 FROM nodes n WHERE n.pool_id = $1 AND n.state <> 'stopped' ORDER BY n.id",
+                 FROM nodes n LEFT JOIN targets t ON t.name = n.target
+                 WHERE n.pool_id = $1 AND n.state <> 'stopped' ORDER BY n.id",
             )
             .bind(pool_id)
             .fetch_all(p)
@@ -71,7 +74,7 @@ impl Store {
     /// Ready nodes of the pool the account's offer calls for: its own dedicated pool
     /// for sla; for trial/payg the shared pool it is in, else the best shared pool
     /// of its type (the one it would be put in).
-    pub async fn target_ready_nodes(&self, account_id: Uuid) -> Result<i64> {
+    pub async fn wanted_pool_ready_nodes(&self, account_id: Uuid) -> Result<i64> {
         on_pool!(self, |p| {
             Ok(sqlx::query_scalar(
                 "SELECT CASE WHEN a.offer = 'sla' THEN

@@ -100,6 +100,8 @@ pub struct PoolRow {
     pub degraded_reason: Option<String>,
     /// The next node launch waits until then (backing off after failures).
     pub launch_after: Option<UnixMs>,
+    /// Why no target takes the nodes it needs now, if none does.
+    pub waiting_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -117,6 +119,8 @@ pub struct NodeRow {
     pub cache_hit_ratio: f64,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
+    /// The target it runs on (`None`: run by hand).
+    pub target: Option<String>,
 }
 
 /// One row of the global allocation table: what is live for an account.

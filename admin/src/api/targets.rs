@@ -1,0 +1,283 @@
+//! Targets (operator): where nodes run, each with a zone, quotas and a state. The
+//! reconciler places new nodes on active targets with room; a draining target's
+//! nodes are replaced elsewhere, make-before-break.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::auth::OperatorAuth;
+use super::problem::{ApiError, ApiJson, Problem};
+use crate::clock::rfc3339;
+use crate::rules;
+use crate::states::{TargetKind, TargetState};
+use crate::store::{NewTarget, StoreError, TargetChange, TargetSettings, TargetUse};
+
+/// Most nodes a target's quota may name.
+const MAX_NODES: i64 = 100_000;
+/// Most Mbit/s a target's quota may name.
+const MAX_MBPS: i64 = 100_000_000;
+
+/// A target's quotas: `null` (or left out) is no limit.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetQuotas {
+    /// Most live nodes (starting, ready or draining) placed here.
+    #[serde(default, deserialize_with = "super::whole::nullable")]
+    #[schema(minimum = 0, maximum = 100000)]
+    pub max_nodes: Option<i32>,
+    /// Most node capacity placed here, in Mbit/s.
+    #[serde(default, deserialize_with = "super::whole::nullable")]
+    #[schema(minimum = 0, maximum = 100000000)]
+    pub max_mbps: Option<i32>,
+}
+
+impl TargetQuotas {
+    fn check(&self) -> Result<(), ApiError> {
+        let within = |field: &str, v: Option<i32>, max: i64| match v {
+            Some(v) if !(0..=max).contains(&i64::from(v)) => {
+                Err(ApiError::invalid(format!("quotas.{field}"), format!("must be between 0 and {max}")))
+            }
+            _ => Ok(()),
+        };
+        within("max_nodes", self.max_nodes, MAX_NODES)?;
+        within("max_mbps", self.max_mbps, MAX_MBPS)
+    }
+}
+
+/// What the target holds now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TargetUsed {
+    /// Live nodes (starting, ready or draining).
+    pub nodes: i64,
+    /// Their capacity, in Mbit/s.
+    pub mbps: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Target {
+    pub name: String,
+    pub kind: TargetKind,
+    pub zone: String,
+    pub region: String,
+    pub state: TargetState,
+    pub quotas: TargetQuotas,
+    pub used: TargetUsed,
+    pub settings: TargetSettings,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<TargetUse> for Target {
+    fn from(u: TargetUse) -> Self {
+        let t = u.target;
+        Self {
+            name: t.name,
+            kind: t.kind,
+            zone: t.zone,
+            region: t.region,
+            state: t.state,
+            quotas: TargetQuotas { max_nodes: t.max_nodes, max_mbps: t.max_mbps },
+            used: TargetUsed { nodes: u.nodes, mbps: u.mbps },
+            settings: t.settings.0,
+            created_at: rfc3339(t.created_at),
+            updated_at: rfc3339(t.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TargetList {
+    pub items: Vec<Target>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTarget {
+    /// A DNS label: 1 to 63 of `a-z`, `0-9` and `-`, a letter or digit at each end.
+    pub name: String,
+    pub kind: TargetKind,
+    /// The zone label (1 to 63 of `A-Za-z0-9._-`): a pool's nodes spread over zones.
+    pub zone: String,
+    /// The region label (default: the zone).
+    #[serde(default, deserialize_with = "super::model::present")]
+    #[schema(nullable = false)]
+    pub region: Option<String>,
+    #[serde(default, deserialize_with = "super::model::present")]
+    #[schema(nullable = false)]
+    pub quotas: Option<TargetQuotas>,
+    #[serde(default, deserialize_with = "super::model::present")]
+    #[schema(nullable = false)]
+    pub settings: Option<TargetSettings>,
+}
+
+/// A change: each field given is set; `quotas` replaces both quotas.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
+pub struct UpdateTarget {
+    #[serde(default, deserialize_with = "super::model::present")]
+    #[schema(nullable = false)]
+    pub zone: Option<String>,
+    #[serde(default, deserialize_with = "super::model::present")]
+    #[schema(nullable = false)]
+    pub region: Option<String>,
+    #[serde(default, deserialize_with = "super::model::present")]
+    #[schema(nullable = false)]
+    pub quotas: Option<TargetQuotas>,
+    /// `active` or `draining` (`unreachable` is admin's to set).
+    #[serde(default, deserialize_with = "super::model::present")]
+    #[schema(nullable = false)]
+    pub state: Option<TargetState>,
+    /// Replaces the node settings.
+    #[serde(default, deserialize_with = "super::model::present")]
+    #[schema(nullable = false)]
+    pub settings: Option<TargetSettings>,
+}
+
+fn label(field: &str, v: &str) -> Result<String, ApiError> {
+    if rules::IS_ZONE.matches(v) {
+        Ok(v.to_owned())
+    } else {
+        Err(ApiError::invalid(field, "1 to 63 of [A-Za-z0-9._-], a letter or digit at each end"))
+    }
+}
+
+fn check_settings(s: &TargetSettings) -> Result<(), ApiError> {
+    if let Some(url) = &s.node_admin_url {
+        let ok = reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+        if !ok || url.len() > 2048 {
+            return Err(ApiError::invalid("settings.node_admin_url", "an http:// or https:// URL"));
+        }
+    }
+    if let Some(listen) = &s.node_listen
+        && listen.parse::<std::net::SocketAddr>().is_err()
+    {
+        return Err(ApiError::invalid("settings.node_listen", "an address and port, such as 0.0.0.0:8080"));
+    }
+    if let Some(proxies) = &s.trusted_proxies {
+        if proxies.len() > 20 {
+            return Err(ApiError::invalid("settings.trusted_proxies", "at most 20 networks"));
+        }
+        if let Some(i) = proxies.iter().position(|p| p.parse::<ipnet::IpNet>().is_err()) {
+            return Err(ApiError::invalid(format!("settings.trusted_proxies[{i}]"), "a network such as 10.0.0.0/8"));
+        }
+    }
+    Ok(())
+}
+
+fn not_found(name: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
+    move |e| match e {
+        StoreError::NotFound => ApiError::NotFound(format!("target {name}")),
+        other => other.into(),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/targets", tag = "operator", security(("bearer" = [])),
+    responses((status = 200, body = TargetList)))]
+pub async fn list_targets(State(s): State<AppState>, _op: OperatorAuth) -> Result<Json<TargetList>, ApiError> {
+    Ok(Json(TargetList { items: s.store.targets().await?.into_iter().map(Into::into).collect() }))
+}
+
+/// Adds a target. Kubernetes targets need admin's Kubernetes driver.
+#[utoipa::path(post, path = "/v1/targets", tag = "operator", security(("bearer" = [])), request_body = CreateTarget,
+    responses((status = 201, body = Target), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn create_target(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    ApiJson(b): ApiJson<CreateTarget>,
+) -> Result<(StatusCode, Json<Target>), ApiError> {
+    if !rules::IS_TARGET_NAME.matches(&b.name) {
+        return Err(ApiError::invalid("name", "a DNS label: 1 to 63 of [a-z0-9-], a letter or digit at each end"));
+    }
+    if b.kind == TargetKind::Kubernetes {
+        return Err(ApiError::invalid("kind", "this admin has no Kubernetes driver yet: only process targets"));
+    }
+    let zone = label("zone", &b.zone)?;
+    let region = match &b.region {
+        Some(r) => label("region", r)?,
+        None => zone.clone(),
+    };
+    let quotas = b.quotas.unwrap_or_default();
+    quotas.check()?;
+    let settings = b.settings.unwrap_or_default();
+    check_settings(&settings)?;
+    let new = NewTarget {
+        name: b.name,
+        kind: b.kind,
+        zone,
+        region,
+        max_nodes: quotas.max_nodes,
+        max_mbps: quotas.max_mbps,
+        settings,
+    };
+    s.store.create_target(&new, "operator", s.clock.now_ms()).await?;
+    let t = s.store.target(&new.name).await?.ok_or_else(|| ApiError::NotFound(format!("target {}", new.name)))?;
+    Ok((StatusCode::CREATED, Json(t.into())))
+}
+
+#[utoipa::path(get, path = "/v1/targets/{name}", tag = "operator", security(("bearer" = [])),
+    params(("name" = String, Path)), responses((status = 200, body = Target), (status = 404, body = Problem)))]
+pub async fn get_target(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    Path(name): Path<String>,
+) -> Result<Json<Target>, ApiError> {
+    let t = s.store.target(&name).await?.ok_or_else(|| ApiError::NotFound(format!("target {name}")))?;
+    Ok(Json(t.into()))
+}
+
+/// Changes a target: raising a quota lets waiting pools go on at once; setting
+/// it `draining` replaces its nodes elsewhere, make-before-break.
+#[utoipa::path(patch, path = "/v1/targets/{name}", tag = "operator", security(("bearer" = [])), request_body = UpdateTarget,
+    params(("name" = String, Path)),
+    responses((status = 200, body = Target), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn update_target(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<UpdateTarget>,
+) -> Result<Json<Target>, ApiError> {
+    s.store.target(&name).await?.ok_or_else(|| ApiError::NotFound(format!("target {name}")))?;
+    if b.zone.is_none() && b.region.is_none() && b.quotas.is_none() && b.state.is_none() && b.settings.is_none() {
+        return Err(ApiError::invalid("state", "give a zone, a region, quotas, a state or settings"));
+    }
+    let zone = b.zone.as_deref().map(|z| label("zone", z)).transpose()?;
+    let region = b.region.as_deref().map(|r| label("region", r)).transpose()?;
+    if let Some(q) = &b.quotas {
+        q.check()?;
+    }
+    if b.state == Some(TargetState::Unreachable) {
+        return Err(ApiError::invalid("state", "active or draining: admin marks a target unreachable"));
+    }
+    if let Some(settings) = &b.settings {
+        check_settings(settings)?;
+    }
+    let change = TargetChange {
+        zone,
+        region,
+        max_nodes: b.quotas.map(|q| q.max_nodes),
+        max_mbps: b.quotas.map(|q| q.max_mbps),
+        state: b.state,
+        settings: b.settings,
+    };
+    s.store.update_target(&name, &change, "operator", s.clock.now_ms()).await.map_err(not_found(&name))?;
+    let t = s.store.target(&name).await?.ok_or_else(|| ApiError::NotFound(format!("target {name}")))?;
+    Ok(Json(t.into()))
+}
+
+/// Removes a target that holds no live node (drain it first).
+#[utoipa::path(delete, path = "/v1/targets/{name}", tag = "operator", security(("bearer" = [])),
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn delete_target(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.store.delete_target(&name, "operator", s.clock.now_ms()).await.map_err(not_found(&name))?;
+    Ok(StatusCode::NO_CONTENT)
+}
