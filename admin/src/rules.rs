@@ -71,6 +71,13 @@ pub static WEB_ORIGIN: LazyLock<String> = LazyLock::new(|| {
     format!(r"^https?://({label}(\.{label})*|{}|\[{}\])(:{port})?/?$", ipv4(), ipv6())
 });
 
+/// The address a node listens on: an IPv4 address or a bracketed IPv6 one, and a
+/// port (0: any free one).
+pub static LISTEN_ADDRESS: LazyLock<String> = LazyLock::new(|| {
+    let port = "(0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])";
+    format!(r"^({}|\[{}\]):{port}$", ipv4(), ipv6())
+});
+
 /// A segment of an uploaded file's path: printable ASCII but `/` and `\`, not
 /// `.` or `..`, at most `max` characters.
 fn segment(max: usize) -> String {
@@ -199,6 +206,7 @@ pub static IS_IMAGE_VERSION: Rule = Rule::new(|| compile(IMAGE_VERSION));
 pub static IS_WARM_POOL_SIZE: Rule = Rule::new(|| compile(WARM_POOL_SIZE));
 pub static IS_TARGET_NAME: Rule = Rule::new(|| compile(TARGET_NAME));
 pub static IS_ZONE: Rule = Rule::new(|| compile(ZONE));
+pub static IS_LISTEN_ADDRESS: Rule = Rule::new(|| compile(&LISTEN_ADDRESS));
 
 #[cfg(test)]
 mod tests {
@@ -216,8 +224,31 @@ mod tests {
             &IS_EMAIL,
             &IS_IMAGE_VERSION,
             &IS_WARM_POOL_SIZE,
+            &IS_TARGET_NAME,
+            &IS_ZONE,
+            &IS_LISTEN_ADDRESS,
         ] {
             assert!(!rule.matches(""));
+        }
+    }
+
+    #[test]
+    fn listen_addresses_are_what_a_socket_address_parses() {
+        for ok in ["0.0.0.0:8080", "127.0.0.1:0", "[::]:80", "[::1]:65535", "[fe80::1:2]:443", "10.1.2.3:9"] {
+            assert!(IS_LISTEN_ADDRESS.matches(ok), "{ok}");
+            assert!(ok.parse::<std::net::SocketAddr>().is_ok(), "{ok}");
+        }
+        for bad in ["0.0.0.0", ":80", "localhost:80", "1.2.3.4:65536", "01.2.3.4:80", "::1:80", "1.2.3.4:080"] {
+            assert!(!IS_LISTEN_ADDRESS.matches(bad), "{bad}");
+        }
+        for ok in ["local", "eu-west-1a", "a", "zone.b_2"] {
+            assert!(IS_ZONE.matches(ok), "{ok}");
+        }
+        for bad in ["-a", "a-", "a b", &"z".repeat(64)] {
+            assert!(!IS_ZONE.matches(bad), "{bad}");
+        }
+        for bad in ["Local", "a_b", "-a", &"t".repeat(64)] {
+            assert!(!IS_TARGET_NAME.matches(bad), "{bad}");
         }
     }
 

@@ -175,7 +175,7 @@ fn string_schema(s: &mut Schema) -> Option<&mut Object> {
 /// Puts the validators' patterns on the fields and parameters they check.
 fn shapes(doc: &mut OpenApi) {
     let email = Shape { pattern: &rules::EMAIL, max_length: Some(rules::EMAIL_MAX) };
-    let fields: [(&str, &str, Shape); 17] = [
+    let fields: [(&str, &str, Shape); 20] = [
         (
             "CreateCustomer",
             "name",
@@ -197,6 +197,9 @@ fn shapes(doc: &mut OpenApi) {
         ("CreateTarget", "region", shape(rules::ZONE)),
         ("UpdateTarget", "zone", shape(rules::ZONE)),
         ("UpdateTarget", "region", shape(rules::ZONE)),
+        ("TargetSettings", "node_admin_url", shape(&rules::WEB_ORIGIN)),
+        ("TargetSettings", "node_listen", shape(&rules::LISTEN_ADDRESS)),
+        ("TargetSettings", "trusted_proxies", shape(&rules::IP_NETWORK)),
     ];
     for (schema, field, sh) in fields {
         if let Some(o) = property(doc, schema, field).and_then(string_schema) {

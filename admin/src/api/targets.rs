@@ -94,12 +94,44 @@ pub struct TargetList {
     pub items: Vec<Target>,
 }
 
+/// The kinds of target this admin can run nodes on (Kubernetes comes with its driver).
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NewTargetKind {
+    Process,
+}
+
+impl From<NewTargetKind> for TargetKind {
+    fn from(k: NewTargetKind) -> Self {
+        match k {
+            NewTargetKind::Process => TargetKind::Process,
+        }
+    }
+}
+
+/// The states an operator sets (`unreachable` is admin's to set).
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetStateChange {
+    Active,
+    Draining,
+}
+
+impl From<TargetStateChange> for TargetState {
+    fn from(s: TargetStateChange) -> Self {
+        match s {
+            TargetStateChange::Active => TargetState::Active,
+            TargetStateChange::Draining => TargetState::Draining,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTarget {
     /// A DNS label: 1 to 63 of `a-z`, `0-9` and `-`, a letter or digit at each end.
     pub name: String,
-    pub kind: TargetKind,
+    pub kind: NewTargetKind,
     /// The zone label (1 to 63 of `A-Za-z0-9._-`): a pool's nodes spread over zones.
     pub zone: String,
     /// The region label (default: the zone).
@@ -128,10 +160,10 @@ pub struct UpdateTarget {
     #[serde(default, deserialize_with = "super::model::present")]
     #[schema(nullable = false)]
     pub quotas: Option<TargetQuotas>,
-    /// `active` or `draining` (`unreachable` is admin's to set).
+    /// `draining` replaces its nodes elsewhere; `active` takes new nodes again.
     #[serde(default, deserialize_with = "super::model::present")]
     #[schema(nullable = false)]
-    pub state: Option<TargetState>,
+    pub state: Option<TargetStateChange>,
     /// Replaces the node settings.
     #[serde(default, deserialize_with = "super::model::present")]
     #[schema(nullable = false)]
@@ -146,15 +178,19 @@ fn label(field: &str, v: &str) -> Result<String, ApiError> {
     }
 }
 
-fn check_settings(s: &TargetSettings) -> Result<(), ApiError> {
-    if let Some(url) = &s.node_admin_url {
-        let ok = reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
-        if !ok || url.len() > 2048 {
-            return Err(ApiError::invalid("settings.node_admin_url", "an http:// or https:// URL"));
+/// Checks node settings; the admin URL is kept without a trailing `/`.
+fn check_settings(mut s: TargetSettings) -> Result<TargetSettings, ApiError> {
+    if let Some(url) = &mut s.node_admin_url {
+        if !rules::IS_WEB_ORIGIN.matches(url) {
+            return Err(ApiError::invalid(
+                "settings.node_admin_url",
+                "http(s)://host[:port], as nodes there reach admin",
+            ));
         }
+        url.truncate(url.trim_end_matches('/').len());
     }
     if let Some(listen) = &s.node_listen
-        && listen.parse::<std::net::SocketAddr>().is_err()
+        && (!rules::IS_LISTEN_ADDRESS.matches(listen) || listen.parse::<std::net::SocketAddr>().is_err())
     {
         return Err(ApiError::invalid("settings.node_listen", "an address and port, such as 0.0.0.0:8080"));
     }
@@ -162,11 +198,15 @@ fn check_settings(s: &TargetSettings) -> Result<(), ApiError> {
         if proxies.len() > 20 {
             return Err(ApiError::invalid("settings.trusted_proxies", "at most 20 networks"));
         }
-        if let Some(i) = proxies.iter().position(|p| p.parse::<ipnet::IpNet>().is_err()) {
+        let bad = |p: &String| {
+            !rules::IS_IP_NETWORK.matches(p)
+                || (p.parse::<ipnet::IpNet>().is_err() && p.parse::<std::net::IpAddr>().is_err())
+        };
+        if let Some(i) = proxies.iter().position(bad) {
             return Err(ApiError::invalid(format!("settings.trusted_proxies[{i}]"), "a network such as 10.0.0.0/8"));
         }
     }
-    Ok(())
+    Ok(s)
 }
 
 fn not_found(name: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
@@ -193,9 +233,6 @@ pub async fn create_target(
     if !rules::IS_TARGET_NAME.matches(&b.name) {
         return Err(ApiError::invalid("name", "a DNS label: 1 to 63 of [a-z0-9-], a letter or digit at each end"));
     }
-    if b.kind == TargetKind::Kubernetes {
-        return Err(ApiError::invalid("kind", "this admin has no Kubernetes driver yet: only process targets"));
-    }
     let zone = label("zone", &b.zone)?;
     let region = match &b.region {
         Some(r) => label("region", r)?,
@@ -203,11 +240,10 @@ pub async fn create_target(
     };
     let quotas = b.quotas.unwrap_or_default();
     quotas.check()?;
-    let settings = b.settings.unwrap_or_default();
-    check_settings(&settings)?;
+    let settings = check_settings(b.settings.unwrap_or_default())?;
     let new = NewTarget {
         name: b.name,
-        kind: b.kind,
+        kind: b.kind.into(),
         zone,
         region,
         max_nodes: quotas.max_nodes,
@@ -250,19 +286,14 @@ pub async fn update_target(
     if let Some(q) = &b.quotas {
         q.check()?;
     }
-    if b.state == Some(TargetState::Unreachable) {
-        return Err(ApiError::invalid("state", "active or draining: admin marks a target unreachable"));
-    }
-    if let Some(settings) = &b.settings {
-        check_settings(settings)?;
-    }
+    let settings = b.settings.map(check_settings).transpose()?;
     let change = TargetChange {
         zone,
         region,
         max_nodes: b.quotas.map(|q| q.max_nodes),
         max_mbps: b.quotas.map(|q| q.max_mbps),
-        state: b.state,
-        settings: b.settings,
+        state: b.state.map(Into::into),
+        settings,
     };
     s.store.update_target(&name, &change, "operator", s.clock.now_ms()).await.map_err(not_found(&name))?;
     let t = s.store.target(&name).await?.ok_or_else(|| ApiError::NotFound(format!("target {name}")))?;

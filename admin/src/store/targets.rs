@@ -22,6 +22,7 @@ pub struct TargetSettings {
     /// The routers' addresses (CIDR): nodes there believe `X-Forwarded-For` from
     /// these only (default: admin's `--node-trusted-proxy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 20)]
     pub trusted_proxies: Option<Vec<String>>,
 }
 
