@@ -14,6 +14,7 @@ use crate::api::{self, ApiSettings, AppState, Metrics, RateLimits, Rates};
 use crate::bus::Bus;
 use crate::clock::{Clock, SystemClock};
 use crate::control::health::Prober;
+use crate::control::partition::PartitionPolicy;
 use crate::control::reconciler::{HealthPolicy, NodeTemplate, Reconciler, ScalePolicy};
 use crate::control::worker::Worker;
 use crate::keys;
@@ -100,6 +101,16 @@ pub struct AdminConfig {
     /// A node without a heartbeat for this long is failed and replaced.
     #[arg(long, env = "HEADWATER_HEARTBEAT_TIMEOUT_MS", default_value_t = 3000)]
     pub heartbeat_timeout_ms: u64,
+    /// A target is cut off (`unreachable`) when at least this share of its
+    /// heartbeating nodes (and at least two) go unheard together while their
+    /// instances still run; its nodes are then not all replaced at once.
+    #[arg(long, env = "HEADWATER_PARTITION_FRACTION", default_value_t = 0.5)]
+    pub partition_fraction: f64,
+    /// Nodes of a cut-off target replaced per minute (the first a minute after
+    /// it was cut off).
+    #[arg(long, env = "HEADWATER_PARTITION_REPLACEMENTS_PER_MINUTE", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=600))]
+    pub partition_replacements_per_minute: u32,
     /// A shared pool grows (or shrinks) after its egress stays above 70 % (below
     /// 30 %) of its capacity for this long, in seconds.
     #[arg(long, env = "HEADWATER_SCALE_WINDOW_SECS", default_value_t = 30)]
@@ -293,7 +304,7 @@ impl Admin {
                     sustain_ms: i64::try_from(self.cfg.scale_window_secs * 1000).unwrap_or(30_000),
                     ..ScalePolicy::default()
                 };
-                let r = Reconciler::new(
+                let mut r = Reconciler::new(
                     self.state.store.clone(),
                     driver,
                     self.state.clock.clone(),
@@ -301,6 +312,10 @@ impl Admin {
                     policy,
                     scale,
                 );
+                r.partition = PartitionPolicy {
+                    fraction: self.cfg.partition_fraction.clamp(0.01, 1.0),
+                    replacements_per_minute: self.cfg.partition_replacements_per_minute,
+                };
                 Some(tokio::spawn(r.run(shutdown.clone(), leader.clone())))
             }
             None => None,

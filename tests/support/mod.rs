@@ -809,3 +809,47 @@ fn player(
         failed
     })
 }
+
+/// A TCP link to `upstream` that the test can cut and heal: cut, every open
+/// connection is dropped and new ones are closed at once (as a network cut off
+/// would look to a client); healed, it forwards again.
+pub struct Link {
+    pub addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Link {
+    pub async fn to(upstream: std::net::SocketAddr) -> Link {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cuts, is_down) = (cut.clone(), down.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if is_down.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let mut cuts = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Link { addr, cut, down }
+    }
+
+    pub fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.cut.send_modify(|g| *g += 1);
+    }
+
+    pub fn heal(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}

@@ -9,6 +9,7 @@ pub mod health;
 pub mod heartbeats;
 pub mod leader;
 pub mod node_config;
+pub mod partition;
 pub mod reconciler;
 pub mod retention;
 pub mod routing;

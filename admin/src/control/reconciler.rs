@@ -10,6 +10,7 @@
 //! exponentially ([`launch_backoff`]) and shows as degraded until a node of it
 //! becomes ready. Only the replica holding the control lease reconciles.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::clock::{Clock, UnixMs};
+use crate::control::partition::{self, Heard, PartitionPolicy};
 use crate::keys;
 use crate::states::{NodeState, PoolKind, PoolState, TargetKind, TargetState};
 use crate::store::{HALT_AFTER_FAILED_NODES, NodeHealthRow, Placement, PoolSpec, Store, TargetRow, TargetUse};
@@ -127,18 +129,26 @@ type StartFailure = Option<String>;
 
 /// What to do for one pool, from its desired size and its nodes. `listening_since`
 /// is when this reconciler started hearing heartbeats: silence from before then
-/// (admin was down or restarting) is not held against a node. While the pool backs
-/// off after failed starts (`launch_after`), nothing is launched.
+/// (admin was down or restarting) is not held against a node; nor is the silence
+/// of `held` nodes (unheard on a cut-off target). While the pool backs off after
+/// failed starts (`launch_after`), nothing is launched.
 pub fn plan(
     pool: &PoolSpec,
     nodes: &[NodeHealthRow],
     now: UnixMs,
     listening_since: UnixMs,
     policy: HealthPolicy,
+    held: &HashSet<Uuid>,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     let mut healthy: Vec<&NodeHealthRow> = Vec::new();
     for n in nodes.iter().filter(|n| n.state.live()) {
+        // Unheard on a cut-off target: kept, and counted, until the partition
+        // rule releases it (see `partition`).
+        if held.contains(&n.id) {
+            healthy.push(n);
+            continue;
+        }
         let silent_for = now - n.last_heartbeat.unwrap_or(n.created_at).max(listening_since);
         let limit = if n.last_heartbeat.is_some() { policy.heartbeat_timeout_ms } else { policy.start_timeout_ms };
         if silent_for > limit {
@@ -243,7 +253,12 @@ pub struct Reconciler {
     /// only restarts the window).
     pub pressure: std::sync::Mutex<std::collections::HashMap<Uuid, Pressure>>,
     /// Per pool whose last reconcile failed: errors in a row, and when to look again.
-    pub errors: std::sync::Mutex<std::collections::HashMap<Uuid, (u32, UnixMs)>>,
+    pub errors: std::sync::Mutex<HashMap<Uuid, (u32, UnixMs)>>,
+    pub partition: PartitionPolicy,
+    /// Unheard nodes of cut-off targets that are not replaced (yet).
+    pub held: std::sync::Mutex<HashSet<Uuid>>,
+    /// Per cut-off target, when its next unheard node may be replaced.
+    pub releases: std::sync::Mutex<HashMap<String, UnixMs>>,
 }
 
 impl Reconciler {
@@ -267,6 +282,9 @@ impl Reconciler {
             scale_policy,
             pressure: Default::default(),
             errors: Default::default(),
+            partition: PartitionPolicy::default(),
+            held: Default::default(),
+            releases: Default::default(),
         }
     }
 
@@ -313,6 +331,9 @@ impl Reconciler {
     /// skipped for a growing pause; the others are not held up.
     pub async fn reconcile_once(&self) -> anyhow::Result<()> {
         let now = self.clock.now_ms();
+        if let Err(e) = self.watch_partitions(now).await {
+            tracing::warn!(error = %e, "judging targets' reachability");
+        }
         let pools = self.store.pools_to_reconcile(now).await?;
         let ids: std::collections::HashSet<Uuid> = pools.iter().map(|p| p.id).collect();
         for pool in pools {
@@ -346,6 +367,74 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Applies the partition rule (see `partition`): marks targets whose nodes
+    /// went unheard together `unreachable` (and active again once they are heard),
+    /// and decides which unheard nodes are held instead of replaced: all of a
+    /// cut-off target's but one every `replace_every_ms`, the first that long after
+    /// it was cut off.
+    async fn watch_partitions(&self, now: UnixMs) -> anyhow::Result<()> {
+        let timeout = self.policy.heartbeat_timeout_ms;
+        let listening_since = self.started.load(std::sync::atomic::Ordering::Relaxed);
+        let mut heard = Vec::new();
+        for n in self.store.heard_nodes().await? {
+            let silent = now - n.last_heartbeat.max(listening_since) > timeout;
+            let running = match (silent, &n.handle, self.driver_for(n.kind)) {
+                (false, _, _) => true,
+                (true, Some(r), Some(driver)) => {
+                    driver.inspect(&Handle { id: n.id, reference: r.clone() }).await.running()
+                }
+                (true, _, _) => false,
+            };
+            heard.push(Heard { id: n.id, target: n.target, last_heartbeat: n.last_heartbeat, silent, running });
+        }
+        let targets = self.store.targets().await?;
+        let cut: std::collections::BTreeSet<String> = targets
+            .iter()
+            .filter(|t| t.target.state == TargetState::Unreachable)
+            .map(|t| t.target.name.clone())
+            .collect();
+        let verdicts = partition::judge(&heard, &cut, timeout, self.partition);
+        let every = self.partition.replace_every_ms();
+        let mut held = HashSet::new();
+        let mut releases = self.releases.lock().map(|r| r.clone()).unwrap_or_default();
+        for (target, v) in &verdicts {
+            if !v.cut_off {
+                continue;
+            }
+            let reason = format!(
+                "{} of {} nodes went unheard together while their instances run; replacing at most one every {} s",
+                v.unheard.len(),
+                v.nodes,
+                every / 1000
+            );
+            if self.store.set_target_reachable(target, false, &reason, now).await? {
+                tracing::warn!(%target, %reason, "target cut off");
+            }
+            let next = releases.entry(target.clone()).or_insert(now + every);
+            let mut unheard = v.unheard.clone();
+            if now >= *next && !unheard.is_empty() {
+                let released = unheard.remove(0);
+                tracing::warn!(%target, node = %released, "replacing one unheard node of a cut-off target");
+                *next = now + every;
+            }
+            held.extend(unheard);
+        }
+        for name in &cut {
+            if !verdicts.get(name).is_some_and(|v| v.cut_off) {
+                self.store.set_target_reachable(name, true, "its nodes are heard again", now).await?;
+                tracing::info!(target = %name, "target reachable again");
+            }
+        }
+        releases.retain(|t, _| verdicts.get(t).is_some_and(|v| v.cut_off));
+        if let Ok(mut r) = self.releases.lock() {
+            *r = releases;
+        }
+        if let Ok(mut h) = self.held.lock() {
+            *h = held;
+        }
+        Ok(())
+    }
+
     /// Observes one pool, plans, applies, and keeps its health: a node that failed
     /// before it was ready backs its launches off and marks it degraded; a node
     /// that became ready since clears that.
@@ -360,7 +449,8 @@ impl Reconciler {
         let now = self.clock.now_ms();
         let listening_since = self.started.load(std::sync::atomic::Ordering::Relaxed);
         let mut failed = Vec::new();
-        for action in plan(&pool, &nodes, now, listening_since, self.policy) {
+        let held = self.held.lock().map(|h| h.clone()).unwrap_or_default();
+        for action in plan(&pool, &nodes, now, listening_since, self.policy, &held) {
             if let Some(why) = self.apply(&pool, &nodes, action).await? {
                 failed.push(why);
             }
@@ -714,7 +804,7 @@ mod tests {
             ..on("1", NodeState::Ready, d)
         };
         let (a, b) = (leaving(0), leaving(1));
-        let plan_for = |nodes: &[NodeHealthRow]| plan(&pool, nodes, NOW, 0, HealthPolicy::default());
+        let plan_for = |nodes: &[NodeHealthRow]| plan(&pool, nodes, NOW, 0, HealthPolicy::default(), &HashSet::new());
         assert_eq!(plan_for(&[a.clone(), b.clone()]), [Action::Launch { count: 1 }], "a new node first");
         let new = NodeHealthRow { target: Some("b".into()), ..on("1", NodeState::Ready, 0) };
         assert_eq!(plan_for(&[a.clone(), b.clone(), new.clone()]), [Action::Stop { node: a.id }], "then one leaves");
@@ -725,7 +815,7 @@ mod tests {
     fn a_rolling_upgrade_surges_one_new_node_then_drains_one_old_node() {
         let pool = PoolSpec { image_version: Some("2".into()), ..pool(2, PoolState::Ready) };
         let (a, b) = (on("1", NodeState::Ready, 0), on("1", NodeState::Ready, 1));
-        let plan_for = |nodes: &[NodeHealthRow]| plan(&pool, nodes, NOW, 0, HealthPolicy::default());
+        let plan_for = |nodes: &[NodeHealthRow]| plan(&pool, nodes, NOW, 0, HealthPolicy::default(), &HashSet::new());
         // Two old nodes: one new node first, capacity never below two.
         assert_eq!(plan_for(&[a.clone(), b.clone()]), [Action::Launch { count: 1 }]);
         // While it starts, nothing else.
@@ -741,13 +831,13 @@ mod tests {
         assert!(plan_for(&[ready.clone(), second]).is_empty(), "done");
         // Two new nodes failed: the upgrade is halted, the old nodes keep serving.
         let halted = PoolSpec { failed_on_image: 2, ..pool.clone() };
-        assert!(plan(&halted, &[a, b], NOW, 0, HealthPolicy::default()).is_empty());
+        assert!(plan(&halted, &[a, b], NOW, 0, HealthPolicy::default(), &HashSet::new()).is_empty());
     }
 
     #[test]
     fn an_empty_pool_is_filled() {
         assert_eq!(
-            plan(&pool(4, PoolState::Creating), &[], NOW, 0, HealthPolicy::default()),
+            plan(&pool(4, PoolState::Creating), &[], NOW, 0, HealthPolicy::default(), &HashSet::new()),
             [Action::Launch { count: 4 }]
         );
     }
@@ -755,7 +845,7 @@ mod tests {
     #[test]
     fn a_silent_node_is_failed_and_replaced() {
         let nodes = [node(NodeState::Ready, Some(500), 0), node(NodeState::Ready, Some(10_000), 0)];
-        let actions = plan(&pool(2, PoolState::Ready), &nodes, NOW, 0, HealthPolicy::default());
+        let actions = plan(&pool(2, PoolState::Ready), &nodes, NOW, 0, HealthPolicy::default(), &HashSet::new());
         assert_eq!(
             actions,
             [
@@ -769,9 +859,12 @@ mod tests {
     fn silence_while_admin_was_down_does_not_count() {
         // Admin restarted 1 s ago; the node's last heartbeat reached the old one 10 s ago.
         let nodes = [node(NodeState::Ready, Some(10_000), 0)];
-        assert!(plan(&pool(1, PoolState::Ready), &nodes, NOW, NOW - 1_000, HealthPolicy::default()).is_empty());
+        assert!(
+            plan(&pool(1, PoolState::Ready), &nodes, NOW, NOW - 1_000, HealthPolicy::default(), &HashSet::new())
+                .is_empty()
+        );
         assert!(matches!(
-            plan(&pool(1, PoolState::Ready), &nodes, NOW, NOW - 4_000, HealthPolicy::default())[0],
+            plan(&pool(1, PoolState::Ready), &nodes, NOW, NOW - 4_000, HealthPolicy::default(), &HashSet::new())[0],
             Action::Fail { .. }
         ));
     }
@@ -779,7 +872,7 @@ mod tests {
     #[test]
     fn two_failed_self_probes_fail_a_node() {
         let nodes = [node(NodeState::Ready, Some(100), 2), node(NodeState::Ready, Some(100), 1)];
-        let actions = plan(&pool(2, PoolState::Ready), &nodes, NOW, 0, HealthPolicy::default());
+        let actions = plan(&pool(2, PoolState::Ready), &nodes, NOW, 0, HealthPolicy::default(), &HashSet::new());
         assert_eq!(actions[0], Action::Fail { node: nodes[0].id, reason: "self-probe failed twice".into() });
         assert_eq!(actions[1], Action::Launch { count: 1 });
     }
@@ -788,10 +881,13 @@ mod tests {
     fn a_starting_node_gets_time_to_start() {
         let mut starting = node(NodeState::Starting, None, 0);
         starting.created_at = NOW - 5_000;
-        assert!(plan(&pool(1, PoolState::Creating), &[starting.clone()], NOW, 0, HealthPolicy::default()).is_empty());
+        assert!(
+            plan(&pool(1, PoolState::Creating), &[starting.clone()], NOW, 0, HealthPolicy::default(), &HashSet::new())
+                .is_empty()
+        );
         starting.created_at = NOW - 31_000;
         assert!(matches!(
-            plan(&pool(1, PoolState::Creating), &[starting], NOW, 0, HealthPolicy::default())[0],
+            plan(&pool(1, PoolState::Creating), &[starting], NOW, 0, HealthPolicy::default(), &HashSet::new())[0],
             Action::Fail { .. }
         ));
     }
@@ -800,19 +896,34 @@ mod tests {
     fn surplus_nodes_are_stopped_starting_first_and_released_pools_emptied() {
         let ready = node(NodeState::Ready, Some(100), 0);
         let starting = node(NodeState::Starting, Some(100), 0);
-        let actions =
-            plan(&pool(1, PoolState::Ready), &[ready.clone(), starting.clone()], NOW, 0, HealthPolicy::default());
+        let actions = plan(
+            &pool(1, PoolState::Ready),
+            &[ready.clone(), starting.clone()],
+            NOW,
+            0,
+            HealthPolicy::default(),
+            &HashSet::new(),
+        );
         assert_eq!(actions, [Action::Stop { node: starting.id }]);
-        let actions =
-            plan(&pool(3, PoolState::Deleting), std::slice::from_ref(&ready), NOW, 0, HealthPolicy::default());
+        let actions = plan(
+            &pool(3, PoolState::Deleting),
+            std::slice::from_ref(&ready),
+            NOW,
+            0,
+            HealthPolicy::default(),
+            &HashSet::new(),
+        );
         assert_eq!(actions, [Action::Stop { node: ready.id }]);
         // ... but only once the grace for routers to follow the move is over.
         let just_released = PoolSpec { updated_at: NOW - 1_000, ..pool(3, PoolState::Deleting) };
-        assert!(plan(&just_released, std::slice::from_ref(&ready), NOW, 0, HealthPolicy::default()).is_empty());
+        assert!(
+            plan(&just_released, std::slice::from_ref(&ready), NOW, 0, HealthPolicy::default(), &HashSet::new())
+                .is_empty()
+        );
         // Failed, draining and stopped nodes are not counted as serving.
         let drained = node(NodeState::Draining, Some(100), 0);
         assert_eq!(
-            plan(&pool(1, PoolState::Ready), &[drained], NOW, 0, HealthPolicy::default()),
+            plan(&pool(1, PoolState::Ready), &[drained], NOW, 0, HealthPolicy::default(), &HashSet::new()),
             [Action::Launch { count: 1 }]
         );
     }

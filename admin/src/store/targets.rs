@@ -279,6 +279,58 @@ impl Store {
     }
 }
 
+/// A live node that has sent a heartbeat, with its target (for the partition rule).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HeardNode {
+    pub id: Uuid,
+    pub target: String,
+    pub kind: TargetKind,
+    pub handle: Option<String>,
+    pub last_heartbeat: UnixMs,
+}
+
+impl Store {
+    /// Live nodes on a target that have been heard from at least once.
+    pub async fn heard_nodes(&self) -> Result<Vec<HeardNode>> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(
+                "SELECT n.id, n.target, t.kind, n.handle, n.last_heartbeat FROM nodes n JOIN targets t ON t.name = n.target
+                 WHERE n.state IN ('starting', 'ready') AND n.last_heartbeat IS NOT NULL ORDER BY n.id",
+            )
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
+    /// Marks an active target unreachable, or an unreachable one active again
+    /// (`reachable`), with an event saying why; a target in another state, or
+    /// already so, is left alone. Returns whether it changed.
+    pub async fn set_target_reachable(&self, name: &str, reachable: bool, reason: &str, now: UnixMs) -> Result<bool> {
+        let (from, to, action) = if reachable {
+            (TargetState::Unreachable, TargetState::Active, "target.reachable")
+        } else {
+            (TargetState::Active, TargetState::Unreachable, "target.unreachable")
+        };
+        on_pool!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            let changed = sqlx::query("UPDATE targets SET state = $3, updated_at = $4 WHERE name = $1 AND state = $2")
+                .bind(name)
+                .bind(from)
+                .bind(to)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+            if changed {
+                event!(tx, now, "reconciler", action, format!("target:{name}"), reason)?;
+            }
+            tx.commit().await?;
+            Ok(changed)
+        })
+    }
+}
+
 fn quotas(max_nodes: Option<i32>, max_mbps: Option<i32>) -> String {
     let nodes = max_nodes.map_or("any number of nodes".to_owned(), |n| format!("at most {n} nodes"));
     let mbps = max_mbps.map_or("any Mbit/s".to_owned(), |m| format!("at most {m} Mbit/s"));
