@@ -143,7 +143,7 @@ mod tests {
     use super::*;
 
     fn spec() -> InstanceSpec {
-        InstanceSpec { id: Uuid::now_v7(), program: "node".into(), args: vec![], env: vec![] }
+        InstanceSpec { id: Uuid::now_v7(), program: "node".into(), args: vec![], env: vec![], ..Default::default() }
     }
 
     #[tokio::test]

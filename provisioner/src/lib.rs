@@ -1,10 +1,11 @@
 //! The resource manager: runs instances of a service package (a program, its
-//! arguments and environment) and tells what runs. The [`Driver`] seam has one
-//! implementation here, [`ProcessDriver`] (local OS processes, the embedded
-//! default); a Kubernetes driver is the other side of the same seam. Nothing here
-//! knows about HLS, offers or locators (DESIGN.md §6).
+//! arguments and environment) and tells what runs. The [`Driver`] seam has two
+//! implementations: [`ProcessDriver`] (local OS processes, the embedded default)
+//! and [`KubernetesDriver`] (one pod per instance). Nothing here knows about HLS,
+//! offers or locators (DESIGN.md §6).
 
 pub mod fake;
+pub mod kubernetes;
 pub mod policy;
 mod process;
 
@@ -16,11 +17,12 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use fake::FakeDriver;
+pub use kubernetes::{KubernetesDriver, PodTemplate};
 pub use policy::{Policy, Room, SharedPoolLoad};
 pub use process::ProcessDriver;
 
 /// What to run: one instance of a service package.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceSpec {
     /// The instance's identity; the driver's handle carries it back.
     pub id: Uuid,
@@ -28,6 +30,19 @@ pub struct InstanceSpec {
     pub args: Vec<String>,
     /// Extra environment (secrets such as tokens go here, not in `args`).
     pub env: Vec<(String, String)>,
+    /// Labels for drivers that label what they run (Kubernetes).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// What the instance needs reserved, for drivers that reserve (Kubernetes).
+    #[serde(default)]
+    pub resources: Option<Resources>,
+}
+
+/// Resources an instance needs reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_millis: u32,
+    pub memory_mib: u32,
 }
 
 /// A running (or once running) instance.
@@ -71,6 +86,10 @@ pub enum DriverError {
     },
     #[error("signalling {reference}: {detail}")]
     Signal { reference: String, detail: String },
+    /// The platform under the driver refused or failed (its message, e.g. the
+    /// Kubernetes API's `Forbidden (403): …`).
+    #[error("{what}: {detail}")]
+    Platform { what: String, detail: String },
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

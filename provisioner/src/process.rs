@@ -258,6 +258,7 @@ mod tests {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "sleep 30".into(), id.to_string()],
             env: vec![],
+            ..Default::default()
         }
     }
 
@@ -314,6 +315,7 @@ mod tests {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "exit 3".into(), id.to_string()],
             env: vec![],
+            ..Default::default()
         };
         let h = driver.launch(&failing).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

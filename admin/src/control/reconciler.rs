@@ -723,7 +723,7 @@ impl Reconciler {
         // Tokens go in the environment, not on the command line.
         let env =
             vec![("HEADWATER_NODE_TOKEN".into(), token), ("HEADWATER_METRICS_TOKEN".into(), t.metrics_token.clone())];
-        Ok(InstanceSpec { id, program, args, env })
+        Ok(InstanceSpec { id, program, args, env, labels: Default::default(), resources: None })
     }
 }
 

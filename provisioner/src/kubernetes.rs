@@ -1,0 +1,329 @@
+//! Instances as Kubernetes pods, one pod per instance, so the caller keeps
+//! per-instance control (surge, drain). A pod is named after its instance and
+//! labelled with it, so a restarted caller finds every pod it launched (`list`)
+//! and never launches one twice. Pods are watched, not only polled: `inspect`
+//! answers from the watch's view, so a failed pod is seen on the next look.
+//! Deleting a pod is how an instance drains: Kubernetes sends SIGTERM, waits the
+//! grace period, then kills it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe,
+    ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::watcher;
+use uuid::Uuid;
+
+use crate::{BoxFuture, Driver, DriverError, Handle, InstanceSpec, Status};
+
+/// The label every pod of this driver carries, with its value.
+pub const APP_LABEL: (&str, &str) = ("app.kubernetes.io/name", "headwater-origin");
+/// The label naming a pod's instance.
+pub const INSTANCE_LABEL: &str = "headwater.io/node";
+/// The zone label the pods spread over.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// How pods are made, beside what each instance says.
+#[derive(Debug, Clone, Default)]
+pub struct PodTemplate {
+    /// The container image (its command and arguments come from the instance).
+    pub image: String,
+    /// The port the instance serves on: probes and the pod's declared port.
+    pub port: u16,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+    /// Run in the Kubernetes node's network namespace (for throughput).
+    pub host_network: bool,
+    /// How long a deleted pod may drain before it is killed.
+    pub grace: Duration,
+    /// Pods with the same value of this label spread over zones (at most one
+    /// apart); `None`: no spread.
+    pub spread_by: Option<String>,
+}
+
+/// What the watch last saw of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Running,
+    Ended(String),
+}
+
+/// Runs instances as pods in one namespace.
+#[derive(Clone)]
+pub struct KubernetesDriver {
+    pods: Api<Pod>,
+    template: PodTemplate,
+    /// The watch's view of every pod of this driver (by instance).
+    seen: Arc<Mutex<HashMap<Uuid, Seen>>>,
+    /// Whether the watch has listed the pods once (its view is complete).
+    synced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for KubernetesDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesDriver").field("template", &self.template).finish_non_exhaustive()
+    }
+}
+
+fn api_error(what: &str, e: kube::Error) -> DriverError {
+    let detail = match &e {
+        kube::Error::Api(s) => format!("{} ({}): {}", s.reason, s.code, s.message),
+        other => other.to_string(),
+    };
+    DriverError::Platform { what: what.to_owned(), detail }
+}
+
+fn pod_name(id: Uuid) -> String {
+    format!("hw-{}", id.simple())
+}
+
+fn instance_of(pod: &Pod) -> Option<Uuid> {
+    pod.metadata.labels.as_ref()?.get(INSTANCE_LABEL)?.parse().ok()
+}
+
+/// How a pod stands: ended (failed, succeeded, or deleted and gone) with why, or
+/// running (pending included: it may still start).
+fn seen(pod: &Pod) -> Seen {
+    let status = pod.status.as_ref();
+    match status.and_then(|s| s.phase.as_deref()) {
+        Some("Failed") | Some("Succeeded") => {
+            let terminated = status
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .and_then(|c| c.state.as_ref())
+                .and_then(|s| s.terminated.as_ref());
+            Seen::Ended(match terminated {
+                Some(t) => match &t.reason {
+                    Some(r) => format!("exit status {} ({r})", t.exit_code),
+                    None => format!("exit status {}", t.exit_code),
+                },
+                None => status.and_then(|s| s.reason.clone()).unwrap_or_else(|| "pod ended".to_owned()),
+            })
+        }
+        _ => Seen::Running,
+    }
+}
+
+impl KubernetesDriver {
+    /// A driver for pods in `namespace` through `client`; starts its watch.
+    pub fn new(client: kube::Client, namespace: &str, template: PodTemplate) -> Self {
+        let driver =
+            Self { pods: Api::namespaced(client, namespace), template, seen: Arc::default(), synced: Arc::default() };
+        driver.watch();
+        driver
+    }
+
+    /// Keeps `seen` current from a watch of this driver's pods, restarting the
+    /// watch (with backoff) when it fails.
+    fn watch(&self) {
+        let pods = self.pods.clone();
+        let seen = Arc::downgrade(&self.seen);
+        let synced = self.synced.clone();
+        let selector = format!("{}={}", APP_LABEL.0, APP_LABEL.1);
+        tokio::spawn(async move {
+            let config = watcher::Config::default().labels(&selector);
+            let mut events = std::pin::pin!(watcher(pods, config));
+            let mut listing: HashMap<Uuid, Seen> = HashMap::new();
+            while let Some(event) = events.next().await {
+                let Some(seen) = seen.upgrade() else { return };
+                let mut view = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match event {
+                    Ok(watcher::Event::Apply(pod)) | Ok(watcher::Event::InitApply(pod)) => {
+                        if let Some(id) = instance_of(&pod) {
+                            listing.insert(id, self::seen(&pod));
+                            view.insert(id, self::seen(&pod));
+                        }
+                    }
+                    Ok(watcher::Event::Delete(pod)) => {
+                        if let Some(id) = instance_of(&pod) {
+                            view.insert(id, Seen::Ended("pod deleted".to_owned()));
+                        }
+                    }
+                    Ok(watcher::Event::Init) => listing.clear(),
+                    Ok(watcher::Event::InitDone) => {
+                        // Pods gone while the watch was down have ended.
+                        for (id, state) in view.iter_mut() {
+                            if !listing.contains_key(id) && *state == Seen::Running {
+                                *state = Seen::Ended("pod deleted".to_owned());
+                            }
+                        }
+                        synced.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watching pods");
+                        drop(view);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// The pod an instance runs as.
+    pub fn pod(&self, spec: &InstanceSpec) -> Pod {
+        let t = &self.template;
+        let mut labels: BTreeMap<String, String> = spec.labels.clone();
+        labels.insert(APP_LABEL.0.to_owned(), APP_LABEL.1.to_owned());
+        labels.insert(INSTANCE_LABEL.to_owned(), spec.id.to_string());
+        let mut env: Vec<EnvVar> = spec
+            .env
+            .iter()
+            .map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), ..Default::default() })
+            .collect();
+        // The address others reach the pod at, for `$(POD_IP)` in the arguments.
+        env.push(EnvVar {
+            name: "POD_IP".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".to_owned(), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let probe = |path: &str, period: i32| Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(path.to_owned()),
+                port: IntOrString::Int(i32::from(t.port)),
+                ..Default::default()
+            }),
+            period_seconds: Some(period),
+            failure_threshold: Some(3),
+            ..Default::default()
+        };
+        let requests: Option<BTreeMap<String, Quantity>> = spec.resources.map(|r| {
+            [
+                ("cpu".to_owned(), Quantity(format!("{}m", r.cpu_millis))),
+                ("memory".to_owned(), Quantity(format!("{}Mi", r.memory_mib))),
+            ]
+            .into()
+        });
+        let spread = t.spread_by.as_ref().and_then(|key| {
+            let value = spec.labels.get(key)?;
+            Some(vec![TopologySpreadConstraint {
+                max_skew: 1,
+                topology_key: ZONE_LABEL.to_owned(),
+                when_unsatisfiable: "ScheduleAnyway".to_owned(),
+                label_selector: Some(LabelSelector {
+                    match_labels: Some([(key.clone(), value.clone())].into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }])
+        });
+        Pod {
+            metadata: ObjectMeta { name: Some(pod_name(spec.id)), labels: Some(labels), ..Default::default() },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "origin".to_owned(),
+                    image: Some(t.image.clone()),
+                    command: Some(vec![spec.program.display().to_string()]),
+                    args: Some(spec.args.clone()),
+                    env: Some(env),
+                    ports: Some(vec![ContainerPort {
+                        container_port: i32::from(t.port),
+                        name: Some("http".to_owned()),
+                        ..Default::default()
+                    }]),
+                    readiness_probe: Some(probe("/readyz", 1)),
+                    liveness_probe: Some(probe("/healthz", 5)),
+                    resources: requests.map(|r| ResourceRequirements { requests: Some(r), ..Default::default() }),
+                    ..Default::default()
+                }],
+                restart_policy: Some("Never".to_owned()),
+                termination_grace_period_seconds: Some(i64::try_from(t.grace.as_secs()).unwrap_or(30)),
+                automount_service_account_token: Some(false),
+                enable_service_links: Some(false),
+                node_selector: (!t.node_selector.is_empty()).then(|| t.node_selector.clone()),
+                tolerations: (!t.tolerations.is_empty()).then(|| t.tolerations.clone()),
+                host_network: t.host_network.then_some(true),
+                topology_spread_constraints: spread,
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    async fn delete(&self, handle: &Handle, grace: Duration) -> Result<(), DriverError> {
+        let dp = DeleteParams {
+            grace_period_seconds: Some(u32::try_from(grace.as_secs()).unwrap_or(30)),
+            ..Default::default()
+        };
+        match self.pods.delete(&pod_name(handle.id), &dp).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(api_error("deleting a pod", e)),
+        }
+    }
+}
+
+impl Driver for KubernetesDriver {
+    fn launch<'a>(&'a self, spec: &'a InstanceSpec) -> BoxFuture<'a, Result<Handle, DriverError>> {
+        Box::pin(async move {
+            let pod = self.pod(spec);
+            let name = pod_name(spec.id);
+            match self.pods.create(&PostParams::default(), &pod).await {
+                Ok(_) => {}
+                // Launched before (the caller died before it recorded the handle).
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(api_error("creating a pod", e)),
+            }
+            if let Ok(mut seen) = self.seen.lock() {
+                seen.entry(spec.id).or_insert(Seen::Running);
+            }
+            tracing::info!(instance = %spec.id, pod = %name, "pod created");
+            Ok(Handle { id: spec.id, reference: format!("pod:{name}") })
+        })
+    }
+
+    fn drain<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move { self.delete(handle, self.template.grace).await })
+    }
+
+    fn terminate<'a>(&'a self, handle: &'a Handle, grace: Duration) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move { self.delete(handle, grace).await })
+    }
+
+    fn inspect<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Status> {
+        Box::pin(async move {
+            let known = self.seen.lock().ok().and_then(|s| s.get(&handle.id).cloned());
+            let state = match known {
+                Some(s) => s,
+                // Not seen by the watch (yet): ask.
+                None => match self.pods.get_opt(&pod_name(handle.id)).await {
+                    Ok(Some(pod)) => seen(&pod),
+                    Ok(None) => Seen::Ended("pod deleted".to_owned()),
+                    // Unknown is not ended: never replace what may still run.
+                    Err(_) => Seen::Running,
+                },
+            };
+            match state {
+                Seen::Running => Status::Running,
+                Seen::Ended(detail) => Status::Exited { detail: Some(detail) },
+            }
+        })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Handle>, DriverError>> {
+        Box::pin(async move {
+            let lp = ListParams::default().labels(&format!("{}={}", APP_LABEL.0, APP_LABEL.1));
+            let pods = self.pods.list(&lp).await.map_err(|e| api_error("listing pods", e))?;
+            let mut out: Vec<Handle> = pods
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none() && seen(p) == Seen::Running)
+                .filter_map(|p| {
+                    Some(Handle { id: instance_of(p)?, reference: format!("pod:{}", p.metadata.name.as_deref()?) })
+                })
+                .collect();
+            out.sort_by_key(|h| h.id);
+            Ok(out)
+        })
+    }
+}

@@ -1,0 +1,379 @@
+//! A real Kubernetes control plane for tests: etcd, kube-apiserver (RBAC on) and
+//! kube-scheduler of the release pinned in `tests/k8s/go.mod`, built by
+//! `scripts/kube-cluster` into `HEADWATER_KUBE_BIN`; and a test kubelet. No
+//! kubelet can run containers here, so the test kubelet registers Node objects
+//! with zone labels, watches the pods the real scheduler binds to them, runs each
+//! pod's command as a process on this host, reports the pod's status through the
+//! API as a kubelet would (Running, Ready, the container's exit), and on deletion
+//! stops the process (SIGTERM, then SIGKILL after the grace period) and removes
+//! the pod. Pods share this host's network (their IP is 127.0.0.1).
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use serde_json::json;
+
+/// Where the control plane's binaries are: `HEADWATER_KUBE_BIN`, as
+/// `scripts/kube-cluster` prints it (`scripts/test` sets it).
+pub fn bin_dir() -> PathBuf {
+    let dir = std::env::var_os("HEADWATER_KUBE_BIN")
+        .expect("HEADWATER_KUBE_BIN: export HEADWATER_KUBE_BIN=$(scripts/kube-cluster)");
+    PathBuf::from(dir)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running control plane; everything stops when it is dropped.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub server: String,
+    pub ca: PathBuf,
+    procs: Vec<std::process::Child>,
+    /// A kubeconfig with the cluster's own administrator (system:masters).
+    pub admin_kubeconfig: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+fn spawn(dir: &Path, name: &str, program: PathBuf, args: &[String]) -> std::process::Child {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    std::process::Command::new(&program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (build it with scripts/kube-cluster)", program.display()))
+}
+
+/// Writes a kubeconfig for `server` with a bearer `token`.
+pub fn kubeconfig(path: &Path, server: &str, ca: &Path, token: &str) {
+    let cfg = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {"server": server, "certificate-authority": ca}}],
+        "users": [{"name": "user", "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "user"}}],
+        "current-context": "test",
+    });
+    std::fs::write(path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+}
+
+/// A client from a kubeconfig file.
+pub async fn client(kubeconfig: &Path) -> kube::Client {
+    let kc = Kubeconfig::read_from(kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let owned = dir.path().to_path_buf();
+        let d = owned.as_path();
+        let bin = bin_dir();
+        let key = d.join("sa.key");
+        let public = d.join("sa.pub");
+        let openssl = |args: &[&str]| {
+            let ok = std::process::Command::new("openssl").args(args).stderr(Stdio::null()).status().unwrap();
+            assert!(ok.success(), "openssl {args:?}");
+        };
+        openssl(&["genrsa", "-out", key.to_str().unwrap(), "2048"]);
+        openssl(&["rsa", "-in", key.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]);
+        let admin_token = format!("admin-{}", uuid::Uuid::new_v4().simple());
+        let sched_token = format!("sched-{}", uuid::Uuid::new_v4().simple());
+        std::fs::write(
+            d.join("tokens.csv"),
+            format!("{admin_token},admin,admin,system:masters\n{sched_token},system:kube-scheduler,scheduler\n"),
+        )
+        .unwrap();
+        let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
+        let etcd_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut procs = vec![spawn(
+            d,
+            "etcd",
+            bin.join("etcd"),
+            &[
+                format!("--data-dir={}", d.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=default={peer_url}"),
+            ],
+        )];
+        let certs = d.join("certs");
+        procs.push(spawn(
+            d,
+            "kube-apiserver",
+            bin.join("kube-apiserver"),
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                format!("--secure-port={api_port}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--cert-dir={}", certs.display()),
+                "--authorization-mode=RBAC".into(),
+                format!("--token-auth-file={}", d.join("tokens.csv").display()),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                format!("--service-account-key-file={}", public.display()),
+                format!("--service-account-signing-key-file={}", key.display()),
+                "--service-cluster-ip-range=10.96.0.0/16".into(),
+            ],
+        ));
+        let server = format!("https://127.0.0.1:{api_port}");
+        let ca = certs.join("apiserver.crt");
+        let admin_kubeconfig = d.join("admin.kubeconfig");
+        let mut cluster = Cluster { dir, server: server.clone(), ca: ca.clone(), procs, admin_kubeconfig };
+        // Ready: the generated certificate exists and /readyz answers ok.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if ca.exists() {
+                kubeconfig(&cluster.admin_kubeconfig, &server, &ca, &admin_token);
+                let c = client(&cluster.admin_kubeconfig).await;
+                let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+                if c.request_text(req).await.is_ok_and(|t| t.trim() == "ok") {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "kube-apiserver never became ready; see its log in {}", d.display());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let sched = d.join("scheduler.kubeconfig");
+        kubeconfig(&sched, &server, &ca, &sched_token);
+        cluster.procs.push(spawn(
+            d,
+            "kube-scheduler",
+            bin.join("kube-scheduler"),
+            &[format!("--kubeconfig={}", sched.display()), "--leader-elect=false".into(), "--secure-port=0".into()],
+        ));
+        cluster
+    }
+
+    pub async fn admin(&self) -> kube::Client {
+        client(&self.admin_kubeconfig).await
+    }
+
+    /// A namespace with what a controller-manager would have made (its `default`
+    /// ServiceAccount).
+    pub async fn namespace(&self, name: &str) {
+        let c = self.admin().await;
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        Api::<Namespace>::all(c.clone()).create(&PostParams::default(), &ns).await.unwrap();
+        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+        Api::<ServiceAccount>::namespaced(c, name).create(&PostParams::default(), &sa).await.unwrap();
+    }
+
+    /// A ServiceAccount in `namespace` bound to `role` (a Role's JSON), and a
+    /// kubeconfig with a token for it: what admin runs with.
+    pub async fn service_account(&self, namespace: &str, name: &str, role: serde_json::Value) -> PathBuf {
+        let c = self.admin().await;
+        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        Api::<ServiceAccount>::namespaced(c.clone(), namespace).create(&PostParams::default(), &sa).await.unwrap();
+        let role: Role = serde_json::from_value(role).unwrap();
+        let role_name = role.metadata.name.clone().unwrap();
+        Api::<Role>::namespaced(c.clone(), namespace).create(&PostParams::default(), &role).await.unwrap();
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        }))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(c.clone(), namespace).create(&PostParams::default(), &binding).await.unwrap();
+        let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                             "spec": {"expirationSeconds": 3600}});
+        let token: serde_json::Value = Api::<ServiceAccount>::namespaced(c, namespace)
+            .create_subresource("token", name, &PostParams::default(), &request)
+            .await
+            .unwrap();
+        let path = self.dir.path().join(format!("{namespace}-{name}.kubeconfig"));
+        kubeconfig(&path, &self.server, &self.ca, token["status"]["token"].as_str().unwrap());
+        path
+    }
+}
+
+/// A pod the test kubelet runs: telling it to stop (with the grace period).
+struct Running {
+    stop: tokio::sync::oneshot::Sender<Duration>,
+}
+
+/// The test kubelet: Nodes with zones, and the pods bound to them run as
+/// processes (see the module's doc).
+pub struct Kubelet {
+    /// Pod name → its process's pid, while it runs.
+    pub pids: Arc<Mutex<HashMap<String, u32>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for pid in self.pids.lock().unwrap().values() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+impl Kubelet {
+    /// Registers `nodes` (name, zone) as Ready and runs what is bound to them.
+    pub async fn start(cluster: &Cluster, nodes: &[(&str, &str)]) -> Kubelet {
+        let c = cluster.admin().await;
+        let api: Api<Node> = Api::all(c.clone());
+        for (name, zone) in nodes {
+            let node: Node = serde_json::from_value(json!({"metadata": {"name": name, "labels": {
+                "topology.kubernetes.io/zone": zone, "kubernetes.io/hostname": name}}}))
+            .unwrap();
+            api.create(&PostParams::default(), &node).await.unwrap();
+            let status = json!({"status": {
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test kubelet"}],
+                "capacity": {"cpu": "8", "memory": "16Gi", "pods": "110"},
+                "allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"},
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            }});
+            api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+            // Ready: the not-ready taint admission put on the new Node goes, as
+            // the node lifecycle controller would take it off.
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"taints": null}}))).await.unwrap();
+        }
+        let names: Vec<String> = nodes.iter().map(|(n, _)| (*n).to_owned()).collect();
+        let pids: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(run(c, names, pids.clone(), stop.clone()));
+        Kubelet { pids, stop }
+    }
+}
+
+async fn run(
+    c: kube::Client,
+    nodes: Vec<String>,
+    pids: Arc<Mutex<HashMap<String, u32>>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let pods: Api<Pod> = Api::all(c);
+    let mut running: HashMap<(String, String), Running> = HashMap::new();
+    let mut events = std::pin::pin!(watcher(pods.clone(), watcher::Config::default()));
+    loop {
+        let event = tokio::select! {
+            e = events.next() => e,
+            _ = stop.cancelled() => return,
+        };
+        let Some(Ok(event)) = event else { continue };
+        let pod = match event {
+            watcher::Event::Apply(p) | watcher::Event::InitApply(p) => p,
+            _ => continue,
+        };
+        let (Some(name), Some(ns)) = (pod.metadata.name.clone(), pod.metadata.namespace.clone()) else { continue };
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
+        if !nodes.contains(&node) {
+            continue;
+        }
+        let key = (ns.clone(), name.clone());
+        let api: Api<Pod> = Api::namespaced(pods.clone().into_client(), &ns);
+        if pod.metadata.deletion_timestamp.is_some() {
+            let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
+            match running.remove(&key) {
+                // Its task stops it, then removes the pod.
+                Some(r) => {
+                    let _ = r.stop.send(Duration::from_secs(u64::try_from(grace).unwrap_or(30)));
+                }
+                None => {
+                    let _ =
+                        api.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+                }
+            }
+            continue;
+        }
+        if running.contains_key(&key)
+            || pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p != "Pending")
+        {
+            continue;
+        }
+        let container = &pod.spec.as_ref().unwrap().containers[0];
+        let mut cmd = tokio::process::Command::new(container.command.as_ref().unwrap()[0].clone());
+        // `$(POD_IP)` and other variables in the arguments, as a kubelet expands them.
+        let mut vars: HashMap<String, String> = HashMap::new();
+        for e in container.env.iter().flatten() {
+            let value = match (&e.value, &e.value_from) {
+                (Some(v), _) => v.clone(),
+                (None, Some(_)) => "127.0.0.1".to_owned(),
+                (None, None) => String::new(),
+            };
+            cmd.env(&e.name, &value);
+            vars.insert(e.name.clone(), value);
+        }
+        let args: Vec<String> = container
+            .args
+            .iter()
+            .flatten()
+            .map(|a| vars.iter().fold(a.clone(), |a, (k, v)| a.replace(&format!("$({k})"), v)))
+            .collect();
+        cmd.args(&args).stdin(Stdio::null()).kill_on_drop(true);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let failed = json!({"status": {"phase": "Failed", "reason": e.to_string()}});
+                let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&failed)).await;
+                continue;
+            }
+        };
+        pids.lock().unwrap().insert(name.clone(), child.id().unwrap_or_default());
+        let image = container.image.clone().unwrap_or_default();
+        let status = json!({"status": {
+            "phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}], "hostIP": "127.0.0.1",
+            "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}],
+            "containerStatuses": [{"name": container.name, "image": image, "imageID": image, "ready": true,
+                                   "restartCount": 0, "state": {"running": {}}}],
+        }});
+        let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Duration>();
+        running.insert(key.clone(), Running { stop: stop_tx });
+        let (pids, image) = (pids.clone(), image.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                // The container ended by itself: the pod failed (or succeeded).
+                status = child.wait() => {
+                    let code = status.ok().and_then(|s| s.code()).unwrap_or(137);
+                    let phase = if code == 0 { "Succeeded" } else { "Failed" };
+                    let status = json!({"status": {"phase": phase,
+                        "conditions": [{"type": "Ready", "status": "False"}],
+                        "containerStatuses": [{"name": "origin", "image": image, "imageID": image, "ready": false,
+                            "restartCount": 0, "state": {"terminated": {"exitCode": code, "reason": "Error"}}}]}});
+                    let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+                }
+                // Deleted: SIGTERM, the grace period, SIGKILL; then the pod goes.
+                grace = stop_rx => {
+                    if let Some(pid) = child.id() {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+                    }
+                    let grace = grace.unwrap_or(Duration::ZERO);
+                    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                        let _ = child.kill().await;
+                    }
+                    let _ = api.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+                }
+            }
+            pids.lock().unwrap().remove(&name);
+        });
+    }
+}
