@@ -68,7 +68,16 @@ async fn a_sign_up_waits_for_capacity_until_a_quota_is_raised(backend: Backend) 
     // Bad input is a problem naming the field, and changes nothing.
     for (body, field) in [
         (json!({"name": "Zone_B", "kind": "process", "zone": "b"}), "name"),
-        (json!({"name": "k", "kind": "kubernetes", "zone": "b"}), "kind"),
+        (json!({"name": "k", "kind": "kubernetes", "zone": "b"}), "kubernetes"),
+        (json!({"name": "k", "kind": "vm", "zone": "b"}), "kind"),
+        (
+            json!({"name": "k", "kind": "kubernetes", "zone": "b", "kubernetes": {"namespace": "Bad_NS", "image": "x"}}),
+            "kubernetes.namespace",
+        ),
+        (
+            json!({"name": "b", "kind": "process", "zone": "b", "kubernetes": {"namespace": "ns", "image": "x"}}),
+            "kubernetes",
+        ),
         (json!({"name": "b", "kind": "process", "zone": "b", "quotas": {"max_nodes": -1}}), "quotas.max_nodes"),
         (json!({"name": "b", "kind": "process", "zone": "-b"}), "zone"),
         (

@@ -24,6 +24,10 @@ pub const IDEMPOTENCY_KEY: &str = r"^[!-~]{1,255}$";
 pub const NO_NUL: &str = "^[^\u{0}]*$";
 /// A target's name: a DNS label (it names Kubernetes objects and labels).
 pub const TARGET_NAME: &str = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+/// A container image reference: `[registry/]path[:tag][@sha256:digest]`.
+pub const CONTAINER_IMAGE: &str = r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$";
+/// An absolute path: `/` and no NUL.
+pub const ABSOLUTE_PATH: &str = "^/[^\u{0}]*$";
 /// A zone or region: a Kubernetes label value.
 pub const ZONE: &str = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$";
 /// A warm pool size in nodes, as a key of `warm_pools`: 1 to 64, no leading zero.
@@ -207,6 +211,8 @@ pub static IS_WARM_POOL_SIZE: Rule = Rule::new(|| compile(WARM_POOL_SIZE));
 pub static IS_TARGET_NAME: Rule = Rule::new(|| compile(TARGET_NAME));
 pub static IS_ZONE: Rule = Rule::new(|| compile(ZONE));
 pub static IS_LISTEN_ADDRESS: Rule = Rule::new(|| compile(&LISTEN_ADDRESS));
+pub static IS_ABSOLUTE_PATH: Rule = Rule::at_most(4096, || compile(ABSOLUTE_PATH));
+pub static IS_CONTAINER_IMAGE: Rule = Rule::at_most(255, || compile(CONTAINER_IMAGE));
 
 #[cfg(test)]
 mod tests {
@@ -227,6 +233,8 @@ mod tests {
             &IS_TARGET_NAME,
             &IS_ZONE,
             &IS_LISTEN_ADDRESS,
+            &IS_CONTAINER_IMAGE,
+            &IS_ABSOLUTE_PATH,
         ] {
             assert!(!rule.matches(""));
         }

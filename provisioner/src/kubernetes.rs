@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+pub use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe,
-    ResourceRequirements, Toleration, TopologySpreadConstraint,
+    ResourceRequirements, TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -113,6 +114,32 @@ fn seen(pod: &Pod) -> Seen {
 }
 
 impl KubernetesDriver {
+    /// Connects with a kubeconfig file (and one of its contexts), or, without
+    /// one, as the pod admin runs in (its ServiceAccount); starts the watch.
+    pub async fn connect(
+        kubeconfig: Option<&std::path::Path>,
+        context: Option<&str>,
+        namespace: &str,
+        template: PodTemplate,
+    ) -> Result<Self, DriverError> {
+        let platform = |what: &str, e: String| DriverError::Platform { what: what.to_owned(), detail: e };
+        let config = match kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| platform("reading the kubeconfig", e.to_string()))?;
+                let options =
+                    kube::config::KubeConfigOptions { context: context.map(str::to_owned), ..Default::default() };
+                kube::Config::from_custom_kubeconfig(kc, &options)
+                    .await
+                    .map_err(|e| platform("loading the kubeconfig", e.to_string()))?
+            }
+            None => kube::Config::incluster().map_err(|e| platform("in-cluster configuration", e.to_string()))?,
+        };
+        let client =
+            kube::Client::try_from(config).map_err(|e| platform("making a Kubernetes client", e.to_string()))?;
+        Ok(Self::new(client, namespace, template))
+    }
+
     /// A driver for pods in `namespace` through `client`; starts its watch.
     pub fn new(client: kube::Client, namespace: &str, template: PodTemplate) -> Self {
         let driver =
@@ -169,85 +196,7 @@ impl KubernetesDriver {
 
     /// The pod an instance runs as.
     pub fn pod(&self, spec: &InstanceSpec) -> Pod {
-        let t = &self.template;
-        let mut labels: BTreeMap<String, String> = spec.labels.clone();
-        labels.insert(APP_LABEL.0.to_owned(), APP_LABEL.1.to_owned());
-        labels.insert(INSTANCE_LABEL.to_owned(), spec.id.to_string());
-        let mut env: Vec<EnvVar> = spec
-            .env
-            .iter()
-            .map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), ..Default::default() })
-            .collect();
-        // The address others reach the pod at, for `$(POD_IP)` in the arguments.
-        env.push(EnvVar {
-            name: "POD_IP".to_owned(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".to_owned(), ..Default::default() }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        let probe = |path: &str, period: i32| Probe {
-            http_get: Some(HTTPGetAction {
-                path: Some(path.to_owned()),
-                port: IntOrString::Int(i32::from(t.port)),
-                ..Default::default()
-            }),
-            period_seconds: Some(period),
-            failure_threshold: Some(3),
-            ..Default::default()
-        };
-        let requests: Option<BTreeMap<String, Quantity>> = spec.resources.map(|r| {
-            [
-                ("cpu".to_owned(), Quantity(format!("{}m", r.cpu_millis))),
-                ("memory".to_owned(), Quantity(format!("{}Mi", r.memory_mib))),
-            ]
-            .into()
-        });
-        let spread = t.spread_by.as_ref().and_then(|key| {
-            let value = spec.labels.get(key)?;
-            Some(vec![TopologySpreadConstraint {
-                max_skew: 1,
-                topology_key: ZONE_LABEL.to_owned(),
-                when_unsatisfiable: "ScheduleAnyway".to_owned(),
-                label_selector: Some(LabelSelector {
-                    match_labels: Some([(key.clone(), value.clone())].into()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }])
-        });
-        Pod {
-            metadata: ObjectMeta { name: Some(pod_name(spec.id)), labels: Some(labels), ..Default::default() },
-            spec: Some(PodSpec {
-                containers: vec![Container {
-                    name: "origin".to_owned(),
-                    image: Some(t.image.clone()),
-                    command: Some(vec![spec.program.display().to_string()]),
-                    args: Some(spec.args.clone()),
-                    env: Some(env),
-                    ports: Some(vec![ContainerPort {
-                        container_port: i32::from(t.port),
-                        name: Some("http".to_owned()),
-                        ..Default::default()
-                    }]),
-                    readiness_probe: Some(probe("/readyz", 1)),
-                    liveness_probe: Some(probe("/healthz", 5)),
-                    resources: requests.map(|r| ResourceRequirements { requests: Some(r), ..Default::default() }),
-                    ..Default::default()
-                }],
-                restart_policy: Some("Never".to_owned()),
-                termination_grace_period_seconds: Some(i64::try_from(t.grace.as_secs()).unwrap_or(30)),
-                automount_service_account_token: Some(false),
-                enable_service_links: Some(false),
-                node_selector: (!t.node_selector.is_empty()).then(|| t.node_selector.clone()),
-                tolerations: (!t.tolerations.is_empty()).then(|| t.tolerations.clone()),
-                host_network: t.host_network.then_some(true),
-                topology_spread_constraints: spread,
-                ..Default::default()
-            }),
-            status: None,
-        }
+        pod_for(&self.template, spec)
     }
 
     async fn delete(&self, handle: &Handle, grace: Duration) -> Result<(), DriverError> {
@@ -260,6 +209,88 @@ impl KubernetesDriver {
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(api_error("deleting a pod", e)),
         }
+    }
+}
+
+/// The pod `spec` runs as, made from `t`.
+pub fn pod_for(t: &PodTemplate, spec: &InstanceSpec) -> Pod {
+    let mut labels: BTreeMap<String, String> = spec.labels.clone();
+    labels.insert(APP_LABEL.0.to_owned(), APP_LABEL.1.to_owned());
+    labels.insert(INSTANCE_LABEL.to_owned(), spec.id.to_string());
+    let mut env: Vec<EnvVar> = spec
+        .env
+        .iter()
+        .map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), ..Default::default() })
+        .collect();
+    // The address others reach the pod at, for `$(POD_IP)` in the arguments.
+    env.push(EnvVar {
+        name: "POD_IP".to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".to_owned(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(i32::from(t.port)),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Default::default()
+    };
+    let requests: Option<BTreeMap<String, Quantity>> = spec.resources.map(|r| {
+        [
+            ("cpu".to_owned(), Quantity(format!("{}m", r.cpu_millis))),
+            ("memory".to_owned(), Quantity(format!("{}Mi", r.memory_mib))),
+        ]
+        .into()
+    });
+    let spread = t.spread_by.as_ref().and_then(|key| {
+        let value = spec.labels.get(key)?;
+        Some(vec![TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: ZONE_LABEL.to_owned(),
+            when_unsatisfiable: "ScheduleAnyway".to_owned(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some([(key.clone(), value.clone())].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }])
+    });
+    Pod {
+        metadata: ObjectMeta { name: Some(pod_name(spec.id)), labels: Some(labels), ..Default::default() },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "origin".to_owned(),
+                image: Some(t.image.clone()),
+                command: Some(vec![spec.program.display().to_string()]),
+                args: Some(spec.args.clone()),
+                env: Some(env),
+                ports: Some(vec![ContainerPort {
+                    container_port: i32::from(t.port),
+                    name: Some("http".to_owned()),
+                    ..Default::default()
+                }]),
+                readiness_probe: Some(probe("/readyz", 1)),
+                liveness_probe: Some(probe("/healthz", 5)),
+                resources: requests.map(|r| ResourceRequirements { requests: Some(r), ..Default::default() }),
+                ..Default::default()
+            }],
+            restart_policy: Some("Never".to_owned()),
+            termination_grace_period_seconds: Some(i64::try_from(t.grace.as_secs()).unwrap_or(30)),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            node_selector: (!t.node_selector.is_empty()).then(|| t.node_selector.clone()),
+            tolerations: (!t.tolerations.is_empty()).then(|| t.tolerations.clone()),
+            host_network: t.host_network.then_some(true),
+            topology_spread_constraints: spread,
+            ..Default::default()
+        }),
+        status: None,
     }
 }
 
@@ -325,5 +356,63 @@ impl Driver for KubernetesDriver {
             out.sort_by_key(|h| h.id);
             Ok(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            id: Uuid::from_u128(7),
+            program: "/usr/local/bin/headwater".into(),
+            args: vec!["origin".into(), "--advertise".into(), "$(POD_IP):8080".into()],
+            env: vec![("HEADWATER_NODE_TOKEN".into(), "secret".into())],
+            labels: [("headwater.io/pool".to_owned(), "p".to_owned())].into(),
+            resources: Some(crate::Resources { cpu_millis: 500, memory_mib: 228 }),
+        }
+    }
+
+    #[test]
+    fn a_pod_says_what_the_instance_needs() {
+        let t = PodTemplate {
+            image: "registry.example/headwater:1.2".into(),
+            port: 8080,
+            grace: Duration::from_secs(30),
+            spread_by: Some("headwater.io/pool".into()),
+            host_network: true,
+            ..Default::default()
+        };
+        let pod = pod_for(&t, &spec());
+        assert_eq!(pod.metadata.name.as_deref(), Some("hw-00000000000000000000000000000007"));
+        let labels = pod.metadata.labels.unwrap();
+        assert_eq!(labels["app.kubernetes.io/name"], "headwater-origin");
+        assert_eq!(labels["headwater.io/pool"], "p");
+        let ps = pod.spec.unwrap();
+        assert_eq!(ps.termination_grace_period_seconds, Some(30));
+        assert_eq!(ps.host_network, Some(true));
+        let spread = &ps.topology_spread_constraints.unwrap()[0];
+        assert_eq!((spread.max_skew, spread.topology_key.as_str()), (1, ZONE_LABEL));
+        assert_eq!(spread.label_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["headwater.io/pool"], "p");
+        let c = &ps.containers[0];
+        assert_eq!(c.command.as_deref(), Some(&["/usr/local/bin/headwater".to_owned()][..]));
+        assert_eq!(c.args.as_ref().unwrap()[2], "$(POD_IP):8080");
+        let env = c.env.as_ref().unwrap();
+        assert!(env.iter().any(|e| e.name == "HEADWATER_NODE_TOKEN" && e.value.as_deref() == Some("secret")));
+        let pod_ip = env.iter().find(|e| e.name == "POD_IP").unwrap();
+        assert_eq!(pod_ip.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "status.podIP");
+        let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("500m", "228Mi"));
+        assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().port, IntOrString::Int(8080));
+    }
+
+    #[test]
+    fn no_spread_without_the_label() {
+        let t = PodTemplate { spread_by: Some("headwater.io/other".into()), ..Default::default() };
+        assert!(pod_for(&t, &spec()).spec.unwrap().topology_spread_constraints.is_none());
+        let plain = PodTemplate::default();
+        let ps = pod_for(&plain, &spec()).spec.unwrap();
+        assert_eq!((ps.host_network, ps.node_selector, ps.tolerations), (None, None, None));
     }
 }

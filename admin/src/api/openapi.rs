@@ -192,14 +192,14 @@ fn shapes(doc: &mut OpenApi) {
         ("CreateImage", "version", shape(rules::IMAGE_VERSION)),
         ("CreateImage", "command", Shape { pattern: &rules::COMMAND, max_length: Some(rules::COMMAND_MAX) }),
         ("CreateImage", "args", shape(rules::NO_NUL)),
-        ("CreateTarget", "name", shape(rules::TARGET_NAME)),
-        ("CreateTarget", "zone", shape(rules::ZONE)),
-        ("CreateTarget", "region", shape(rules::ZONE)),
         ("UpdateTarget", "zone", shape(rules::ZONE)),
         ("UpdateTarget", "region", shape(rules::ZONE)),
-        ("TargetSettings", "node_admin_url", shape(&rules::WEB_ORIGIN)),
-        ("TargetSettings", "node_listen", shape(&rules::LISTEN_ADDRESS)),
-        ("TargetSettings", "trusted_proxies", shape(&rules::IP_NETWORK)),
+        ("NodeSettings", "node_admin_url", shape(&rules::WEB_ORIGIN)),
+        ("NodeSettings", "node_listen", shape(&rules::LISTEN_ADDRESS)),
+        ("NodeSettings", "trusted_proxies", shape(&rules::IP_NETWORK)),
+        ("KubernetesSettings", "namespace", shape(rules::TARGET_NAME)),
+        ("KubernetesSettings", "image", Shape { pattern: rules::CONTAINER_IMAGE, max_length: Some(255) }),
+        ("KubernetesSettings", "kubeconfig", Shape { pattern: rules::ABSOLUTE_PATH, max_length: Some(4096) }),
     ];
     for (schema, field, sh) in fields {
         if let Some(o) = property(doc, schema, field).and_then(string_schema) {
@@ -227,6 +227,20 @@ fn shapes(doc: &mut OpenApi) {
         for item in &mut one.items {
             if let RefOr::T(Schema::Object(o)) = item {
                 o.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
+        }
+    }
+    // A new target's variants: no other fields, and the name and labels' patterns.
+    if let Some(RefOr::T(Schema::OneOf(one))) = doc.components.as_mut().and_then(|c| c.schemas.get_mut("CreateTarget"))
+    {
+        for item in &mut one.items {
+            if let RefOr::T(Schema::Object(o)) = item {
+                o.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+                for (field, pattern) in [("name", rules::TARGET_NAME), ("zone", rules::ZONE), ("region", rules::ZONE)] {
+                    if let Some(RefOr::T(Schema::Object(p))) = o.properties.get_mut(field) {
+                        set_shape(p, shape(pattern));
+                    }
+                }
             }
         }
     }

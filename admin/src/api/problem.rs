@@ -198,11 +198,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     return Err(ApiError::Malformed { detail: inner.to_string() });
                 }
                 let msg = inner.to_string();
-                // A missing field is reported at its parent; name the field itself.
-                let field = match msg.split('`').nth(1).filter(|_| msg.starts_with("missing field")) {
-                    Some(f) if path == "." => f.to_owned(),
-                    Some(f) => format!("{path}.{f}"),
-                    None => path,
+                // A missing field is reported at its parent, and so is an unknown
+                // one inside a tagged body; name the field itself.
+                let name = msg.split('`').nth(1);
+                let field = match name {
+                    Some(f) if msg.starts_with("missing field") && path == "." => f.to_owned(),
+                    Some(f) if msg.starts_with("missing field") => format!("{path}.{f}"),
+                    Some(f) if msg.starts_with("unknown field") && path == "." => f.to_owned(),
+                    _ => path,
                 };
                 let detail = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
                 Err(ApiError::invalid(field, detail))

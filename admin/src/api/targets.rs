@@ -14,7 +14,7 @@ use super::problem::{ApiError, ApiJson, Problem};
 use crate::clock::rfc3339;
 use crate::rules;
 use crate::states::{TargetKind, TargetState};
-use crate::store::{NewTarget, StoreError, TargetChange, TargetSettings, TargetUse};
+use crate::store::{KubernetesSettings, NewTarget, NodeSettings, StoreError, TargetChange, TargetSettings, TargetUse};
 
 /// Most nodes a target's quota may name.
 const MAX_NODES: i64 = 100_000;
@@ -66,7 +66,9 @@ pub struct Target {
     pub state: TargetState,
     pub quotas: TargetQuotas,
     pub used: TargetUsed,
-    pub settings: TargetSettings,
+    pub settings: NodeSettings,
+    /// Where a Kubernetes target's pods go (`null` for a process target).
+    pub kubernetes: Option<KubernetesSettings>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -82,7 +84,8 @@ impl From<TargetUse> for Target {
             state: t.state,
             quotas: TargetQuotas { max_nodes: t.max_nodes, max_mbps: t.max_mbps },
             used: TargetUsed { nodes: u.nodes, mbps: u.mbps },
-            settings: t.settings.0,
+            settings: t.settings.0.nodes,
+            kubernetes: t.settings.0.kubernetes,
             created_at: rfc3339(t.created_at),
             updated_at: rfc3339(t.updated_at),
         }
@@ -92,21 +95,6 @@ impl From<TargetUse> for Target {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TargetList {
     pub items: Vec<Target>,
-}
-
-/// The kinds of target this admin can run nodes on (Kubernetes comes with its driver).
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum NewTargetKind {
-    Process,
-}
-
-impl From<NewTargetKind> for TargetKind {
-    fn from(k: NewTargetKind) -> Self {
-        match k {
-            NewTargetKind::Process => TargetKind::Process,
-        }
-    }
 }
 
 /// The states an operator sets (`unreachable` is admin's to set).
@@ -126,24 +114,39 @@ impl From<TargetStateChange> for TargetState {
     }
 }
 
+/// A new target, by kind: `process` (this host) or `kubernetes` (a namespace of a
+/// cluster). `name` is a DNS label (1 to 63 of `a-z`, `0-9` and `-`, a letter or
+/// digit at each end); `zone` and `region` are label values (region default: the zone).
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTarget {
-    /// A DNS label: 1 to 63 of `a-z`, `0-9` and `-`, a letter or digit at each end.
-    pub name: String,
-    pub kind: NewTargetKind,
-    /// The zone label (1 to 63 of `A-Za-z0-9._-`): a pool's nodes spread over zones.
-    pub zone: String,
-    /// The region label (default: the zone).
-    #[serde(default, deserialize_with = "super::model::present")]
-    #[schema(nullable = false)]
-    pub region: Option<String>,
-    #[serde(default, deserialize_with = "super::model::present")]
-    #[schema(nullable = false)]
-    pub quotas: Option<TargetQuotas>,
-    #[serde(default, deserialize_with = "super::model::present")]
-    #[schema(nullable = false)]
-    pub settings: Option<TargetSettings>,
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CreateTarget {
+    Process {
+        name: String,
+        zone: String,
+        #[serde(default, deserialize_with = "super::model::present")]
+        #[schema(nullable = false)]
+        region: Option<String>,
+        #[serde(default, deserialize_with = "super::model::present")]
+        #[schema(nullable = false)]
+        quotas: Option<TargetQuotas>,
+        #[serde(default, deserialize_with = "super::model::present")]
+        #[schema(nullable = false)]
+        settings: Option<NodeSettings>,
+    },
+    Kubernetes {
+        name: String,
+        zone: String,
+        #[serde(default, deserialize_with = "super::model::present")]
+        #[schema(nullable = false)]
+        region: Option<String>,
+        #[serde(default, deserialize_with = "super::model::present")]
+        #[schema(nullable = false)]
+        quotas: Option<TargetQuotas>,
+        #[serde(default, deserialize_with = "super::model::present")]
+        #[schema(nullable = false)]
+        settings: Option<NodeSettings>,
+        kubernetes: KubernetesSettings,
+    },
 }
 
 /// A change: each field given is set; `quotas` replaces both quotas.
@@ -164,10 +167,14 @@ pub struct UpdateTarget {
     #[serde(default, deserialize_with = "super::model::present")]
     #[schema(nullable = false)]
     pub state: Option<TargetStateChange>,
-    /// Replaces the node settings.
+    /// Replaces what nodes there are told.
     #[serde(default, deserialize_with = "super::model::present")]
     #[schema(nullable = false)]
-    pub settings: Option<TargetSettings>,
+    pub settings: Option<NodeSettings>,
+    /// Replaces where a Kubernetes target's pods go (a process target has none: 409).
+    #[serde(default, deserialize_with = "super::model::present")]
+    #[schema(nullable = false)]
+    pub kubernetes: Option<KubernetesSettings>,
 }
 
 fn label(field: &str, v: &str) -> Result<String, ApiError> {
@@ -178,8 +185,9 @@ fn label(field: &str, v: &str) -> Result<String, ApiError> {
     }
 }
 
-/// Checks node settings; the admin URL is kept without a trailing `/`.
-fn check_settings(mut s: TargetSettings) -> Result<TargetSettings, ApiError> {
+/// Checks node settings; the admin URL is kept without a trailing `/`. Pods
+/// need a fixed port (`pods`) for their probes.
+fn check_nodes(mut s: NodeSettings, pods: bool) -> Result<NodeSettings, ApiError> {
     if let Some(url) = &mut s.node_admin_url {
         if !rules::IS_WEB_ORIGIN.matches(url) {
             return Err(ApiError::invalid(
@@ -189,10 +197,16 @@ fn check_settings(mut s: TargetSettings) -> Result<TargetSettings, ApiError> {
         }
         url.truncate(url.trim_end_matches('/').len());
     }
-    if let Some(listen) = &s.node_listen
-        && (!rules::IS_LISTEN_ADDRESS.matches(listen) || listen.parse::<std::net::SocketAddr>().is_err())
-    {
-        return Err(ApiError::invalid("settings.node_listen", "an address and port, such as 0.0.0.0:8080"));
+    if let Some(listen) = &s.node_listen {
+        if !rules::IS_LISTEN_ADDRESS.matches(listen) || listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ApiError::invalid("settings.node_listen", "an address and port, such as 0.0.0.0:8080"));
+        }
+        if pods && listen.ends_with(":0") {
+            return Err(ApiError::Conflict {
+                detail: "pods need a fixed port for their probes".into(),
+                field: Some("settings.node_listen".into()),
+            });
+        }
     }
     if let Some(proxies) = &s.trusted_proxies {
         if proxies.len() > 20 {
@@ -209,6 +223,21 @@ fn check_settings(mut s: TargetSettings) -> Result<TargetSettings, ApiError> {
     Ok(s)
 }
 
+fn check_kubernetes(k: &KubernetesSettings) -> Result<(), ApiError> {
+    if !rules::IS_TARGET_NAME.matches(&k.namespace) {
+        return Err(ApiError::invalid("kubernetes.namespace", "a Kubernetes namespace (a DNS label)"));
+    }
+    if !rules::IS_CONTAINER_IMAGE.matches(&k.image) {
+        return Err(ApiError::invalid("kubernetes.image", "a container image reference"));
+    }
+    if let Some(path) = &k.kubeconfig
+        && !rules::IS_ABSOLUTE_PATH.matches(path)
+    {
+        return Err(ApiError::invalid("kubernetes.kubeconfig", "an absolute path on admin's host"));
+    }
+    Ok(())
+}
+
 fn not_found(name: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
     move |e| match e {
         StoreError::NotFound => ApiError::NotFound(format!("target {name}")),
@@ -222,7 +251,8 @@ pub async fn list_targets(State(s): State<AppState>, _op: OperatorAuth) -> Resul
     Ok(Json(TargetList { items: s.store.targets().await?.into_iter().map(Into::into).collect() }))
 }
 
-/// Adds a target. Kubernetes targets need admin's Kubernetes driver.
+/// Adds a target: `process` (this host) or `kubernetes` (a namespace of a cluster,
+/// `settings.namespace` and `settings.image` required).
 #[utoipa::path(post, path = "/v1/targets", tag = "operator", security(("bearer" = [])), request_body = CreateTarget,
     responses((status = 201, body = Target), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn create_target(
@@ -230,25 +260,36 @@ pub async fn create_target(
     _op: OperatorAuth,
     ApiJson(b): ApiJson<CreateTarget>,
 ) -> Result<(StatusCode, Json<Target>), ApiError> {
-    if !rules::IS_TARGET_NAME.matches(&b.name) {
+    let (kind, name, zone, region, quotas, nodes, kubernetes) = match b {
+        CreateTarget::Process { name, zone, region, quotas, settings } => {
+            (TargetKind::Process, name, zone, region, quotas, settings, None)
+        }
+        CreateTarget::Kubernetes { name, zone, region, quotas, settings, kubernetes } => {
+            (TargetKind::Kubernetes, name, zone, region, quotas, settings, Some(kubernetes))
+        }
+    };
+    if !rules::IS_TARGET_NAME.matches(&name) {
         return Err(ApiError::invalid("name", "a DNS label: 1 to 63 of [a-z0-9-], a letter or digit at each end"));
     }
-    let zone = label("zone", &b.zone)?;
-    let region = match &b.region {
+    let zone = label("zone", &zone)?;
+    let region = match &region {
         Some(r) => label("region", r)?,
         None => zone.clone(),
     };
-    let quotas = b.quotas.unwrap_or_default();
+    let quotas = quotas.unwrap_or_default();
     quotas.check()?;
-    let settings = check_settings(b.settings.unwrap_or_default())?;
+    if let Some(k) = &kubernetes {
+        check_kubernetes(k)?;
+    }
+    let nodes = check_nodes(nodes.unwrap_or_default(), kubernetes.is_some())?;
     let new = NewTarget {
-        name: b.name,
-        kind: b.kind.into(),
+        name,
+        kind,
         zone,
         region,
         max_nodes: quotas.max_nodes,
         max_mbps: quotas.max_mbps,
-        settings,
+        settings: TargetSettings { nodes, kubernetes },
     };
     s.store.create_target(&new, "operator", s.clock.now_ms()).await?;
     let t = s.store.target(&new.name).await?.ok_or_else(|| ApiError::NotFound(format!("target {}", new.name)))?;
@@ -270,30 +311,47 @@ pub async fn get_target(
 /// it `draining` replaces its nodes elsewhere, make-before-break.
 #[utoipa::path(patch, path = "/v1/targets/{name}", tag = "operator", security(("bearer" = [])), request_body = UpdateTarget,
     params(("name" = String, Path)),
-    responses((status = 200, body = Target), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = Target), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn update_target(
     State(s): State<AppState>,
     _op: OperatorAuth,
     Path(name): Path<String>,
     ApiJson(b): ApiJson<UpdateTarget>,
 ) -> Result<Json<Target>, ApiError> {
-    s.store.target(&name).await?.ok_or_else(|| ApiError::NotFound(format!("target {name}")))?;
-    if b.zone.is_none() && b.region.is_none() && b.quotas.is_none() && b.state.is_none() && b.settings.is_none() {
-        return Err(ApiError::invalid("state", "give a zone, a region, quotas, a state or settings"));
+    let current = s.store.target(&name).await?.ok_or_else(|| ApiError::NotFound(format!("target {name}")))?;
+    if b.zone.is_none()
+        && b.region.is_none()
+        && b.quotas.is_none()
+        && b.state.is_none()
+        && b.settings.is_none()
+        && b.kubernetes.is_none()
+    {
+        return Err(ApiError::invalid("state", "give a zone, a region, quotas, a state, settings or kubernetes"));
+    }
+    let pods = current.target.kind == TargetKind::Kubernetes;
+    if let Some(k) = &b.kubernetes {
+        if !pods {
+            return Err(ApiError::Conflict {
+                detail: format!("target {name} runs processes: it has no Kubernetes settings"),
+                field: Some("kubernetes".into()),
+            });
+        }
+        check_kubernetes(k)?;
     }
     let zone = b.zone.as_deref().map(|z| label("zone", z)).transpose()?;
     let region = b.region.as_deref().map(|r| label("region", r)).transpose()?;
     if let Some(q) = &b.quotas {
         q.check()?;
     }
-    let settings = b.settings.map(check_settings).transpose()?;
+    let nodes = b.settings.map(|t| check_nodes(t, pods)).transpose()?;
     let change = TargetChange {
         zone,
         region,
         max_nodes: b.quotas.map(|q| q.max_nodes),
         max_mbps: b.quotas.map(|q| q.max_mbps),
         state: b.state.map(Into::into),
-        settings,
+        nodes,
+        kubernetes: b.kubernetes,
     };
     s.store.update_target(&name, &change, "operator", s.clock.now_ms()).await.map_err(not_found(&name))?;
     let t = s.store.target(&name).await?.ok_or_else(|| ApiError::NotFound(format!("target {name}")))?;

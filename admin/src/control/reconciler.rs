@@ -14,7 +14,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use headwater_provisioner::{Driver, Handle, InstanceSpec, Policy, Room, Status};
+use headwater_provisioner::{
+    Driver, Handle, InstanceSpec, KubernetesDriver, PodTemplate, Policy, Resources, Room, Status,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -22,7 +24,10 @@ use crate::clock::{Clock, UnixMs};
 use crate::control::partition::{self, Heard, PartitionPolicy};
 use crate::keys;
 use crate::states::{NodeState, PoolKind, PoolState, TargetKind, TargetState};
-use crate::store::{HALT_AFTER_FAILED_NODES, NodeHealthRow, Placement, PoolSpec, Store, TargetRow, TargetUse};
+use crate::store::{
+    HALT_AFTER_FAILED_NODES, KubernetesSettings, NodeHealthRow, NodeSettings, Placement, PoolSpec, Store, TargetRow,
+    TargetUse,
+};
 
 /// Failed node rows kept per pool (the newest): a crash loop leaves a bounded trail.
 pub const FAILED_NODES_KEPT: i64 = 5;
@@ -259,7 +264,19 @@ pub struct Reconciler {
     pub held: std::sync::Mutex<HashSet<Uuid>>,
     /// Per cut-off target, when its next unheard node may be replaced.
     pub releases: std::sync::Mutex<HashMap<String, UnixMs>>,
+    /// The driver of each target this pass (process targets share `driver`), and
+    /// why a target has none (a Kubernetes target admin cannot connect to).
+    drivers: std::sync::Mutex<HashMap<String, Arc<dyn Driver>>>,
+    driver_errors: std::sync::Mutex<HashMap<String, String>>,
+    /// Kubernetes drivers by target, kept while the target's settings stay.
+    kube: tokio::sync::Mutex<HashMap<String, KubeDriver>>,
+    /// Kubernetes targets admin could not connect to: with which settings, when,
+    /// and why (tried again after [`RECONNECT_MS`] or when the settings change).
+    kube_failed: std::sync::Mutex<HashMap<String, (KubernetesSettings, UnixMs, String)>>,
 }
+
+/// How long a Kubernetes target admin could not connect to waits before another try.
+const RECONNECT_MS: i64 = 10_000;
 
 impl Reconciler {
     pub fn new(
@@ -285,21 +302,102 @@ impl Reconciler {
             partition: PartitionPolicy::default(),
             held: Default::default(),
             releases: Default::default(),
+            drivers: Default::default(),
+            driver_errors: Default::default(),
+            kube: Default::default(),
+            kube_failed: Default::default(),
         }
     }
 
     /// Adopts the nodes the driver still runs that the store knows; stops strays.
     pub async fn adopt(&self) -> anyhow::Result<()> {
         let known = self.store.live_node_ids().await?;
-        for h in self.driver.list().await? {
-            if known.contains(&h.id) {
-                tracing::info!(node = %h.id, "adopted running node");
-                // The handle may not have been recorded if admin died right after launching.
-                self.store.set_node_handle(h.id, &h.reference, self.clock.now_ms()).await?;
-            } else {
-                tracing::warn!(node = %h.id, "stopping a stray node the store does not know");
-                self.driver.terminate(&h, Duration::from_secs(5)).await?;
+        self.connect_drivers().await?;
+        let mut drivers: Vec<Arc<dyn Driver>> = vec![self.driver.clone()];
+        let kube: Vec<Arc<dyn Driver>> = self.kube.lock().await.values().map(|(_, d)| d.clone()).collect();
+        drivers.extend(kube);
+        for driver in drivers {
+            for h in driver.list().await? {
+                if known.contains(&h.id) {
+                    tracing::info!(node = %h.id, "adopted running node");
+                    // The handle may not have been recorded if admin died right after launching.
+                    self.store.set_node_handle(h.id, &h.reference, self.clock.now_ms()).await?;
+                } else {
+                    tracing::warn!(node = %h.id, "stopping a stray node the store does not know");
+                    driver.terminate(&h, Duration::from_secs(5)).await?;
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// The driver of every target: the process driver for process targets; for a
+    /// Kubernetes target one connected with its settings (again when they change).
+    pub async fn connect_drivers(&self) -> anyhow::Result<()> {
+        let mut drivers: HashMap<String, Arc<dyn Driver>> = HashMap::new();
+        let mut errors = HashMap::new();
+        let mut kube = self.kube.lock().await;
+        let targets = self.store.targets().await?;
+        for t in &targets {
+            let t = &t.target;
+            match (t.kind, &t.settings.0.kubernetes) {
+                (TargetKind::Process, _) => {
+                    drivers.insert(t.name.clone(), self.driver.clone());
+                }
+                (TargetKind::Kubernetes, None) => {
+                    errors.insert(t.name.clone(), "no Kubernetes settings".to_owned());
+                }
+                (TargetKind::Kubernetes, Some(k)) => {
+                    if let Some((settings, driver)) = kube.get(&t.name)
+                        && settings == k
+                    {
+                        drivers.insert(t.name.clone(), driver.clone());
+                        continue;
+                    }
+                    let now = self.clock.now_ms();
+                    let failed = self.kube_failed.lock().ok().and_then(|f| f.get(&t.name).cloned());
+                    if let Some((settings, at, why)) = failed
+                        && settings == *k
+                        && now - at < RECONNECT_MS
+                    {
+                        errors.insert(t.name.clone(), why);
+                        continue;
+                    }
+                    let port = node_port(&t.settings.0.nodes);
+                    let template = PodTemplate {
+                        image: k.image.clone(),
+                        port,
+                        node_selector: k.node_selector.clone(),
+                        tolerations: k.tolerations.iter().map(toleration).collect(),
+                        host_network: k.host_network,
+                        grace: Duration::from_secs(30),
+                        spread_by: Some(POOL_LABEL.to_owned()),
+                    };
+                    let path = k.kubeconfig.as_deref().map(std::path::Path::new);
+                    match KubernetesDriver::connect(path, k.context.as_deref(), &k.namespace, template).await {
+                        Ok(d) => {
+                            let d: Arc<dyn Driver> = Arc::new(d);
+                            tracing::info!(target = %t.name, namespace = %k.namespace, "connected to Kubernetes");
+                            kube.insert(t.name.clone(), (k.clone(), d.clone()));
+                            drivers.insert(t.name.clone(), d);
+                        }
+                        Err(e) => {
+                            tracing::warn!(target = %t.name, error = %e, "cannot connect to Kubernetes");
+                            if let Ok(mut f) = self.kube_failed.lock() {
+                                f.insert(t.name.clone(), (k.clone(), now, e.to_string()));
+                            }
+                            errors.insert(t.name.clone(), e.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        kube.retain(|name, _| drivers.contains_key(name));
+        if let Ok(mut d) = self.drivers.lock() {
+            *d = drivers;
+        }
+        if let Ok(mut e) = self.driver_errors.lock() {
+            *e = errors;
         }
         Ok(())
     }
@@ -331,6 +429,9 @@ impl Reconciler {
     /// skipped for a growing pause; the others are not held up.
     pub async fn reconcile_once(&self) -> anyhow::Result<()> {
         let now = self.clock.now_ms();
+        if let Err(e) = self.connect_drivers().await {
+            tracing::warn!(error = %e, "connecting targets' drivers");
+        }
         if let Err(e) = self.watch_partitions(now).await {
             tracing::warn!(error = %e, "judging targets' reachability");
         }
@@ -378,7 +479,7 @@ impl Reconciler {
         let mut heard = Vec::new();
         for n in self.store.heard_nodes().await? {
             let silent = now - n.last_heartbeat.max(listening_since) > timeout;
-            let running = match (silent, &n.handle, self.driver_for(n.kind)) {
+            let running = match (silent, &n.handle, self.driver_of(Some(&n.target))) {
                 (false, _, _) => true,
                 (true, Some(r), Some(driver)) => {
                     driver.inspect(&Handle { id: n.id, reference: r.clone() }).await.running()
@@ -508,7 +609,7 @@ impl Reconciler {
         let mut failed = Vec::new();
         for n in nodes.iter_mut().filter(|n| n.state == NodeState::Starting) {
             let Some(h) = handle(n) else { continue };
-            if let Status::Exited { detail } = self.driver.inspect(&h).await {
+            if let Status::Exited { detail } = self.node_driver(n.target.as_deref()).inspect(&h).await {
                 let why = match detail {
                     Some(d) => format!("node exits at start ({d})"),
                     None => "node exits at start".to_owned(),
@@ -530,7 +631,7 @@ impl Reconciler {
     fn stop_failed(&self, nodes: &[NodeHealthRow]) {
         for n in nodes.iter().filter(|n| n.state == NodeState::Failed) {
             if let Some(h) = handle(n) {
-                self.terminate_later(h, Duration::from_secs(5), true);
+                self.terminate_later(n.target.as_deref(), h, Duration::from_secs(5), true);
             }
         }
     }
@@ -577,7 +678,8 @@ impl Reconciler {
                     let id = Uuid::now_v7();
                     let domain = Policy::DEFAULT.upgrade_domain(&domains);
                     let Some(at) = self.place(&targets, pool, domain, &zones) else {
-                        let reason = waiting_for_capacity(&targets, pool.node_capacity_mbps, |k| self.drives(k));
+                        let errors = self.driver_errors.lock().map(|e| e.clone()).unwrap_or_default();
+                        let reason = waiting_for_capacity(&targets, pool.node_capacity_mbps, &errors);
                         if pool.waiting_reason.as_deref() != Some(reason.as_str()) {
                             tracing::warn!(pool = %pool.id, %reason, "no target has room");
                         }
@@ -585,11 +687,11 @@ impl Reconciler {
                         return Ok(None);
                     };
                     let target = targets[at].target.clone();
-                    let Some(driver) = self.driver_for(target.kind) else { return Ok(None) };
+                    let Some(driver) = self.driver_of(Some(&target.name)) else { return Ok(None) };
                     let (token, token_hash) = keys::node_token(id);
                     let image = pool.image_version.as_deref();
                     // The spec first: a pool whose image cannot be read registers nothing.
-                    let spec = self.spec(id, token.clone(), pool, &target).await?;
+                    let spec = self.spec(id, token.clone(), pool, &target, domain).await?;
                     let placement =
                         Placement { upgrade_domain: domain, image_version: image, target: Some(&target.name) };
                     let registered = self.store.register_launch(id, pool.id, &token_hash, placement, now).await?;
@@ -624,8 +726,8 @@ impl Reconciler {
                 tracing::warn!(%node, %reason, "node failed");
                 self.store.set_node_state(node, NodeState::Failed, &reason, "health-monitor", now).await?;
                 let n = nodes.iter().find(|n| n.id == node);
-                if let Some(h) = n.and_then(handle) {
-                    self.terminate_later(h, Duration::from_secs(5), true);
+                if let Some((n, h)) = n.and_then(|n| Some((n, handle(n)?))) {
+                    self.terminate_later(n.target.as_deref(), h, Duration::from_secs(5), true);
                 }
                 let at_start = n.is_some_and(|n| n.state == NodeState::Starting);
                 Ok(at_start.then(|| format!("node never became ready: {reason}")))
@@ -634,9 +736,9 @@ impl Reconciler {
                 self.store
                     .set_node_state(node, NodeState::Stopped, "the pool needs fewer nodes", "reconciler", now)
                     .await?;
-                if let Some(h) = nodes.iter().find(|n| n.id == node).and_then(handle) {
+                if let Some((n, h)) = nodes.iter().find(|n| n.id == node).and_then(|n| Some((n, handle(n)?))) {
                     // SIGTERM: the node drains, then exits.
-                    self.terminate_later(h, Duration::from_secs(30), false);
+                    self.terminate_later(n.target.as_deref(), h, Duration::from_secs(30), false);
                 }
                 Ok(None)
             }
@@ -645,8 +747,8 @@ impl Reconciler {
 
     /// Stops a node in the background, so a slow drain never holds up the loop;
     /// with `forget`, its handle is cleared once it is gone.
-    fn terminate_later(&self, h: Handle, grace: Duration, forget: bool) {
-        let driver = self.driver.clone();
+    fn terminate_later(&self, target: Option<&str>, h: Handle, grace: Duration, forget: bool) {
+        let driver = self.node_driver(target);
         let store = self.store.clone();
         tokio::spawn(async move {
             if let Err(e) = driver.terminate(&h, grace).await {
@@ -659,16 +761,19 @@ impl Reconciler {
         });
     }
 
-    /// The driver that runs nodes on targets of `kind`, if this admin has one.
-    fn driver_for(&self, kind: TargetKind) -> Option<Arc<dyn Driver>> {
-        match kind {
-            TargetKind::Process => Some(self.driver.clone()),
-            TargetKind::Kubernetes => None,
-        }
+    /// The driver of a target this pass, if admin has one for it.
+    fn driver_of(&self, target: Option<&str>) -> Option<Arc<dyn Driver>> {
+        self.drivers.lock().ok()?.get(target?).cloned()
     }
 
-    fn drives(&self, kind: TargetKind) -> bool {
-        self.driver_for(kind).is_some()
+    /// The driver that runs a node: its target's; the process driver for a node
+    /// without a target (or one whose target is gone).
+    fn node_driver(&self, target: Option<&str>) -> Arc<dyn Driver> {
+        self.driver_of(target).unwrap_or_else(|| self.driver.clone())
+    }
+
+    fn drives(&self, target: &str) -> bool {
+        self.driver_of(Some(target)).is_some()
     }
 
     /// The index in `targets` of where a new node of `pool` in upgrade domain
@@ -678,7 +783,7 @@ impl Reconciler {
         let size = i64::from(pool.node_capacity_mbps);
         let rooms: Vec<Room<'_>> = targets
             .iter()
-            .filter(|t| t.target.state == TargetState::Active && self.drives(t.target.kind))
+            .filter(|t| t.target.state == TargetState::Active && self.drives(&t.target.name))
             .map(|t| Room {
                 name: &t.target.name,
                 zone: &t.target.zone,
@@ -694,9 +799,16 @@ impl Reconciler {
     /// How to run a node of `pool` on `target`: its image's program and arguments
     /// (`headwater` means this very binary), then what every node is told, as the
     /// target says where it differs.
-    async fn spec(&self, id: Uuid, token: String, pool: &PoolSpec, target: &TargetRow) -> anyhow::Result<InstanceSpec> {
+    async fn spec(
+        &self,
+        id: Uuid,
+        token: String,
+        pool: &PoolSpec,
+        target: &TargetRow,
+        domain: i32,
+    ) -> anyhow::Result<InstanceSpec> {
         let t = &self.template;
-        let at = &target.settings.0;
+        let at = &target.settings.0.nodes;
         let image = match &pool.image_version {
             Some(v) => self.store.image(&pool.origin_type, v).await?,
             None => None,
@@ -706,9 +818,18 @@ impl Reconciler {
             Some(i) => (t.program.clone(), i.args.0),
             None => (t.program.clone(), vec!["origin".to_owned()]),
         };
-        let listen = at.node_listen.clone().unwrap_or_else(|| "127.0.0.1:0".to_owned());
+        let pods = target.kind == TargetKind::Kubernetes;
+        let listen = match (&at.node_listen, pods) {
+            (Some(l), _) => l.clone(),
+            (None, true) => format!("0.0.0.0:{DEFAULT_POD_PORT}"),
+            (None, false) => "127.0.0.1:0".to_owned(),
+        };
         let admin_url = at.node_admin_url.clone().unwrap_or_else(|| t.admin_url.clone());
         args.extend(["--listen".into(), listen, "--node-id".into(), id.to_string()]);
+        if pods {
+            // Others reach a pod at its IP (the driver passes it in as POD_IP).
+            args.extend(["--advertise".into(), format!("$(POD_IP):{}", node_port(at))]);
+        }
         args.extend(["--admin-url".into(), admin_url, "--content".into(), t.content_url.clone()]);
         args.extend(["--capacity-mbps".into(), pool.node_capacity_mbps.to_string()]);
         args.extend(["--heartbeat-ms".into(), t.heartbeat_ms.to_string()]);
@@ -723,25 +844,50 @@ impl Reconciler {
         // Tokens go in the environment, not on the command line.
         let env =
             vec![("HEADWATER_NODE_TOKEN".into(), token), ("HEADWATER_METRICS_TOKEN".into(), t.metrics_token.clone())];
-        Ok(InstanceSpec { id, program, args, env, labels: Default::default(), resources: None })
+        let labels =
+            [(POOL_LABEL.to_owned(), pool.id.to_string()), (DOMAIN_LABEL.to_owned(), domain.to_string())].into();
+        // A node's reservation grows with its bandwidth: a core per 2 Gbit/s.
+        let mbps = u32::try_from(pool.node_capacity_mbps).unwrap_or(100);
+        let resources = pods.then(|| Resources { cpu_millis: (mbps / 2).max(100), memory_mib: 128 + mbps / 10 });
+        Ok(InstanceSpec { id, program, args, env, labels, resources })
     }
 }
 
 /// Why no target takes a node of `mbps`: `waiting for capacity: ` and each
 /// target's reason.
-fn waiting_for_capacity(targets: &[TargetUse], mbps: i32, drives: impl Fn(TargetKind) -> bool) -> String {
+fn waiting_for_capacity(targets: &[TargetUse], mbps: i32, driver_errors: &HashMap<String, String>) -> String {
     let why: Vec<String> = targets
         .iter()
-        .map(|t| {
-            if drives(t.target.kind) {
-                t.no_room(mbps).unwrap_or_else(|| format!("{}: room", t.target.name))
-            } else {
-                format!("{}: no {} driver in this admin", t.target.name, t.target.kind)
-            }
+        .map(|t| match driver_errors.get(&t.target.name) {
+            Some(e) => format!("{}: {e}", t.target.name),
+            None => t.no_room(mbps).unwrap_or_else(|| format!("{}: room", t.target.name)),
         })
         .collect();
     let list = if why.is_empty() { "no targets".to_owned() } else { why.join(", ") };
     format!("waiting for capacity: no target has room for a {mbps} Mbit/s node ({list})")
+}
+
+/// A Kubernetes target's driver, with the settings it was connected with.
+type KubeDriver = (KubernetesSettings, Arc<dyn Driver>);
+
+/// The labels of a node's pod: its pool and upgrade domain.
+pub const POOL_LABEL: &str = "headwater.io/pool";
+pub const DOMAIN_LABEL: &str = "headwater.io/upgrade-domain";
+/// The port nodes in pods listen on unless the target says otherwise.
+const DEFAULT_POD_PORT: u16 = 8080;
+
+fn node_port(s: &NodeSettings) -> u16 {
+    s.node_listen.as_deref().and_then(|l| l.parse::<std::net::SocketAddr>().ok()).map_or(DEFAULT_POD_PORT, |a| a.port())
+}
+
+fn toleration(t: &crate::store::Toleration) -> headwater_provisioner::kubernetes::Toleration {
+    headwater_provisioner::kubernetes::Toleration {
+        key: t.key.clone(),
+        operator: t.operator.map(|o| format!("{o:?}")),
+        value: t.value.clone(),
+        effect: t.effect.map(|e| format!("{e:?}")),
+        ..Default::default()
+    }
 }
 
 fn handle(n: &NodeHealthRow) -> Option<Handle> {
@@ -1189,6 +1335,7 @@ mod driven {
         let r = rig().await;
         let pool = r.store.create_warm_pool("hls", 2, T0).await.unwrap();
         let p = spec_of(&r.store, pool, T0).await;
+        r.reconciler.connect_drivers().await.unwrap();
         assert_eq!(r.reconciler.apply(&p, &[], Action::Launch { count: 2 }).await.unwrap(), None);
         let nodes = r.store.pool_health(pool).await.unwrap();
         assert_eq!(nodes.len(), 2);

@@ -39,7 +39,10 @@ pub use operations::{Effect, OperationFilter, OperationQuery};
 pub use pools::PoolSpec;
 pub use routes::RouteRow;
 pub use rows::*;
-pub use targets::{HeardNode, NewTarget, TargetChange, TargetRow, TargetSettings, TargetUse};
+pub use targets::{
+    HeardNode, KubernetesSettings, NewTarget, NodeSettings, TaintEffect, TargetChange, TargetRow, TargetSettings,
+    TargetUse, Toleration, TolerationOperator,
+};
 pub use upgrades::{HALT_AFTER_FAILED_NODES, UpgradeProgress, UpgradeStep};
 pub use usage::{Stored, UsageRecorded, UsageRow, UsageWindowRow, window_bytes_limit};
 pub use warm::WarmPool;

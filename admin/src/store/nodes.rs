@@ -218,7 +218,7 @@ impl Store {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
                 "SELECT id, pool_id, handle, address, image_version, upgrade_domain, state, last_heartbeat, egress_mbps,
-                        open_connections, cache_hit_ratio, created_at, updated_at FROM nodes WHERE id = $1",
+                        open_connections, cache_hit_ratio, created_at, updated_at, target FROM nodes WHERE id = $1",
             )
             .bind(id)
             .fetch_one(p)

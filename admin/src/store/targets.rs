@@ -12,18 +12,85 @@ use crate::states::{TargetKind, TargetState};
 /// What nodes on a target are told (each falls back to admin's own setting).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TargetSettings {
+pub struct NodeSettings {
     /// The admin URL nodes there can reach (default: the one admin gives every node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_admin_url: Option<String>,
-    /// The address nodes there listen on (default `127.0.0.1:0`: a free port on loopback).
+    /// The address nodes there listen on (default `127.0.0.1:0` for processes,
+    /// `0.0.0.0:8080` for pods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_listen: Option<String>,
     /// The routers' addresses (CIDR): nodes there believe `X-Forwarded-For` from
-    /// these only (default: admin's `--node-trusted-proxy`).
+    /// these only (default: admin's `--trusted-proxy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_items = 20)]
     pub trusted_proxies: Option<Vec<String>>,
+}
+
+/// Where a Kubernetes target's pods go and how they are made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSettings {
+    /// The namespace pods are made in.
+    pub namespace: String,
+    /// The container image nodes run (the origin type's image gives the command
+    /// and arguments).
+    pub image: String,
+    /// A kubeconfig file on admin's host (absent: admin runs in the cluster and
+    /// uses its ServiceAccount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
+    /// The kubeconfig's context (absent: its current one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// Labels a cluster node must have to run these pods.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub node_selector: std::collections::BTreeMap<String, String>,
+    /// Taints these pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 20)]
+    pub tolerations: Vec<Toleration>,
+    /// Run pods in their cluster node's network (for throughput).
+    #[serde(default)]
+    pub host_network: bool,
+}
+
+/// A taint that pods tolerate, as Kubernetes spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Toleration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<TolerationOperator>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Absent: every effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<TaintEffect>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum TolerationOperator {
+    Exists,
+    Equal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+/// A target's settings as stored: what its nodes are told, and for a Kubernetes
+/// target where its pods go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetSettings {
+    #[serde(flatten)]
+    pub nodes: NodeSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesSettings>,
 }
 
 /// A target as stored.
@@ -96,7 +163,8 @@ pub struct TargetChange {
     pub max_nodes: Option<Option<i32>>,
     pub max_mbps: Option<Option<i32>>,
     pub state: Option<TargetState>,
-    pub settings: Option<TargetSettings>,
+    pub nodes: Option<NodeSettings>,
+    pub kubernetes: Option<KubernetesSettings>,
 }
 
 macro_rules! target_use_select {
@@ -173,7 +241,10 @@ impl Store {
             let max_nodes = change.max_nodes.unwrap_or(cur.max_nodes);
             let max_mbps = change.max_mbps.unwrap_or(cur.max_mbps);
             let state = change.state.unwrap_or(cur.state);
-            let settings = change.settings.clone().unwrap_or(cur.settings.0.clone());
+            let settings = TargetSettings {
+                nodes: change.nodes.clone().unwrap_or(cur.settings.0.nodes.clone()),
+                kubernetes: change.kubernetes.clone().or(cur.settings.0.kubernetes.clone()),
+            };
             let row: TargetRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "UPDATE targets SET zone = $2, region = $3, max_nodes = $4, max_mbps = $5, state = $6, settings = $7,
                     updated_at = $8 WHERE name = $1 RETURNING {TARGET_COLUMNS}"
@@ -199,7 +270,7 @@ impl Store {
                 changed.push(format!("{} -> {state}", cur.state));
             }
             if settings != cur.settings.0 {
-                changed.push("node settings".to_owned());
+                changed.push("settings".to_owned());
             }
             if !changed.is_empty() {
                 event!(tx, now, actor, "target.updated", format!("target:{name}"), changed.join("; "))?;

@@ -213,6 +213,64 @@ impl Cluster {
     }
 }
 
+/// Test hosts on a bridge: each pod gets a network namespace of its own with its
+/// own address (as a CNI plugin would give it), reachable from this host through
+/// the bridge, where this host has `host_ip`. Needs root (`ip netns`, veth).
+pub struct Network {
+    pub bridge: String,
+    /// The first two octets of the bridge's /16.
+    prefix: String,
+    pub host_ip: String,
+    next: std::sync::atomic::AtomicU32,
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip").args(args).output().expect("ip");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Network {
+    pub fn new() -> Arc<Network> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = (std::process::id() % 50) * 4 + NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 4;
+        let bridge = format!("hwkb{k}");
+        let prefix = format!("10.{}", 100 + k);
+        // What a crashed run may have left.
+        let _ = std::process::Command::new("ip").args(["link", "del", &bridge]).output();
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        ip(&["addr", "add", &format!("{prefix}.0.1/16"), "dev", &bridge]);
+        ip(&["link", "set", &bridge, "up"]);
+        Arc::new(Network { bridge, host_ip: format!("{prefix}.0.1"), prefix, next: Default::default() })
+    }
+
+    /// A namespace for one pod: its name and address.
+    fn attach(&self) -> (String, String) {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 2;
+        let ns = format!("{}p{i}", self.bridge);
+        let (host_end, pod_end) = (format!("{}h{i}", self.bridge), format!("{}c{i}", self.bridge));
+        let addr = format!("{}.{}.{}", self.prefix, i / 250, i % 250 + 1);
+        let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).output();
+        ip(&["netns", "add", &ns]);
+        ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &pod_end]);
+        ip(&["link", "set", &pod_end, "netns", &ns]);
+        ip(&["link", "set", &host_end, "master", &self.bridge, "up"]);
+        ip(&["netns", "exec", &ns, "ip", "addr", "add", &format!("{addr}/16"), "dev", &pod_end]);
+        ip(&["netns", "exec", &ns, "ip", "link", "set", &pod_end, "up"]);
+        ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+        (ns, addr)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let n = self.next.load(std::sync::atomic::Ordering::SeqCst) + 2;
+        for i in 2..n {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &format!("{}p{i}", self.bridge)]).output();
+        }
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.bridge]).output();
+    }
+}
+
 /// A pod the test kubelet runs: telling it to stop (with the grace period).
 struct Running {
     stop: tokio::sync::oneshot::Sender<Duration>,
@@ -236,8 +294,14 @@ impl Drop for Kubelet {
 }
 
 impl Kubelet {
-    /// Registers `nodes` (name, zone) as Ready and runs what is bound to them.
+    /// Registers `nodes` (name, zone) as Ready and runs what is bound to them on
+    /// this host's network (every pod's IP is 127.0.0.1).
     pub async fn start(cluster: &Cluster, nodes: &[(&str, &str)]) -> Kubelet {
+        Self::start_on(cluster, nodes, None).await
+    }
+
+    /// Like `start`, each pod in a network namespace of its own on `network`.
+    pub async fn start_on(cluster: &Cluster, nodes: &[(&str, &str)], network: Option<Arc<Network>>) -> Kubelet {
         let c = cluster.admin().await;
         let api: Api<Node> = Api::all(c.clone());
         for (name, zone) in nodes {
@@ -259,7 +323,7 @@ impl Kubelet {
         let names: Vec<String> = nodes.iter().map(|(n, _)| (*n).to_owned()).collect();
         let pids: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(run(c, names, pids.clone(), stop.clone()));
+        tokio::spawn(run(c, names, pids.clone(), stop.clone(), network));
         Kubelet { pids, stop }
     }
 }
@@ -269,6 +333,7 @@ async fn run(
     nodes: Vec<String>,
     pids: Arc<Mutex<HashMap<String, u32>>>,
     stop: tokio_util::sync::CancellationToken,
+    network: Option<Arc<Network>>,
 ) {
     let pods: Api<Pod> = Api::all(c);
     let mut running: HashMap<(String, String), Running> = HashMap::new();
@@ -310,13 +375,22 @@ async fn run(
             continue;
         }
         let container = &pod.spec.as_ref().unwrap().containers[0];
-        let mut cmd = tokio::process::Command::new(container.command.as_ref().unwrap()[0].clone());
+        let program = container.command.as_ref().unwrap()[0].clone();
+        let (mut cmd, pod_ip) = match &network {
+            Some(net) => {
+                let (ns, addr) = net.attach();
+                let mut cmd = tokio::process::Command::new("ip");
+                cmd.args(["netns", "exec", &ns, &program]);
+                (cmd, addr)
+            }
+            None => (tokio::process::Command::new(&program), "127.0.0.1".to_owned()),
+        };
         // `$(POD_IP)` and other variables in the arguments, as a kubelet expands them.
         let mut vars: HashMap<String, String> = HashMap::new();
         for e in container.env.iter().flatten() {
             let value = match (&e.value, &e.value_from) {
                 (Some(v), _) => v.clone(),
-                (None, Some(_)) => "127.0.0.1".to_owned(),
+                (None, Some(_)) => pod_ip.clone(),
                 (None, None) => String::new(),
             };
             cmd.env(&e.name, &value);
@@ -328,7 +402,13 @@ async fn run(
             .flatten()
             .map(|a| vars.iter().fold(a.clone(), |a, (k, v)| a.replace(&format!("$({k})"), v)))
             .collect();
-        cmd.args(&args).stdin(Stdio::null()).kill_on_drop(true);
+        // A container's output is its log; the test's output stays readable.
+        let (out, err) = if std::env::var_os("TEST_LOG").is_some() {
+            (Stdio::inherit(), Stdio::inherit())
+        } else {
+            (Stdio::null(), Stdio::null())
+        };
+        cmd.args(&args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -340,7 +420,7 @@ async fn run(
         pids.lock().unwrap().insert(name.clone(), child.id().unwrap_or_default());
         let image = container.image.clone().unwrap_or_default();
         let status = json!({"status": {
-            "phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}], "hostIP": "127.0.0.1",
+            "phase": "Running", "podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "hostIP": "127.0.0.1",
             "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}],
             "containerStatuses": [{"name": container.name, "image": image, "imageID": image, "ready": true,
                                    "restartCount": 0, "state": {"running": {}}}],
