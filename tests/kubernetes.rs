@@ -39,17 +39,6 @@ async fn running_pods(pods: &Api<Pod>) -> Vec<Pod> {
         .collect()
 }
 
-async fn live_nodes(admin: &Admin, pool: &str) -> Vec<Value> {
-    let v = admin.call(Method::GET, "/v1/nodes?limit=500", Some(&admin.operator_token), None, StatusCode::OK).await;
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["pool_id"] == pool && ["starting", "ready"].contains(&n["state"].as_str().unwrap()))
-        .cloned()
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sla_account_runs_as_pods_spread_over_zones_replaced_and_adopted() {
     let cluster = Cluster::start().await;
@@ -89,7 +78,7 @@ async fn an_sla_account_runs_as_pods_spread_over_zones_replaced_and_adopted() {
         assert!(labels.contains_key("headwater.io/upgrade-domain"));
     }
     // The nodes advertise their pod addresses, on the bridge.
-    let nodes = live_nodes(&admin, &pool).await;
+    let nodes = admin.live_nodes(&pool).await;
     assert_eq!(nodes.len(), 4);
     let prefix = network.host_ip.rsplitn(3, '.').last().unwrap().to_owned();
     for n in &nodes {
@@ -113,7 +102,7 @@ async fn an_sla_account_runs_as_pods_spread_over_zones_replaced_and_adopted() {
     })
     .await;
     support::eventually(Duration::from_secs(60), "four ready nodes again", || async {
-        live_nodes(&admin, &pool).await.iter().filter(|n| n["state"] == "ready").count() == 4
+        admin.live_nodes(&pool).await.iter().filter(|n| n["state"] == "ready").count() == 4
     })
     .await;
     players.finish().await;
@@ -137,5 +126,5 @@ async fn an_sla_account_runs_as_pods_spread_over_zones_replaced_and_adopted() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(admin.count("SELECT COUNT(*) FROM events WHERE action = 'node.registered'").await, registered);
-    assert_eq!(live_nodes(&admin, &pool).await.iter().filter(|n| n["state"] == "ready").count(), 4);
+    assert_eq!(admin.live_nodes(&pool).await.iter().filter(|n| n["state"] == "ready").count(), 4);
 }

@@ -48,22 +48,12 @@ async fn a_target_cut_off_from_admin_is_not_replaced_all_at_once() {
     call(&admin, Method::POST, "/v1/targets", Some(near), StatusCode::CREATED).await;
 
     let (_, key) = admin.sign_up("ana@example.com").await;
-    let body = json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 300}});
-    let a = admin.call(Method::POST, "/v1/accounts", Some(&key), Some(body), StatusCode::ACCEPTED).await;
-    let op = admin.wait_operation_for(a["operation"]["id"].as_str().unwrap(), &key, Duration::from_secs(60)).await;
-    assert_eq!(op["state"], "succeeded", "{op:#}");
-    let account = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;
-    let pool = account["pool"]["id"].as_str().unwrap().to_owned();
-    support::eventually(Duration::from_secs(30), "four ready nodes", || async {
-        nodes(&admin, &pool).await.iter().filter(|n| n["state"] == "ready").count() == 4
-    })
-    .await;
-    let on_far: Vec<String> = nodes(&admin, &pool)
-        .await
-        .iter()
-        .filter(|n| n["target"] == "far")
-        .map(|n| n["id"].as_str().unwrap().to_owned())
-        .collect();
+    let pool = admin
+        .account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 300}}))
+        .await;
+    let settled = admin.settled(&pool, 4).await;
+    let on_far: Vec<String> =
+        settled.iter().filter(|n| n["target"] == "far").map(|n| n["id"].as_str().unwrap().to_owned()).collect();
     let all: Vec<(Value, Value)> =
         nodes(&admin, &pool).await.iter().map(|n| (n["target"].clone(), n["state"].clone())).collect();
     assert_eq!(on_far.len(), 2, "two zones, two nodes each: {all:?}");

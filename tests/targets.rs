@@ -24,18 +24,6 @@ async fn patch_target(admin: &Admin, name: &str, body: Value) -> Value {
     admin.call(Method::PATCH, &path, Some(&admin.operator_token), Some(body), StatusCode::OK).await
 }
 
-async fn live_nodes(admin: &Admin, pool: &str) -> Vec<Value> {
-    let v = admin.call(Method::GET, "/v1/nodes?limit=500", Some(&admin.operator_token), None, StatusCode::OK).await;
-    let live = ["starting", "ready", "draining"];
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["pool_id"] == pool && live.contains(&n["state"].as_str().unwrap()))
-        .cloned()
-        .collect()
-}
-
 /// Waits (deadline 60 s) until `check` holds for the operation; returns it.
 async fn wait_op(admin: &Admin, id: &str, key: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -118,7 +106,7 @@ async fn a_sign_up_waits_for_capacity_until_a_quota_is_raised(backend: Backend) 
     assert_eq!(dedicated.len(), 1, "{pools:#}");
     assert_eq!(dedicated[0]["waiting"], why);
     let pool = dedicated[0]["id"].as_str().unwrap().to_owned();
-    assert_eq!(live_nodes(&admin, &pool).await.len(), 2, "the quota holds");
+    assert_eq!(admin.live_nodes(&pool).await.len(), 2, "the quota holds");
     let waiting = events(&admin, "pool.waiting").await;
     assert_eq!(waiting.len(), 1, "one event, not one per pass: {waiting:?}");
     assert_eq!(waiting[0]["reason"], why);
@@ -137,9 +125,9 @@ async fn a_sign_up_waits_for_capacity_until_a_quota_is_raised(backend: Backend) 
     assert_eq!(op["state"], "succeeded", "{op:#}");
     assert!(op["progress"].is_null(), "nothing is waited for any more: {op:#}");
     // The operation is done with three ready (the spare aside); the spare follows.
-    support::eventually(Duration::from_secs(30), "the spare", || async { live_nodes(&admin, &pool).await.len() == 4 })
+    support::eventually(Duration::from_secs(30), "the spare", || async { admin.live_nodes(&pool).await.len() == 4 })
         .await;
-    let nodes = live_nodes(&admin, &pool).await;
+    let nodes = admin.live_nodes(&pool).await;
     let on = |t: &str| nodes.iter().filter(|n| n["target"] == t).count();
     assert_eq!((on("local"), on("zone-b")), (2, 2), "{nodes:#?}");
     let used: Vec<(Value, Value)> =
@@ -164,14 +152,10 @@ async fn a_pool_spreads_over_zones_and_a_draining_target_empties_with_no_failed_
         admin.call(Method::POST, "/v1/targets", Some(&op_token), Some(t), StatusCode::CREATED).await;
     }
     let (_, key) = admin.sign_up("ana@example.com").await;
-    let body = json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 300}});
-    let a = admin.call(Method::POST, "/v1/accounts", Some(&key), Some(body), StatusCode::ACCEPTED).await;
-    let op = admin.wait_operation_for(a["operation"]["id"].as_str().unwrap(), &key, Duration::from_secs(60)).await;
-    assert_eq!(op["state"], "succeeded", "{op:#}");
-    let account = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;
-    let pool = account["pool"]["id"].as_str().unwrap().to_owned();
-    let nodes = live_nodes(&admin, &pool).await;
-    assert_eq!(nodes.len(), 4);
+    let pool = admin
+        .account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 300}}))
+        .await;
+    let nodes = admin.settled(&pool, 4).await;
     let placed: Vec<(i64, String)> = nodes
         .iter()
         .map(|n| (n["upgrade_domain"].as_i64().unwrap(), n["target"].as_str().unwrap().to_owned()))
@@ -193,7 +177,7 @@ async fn a_pool_spreads_over_zones_and_a_draining_target_empties_with_no_failed_
     assert_eq!(drained["state"], "draining");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let nodes = live_nodes(&admin, &pool).await;
+        let nodes = admin.live_nodes(&pool).await;
         let ready_on_b = nodes.iter().filter(|n| n["target"] == "host-b" && n["state"] == "ready").count();
         if ready_on_b == 4 && nodes.len() == 4 {
             break;

@@ -321,6 +321,33 @@ impl Admin {
         now["pool"]["id"].as_str().unwrap().to_owned()
     }
 
+    /// The live (starting, ready or draining) nodes of `pool`.
+    pub async fn live_nodes(&self, pool: &str) -> Vec<Value> {
+        let v = self.call(Method::GET, "/v1/nodes?limit=500", Some(&self.operator_token), None, StatusCode::OK).await;
+        let live = ["starting", "ready", "draining"];
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["pool_id"] == pool && live.contains(&n["state"].as_str().unwrap_or_default()))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (deadline 60 s) until `pool` has exactly `n` live nodes, all ready
+    /// (an account's operation is done before its spare is); returns them.
+    pub async fn settled(&self, pool: &str, n: usize) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let nodes = self.live_nodes(pool).await;
+            if nodes.len() == n && nodes.iter().all(|x| x["state"] == "ready") {
+                return nodes;
+            }
+            assert!(std::time::Instant::now() < deadline, "pool {pool} never settled on {n} ready nodes: {nodes:#?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Uploads every file of the repository's demo asset as `asset` of `account`.
     pub async fn upload_demo(&self, key: &str, account: &str, asset: &str) -> Vec<String> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo");

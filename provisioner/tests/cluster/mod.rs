@@ -232,7 +232,8 @@ fn ip(args: &[&str]) {
 impl Network {
     pub fn new() -> Arc<Network> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let k = (std::process::id() % 50) * 4 + NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 4;
+        // 0 to 99: bridges 10.100.0.0/16 to 10.199.0.0/16.
+        let k = (std::process::id() % 25) * 4 + NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 4;
         let bridge = format!("hwkb{k}");
         let prefix = format!("10.{}", 100 + k);
         // What a crashed run may have left.
