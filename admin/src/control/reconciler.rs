@@ -674,6 +674,11 @@ impl Reconciler {
                 let mut zones: Vec<(String, i32)> =
                     live.filter_map(|n| Some((n.zone.clone()?, n.upgrade_domain))).collect();
                 let mut targets = self.store.targets().await?;
+                // A target added since this pass connected its drivers gets one now,
+                // so a new node is placed with every target in view.
+                if targets.iter().any(|t| !self.knows(&t.target.name)) {
+                    self.connect_drivers().await?;
+                }
                 for _ in 0..count {
                     let id = Uuid::now_v7();
                     let domain = Policy::DEFAULT.upgrade_domain(&domains);
@@ -774,6 +779,11 @@ impl Reconciler {
 
     fn drives(&self, target: &str) -> bool {
         self.driver_of(Some(target)).is_some()
+    }
+
+    /// Whether this pass looked at `target` (it has a driver, or a reason for none).
+    fn knows(&self, target: &str) -> bool {
+        self.drives(target) || self.driver_errors.lock().is_ok_and(|e| e.contains_key(target))
     }
 
     /// The index in `targets` of where a new node of `pool` in upgrade domain
@@ -1328,6 +1338,30 @@ mod driven {
         let on_local =
             r.store.pool_health(pool).await.unwrap().iter().filter(|n| n.target.as_deref() == Some("local")).count();
         assert_eq!(on_local, 3, "every node names its target");
+    }
+
+    #[tokio::test]
+    async fn a_target_added_during_a_pass_is_placed_on_at_once() {
+        let r = rig().await;
+        r.reconciler.connect_drivers().await.unwrap();
+        // Made after this pass looked at the targets.
+        let b = crate::store::NewTarget {
+            name: "host-b".into(),
+            kind: TargetKind::Process,
+            zone: "b".into(),
+            region: "b".into(),
+            max_nodes: None,
+            max_mbps: None,
+            settings: Default::default(),
+        };
+        r.store.create_target(&b, "operator", T0).await.unwrap();
+        let pool = r.store.create_warm_pool("hls", 2, T0).await.unwrap();
+        let p = spec_of(&r.store, pool, T0).await;
+        assert_eq!(r.reconciler.apply(&p, &[], Action::Launch { count: 2 }).await.unwrap(), None);
+        let mut on: Vec<Option<String>> =
+            r.store.pool_health(pool).await.unwrap().into_iter().map(|n| n.target).collect();
+        on.sort();
+        assert_eq!(on, [Some("host-b".to_owned()), Some("local".to_owned())], "spread over both zones");
     }
 
     #[tokio::test]
