@@ -58,10 +58,12 @@ async fn an_sla_account_runs_as_pods_spread_over_zones_replaced_and_adopted() {
     assert_eq!((&t["kind"], &t["kubernetes"]["namespace"]), (&json!("kubernetes"), &json!(NS)));
 
     let (_, key) = admin.sign_up("ana@example.com").await;
+    let signed_up = std::time::Instant::now();
     let body = json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 300}});
     let a = admin.call(Method::POST, "/v1/accounts", Some(&key), Some(body), StatusCode::ACCEPTED).await;
     let done = admin.wait_operation_for(a["operation"]["id"].as_str().unwrap(), &key, Duration::from_secs(120)).await;
     assert_eq!(done["state"], "succeeded", "{done:#}");
+    eprintln!("sign-up -> operation done (pods ready): {:?}", signed_up.elapsed());
     let account = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;
     let pool = account["pool"]["id"].as_str().unwrap().to_owned();
     let pods: Api<Pod> = Api::namespaced(cluster.admin().await, NS);
@@ -91,11 +93,16 @@ async fn an_sla_account_runs_as_pods_spread_over_zones_replaced_and_adopted() {
     let (_router, router) = router_of(&admin, &[]).await;
     wait_status(&reqwest::Client::new(), &format!("{router}/ana-vod/demo/hls/master.m3u8"), StatusCode::OK, "ana-vod")
         .await;
+    eprintln!(
+        "sign-up -> master playlist through the router (demo upload, router start included): {:?}",
+        signed_up.elapsed()
+    );
     let players = Players::start(&router, &["ana-vod"]);
     // A pod deleted (a cluster node drained, an operator's kubectl delete): the
     // node drains, is replaced by a new pod, and no player request fails.
     let victim = placed[0].metadata.name.clone().unwrap();
     pods.delete(&victim, &DeleteParams::default()).await.unwrap();
+    let deleted = std::time::Instant::now();
     support::eventually(Duration::from_secs(60), "a replacement pod", || async {
         let now = running_pods(&pods).await;
         now.len() == 4 && !now.iter().any(|p| p.metadata.name.as_deref() == Some(victim.as_str()))
@@ -105,6 +112,7 @@ async fn an_sla_account_runs_as_pods_spread_over_zones_replaced_and_adopted() {
         admin.live_nodes(&pool).await.iter().filter(|n| n["state"] == "ready").count() == 4
     })
     .await;
+    eprintln!("pod deleted -> replacement node ready: {:?}", deleted.elapsed());
     players.finish().await;
 
     // Restarted, admin adopts the pods by label and launches none.
