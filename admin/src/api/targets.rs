@@ -251,8 +251,8 @@ pub async fn list_targets(State(s): State<AppState>, _op: OperatorAuth) -> Resul
     Ok(Json(TargetList { items: s.store.targets().await?.into_iter().map(Into::into).collect() }))
 }
 
-/// Adds a target: `process` (this host) or `kubernetes` (a namespace of a cluster,
-/// `settings.namespace` and `settings.image` required).
+/// Adds a target: `process` (this host) or `kubernetes` (a namespace of a cluster:
+/// `kubernetes.namespace` and `kubernetes.image` required).
 #[utoipa::path(post, path = "/v1/targets", tag = "operator", security(("bearer" = [])), request_body = CreateTarget,
     responses((status = 201, body = Target), (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn create_target(
