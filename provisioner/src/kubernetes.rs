@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use uuid::Uuid;
 
 use crate::{BoxFuture, Driver, DriverError, Handle, InstanceSpec, Status};
@@ -148,8 +148,8 @@ impl KubernetesDriver {
         driver
     }
 
-    /// Keeps `seen` current from a watch of this driver's pods, restarting the
-    /// watch (with backoff) when it fails.
+    /// Keeps `seen` current from a watch of this driver's pods; the watch
+    /// restarts with kube-runtime's backoff when it fails.
     fn watch(&self) {
         let pods = self.pods.clone();
         let seen = Arc::downgrade(&self.seen);
@@ -157,7 +157,8 @@ impl KubernetesDriver {
         let selector = format!("{}={}", APP_LABEL.0, APP_LABEL.1);
         tokio::spawn(async move {
             let config = watcher::Config::default().labels(&selector);
-            let mut events = std::pin::pin!(watcher(pods, config));
+            // Errors come back through the stream, after kube-runtime's backoff.
+            let mut events = std::pin::pin!(watcher(pods, config).default_backoff());
             let mut listing: HashMap<Uuid, Seen> = HashMap::new();
             while let Some(event) = events.next().await {
                 let Some(seen) = seen.upgrade() else { return };
@@ -184,11 +185,7 @@ impl KubernetesDriver {
                         }
                         synced.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "watching pods");
-                        drop(view);
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
+                    Err(e) => tracing::warn!(error = %e, "watching pods"),
                 }
             }
         });

@@ -334,11 +334,17 @@ impl Reconciler {
     /// The driver of every target: the process driver for process targets; for a
     /// Kubernetes target one connected with its settings (again when they change).
     pub async fn connect_drivers(&self) -> anyhow::Result<()> {
+        let targets = self.store.targets().await?;
+        self.connect_drivers_of(&targets).await;
+        Ok(())
+    }
+
+    /// [`connect_drivers`](Self::connect_drivers) for targets already read.
+    async fn connect_drivers_of(&self, targets: &[TargetUse]) {
         let mut drivers: HashMap<String, Arc<dyn Driver>> = HashMap::new();
         let mut errors = HashMap::new();
         let mut kube = self.kube.lock().await;
-        let targets = self.store.targets().await?;
-        for t in &targets {
+        for t in targets {
             let t = &t.target;
             match (t.kind, &t.settings.0.kubernetes) {
                 (TargetKind::Process, _) => {
@@ -399,7 +405,6 @@ impl Reconciler {
         if let Ok(mut e) = self.driver_errors.lock() {
             *e = errors;
         }
-        Ok(())
     }
 
     /// Reconciles every `interval` while this replica holds the control lease
@@ -429,11 +434,15 @@ impl Reconciler {
     /// skipped for a growing pause; the others are not held up.
     pub async fn reconcile_once(&self) -> anyhow::Result<()> {
         let now = self.clock.now_ms();
-        if let Err(e) = self.connect_drivers().await {
-            tracing::warn!(error = %e, "connecting targets' drivers");
-        }
-        if let Err(e) = self.watch_partitions(now).await {
-            tracing::warn!(error = %e, "judging targets' reachability");
+        // The targets once a pass: their drivers, then the partition rule.
+        match self.store.targets().await {
+            Ok(targets) => {
+                self.connect_drivers_of(&targets).await;
+                if let Err(e) = self.watch_partitions(&targets, now).await {
+                    tracing::warn!(error = %e, "judging targets' reachability");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading targets"),
         }
         let pools = self.store.pools_to_reconcile(now).await?;
         let ids: std::collections::HashSet<Uuid> = pools.iter().map(|p| p.id).collect();
@@ -473,7 +482,7 @@ impl Reconciler {
     /// and decides which unheard nodes are held instead of replaced: all of a
     /// cut-off target's but one every `replace_every_ms`, the first that long after
     /// it was cut off.
-    async fn watch_partitions(&self, now: UnixMs) -> anyhow::Result<()> {
+    async fn watch_partitions(&self, targets: &[TargetUse], now: UnixMs) -> anyhow::Result<()> {
         let timeout = self.policy.heartbeat_timeout_ms;
         let listening_since = self.started.load(std::sync::atomic::Ordering::Relaxed);
         let mut heard = Vec::new();
@@ -488,7 +497,6 @@ impl Reconciler {
             };
             heard.push(Heard { id: n.id, target: n.target, last_heartbeat: n.last_heartbeat, silent, running });
         }
-        let targets = self.store.targets().await?;
         let cut: std::collections::BTreeSet<String> = targets
             .iter()
             .filter(|t| t.target.state == TargetState::Unreachable)
