@@ -81,9 +81,15 @@ pub struct AdminConfig {
     #[arg(long, env = "HEADWATER_MAX_UPLOAD_BYTES", default_value_t = 4 << 30)]
     pub max_upload_bytes: u64,
     /// How origin nodes are run: `process` (local processes that outlive an admin
-    /// restart) or `none` (nodes are registered and started by hand).
-    #[arg(long, env = "HEADWATER_DRIVER", default_value = "process", value_parser = ["process", "none"])]
-    pub driver: String,
+    /// restart, on process targets, and pods on Kubernetes targets), `kubernetes`
+    /// (pods on Kubernetes targets only: admin runs no processes, as in a cluster)
+    /// or `none` (nodes are registered and started by hand).
+    #[arg(long, env = "HEADWATER_DRIVER", value_enum, default_value_t = NodeDriver::Process)]
+    pub driver: NodeDriver,
+    /// Targets to create at start (a JSON array of `POST /v1/targets` bodies),
+    /// each unless one of its name exists; after that the API changes them.
+    #[arg(long = "targets", env = "HEADWATER_TARGETS_FILE")]
+    pub targets_file: Option<PathBuf>,
     /// The program nodes run (`headwater` itself by default).
     #[arg(long, env = "HEADWATER_NODE_PROGRAM")]
     pub node_program: Option<PathBuf>,
@@ -143,6 +149,14 @@ pub struct AdminConfig {
     pub test_clock: bool,
 }
 
+/// What runs the origin nodes of pools (`--driver`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodeDriver {
+    Process,
+    Kubernetes,
+    None,
+}
+
 /// A token from its flag, or from DATA_DIR/`file`, made and saved there (readable
 /// by the owner only) on first start.
 fn token(cfg: &AdminConfig, flag: Option<&String>, file: &str, what: &str) -> anyhow::Result<String> {
@@ -165,7 +179,7 @@ pub struct Admin {
     pub state: AppState,
     heartbeat_rx: tokio::sync::mpsc::Receiver<crate::control::heartbeats::Queued>,
     pub workers: Vec<Worker>,
-    /// Runs nodes for pools; `None` with `--driver none`.
+    /// Runs the nodes of process targets; `None` with `--driver kubernetes` or `none`.
     pub driver: Option<Arc<dyn Driver>>,
     cfg: AdminConfig,
 }
@@ -216,15 +230,18 @@ impl Admin {
             routing: Arc::default(),
             test_clock: cfg.test_clock.then(Arc::default),
         };
-        let driver: Option<Arc<dyn Driver>> = match cfg.driver.as_str() {
-            "process" => Some(Arc::new(ProcessDriver::new(cfg.data_dir.join("nodes"))?)),
-            _ => None,
+        if let Some(path) = &cfg.targets_file {
+            crate::api::targets::declare(&store, path, clock.now_ms()).await?;
+        }
+        let driver: Option<Arc<dyn Driver>> = match cfg.driver {
+            NodeDriver::Process => Some(Arc::new(ProcessDriver::new(cfg.data_dir.join("nodes"))?)),
+            NodeDriver::Kubernetes | NodeDriver::None => None,
         };
         let workers = (0..cfg.workers)
             .map(|_| {
                 let mut w = Worker::new(store.clone(), clock.clone(), bus.wake.clone());
                 w.poll = Duration::from_millis(cfg.worker_poll_ms);
-                w.wait_for_nodes = driver.is_some();
+                w.wait_for_nodes = cfg.driver != NodeDriver::None;
                 w
             })
             .collect();
@@ -279,8 +296,8 @@ impl Admin {
             every: Duration::from_secs(1),
         };
         let keeper = tokio::spawn(keeper.run(shutdown.clone(), leader.clone()));
-        let reconciler = match self.driver {
-            Some(driver) => {
+        let reconciler = match self.cfg.driver {
+            NodeDriver::Process | NodeDriver::Kubernetes => {
                 let program = match &self.cfg.node_program {
                     Some(p) => p.clone(),
                     None => std::env::current_exe().context("finding the headwater binary for nodes")?,
@@ -306,7 +323,7 @@ impl Admin {
                 };
                 let mut r = Reconciler::new(
                     self.state.store.clone(),
-                    driver,
+                    self.driver,
                     self.state.clock.clone(),
                     template,
                     policy,
@@ -318,7 +335,7 @@ impl Admin {
                 };
                 Some(tokio::spawn(r.run(shutdown.clone(), leader.clone())))
             }
-            None => None,
+            NodeDriver::None => None,
         };
         let sweeper = {
             let shutdown = shutdown.clone();

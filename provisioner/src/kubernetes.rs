@@ -4,7 +4,9 @@
 //! and never launches one twice. Pods are watched, not only polled: `inspect`
 //! answers from the watch's view, so a failed pod is seen on the next look.
 //! Deleting a pod is how an instance drains: Kubernetes sends SIGTERM, waits the
-//! grace period, then kills it.
+//! grace period, then kills it. Pods of one group (a pool) spread over zones and
+//! share a PodDisruptionBudget that lets a cluster drain evict one at a time; it
+//! is made with the group's first pod and removed with its last.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -13,9 +15,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 pub use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe,
-    ResourceRequirements, TopologySpreadConstraint,
+    Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, PodSpec,
+    Probe, ResourceRequirements, SecretEnvSource, TopologySpreadConstraint,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -35,7 +38,8 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// How pods are made, beside what each instance says.
 #[derive(Debug, Clone, Default)]
 pub struct PodTemplate {
-    /// The container image (its command and arguments come from the instance).
+    /// The container image, unless the instance names its own (its command and
+    /// arguments come from the instance).
     pub image: String,
     /// The port the instance serves on: probes and the pod's declared port.
     pub port: u16,
@@ -45,9 +49,14 @@ pub struct PodTemplate {
     pub host_network: bool,
     /// How long a deleted pod may drain before it is killed.
     pub grace: Duration,
-    /// Pods with the same value of this label spread over zones (at most one
-    /// apart); `None`: no spread.
-    pub spread_by: Option<String>,
+    /// Pods with the same value of this label are a group: they spread over
+    /// zones (at most one apart) and a PodDisruptionBudget lets voluntary
+    /// disruptions (a cluster node drained) take one of them at a time; `None`:
+    /// neither.
+    pub group_by: Option<String>,
+    /// A Secret whose keys every pod gets as environment variables (the content
+    /// store's credentials, such as `AWS_ACCESS_KEY_ID`).
+    pub env_from_secret: Option<String>,
 }
 
 /// What the watch last saw of a pod.
@@ -61,6 +70,7 @@ enum Seen {
 #[derive(Clone)]
 pub struct KubernetesDriver {
     pods: Api<Pod>,
+    budgets: Api<PodDisruptionBudget>,
     template: PodTemplate,
     /// The watch's view of every pod of this driver (by instance).
     seen: Arc<Mutex<HashMap<Uuid, Seen>>>,
@@ -142,8 +152,13 @@ impl KubernetesDriver {
 
     /// A driver for pods in `namespace` through `client`; starts its watch.
     pub fn new(client: kube::Client, namespace: &str, template: PodTemplate) -> Self {
-        let driver =
-            Self { pods: Api::namespaced(client, namespace), template, seen: Arc::default(), synced: Arc::default() };
+        let driver = Self {
+            pods: Api::namespaced(client.clone(), namespace),
+            budgets: Api::namespaced(client, namespace),
+            template,
+            seen: Arc::default(),
+            synced: Arc::default(),
+        };
         driver.watch();
         driver
     }
@@ -196,17 +211,74 @@ impl KubernetesDriver {
         pod_for(&self.template, spec)
     }
 
+    /// Makes the PodDisruptionBudget of the group `spec` is in, if it has none.
+    async fn budget(&self, spec: &InstanceSpec) -> Result<(), DriverError> {
+        let Some(pdb) = budget_for(&self.template, spec) else { return Ok(()) };
+        match self.budgets.create(&PostParams::default(), &pdb).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(api_error("creating a PodDisruptionBudget", e)),
+        }
+    }
+
     async fn delete(&self, handle: &Handle, grace: Duration) -> Result<(), DriverError> {
+        let name = pod_name(handle.id);
+        let group = match &self.template.group_by {
+            Some(key) => match self.pods.get_opt(&name).await {
+                Ok(pod) => pod.and_then(|p| Some((key.clone(), p.metadata.labels?.get(key)?.clone()))),
+                Err(e) => return Err(api_error("reading a pod", e)),
+            },
+            None => None,
+        };
         let dp = DeleteParams {
             grace_period_seconds: Some(u32::try_from(grace.as_secs()).unwrap_or(30)),
             ..Default::default()
         };
-        match self.pods.delete(&pod_name(handle.id), &dp).await {
+        match self.pods.delete(&name, &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(api_error("deleting a pod", e)),
+        }
+        // The group's last pod takes its budget with it.
+        let Some((key, value)) = group else { return Ok(()) };
+        let lp = ListParams::default().labels(&format!("{key}={value}"));
+        let pods = self.pods.list(&lp).await.map_err(|e| api_error("listing pods", e))?;
+        let others = pods.items.iter().filter(|p| p.metadata.name.as_ref() != Some(&name));
+        if others.filter(|p| p.metadata.deletion_timestamp.is_none()).any(|p| seen(p) == Seen::Running) {
+            return Ok(());
+        }
+        match self.budgets.delete(&budget_name(&value), &DeleteParams::default()).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(api_error("deleting a pod", e)),
+            Err(e) => Err(api_error("deleting a PodDisruptionBudget", e)),
         }
     }
+}
+
+/// The name of the PodDisruptionBudget of the group labelled `value`.
+fn budget_name(value: &str) -> String {
+    let value: String = value.chars().filter(char::is_ascii_alphanumeric).take(50).collect();
+    format!("hw-{}", value.to_ascii_lowercase())
+}
+
+/// The PodDisruptionBudget of the group `spec` belongs to (see
+/// [`PodTemplate::group_by`]): at most one of its pods evicted at a time, and a
+/// pod that is not ready may always go (it serves nobody).
+pub fn budget_for(t: &PodTemplate, spec: &InstanceSpec) -> Option<PodDisruptionBudget> {
+    let key = t.group_by.as_ref()?;
+    let value = spec.labels.get(key)?;
+    let selector: BTreeMap<String, String> =
+        [(APP_LABEL.0.to_owned(), APP_LABEL.1.to_owned()), (key.clone(), value.clone())].into();
+    Some(PodDisruptionBudget {
+        metadata: ObjectMeta { name: Some(budget_name(value)), labels: Some(selector.clone()), ..Default::default() },
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector { match_labels: Some(selector), ..Default::default() }),
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_owned()),
+            ..Default::default()
+        }),
+        status: None,
+    })
 }
 
 /// The pod `spec` runs as, made from `t`.
@@ -245,7 +317,7 @@ pub fn pod_for(t: &PodTemplate, spec: &InstanceSpec) -> Pod {
         ]
         .into()
     });
-    let spread = t.spread_by.as_ref().and_then(|key| {
+    let spread = t.group_by.as_ref().and_then(|key| {
         let value = spec.labels.get(key)?;
         Some(vec![TopologySpreadConstraint {
             max_skew: 1,
@@ -259,14 +331,33 @@ pub fn pod_for(t: &PodTemplate, spec: &InstanceSpec) -> Pod {
         }])
     });
     Pod {
-        metadata: ObjectMeta { name: Some(pod_name(spec.id)), labels: Some(labels), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(pod_name(spec.id)),
+            labels: Some(labels),
+            // Where Prometheus finds the node's metrics (its scrape job brings the token).
+            annotations: Some(
+                [
+                    ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+                    ("prometheus.io/port".to_owned(), t.port.to_string()),
+                    ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        },
         spec: Some(PodSpec {
             containers: vec![Container {
                 name: "origin".to_owned(),
-                image: Some(t.image.clone()),
+                image: Some(spec.image.clone().unwrap_or_else(|| t.image.clone())),
                 command: Some(vec![spec.program.display().to_string()]),
                 args: Some(spec.args.clone()),
                 env: Some(env),
+                env_from: t.env_from_secret.as_ref().map(|name| {
+                    vec![EnvFromSource {
+                        secret_ref: Some(SecretEnvSource { name: name.clone(), optional: Some(false) }),
+                        ..Default::default()
+                    }]
+                }),
                 ports: Some(vec![ContainerPort {
                     container_port: i32::from(t.port),
                     name: Some("http".to_owned()),
@@ -296,6 +387,8 @@ impl Driver for KubernetesDriver {
         Box::pin(async move {
             let pod = self.pod(spec);
             let name = pod_name(spec.id);
+            // The budget first: a pod never runs unprotected by its group's.
+            self.budget(spec).await?;
             match self.pods.create(&PostParams::default(), &pod).await {
                 Ok(_) => {}
                 // Launched before (the caller died before it recorded the handle).
@@ -368,6 +461,7 @@ mod tests {
             env: vec![("HEADWATER_NODE_TOKEN".into(), "secret".into())],
             labels: [("headwater.io/pool".to_owned(), "p".to_owned())].into(),
             resources: Some(crate::Resources { cpu_millis: 500, memory_mib: 228 }),
+            image: None,
         }
     }
 
@@ -377,8 +471,9 @@ mod tests {
             image: "registry.example/headwater:1.2".into(),
             port: 8080,
             grace: Duration::from_secs(30),
-            spread_by: Some("headwater.io/pool".into()),
+            group_by: Some("headwater.io/pool".into()),
             host_network: true,
+            env_from_secret: Some("content".into()),
             ..Default::default()
         };
         let pod = pod_for(&t, &spec());
@@ -402,11 +497,39 @@ mod tests {
         let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
         assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("500m", "228Mi"));
         assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().port, IntOrString::Int(8080));
+        assert_eq!(c.image.as_deref(), Some("registry.example/headwater:1.2"));
+        assert_eq!(c.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap().name, "content");
+        // An instance that names its image runs that one.
+        let own = InstanceSpec { image: Some("registry.example/headwater:2.0".into()), ..spec() };
+        assert_eq!(
+            pod_for(&t, &own).spec.unwrap().containers[0].image.as_deref(),
+            Some("registry.example/headwater:2.0")
+        );
+    }
+
+    #[test]
+    fn a_group_has_one_budget_that_lets_one_pod_go_at_a_time() {
+        let t = PodTemplate { group_by: Some("headwater.io/pool".into()), ..Default::default() };
+        let pdb = budget_for(&t, &spec()).unwrap();
+        assert_eq!(pdb.metadata.name.as_deref(), Some("hw-p"));
+        let s = pdb.spec.unwrap();
+        assert_eq!(s.max_unavailable, Some(IntOrString::Int(1)));
+        let selector = s.selector.unwrap().match_labels.unwrap();
+        assert_eq!(
+            (selector["headwater.io/pool"].as_str(), selector["app.kubernetes.io/name"].as_str()),
+            ("p", "headwater-origin")
+        );
+        assert!(budget_for(&PodTemplate::default(), &spec()).is_none());
+        let uuid = InstanceSpec {
+            labels: [("headwater.io/pool".to_owned(), "0190C1E2-aaaa-7bbb-8ccc-ddddeeeeffff".to_owned())].into(),
+            ..spec()
+        };
+        assert_eq!(budget_for(&t, &uuid).unwrap().metadata.name.unwrap(), "hw-0190c1e2aaaa7bbb8cccddddeeeeffff");
     }
 
     #[test]
     fn no_spread_without_the_label() {
-        let t = PodTemplate { spread_by: Some("headwater.io/other".into()), ..Default::default() };
+        let t = PodTemplate { group_by: Some("headwater.io/other".into()), ..Default::default() };
         assert!(pod_for(&t, &spec()).spec.unwrap().topology_spread_constraints.is_none());
         let plain = PodTemplate::default();
         let ps = pod_for(&plain, &spec()).spec.unwrap();

@@ -36,6 +36,9 @@ pub struct InstanceSpec {
     /// What the instance needs reserved, for drivers that reserve (Kubernetes).
     #[serde(default)]
     pub resources: Option<Resources>,
+    /// The container image, for drivers that run containers (else their own).
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// Resources an instance needs reserved.

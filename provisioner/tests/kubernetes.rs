@@ -11,19 +11,12 @@ use std::time::{Duration, Instant};
 use cluster::{Cluster, Kubelet};
 use headwater_provisioner::{Driver, Handle, InstanceSpec, KubernetesDriver, PodTemplate, Resources, Status};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams};
-use serde_json::json;
 use uuid::Uuid;
 
 const NS: &str = "headwater";
-
-/// The driver's Role: pods, and nothing else.
-fn driver_role() -> serde_json::Value {
-    json!({
-        "metadata": {"name": "headwater-driver"},
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete", "get", "list", "watch"]}],
-    })
-}
 
 fn instance(pool: &str, script: &str) -> InstanceSpec {
     let id = Uuid::now_v7();
@@ -34,6 +27,7 @@ fn instance(pool: &str, script: &str) -> InstanceSpec {
         env: vec![("HEADWATER_NODE_TOKEN".into(), "hwn_secret".into())],
         labels: BTreeMap::from([("headwater.io/pool".to_owned(), pool.to_owned())]),
         resources: Some(Resources { cpu_millis: 250, memory_mib: 128 }),
+        image: None,
     }
 }
 
@@ -56,13 +50,14 @@ where
 async fn pods_are_made_spread_watched_adopted_and_removed_through_a_real_api_server() {
     let cluster = Cluster::start().await;
     cluster.namespace(NS).await;
-    let kubeconfig = cluster.service_account(NS, "headwater-admin", driver_role()).await;
+    // The Role deploy/ grants admin, and nothing more.
+    let kubeconfig = cluster.service_account(NS, "headwater-admin", &cluster::driver_role_file()).await;
     let _kubelet = Kubelet::start(&cluster, &[("node-a", "zone-a"), ("node-b", "zone-b")]).await;
     let template = PodTemplate {
         image: "headwater:test".into(),
         port: 8080,
         grace: Duration::from_secs(5),
-        spread_by: Some("headwater.io/pool".into()),
+        group_by: Some("headwater.io/pool".into()),
         ..Default::default()
     };
     let driver = KubernetesDriver::new(cluster::client(&kubeconfig).await, NS, template.clone());
@@ -84,6 +79,11 @@ async fn pods_are_made_spread_watched_adopted_and_removed_through_a_real_api_ser
         *per_node.entry(p.spec.as_ref().unwrap().node_name.clone().unwrap()).or_default() += 1;
     }
     assert_eq!(per_node, BTreeMap::from([("node-a".into(), 2), ("node-b".into(), 2)]), "spread over zones");
+    // The pool's PodDisruptionBudget: a cluster drain evicts one of its pods at a time.
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(cluster.admin().await, NS);
+    let pdb = budgets.get("hw-p1").await.unwrap().spec.unwrap();
+    assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(pdb.selector.unwrap().match_labels.unwrap()["headwater.io/pool"], "p1");
     // What a pod says: labels, probes, grace, requests, no service account token.
     let p = list
         .items
@@ -143,8 +143,15 @@ async fn pods_are_made_spread_watched_adopted_and_removed_through_a_real_api_ser
     .await;
     assert!(pods.get_opt(&format!("hw-{}", handles[0].id.simple())).await.unwrap().is_none());
 
+    // The pool's last pod takes its budget with it.
+    assert!(budgets.get_opt("hw-p1").await.unwrap().is_some(), "pods of p1 remain");
+    for h in &handles[1..] {
+        driver.terminate(h, Duration::from_secs(5)).await.unwrap();
+    }
+    assert!(budgets.get_opt("hw-p1").await.unwrap().is_none(), "the budget goes with the pool's last pod");
+
     // What the Role does not grant is refused, with the API's message.
     let elsewhere = KubernetesDriver::new(cluster::client(&kubeconfig).await, "default", template);
     let err = elsewhere.launch(&instance("p2", SERVES)).await.unwrap_err().to_string();
-    assert!(err.contains("Forbidden (403)") && err.contains("cannot create resource \"pods\""), "{err}");
+    assert!(err.contains("Forbidden (403)") && err.contains("cannot create resource"), "{err}");
 }

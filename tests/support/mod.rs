@@ -75,7 +75,11 @@ async fn spawn(
         .arg(data_dir)
         .args(["--content", content])
         // Nodes are registered by hand unless a test asks for the process driver.
-        .args(if extra.iter().any(|a| a == "--driver") { &[][..] } else { &["--driver", "none"][..] })
+        .args(if extra.iter().any(|a| a == "--driver") || env.iter().any(|(k, _)| k == "HEADWATER_DRIVER") {
+            &[][..]
+        } else {
+            &["--driver", "none"][..]
+        })
         .args(extra)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env("HEADWATER_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))

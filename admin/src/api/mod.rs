@@ -13,7 +13,7 @@ mod operator;
 pub mod problem;
 pub mod quotas;
 mod system;
-mod targets;
+pub(crate) mod targets;
 mod whole;
 
 use std::sync::Arc;

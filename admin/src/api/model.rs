@@ -396,6 +396,11 @@ pub struct CreateImage {
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,
+    /// The container image nodes of this version run on Kubernetes targets
+    /// (absent: each target's own `kubernetes.image`).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    pub container_image: Option<String>,
     /// Pools upgraded at the same time (default 2).
     #[serde(default, deserialize_with = "super::whole::present")]
     #[schema(nullable = false, minimum = 1, maximum = 64)]
@@ -408,6 +413,8 @@ pub struct Image {
     pub version: String,
     pub command: String,
     pub args: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_image: Option<String>,
     pub created_at: String,
 }
 
@@ -418,6 +425,7 @@ impl From<ImageRow> for Image {
             version: i.version,
             command: i.command,
             args: i.args.0,
+            container_image: i.container_image,
             created_at: rfc3339(i.created_at),
         }
     }

@@ -175,7 +175,7 @@ fn string_schema(s: &mut Schema) -> Option<&mut Object> {
 /// Puts the validators' patterns on the fields and parameters they check.
 fn shapes(doc: &mut OpenApi) {
     let email = Shape { pattern: &rules::EMAIL, max_length: Some(rules::EMAIL_MAX) };
-    let fields: [(&str, &str, Shape); 20] = [
+    let fields: [(&str, &str, Shape); 22] = [
         (
             "CreateCustomer",
             "name",
@@ -192,6 +192,7 @@ fn shapes(doc: &mut OpenApi) {
         ("CreateImage", "version", shape(rules::IMAGE_VERSION)),
         ("CreateImage", "command", Shape { pattern: &rules::COMMAND, max_length: Some(rules::COMMAND_MAX) }),
         ("CreateImage", "args", shape(rules::NO_NUL)),
+        ("CreateImage", "container_image", Shape { pattern: rules::CONTAINER_IMAGE, max_length: Some(255) }),
         ("UpdateTarget", "zone", shape(rules::ZONE)),
         ("UpdateTarget", "region", shape(rules::ZONE)),
         ("NodeSettings", "node_admin_url", shape(&rules::WEB_ORIGIN)),
@@ -199,6 +200,7 @@ fn shapes(doc: &mut OpenApi) {
         ("NodeSettings", "trusted_proxies", shape(&rules::IP_NETWORK)),
         ("KubernetesSettings", "namespace", shape(rules::TARGET_NAME)),
         ("KubernetesSettings", "image", Shape { pattern: rules::CONTAINER_IMAGE, max_length: Some(255) }),
+        ("KubernetesSettings", "env_from_secret", shape(rules::TARGET_NAME)),
         ("KubernetesSettings", "kubeconfig", Shape { pattern: rules::ABSOLUTE_PATH, max_length: Some(4096) }),
     ];
     for (schema, field, sh) in fields {

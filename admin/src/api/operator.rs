@@ -138,6 +138,11 @@ pub async fn create_image(
     if let Some(i) = b.args.iter().position(|a| a.contains('\0')) {
         return Err(ApiError::invalid(format!("args[{i}]"), "must not contain NUL"));
     }
+    if let Some(c) = &b.container_image
+        && !crate::rules::IS_CONTAINER_IMAGE.matches(c)
+    {
+        return Err(ApiError::invalid("container_image", "a container image reference"));
+    }
     let concurrent = b.max_concurrent_pools.unwrap_or(crate::control::worker::MAX_CONCURRENT_POOLS as i64);
     if !(1..=64).contains(&concurrent) {
         return Err(ApiError::invalid("max_concurrent_pools", "1 to 64 pools at a time"));
@@ -148,6 +153,7 @@ pub async fn create_image(
         version: version.to_owned(),
         command: b.command,
         args: SqlJson(b.args),
+        container_image: b.container_image,
         created_at: now,
     };
     let op = NewOperation {

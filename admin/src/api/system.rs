@@ -3,7 +3,9 @@
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use super::AppState;
 
@@ -15,6 +17,12 @@ pub struct Metrics {
     pub rate_limited: IntCounter,
     /// Share of admin's probes of each account's nodes that succeeded (5 minutes).
     pub availability: prometheus::GaugeVec,
+    /// The fleet as the store has it, at each scrape (see `FleetGauges`).
+    pub pool_desired: IntGaugeVec,
+    pub pool_ready: IntGaugeVec,
+    pub sla_mbps: IntGaugeVec,
+    pub ready_capacity_mbps: IntGaugeVec,
+    pub upgrade_halted: IntGaugeVec,
 }
 
 impl Metrics {
@@ -34,11 +42,36 @@ impl Metrics {
             Opts::new("account_availability", "share of successful probes of the account's nodes over 5 minutes"),
             &["account"],
         )?;
+        let gauge = |name: &str, help: &str, label: &str| IntGaugeVec::new(Opts::new(name, help), &[label]);
+        let pool_desired = gauge("pool_nodes_desired", "nodes a live pool should have", "pool")?;
+        let pool_ready = gauge("pool_nodes_ready", "ready nodes of a live pool", "pool")?;
+        let sla_mbps = gauge("account_sla_mbps", "an SLA account's bandwidth SLA in Mbit/s", "account")?;
+        let ready_capacity_mbps = gauge(
+            "account_ready_capacity_mbps",
+            "bandwidth of an SLA account's ready nodes in Mbit/s (below its SLA: the SLA is missed)",
+            "account",
+        )?;
+        let upgrade_halted =
+            gauge("upgrade_halted", "1 when the newest upgrade of an origin type halted (failed)", "origin_type")?;
+        for g in [&pool_desired, &pool_ready, &sla_mbps, &ready_capacity_mbps, &upgrade_halted] {
+            registry.register(Box::new(g.clone()))?;
+        }
         registry.register(Box::new(availability.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
-        Ok(Self { registry, requests, latency, rate_limited, availability })
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            rate_limited,
+            availability,
+            pool_desired,
+            pool_ready,
+            sla_mbps,
+            ready_capacity_mbps,
+            upgrade_halted,
+        })
     }
 }
 
@@ -83,6 +116,27 @@ pub async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) 
             }
         }
         Err(e) => tracing::warn!(error = %e, "availability for metrics"),
+    }
+    match s.store.fleet_gauges().await {
+        Ok(f) => {
+            let m = &s.metrics;
+            for g in [&m.pool_desired, &m.pool_ready, &m.sla_mbps, &m.ready_capacity_mbps, &m.upgrade_halted] {
+                g.reset();
+            }
+            for (pool, desired, ready) in f.pools {
+                let pool = pool.to_string();
+                m.pool_desired.with_label_values(&[pool.as_str()]).set(desired);
+                m.pool_ready.with_label_values(&[pool.as_str()]).set(ready);
+            }
+            for (account, sla, capacity) in f.slas {
+                m.sla_mbps.with_label_values(&[account.as_str()]).set(sla);
+                m.ready_capacity_mbps.with_label_values(&[account.as_str()]).set(capacity);
+            }
+            for (origin_type, halted) in f.upgrades {
+                m.upgrade_halted.with_label_values(&[origin_type.as_str()]).set(i64::from(halted));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "fleet gauges for metrics"),
     }
     let mut buf = Vec::new();
     let enc = TextEncoder::new();

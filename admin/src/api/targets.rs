@@ -230,6 +230,11 @@ fn check_kubernetes(k: &KubernetesSettings) -> Result<(), ApiError> {
     if !rules::IS_CONTAINER_IMAGE.matches(&k.image) {
         return Err(ApiError::invalid("kubernetes.image", "a container image reference"));
     }
+    if let Some(secret) = &k.env_from_secret
+        && !rules::IS_TARGET_NAME.matches(secret)
+    {
+        return Err(ApiError::invalid("kubernetes.env_from_secret", "a Secret's name (a DNS label)"));
+    }
     if let Some(path) = &k.kubeconfig
         && !rules::IS_ABSOLUTE_PATH.matches(path)
     {
@@ -245,21 +250,8 @@ fn not_found(name: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
     }
 }
 
-#[utoipa::path(get, path = "/v1/targets", tag = "operator", security(("bearer" = [])),
-    responses((status = 200, body = TargetList)))]
-pub async fn list_targets(State(s): State<AppState>, _op: OperatorAuth) -> Result<Json<TargetList>, ApiError> {
-    Ok(Json(TargetList { items: s.store.targets().await?.into_iter().map(Into::into).collect() }))
-}
-
-/// Adds a target: `process` (this host) or `kubernetes` (a namespace of a cluster:
-/// `kubernetes.namespace` and `kubernetes.image` required).
-#[utoipa::path(post, path = "/v1/targets", tag = "operator", security(("bearer" = [])), request_body = CreateTarget,
-    responses((status = 201, body = Target), (status = 409, body = Problem), (status = 422, body = Problem)))]
-pub async fn create_target(
-    State(s): State<AppState>,
-    _op: OperatorAuth,
-    ApiJson(b): ApiJson<CreateTarget>,
-) -> Result<(StatusCode, Json<Target>), ApiError> {
+/// A new target from its request, checked.
+fn new_target(b: CreateTarget) -> Result<NewTarget, ApiError> {
     let (kind, name, zone, region, quotas, nodes, kubernetes) = match b {
         CreateTarget::Process { name, zone, region, quotas, settings } => {
             (TargetKind::Process, name, zone, region, quotas, settings, None)
@@ -282,7 +274,7 @@ pub async fn create_target(
         check_kubernetes(k)?;
     }
     let nodes = check_nodes(nodes.unwrap_or_default(), kubernetes.is_some())?;
-    let new = NewTarget {
+    Ok(NewTarget {
         name,
         kind,
         zone,
@@ -290,7 +282,48 @@ pub async fn create_target(
         max_nodes: quotas.max_nodes,
         max_mbps: quotas.max_mbps,
         settings: TargetSettings { nodes, kubernetes },
-    };
+    })
+}
+
+/// Creates the targets `path` declares (a JSON array of `POST /v1/targets`
+/// bodies) that do not exist yet, at start (`--targets`): a cluster deployment
+/// names its own namespace as a target. A target of that name that exists is
+/// left as the API last set it.
+pub async fn declare(store: &crate::store::Store, path: &std::path::Path, now: i64) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let declared: Vec<CreateTarget> =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a JSON array of targets", path.display()))?;
+    for (i, t) in declared.into_iter().enumerate() {
+        let new = new_target(t).map_err(|e| anyhow::anyhow!("{}: target {i}: {e}", path.display()))?;
+        if store.target(&new.name).await?.is_some() {
+            continue;
+        }
+        match store.create_target(&new, "targets-file", now).await {
+            // Another replica starting at the same moment made it.
+            Ok(_) | Err(StoreError::Conflict { .. }) => tracing::info!(target = %new.name, "target declared"),
+            Err(e) => return Err(e).context(format!("creating target {}", new.name)),
+        }
+    }
+    Ok(())
+}
+
+#[utoipa::path(get, path = "/v1/targets", tag = "operator", security(("bearer" = [])),
+    responses((status = 200, body = TargetList)))]
+pub async fn list_targets(State(s): State<AppState>, _op: OperatorAuth) -> Result<Json<TargetList>, ApiError> {
+    Ok(Json(TargetList { items: s.store.targets().await?.into_iter().map(Into::into).collect() }))
+}
+
+/// Adds a target: `process` (this host) or `kubernetes` (a namespace of a cluster:
+/// `kubernetes.namespace` and `kubernetes.image` required).
+#[utoipa::path(post, path = "/v1/targets", tag = "operator", security(("bearer" = [])), request_body = CreateTarget,
+    responses((status = 201, body = Target), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn create_target(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    ApiJson(b): ApiJson<CreateTarget>,
+) -> Result<(StatusCode, Json<Target>), ApiError> {
+    let new = new_target(b)?;
     s.store.create_target(&new, "operator", s.clock.now_ms()).await?;
     let t = s.store.target(&new.name).await?.ok_or_else(|| ApiError::NotFound(format!("target {}", new.name)))?;
     Ok((StatusCode::CREATED, Json(t.into())))
@@ -369,4 +402,38 @@ pub async fn delete_target(
 ) -> Result<StatusCode, ApiError> {
     s.store.delete_target(&name, "operator", s.clock.now_ms()).await.map_err(not_found(&name))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn declared_targets_are_made_once_and_then_left_to_the_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}/t.db", dir.path().display())).await.unwrap();
+        let file = dir.path().join("targets.json");
+        let declared = r#"[{"kind": "kubernetes", "name": "cluster", "zone": "eu-1",
+            "kubernetes": {"namespace": "headwater", "image": "registry.example/headwater:1", "env_from_secret": "content"}}]"#;
+        std::fs::write(&file, declared).unwrap();
+        declare(&store, &file, 1).await.unwrap();
+        let t = store.target("cluster").await.unwrap().unwrap().target;
+        assert_eq!((t.kind, t.zone.as_str()), (TargetKind::Kubernetes, "eu-1"));
+        assert_eq!(t.settings.0.kubernetes.unwrap().env_from_secret.as_deref(), Some("content"));
+        // Changed through the API, then declared again at the next start: the change stays.
+        let change = TargetChange { zone: Some("eu-2".into()), ..Default::default() };
+        store.update_target("cluster", &change, "operator", 2).await.unwrap();
+        declare(&store, &file, 3).await.unwrap();
+        assert_eq!(store.target("cluster").await.unwrap().unwrap().target.zone, "eu-2");
+        // A bad declaration stops the start with the field and why, and makes nothing.
+        let bad = r#"[{"kind": "kubernetes", "name": "Bad_Name", "zone": "z", "kubernetes": {"namespace": "n", "image": "i"}}]"#;
+        std::fs::write(&file, bad).unwrap();
+        let err = declare(&store, &file, 4).await.unwrap_err().to_string();
+        assert!(err.contains("target 0") && err.contains("name"), "{err}");
+        std::fs::write(&file, r#"{"kind": "process"}"#).unwrap();
+        let err = format!("{:#}", declare(&store, &file, 5).await.unwrap_err());
+        assert!(err.contains("not a JSON array of targets"), "{err}");
+        assert_eq!(store.targets().await.unwrap().len(), 2, "local and cluster only");
+    }
 }

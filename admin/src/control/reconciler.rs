@@ -245,7 +245,9 @@ pub struct NodeTemplate {
 
 pub struct Reconciler {
     pub store: Store,
-    pub driver: Arc<dyn Driver>,
+    /// Runs the nodes of process targets; `None` when admin runs no processes
+    /// (`--driver kubernetes`), so only other targets get nodes.
+    pub driver: Option<Arc<dyn Driver>>,
     pub clock: Arc<dyn Clock>,
     pub policy: HealthPolicy,
     pub template: NodeTemplate,
@@ -281,7 +283,7 @@ const RECONNECT_MS: i64 = 10_000;
 impl Reconciler {
     pub fn new(
         store: Store,
-        driver: Arc<dyn Driver>,
+        driver: Option<Arc<dyn Driver>>,
         clock: Arc<dyn Clock>,
         template: NodeTemplate,
         policy: HealthPolicy,
@@ -313,7 +315,7 @@ impl Reconciler {
     pub async fn adopt(&self) -> anyhow::Result<()> {
         let known = self.store.live_node_ids().await?;
         self.connect_drivers().await?;
-        let mut drivers: Vec<Arc<dyn Driver>> = vec![self.driver.clone()];
+        let mut drivers: Vec<Arc<dyn Driver>> = self.driver.iter().cloned().collect();
         let kube: Vec<Arc<dyn Driver>> = self.kube.lock().await.values().map(|(_, d)| d.clone()).collect();
         drivers.extend(kube);
         for driver in drivers {
@@ -347,9 +349,14 @@ impl Reconciler {
         for t in targets {
             let t = &t.target;
             match (t.kind, &t.settings.0.kubernetes) {
-                (TargetKind::Process, _) => {
-                    drivers.insert(t.name.clone(), self.driver.clone());
-                }
+                (TargetKind::Process, _) => match &self.driver {
+                    Some(d) => {
+                        drivers.insert(t.name.clone(), d.clone());
+                    }
+                    None => {
+                        errors.insert(t.name.clone(), "admin runs no processes (--driver kubernetes)".to_owned());
+                    }
+                },
                 (TargetKind::Kubernetes, None) => {
                     errors.insert(t.name.clone(), "no Kubernetes settings".to_owned());
                 }
@@ -377,7 +384,8 @@ impl Reconciler {
                         tolerations: k.tolerations.iter().map(toleration).collect(),
                         host_network: k.host_network,
                         grace: Duration::from_secs(30),
-                        spread_by: Some(POOL_LABEL.to_owned()),
+                        group_by: Some(POOL_LABEL.to_owned()),
+                        env_from_secret: k.env_from_secret.clone(),
                     };
                     let path = k.kubeconfig.as_deref().map(std::path::Path::new);
                     match KubernetesDriver::connect(path, k.context.as_deref(), &k.namespace, template).await {
@@ -551,6 +559,7 @@ impl Reconciler {
         let mut nodes = self.store.pool_health(pool.id).await?;
         // Failures seen now hold back this pass's launches too.
         let exited = self.fail_exited(&mut nodes).await?;
+        self.end_drained(&mut nodes).await?;
         self.back_off(&mut pool, &exited).await?;
         if pool.kind == PoolKind::Shared && pool.state.live() {
             self.autoscale(&mut pool, &nodes).await?;
@@ -616,8 +625,8 @@ impl Reconciler {
     async fn fail_exited(&self, nodes: &mut [NodeHealthRow]) -> anyhow::Result<Vec<String>> {
         let mut failed = Vec::new();
         for n in nodes.iter_mut().filter(|n| n.state == NodeState::Starting) {
-            let Some(h) = handle(n) else { continue };
-            if let Status::Exited { detail } = self.node_driver(n.target.as_deref()).inspect(&h).await {
+            let (Some(h), Some(driver)) = (handle(n), self.node_driver(n.target.as_deref())) else { continue };
+            if let Status::Exited { detail } = driver.inspect(&h).await {
                 let why = match detail {
                     Some(d) => format!("node exits at start ({d})"),
                     None => "node exits at start".to_owned(),
@@ -632,6 +641,41 @@ impl Reconciler {
             }
         }
         Ok(failed)
+    }
+
+    /// A node that drained by itself (its pod was deleted or evicted, or it got
+    /// SIGTERM from elsewhere) is stopped once it is gone: its instance has
+    /// exited, or it has said nothing for a heartbeat timeout (then it is stopped
+    /// for good). Left draining, it would count against its pool for ever, and an
+    /// upgrade would wait for it.
+    async fn end_drained(&self, nodes: &mut [NodeHealthRow]) -> anyhow::Result<()> {
+        let now = self.clock.now_ms();
+        let listening_since = self.started.load(std::sync::atomic::Ordering::Relaxed);
+        for n in nodes.iter_mut().filter(|n| n.state == NodeState::Draining) {
+            let h = handle(n);
+            let exited = match (&h, self.node_driver(n.target.as_deref())) {
+                (Some(h), Some(driver)) => matches!(driver.inspect(h).await, Status::Exited { .. }),
+                _ => false,
+            };
+            let silent_for = now - n.last_heartbeat.unwrap_or(n.created_at).max(listening_since);
+            if !exited && silent_for <= self.policy.heartbeat_timeout_ms {
+                continue;
+            }
+            let why = if exited {
+                "drained and exited".to_owned()
+            } else {
+                format!("drained and silent for {silent_for} ms")
+            };
+            tracing::info!(node = %n.id, reason = %why, "drained node stopped");
+            self.store.set_node_state(n.id, NodeState::Stopped, &why, "reconciler", now).await?;
+            match h {
+                Some(_) if exited => self.store.clear_node_handle(n.id).await?,
+                Some(h) => self.terminate_later(n.target.as_deref(), h, Duration::from_secs(5), true),
+                None => {}
+            }
+            n.state = NodeState::Stopped;
+        }
+        Ok(())
     }
 
     /// A node the store gave up on must not keep running: stopped in the
@@ -761,7 +805,10 @@ impl Reconciler {
     /// Stops a node in the background, so a slow drain never holds up the loop;
     /// with `forget`, its handle is cleared once it is gone.
     fn terminate_later(&self, target: Option<&str>, h: Handle, grace: Duration, forget: bool) {
-        let driver = self.node_driver(target);
+        let Some(driver) = self.node_driver(target) else {
+            tracing::warn!(node = %h.id, "no driver runs this node's target; it is left as it is");
+            return;
+        };
         let store = self.store.clone();
         tokio::spawn(async move {
             if let Err(e) = driver.terminate(&h, grace).await {
@@ -781,8 +828,8 @@ impl Reconciler {
 
     /// The driver that runs a node: its target's; the process driver for a node
     /// without a target (or one whose target is gone).
-    fn node_driver(&self, target: Option<&str>) -> Arc<dyn Driver> {
-        self.driver_of(target).unwrap_or_else(|| self.driver.clone())
+    fn node_driver(&self, target: Option<&str>) -> Option<Arc<dyn Driver>> {
+        self.driver_of(target).or_else(|| self.driver.clone())
     }
 
     fn drives(&self, target: &str) -> bool {
@@ -831,6 +878,7 @@ impl Reconciler {
             Some(v) => self.store.image(&pool.origin_type, v).await?,
             None => None,
         };
+        let container_image = image.as_ref().and_then(|i| i.container_image.clone());
         let (program, mut args) = match image {
             Some(i) if i.command != "headwater" => (std::path::PathBuf::from(i.command), i.args.0),
             Some(i) => (t.program.clone(), i.args.0),
@@ -867,7 +915,7 @@ impl Reconciler {
         // A node's reservation grows with its bandwidth: a core per 2 Gbit/s.
         let mbps = u32::try_from(pool.node_capacity_mbps).unwrap_or(100);
         let resources = pods.then(|| Resources { cpu_millis: (mbps / 2).max(100), memory_mib: 128 + mbps / 10 });
-        Ok(InstanceSpec { id, program, args, env, labels, resources })
+        Ok(InstanceSpec { id, program, args, env, labels, resources, image: container_image })
     }
 }
 
@@ -1174,7 +1222,7 @@ mod driven {
         };
         let reconciler = Reconciler::new(
             store.clone(),
-            driver.clone(),
+            Some(driver.clone() as Arc<dyn Driver>),
             clock.clone(),
             template,
             HealthPolicy::default(),
@@ -1251,6 +1299,36 @@ mod driven {
         let failed: i64 =
             r.store.pool_health(pool).await.unwrap().iter().filter(|n| n.state == NodeState::Failed).count() as i64;
         assert!(failed <= FAILED_NODES_KEPT, "failed rows are trimmed: {failed}");
+    }
+
+    #[tokio::test]
+    async fn a_node_that_drains_by_itself_is_stopped_once_it_is_gone() {
+        let r = rig().await;
+        let pool = r.store.create_warm_pool("hls", 2, T0).await.unwrap();
+        r.reconciler.reconcile_once().await.unwrap();
+        let ids: Vec<Uuid> = r.driver.launched().iter().map(|s| s.id).collect();
+        for id in &ids {
+            heartbeat(&r.store, *id, T0).await;
+        }
+        // Both drain on their own (pods deleted by someone): one exits, one goes silent.
+        for id in &ids {
+            sql(&r.store, &format!("UPDATE nodes SET state = 'draining' WHERE id = x'{}'", id.simple())).await;
+        }
+        r.driver.exit(ids[0], "exit status 0");
+        r.reconciler.reconcile_once().await.unwrap();
+        let state = |id: Uuid| {
+            let store = r.store.clone();
+            async move { store.pool_health(pool).await.unwrap().into_iter().find(|n| n.id == id).map(|n| n.state) }
+        };
+        assert_eq!(state(ids[0]).await, None, "stopped: no longer among the pool's nodes");
+        assert_eq!(state(ids[1]).await, Some(NodeState::Draining), "still draining, still heard from");
+        r.clock.advance_ms(HealthPolicy::default().heartbeat_timeout_ms + 1);
+        r.reconciler.reconcile_once().await.unwrap();
+        assert_eq!(state(ids[1]).await, None);
+        assert_eq!(events(&r.store, "node.stopped").await, 2);
+        // And the pool got two nodes in their place.
+        let live = r.store.pool_health(pool).await.unwrap().iter().filter(|n| n.state.live()).count();
+        assert_eq!(live, 2);
     }
 
     #[tokio::test]

@@ -37,6 +37,7 @@ pub use idempotency::{IDEMPOTENCY_TTL_MS, IdempotencyStart};
 pub use nodes::{HeartbeatRecord, NodeHealthRow, NodeServing, Placement, ServedAccountRow};
 pub use operations::{Effect, OperationFilter, OperationQuery};
 pub use pools::PoolSpec;
+pub use probes::FleetGauges;
 pub use routes::RouteRow;
 pub use rows::*;
 pub use targets::{
@@ -213,6 +214,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "usage reports", include_str!("../../../migrations/postgres/0009_usage_reports.sql")),
     (10, "quotas", include_str!("../../../migrations/postgres/0010_quotas.sql")),
     (11, "targets", include_str!("../../../migrations/postgres/0011_targets.sql")),
+    (12, "container images", include_str!("../../../migrations/postgres/0012_container_images.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -226,6 +228,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "usage reports", include_str!("../../../migrations/sqlite/0009_usage_reports.sql")),
     (10, "quotas", include_str!("../../../migrations/sqlite/0010_quotas.sql")),
     (11, "targets", include_str!("../../../migrations/sqlite/0011_targets.sql")),
+    (12, "container images", include_str!("../../../migrations/sqlite/0012_container_images.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

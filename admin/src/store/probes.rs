@@ -75,3 +75,48 @@ impl Store {
         })
     }
 }
+
+/// What `/metrics` reports of the fleet, read at each scrape.
+#[derive(Debug, Default)]
+pub struct FleetGauges {
+    /// Live pools: id, desired nodes, ready nodes.
+    pub pools: Vec<(Uuid, i64, i64)>,
+    /// SLA accounts: name, SLA in Mbit/s, capacity of their ready nodes in Mbit/s.
+    pub slas: Vec<(String, i64, i64)>,
+    /// Every origin type, and whether its newest upgrade failed (halted).
+    pub upgrades: Vec<(String, bool)>,
+}
+
+impl Store {
+    pub async fn fleet_gauges(&self) -> Result<FleetGauges> {
+        on_pool!(self, |p| {
+            let pools = sqlx::query_as(
+                "SELECT p.id, CAST(p.desired_nodes AS BIGINT),
+                        (SELECT COUNT(*) FROM nodes n WHERE n.pool_id = p.id AND n.state = 'ready')
+                 FROM pools p WHERE p.state IN ('creating', 'ready') ORDER BY p.id",
+            )
+            .fetch_all(p)
+            .await?;
+            let slas = sqlx::query_as(
+                "SELECT a.name, CAST(a.sla_mbps AS BIGINT),
+                        CAST(t.node_capacity_mbps AS BIGINT) *
+                        (SELECT COUNT(*) FROM nodes n WHERE n.pool_id = m.pool_id AND n.state = 'ready')
+                 FROM accounts a JOIN account_pool_mappings m ON m.account_id = a.id
+                 JOIN origin_types t ON t.name = a.origin_type
+                 WHERE a.state = 'active' AND a.offer = 'sla' AND a.sla_mbps IS NOT NULL ORDER BY a.name",
+            )
+            .fetch_all(p)
+            .await?;
+            let upgrades = sqlx::query_as(
+                "SELECT t.name, EXISTS (SELECT 1 FROM allocation_operations o
+                        WHERE o.kind = 'upgrade' AND o.origin_type = t.name AND o.state = 'failed'
+                          AND o.created_at = (SELECT MAX(l.created_at) FROM allocation_operations l
+                                              WHERE l.kind = 'upgrade' AND l.origin_type = t.name))
+                 FROM origin_types t ORDER BY t.name",
+            )
+            .fetch_all(p)
+            .await?;
+            Ok(FleetGauges { pools, slas, upgrades })
+        })
+    }
+}

@@ -57,6 +57,8 @@ pub struct ImageRow {
     pub version: String,
     pub command: String,
     pub args: Json<Vec<String>>,
+    /// The container image of nodes on Kubernetes targets (else the target's).
+    pub container_image: Option<String>,
     pub created_at: UnixMs,
 }
 

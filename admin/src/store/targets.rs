@@ -53,6 +53,10 @@ pub struct KubernetesSettings {
     /// Run pods in their cluster node's network (for throughput).
     #[serde(default)]
     pub host_network: bool,
+    /// A Secret in the namespace whose keys pods get as environment variables
+    /// (the content store's `AWS_*` credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_from_secret: Option<String>,
 }
 
 /// A taint that pods tolerate, as Kubernetes spells it.

@@ -62,7 +62,7 @@ impl Store {
     pub async fn image(&self, origin_type: &str, version: &str) -> Result<Option<ImageRow>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
-                "SELECT origin_type, version, command, args, created_at FROM images WHERE origin_type = $1 AND version = $2",
+                "SELECT origin_type, version, command, args, container_image, created_at FROM images WHERE origin_type = $1 AND version = $2",
             )
             .bind(origin_type)
             .bind(version)
@@ -216,12 +216,14 @@ impl Store {
             }
             if let Some(image) = image {
                 sqlx::query(
-                    "INSERT INTO images (origin_type, version, command, args, created_at) VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO images (origin_type, version, command, args, container_image, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(&image.origin_type)
                 .bind(&image.version)
                 .bind(&image.command)
                 .bind(Json(&image.args.0))
+                .bind(&image.container_image)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;

@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
@@ -185,25 +186,53 @@ impl Cluster {
         Api::<ServiceAccount>::namespaced(c, name).create(&PostParams::default(), &sa).await.unwrap();
     }
 
-    /// A ServiceAccount in `namespace` bound to `role` (a Role's JSON), and a
-    /// kubeconfig with a token for it: what admin runs with.
-    pub async fn service_account(&self, namespace: &str, name: &str, role: serde_json::Value) -> PathBuf {
+    /// Runs `kubectl` (of `HEADWATER_KUBE_BIN`, the pinned release) as the
+    /// cluster's administrator; its output, or a panic with its errors.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        kubectl(&[&["--kubeconfig", self.admin_kubeconfig.to_str().unwrap()], args].concat())
+    }
+
+    /// Applies a file of manifests server-side, so each passes the API server's
+    /// own validation.
+    pub fn apply(&self, file: &Path, namespace: Option<&str>) -> String {
+        let mut args = vec!["apply", "--server-side", "--field-manager=headwater-test", "-f", file.to_str().unwrap()];
+        if let Some(ns) = namespace {
+            args.extend(["--namespace", ns]);
+        }
+        self.kubectl(&args)
+    }
+
+    /// A ServiceAccount in `namespace` bound to the Role in `role_file` (applied
+    /// there), and a kubeconfig with a token for it: what admin runs with.
+    pub async fn service_account(&self, namespace: &str, name: &str, role_file: &Path) -> PathBuf {
         let c = self.admin().await;
+        self.apply(role_file, Some(namespace));
+        let role = self.kubectl(&[
+            "get",
+            "-f",
+            role_file.to_str().unwrap(),
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.metadata.name}",
+        ]);
         let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
         Api::<ServiceAccount>::namespaced(c.clone(), namespace).create(&PostParams::default(), &sa).await.unwrap();
-        let role: Role = serde_json::from_value(role).unwrap();
-        let role_name = role.metadata.name.clone().unwrap();
-        Api::<Role>::namespaced(c.clone(), namespace).create(&PostParams::default(), &role).await.unwrap();
         let binding: RoleBinding = serde_json::from_value(json!({
             "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role.trim()},
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
         }))
         .unwrap();
-        Api::<RoleBinding>::namespaced(c.clone(), namespace).create(&PostParams::default(), &binding).await.unwrap();
+        Api::<RoleBinding>::namespaced(c, namespace).create(&PostParams::default(), &binding).await.unwrap();
+        self.token_kubeconfig(namespace, name).await
+    }
+
+    /// A kubeconfig with a fresh token of the ServiceAccount `name` in `namespace`.
+    pub async fn token_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
         let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                              "spec": {"expirationSeconds": 3600}});
-        let token: serde_json::Value = Api::<ServiceAccount>::namespaced(c, namespace)
+        let token: serde_json::Value = Api::<ServiceAccount>::namespaced(self.admin().await, namespace)
             .create_subresource("token", name, &PostParams::default(), &request)
             .await
             .unwrap();
@@ -211,6 +240,58 @@ impl Cluster {
         kubeconfig(&path, &self.server, &self.ca, token["status"]["token"].as_str().unwrap());
         path
     }
+}
+
+/// Runs the pinned `kubectl`; its output, or a panic with its errors.
+pub fn kubectl(args: &[&str]) -> String {
+    let out = std::process::Command::new(bin_dir().join("kubectl")).args(args).output().expect("kubectl");
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The repository's `deploy/` directory.
+pub fn deploy_dir() -> PathBuf {
+    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    while !dir.join("deploy/base/kustomization.yaml").exists() {
+        assert!(dir.pop(), "no deploy/ above {}", env!("CARGO_MANIFEST_DIR"));
+    }
+    dir.join("deploy")
+}
+
+/// The Role `deploy/` grants admin's Kubernetes driver.
+pub fn driver_role_file() -> PathBuf {
+    deploy_dir().join("base/role.yaml")
+}
+
+/// Renders a `deploy/` overlay with `kubectl kustomize`, as a user would, from a
+/// copy of `deploy/` with the overlay's secrets made (the quickstart's own
+/// `make-secrets`; test values for the others). The rendered manifests' path.
+pub fn render(overlay: &str, into: &Path) -> PathBuf {
+    let copy = into.join("deploy");
+    let ok = std::process::Command::new("cp").arg("-r").arg(deploy_dir()).arg(&copy).status().unwrap();
+    assert!(ok.success());
+    let dir = copy.join("overlays").join(overlay);
+    if dir.join("make-secrets").exists() {
+        let ok = std::process::Command::new(dir.join("make-secrets")).stdout(Stdio::null()).status().unwrap();
+        assert!(ok.success(), "make-secrets");
+    } else {
+        let token = || uuid::Uuid::new_v4().simple().to_string();
+        std::fs::write(
+            dir.join("headwater.env"),
+            format!(
+                "database-url=postgres://headwater@db.example:5432/headwater\nredis-url=redis://redis.example:6379\n\
+                 operator-token={}\nmetrics-token={}\n",
+                token(),
+                token()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("content.env"), "AWS_REGION=us-east-1\nAWS_ACCESS_KEY_ID=test\n").unwrap();
+    }
+    let rendered = kubectl(&["kustomize", dir.to_str().unwrap()]);
+    let path = into.join(format!("{overlay}.yaml"));
+    std::fs::write(&path, rendered).unwrap();
+    path
 }
 
 /// Test hosts on a bridge: each pod gets a network namespace of its own with its
@@ -386,6 +467,25 @@ async fn run(
             }
             None => (tokio::process::Command::new(&program), "127.0.0.1".to_owned()),
         };
+        // `envFrom` Secrets first, then `env` (which wins), as a kubelet sets them.
+        for from in container.env_from.iter().flatten() {
+            let Some(secret) = from.secret_ref.as_ref() else { continue };
+            let secrets: Api<Secret> = Api::namespaced(pods.clone().into_client(), &ns);
+            match secrets.get_opt(&secret.name).await {
+                Ok(Some(found)) => {
+                    for (k, v) in found.data.into_iter().flatten() {
+                        cmd.env(k, String::from_utf8_lossy(&v.0).into_owned());
+                    }
+                }
+                _ if secret.optional == Some(true) => {}
+                _ => {
+                    let failed = json!({"status": {"phase": "Failed", "reason": "CreateContainerConfigError",
+                        "message": format!("secret \"{}\" not found", secret.name)}});
+                    let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&failed)).await;
+                    continue;
+                }
+            }
+        }
         // `$(POD_IP)` and other variables in the arguments, as a kubelet expands them.
         let mut vars: HashMap<String, String> = HashMap::new();
         for e in container.env.iter().flatten() {
@@ -420,13 +520,40 @@ async fn run(
         };
         pids.lock().unwrap().insert(name.clone(), child.id().unwrap_or_default());
         let image = container.image.clone().unwrap_or_default();
-        let status = json!({"status": {
-            "phase": "Running", "podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "hostIP": "127.0.0.1",
-            "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}],
-            "containerStatuses": [{"name": container.name, "image": image, "imageID": image, "ready": true,
-                                   "restartCount": 0, "state": {"running": {}}}],
-        }});
-        let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+        let status = |ready: bool| {
+            let ready_s = if ready { "True" } else { "False" };
+            json!({"status": {
+                "phase": "Running", "podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "hostIP": "127.0.0.1",
+                "conditions": [{"type": "Ready", "status": ready_s}, {"type": "ContainersReady", "status": ready_s}],
+                "containerStatuses": [{"name": container.name, "image": image, "imageID": image, "ready": ready,
+                                       "restartCount": 0, "state": {"running": {}}}],
+            }})
+        };
+        let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status(false))).await;
+        // Ready when the readiness probe answers 2xx, as a kubelet probes it.
+        let probe = container.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| {
+            let port = match &h.port {
+                IntOrString::Int(p) => *p,
+                IntOrString::String(_) => return None,
+            };
+            Some(format!("http://{pod_ip}:{port}{}", h.path.as_deref().unwrap_or("/")))
+        });
+        {
+            let (api, name, ready) = (api.clone(), name.clone(), status(true));
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
+                if let Some(url) = probe {
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while !http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+                        if Instant::now() > deadline {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&ready)).await;
+            });
+        }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Duration>();
         running.insert(key.clone(), Running { stop: stop_tx });
         let (pids, image) = (pids.clone(), image.clone());
