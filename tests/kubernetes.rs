@@ -22,7 +22,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Admin, Backend, Players, router_of, wait_status};
+use support::{Admin, Backend, Players, wait_status};
 
 /// The namespace deploy/ puts everything in.
 const NS: &str = "headwater";
@@ -117,7 +117,7 @@ async fn an_sla_account_runs_as_pods_spread_over_zones_replaced_and_adopted() {
     cluster.kubectl(&["create", "serviceaccount", "default", "-n", NS]);
     let kubeconfig = cluster.token_kubeconfig(NS, "headwater-admin").await;
     let network = Network::new();
-    let _kubelet =
+    let kubelet =
         Kubelet::start_on(&cluster, &[("node-a", "zone-a"), ("node-b", "zone-b")], Some(network.clone())).await;
     // Admin listens on the bridge, where the pods reach it.
     let listen = format!("{}:{}", network.host_ip, support::free_port());
@@ -169,7 +169,25 @@ async fn an_sla_account_runs_as_pods_spread_over_zones_replaced_and_adopted() {
     }
 
     admin.upload_demo(&key, "ana-vod", "demo").await;
-    let (_router, router) = router_of(&admin, &[]).await;
+    // The router on a test host of its own: players, admin and the pods reach it
+    // (and it them) over the bridge, as across hosts.
+    let (router_ns, router_ip) = network.host();
+    let (_router, _) = support::start(
+        tokio::process::Command::new("ip").args(["netns", "exec", &router_ns, support::BIN]).args([
+            "router",
+            "--listen",
+            "0.0.0.0:7401",
+            "--admin-url",
+            &admin.url,
+            "--operator-token",
+            &admin.operator_token,
+            "--metrics-token",
+            support::METRICS_TOKEN,
+        ]),
+        "headwater router listening on ",
+    )
+    .await;
+    let router = format!("http://{router_ip}:7401");
     wait_status(&reqwest::Client::new(), &format!("{router}/ana-vod/demo/hls/master.m3u8"), StatusCode::OK, "ana-vod")
         .await;
     eprintln!(
@@ -208,6 +226,49 @@ async fn an_sla_account_runs_as_pods_spread_over_zones_replaced_and_adopted() {
             })
     })
     .await;
+
+    // A cluster host cut off (its link down, its pods still running): admin
+    // hears nothing from them, marks the target unreachable and replaces none
+    // at once; the router serves from the pods it still reaches; when the link
+    // returns the same nodes are ready again.
+    let ready_ids = || async {
+        let mut ids: Vec<String> = admin
+            .live_nodes(&pool)
+            .await
+            .iter()
+            .filter(|n| n["state"] == "ready")
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before_cut = ready_ids().await;
+    let now = running_pods(&pods).await;
+    let on_a = now.iter().filter(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some("node-a")).count();
+    let host = if on_a * 2 >= now.len() { "node-a" } else { "node-b" };
+    let registered = admin.count("SELECT COUNT(*) FROM events WHERE action = 'node.registered'").await;
+    let cut = kubelet.set_link(host, false);
+    assert!(cut >= 2, "{host} runs {cut} pods");
+    let target_state = || async {
+        let t = admin.call(Method::GET, "/v1/targets/cluster", Some(&admin.operator_token), None, StatusCode::OK).await;
+        t["state"].as_str().unwrap().to_owned()
+    };
+    support::eventually(Duration::from_secs(30), "the target unreachable", || async {
+        target_state().await == "unreachable"
+    })
+    .await;
+    // Two more heartbeat timeouts: still no node launched in their place.
+    let quiet = std::time::Instant::now();
+    while quiet.elapsed() < Duration::from_secs(6) {
+        assert_eq!(admin.count("SELECT COUNT(*) FROM events WHERE action = 'node.registered'").await, registered);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(kubelet.set_link(host, true), cut);
+    support::eventually(Duration::from_secs(30), "the target active and the same nodes ready", || async {
+        target_state().await == "active" && ready_ids().await == before_cut
+    })
+    .await;
+    assert_eq!(admin.count("SELECT COUNT(*) FROM events WHERE action = 'node.registered'").await, registered);
     players.finish().await;
 
     // Every series deploy/'s alert rules and dashboard use is one admin or the
@@ -314,5 +375,126 @@ async fn every_deploy_overlay_renders_and_applies_to_a_real_api_server() {
             (vec!["pods".to_owned()], ["create", "delete", "get", "list", "watch"].map(String::from).to_vec()),
             (vec!["poddisruptionbudgets".to_owned()], ["create", "delete"].map(String::from).to_vec()),
         ]
+    );
+}
+
+/// One admin, two kinds of target at once: this host's processes (`local`) and
+/// a namespace of the cluster, each with a quota of two nodes. An SLA 300
+/// account's four nodes fill both; the next account's sign-up waits, saying on
+/// which target there is no room, until the cluster's quota is raised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_and_kubernetes_targets_at_once_and_a_sign_up_that_waits_for_a_quota() {
+    let cluster = Cluster::start().await;
+    cluster.namespace(NS).await;
+    let kubeconfig = cluster.service_account(NS, "headwater-admin", &cluster::driver_role_file()).await;
+    let network = Network::new();
+    let _kubelet = Kubelet::start_on(&cluster, &[("node-a", "zone-a")], Some(network.clone())).await;
+    let listen = format!("{}:{}", network.host_ip, support::free_port());
+    let admin = Admin::start_at(Backend::Sqlite, &["--driver", "process"], None, vec![], &listen).await;
+    let op = admin.operator_token.clone();
+    let quota = json!({"quotas": {"max_nodes": 2}});
+    admin.call(Method::PATCH, "/v1/targets/local", Some(&op), Some(quota.clone()), StatusCode::OK).await;
+    let target = json!({"kind": "kubernetes", "name": "cluster", "zone": "zone-a", "quotas": {"max_nodes": 2},
+        "kubernetes": {"namespace": NS, "image": "registry.example.com/headwater:0.1.0", "kubeconfig": kubeconfig}});
+    admin.call(Method::POST, "/v1/targets", Some(&op), Some(target), StatusCode::CREATED).await;
+
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let pool = admin
+        .account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 300}}))
+        .await;
+    let nodes = admin.settled(&pool, 4).await;
+    let on = |t: &str| nodes.iter().filter(|n| n["target"] == t).count();
+    assert_eq!((on("local"), on("cluster")), (2, 2), "{nodes:#?}");
+    for n in &nodes {
+        let address = n["address"].as_str().unwrap();
+        match n["target"].as_str().unwrap() {
+            "local" => assert!(address.starts_with("127.0.0.1:"), "a process on this host: {address}"),
+            _ => assert!(address.ends_with(":8080") && !address.starts_with("127."), "a pod: {address}"),
+        }
+    }
+
+    // No room left on either target: the next sign-up waits, with the reason.
+    let (_, key) = admin.sign_up("ben@example.com").await;
+    let body = json!({"name": "ben-vod", "origin_type": "hls", "offer": {"kind": "sla", "mbps": 100}});
+    let a = admin.call(Method::POST, "/v1/accounts", Some(&key), Some(body), StatusCode::ACCEPTED).await;
+    let id = a["operation"]["id"].as_str().unwrap().to_owned();
+    support::eventually(Duration::from_secs(60), "the sign-up waiting for capacity", || async {
+        let o = admin.call(Method::GET, &format!("/v1/operations/{id}"), Some(&key), None, StatusCode::OK).await;
+        o["progress"]["waiting"].is_string()
+    })
+    .await;
+    let o = admin.call(Method::GET, &format!("/v1/operations/{id}"), Some(&key), None, StatusCode::OK).await;
+    let waiting = o["progress"]["waiting"].as_str().unwrap();
+    assert_eq!(o["state"], "running", "{o:#}");
+    assert!(
+        waiting.starts_with("waiting for capacity:")
+            && waiting.contains("local: 2 of 2 nodes")
+            && waiting.contains("cluster: 2 of 2 nodes"),
+        "{waiting}"
+    );
+    // Raised, the sign-up goes on: its nodes are pods.
+    let raise = json!({"quotas": {"max_nodes": 4}});
+    admin.call(Method::PATCH, "/v1/targets/cluster", Some(&op), Some(raise), StatusCode::OK).await;
+    let done = admin.wait_operation_for(&id, &key, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let account = admin.call(Method::GET, "/v1/accounts/ben-vod", Some(&key), None, StatusCode::OK).await;
+    let ben = admin.settled(account["pool"]["id"].as_str().unwrap(), 2).await;
+    assert!(ben.iter().all(|n| n["target"] == "cluster"), "{ben:#?}");
+    let pods: Api<Pod> = Api::namespaced(cluster.admin().await, NS);
+    support::eventually(Duration::from_secs(30), "four running pods", || async {
+        running_pods(&pods).await.len() == 4
+    })
+    .await;
+}
+
+/// Measures (run by `scripts/bench-kubernetes`; ignored by `cargo test`): ten
+/// SLA accounts signed up one after another on the cluster, each timed from
+/// its sign-up to its pods ready (the operation done) and from its upload to
+/// its first segment through the router. Prints p50 and p99.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: scripts/bench-kubernetes"]
+async fn bench_sign_ups_on_kubernetes() {
+    let cluster = Cluster::start().await;
+    cluster.namespace(NS).await;
+    let kubeconfig = cluster.service_account(NS, "headwater-admin", &cluster::driver_role_file()).await;
+    let network = Network::new();
+    let _kubelet =
+        Kubelet::start_on(&cluster, &[("node-a", "zone-a"), ("node-b", "zone-b")], Some(network.clone())).await;
+    let listen = format!("{}:{}", network.host_ip, support::free_port());
+    let admin = Admin::start_at(Backend::Sqlite, &["--driver", "kubernetes"], None, vec![], &listen).await;
+    let op = admin.operator_token.clone();
+    let target = json!({"kind": "kubernetes", "name": "cluster", "zone": "cluster",
+        "kubernetes": {"namespace": NS, "image": "registry.example.com/headwater:0.1.0", "kubeconfig": kubeconfig}});
+    admin.call(Method::POST, "/v1/targets", Some(&op), Some(target), StatusCode::CREATED).await;
+    let (_router, router) = support::router_of(&admin, &[]).await;
+    let http = reqwest::Client::new();
+    let (mut ready, mut first_segment) = (Vec::new(), Vec::new());
+    for i in 0..10 {
+        let (_, key) = admin.sign_up(&format!("customer{i}@example.com")).await;
+        let name = format!("sla-{i}");
+        let started = std::time::Instant::now();
+        let body = json!({"name": name, "origin_type": "hls", "offer": {"kind": "sla", "mbps": 200}});
+        let a = admin.call(Method::POST, "/v1/accounts", Some(&key), Some(body), StatusCode::ACCEPTED).await;
+        let done =
+            admin.wait_operation_for(a["operation"]["id"].as_str().unwrap(), &key, Duration::from_secs(60)).await;
+        assert_eq!(done["state"], "succeeded", "{done:#}");
+        ready.push(started.elapsed());
+        admin.upload_demo(&key, &name, "demo").await;
+        let uploaded = std::time::Instant::now();
+        wait_status(&http, &format!("{router}/{name}/demo/hls/360p/seg_000.ts"), StatusCode::OK, &name).await;
+        first_segment.push(uploaded.elapsed());
+    }
+    let pods: Api<Pod> = Api::namespaced(cluster.admin().await, NS);
+    assert_eq!(running_pods(&pods).await.len(), 30, "three pods for each SLA of 200");
+    let pct = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+    };
+    eprintln!(
+        "10 SLA 200 accounts: sign-up -> pods ready p50 {:?} p99 {:?}; upload done -> first segment through the router p50 {:?} p99 {:?}",
+        pct(&mut ready, 0.5),
+        pct(&mut ready, 0.99),
+        pct(&mut first_segment, 0.5),
+        pct(&mut first_segment, 0.99)
     );
 }

@@ -493,9 +493,15 @@ impl Reconciler {
     async fn watch_partitions(&self, targets: &[TargetUse], now: UnixMs) -> anyhow::Result<()> {
         let timeout = self.policy.heartbeat_timeout_ms;
         let listening_since = self.started.load(std::sync::atomic::Ordering::Relaxed);
+        // Nodes heartbeat out of phase, so a cut link makes them cross the
+        // timeout one pass after another, up to a heartbeat apart: judged at the
+        // timeout, the first would be failed alone before its peers count. Judged
+        // unheard from half the timeout, they are seen together, and held before
+        // the first of them would be failed.
+        let unheard_after = timeout / 2;
         let mut heard = Vec::new();
         for n in self.store.heard_nodes().await? {
-            let silent = now - n.last_heartbeat.max(listening_since) > timeout;
+            let silent = now - n.last_heartbeat.max(listening_since) > unheard_after;
             let running = match (silent, &n.handle, self.driver_of(Some(&n.target))) {
                 (false, _, _) => true,
                 (true, Some(r), Some(driver)) => {

@@ -325,8 +325,15 @@ impl Network {
         Arc::new(Network { bridge, host_ip: format!("{prefix}.0.1"), prefix, next: Default::default() })
     }
 
-    /// A namespace for one pod: its name and address.
-    fn attach(&self) -> (String, String) {
+    /// A test host of its own on the bridge (for a router, say): its namespace
+    /// and address.
+    pub fn host(&self) -> (String, String) {
+        let (ns, addr, _) = self.attach();
+        (ns, addr)
+    }
+
+    /// A namespace for one pod: its name, address, and the bridge's end of its link.
+    fn attach(&self) -> (String, String, String) {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 2;
         let ns = format!("{}p{i}", self.bridge);
         let (host_end, pod_end) = (format!("{}h{i}", self.bridge), format!("{}c{i}", self.bridge));
@@ -339,7 +346,7 @@ impl Network {
         ip(&["netns", "exec", &ns, "ip", "addr", "add", &format!("{addr}/16"), "dev", &pod_end]);
         ip(&["netns", "exec", &ns, "ip", "link", "set", &pod_end, "up"]);
         ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
-        (ns, addr)
+        (ns, addr, host_end)
     }
 }
 
@@ -363,7 +370,26 @@ struct Running {
 pub struct Kubelet {
     /// Pod name → its process's pid, while it runs.
     pub pids: Arc<Mutex<HashMap<String, u32>>>,
+    /// Pod name → its Node and the bridge's end of its link, while it runs.
+    links: Arc<Mutex<HashMap<String, (String, String)>>>,
     stop: tokio_util::sync::CancellationToken,
+}
+
+impl Kubelet {
+    /// Takes the links of every pod running on `node` down (`up` false) or up
+    /// again: a cluster host cut off from the network, its pods still running.
+    /// How many pods it cut or restored.
+    pub fn set_link(&self, node: &str, up: bool) -> usize {
+        let links = self.links.lock().unwrap();
+        let mut n = 0;
+        for (on, host_end) in links.values() {
+            if on == node {
+                ip(&["link", "set", host_end, if up { "up" } else { "down" }]);
+                n += 1;
+            }
+        }
+        n
+    }
 }
 
 impl Drop for Kubelet {
@@ -404,9 +430,10 @@ impl Kubelet {
         }
         let names: Vec<String> = nodes.iter().map(|(n, _)| (*n).to_owned()).collect();
         let pids: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+        let links: Arc<Mutex<HashMap<String, (String, String)>>> = Arc::default();
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(run(c, names, pids.clone(), stop.clone(), network));
-        Kubelet { pids, stop }
+        tokio::spawn(run(c, names, pids.clone(), links.clone(), stop.clone(), network));
+        Kubelet { pids, links, stop }
     }
 }
 
@@ -414,6 +441,7 @@ async fn run(
     c: kube::Client,
     nodes: Vec<String>,
     pids: Arc<Mutex<HashMap<String, u32>>>,
+    links: Arc<Mutex<HashMap<String, (String, String)>>>,
     stop: tokio_util::sync::CancellationToken,
     network: Option<Arc<Network>>,
 ) {
@@ -460,7 +488,8 @@ async fn run(
         let program = container.command.as_ref().unwrap()[0].clone();
         let (mut cmd, pod_ip) = match &network {
             Some(net) => {
-                let (ns, addr) = net.attach();
+                let (ns, addr, host_end) = net.attach();
+                links.lock().unwrap().insert(name.clone(), (node.clone(), host_end));
                 let mut cmd = tokio::process::Command::new("ip");
                 cmd.args(["netns", "exec", &ns, &program]);
                 (cmd, addr)
@@ -556,7 +585,7 @@ async fn run(
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Duration>();
         running.insert(key.clone(), Running { stop: stop_tx });
-        let (pids, image) = (pids.clone(), image.clone());
+        let (pids, links, image) = (pids.clone(), links.clone(), image.clone());
         tokio::spawn(async move {
             tokio::select! {
                 // The container ended by itself: the pod failed (or succeeded).
@@ -582,6 +611,7 @@ async fn run(
                 }
             }
             pids.lock().unwrap().remove(&name);
+            links.lock().unwrap().remove(&name);
         });
     }
 }
