@@ -90,6 +90,8 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         source_ip: Some(std::net::IpAddr::V4(ROUTER_SOURCE)),
         metrics_token: Some(admin_metrics_token),
         header_read_timeout_ms: 10_000,
+        name: Some("up".into()),
+        sightings_ms: 1000,
     };
     let router_task = tokio::spawn(headwater_router::serve(router_cfg, router_listener, shutdown.clone()));
     println!("headwater admin listening on {admin_url}");

@@ -62,6 +62,11 @@ async fn a_target_cut_off_from_admin_is_not_replaced_all_at_once() {
     wait_status(&reqwest::Client::new(), &format!("{router}/ana-vod/demo/hls/master.m3u8"), StatusCode::OK, "ana-vod")
         .await;
     let players = Players::start(&router, &["ana-vod"]);
+    // The router tells admin which nodes it reaches (its view, beside the driver's).
+    support::eventually(Duration::from_secs(10), "the router's sightings of all four nodes", || async {
+        admin.count("SELECT COUNT(DISTINCT node_id) FROM router_sightings").await == 4
+    })
+    .await;
     let registered_before = count_events(&admin, "node.registered").await;
 
     // Cut: both of far's nodes go unheard together, while their processes run.

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::node::Node;
 
 /// The test file the node fetches from itself.
-pub const PROBE_PATH: &str = "/_probe/hls/360p/index.m3u8";
+pub use headwater_protocol::PROBE_PATH;
 
 /// Admin as the node reaches it: one URL or several (replicas), the one in use
 /// first; a request that cannot reach one, or that it answers 5xx, goes to the next.

@@ -113,6 +113,19 @@ pub struct UsageReport {
     pub windows: Vec<UsageWindow>,
 }
 
+/// The test file every node serves, fetched by its own self-probe, by admin and
+/// by routers (who report what they reach).
+pub const PROBE_PATH: &str = "/_probe/hls/360p/index.m3u8";
+
+/// `POST /v1/routing/sightings`: the nodes whose test content a router fetched in
+/// its last round of probes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sightings {
+    /// The router's name (its pod or host name).
+    pub router: String,
+    pub reached: Vec<Uuid>,
+}
+
 /// A node a router may send an account's players to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteNode {

@@ -4,6 +4,7 @@
 //! fails before answering, so players see no error. See DESIGN.md §2 (`router/`).
 
 mod proxy;
+mod sightings;
 pub mod table;
 
 use std::net::SocketAddr;
@@ -62,6 +63,13 @@ pub struct RouterConfig {
     /// account); without it the router's metrics are off.
     #[arg(long, env = "HEADWATER_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// The router's name in its reports to admin (default: the host name, a pod's name).
+    #[arg(long, env = "HEADWATER_ROUTER_NAME")]
+    pub name: Option<String>,
+    /// How often the router probes every node's test content and tells admin
+    /// which it reached (its view, for admin's partition rule), in ms; 0: never.
+    #[arg(long, env = "HEADWATER_SIGHTINGS_MS", default_value_t = 1000)]
+    pub sightings_ms: u64,
 }
 
 /// Runs a router on `listener` until `shutdown`, then drains.
@@ -87,6 +95,18 @@ pub async fn serve(cfg: RouterConfig, listener: TcpListener, shutdown: Cancellat
             shutdown.clone(),
         ))],
     };
+    let mut followers = followers;
+    if cfg.sightings_ms > 0 {
+        followers.push(tokio::spawn(sightings::report(
+            table.clone(),
+            cfg.admin_url.clone(),
+            cfg.operator_token.clone(),
+            sightings::router_name(cfg.name.as_deref()),
+            Duration::from_millis(cfg.sightings_ms),
+            cfg.source_ip,
+            shutdown.clone(),
+        )));
+    }
     let options = Options {
         mode: cfg.mode,
         domain: cfg.domain.clone(),

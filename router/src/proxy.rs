@@ -637,7 +637,12 @@ mod tests {
                 allow_origins: vec![],
                 nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
             };
-            Table { version, digest: version.to_string(), accounts: [("a".to_owned(), account)].into() }
+            Table {
+                version,
+                digest: version.to_string(),
+                accounts: [("a".to_owned(), account)].into(),
+                nodes: Default::default(),
+            }
         };
         let router = super::Router::new(Default::default(), super::Options::default()).unwrap();
         for n in ["127.0.0.1:1", "127.0.0.1:2"] {

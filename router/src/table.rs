@@ -38,10 +38,13 @@ pub struct Table {
     pub version: u64,
     pub digest: String,
     pub accounts: HashMap<String, Account>,
+    /// Every node of the table, by id: what the router probes (see `sightings`).
+    pub nodes: std::collections::BTreeMap<uuid::Uuid, String>,
 }
 
 impl From<RoutingTable> for Table {
     fn from(t: RoutingTable) -> Self {
+        let nodes = t.accounts.values().flat_map(|r| r.nodes.iter().map(|n| (n.id, n.address.clone()))).collect();
         let accounts = t
             .accounts
             .into_iter()
@@ -58,7 +61,7 @@ impl From<RoutingTable> for Table {
                 )
             })
             .collect();
-        Table { version: t.version, digest: t.digest, accounts }
+        Table { version: t.version, digest: t.digest, accounts, nodes }
     }
 }
 

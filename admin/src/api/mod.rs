@@ -133,6 +133,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(nodes::drain))
         .routes(routes!(nodes::routing))
         .routes(routes!(nodes::routing_stream))
+        .routes(routes!(nodes::sightings))
         .routes(routes!(operator::list_allocations))
         .routes(routes!(operator::list_events))
         .routes(routes!(operator::advance_test_clock))

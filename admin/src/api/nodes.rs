@@ -170,6 +170,38 @@ pub async fn routing(
     Ok(([(axum::http::header::ETAG, etag)], Json(table)).into_response())
 }
 
+/// What a router reached in its last round of probes (`headwater_protocol::Sightings`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSightings {
+    /// The router's name (its pod or host name): 1 to 63 of `[A-Za-z0-9._-]`.
+    pub router: String,
+    /// The nodes whose test content it fetched; unknown ids are left out.
+    #[schema(max_items = 10000)]
+    pub reached: Vec<Uuid>,
+}
+
+/// A router's view of the nodes: the partition rule counts a node a router
+/// reached within a heartbeat timeout as running, so admin losing sight of many
+/// nodes that players still reach never replaces them all.
+#[utoipa::path(post, path = "/v1/routing/sightings", tag = "nodes", security(("bearer" = [])),
+    request_body = RouterSightings,
+    responses((status = 204, description = "recorded"), (status = 401, body = Problem), (status = 422, body = Problem)))]
+pub async fn sightings(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    ApiJson(b): ApiJson<RouterSightings>,
+) -> Result<StatusCode, ApiError> {
+    if !crate::rules::IS_ZONE.matches(&b.router) {
+        return Err(ApiError::invalid("router", "1 to 63 of [A-Za-z0-9._-], a letter or digit at each end"));
+    }
+    if b.reached.len() > 10_000 {
+        return Err(ApiError::invalid("reached", "at most 10000 nodes"));
+    }
+    s.store.record_sightings(&b.router, &b.reached, s.clock.now_ms()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// An empty line this often keeps an idle stream open and tells the router it is alive.
 const STREAM_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -175,7 +175,7 @@ fn string_schema(s: &mut Schema) -> Option<&mut Object> {
 /// Puts the validators' patterns on the fields and parameters they check.
 fn shapes(doc: &mut OpenApi) {
     let email = Shape { pattern: &rules::EMAIL, max_length: Some(rules::EMAIL_MAX) };
-    let fields: [(&str, &str, Shape); 22] = [
+    let fields: [(&str, &str, Shape); 23] = [
         (
             "CreateCustomer",
             "name",
@@ -192,6 +192,7 @@ fn shapes(doc: &mut OpenApi) {
         ("CreateImage", "version", shape(rules::IMAGE_VERSION)),
         ("CreateImage", "command", Shape { pattern: &rules::COMMAND, max_length: Some(rules::COMMAND_MAX) }),
         ("CreateImage", "args", shape(rules::NO_NUL)),
+        ("RouterSightings", "router", shape(rules::ZONE)),
         ("CreateImage", "container_image", Shape { pattern: rules::CONTAINER_IMAGE, max_length: Some(255) }),
         ("UpdateTarget", "zone", shape(rules::ZONE)),
         ("UpdateTarget", "region", shape(rules::ZONE)),

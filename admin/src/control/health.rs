@@ -12,7 +12,7 @@ use crate::clock::Clock;
 use crate::store::Store;
 
 /// The test file admin fetches from each node.
-pub const PROBE_PATH: &str = "/_probe/hls/360p/index.m3u8";
+pub use headwater_protocol::PROBE_PATH;
 
 pub struct Prober {
     pub store: Store,

@@ -502,8 +502,11 @@ impl Reconciler {
         let mut heard = Vec::new();
         for n in self.store.heard_nodes().await? {
             let silent = now - n.last_heartbeat.max(listening_since) > unheard_after;
+            // Seen from elsewhere: a router fetched its test content lately.
+            let reached = n.seen_by_router.is_some_and(|at| now - at <= timeout);
             let running = match (silent, &n.handle, self.driver_of(Some(&n.target))) {
                 (false, _, _) => true,
+                _ if reached => true,
                 (true, Some(r), Some(driver)) => {
                     driver.inspect(&Handle { id: n.id, reference: r.clone() }).await.running()
                 }
@@ -525,7 +528,7 @@ impl Reconciler {
                 continue;
             }
             let reason = format!(
-                "{} of {} nodes went unheard together while their instances run; replacing at most one every {} s",
+                "{} of {} nodes went unheard together while their instances run (or routers reach them); replacing at most one every {} s",
                 v.unheard.len(),
                 v.nodes,
                 every / 1000
@@ -1305,6 +1308,57 @@ mod driven {
         let failed: i64 =
             r.store.pool_health(pool).await.unwrap().iter().filter(|n| n.state == NodeState::Failed).count() as i64;
         assert!(failed <= FAILED_NODES_KEPT, "failed rows are trimmed: {failed}");
+    }
+
+    #[tokio::test]
+    async fn unheard_nodes_routers_still_reach_are_held_when_admin_cannot_see_their_instances() {
+        let r = rig().await;
+        // A Kubernetes target admin cannot connect to: it lost its view of that
+        // cluster, so no driver can say whether the pods run.
+        let kubernetes: KubernetesSettings = serde_json::from_value(serde_json::json!({
+            "namespace": "ns", "image": "headwater:1", "kubeconfig": "/nonexistent/kubeconfig"}))
+        .unwrap();
+        let far = crate::store::NewTarget {
+            name: "far".into(),
+            kind: TargetKind::Kubernetes,
+            zone: "far".into(),
+            region: "far".into(),
+            max_nodes: None,
+            max_mbps: None,
+            settings: crate::store::TargetSettings { nodes: NodeSettings::default(), kubernetes: Some(kubernetes) },
+        };
+        r.store.create_target(&far, "test", T0).await.unwrap();
+        let pool = r.store.create_warm_pool("hls", 4, T0).await.unwrap();
+        let mut ids = Vec::new();
+        for domain in 0..4 {
+            let id = Uuid::now_v7();
+            let placement = Placement { upgrade_domain: domain, image_version: None, target: Some("far") };
+            r.store.register_node(id, pool, b"hash", placement, "test", T0).await.unwrap();
+            r.store.set_node_handle(id, &format!("pod:hw-{}", id.simple()), T0).await.unwrap();
+            heartbeat(&r.store, id, T0).await;
+            ids.push(id);
+        }
+        let live = || async { r.store.pool_health(pool).await.unwrap().iter().filter(|n| n.state.live()).count() };
+        let state = || async { r.store.target("far").await.unwrap().unwrap().target.state };
+        // Admin hears none of them for a heartbeat timeout; the routers still reach them all.
+        r.clock.advance_ms(HealthPolicy::default().heartbeat_timeout_ms + 1);
+        r.store.record_sightings("router-a", &ids, r.clock.now_ms()).await.unwrap();
+        r.reconciler.reconcile_once().await.unwrap();
+        assert_eq!(state().await, TargetState::Unreachable);
+        assert_eq!(live().await, 4, "held: players still reach them");
+        assert!(r.driver.launched().is_empty(), "nothing launched in their place");
+        // The routers lose them too: then they are gone, and replaced as usual.
+        r.clock.advance_ms(HealthPolicy::default().heartbeat_timeout_ms + 1);
+        r.reconciler.reconcile_once().await.unwrap();
+        assert_eq!(live().await, 4, "replaced on local");
+        assert!(
+            r.store
+                .pool_health(pool)
+                .await
+                .unwrap()
+                .iter()
+                .all(|n| !n.state.live() || n.target.as_deref() == Some("local"))
+        );
     }
 
     #[tokio::test]

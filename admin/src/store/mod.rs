@@ -215,6 +215,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "quotas", include_str!("../../../migrations/postgres/0010_quotas.sql")),
     (11, "targets", include_str!("../../../migrations/postgres/0011_targets.sql")),
     (12, "container images", include_str!("../../../migrations/postgres/0012_container_images.sql")),
+    (13, "router sightings", include_str!("../../../migrations/postgres/0013_router_sightings.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -229,6 +230,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "quotas", include_str!("../../../migrations/sqlite/0010_quotas.sql")),
     (11, "targets", include_str!("../../../migrations/sqlite/0011_targets.sql")),
     (12, "container images", include_str!("../../../migrations/sqlite/0012_container_images.sql")),
+    (13, "router sightings", include_str!("../../../migrations/sqlite/0013_router_sightings.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

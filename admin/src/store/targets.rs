@@ -362,6 +362,8 @@ pub struct HeardNode {
     pub kind: TargetKind,
     pub handle: Option<String>,
     pub last_heartbeat: UnixMs,
+    /// When a router last reached it (fetched its test content).
+    pub seen_by_router: Option<UnixMs>,
 }
 
 impl Store {
@@ -369,7 +371,9 @@ impl Store {
     pub async fn heard_nodes(&self) -> Result<Vec<HeardNode>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
-                "SELECT n.id, n.target, t.kind, n.handle, n.last_heartbeat FROM nodes n JOIN targets t ON t.name = n.target
+                "SELECT n.id, n.target, t.kind, n.handle, n.last_heartbeat,
+                        (SELECT MAX(s.seen_at) FROM router_sightings s WHERE s.node_id = n.id) AS seen_by_router
+                 FROM nodes n JOIN targets t ON t.name = n.target
                  WHERE n.state IN ('starting', 'ready') AND n.last_heartbeat IS NOT NULL ORDER BY n.id",
             )
             .fetch_all(p)
@@ -410,4 +414,34 @@ fn quotas(max_nodes: Option<i32>, max_mbps: Option<i32>) -> String {
     let nodes = max_nodes.map_or("any number of nodes".to_owned(), |n| format!("at most {n} nodes"));
     let mbps = max_mbps.map_or("any Mbit/s".to_owned(), |m| format!("at most {m} Mbit/s"));
     format!("{nodes}, {mbps}")
+}
+
+/// Sightings older than this are dropped: a router gone for good leaves nothing.
+const SIGHTINGS_KEPT_MS: i64 = 600_000;
+
+impl Store {
+    /// Records that `router` reached `nodes` at `now` (unknown nodes are left
+    /// out), and forgets sightings older than ten minutes.
+    pub async fn record_sightings(&self, router: &str, nodes: &[Uuid], now: UnixMs) -> Result<()> {
+        on_pool!(self, |p| {
+            let mut tx = p.begin_write().await?;
+            for node in nodes {
+                sqlx::query(
+                    "INSERT INTO router_sightings (router, node_id, seen_at) SELECT $1, id, $3 FROM nodes WHERE id = $2
+                     ON CONFLICT (router, node_id) DO UPDATE SET seen_at = excluded.seen_at",
+                )
+                .bind(router)
+                .bind(node)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("DELETE FROM router_sightings WHERE seen_at < $1")
+                .bind(now - SIGHTINGS_KEPT_MS)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
 }
