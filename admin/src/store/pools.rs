@@ -99,7 +99,7 @@ impl Store {
 
     /// Deletes released pools whose nodes have all stopped (and whose grace for
     /// routers is over, `released_before`): their node rows, the nodes' probe
-    /// history, and the pool row. Returns the pools deleted.
+    /// history and router sightings, and the pool row. Returns the pools deleted.
     pub async fn purge_released_pools(&self, released_before: UnixMs, now: UnixMs) -> Result<Vec<Uuid>> {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
@@ -121,6 +121,7 @@ impl Store {
                     .await?;
                 for q in [
                     "DELETE FROM probes WHERE node_id IN (SELECT id FROM nodes WHERE pool_id = $1)",
+                    "DELETE FROM router_sightings WHERE node_id IN (SELECT id FROM nodes WHERE pool_id = $1)",
                     "DELETE FROM nodes WHERE pool_id = $1",
                     "UPDATE account_pool_mappings SET previous_pool_id = NULL WHERE previous_pool_id = $1",
                     "UPDATE accounts SET staged_pool_id = NULL WHERE staged_pool_id = $1",
@@ -250,6 +251,7 @@ impl Store {
             .await?;
             for id in &old {
                 sqlx::query("DELETE FROM probes WHERE node_id = $1").bind(id).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM router_sightings WHERE node_id = $1").bind(id).execute(&mut *tx).await?;
                 sqlx::query("DELETE FROM nodes WHERE id = $1").bind(id).execute(&mut *tx).await?;
             }
             tx.commit().await?;
