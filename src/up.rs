@@ -75,13 +75,13 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         format!("{ROUTER_SOURCE}/32"),
     ])?;
     let admin = Admin::build(&args.admin, Arc::new(SystemClock)).await?;
-    let operator_token = admin.state.settings.operator_token.clone();
     let admin_metrics_token = admin.state.settings.metrics_token.clone();
+    let router_token = admin.state.settings.router_token.clone();
     let admin_task = tokio::spawn(admin.run(admin_listener, shutdown.clone()));
     let router_cfg = RouterConfig {
         listen: router_listener.local_addr()?,
         admin_url: admin_url.clone(),
-        operator_token: operator_token.clone(),
+        token: router_token,
         mode: Mode::Proxy,
         domain: None,
         redis_url: None,

@@ -122,6 +122,8 @@ async fn an_sla_account_runs_as_pods_spread_over_zones_replaced_and_adopted() {
     // Admin listens on the bridge, where the pods reach it.
     let listen = format!("{}:{}", network.host_ip, support::free_port());
     let env = deployed_admin_env(&cluster, work.path(), &kubeconfig, &listen).await;
+    // The router's credential from the overlay's Secret: the routing table only.
+    let router_token = env.iter().find(|(k, _)| k == "HEADWATER_ROUTER_TOKEN").unwrap().1.clone();
     let mut admin = Admin::start_at(Backend::Sqlite, &[], None, env, &listen).await;
     let op = admin.operator_token.clone();
     // The declared target exists; `local` runs nothing here.
@@ -179,8 +181,8 @@ async fn an_sla_account_runs_as_pods_spread_over_zones_replaced_and_adopted() {
             "0.0.0.0:7401",
             "--admin-url",
             &admin.url,
-            "--operator-token",
-            &admin.operator_token,
+            "--router-token",
+            &router_token,
             "--metrics-token",
             support::METRICS_TOKEN,
         ]),

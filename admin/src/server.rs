@@ -48,6 +48,10 @@ pub struct AdminConfig {
     /// handed to the nodes admin runs; generated into DATA_DIR/metrics-token when unset.
     #[arg(long, env = "HEADWATER_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// Bearer token of routers: it reads the routing table and reports what the
+    /// router reaches, nothing else; generated into DATA_DIR/router-token when unset.
+    #[arg(long, env = "HEADWATER_ROUTER_TOKEN", hide_env_values = true)]
+    pub router_token: Option<String>,
     /// Base URL of the router, from which each account's locator is made.
     #[arg(long, env = "HEADWATER_LOCATOR_BASE", default_value = "http://127.0.0.1:7401")]
     pub locator_base: String,
@@ -195,6 +199,7 @@ impl Admin {
         let settings = ApiSettings {
             operator_token: token(cfg, cfg.operator_token.as_ref(), "operator-token", "operator token")?,
             metrics_token: token(cfg, cfg.metrics_token.as_ref(), "metrics-token", "metrics token")?,
+            router_token: token(cfg, cfg.router_token.as_ref(), "router-token", "router token")?,
             locator_base: cfg.locator_base.clone(),
             retention_ms: i64::from(cfg.retention_hours) * 3_600_000,
             max_body_bytes: cfg.max_body_bytes,

@@ -33,9 +33,16 @@ pub struct RouterConfig {
     pub listen: SocketAddr,
     #[arg(long, env = "HEADWATER_ADMIN_URL", default_value = "http://127.0.0.1:7400")]
     pub admin_url: String,
-    /// Reads the routing table from admin.
-    #[arg(long, env = "HEADWATER_OPERATOR_TOKEN", hide_env_values = true)]
-    pub operator_token: String,
+    /// Reads the routing table from admin: the router token (admin's
+    /// DATA_DIR/router-token), which can do nothing else (the operator token
+    /// works too, but gives a router far more than it needs).
+    #[arg(
+        long = "router-token",
+        visible_alias = "operator-token",
+        env = "HEADWATER_ROUTER_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: String,
     #[arg(long, value_enum, env = "HEADWATER_ROUTER_MODE", default_value = "proxy")]
     pub mode: Mode,
     /// Serve `http://{account}.DOMAIN/{asset}/{file}` by Host header too.
@@ -82,25 +89,22 @@ pub async fn serve(cfg: RouterConfig, listener: TcpListener, shutdown: Cancellat
             tokio::spawn(table::follow(
                 table.clone(),
                 cfg.admin_url.clone(),
-                cfg.operator_token.clone(),
+                cfg.token.clone(),
                 Duration::from_millis(cfg.refresh_ms),
                 shutdown.clone(),
             )),
             tokio::spawn(table::listen(table.clone(), url, cfg.redis_prefix.clone(), shutdown.clone())),
         ],
-        None => vec![tokio::spawn(table::stream(
-            table.clone(),
-            cfg.admin_url.clone(),
-            cfg.operator_token.clone(),
-            shutdown.clone(),
-        ))],
+        None => {
+            vec![tokio::spawn(table::stream(table.clone(), cfg.admin_url.clone(), cfg.token.clone(), shutdown.clone()))]
+        }
     };
     let mut followers = followers;
     if cfg.sightings_ms > 0 {
         followers.push(tokio::spawn(sightings::report(
             table.clone(),
             cfg.admin_url.clone(),
-            cfg.operator_token.clone(),
+            cfg.token.clone(),
             sightings::router_name(cfg.name.as_deref()),
             Duration::from_millis(cfg.sightings_ms),
             cfg.source_ip,

@@ -1,7 +1,8 @@
 //! Who is calling. [`authenticate`] reads `Authorization: Bearer …` once per
 //! request, before rate limits and idempotency, into a [`Principal`]: a customer
-//! (an API key), a node (its token), the operator, nobody, or a credential that
-//! failed. Only the canonical spelling is accepted (`Bearer`, one space, the
+//! (an API key), a node (its token), a router (the router token: the routing
+//! table and its own sightings, nothing else), the operator, nobody, or a
+//! credential that failed. Only the canonical spelling is accepted (`Bearer`, one space, the
 //! token), so one credential has one rate-limit bucket. Secrets are compared in
 //! constant time. The extractors below take the principal a route needs: the
 //! wrong kind of credential is 403, none or a failed one 401.
@@ -43,6 +44,8 @@ pub enum Principal {
     Customer(CustomerAuth),
     /// An origin node, by its token.
     Node(Uuid),
+    /// A router, by the router token.
+    Router,
     Operator,
     /// Credentials that were given but failed: why.
     Failed(&'static str),
@@ -55,6 +58,7 @@ impl Principal {
         match self {
             Principal::Customer(c) => Some(format!("customer:{}", c.customer_id)),
             Principal::Node(id) => Some(format!("node:{id}")),
+            Principal::Router => Some("router".to_owned()),
             Principal::Operator => Some("operator".to_owned()),
             Principal::Anonymous | Principal::Failed(_) => None,
         }
@@ -113,6 +117,8 @@ async fn resolve(parts_headers: &axum::http::HeaderMap, state: &AppState) -> Res
     }
     Ok(if keys::tokens_equal(token, &state.settings.operator_token) {
         Principal::Operator
+    } else if keys::tokens_equal(token, &state.settings.router_token) {
+        Principal::Router
     } else {
         Principal::Failed("invalid operator token")
     })
@@ -139,7 +145,7 @@ fn refuse(p: Principal, wanted: &'static str) -> ApiError {
     match p {
         Principal::Anonymous => ApiError::Unauthorized("missing Authorization: Bearer header"),
         Principal::Failed(why) => ApiError::Unauthorized(why),
-        Principal::Customer(_) | Principal::Node(_) | Principal::Operator => {
+        Principal::Customer(_) | Principal::Node(_) | Principal::Router | Principal::Operator => {
             ApiError::Forbidden(format!("this route needs {wanted}"))
         }
     }
@@ -172,6 +178,20 @@ impl FromRequestParts<AppState> for Caller {
             Principal::Customer(c) => Ok(Caller::Customer(c)),
             Principal::Operator => Ok(Caller::Operator),
             other => Err(refuse(other, "a customer's API key or the operator token")),
+        }
+    }
+}
+
+/// A router (the router token) or the operator, on the routes routers use.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterAuth;
+
+impl FromRequestParts<AppState> for RouterAuth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        match principal(parts) {
+            Principal::Router | Principal::Operator => Ok(RouterAuth),
+            other => Err(refuse(other, "the router token")),
         }
     }
 }

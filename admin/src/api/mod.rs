@@ -45,6 +45,8 @@ pub struct ApiSettings {
     pub operator_token: String,
     /// The bearer token of `/metrics` (the operator token works too).
     pub metrics_token: String,
+    /// The bearer token of routers: the routing table and their sightings only.
+    pub router_token: String,
     /// Base URL of the router; an account's locator is `{locator_base}/{name}/`.
     pub locator_base: String,
     /// How long a deactivated account's pool is kept.

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::{NodeAuth, OperatorAuth};
+use super::auth::{NodeAuth, OperatorAuth, RouterAuth};
 use super::model::Node;
 use super::problem::{ApiError, ApiJson, Problem};
 use crate::bus::HEARTBEATS;
@@ -158,7 +158,7 @@ pub async fn drain(
     responses((status = 200, description = "headwater_protocol::RoutingTable"), (status = 304), (status = 401, body = Problem)))]
 pub async fn routing(
     State(s): State<AppState>,
-    _op: OperatorAuth,
+    _router: RouterAuth,
     headers: axum::http::HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
@@ -189,7 +189,7 @@ pub struct RouterSightings {
     responses((status = 204, description = "recorded"), (status = 401, body = Problem), (status = 422, body = Problem)))]
 pub async fn sightings(
     State(s): State<AppState>,
-    _op: OperatorAuth,
+    _router: RouterAuth,
     ApiJson(b): ApiJson<RouterSightings>,
 ) -> Result<StatusCode, ApiError> {
     if !crate::rules::IS_ZONE.matches(&b.router) {
@@ -213,7 +213,7 @@ const STREAM_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10)
         (status = 401, body = Problem)))]
 pub async fn routing_stream(
     State(s): State<AppState>,
-    _op: OperatorAuth,
+    _router: RouterAuth,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     // Subscribe before the snapshot, so no change falls between the two.
