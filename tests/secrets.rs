@@ -1,0 +1,147 @@
+//! No secret is ever logged: `headwater up --demo` runs at debug level (admin,
+//! router and the origin nodes it launches) through a scenario that uses every
+//! kind of credential there is — the operator, metrics and router tokens, a
+//! customer's API keys (one made and revoked), each node's token — and then
+//! every log it produced (its stderr and each node's log file) is searched for
+//! every one of those secrets.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+
+/// The node tokens of the running node processes that `data` names, from their
+/// environment (as root, `/proc/PID/environ`).
+fn node_tokens(data: &std::path::Path) -> Vec<String> {
+    let mut tokens = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if !cmdline.contains("origin\0") || !cmdline.contains(&*data.to_string_lossy()) {
+            continue;
+        }
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        for var in environ.split(|b| *b == 0) {
+            if let Some(t) = String::from_utf8_lossy(var).strip_prefix("HEADWATER_NODE_TOKEN=") {
+                tokens.push(t.to_owned());
+            }
+        }
+    }
+    tokens
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_appears_in_any_log() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _cleanup = support::NodeCleanup(data.clone());
+    let stderr = std::fs::File::create(dir.path().join("up.stderr")).unwrap();
+    let mut child = tokio::process::Command::new(support::BIN)
+        .args(["up", "--demo", "--listen", "127.0.0.1:0", "--router-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("HEADWATER_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.starts_with("demo ready");
+            out.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("up exited: {out:?}");
+    })
+    .await
+    .expect("the demo within 120 s");
+    let admin = support::value(&out, "headwater admin listening on ").to_owned();
+    let router = support::value(&out, "headwater router listening on ").to_owned();
+    let read = |f: &str| std::fs::read_to_string(data.join(f)).unwrap().trim().to_owned();
+    let (operator, metrics, router_token) = (read("operator-token"), read("metrics-token"), read("router-token"));
+    let http = reqwest::Client::new();
+    let call = |method: Method, path: &str, token: &str, body: Option<Value>| {
+        let mut req = http.request(method, format!("{admin}{path}")).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send()
+    };
+
+    // A customer, a second key made and revoked, an account; the router's and
+    // the metrics' credentials used; a wrong token tried.
+    let signup = http
+        .post(format!("{admin}/v1/customers"))
+        .json(&json!({"name": "Ana", "email": "ana@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status(), StatusCode::CREATED);
+    let key = signup.json::<Value>().await.unwrap()["api_key"].as_str().unwrap().to_owned();
+    let second = call(Method::POST, "/v1/customers/me/keys", &key, Some(json!({}))).await.unwrap();
+    assert_eq!(second.status(), StatusCode::CREATED);
+    let second: Value = second.json().await.unwrap();
+    let second_key = second["api_key"].as_str().unwrap().to_owned();
+    let revoke = call(Method::DELETE, &format!("/v1/customers/me/keys/{}", second["id"].as_str().unwrap()), &key, None);
+    assert!(revoke.await.unwrap().status().is_success());
+    assert_eq!(call(Method::GET, "/v1/accounts", &second_key, None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let body = json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}});
+    assert_eq!(call(Method::POST, "/v1/accounts", &key, Some(body)).await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(call(Method::GET, "/v1/routing", &router_token, None).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(call(Method::GET, "/metrics", &metrics, None).await.unwrap().status(), StatusCode::OK);
+    let listed: Value = call(Method::GET, "/v1/nodes", &operator, None).await.unwrap().json().await.unwrap();
+    let node_ids: Vec<String> =
+        listed["items"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap().to_owned()).collect();
+    let played = http.get(format!("{router}/demo-sla/demo/hls/360p/index.m3u8")).send().await.unwrap();
+    assert_eq!(played.status(), StatusCode::OK);
+    let nodes = node_tokens(&data);
+    assert!(nodes.len() >= 3, "the demo's node processes and their tokens: {}", nodes.len());
+
+    // Stopped cleanly (SIGTERM), so every log is complete.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().unwrap() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), child.wait()).await.expect("up stops").unwrap();
+
+    let mut logs = vec![(dir.path().join("up.stderr"), std::fs::read_to_string(dir.path().join("up.stderr")).unwrap())];
+    for entry in std::fs::read_dir(data.join("nodes")).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            logs.push((entry.path(), std::fs::read_to_string(entry.path()).unwrap()));
+        }
+    }
+    let lines: usize = logs.iter().map(|(_, l)| l.lines().count()).sum();
+    assert!(
+        logs.len() >= 4 && lines > 100,
+        "debug logs of admin, router and nodes: {} files, {lines} lines",
+        logs.len()
+    );
+    // The search sees what is logged: the nodes' ids (no secret) are there.
+    assert!(node_ids.iter().all(|id| logs.iter().any(|(_, text)| text.contains(id.as_str()))), "{node_ids:?}");
+    let mut secrets: Vec<(&str, String)> = vec![
+        ("the operator token", operator.clone()),
+        ("the metrics token", metrics.clone()),
+        ("the router token", router_token.clone()),
+        ("an API key", key.clone()),
+        ("an API key's secret", support::secret_of(&key).to_owned()),
+        ("a revoked API key", second_key.clone()),
+    ];
+    for t in &nodes {
+        secrets.push(("a node token", t.clone()));
+        secrets.push(("a node token's secret", support::secret_of(t).to_owned()));
+    }
+    for (path, text) in &logs {
+        for (what, secret) in &secrets {
+            assert!(secret.len() >= 16, "{what} is too short to search for");
+            assert!(!text.contains(secret.as_str()), "{what} appears in {}", path.display());
+        }
+    }
+}
