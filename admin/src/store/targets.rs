@@ -425,16 +425,20 @@ impl Store {
     pub async fn record_sightings(&self, router: &str, nodes: &[Uuid], now: UnixMs) -> Result<()> {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
-            for node in nodes {
-                sqlx::query(
-                    "INSERT INTO router_sightings (router, node_id, seen_at) SELECT $1, id, $3 FROM nodes WHERE id = $2
+            // One statement per 500 nodes, not one per node: every router reports
+            // every node each second.
+            for chunk in nodes.chunks(500) {
+                let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+                let sql = format!(
+                    "INSERT INTO router_sightings (router, node_id, seen_at) SELECT $1, id, $2 FROM nodes WHERE id IN ({})
                      ON CONFLICT (router, node_id) DO UPDATE SET seen_at = excluded.seen_at",
-                )
-                .bind(router)
-                .bind(node)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                    ids.join(", ")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(router).bind(now);
+                for node in chunk {
+                    q = q.bind(node);
+                }
+                q.execute(&mut *tx).await?;
             }
             sqlx::query("DELETE FROM router_sightings WHERE seen_at < $1")
                 .bind(now - SIGHTINGS_KEPT_MS)
