@@ -24,6 +24,10 @@ pub struct Conn {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Trust only this CA (PEM) for an https admin URL, as `curl --cacert`
+    /// (`up` makes one in DATA_DIR/tls/ca.pem).
+    #[arg(long, global = true, env = "HEADWATER_CA_FILE")]
+    cacert: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -246,10 +250,14 @@ struct Client {
 
 impl Client {
     fn new(conn: Conn) -> Result<Self, Failure> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| Failure::Transport(e.to_string()))?;
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(path) = &conn.cacert {
+            let pem = std::fs::read(path).map_err(|e| Failure::Transport(format!("{}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Failure::Transport(format!("{}: {e}", path.display())))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder.build().map_err(|e| Failure::Transport(e.to_string()))?;
         Ok(Self { http, conn })
     }
 

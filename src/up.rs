@@ -13,6 +13,8 @@ use headwater_admin::clock::SystemClock;
 use headwater_admin::server::{Admin, AdminConfig};
 use headwater_provisioner::{Driver, ProcessDriver};
 use headwater_router::{Mode, RouterConfig};
+use headwater_serve::tls::TlsArgs;
+use headwater_serve::tls::local_ca::LocalCa;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +30,13 @@ pub struct UpConfig {
     /// The router (the locators).
     #[arg(long, default_value = "127.0.0.1:7401")]
     pub router_listen: String,
+    /// The admin API over HTTPS, with a certificate of the local CA
+    /// (DATA_DIR/tls/ca.pem, made on first start).
+    #[arg(long, default_value = "127.0.0.1:7444")]
+    pub admin_https_listen: String,
+    /// The router over HTTPS (HTTP/1.1 and h2), with a certificate of the local CA.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub router_https_listen: String,
     /// Also create a demo customer, a trial and an SLA account with the demo asset.
     #[arg(long)]
     pub demo: bool,
@@ -57,6 +66,26 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     let admin_listener = TcpListener::bind(&cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let router_url = format!("http://{}", router_listener.local_addr()?);
     let admin_url = format!("http://{}", admin_listener.local_addr()?);
+    // HTTPS with a certificate of a CA of this data directory's own.
+    let tls_dir = data.join("tls");
+    headwater_admin::keys::create_private_dir(&tls_dir).with_context(|| format!("creating {}", tls_dir.display()))?;
+    let ca = LocalCa::in_dir(&tls_dir, "Headwater local CA").context("the local CA")?;
+    let (cert, key) = (tls_dir.join("server.pem"), tls_dir.join("server-key.pem"));
+    ca.issue_files(&["localhost", "127.0.0.1", "::1"], 30, &cert, &key).context("a certificate of the local CA")?;
+    let tls_args = |listen: &str| -> anyhow::Result<TlsArgs> {
+        Ok(TlsArgs {
+            tls_listen: Some(listen.parse().with_context(|| format!("{listen} is not an address"))?),
+            tls_cert: vec![cert.clone()],
+            tls_key: vec![key.clone()],
+        })
+    };
+    let admin_tls = tls_args(&cfg.admin_https_listen)?.bind(&shutdown).await?;
+    let router_tls = tls_args(&cfg.router_https_listen)?.bind(&shutdown).await?;
+    let https = |l: &Option<(TcpListener, _)>| -> anyhow::Result<String> {
+        let (l, _) = l.as_ref().context("no TLS listener")?;
+        Ok(format!("https://localhost:{}", l.local_addr()?.port()))
+    };
+    let (admin_https, router_https) = (https(&admin_tls)?, https(&router_tls)?);
     let d = |p: &str| data.join(p).display().to_string();
     let args = AdminArgs::try_parse_from([
         "admin".to_owned(),
@@ -77,7 +106,7 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     let admin = Admin::build(&args.admin, Arc::new(SystemClock)).await?;
     let admin_metrics_token = admin.state.settings.metrics_token.clone();
     let router_token = admin.state.settings.router_token.clone();
-    let admin_task = tokio::spawn(admin.run(admin_listener, shutdown.clone()));
+    let admin_task = tokio::spawn(admin.run(admin_listener, admin_tls, shutdown.clone()));
     let router_cfg = RouterConfig {
         listen: router_listener.local_addr()?,
         admin_url: admin_url.clone(),
@@ -92,15 +121,20 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         header_read_timeout_ms: 10_000,
         name: Some("up".into()),
         sightings_ms: 1000,
+        tls: TlsArgs::default(),
     };
-    let router_task = tokio::spawn(headwater_router::serve(router_cfg, router_listener, shutdown.clone()));
+    let router_task = tokio::spawn(headwater_router::serve(router_cfg, router_listener, router_tls, shutdown.clone()));
     println!("headwater admin listening on {admin_url}");
+    println!("headwater admin listening on {admin_https}");
     println!("headwater router listening on {router_url}");
+    println!("headwater router listening on {router_https}");
+    let ca_path = tls_dir.join("ca.pem");
+    println!("local CA in {} (trust it: curl --cacert, ffplay -ca_file, headwater --cacert)", ca_path.display());
     println!("operator token in {}", data.join("operator-token").display());
     println!("metrics token in {} (Authorization: Bearer for /metrics)", data.join("metrics-token").display());
 
     if cfg.demo {
-        match demo(&admin_url, &router_url, &data).await {
+        match demo(&admin_url, &router_url, &router_https, &ca_path, &data).await {
             Ok(()) => {}
             Err(e) => eprintln!("demo: {e:#}"),
         }
@@ -120,7 +154,7 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
 
 /// Creates (or finds) the demo customer and accounts, uploads the demo asset,
 /// waits until the locators serve, and prints how to play them.
-async fn demo(admin: &str, router: &str, data: &Path) -> anyhow::Result<()> {
+async fn demo(admin: &str, router: &str, router_https: &str, ca: &Path, data: &Path) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let key_file = data.join("demo-api-key");
     let key = match std::fs::read_to_string(&key_file) {
@@ -187,5 +221,8 @@ async fn demo(admin: &str, router: &str, data: &Path) -> anyhow::Result<()> {
     }
     println!("play it:  ffplay {router}/demo-trial/demo/hls/master.m3u8");
     println!("fetch it: curl {router}/demo-sla/demo/hls/360p/index.m3u8");
+    let ca = ca.display();
+    println!("over TLS: ffplay -ca_file {ca} -tls_verify 1 {router_https}/demo-trial/demo/hls/master.m3u8");
+    println!("over TLS: curl --cacert {ca} {router_https}/demo-sla/demo/hls/360p/index.m3u8");
     Ok(())
 }

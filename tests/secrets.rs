@@ -1,7 +1,8 @@
 //! No secret is ever logged: `headwater up --demo` runs at debug level (admin,
 //! router and the origin nodes it launches) through a scenario that uses every
 //! kind of credential there is — the operator, metrics and router tokens, a
-//! customer's API keys (one made and revoked), each node's token — and then
+//! customer's API keys (one made and revoked), each node's token, the local
+//! CA's and the HTTPS listeners' private keys — and then
 //! every log it produced (its stderr and each node's log file) is searched for
 //! every one of those secrets.
 
@@ -43,7 +44,8 @@ async fn no_secret_appears_in_any_log() {
     let _cleanup = support::NodeCleanup(data.clone());
     let stderr = std::fs::File::create(dir.path().join("up.stderr")).unwrap();
     let mut child = tokio::process::Command::new(support::BIN)
-        .args(["up", "--demo", "--listen", "127.0.0.1:0", "--router-listen", "127.0.0.1:0", "--data-dir"])
+        .args(["up", "--demo", "--listen", "127.0.0.1:0", "--router-listen", "127.0.0.1:0"])
+        .args(["--admin-https-listen", "127.0.0.1:0", "--router-https-listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .env("HEADWATER_LOG", "debug")
         .stdout(Stdio::piped())
@@ -134,6 +136,14 @@ async fn no_secret_appears_in_any_log() {
         ("an API key's secret", support::secret_of(&key).to_owned()),
         ("a revoked API key", second_key.clone()),
     ];
+    // The TLS private keys (the local CA's and the listeners'), line by line of
+    // their PEM (a log would show a line, not the whole file).
+    for (what, file) in [("the local CA's key", "tls/ca-key.pem"), ("the TLS key", "tls/server-key.pem")] {
+        let pem = std::fs::read_to_string(data.join(file)).unwrap();
+        for line in pem.lines().filter(|l| !l.starts_with("-----") && l.len() >= 16) {
+            secrets.push((what, line.to_owned()));
+        }
+    }
     for t in &nodes {
         secrets.push(("a node token", t.clone()));
         secrets.push(("a node token's secret", support::secret_of(t).to_owned()));

@@ -21,6 +21,7 @@ use crate::keys;
 use crate::store::Store;
 use headwater_content::ContentStore;
 use headwater_provisioner::{Driver, ProcessDriver};
+use headwater_serve::tls::Tls;
 use headwater_serve::{ServeConfig, with_peer};
 
 /// Flags of `headwater admin`; each also reads a `HEADWATER_*` variable.
@@ -151,6 +152,8 @@ pub struct AdminConfig {
     /// forward, so days of retention pass in a moment.
     #[arg(long, env = "HEADWATER_TEST_CLOCK", hide = true)]
     pub test_clock: bool,
+    #[command(flatten)]
+    pub tls: headwater_serve::tls::TlsArgs,
 }
 
 /// What runs the origin nodes of pools (`--driver`).
@@ -253,9 +256,14 @@ impl Admin {
         Ok(Self { state, heartbeat_rx, workers, driver, cfg: cfg.clone() })
     }
 
-    /// Serves the API on `listener` and runs the worker until `shutdown`, then
-    /// drains in-flight requests.
-    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Serves the API on `listener` (and over TLS on `tls`, when given) and runs
+    /// the worker until `shutdown`, then drains in-flight requests.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        tls: Option<(TcpListener, Arc<Tls>)>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let store = self.state.store.clone();
         let limits = self.state.limits.clone();
         let workers: Vec<_> = self.workers.into_iter().map(|w| tokio::spawn(w.run(shutdown.clone()))).collect();
@@ -357,7 +365,7 @@ impl Admin {
             header_read_timeout: Duration::from_millis(self.cfg.header_read_timeout_ms),
             ..ServeConfig::default()
         };
-        headwater_serve::run(listener, |peer| with_peer(app.clone(), peer), shutdown.clone(), serve).await;
+        headwater_serve::run_both(listener, tls, |peer| with_peer(app.clone(), peer), shutdown.clone(), serve).await;
         shutdown.cancel();
         for w in workers {
             let _ = w.await;
@@ -385,5 +393,9 @@ pub async fn run(cfg: AdminConfig, shutdown: CancellationToken) -> anyhow::Resul
     let addr = listener.local_addr()?;
     tracing::info!(%addr, store = admin.state.store.backend_name(), bus = admin.state.bus.backend_name(), "admin listening");
     println!("headwater admin listening on http://{addr}");
-    admin.run(listener, shutdown).await
+    let tls = cfg.tls.bind(&shutdown).await?;
+    if let Some((l, _)) = &tls {
+        println!("headwater admin listening on https://{}", l.local_addr()?);
+    }
+    admin.run(listener, tls, shutdown).await
 }

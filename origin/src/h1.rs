@@ -16,7 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
 use nix::sys::socket::MsgFlags;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -54,9 +54,9 @@ enum HeadError {
 /// the node drains (an idle connection closes at once, a busy one after its
 /// response); an idle connection is also closed after `cfg.idle_timeout`, or when
 /// the node needs its place for a new one.
-pub async fn serve(
+pub async fn serve<W: Wire>(
     node: Arc<Node>,
-    mut stream: TcpStream,
+    mut stream: W,
     peer: SocketAddr,
     conn: &Conn,
     drain: CancellationToken,
@@ -91,15 +91,15 @@ pub async fn serve(
         let res = handler::answer(&node, peer, &head.method, &head.path, &head.headers).await;
         let keep = keep_alive(&head) && !drain.is_cancelled();
         let bodiless = head.method == Method::HEAD;
-        write_response(&stream, &mut out, res, bodiless, head.version, keep).await?;
+        write_response(&mut stream, &mut out, res, bodiless, head.version, keep).await?;
         if !keep {
-            return stream.shutdown().await;
+            return stream.close().await;
         }
     }
 }
 
 /// Reads until a whole request head is buffered, and parses it.
-async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Head, HeadError> {
+async fn read_head<W: Wire>(stream: &mut W, buf: &mut BytesMut) -> Result<Head, HeadError> {
     loop {
         if !buf.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -155,8 +155,8 @@ fn to_head(req: &httparse::Request<'_, '_>) -> Result<Head, HeadError> {
 
 /// Reads and drops a request body; `Err` (answered, then the connection closes)
 /// for a chunked one or one too large.
-async fn discard_body(
-    stream: &mut TcpStream,
+async fn discard_body<W: Wire>(
+    stream: &mut W,
     buf: &mut BytesMut,
     headers: &HeaderMap,
 ) -> io::Result<Result<(), (StatusCode, &'static str)>> {
@@ -219,7 +219,7 @@ fn refused(status: StatusCode, detail: &str) -> Response<Payload> {
 
 /// Refuses a connection the node has no room for (every open one is busy): 503
 /// with `Retry-After`, then the connection is closed.
-pub async fn refuse_busy(mut stream: TcpStream) {
+pub async fn refuse_busy<W: Wire>(mut stream: W) {
     let mut res = refused(StatusCode::SERVICE_UNAVAILABLE, "the node is at its connection limit; try again");
     res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     let mut out = Vec::with_capacity(512);
@@ -227,13 +227,18 @@ pub async fn refuse_busy(mut stream: TcpStream) {
 }
 
 /// Answers, then closes the connection.
-async fn finish(stream: &mut TcpStream, out: &mut Vec<u8>, res: Response<Payload>, version: Version) -> io::Result<()> {
+async fn finish<W: Wire>(
+    stream: &mut W,
+    out: &mut Vec<u8>,
+    res: Response<Payload>,
+    version: Version,
+) -> io::Result<()> {
     write_response(stream, out, res, false, version, false).await?;
-    stream.shutdown().await
+    stream.close().await
 }
 
-async fn write_response(
-    stream: &TcpStream,
+async fn write_response<W: Wire>(
+    stream: &mut W,
     out: &mut Vec<u8>,
     res: Response<Payload>,
     bodiless: bool,
@@ -272,14 +277,14 @@ async fn write_response(
     }
     out.extend_from_slice(b"\r\n");
     match payload {
-        Payload::Full(b) if no_body || b.is_empty() => write_all(stream, out, false).await,
+        Payload::Full(b) if no_body || b.is_empty() => stream.send(out, false).await,
         Payload::Full(b) if b.len() <= COALESCE_MAX => {
             out.extend_from_slice(&b);
-            write_all(stream, out, false).await
+            stream.send(out, false).await
         }
         Payload::Full(b) => {
-            write_all(stream, out, true).await?;
-            write_all(stream, &b, false).await
+            stream.send(out, true).await?;
+            stream.send(&b, false).await
         }
         Payload::Content(mut sent, body) => send_body(stream, out, &mut sent, body).await,
     }
@@ -287,7 +292,7 @@ async fn write_response(
 
 /// Sends a content body after the head in `out`, each piece once the shaper
 /// grants it: files by `sendfile`, the rest by `write`.
-async fn send_body(stream: &TcpStream, out: &mut Vec<u8>, sent: &mut Sent, body: Body) -> io::Result<()> {
+async fn send_body<W: Wire>(stream: &mut W, out: &mut Vec<u8>, sent: &mut Sent, body: Body) -> io::Result<()> {
     match body {
         Body::Cached(b) if b.len() <= COALESCE_MAX => {
             // Small (a playlist): granted in one piece, sent with the head.
@@ -297,25 +302,25 @@ async fn send_body(stream: &TcpStream, out: &mut Vec<u8>, sent: &mut Sent, body:
                 out.extend_from_slice(&piece);
                 sent.record(piece.len());
             }
-            write_all(stream, out, false).await
+            stream.send(out, false).await
         }
         Body::Cached(b) => {
-            write_all(stream, out, true).await?;
+            stream.send(out, true).await?;
             write_pieces(stream, sent, b).await
         }
         Body::File { file, offset, len } => {
-            write_all(stream, out, true).await?;
+            stream.send(out, true).await?;
             let (mut at, end) = (offset, offset + len);
             while at < end {
                 let n = sent.grant(usize::try_from(end - at).unwrap_or(usize::MAX)).await;
-                send_file(stream, &file, at, n).await?;
+                stream.send_file(&file, at, n).await?;
                 sent.record(n);
                 at += n as u64;
             }
             Ok(())
         }
         Body::Stream(mut chunks) => {
-            write_all(stream, out, true).await?;
+            stream.send(out, true).await?;
             while let Some(chunk) = chunks.next().await {
                 write_pieces(stream, sent, chunk.map_err(io::Error::other)?).await?;
             }
@@ -324,51 +329,110 @@ async fn send_body(stream: &TcpStream, out: &mut Vec<u8>, sent: &mut Sent, body:
     }
 }
 
-async fn write_pieces(stream: &TcpStream, sent: &mut Sent, mut b: Bytes) -> io::Result<()> {
+async fn write_pieces<W: Wire>(stream: &mut W, sent: &mut Sent, mut b: Bytes) -> io::Result<()> {
     while !b.is_empty() {
         let piece = b.split_to(sent.grant(b.len()).await);
-        write_all(stream, &piece, false).await?;
+        stream.send(&piece, false).await?;
         sent.record(piece.len());
     }
     Ok(())
 }
 
-/// Writes all of `bytes`; with `more`, the kernel holds a partial packet for what
-/// follows (`MSG_MORE`), so a head and its body leave together.
-async fn write_all(stream: &TcpStream, bytes: &[u8], more: bool) -> io::Result<()> {
-    // nix names no MSG_MORE; it is Linux's flag.
-    let more = if more { MsgFlags::from_bits_retain(nix::libc::MSG_MORE) } else { MsgFlags::empty() };
-    let flags = more | MsgFlags::MSG_NOSIGNAL;
-    let mut done = 0;
-    while done < bytes.len() {
-        done += stream
-            .async_io(Interest::WRITABLE, || {
-                nix::sys::socket::send(stream.as_raw_fd(), &bytes[done..], flags).map_err(io::Error::from)
-            })
-            .await?;
-    }
-    Ok(())
+/// Where a connection's bytes go: a plain socket (heads and small bodies by
+/// `send`, files by `sendfile`) or TLS (every byte encrypted in the process:
+/// these kernels have no kTLS, so files are read and written like nginx's
+/// with `sendfile` off for TLS).
+pub trait Wire: AsyncRead + Unpin + Send {
+    /// Writes all of `bytes`; with `more`, what follows goes out with them.
+    fn send(&mut self, bytes: &[u8], more: bool) -> impl Future<Output = io::Result<()>> + Send;
+    /// Sends `len` bytes of `file` from `offset`.
+    fn send_file(
+        &mut self,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ends the connection (a TLS close_notify first).
+    fn close(&mut self) -> impl Future<Output = io::Result<()>> + Send;
 }
 
-/// Sends `len` bytes of `file` from `offset` with `sendfile(2)`.
-async fn send_file(stream: &TcpStream, file: &std::fs::File, offset: u64, len: usize) -> io::Result<()> {
-    let mut at = i64::try_from(offset).map_err(io::Error::other)?;
-    let mut left = len;
-    while left > 0 {
-        let n = stream
-            .async_io(Interest::WRITABLE, || {
-                let mut off = at;
-                nix::sys::sendfile::sendfile(stream, file, Some(&mut off), left).map_err(io::Error::from)
-            })
-            .await?;
-        if n == 0 {
-            // The file is shorter than its metadata said: the response cannot be finished.
-            return Err(io::ErrorKind::UnexpectedEof.into());
+impl Wire for TcpStream {
+    /// With `more`, the kernel holds a partial packet for what follows
+    /// (`MSG_MORE`), so a head and its body leave together.
+    async fn send(&mut self, bytes: &[u8], more: bool) -> io::Result<()> {
+        // nix names no MSG_MORE; it is Linux's flag.
+        let more = if more { MsgFlags::from_bits_retain(nix::libc::MSG_MORE) } else { MsgFlags::empty() };
+        let flags = more | MsgFlags::MSG_NOSIGNAL;
+        let mut done = 0;
+        while done < bytes.len() {
+            done += self
+                .async_io(Interest::WRITABLE, || {
+                    nix::sys::socket::send(self.as_raw_fd(), &bytes[done..], flags).map_err(io::Error::from)
+                })
+                .await?;
         }
-        at += n as i64;
-        left -= n;
+        Ok(())
     }
-    Ok(())
+
+    /// By `sendfile(2)`, from the page cache.
+    async fn send_file(&mut self, file: &std::fs::File, offset: u64, len: usize) -> io::Result<()> {
+        let mut at = i64::try_from(offset).map_err(io::Error::other)?;
+        let mut left = len;
+        while left > 0 {
+            let n = self
+                .async_io(Interest::WRITABLE, || {
+                    let mut off = at;
+                    nix::sys::sendfile::sendfile(&*self, file, Some(&mut off), left).map_err(io::Error::from)
+                })
+                .await?;
+            if n == 0 {
+                // The file is shorter than its metadata said: the response cannot be finished.
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            at += n as i64;
+            left -= n;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) -> io::Result<()> {
+        self.shutdown().await
+    }
+}
+
+/// How much of a file one read takes on its way into TLS records.
+const TLS_FILE_CHUNK: usize = 64 * 1024;
+
+impl Wire for tokio_rustls::server::TlsStream<TcpStream> {
+    async fn send(&mut self, bytes: &[u8], more: bool) -> io::Result<()> {
+        self.write_all(bytes).await?;
+        if !more {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Read from the page cache (`pread`, a local file) into records.
+    async fn send_file(&mut self, file: &std::fs::File, offset: u64, len: usize) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut chunk = vec![0u8; len.min(TLS_FILE_CHUNK)];
+        let (mut at, mut left) = (offset, len);
+        while left > 0 {
+            let want = left.min(chunk.len());
+            let n = file.read_at(&mut chunk[..want], at)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.write_all(&chunk[..n]).await?;
+            at += n as u64;
+            left -= n;
+        }
+        self.flush().await
+    }
+
+    async fn close(&mut self) -> io::Result<()> {
+        self.shutdown().await
+    }
 }
 
 /// Appends a `date` header, formatted once a second per thread.

@@ -88,6 +88,8 @@ pub struct OriginConfig {
     #[arg(long, env = "HEADWATER_MAX_CONNECTIONS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
+    #[command(flatten)]
+    pub tls: headwater_serve::tls::TlsArgs,
 }
 
 /// Runs a node until `shutdown` (SIGTERM) or admin's drain request; then stops
@@ -108,6 +110,7 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
     ));
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let tls = cfg.tls.bind(&shutdown).await?;
     let public = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let admin = report::Admin::new(http, &cfg.admin_url, cfg.node_token.clone());
@@ -115,6 +118,9 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
     // Content store reachable before we say we listen.
     node.files.store().ping().await.context("content store unreachable")?;
     println!("headwater origin listening on http://{addr}");
+    if let Some((l, _)) = &tls {
+        println!("headwater origin listening on https://{}", l.local_addr()?);
+    }
     tracing::info!(%addr, node = %cfg.node_id, "origin listening");
 
     // Drain on SIGTERM or when admin asks: one token for both.
@@ -141,11 +147,16 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
     };
     let conns =
         conns::Connections::new(usize::try_from(cfg.max_connections).unwrap_or(usize::MAX), &node.metrics.registry)?;
-    let serving = tokio::spawn(server::serve(listener, node.clone(), conns, drain.clone(), serve_cfg));
+    let serving = tokio::spawn(server::serve(listener, None, node.clone(), conns.clone(), drain.clone(), serve_cfg));
+    let serving_tls =
+        tls.map(|(l, tls)| tokio::spawn(server::serve(l, Some(tls), node.clone(), conns, drain.clone(), serve_cfg)));
     drain.cancelled().await;
     node.draining.store(true, Ordering::Relaxed);
     tracing::info!("draining");
-    let left = serving.await.unwrap_or(0);
+    let mut left = serving.await.unwrap_or(0);
+    if let Some(t) = serving_tls {
+        left += t.await.unwrap_or(0);
+    }
     stop_reports.cancel();
     let _ = tokio::join!(hb, usage);
     if left > 0 {

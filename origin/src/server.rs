@@ -1,4 +1,5 @@
-//! The node's listener: accepts connections (at most so many, see [`conns`]),
+//! The node's listeners (plain and, with `--tls-listen`, TLS; one connection
+//! bound for both): accepts connections (at most so many, see [`conns`]),
 //! tells HTTP/2 (prior knowledge, h2c) from HTTP/1.1 by the connection preface,
 //! serves HTTP/1.1 itself ([`h1`]) and HTTP/2 through hyper, closes connections
 //! idle too long, and drains: on shutdown the listener closes, in-flight responses
@@ -8,8 +9,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use headwater_serve::tls::Tls;
 use headwater_serve::{H2Streams, ServeConfig, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,6 +25,7 @@ use crate::{h1, handler};
 /// when the drain deadline passed (0 after a clean drain).
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<Tls>>,
     node: Arc<Node>,
     conns: Arc<Connections>,
     drain: CancellationToken,
@@ -29,13 +33,23 @@ pub async fn serve(
 ) -> usize {
     let connections = TaskTracker::new();
     while let Some((stream, peer)) = headwater_serve::accept(&listener, &drain).await {
-        match conns.admit() {
-            Some(conn) => {
+        match (conns.admit(), tls.clone()) {
+            (Some(conn), None) => {
                 connections.spawn(connection(node.clone(), stream, peer, conn, drain.clone(), cfg));
             }
+            (Some(conn), Some(tls)) => {
+                connections.spawn(tls_connection(tls, node.clone(), stream, peer, conn, drain.clone(), cfg));
+            }
             // Every connection is busy: a clean refusal, not a silent close.
-            None => {
+            (None, None) => {
                 connections.spawn(async move { h1::refuse_busy(stream).await });
+            }
+            (None, Some(tls)) => {
+                connections.spawn(async move {
+                    if let Some((stream, _)) = tls.handshake(stream, cfg.header_read_timeout).await {
+                        h1::refuse_busy(stream).await;
+                    }
+                });
             }
         }
     }
@@ -68,6 +82,40 @@ async fn connection(
             _ => return,
         },
     };
+    serve_stream(node, stream, h2, peer, conn, drain, cfg).await;
+}
+
+/// A connection on the TLS listener: counted from the accept, the handshake
+/// must finish within the header-read timeout; ALPN picks the protocol.
+async fn tls_connection(
+    tls: Arc<Tls>,
+    node: Arc<Node>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: Conn,
+    drain: CancellationToken,
+    cfg: ServeConfig,
+) {
+    let (stream, h2) = tokio::select! {
+        _ = drain.cancelled() => return,
+        _ = conn.close.cancelled() => return,
+        done = tls.handshake(stream, cfg.header_read_timeout) => match done {
+            Some(done) => done,
+            None => return,
+        },
+    };
+    serve_stream(node, stream, h2, peer, conn, drain, cfg).await;
+}
+
+async fn serve_stream<W: h1::Wire + AsyncWrite + 'static>(
+    node: Arc<Node>,
+    stream: W,
+    h2: bool,
+    peer: SocketAddr,
+    conn: Conn,
+    drain: CancellationToken,
+    cfg: ServeConfig,
+) {
     let served = if h2 {
         serve_h2(node, stream, peer, &conn, drain, cfg.idle_timeout).await
     } else {
@@ -78,9 +126,9 @@ async fn connection(
     }
 }
 
-async fn serve_h2(
+async fn serve_h2<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     node: Arc<Node>,
-    stream: TcpStream,
+    stream: I,
     peer: SocketAddr,
     slot: &Conn,
     drain: CancellationToken,

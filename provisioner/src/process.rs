@@ -17,6 +17,11 @@ use uuid::Uuid;
 
 use crate::{BoxFuture, Driver, DriverError, Handle, InstanceSpec, Status};
 
+/// What a node must not take from the environment of the admin that launches
+/// it: admin's own TLS listener and certificates (the same address would not
+/// bind twice). A node gets TLS settings only from its launch spec.
+const NOT_INHERITED: [&str; 3] = ["HEADWATER_TLS_LISTEN", "HEADWATER_TLS_CERT", "HEADWATER_TLS_KEY"];
+
 /// What a state file records.
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
@@ -132,8 +137,11 @@ impl Driver for ProcessDriver {
             let launch_err = |source| DriverError::Launch { program: spec.program.display().to_string(), source };
             let log = std::fs::File::create(self.dir.join(format!("{}.log", spec.id))).map_err(launch_err)?;
             let mut cmd = tokio::process::Command::new(&spec.program);
-            cmd.args(&spec.args)
-                .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            cmd.args(&spec.args);
+            for name in NOT_INHERITED {
+                cmd.env_remove(name);
+            }
+            cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
                 .stdin(std::process::Stdio::null())
                 .stdout(log.try_clone().map_err(launch_err)?)
                 .stderr(log)

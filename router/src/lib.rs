@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use headwater_serve::ServeConfig;
+use headwater_serve::tls::Tls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -77,10 +78,17 @@ pub struct RouterConfig {
     /// which it reached (its view, for admin's partition rule), in ms; 0: never.
     #[arg(long, env = "HEADWATER_SIGHTINGS_MS", default_value_t = 1000)]
     pub sightings_ms: u64,
+    #[command(flatten)]
+    pub tls: headwater_serve::tls::TlsArgs,
 }
 
-/// Runs a router on `listener` until `shutdown`, then drains.
-pub async fn serve(cfg: RouterConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs a router on `listener` (and over TLS on `tls`) until `shutdown`, then drains.
+pub async fn serve(
+    cfg: RouterConfig,
+    listener: TcpListener,
+    tls: Option<(TcpListener, Arc<Tls>)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let table = Arc::new(table::Shared::default());
     // With Redis: changes pushed there, the snapshot and a fallback polled from
     // admin. Without: admin's routing stream.
@@ -118,8 +126,9 @@ pub async fn serve(cfg: RouterConfig, listener: TcpListener, shutdown: Cancellat
         metrics_token: cfg.metrics_token.clone(),
     };
     let router = Arc::new(Router::new(table, options)?);
-    headwater_serve::run(
+    headwater_serve::run_both(
         listener,
+        tls,
         move |peer| {
             let router = router.clone();
             tower::service_fn(move |req| {
@@ -145,5 +154,9 @@ pub async fn serve(cfg: RouterConfig, listener: TcpListener, shutdown: Cancellat
 pub async fn run(cfg: RouterConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     println!("headwater router listening on http://{}", listener.local_addr()?);
-    serve(cfg, listener, shutdown).await
+    let tls = cfg.tls.bind(&shutdown).await?;
+    if let Some((l, _)) = &tls {
+        println!("headwater router listening on https://{}", l.local_addr()?);
+    }
+    serve(cfg, listener, tls, shutdown).await
 }

@@ -14,11 +14,13 @@ use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod flood;
+pub mod tls;
 pub use flood::{ControlBudget, FloodGuard};
 
 /// Timeouts of a server.
@@ -60,12 +62,78 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_listener(listener, None, make, shutdown, cfg).await
+}
+
+/// [`run`] over TLS: the handshake must finish within `header_read_timeout` of
+/// the accept; ALPN picks HTTP/2 or HTTP/1.1.
+pub async fn run_tls<F, S, B>(
+    listener: TcpListener,
+    tls: Arc<tls::Tls>,
+    make: F,
+    shutdown: CancellationToken,
+    cfg: ServeConfig,
+) -> usize
+where
+    F: Fn(SocketAddr) -> S,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_listener(listener, Some(tls), make, shutdown, cfg).await
+}
+
+/// [`run`] on `plain` and, when given, [`run_tls`] on the TLS listener, the
+/// same service on both; returns when both have drained.
+pub async fn run_both<F, S, B>(
+    plain: TcpListener,
+    tls: Option<(TcpListener, Arc<tls::Tls>)>,
+    make: F,
+    shutdown: CancellationToken,
+    cfg: ServeConfig,
+) -> usize
+where
+    F: Fn(SocketAddr) -> S,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let plain = run(plain, &make, shutdown.clone(), cfg);
+    match tls {
+        None => plain.await,
+        Some((listener, tls)) => {
+            let (a, b) = tokio::join!(plain, run_tls(listener, tls, &make, shutdown, cfg));
+            a + b
+        }
+    }
+}
+
+async fn serve_listener<F, S, B>(
+    listener: TcpListener,
+    tls: Option<Arc<tls::Tls>>,
+    make: F,
+    shutdown: CancellationToken,
+    cfg: ServeConfig,
+) -> usize
+where
+    F: Fn(SocketAddr) -> S,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let connections = TaskTracker::new();
     while let Some((stream, peer)) = accept(&listener, &shutdown).await {
         let service = make(peer);
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            if let Err(e) = connection(stream, service, shutdown, cfg).await {
+            if let Err(e) = connection(stream, tls, service, shutdown, cfg).await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
@@ -84,6 +152,7 @@ where
 
 async fn connection<S, B>(
     stream: TcpStream,
+    tls: Option<Arc<tls::Tls>>,
     service: S,
     shutdown: CancellationToken,
     cfg: ServeConfig,
@@ -95,14 +164,46 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let h2 = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
-        sniffed = tokio::time::timeout(cfg.header_read_timeout, sniff(&stream)) => match sniffed {
-            Ok(Ok(Some(h2))) => h2,
-            // Silent past the timeout, closed, or gone.
-            _ => return Ok(()),
-        },
-    };
+    match tls {
+        None => {
+            let h2 = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                sniffed = tokio::time::timeout(cfg.header_read_timeout, sniff(&stream)) => match sniffed {
+                    Ok(Ok(Some(h2))) => h2,
+                    // Silent past the timeout, closed, or gone.
+                    _ => return Ok(()),
+                },
+            };
+            serve_io(stream, h2, service, shutdown, cfg).await
+        }
+        Some(tls) => {
+            let (stream, h2) = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                done = tls.handshake(stream, cfg.header_read_timeout) => match done {
+                    Some(done) => done,
+                    None => return Ok(()),
+                },
+            };
+            serve_io(stream, h2, service, shutdown, cfg).await
+        }
+    }
+}
+
+async fn serve_io<I, S, B>(
+    stream: I,
+    h2: bool,
+    service: S,
+    shutdown: CancellationToken,
+    cfg: ServeConfig,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if h2 {
         let io = TokioIo::new(FloodGuard::new(stream, ControlBudget::default()));
         let streams = H2Streams::new();

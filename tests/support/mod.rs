@@ -487,6 +487,8 @@ pub fn demo_files() -> Vec<String> {
 /// A running `headwater origin` process.
 pub struct Origin {
     pub url: String,
+    /// `https://…` with `--tls-listen`.
+    pub tls_url: Option<String>,
     pub id: String,
     child: Child,
 }
@@ -517,17 +519,26 @@ impl Origin {
             .spawn()
             .expect("spawn headwater origin");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let url = tokio::time::timeout(Duration::from_secs(60), async {
+        let tls = extra.contains(&"--tls-listen");
+        let (url, tls_url) = tokio::time::timeout(Duration::from_secs(60), async {
+            let (mut url, mut tls_url) = (None, None);
             while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if let Some(url) = line.strip_prefix("headwater origin listening on ") {
-                    return url.to_owned();
+                match line.strip_prefix("headwater origin listening on ") {
+                    Some(u) if u.starts_with("https://") => tls_url = Some(u.to_owned()),
+                    Some(u) => url = Some(u.to_owned()),
+                    None => {}
+                }
+                if let Some(url) = &url
+                    && tls_url.is_some() == tls
+                {
+                    return (url.clone(), tls_url);
                 }
             }
             panic!("headwater origin exited before listening");
         })
         .await
         .expect("origin did not start within 60 s");
-        Origin { url, id: id.to_owned(), child }
+        Origin { url, tls_url, id: id.to_owned(), child }
     }
 
     /// Waits (deadline 30 s) until admin lists this node as `state`.
@@ -719,6 +730,7 @@ pub async fn up_demo(data: &std::path::Path) -> (Child, Vec<String>) {
     start(
         Command::new(BIN)
             .args(["up", "--demo", "--listen", "127.0.0.1:0", "--router-listen", "127.0.0.1:0"])
+            .args(["--admin-https-listen", "127.0.0.1:0", "--router-https-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data),
         "ready",
