@@ -86,6 +86,12 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         Ok(format!("https://localhost:{}", l.local_addr()?.port()))
     };
     let (admin_https, router_https) = (https(&admin_tls)?, https(&router_tls)?);
+    // Nodes and the router reach admin over HTTPS, trusting the local CA alone.
+    let admin_internal = match &admin_tls {
+        Some((l, _)) => format!("https://127.0.0.1:{}", l.local_addr()?.port()),
+        None => admin_url.clone(),
+    };
+    let ca_path = tls_dir.join("ca.pem");
     let d = |p: &str| data.join(p).display().to_string();
     let args = AdminArgs::try_parse_from([
         "admin".to_owned(),
@@ -102,6 +108,10 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         // The router below connects from this address; nodes believe it alone.
         "--trusted-proxy".into(),
         format!("{ROUTER_SOURCE}/32"),
+        "--node-admin-url".into(),
+        admin_internal.clone(),
+        "--node-admin-ca".into(),
+        ca_path.display().to_string(),
     ])?;
     let admin = Admin::build(&args.admin, Arc::new(SystemClock)).await?;
     let admin_metrics_token = admin.state.settings.metrics_token.clone();
@@ -109,7 +119,8 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     let admin_task = tokio::spawn(admin.run(admin_listener, admin_tls, shutdown.clone()));
     let router_cfg = RouterConfig {
         listen: router_listener.local_addr()?,
-        admin_url: admin_url.clone(),
+        admin_url: admin_internal.clone(),
+        admin_ca: Some(ca_path.display().to_string()),
         token: router_token,
         mode: Mode::Proxy,
         domain: None,
@@ -128,7 +139,6 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     println!("headwater admin listening on {admin_https}");
     println!("headwater router listening on {router_url}");
     println!("headwater router listening on {router_https}");
-    let ca_path = tls_dir.join("ca.pem");
     println!("local CA in {} (trust it: curl --cacert, ffplay -ca_file, headwater --cacert)", ca_path.display());
     println!("operator token in {}", data.join("operator-token").display());
     println!("metrics token in {} (Authorization: Bearer for /metrics)", data.join("metrics-token").display());

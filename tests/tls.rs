@@ -1,5 +1,6 @@
 //! TLS through the real binary: `up` serves the admin API and the locators over
-//! HTTPS with a local CA (curl-, ffmpeg- and CLI-usable as it prints), and an
+//! HTTPS with a local CA (curl-, ffmpeg- and CLI-usable as it prints; its nodes
+//! and router reach admin over HTTPS trusting that CA alone), and an
 //! origin node serves HTTPS from PEM files (h2 and HTTP/1.1 by ALPN, byte ranges,
 //! a reloaded certificate, slow handshakes cut off, one connection cap for both
 //! listeners).
@@ -97,6 +98,28 @@ async fn up_serves_https_with_a_local_ca_that_curl_ffmpeg_and_the_cli_trust() {
         }
         None => assert!(std::env::var("CI").is_err(), "ffmpeg is required in CI (scripts/test installs it)"),
     }
+
+    // The nodes `up` runs report to admin over HTTPS, trusting the local CA
+    // alone (they are ready: their heartbeats got through), and so the router
+    // reads its routing table (it served the locator above).
+    let ca_text = String::from_utf8(ca.clone()).unwrap();
+    let mut nodes = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+            .replace('\0', " ");
+        if !cmdline.contains(" origin ") || !cmdline.contains(&*data.path().to_string_lossy()) {
+            continue;
+        }
+        nodes += 1;
+        assert!(cmdline.contains("--admin-url https://127.0.0.1:"), "{cmdline}");
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let ca_var = environ
+            .split(|b| *b == 0)
+            .find_map(|v| String::from_utf8_lossy(v).strip_prefix("HEADWATER_ADMIN_CA=").map(str::to_owned));
+        assert_eq!(ca_var.as_deref(), Some(ca_text.as_str()), "node {pid} does not trust the local CA alone");
+    }
+    assert!(nodes >= 2, "no node processes of this up found");
 
     // The CLI talks to admin over HTTPS with --cacert.
     let key = std::fs::read_to_string(data.path().join("demo-api-key")).unwrap();

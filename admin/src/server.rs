@@ -103,6 +103,11 @@ pub struct AdminConfig {
     /// Default: this admin's own listen address.
     #[arg(long, env = "HEADWATER_NODE_ADMIN_URL")]
     pub node_admin_url: Option<String>,
+    /// The CA of the certificate at the node admin URL (a PEM file), when that
+    /// URL is https: nodes trust it alone for their reports (it travels in their
+    /// environment as HEADWATER_ADMIN_CA).
+    #[arg(long, env = "HEADWATER_NODE_ADMIN_CA")]
+    pub node_admin_ca: Option<PathBuf>,
     /// The routers' addresses (CIDR, repeat or comma-separate): the nodes admin
     /// runs believe the client address a router forwards (`X-Forwarded-For`, for IP
     /// allow-lists) from these only. None by default: no forwarded address is
@@ -325,6 +330,12 @@ impl Admin {
                     heartbeat_ms: 1000,
                     trusted_proxies: self.cfg.trusted_proxies.iter().map(ToString::to_string).collect(),
                     metrics_token: self.state.settings.metrics_token.clone(),
+                    admin_ca: match &self.cfg.node_admin_ca {
+                        Some(p) => {
+                            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+                        }
+                        None => None,
+                    },
                 };
                 let policy = HealthPolicy {
                     heartbeat_timeout_ms: i64::try_from(self.cfg.heartbeat_timeout_ms).unwrap_or(3000),

@@ -42,6 +42,11 @@ pub struct OriginConfig {
     /// the first that answers and moves to the next when it stops answering.
     #[arg(long, env = "HEADWATER_ADMIN_URL", default_value = "http://127.0.0.1:7400", value_delimiter = ',')]
     pub admin_url: Vec<String>,
+    /// The CA that admin's HTTPS certificate comes from (PEM text, or a file),
+    /// trusted alone for an https admin URL; admin hands its `--node-admin-ca`
+    /// to the nodes it runs.
+    #[arg(long, env = "HEADWATER_ADMIN_CA")]
+    pub admin_ca: Option<String>,
     /// The node's token from its registration.
     #[arg(long, env = "HEADWATER_NODE_TOKEN", hide_env_values = true)]
     pub node_token: String,
@@ -112,7 +117,9 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
     let addr = listener.local_addr()?;
     let tls = cfg.tls.bind(&shutdown).await?;
     let public = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let http = headwater_serve::tls::trusting(reqwest::Client::builder(), cfg.admin_ca.as_deref())?
+        .timeout(Duration::from_secs(5))
+        .build()?;
     let admin = report::Admin::new(http, &cfg.admin_url, cfg.node_token.clone());
 
     // Content store reachable before we say we listen.

@@ -44,6 +44,10 @@ pub struct RouterConfig {
         hide_env_values = true
     )]
     pub token: String,
+    /// The CA that admin's HTTPS certificate comes from (PEM text, or a file),
+    /// trusted alone for an https admin URL.
+    #[arg(long, env = "HEADWATER_ADMIN_CA")]
+    pub admin_ca: Option<String>,
     #[arg(long, value_enum, env = "HEADWATER_ROUTER_MODE", default_value = "proxy")]
     pub mode: Mode,
     /// Serve `http://{account}.DOMAIN/{asset}/{file}` by Host header too.
@@ -90,29 +94,30 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let table = Arc::new(table::Shared::default());
+    let admin = table::AdminApi { base: cfg.admin_url.clone(), ca: cfg.admin_ca.clone(), token: cfg.token.clone() };
+    // Checked here, so a bad CA stops the router instead of its followers.
+    admin.client(|b| b)?;
     // With Redis: changes pushed there, the snapshot and a fallback polled from
     // admin. Without: admin's routing stream.
     let followers = match cfg.redis_url.clone() {
         Some(url) => vec![
             tokio::spawn(table::follow(
                 table.clone(),
-                cfg.admin_url.clone(),
-                cfg.token.clone(),
+                admin.clone(),
                 Duration::from_millis(cfg.refresh_ms),
                 shutdown.clone(),
             )),
             tokio::spawn(table::listen(table.clone(), url, cfg.redis_prefix.clone(), shutdown.clone())),
         ],
         None => {
-            vec![tokio::spawn(table::stream(table.clone(), cfg.admin_url.clone(), cfg.token.clone(), shutdown.clone()))]
+            vec![tokio::spawn(table::stream(table.clone(), admin.clone(), shutdown.clone()))]
         }
     };
     let mut followers = followers;
     if cfg.sightings_ms > 0 {
         followers.push(tokio::spawn(sightings::report(
             table.clone(),
-            cfg.admin_url.clone(),
-            cfg.token.clone(),
+            admin.clone(),
             sightings::router_name(cfg.name.as_deref()),
             Duration::from_millis(cfg.sightings_ms),
             cfg.source_ip,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use headwater_protocol::{PROBE_PATH, Sightings};
 use tokio_util::sync::CancellationToken;
 
-use crate::table::Shared;
+use crate::table::{AdminApi, Shared};
 
 /// The router's name for admin: `name`, else the host name (a pod's name), else
 /// a random one.
@@ -33,22 +33,17 @@ pub fn router_name(name: Option<&str>) -> String {
 /// Probes every node of the table each `every` and reports what it reached.
 pub async fn report(
     table: Arc<Shared>,
-    admin_url: String,
-    token: String,
+    admin: AdminApi,
     name: String,
     every: Duration,
     source_ip: Option<std::net::IpAddr>,
     stop: CancellationToken,
 ) {
-    let http = match reqwest::Client::builder()
-        .local_address(source_ip)
-        .timeout(every.max(Duration::from_millis(500)))
-        .build()
-    {
+    let http = match admin.client(|b| b.local_address(source_ip).timeout(every.max(Duration::from_millis(500)))) {
         Ok(h) => h,
         Err(e) => return tracing::error!(error = %e, "the sightings client"),
     };
-    let url = format!("{}/v1/routing/sightings", admin_url.trim_end_matches('/'));
+    let (url, token) = (admin.url("/v1/routing/sightings"), admin.token);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

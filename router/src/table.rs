@@ -88,16 +88,39 @@ impl Shared {
     }
 }
 
+/// Where the router reaches admin: its URL, the CA it trusts for it (`--admin-ca`)
+/// and the router token.
+#[derive(Clone)]
+pub struct AdminApi {
+    pub base: String,
+    pub ca: Option<String>,
+    pub token: String,
+}
+
+impl AdminApi {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.trim_end_matches('/'))
+    }
+
+    /// A client for admin, trusting `ca` alone when set, with `settings`.
+    pub fn client(
+        &self,
+        settings: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+    ) -> anyhow::Result<reqwest::Client> {
+        Ok(settings(headwater_serve::tls::trusting(reqwest::Client::builder(), self.ca.as_deref())?).build()?)
+    }
+}
+
 /// Polls admin every `every` until `stop`; errors keep the last table.
-pub async fn follow(table: Arc<Shared>, admin_url: String, token: String, every: Duration, stop: CancellationToken) {
-    let http = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
+pub async fn follow(table: Arc<Shared>, admin: AdminApi, every: Duration, stop: CancellationToken) {
+    let http = match admin.client(|b| b.timeout(Duration::from_secs(5))) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "routing table client");
             return;
         }
     };
-    let url = format!("{}/v1/routing", admin_url.trim_end_matches('/'));
+    let (url, token) = (admin.url("/v1/routing"), admin.token);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -127,15 +150,15 @@ const STREAM_IDLE: Duration = Duration::from_secs(30);
 /// Follows admin's routing stream (`GET /v1/routing/stream`: the table, then each
 /// change, one JSON table per line) until `stop`, reconnecting with a growing pause
 /// (up to 5 s) while admin is away. Used when there is no Redis.
-pub async fn stream(table: Arc<Shared>, admin_url: String, token: String, stop: CancellationToken) {
-    let http = match reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build() {
+pub async fn stream(table: Arc<Shared>, admin: AdminApi, stop: CancellationToken) {
+    let http = match admin.client(|b| b.connect_timeout(Duration::from_secs(2))) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "routing stream client");
             return;
         }
     };
-    let url = format!("{}/v1/routing/stream", admin_url.trim_end_matches('/'));
+    let (url, token) = (admin.url("/v1/routing/stream"), admin.token);
     let mut pause = Duration::from_millis(100);
     loop {
         let connected = std::time::Instant::now();

@@ -282,6 +282,20 @@ impl Tls {
     }
 }
 
+/// A client that trusts only `ca` for `https://` URLs when given (PEM text, or
+/// the path of a PEM file: a private CA, as admin's), the system's roots otherwise.
+pub fn trusting(builder: reqwest::ClientBuilder, ca: Option<&str>) -> anyhow::Result<reqwest::ClientBuilder> {
+    let Some(ca) = ca.filter(|c| !c.trim().is_empty()) else { return Ok(builder) };
+    let pem = if ca.trim_start().starts_with("-----BEGIN") {
+        ca.as_bytes().to_vec()
+    } else {
+        std::fs::read(ca).with_context(|| format!("reading the CA file {ca}"))?
+    };
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).context("the CA is not PEM certificates")?;
+    anyhow::ensure!(!certs.is_empty(), "the CA holds no certificate");
+    Ok(builder.tls_certs_only(certs))
+}
+
 /// A certificate authority for `up` and tests: makes a CA and leaf
 /// certificates signed by it (rcgen).
 pub mod local_ca {

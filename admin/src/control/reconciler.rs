@@ -241,6 +241,8 @@ pub struct NodeTemplate {
     pub trusted_proxies: Vec<String>,
     /// The bearer token of the nodes' `/metrics`.
     pub metrics_token: String,
+    /// The CA (PEM) nodes trust for an https admin URL.
+    pub admin_ca: Option<String>,
 }
 
 pub struct Reconciler {
@@ -917,8 +919,11 @@ impl Reconciler {
             args.extend(["--image-version".into(), v.clone()]);
         }
         // Tokens go in the environment, not on the command line.
-        let env =
+        let mut env =
             vec![("HEADWATER_NODE_TOKEN".into(), token), ("HEADWATER_METRICS_TOKEN".into(), t.metrics_token.clone())];
+        if let Some(ca) = &t.admin_ca {
+            env.push(("HEADWATER_ADMIN_CA".into(), ca.clone()));
+        }
         let labels =
             [(POOL_LABEL.to_owned(), pool.id.to_string()), (DOMAIN_LABEL.to_owned(), domain.to_string())].into();
         // A node's reservation grows with its bandwidth: a core per 2 Gbit/s.
@@ -1228,6 +1233,7 @@ mod driven {
             heartbeat_ms: 1000,
             trusted_proxies: vec![],
             metrics_token: "metrics".into(),
+            admin_ca: None,
         };
         let reconciler = Reconciler::new(
             store.clone(),
