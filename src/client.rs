@@ -150,6 +150,40 @@ pub enum AccountsCmd {
     Delete {
         name: String,
     },
+    /// Show signed playback (keys, whether a token is required), or change it.
+    Playback {
+        name: String,
+        /// Serve only signed URLs.
+        #[arg(long, conflicts_with = "no_require")]
+        require: bool,
+        /// Serve unsigned URLs too.
+        #[arg(long)]
+        no_require: bool,
+    },
+    /// A new playback signing key (its secret shown once); the older of two is retired.
+    PlaybackKey {
+        name: String,
+    },
+    /// Retire a playback key at once: its tokens stop working.
+    DeletePlaybackKey {
+        name: String,
+        id: String,
+    },
+    /// A signed URL for PATH (`{asset}/{file}`) of the account.
+    SignUrl {
+        name: String,
+        path: String,
+        /// Seconds the URL plays for (default 3600).
+        #[arg(long)]
+        expires_in: Option<u32>,
+        /// What else it plays: `asset` (PATH's asset, the default), `directory`
+        /// (beside PATH and below) or `account` (every file).
+        #[arg(long)]
+        scope: Option<String>,
+        /// The one client address it is good for.
+        #[arg(long)]
+        client_ip: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -455,6 +489,54 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
                 }
                 AccountsCmd::Delete { name } => {
                     (c.call(Method::DELETE, &format!("/v1/accounts/{name}"), None, false).await?, false)
+                }
+                AccountsCmd::Playback { name, require, no_require } => {
+                    let path = format!("/v1/accounts/{name}/playback");
+                    let v = if require || no_require {
+                        c.call(Method::PUT, &path, Some(json!({"required": require})), false).await?
+                    } else {
+                        c.call(Method::GET, &path, None, false).await?
+                    };
+                    if !json_out {
+                        println!("required: {}", v["required"]);
+                        for k in v["keys"].as_array().into_iter().flatten() {
+                            println!("key {} (created {})", s(k, "id"), s(k, "created_at"));
+                        }
+                    }
+                    (v, false)
+                }
+                AccountsCmd::PlaybackKey { name } => {
+                    let v = c.call(Method::POST, &format!("/v1/accounts/{name}/playback-keys"), None, false).await?;
+                    if !json_out {
+                        println!("key {} (secret shown once):\n  {}", s(&v, "id"), s(&v, "secret"));
+                        if let Some(r) = v["retired"].as_str() {
+                            println!("retired key {r}");
+                        }
+                    }
+                    (v, false)
+                }
+                AccountsCmd::DeletePlaybackKey { name, id } => {
+                    let path = format!("/v1/accounts/{name}/playback-keys/{id}");
+                    (c.call(Method::DELETE, &path, None, false).await?, false)
+                }
+                AccountsCmd::SignUrl { name, path, expires_in, scope, client_ip } => {
+                    let mut body = json!({"path": path});
+                    if let Some(e) = expires_in {
+                        body["expires_in_secs"] = json!(e);
+                    }
+                    if let Some(scope) = scope {
+                        body["scope"] = json!(scope);
+                    }
+                    if let Some(ip) = client_ip {
+                        body["client_ip"] = json!(ip);
+                    }
+                    let v = c
+                        .call(Method::POST, &format!("/v1/accounts/{name}/playback-tokens"), Some(body), false)
+                        .await?;
+                    if !json_out {
+                        println!("{}", s(&v, "url"));
+                    }
+                    (v, false)
                 }
             };
             let mut v = v;

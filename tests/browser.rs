@@ -1,6 +1,7 @@
 //! A real browser player: hls.js (from npm, tests/browser) in headless Chromium, on
 //! a page served from another origin than the router, plays the demo locator that
-//! `headwater up --demo` prints. Needs `chromium` and `npm ci --prefix tests/browser`
+//! `headwater up --demo` prints, then the same locator signed (a playback token
+//! in its path) once the account requires tokens. Needs `chromium` and `npm ci --prefix tests/browser`
 //! (scripts/test does both).
 
 mod support;
@@ -67,6 +68,43 @@ async fn hls_js_in_chromium_plays_the_demo_locator() {
     assert!(allowed("access-control-allow-headers").unwrap().contains("range"));
     assert!(allowed("access-control-allow-methods").unwrap().contains("get"));
 
+    let got = play(&chromium, &locator).await;
+    assert_eq!(got["levels"], 2, "both renditions of the master playlist: {got}");
+
+    // Signed playback: the locator then needs a token, and hls.js plays the
+    // signed URL, the token reaching every child playlist and segment by the
+    // relative URIs alone.
+    let key = std::fs::read_to_string(data.path().join("demo-api-key")).unwrap();
+    let admin = value(&lines, "headwater admin listening on ").to_owned();
+    let api = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = api.request(method, format!("{admin}{path}")).bearer_auth(key.trim());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send()
+    };
+    let res = call(reqwest::Method::POST, "/v1/accounts/demo-trial/playback-keys", None).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let body = serde_json::json!({"required": true});
+    let res = call(reqwest::Method::PUT, "/v1/accounts/demo-trial/playback", Some(body)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    support::wait_status(&api, &locator, StatusCode::FORBIDDEN, "the unsigned locator").await;
+    let body = serde_json::json!({"path": "demo/hls/master.m3u8", "expires_in_secs": 600});
+    let signed: Value = call(reqwest::Method::POST, "/v1/accounts/demo-trial/playback-tokens", Some(body))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let signed = signed["url"].as_str().unwrap().to_owned();
+    let got = play(&chromium, &signed).await;
+    assert_eq!(got["levels"], 2, "both renditions of the signed master playlist: {got}");
+}
+
+/// Plays `locator` for 4 s with hls.js in headless Chromium; the page's report,
+/// checked for a clean playback.
+async fn play(chromium: &std::path::Path, locator: &str) -> Value {
     let (page, report) = page_server().await;
     let profile = tempfile::tempdir().unwrap();
     let url = format!("{page}/?seconds=4&src={locator}");
@@ -107,5 +145,5 @@ async fn hls_js_in_chromium_plays_the_demo_locator() {
     assert_eq!(got["done"], true, "{got}");
     assert!(got["currentTime"].as_f64().unwrap() >= 4.0 || got["ended"] == true, "played too little: {got}");
     assert!(got["fragments"].as_u64().unwrap() >= 2, "{got}");
-    assert_eq!(got["levels"], 2, "both renditions of the master playlist: {got}");
+    got
 }

@@ -2,7 +2,8 @@
 //! router and the origin nodes it launches) through a scenario that uses every
 //! kind of credential there is — the operator, metrics and router tokens, a
 //! customer's API keys (one made and revoked), each node's token, the local
-//! CA's and the HTTPS listeners' private keys — and then
+//! CA's and the HTTPS listeners' private keys, the master key and a playback
+//! signing key (a signed URL played) — and then
 //! every log it produced (its stderr and each node's log file) is searched for
 //! every one of those secrets.
 
@@ -106,6 +107,20 @@ async fn no_secret_appears_in_any_log() {
         listed["items"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap().to_owned()).collect();
     let played = http.get(format!("{router}/demo-sla/demo/hls/360p/index.m3u8")).send().await.unwrap();
     assert_eq!(played.status(), StatusCode::OK);
+    // A playback signing key, a signed URL played (router and node check it).
+    let demo_key = read("demo-api-key");
+    let made = call(Method::POST, "/v1/accounts/demo-sla/playback-keys", &demo_key, None).await.unwrap();
+    assert_eq!(made.status(), StatusCode::CREATED);
+    let playback_secret = made.json::<Value>().await.unwrap()["secret"].as_str().unwrap().to_owned();
+    let body = json!({"path": "demo/hls/360p/index.m3u8"});
+    let signed = call(Method::POST, "/v1/accounts/demo-sla/playback-tokens", &demo_key, Some(body)).await.unwrap();
+    let signed: Value = signed.json().await.unwrap();
+    let signed_url = signed["url"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while http.get(&signed_url).send().await.unwrap().status() != StatusCode::OK {
+        assert!(std::time::Instant::now() < deadline, "the signed URL never played");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let nodes = node_tokens(&data);
     assert!(nodes.len() >= 3, "the demo's node processes and their tokens: {}", nodes.len());
 
@@ -136,6 +151,8 @@ async fn no_secret_appears_in_any_log() {
         ("an API key's secret", support::secret_of(&key).to_owned()),
         ("a revoked API key", second_key.clone()),
     ];
+    secrets.push(("the master key", read("master-key")));
+    secrets.push(("a playback signing key", playback_secret.clone()));
     // The TLS private keys (the local CA's and the listeners'), line by line of
     // their PEM (a log would show a line, not the whole file).
     for (what, file) in [("the local CA's key", "tls/ca-key.pem"), ("the TLS key", "tls/server-key.pem")] {

@@ -25,10 +25,18 @@ pub struct NewKey {
     pub plaintext: String,
 }
 
-fn secret() -> String {
+/// 32 random bytes in unpadded base64url.
+pub fn secret() -> String {
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     URL_SAFE_NO_PAD.encode(secret)
+}
+
+/// A short random id (16 lower-case hex characters): a playback key's.
+pub fn short_id() -> String {
+    let mut id = [0u8; 8];
+    rand::rng().fill_bytes(&mut id);
+    hex::encode(id)
 }
 
 /// Makes a new API key from the operating system's random source.

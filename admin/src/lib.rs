@@ -9,6 +9,7 @@ pub mod domain;
 pub mod keys;
 pub mod probe_content;
 pub mod rules;
+pub mod sealed;
 pub mod server;
 pub mod states;
 pub mod store;

@@ -66,6 +66,9 @@ pub static IP_NETWORK: LazyLock<String> = LazyLock::new(|| {
     format!(r"^({v4}(/(3[0-2]|[12]?[0-9]))?|{v6}(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?)$", v4 = ipv4(), v6 = ipv6())
 });
 
+/// One IP address (IPv4, or IPv6 in its text forms).
+pub static IP_ADDRESS: LazyLock<String> = LazyLock::new(|| format!(r"^({}|{})$", ipv4(), ipv6()));
+
 /// A web origin allowed to read an account's content: `http(s)://host[:port]`,
 /// the host a DNS name, an IPv4 address or a bracketed IPv6 one, the port 1 to
 /// 65535; a trailing `/` is allowed.
@@ -98,6 +101,8 @@ pub static ASSET: LazyLock<String> = LazyLock::new(|| format!("^{}$", segment(10
 /// [`FILE_PATH_MAX`] in all.
 pub static FILE_PATH: LazyLock<String> = LazyLock::new(|| format!("^{s}(/{s})*$", s = segment(255)));
 pub const FILE_PATH_MAX: usize = 800;
+/// A file of an asset: the asset, then the file's path in it (two segments at least).
+pub static ASSET_FILE: LazyLock<String> = LazyLock::new(|| format!("^{s}(/{s})+$", s = segment(255)));
 
 /// Whether a character is not shown as itself.
 pub fn hidden(c: char) -> bool {
@@ -200,6 +205,8 @@ fn compile(p: &str) -> Regex {
 }
 
 pub static IS_IP_NETWORK: Rule = Rule::new(|| compile(&IP_NETWORK));
+pub static IS_IP_ADDRESS: Rule = Rule::new(|| compile(&IP_ADDRESS));
+pub static IS_ASSET_FILE: Rule = Rule::new(|| compile(&ASSET_FILE));
 pub static IS_WEB_ORIGIN: Rule = Rule::new(|| compile(&WEB_ORIGIN));
 pub static IS_ASSET: Rule = Rule::new(|| compile(&ASSET));
 pub static IS_FILE_PATH: Rule = Rule::new(|| compile(&FILE_PATH));
@@ -222,9 +229,11 @@ mod tests {
     fn every_rule_compiles() {
         for rule in [
             &IS_IP_NETWORK,
+            &IS_IP_ADDRESS,
             &IS_WEB_ORIGIN,
             &IS_ASSET,
             &IS_FILE_PATH,
+            &IS_ASSET_FILE,
             &IS_CUSTOMER_NAME,
             &IS_COMMAND,
             &IS_EMAIL,

@@ -53,6 +53,11 @@ pub struct AdminConfig {
     /// router reaches, nothing else; generated into DATA_DIR/router-token when unset.
     #[arg(long, env = "HEADWATER_ROUTER_TOKEN", hide_env_values = true)]
     pub router_token: Option<String>,
+    /// The master key secrets at rest are sealed under (playback keys): 32 random
+    /// bytes, base64url; generated into DATA_DIR/master-key when unset. Every
+    /// admin replica needs the same one.
+    #[arg(long, env = "HEADWATER_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
     /// Base URL of the router, from which each account's locator is made.
     #[arg(long, env = "HEADWATER_LOCATOR_BASE", default_value = "http://127.0.0.1:7401")]
     pub locator_base: String,
@@ -186,6 +191,23 @@ fn token(cfg: &AdminConfig, flag: Option<&String>, file: &str, what: &str) -> an
     Ok(token)
 }
 
+/// The master key of `--master-key`, or DATA_DIR/master-key (made there,
+/// owner-only, on first start).
+fn master_key(cfg: &AdminConfig) -> anyhow::Result<crate::sealed::Sealer> {
+    if let Some(k) = cfg.master_key.as_ref().filter(|k| !k.is_empty()) {
+        return crate::sealed::Sealer::from_text(k).context("--master-key");
+    }
+    let path = cfg.data_dir.join("master-key");
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        return crate::sealed::Sealer::from_text(&k).with_context(|| path.display().to_string());
+    }
+    keys::create_private_dir(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let key = keys::secret();
+    keys::write_secret_file(&path, &key).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("master key generated and saved in {}", path.display());
+    crate::sealed::Sealer::from_text(&key)
+}
+
 /// Everything `admin` runs, assembled: used by `headwater admin` and by `up`.
 pub struct Admin {
     pub state: AppState,
@@ -214,6 +236,7 @@ impl Admin {
             request_timeout: Duration::from_secs(cfg.request_timeout_secs),
             max_upload_bytes: cfg.max_upload_bytes,
             upload_timeout: Duration::from_secs(3600),
+            sealer: Arc::new(master_key(cfg)?),
             quotas: api::quotas::QuotaDefaults {
                 max_accounts: i64::from(cfg.quota_accounts),
                 max_total_sla_mbps: i64::from(cfg.quota_sla_mbps),
@@ -290,6 +313,7 @@ impl Admin {
         let routing = tokio::spawn(self.state.routing.clone().publish(
             self.state.store.clone(),
             self.state.bus.clone(),
+            self.state.settings.sealer.clone(),
             crate::control::routing::PUBLISH_EVERY,
             shutdown.clone(),
         ));

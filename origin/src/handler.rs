@@ -116,6 +116,8 @@ async fn route(
         res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
         return res;
     }
+    // A signed URL's token segment is not part of the file's path.
+    let (token, path) = headwater_playback::split(path);
     let content = match ContentPath::from_url(path.trim_start_matches('/')) {
         Ok(p) => p,
         Err(e) => return problem(StatusCode::BAD_REQUEST, "invalid-path", &e.to_string()),
@@ -138,12 +140,20 @@ async fn route(
             return count(node, &a.name, problem(StatusCode::GONE, "gone", "the account is deactivated"));
         }
         let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-        if !a.allows(node.client_ip(peer.ip(), forwarded)) {
+        let client = node.client_ip(peer.ip(), forwarded);
+        if !a.allows(client) {
             return count(
                 node,
                 &a.name,
                 problem(StatusCode::FORBIDDEN, "forbidden", "your address is not allowed for this account"),
             );
+        }
+        // Under the account, as the URL spells it (as the router checks it).
+        let rest = path.trim_start_matches('/').split_once('/').map_or("", |(_, r)| r);
+        if let Err(refused) =
+            headwater_playback::check(&a.name, a.playback.as_ref(), token, rest, client, now_ms() as u64 / 1000)
+        {
+            return count(node, &a.name, problem(StatusCode::FORBIDDEN, "playback-token", refused.detail()));
         }
         (a.name.clone(), true, &a.ok_requests, &a.bytes)
     };

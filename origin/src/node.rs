@@ -28,6 +28,8 @@ pub struct Account {
     /// Web origins whose pages may read the content (CORS); empty: any.
     pub allow_origins: Vec<String>,
     pub active: bool,
+    /// Signed playback: whether a token is required, and the keys.
+    pub playback: Option<headwater_protocol::Playback>,
 }
 
 impl Account {
@@ -126,6 +128,7 @@ impl Node {
                     allow,
                     allow_origins: a.allow_origins.clone(),
                     active: a.active,
+                    playback: a.playback.clone(),
                 },
             );
             let cap_kbps = a.cap_kbps.or(a.cap_mbps.map(|m| m.saturating_mul(1000)));

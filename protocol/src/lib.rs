@@ -80,6 +80,25 @@ pub struct ServedAccount {
     pub allow_origins: Vec<String>,
     /// `false` once deactivated: the node answers 410.
     pub active: bool,
+    /// Signed playback, when the account has keys (absent from older admins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playback: Option<Playback>,
+}
+
+/// A key that signs an account's playback tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaybackKey {
+    pub id: String,
+    /// The HMAC key, base64url (in admin's answers to routers and nodes only).
+    pub secret: String,
+}
+
+/// An account's signed playback: whether a token is required, and the keys
+/// tokens may be signed with (two during a rotation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Playback {
+    pub required: bool,
+    pub keys: Vec<PlaybackKey>,
 }
 
 /// `GET /v1/nodes/{id}/config`: what the node serves.
@@ -146,6 +165,9 @@ pub struct Route {
     pub allow_origins: Vec<String>,
     /// The ready nodes of the account's pool.
     pub nodes: Vec<RouteNode>,
+    /// Signed playback, when the account has keys (absent from older admins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playback: Option<Playback>,
 }
 
 /// `GET /v1/routing`: account → ready nodes, published by admin for routers.

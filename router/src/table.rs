@@ -24,6 +24,8 @@ pub struct Account {
     pub allow_origins: Vec<String>,
     /// `host:port` of each ready node.
     pub nodes: Vec<String>,
+    /// Signed playback: whether a token is required, and the keys.
+    pub playback: Option<headwater_protocol::Playback>,
 }
 
 impl Account {
@@ -57,6 +59,7 @@ impl From<RoutingTable> for Table {
                         allow,
                         allow_origins: r.allow_origins,
                         nodes: r.nodes.into_iter().map(|n| n.address).collect(),
+                        playback: r.playback,
                     },
                 )
             })

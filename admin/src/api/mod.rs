@@ -10,6 +10,7 @@ pub mod model;
 pub mod nodes;
 mod openapi;
 mod operator;
+mod playback;
 pub mod problem;
 pub mod quotas;
 mod system;
@@ -59,6 +60,8 @@ pub struct ApiSettings {
     pub upload_timeout: Duration,
     /// What a customer may hold unless the operator says otherwise.
     pub quotas: quotas::QuotaDefaults,
+    /// Seals and opens secrets kept at rest (playback keys) under the master key.
+    pub sealer: Arc<crate::sealed::Sealer>,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -118,6 +121,10 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(accounts::deactivate))
         .routes(routes!(accounts::reactivate))
         .routes(routes!(accounts::usage))
+        .routes(routes!(playback::get_policy, playback::set_policy))
+        .routes(routes!(playback::create_key))
+        .routes(routes!(playback::delete_key))
+        .routes(routes!(playback::sign))
         .routes(routes!(assets::list))
         .routes(routes!(assets::delete))
         .routes(routes!(accounts::list_operations))

@@ -178,6 +178,8 @@ pub struct Account {
     pub ip_allow: Vec<String>,
     /// Web origins whose pages may read the content (CORS); empty: any.
     pub allow_origins: Vec<String>,
+    /// Whether the locator serves only signed URLs (`/v1/accounts/{name}/playback`).
+    pub playback_required: bool,
     pub pool: Option<PoolSummary>,
     /// Share of successful probes over the last window, once nodes are probed.
     pub availability: Option<f64>,
@@ -204,6 +206,7 @@ impl From<AccountRow> for Account {
             locator: a.locator,
             ip_allow: a.ip_allow.0,
             allow_origins: a.allow_origins.0,
+            playback_required: a.playback_required,
             pool,
             availability: None,
             created_at: rfc3339(a.created_at),

@@ -92,6 +92,7 @@ pub async fn heartbeat(
     params(("id" = Uuid, Path)), responses((status = 200, description = "NodeConfig"), (status = 401, body = Problem)))]
 pub async fn config(State(s): State<AppState>, NodeAuth(id): NodeAuth) -> Result<Json<NodeConfig>, ApiError> {
     let config = node_config(id, &s.store.node_serving(id, s.clock.now_ms()).await?);
+    let config = crate::control::node_config::opened(config, &s.settings.sealer);
     // The node applies what it fetched at once: a worker waiting for it to serve
     // an account need not wait for its next heartbeat to say so.
     s.store.set_config_version(id, i64::try_from(config.version).unwrap_or(0)).await?;
@@ -162,7 +163,7 @@ pub async fn routing(
     headers: axum::http::HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let table = s.routing.snapshot(&s.store).await?;
+    let table = s.routing.snapshot(&s.store, &s.settings.sealer).await?;
     let etag = format!("\"{}\"", table.digest);
     if headers.get(axum::http::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         return Ok((StatusCode::NOT_MODIFIED, [(axum::http::header::ETAG, etag)]).into_response());
@@ -218,7 +219,7 @@ pub async fn routing_stream(
     use axum::response::IntoResponse;
     // Subscribe before the snapshot, so no change falls between the two.
     let rx = s.routing.subscribe();
-    let first = s.routing.snapshot(&s.store).await?;
+    let first = s.routing.snapshot(&s.store, &s.settings.sealer).await?;
     let closed = s.routing.closed();
     let line = |t: &headwater_protocol::RoutingTable| {
         let mut v = serde_json::to_vec(t).unwrap_or_default();

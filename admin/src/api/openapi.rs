@@ -175,7 +175,7 @@ fn string_schema(s: &mut Schema) -> Option<&mut Object> {
 /// Puts the validators' patterns on the fields and parameters they check.
 fn shapes(doc: &mut OpenApi) {
     let email = Shape { pattern: &rules::EMAIL, max_length: Some(rules::EMAIL_MAX) };
-    let fields: [(&str, &str, Shape); 23] = [
+    let fields: [(&str, &str, Shape); 25] = [
         (
             "CreateCustomer",
             "name",
@@ -193,6 +193,8 @@ fn shapes(doc: &mut OpenApi) {
         ("CreateImage", "command", Shape { pattern: &rules::COMMAND, max_length: Some(rules::COMMAND_MAX) }),
         ("CreateImage", "args", shape(rules::NO_NUL)),
         ("RouterSightings", "router", shape(rules::ZONE)),
+        ("SignPlaybackUrl", "path", Shape { pattern: &rules::ASSET_FILE, max_length: Some(rules::FILE_PATH_MAX) }),
+        ("SignPlaybackUrl", "client_ip", shape(&rules::IP_ADDRESS)),
         ("CreateImage", "container_image", Shape { pattern: rules::CONTAINER_IMAGE, max_length: Some(255) }),
         ("UpdateTarget", "zone", shape(rules::ZONE)),
         ("UpdateTarget", "region", shape(rules::ZONE)),

@@ -13,5 +13,6 @@ pub mod partition;
 pub mod reconciler;
 pub mod retention;
 pub mod routing;
+pub mod signing;
 pub mod warm;
 pub mod worker;

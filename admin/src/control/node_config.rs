@@ -11,7 +11,8 @@ use crate::states::PoolKind;
 use crate::store::NodeServing;
 
 /// The configuration a node of this pool serves. Its version is a digest of its
-/// content, so it changes exactly when the configuration does.
+/// content, so it changes exactly when the configuration does. Playback keys
+/// are still sealed here (see [`opened`]).
 ///
 /// An account's cap in a shared pool is for the account, not per node: the router
 /// spreads its requests over the pool's ready nodes, so each node holds it to its
@@ -37,6 +38,7 @@ pub fn node_config(node_id: Uuid, s: &NodeServing) -> NodeConfig {
                 ip_allow: a.ip_allow.0.clone(),
                 allow_origins: a.allow_origins.0.clone(),
                 active: a.state.serves(),
+                playback: crate::control::signing::sealed_rule(a.playback_required, &a.playback_keys.0),
             }
         })
         .collect();
@@ -47,6 +49,16 @@ pub fn node_config(node_id: Uuid, s: &NodeServing) -> NodeConfig {
     v.copy_from_slice(&digest[..8]);
     // Kept below 2^63 so it fits a signed BIGINT.
     config.version = u64::from_be_bytes(v) >> 1;
+    config
+}
+
+/// The configuration as the node gets it: playback secrets opened.
+pub fn opened(mut config: NodeConfig, sealer: &crate::sealed::Sealer) -> NodeConfig {
+    for a in &mut config.accounts {
+        if let Some(rule) = a.playback.as_mut() {
+            crate::control::signing::open_rule(&a.name, rule, sealer);
+        }
+    }
     config
 }
 
@@ -62,6 +74,8 @@ mod tests {
             state: crate::states::AccountState::Active,
             ip_allow: sqlx::types::Json(vec![]),
             allow_origins: sqlx::types::Json(vec![]),
+            playback_required: false,
+            playback_keys: sqlx::types::Json(vec![]),
         };
         NodeServing {
             pool_id: Uuid::nil(),

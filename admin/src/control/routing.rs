@@ -13,6 +13,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, ROUTING};
+use crate::control::signing::{open_rule, sealed_rule};
+use crate::sealed::Sealer;
 use crate::store::{RouteRow, Store, StoreError};
 
 /// How often the table is read while someone listens for changes.
@@ -37,8 +39,9 @@ impl Default for Routing {
     }
 }
 
-/// The table for `rows`, without a version yet.
-pub fn table(rows: Vec<RouteRow>) -> RoutingTable {
+/// The table for `rows`, without a version yet; its digest is taken with the
+/// playback keys sealed, then `sealer` opens them for routers.
+pub fn table(rows: Vec<RouteRow>, sealer: &Sealer) -> RoutingTable {
     let mut table = RoutingTable::default();
     for r in rows {
         let route = table.accounts.entry(r.name).or_insert_with(|| Route {
@@ -46,6 +49,7 @@ pub fn table(rows: Vec<RouteRow>) -> RoutingTable {
             ip_allow: r.ip_allow.0.clone(),
             allow_origins: r.allow_origins.0.clone(),
             nodes: Vec::new(),
+            playback: sealed_rule(r.playback_required, &r.playback_keys.0),
         });
         if let (Some(id), Some(address)) = (r.node_id, r.address) {
             route.nodes.push(RouteNode { id, address });
@@ -53,6 +57,11 @@ pub fn table(rows: Vec<RouteRow>) -> RoutingTable {
     }
     let digest = Sha256::digest(serde_json::to_vec(&table.accounts).unwrap_or_default());
     table.digest = hex::encode(&digest[..16]);
+    for (name, route) in &mut table.accounts {
+        if let Some(rule) = route.playback.as_mut() {
+            open_rule(name, rule, sealer);
+        }
+    }
     table
 }
 
@@ -70,9 +79,9 @@ impl Routing {
 
     /// The table as the store has it now. The version is taken before the read, so
     /// a table read later always carries the larger version.
-    pub async fn snapshot(&self, store: &Store) -> Result<RoutingTable, StoreError> {
+    pub async fn snapshot(&self, store: &Store, sealer: &Sealer) -> Result<RoutingTable, StoreError> {
         let version = self.next_version();
-        let mut t = table(store.routes().await?);
+        let mut t = table(store.routes().await?, sealer);
         t.version = version;
         Ok(t)
     }
@@ -90,7 +99,14 @@ impl Routing {
     /// Reads the table every `every` while anyone listens (a stream here, or
     /// routers on Redis) and publishes it whenever its content changes, until
     /// `shutdown`; then ends every stream.
-    pub async fn publish(self: Arc<Self>, store: Store, bus: Bus, every: Duration, shutdown: CancellationToken) {
+    pub async fn publish(
+        self: Arc<Self>,
+        store: Store,
+        bus: Bus,
+        sealer: Arc<Sealer>,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) {
         let mut last = String::new();
         let mut tick = crate::control::every::Every::new(every, &shutdown);
         while tick.next().await {
@@ -98,7 +114,7 @@ impl Routing {
                 last.clear();
                 continue;
             }
-            match self.snapshot(&store).await {
+            match self.snapshot(&store, &sealer).await {
                 Ok(t) if t.digest != last => {
                     // Sent again next time if Redis did not take it, so routers
                     // catch up when Redis returns.

@@ -13,6 +13,7 @@ mod idempotency;
 mod leases;
 mod nodes;
 mod operations;
+mod playback;
 mod pools;
 mod probes;
 mod routes;
@@ -216,6 +217,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "targets", include_str!("../../../migrations/postgres/0011_targets.sql")),
     (12, "container images", include_str!("../../../migrations/postgres/0012_container_images.sql")),
     (13, "router sightings", include_str!("../../../migrations/postgres/0013_router_sightings.sql")),
+    (14, "playback", include_str!("../../../migrations/postgres/0014_playback.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -231,6 +233,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "targets", include_str!("../../../migrations/sqlite/0011_targets.sql")),
     (12, "container images", include_str!("../../../migrations/sqlite/0012_container_images.sql")),
     (13, "router sightings", include_str!("../../../migrations/sqlite/0013_router_sightings.sql")),
+    (14, "playback", include_str!("../../../migrations/sqlite/0014_playback.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

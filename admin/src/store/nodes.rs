@@ -33,6 +33,8 @@ pub struct ServedAccountRow {
     pub state: AccountState,
     pub ip_allow: Json<Vec<String>>,
     pub allow_origins: Json<Vec<String>>,
+    pub playback_required: bool,
+    pub playback_keys: Json<Vec<super::StoredKey>>,
 }
 
 /// Everything a node needs to know about its pool.
@@ -245,7 +247,8 @@ impl Store {
             });
         let accounts = on_pool!(self, |p| {
             sqlx::query_as(
-                "SELECT a.name, a.offer, a.state, a.ip_allow, a.allow_origins FROM accounts a
+                "SELECT a.name, a.offer, a.state, a.ip_allow, a.allow_origins, a.playback_required, a.playback_keys
+                 FROM accounts a
                  LEFT JOIN account_pool_mappings m ON m.account_id = a.id
                  WHERE (m.pool_id = $1 OR a.staged_pool_id = $1 OR (m.previous_pool_id = $1 AND m.moved_at > $2))
                    AND a.state <> 'deleted'

@@ -62,6 +62,14 @@ pub struct ImageRow {
     pub created_at: UnixMs,
 }
 
+/// A playback signing key as stored: its secret sealed under the master key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredKey {
+    pub id: String,
+    pub sealed: String,
+    pub created_at: UnixMs,
+}
+
 /// An account with a summary of the pool currently serving it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AccountRow {
@@ -75,6 +83,8 @@ pub struct AccountRow {
     pub locator: String,
     pub ip_allow: Json<Vec<String>>,
     pub allow_origins: Json<Vec<String>>,
+    pub playback_required: bool,
+    pub playback_keys: Json<Vec<StoredKey>>,
     pub deactivated_at: Option<UnixMs>,
     pub retain_until: Option<UnixMs>,
     pub created_at: UnixMs,

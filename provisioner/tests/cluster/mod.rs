@@ -280,7 +280,8 @@ pub fn render(overlay: &str, into: &Path) -> PathBuf {
             dir.join("headwater.env"),
             format!(
                 "database-url=postgres://headwater@db.example:5432/headwater\nredis-url=redis://redis.example:6379\n\
-                 operator-token={}\nmetrics-token={}\nrouter-token={}\n",
+                 operator-token={}\nmetrics-token={}\nrouter-token={}\n\
+                 master-key=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n",
                 token(),
                 token(),
                 token()

@@ -1,0 +1,42 @@
+//! An account's signed-playback settings: whether a token is required and the
+//! keys (sealed) tokens are signed with.
+
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{Result, Store, StoreError, StoredKey, on_pool};
+use crate::clock::UnixMs;
+
+impl Store {
+    /// Replaces the account's playback settings, if they are still `expected`
+    /// (read before): a concurrent change wins and this one is refused
+    /// (`InvalidState`), so no key is lost to a race.
+    pub async fn set_playback(
+        &self,
+        account: Uuid,
+        expected: &[StoredKey],
+        required: bool,
+        keys: &[StoredKey],
+        now: UnixMs,
+    ) -> Result<()> {
+        // The same JSON text as stored (SQLite compares text; PostgreSQL jsonb).
+        let done = on_pool!(self, |p| {
+            sqlx::query(
+                "UPDATE accounts SET playback_required = $2, playback_keys = $3, updated_at = $4
+                 WHERE id = $1 AND state <> 'deleted' AND playback_keys = $5",
+            )
+            .bind(account)
+            .bind(required)
+            .bind(Json(keys))
+            .bind(now)
+            .bind(Json(expected))
+            .execute(p)
+            .await?
+            .rows_affected()
+        });
+        if done == 0 {
+            return Err(StoreError::InvalidState("the account's playback keys changed meanwhile; try again".into()));
+        }
+        Ok(())
+    }
+}
