@@ -169,6 +169,18 @@ pub enum AccountsCmd {
         name: String,
         id: String,
     },
+    /// Show the account's CDN secrets (ids), or make one (`--new`: its secret
+    /// shown once; from the first on, only requests carrying one are served).
+    CdnSecrets {
+        name: String,
+        #[arg(long)]
+        new: bool,
+    },
+    /// Retire a CDN secret at once.
+    DeleteCdnSecret {
+        name: String,
+        id: String,
+    },
     /// A signed URL for PATH (`{asset}/{file}`) of the account.
     SignUrl {
         name: String,
@@ -515,6 +527,37 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
                     }
                     (v, false)
                 }
+                AccountsCmd::CdnSecrets { name, new } => {
+                    let path = format!("/v1/accounts/{name}/cdn-secrets");
+                    let v = if new {
+                        c.call(Method::POST, &path, None, false).await?
+                    } else {
+                        c.call(Method::GET, &path, None, false).await?
+                    };
+                    if !json_out {
+                        if new {
+                            println!(
+                                "CDN secret {} (shown once): {}: {}",
+                                s(&v, "id"),
+                                s(&v, "header"),
+                                s(&v, "secret")
+                            );
+                            if let Some(r) = v["retired"].as_str() {
+                                println!("retired secret {r}");
+                            }
+                        } else {
+                            println!("header: {}", s(&v, "header"));
+                            for k in v["secrets"].as_array().into_iter().flatten() {
+                                println!("secret {} (created {})", s(k, "id"), s(k, "created_at"));
+                            }
+                        }
+                    }
+                    (v, false)
+                }
+                AccountsCmd::DeleteCdnSecret { name, id } => (
+                    c.call(Method::DELETE, &format!("/v1/accounts/{name}/cdn-secrets/{id}"), None, false).await?,
+                    false,
+                ),
                 AccountsCmd::DeletePlaybackKey { name, id } => {
                     let path = format!("/v1/accounts/{name}/playback-keys/{id}");
                     (c.call(Method::DELETE, &path, None, false).await?, false)

@@ -150,10 +150,16 @@ async fn route(
         }
         // Under the account, as the URL spells it (as the router checks it).
         let rest = path.trim_start_matches('/').split_once('/').map_or("", |(_, r)| r);
-        if let Err(refused) =
+        let cdn = headers.get(headwater_playback::CDN_HEADER).map(HeaderValue::as_bytes);
+        let allowed = headwater_playback::check_cdn(&a.cdn_secrets, cdn).and_then(|via_cdn| {
+            // The CDN checks its own viewers; anyone else needs the token.
+            if via_cdn {
+                return Ok(());
+            }
             headwater_playback::check(&a.name, a.playback.as_ref(), token, rest, client, now_ms() as u64 / 1000)
-        {
-            return count(node, &a.name, problem(StatusCode::FORBIDDEN, "playback-token", refused.detail()));
+        });
+        if let Err(refused) = allowed {
+            return count(node, &a.name, problem(StatusCode::FORBIDDEN, refused.kind(), refused.detail()));
         }
         (a.name.clone(), true, &a.ok_requests, &a.bytes)
     };

@@ -30,6 +30,8 @@ pub struct Account {
     pub active: bool,
     /// Signed playback: whether a token is required, and the keys.
     pub playback: Option<headwater_protocol::Playback>,
+    /// Hashes of the secrets the account's CDN sends (none: no CDN rule).
+    pub cdn_secrets: Vec<String>,
 }
 
 impl Account {
@@ -129,6 +131,7 @@ impl Node {
                     allow_origins: a.allow_origins.clone(),
                     active: a.active,
                     playback: a.playback.clone(),
+                    cdn_secrets: a.cdn_secrets.clone(),
                 },
             );
             let cap_kbps = a.cap_kbps.or(a.cap_mbps.map(|m| m.saturating_mul(1000)));

@@ -44,6 +44,9 @@ pub enum Refusal {
     Expired,
     OutsidePrefix,
     WrongClient,
+    /// The account is served through its CDN only, and the request did not
+    /// carry the CDN's secret.
+    NotFromCdn,
 }
 
 impl Refusal {
@@ -58,6 +61,17 @@ impl Refusal {
             Refusal::Expired => "the playback token has expired",
             Refusal::OutsidePrefix => "the playback token is not good for this path",
             Refusal::WrongClient => "the playback token is for another client address",
+            Refusal::NotFromCdn => {
+                "this account is served through its CDN only: X-Headwater-CDN-Secret is missing or wrong"
+            }
+        }
+    }
+
+    /// The problem type's last segment.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Refusal::NotFromCdn => "cdn-authorization",
+            _ => "playback-token",
         }
     }
 }
@@ -69,6 +83,31 @@ fn message(account: &str, key_id: &str, expires: u64, prefix: &str, ip: &str) ->
 fn hmac_key(key: &PlaybackKey) -> Option<ring::hmac::Key> {
     let secret = B64.decode(&key.secret).ok()?;
     Some(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret))
+}
+
+/// The header an account's CDN sends with its secret.
+pub const CDN_HEADER: &str = "x-headwater-cdn-secret";
+
+/// The SHA-256 (hex) a CDN secret is kept as.
+pub fn cdn_hash(secret: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, secret);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a request may be served given the account's CDN secrets (their
+/// hashes) and the `X-Headwater-CDN-Secret` it carried: `Ok(true)` when it came
+/// from the CDN (it then needs no playback token: the CDN checks its viewers),
+/// `Ok(false)` when the account has no CDN secret, `Err` otherwise.
+pub fn check_cdn(hashes: &[String], presented: Option<&[u8]>) -> Result<bool, Refusal> {
+    if hashes.is_empty() {
+        return Ok(false);
+    }
+    let Some(presented) = presented else { return Err(Refusal::NotFromCdn) };
+    let hash = cdn_hash(presented);
+    // Every hash compared, in constant time each: nothing about which matched shows.
+    let matched =
+        hashes.iter().fold(false, |m, h| m | bool::from(subtle::ConstantTimeEq::ct_eq(h.as_bytes(), hash.as_bytes())));
+    if matched { Ok(true) } else { Err(Refusal::NotFromCdn) }
 }
 
 /// The token for `grant` on `account`, signed with `key`. `None` when the key's
@@ -228,6 +267,21 @@ mod tests {
         assert_eq!(check("ana", Some(&open), Some("hw1.k.1.x.y.AAAA"), "a/b", HERE, 1), Err(Refusal::BadSignature));
         assert_eq!(check("ana", None, Some("hw1.k"), "a/b", HERE, 1), Err(Refusal::Malformed));
         assert_eq!(check("ana", None, Some("hw1.k.1..."), "a/b", HERE, 1), Err(Refusal::UnknownKey));
+    }
+
+    #[test]
+    fn only_the_cdn_secrets_of_the_account_pass() {
+        let (a, b) = (cdn_hash(b"secret-a"), cdn_hash(b"secret-b"));
+        assert_eq!(a.len(), 64);
+        assert_eq!(check_cdn(&[], None), Ok(false));
+        assert_eq!(check_cdn(&[], Some(b"anything")), Ok(false));
+        let both = [a.clone(), b];
+        assert_eq!(check_cdn(&both, Some(b"secret-a")), Ok(true));
+        assert_eq!(check_cdn(&both, Some(b"secret-b")), Ok(true));
+        assert_eq!(check_cdn(&both, Some(b"secret-c")), Err(Refusal::NotFromCdn));
+        assert_eq!(check_cdn(&both, None), Err(Refusal::NotFromCdn));
+        // The hash itself is no secret to present.
+        assert_eq!(check_cdn(&both, Some(a.as_bytes())), Err(Refusal::NotFromCdn));
     }
 
     #[test]

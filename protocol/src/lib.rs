@@ -83,6 +83,11 @@ pub struct ServedAccount {
     /// Signed playback, when the account has keys (absent from older admins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub playback: Option<Playback>,
+    /// The SHA-256 (hex) of each secret the account's CDN sends in
+    /// `X-Headwater-CDN-Secret` (two during a rotation); when any is set, only
+    /// requests carrying one are served.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdn_secrets: Vec<String>,
 }
 
 /// A key that signs an account's playback tokens.
@@ -168,6 +173,11 @@ pub struct Route {
     /// Signed playback, when the account has keys (absent from older admins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub playback: Option<Playback>,
+    /// The SHA-256 (hex) of each secret the account's CDN sends in
+    /// `X-Headwater-CDN-Secret` (two during a rotation); when any is set, only
+    /// requests carrying one are served.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdn_secrets: Vec<String>,
 }
 
 /// `GET /v1/routing`: account → ready nodes, published by admin for routers.

@@ -387,15 +387,21 @@ impl Router {
         if !a.allows(peer.ip()) {
             return problem(StatusCode::FORBIDDEN, "forbidden", "your address is not allowed for this account");
         }
-        // A signed URL's token, checked here (and again by the node, which
-        // serves nodes' direct and redirected players too).
+        // The CDN's secret or a signed URL's token, checked here (and again by
+        // the node, which serves direct and redirected players too).
         let only_path = path.split_once('?').map_or(path, |(p, _)| p);
         let (token, unsigned) = headwater_playback::split(only_path);
         let rest = unsigned.trim_start_matches('/').split_once('/').map_or("", |(_, r)| r);
-        if let Err(refused) =
+        let cdn = req.headers().get(headwater_playback::CDN_HEADER).map(HeaderValue::as_bytes);
+        let allowed = headwater_playback::check_cdn(&a.cdn_secrets, cdn).and_then(|via_cdn| {
+            // The CDN checks its own viewers; anyone else needs the token.
+            if via_cdn {
+                return Ok(());
+            }
             headwater_playback::check(account, a.playback.as_ref(), token, rest, peer.ip(), now_ms() as u64 / 1000)
-        {
-            return problem(StatusCode::FORBIDDEN, "playback-token", refused.detail());
+        });
+        if let Err(refused) = allowed {
+            return problem(StatusCode::FORBIDDEN, refused.kind(), refused.detail());
         }
         if a.nodes.is_empty() {
             return problem(StatusCode::SERVICE_UNAVAILABLE, "no-node", "no node is ready for this account yet");
@@ -647,6 +653,7 @@ mod tests {
                 allow_origins: vec![],
                 nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
                 playback: None,
+                cdn_secrets: vec![],
             };
             Table {
                 version,

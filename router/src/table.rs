@@ -26,6 +26,8 @@ pub struct Account {
     pub nodes: Vec<String>,
     /// Signed playback: whether a token is required, and the keys.
     pub playback: Option<headwater_protocol::Playback>,
+    /// Hashes of the secrets the account's CDN sends (none: no CDN rule).
+    pub cdn_secrets: Vec<String>,
 }
 
 impl Account {
@@ -60,6 +62,7 @@ impl From<RoutingTable> for Table {
                         allow_origins: r.allow_origins,
                         nodes: r.nodes.into_iter().map(|n| n.address).collect(),
                         playback: r.playback,
+                        cdn_secrets: r.cdn_secrets,
                     },
                 )
             })

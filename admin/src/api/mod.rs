@@ -4,6 +4,7 @@
 mod accounts;
 mod assets;
 pub mod auth;
+mod cdn;
 mod customers;
 pub mod middleware;
 pub mod model;
@@ -125,6 +126,8 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(playback::create_key))
         .routes(routes!(playback::delete_key))
         .routes(routes!(playback::sign))
+        .routes(routes!(cdn::list, cdn::create))
+        .routes(routes!(cdn::delete))
         .routes(routes!(assets::list))
         .routes(routes!(assets::delete))
         .routes(routes!(accounts::list_operations))

@@ -180,6 +180,8 @@ pub struct Account {
     pub allow_origins: Vec<String>,
     /// Whether the locator serves only signed URLs (`/v1/accounts/{name}/playback`).
     pub playback_required: bool,
+    /// Whether only the account's CDN is served (`/v1/accounts/{name}/cdn-secrets`).
+    pub cdn_only: bool,
     pub pool: Option<PoolSummary>,
     /// Share of successful probes over the last window, once nodes are probed.
     pub availability: Option<f64>,
@@ -207,6 +209,7 @@ impl From<AccountRow> for Account {
             ip_allow: a.ip_allow.0,
             allow_origins: a.allow_origins.0,
             playback_required: a.playback_required,
+            cdn_only: !a.cdn_secrets.0.is_empty(),
             pool,
             availability: None,
             created_at: rfc3339(a.created_at),

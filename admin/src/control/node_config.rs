@@ -39,6 +39,7 @@ pub fn node_config(node_id: Uuid, s: &NodeServing) -> NodeConfig {
                 allow_origins: a.allow_origins.0.clone(),
                 active: a.state.serves(),
                 playback: crate::control::signing::sealed_rule(a.playback_required, &a.playback_keys.0),
+                cdn_secrets: a.cdn_secrets.0.iter().map(|c| c.sha256.clone()).collect(),
             }
         })
         .collect();
@@ -76,6 +77,7 @@ mod tests {
             allow_origins: sqlx::types::Json(vec![]),
             playback_required: false,
             playback_keys: sqlx::types::Json(vec![]),
+            cdn_secrets: sqlx::types::Json(vec![]),
         };
         NodeServing {
             pool_id: Uuid::nil(),

@@ -50,6 +50,7 @@ pub fn table(rows: Vec<RouteRow>, sealer: &Sealer) -> RoutingTable {
             allow_origins: r.allow_origins.0.clone(),
             nodes: Vec::new(),
             playback: sealed_rule(r.playback_required, &r.playback_keys.0),
+            cdn_secrets: r.cdn_secrets.0.iter().map(|c| c.sha256.clone()).collect(),
         });
         if let (Some(id), Some(address)) = (r.node_id, r.address) {
             route.nodes.push(RouteNode { id, address });

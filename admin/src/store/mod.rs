@@ -218,6 +218,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (12, "container images", include_str!("../../../migrations/postgres/0012_container_images.sql")),
     (13, "router sightings", include_str!("../../../migrations/postgres/0013_router_sightings.sql")),
     (14, "playback", include_str!("../../../migrations/postgres/0014_playback.sql")),
+    (15, "cdn secrets", include_str!("../../../migrations/postgres/0015_cdn_secrets.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -234,6 +235,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (12, "container images", include_str!("../../../migrations/sqlite/0012_container_images.sql")),
     (13, "router sightings", include_str!("../../../migrations/sqlite/0013_router_sightings.sql")),
     (14, "playback", include_str!("../../../migrations/sqlite/0014_playback.sql")),
+    (15, "cdn secrets", include_str!("../../../migrations/sqlite/0015_cdn_secrets.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

@@ -35,6 +35,7 @@ pub struct ServedAccountRow {
     pub allow_origins: Json<Vec<String>>,
     pub playback_required: bool,
     pub playback_keys: Json<Vec<super::StoredKey>>,
+    pub cdn_secrets: Json<Vec<super::CdnSecret>>,
 }
 
 /// Everything a node needs to know about its pool.
@@ -247,7 +248,7 @@ impl Store {
             });
         let accounts = on_pool!(self, |p| {
             sqlx::query_as(
-                "SELECT a.name, a.offer, a.state, a.ip_allow, a.allow_origins, a.playback_required, a.playback_keys
+                "SELECT a.name, a.offer, a.state, a.ip_allow, a.allow_origins, a.playback_required, a.playback_keys, a.cdn_secrets
                  FROM accounts a
                  LEFT JOIN account_pool_mappings m ON m.account_id = a.id
                  WHERE (m.pool_id = $1 OR a.staged_pool_id = $1 OR (m.previous_pool_id = $1 AND m.moved_at > $2))

@@ -1,10 +1,11 @@
-//! An account's signed-playback settings: whether a token is required and the
-//! keys (sealed) tokens are signed with.
+//! Who may fetch an account's content: its signed-playback settings (whether a
+//! token is required, the keys tokens are signed with, sealed) and its CDN's
+//! secrets (hashed).
 
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{Result, Store, StoreError, StoredKey, on_pool};
+use super::{CdnSecret, Result, Store, StoreError, StoredKey, on_pool};
 use crate::clock::UnixMs;
 
 impl Store {
@@ -36,6 +37,33 @@ impl Store {
         });
         if done == 0 {
             return Err(StoreError::InvalidState("the account's playback keys changed meanwhile; try again".into()));
+        }
+        Ok(())
+    }
+
+    /// Replaces the account's CDN secrets, if they are still `expected`.
+    pub async fn set_cdn_secrets(
+        &self,
+        account: Uuid,
+        expected: &[CdnSecret],
+        secrets: &[CdnSecret],
+        now: UnixMs,
+    ) -> Result<()> {
+        let done = on_pool!(self, |p| {
+            sqlx::query(
+                "UPDATE accounts SET cdn_secrets = $2, updated_at = $3
+                 WHERE id = $1 AND state <> 'deleted' AND cdn_secrets = $4",
+            )
+            .bind(account)
+            .bind(Json(secrets))
+            .bind(now)
+            .bind(Json(expected))
+            .execute(p)
+            .await?
+            .rows_affected()
+        });
+        if done == 0 {
+            return Err(StoreError::InvalidState("the account's CDN secrets changed meanwhile; try again".into()));
         }
         Ok(())
     }

@@ -70,6 +70,14 @@ pub struct StoredKey {
     pub created_at: UnixMs,
 }
 
+/// A secret of the account's CDN as stored: its SHA-256 only.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CdnSecret {
+    pub id: String,
+    pub sha256: String,
+    pub created_at: UnixMs,
+}
+
 /// An account with a summary of the pool currently serving it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AccountRow {
@@ -85,6 +93,7 @@ pub struct AccountRow {
     pub allow_origins: Json<Vec<String>>,
     pub playback_required: bool,
     pub playback_keys: Json<Vec<StoredKey>>,
+    pub cdn_secrets: Json<Vec<CdnSecret>>,
     pub deactivated_at: Option<UnixMs>,
     pub retain_until: Option<UnixMs>,
     pub created_at: UnixMs,
