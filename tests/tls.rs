@@ -261,3 +261,87 @@ async fn a_node_cuts_slow_handshakes_and_caps_both_listeners_together() {
     assert!(gauge("headwater_origin_connections_evicted_total") >= 1.0, "{metrics}");
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_own_domain_is_served_with_its_uploaded_certificate() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let data = tempfile::tempdir().unwrap();
+    let _cleanup = NodeCleanup(data.path().to_path_buf());
+    let (_up, lines) = support::up_demo(data.path()).await;
+    let admin = support::value(&lines, "headwater admin listening on ").to_owned();
+    let router_https = https_of(&lines, "router").to_owned();
+    let port: u16 = router_https.rsplit(':').next().unwrap().parse().unwrap();
+    let key = std::fs::read_to_string(data.path().join("demo-api-key")).unwrap().trim().to_owned();
+    let http = reqwest::Client::new();
+    let put = |account: &str, body: serde_json::Value| {
+        http.put(format!("{admin}/v1/accounts/{account}/domain")).bearer_auth(&key).json(&body).send()
+    };
+    let customer_ca = LocalCa::new("the customer's CA").unwrap();
+    let (cert, private_key) = customer_ca.issue(&["video.ana.example"], 30).unwrap();
+
+    // Refused with the reason: a key that is not the certificate's, a
+    // certificate for another name, a malformed domain.
+    let (_, other_key) = customer_ca.issue(&["video.ana.example"], 30).unwrap();
+    let (other_cert, other_cert_key) = customer_ca.issue(&["elsewhere.example"], 30).unwrap();
+    for (body, field, why) in [
+        (json!({"domain": "video.ana.example", "certificate": cert, "private_key": other_key}), "certificate", "key"),
+        (
+            json!({"domain": "video.ana.example", "certificate": other_cert, "private_key": other_cert_key}),
+            "certificate",
+            "does not name video.ana.example",
+        ),
+        (json!({"domain": "Video..example", "certificate": cert, "private_key": private_key}), "domain", "DNS name"),
+    ] {
+        let res = put("demo-trial", body).await.unwrap();
+        let p = support::expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some(field)).await;
+        assert!(p["detail"].as_str().unwrap().contains(why), "{p}");
+    }
+    let body = json!({"domain": "video.ana.example", "certificate": cert, "private_key": private_key});
+    let res = put("demo-trial", body.clone()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let shown: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(shown["locator"], "https://video.ana.example/");
+    // One account per domain; the key is sealed at rest.
+    let res = put("demo-sla", body).await.unwrap();
+    support::expect_problem(res, StatusCode::CONFLICT, "conflict", Some("domain")).await;
+    let db = std::fs::read(data.path().join("headwater.db")).unwrap();
+    let wal = std::fs::read(data.path().join("headwater.db-wal")).unwrap_or_default();
+    let key_line = private_key.lines().nth(1).unwrap();
+    for bytes in [&db, &wal] {
+        assert!(!bytes.windows(key_line.len()).any(|w| w == key_line.as_bytes()), "the private key is stored in clear");
+    }
+
+    // A player of https://video.ana.example/ (resolved to the router), trusting
+    // the customer's CA alone: the router answers with the uploaded
+    // certificate and routes the Host to the account.
+    let player = || {
+        trusting(customer_ca.cert_pem.as_bytes())
+            .resolve("video.ana.example", std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://video.ana.example:{port}/demo/hls/master.m3u8");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let res = loop {
+        match player().get(&url).send().await {
+            Ok(r) if r.status() == StatusCode::OK => break r,
+            other => assert!(Instant::now() < deadline, "the custom domain was never served: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.bytes().await.unwrap(), std::fs::read(format!("{DEMO}/hls/master.m3u8")).unwrap());
+    // The router's own names keep their certificate.
+    let ca = std::fs::read(data.path().join("tls/ca.pem")).unwrap();
+    let own = trusting(&ca).build().unwrap().get(format!("{router_https}/demo-trial/demo/hls/master.m3u8")).send();
+    assert_eq!(own.await.unwrap().status(), StatusCode::OK);
+
+    // Removed: the router no longer answers for it with the customer's certificate.
+    let res = http.delete(format!("{admin}/v1/accounts/demo-trial/domain")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while player().get(&url).send().await.is_ok() {
+        assert!(Instant::now() < deadline, "the removed domain is still served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -66,6 +66,11 @@ pub static IP_NETWORK: LazyLock<String> = LazyLock::new(|| {
     format!(r"^({v4}(/(3[0-2]|[12]?[0-9]))?|{v6}(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?)$", v4 = ipv4(), v6 = ipv6())
 });
 
+/// An account's own domain: a lower-case DNS name of two labels at least, at
+/// most 253 characters.
+pub const DOMAIN: &str = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$";
+pub const DOMAIN_MAX: usize = 253;
+
 /// One IP address (IPv4, or IPv6 in its text forms).
 pub static IP_ADDRESS: LazyLock<String> = LazyLock::new(|| format!(r"^({}|{})$", ipv4(), ipv6()));
 
@@ -206,6 +211,7 @@ fn compile(p: &str) -> Regex {
 
 pub static IS_IP_NETWORK: Rule = Rule::new(|| compile(&IP_NETWORK));
 pub static IS_IP_ADDRESS: Rule = Rule::new(|| compile(&IP_ADDRESS));
+pub static IS_DOMAIN: Rule = Rule::at_most(DOMAIN_MAX, || compile(DOMAIN));
 pub static IS_ASSET_FILE: Rule = Rule::new(|| compile(&ASSET_FILE));
 pub static IS_WEB_ORIGIN: Rule = Rule::new(|| compile(&WEB_ORIGIN));
 pub static IS_ASSET: Rule = Rule::new(|| compile(&ASSET));
@@ -230,6 +236,7 @@ mod tests {
         for rule in [
             &IS_IP_NETWORK,
             &IS_IP_ADDRESS,
+            &IS_DOMAIN,
             &IS_WEB_ORIGIN,
             &IS_ASSET,
             &IS_FILE_PATH,

@@ -170,6 +170,9 @@ pub struct Route {
     pub allow_origins: Vec<String>,
     /// The ready nodes of the account's pool.
     pub nodes: Vec<RouteNode>,
+    /// The account's own domain: its players use `https://{name}/{asset}/{file}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_domain: Option<CustomDomain>,
     /// Signed playback, when the account has keys (absent from older admins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub playback: Option<Playback>,
@@ -178,6 +181,16 @@ pub struct Route {
     /// requests carrying one are served.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cdn_secrets: Vec<String>,
+}
+
+/// An account's own domain, with the certificate routers serve for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomDomain {
+    pub name: String,
+    /// The certificate chain, PEM.
+    pub certificate: String,
+    /// Its private key, PEM (in admin's answers to routers only).
+    pub private_key: String,
 }
 
 /// `GET /v1/routing`: account → ready nodes, published by admin for routers.

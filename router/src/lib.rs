@@ -3,6 +3,7 @@
 //! (or redirects to it), retrying an idempotent request on another node when one
 //! fails before answering, so players see no error. See DESIGN.md §2 (`router/`).
 
+mod certs;
 mod proxy;
 mod sightings;
 pub mod table;
@@ -130,6 +131,11 @@ pub async fn serve(
         source_ip: cfg.source_ip,
         metrics_token: cfg.metrics_token.clone(),
     };
+    // Accounts' own domains are served with their certificates, by SNI.
+    let tls = tls.map(|(l, own)| {
+        let resolver = Arc::new(certs::AccountCerts { table: table.clone(), own: own.certs.clone() });
+        (l, Tls::with_resolver(own.certs.clone(), resolver))
+    });
     let router = Arc::new(Router::new(table, options)?);
     headwater_serve::run_both(
         listener,

@@ -316,14 +316,28 @@ impl Router {
             _ => {}
         }
         // The account: from the Host (`{account}.{domain}`) or the first path segment.
-        let host =
-            req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| h.split(':').next().unwrap_or(h));
-        let by_host = match (&self.domain, host) {
+        // HTTP/1.1 sends `Host`; HTTP/2 the request's authority.
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .map(|h| h.split(':').next().unwrap_or(h));
+        let table = self.table.get();
+        // An account's own domain, then `{account}.{domain}`.
+        let own = host
+            .filter(|_| !table.domains.is_empty())
+            .and_then(|h| match table.domains.get(h) {
+                Some(d) => Some(d),
+                None => table.domains.get(&h.to_ascii_lowercase()),
+            })
+            .map(|(a, _)| a.as_str());
+        let by_host = own.or(match (&self.domain, host) {
             (Some(d), Some(h)) => {
                 h.strip_suffix(d.as_str()).and_then(|a| a.strip_suffix('.')).filter(|a| !a.contains('.'))
             }
             _ => None,
-        };
+        });
         let (account, path) = match by_host {
             Some(a) => (a.to_owned(), format!("/{a}{}", req.uri().path())),
             None => {
@@ -336,7 +350,6 @@ impl Router {
             Some(q) => format!("{path}?{q}"),
             None => path,
         };
-        let table = self.table.get();
         let allowed = table.accounts.get(&account).map_or(&[][..], |a| a.allow_origins.as_slice());
         let origin = req.headers().get(header::ORIGIN);
         if req.method() == Method::OPTIONS {
@@ -660,6 +673,7 @@ mod tests {
                 digest: version.to_string(),
                 accounts: [("a".to_owned(), account)].into(),
                 nodes: Default::default(),
+                domains: Default::default(),
             }
         };
         let router = super::Router::new(Default::default(), super::Options::default()).unwrap();

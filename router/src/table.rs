@@ -44,11 +44,30 @@ pub struct Table {
     pub accounts: HashMap<String, Account>,
     /// Every node of the table, by id: what the router probes (see `sightings`).
     pub nodes: std::collections::BTreeMap<uuid::Uuid, String>,
+    /// Accounts' own domains: the account, and the certificate served for it.
+    pub domains: HashMap<String, (String, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+/// The accounts' own domains of `t` with their certificates; one that does
+/// not load (admin checked it, so rarely) is left out and logged.
+fn domains(t: &RoutingTable) -> HashMap<String, (String, Arc<rustls::sign::CertifiedKey>)> {
+    let mut out = HashMap::new();
+    for (account, route) in &t.accounts {
+        let Some(d) = &route.custom_domain else { continue };
+        match headwater_serve::tls::parse_pair(d.certificate.as_bytes(), d.private_key.as_bytes()) {
+            Ok(key) => {
+                out.insert(d.name.clone(), (account.clone(), Arc::new(key)));
+            }
+            Err(why) => tracing::warn!(%account, domain = %d.name, %why, "a custom domain's certificate does not load"),
+        }
+    }
+    out
 }
 
 impl From<RoutingTable> for Table {
     fn from(t: RoutingTable) -> Self {
         let nodes = t.accounts.values().flat_map(|r| r.nodes.iter().map(|n| (n.id, n.address.clone()))).collect();
+        let domains = domains(&t);
         let accounts = t
             .accounts
             .into_iter()
@@ -67,7 +86,7 @@ impl From<RoutingTable> for Table {
                 )
             })
             .collect();
-        Table { version: t.version, digest: t.digest, accounts, nodes }
+        Table { version: t.version, digest: t.digest, accounts, nodes, domains }
     }
 }
 

@@ -6,6 +6,7 @@ mod assets;
 pub mod auth;
 mod cdn;
 mod customers;
+mod domains;
 pub mod middleware;
 pub mod model;
 pub mod nodes;
@@ -128,6 +129,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(playback::sign))
         .routes(routes!(cdn::list, cdn::create))
         .routes(routes!(cdn::delete))
+        .routes(routes!(domains::get, domains::set, domains::delete))
         .routes(routes!(assets::list))
         .routes(routes!(assets::delete))
         .routes(routes!(accounts::list_operations))

@@ -175,7 +175,7 @@ fn string_schema(s: &mut Schema) -> Option<&mut Object> {
 /// Puts the validators' patterns on the fields and parameters they check.
 fn shapes(doc: &mut OpenApi) {
     let email = Shape { pattern: &rules::EMAIL, max_length: Some(rules::EMAIL_MAX) };
-    let fields: [(&str, &str, Shape); 25] = [
+    let fields: [(&str, &str, Shape); 26] = [
         (
             "CreateCustomer",
             "name",
@@ -195,6 +195,7 @@ fn shapes(doc: &mut OpenApi) {
         ("RouterSightings", "router", shape(rules::ZONE)),
         ("SignPlaybackUrl", "path", Shape { pattern: &rules::ASSET_FILE, max_length: Some(rules::FILE_PATH_MAX) }),
         ("SignPlaybackUrl", "client_ip", shape(&rules::IP_ADDRESS)),
+        ("SetCustomDomain", "domain", Shape { pattern: rules::DOMAIN, max_length: Some(rules::DOMAIN_MAX) }),
         ("CreateImage", "container_image", Shape { pattern: rules::CONTAINER_IMAGE, max_length: Some(255) }),
         ("UpdateTarget", "zone", shape(rules::ZONE)),
         ("UpdateTarget", "region", shape(rules::ZONE)),

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use headwater_protocol::{Route, RouteNode, RoutingTable};
+use headwater_protocol::{CustomDomain, Route, RouteNode, RoutingTable};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, ROUTING};
-use crate::control::signing::{open_rule, sealed_rule};
+use crate::control::signing::{domain_key_context, open_rule, sealed_rule};
 use crate::sealed::Sealer;
 use crate::store::{RouteRow, Store, StoreError};
 
@@ -51,6 +51,12 @@ pub fn table(rows: Vec<RouteRow>, sealer: &Sealer) -> RoutingTable {
             nodes: Vec::new(),
             playback: sealed_rule(r.playback_required, &r.playback_keys.0),
             cdn_secrets: r.cdn_secrets.0.iter().map(|c| c.sha256.clone()).collect(),
+            // The key stays sealed until the digest is taken.
+            custom_domain: r.custom_certificate.as_ref().map(|c| CustomDomain {
+                name: c.0.name.clone(),
+                certificate: c.0.certificate.clone(),
+                private_key: c.0.key_sealed.clone(),
+            }),
         });
         if let (Some(id), Some(address)) = (r.node_id, r.address) {
             route.nodes.push(RouteNode { id, address });
@@ -61,6 +67,15 @@ pub fn table(rows: Vec<RouteRow>, sealer: &Sealer) -> RoutingTable {
     for (name, route) in &mut table.accounts {
         if let Some(rule) = route.playback.as_mut() {
             open_rule(name, rule, sealer);
+        }
+        if let Some(d) = route.custom_domain.as_mut() {
+            match sealer.open(&d.private_key, &domain_key_context(name, &d.name)) {
+                Some(key) => d.private_key = key.to_string(),
+                None => {
+                    tracing::error!(account = %name, "a custom domain's key does not open under this master key");
+                    route.custom_domain = None;
+                }
+            }
         }
     }
     table

@@ -13,6 +13,11 @@ pub fn key_context(account: &str, key_id: &str) -> String {
     format!("playback-key|{account}|{key_id}")
 }
 
+/// What a custom domain's sealed private key is bound to.
+pub fn domain_key_context(account: &str, domain: &str) -> String {
+    format!("domain-key|{account}|{domain}")
+}
+
 /// The rule with the secrets still sealed; `None` for an account that neither
 /// requires tokens nor has keys.
 pub fn sealed_rule(required: bool, keys: &[StoredKey]) -> Option<Playback> {

@@ -17,7 +17,7 @@ use crate::states::{AccountState, OperationKind};
 macro_rules! account_select {
     () => {
         "SELECT a.id, a.customer_id, a.name, a.origin_type, a.offer, a.sla_mbps, a.state, a.locator, a.ip_allow, a.allow_origins,
-                a.playback_required, a.playback_keys, a.cdn_secrets, a.deactivated_at, a.retain_until, a.created_at, a.updated_at,
+                a.playback_required, a.playback_keys, a.cdn_secrets, a.custom_certificate, a.deactivated_at, a.retain_until, a.created_at, a.updated_at,
                 m.pool_id, p.kind AS pool_kind, p.desired_nodes AS pool_desired_nodes,
                 (SELECT COUNT(*) FROM nodes n WHERE n.pool_id = m.pool_id AND n.state = 'ready') AS pool_ready_nodes
          FROM accounts a

@@ -194,6 +194,8 @@ fn conflict_field(what: &str) -> &'static str {
         "email"
     } else if what.contains("one_per_type") || what.contains("accounts.customer_id, accounts.origin_type") {
         "origin_type"
+    } else if what.contains("custom_domain") {
+        "custom_domain"
     } else if what.contains("images") {
         "version"
     } else {
@@ -219,6 +221,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (13, "router sightings", include_str!("../../../migrations/postgres/0013_router_sightings.sql")),
     (14, "playback", include_str!("../../../migrations/postgres/0014_playback.sql")),
     (15, "cdn secrets", include_str!("../../../migrations/postgres/0015_cdn_secrets.sql")),
+    (16, "custom domains", include_str!("../../../migrations/postgres/0016_custom_domains.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -236,6 +239,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (13, "router sightings", include_str!("../../../migrations/sqlite/0013_router_sightings.sql")),
     (14, "playback", include_str!("../../../migrations/sqlite/0014_playback.sql")),
     (15, "cdn secrets", include_str!("../../../migrations/sqlite/0015_cdn_secrets.sql")),
+    (16, "custom domains", include_str!("../../../migrations/sqlite/0016_custom_domains.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

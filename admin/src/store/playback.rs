@@ -5,7 +5,7 @@
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{CdnSecret, Result, Store, StoreError, StoredKey, on_pool};
+use super::{CdnSecret, Result, Store, StoreError, StoredCertificate, StoredKey, on_pool};
 use crate::clock::UnixMs;
 
 impl Store {
@@ -37,6 +37,28 @@ impl Store {
         });
         if done == 0 {
             return Err(StoreError::InvalidState("the account's playback keys changed meanwhile; try again".into()));
+        }
+        Ok(())
+    }
+
+    /// Sets (or with `None` removes) the account's own domain and certificate;
+    /// a domain another account holds is a `Conflict` on `custom_domain`.
+    pub async fn set_custom_domain(&self, account: Uuid, cert: Option<&StoredCertificate>, now: UnixMs) -> Result<()> {
+        let done = on_pool!(self, |p| {
+            sqlx::query(
+                "UPDATE accounts SET custom_domain = $2, custom_certificate = $3, updated_at = $4
+                 WHERE id = $1 AND state <> 'deleted'",
+            )
+            .bind(account)
+            .bind(cert.map(|c| c.name.clone()))
+            .bind(cert.map(Json))
+            .bind(now)
+            .execute(p)
+            .await?
+            .rows_affected()
+        });
+        if done == 0 {
+            return Err(StoreError::NotFound);
         }
         Ok(())
     }

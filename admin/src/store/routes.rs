@@ -17,6 +17,7 @@ pub struct RouteRow {
     pub playback_required: bool,
     pub playback_keys: Json<Vec<super::StoredKey>>,
     pub cdn_secrets: Json<Vec<super::CdnSecret>>,
+    pub custom_certificate: Option<Json<super::StoredCertificate>>,
     pub node_id: Option<Uuid>,
     pub address: Option<String>,
 }
@@ -26,7 +27,7 @@ impl Store {
     pub async fn routes(&self) -> Result<Vec<RouteRow>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
-                "SELECT a.name, a.state, a.ip_allow, a.allow_origins, a.playback_required, a.playback_keys, a.cdn_secrets, n.id AS node_id, n.address
+                "SELECT a.name, a.state, a.ip_allow, a.allow_origins, a.playback_required, a.playback_keys, a.cdn_secrets, a.custom_certificate, n.id AS node_id, n.address
                  FROM accounts a
                  LEFT JOIN account_pool_mappings m ON m.account_id = a.id
                  LEFT JOIN nodes n ON n.pool_id = m.pool_id AND n.state = 'ready' AND n.address IS NOT NULL

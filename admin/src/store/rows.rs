@@ -78,6 +78,14 @@ pub struct CdnSecret {
     pub created_at: UnixMs,
 }
 
+/// An account's own domain and certificate as stored: the key sealed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredCertificate {
+    pub name: String,
+    pub certificate: String,
+    pub key_sealed: String,
+}
+
 /// An account with a summary of the pool currently serving it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AccountRow {
@@ -94,6 +102,7 @@ pub struct AccountRow {
     pub playback_required: bool,
     pub playback_keys: Json<Vec<StoredKey>>,
     pub cdn_secrets: Json<Vec<CdnSecret>>,
+    pub custom_certificate: Option<Json<StoredCertificate>>,
     pub deactivated_at: Option<UnixMs>,
     pub retain_until: Option<UnixMs>,
     pub created_at: UnixMs,
