@@ -19,7 +19,7 @@ enum Command {
     /// Run the whole platform on this machine: admin, origin nodes and router.
     Up(up::UpConfig),
     /// Run the admin service: REST API, store and operation worker.
-    Admin(headwater_admin::server::AdminConfig),
+    Admin(Box<headwater_admin::server::AdminConfig>),
     /// Run a router: stable locators in front of the origin nodes.
     Router(headwater_router::RouterConfig),
     /// Run an origin node: serve VOD content at an enforced bandwidth.
@@ -74,7 +74,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Admin(cfg) => {
             init_tracing();
-            headwater_admin::server::run(cfg, shutdown_on_signals()).await
+            headwater_admin::server::run(*cfg, shutdown_on_signals()).await
         }
         Command::Up(cfg) => {
             init_tracing();

@@ -267,7 +267,21 @@ async fn an_accounts_own_domain_is_served_with_its_uploaded_certificate() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let data = tempfile::tempdir().unwrap();
     let _cleanup = NodeCleanup(data.path().to_path_buf());
-    let (_up, lines) = support::up_demo(data.path()).await;
+    // The customer's CA stands for a public one: admin is told to trust it
+    // (`--domain-ca`, for a private PKI) besides the web's roots.
+    let customer_ca = LocalCa::new("the customer's CA").unwrap();
+    let ca_file = data.path().join("customer-ca.pem");
+    std::fs::write(&ca_file, &customer_ca.cert_pem).unwrap();
+    let (_up, lines) = support::start(
+        tokio::process::Command::new(support::BIN)
+            .args(["up", "--demo", "--listen", "127.0.0.1:0", "--router-listen", "127.0.0.1:0"])
+            .args(["--admin-https-listen", "127.0.0.1:0", "--router-https-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("HEADWATER_DOMAIN_CA", &ca_file),
+        "ready",
+    )
+    .await;
     let admin = support::value(&lines, "headwater admin listening on ").to_owned();
     let router_https = https_of(&lines, "router").to_owned();
     let port: u16 = router_https.rsplit(':').next().unwrap().parse().unwrap();
@@ -276,11 +290,13 @@ async fn an_accounts_own_domain_is_served_with_its_uploaded_certificate() {
     let put = |account: &str, body: serde_json::Value| {
         http.put(format!("{admin}/v1/accounts/{account}/domain")).bearer_auth(&key).json(&body).send()
     };
-    let customer_ca = LocalCa::new("the customer's CA").unwrap();
     let (cert, private_key) = customer_ca.issue(&["video.ana.example"], 30).unwrap();
+    let (untrusted_cert, untrusted_key) =
+        LocalCa::new("nobody's CA").unwrap().issue(&["video.ana.example"], 30).unwrap();
 
     // Refused with the reason: a key that is not the certificate's, a
-    // certificate for another name, a malformed domain.
+    // certificate for another name, a malformed domain, a chain no trusted CA
+    // issued (anyone could make one for any name).
     let (_, other_key) = customer_ca.issue(&["video.ana.example"], 30).unwrap();
     let (other_cert, other_cert_key) = customer_ca.issue(&["elsewhere.example"], 30).unwrap();
     for (body, field, why) in [
@@ -291,6 +307,11 @@ async fn an_accounts_own_domain_is_served_with_its_uploaded_certificate() {
             "does not name video.ana.example",
         ),
         (json!({"domain": "Video..example", "certificate": cert, "private_key": private_key}), "domain", "DNS name"),
+        (
+            json!({"domain": "video.ana.example", "certificate": untrusted_cert, "private_key": untrusted_key}),
+            "certificate",
+            "not trusted",
+        ),
     ] {
         let res = put("demo-trial", body).await.unwrap();
         let p = support::expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some(field)).await;

@@ -58,6 +58,10 @@ pub struct AdminConfig {
     /// admin replica needs the same one.
     #[arg(long, env = "HEADWATER_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<String>,
+    /// CAs (a PEM file) trusted for accounts' own domains besides the web's
+    /// public roots: a private PKI's. Customers' certificates must chain to one.
+    #[arg(long, env = "HEADWATER_DOMAIN_CA")]
+    pub domain_ca: Option<PathBuf>,
     /// Base URL of the router, from which each account's locator is made.
     #[arg(long, env = "HEADWATER_LOCATOR_BASE", default_value = "http://127.0.0.1:7401")]
     pub locator_base: String,
@@ -237,6 +241,12 @@ impl Admin {
             max_upload_bytes: cfg.max_upload_bytes,
             upload_timeout: Duration::from_secs(3600),
             sealer: Arc::new(master_key(cfg)?),
+            domain_roots: match &cfg.domain_ca {
+                Some(p) => {
+                    headwater_serve::tls::read_certs(p).with_context(|| format!("--domain-ca {}", p.display()))?
+                }
+                None => Vec::new(),
+            },
             quotas: api::quotas::QuotaDefaults {
                 max_accounts: i64::from(cfg.quota_accounts),
                 max_total_sla_mbps: i64::from(cfg.quota_sla_mbps),

@@ -148,8 +148,8 @@ async fn route(
                 problem(StatusCode::FORBIDDEN, "forbidden", "your address is not allowed for this account"),
             );
         }
-        // Under the account, as the URL spells it (as the router checks it).
-        let rest = path.trim_start_matches('/').split_once('/').map_or("", |(_, r)| r);
+        // Under the account, decoded: the path of the file served.
+        let rest = content.as_str().split_once('/').map_or("", |(_, r)| r);
         let cdn = headers.get(headwater_playback::CDN_HEADER).map(HeaderValue::as_bytes);
         let allowed = headwater_playback::check_cdn(&a.cdn_secrets, cdn).and_then(|via_cdn| {
             // The CDN checks its own viewers; anyone else needs the token.

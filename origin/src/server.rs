@@ -44,13 +44,8 @@ pub async fn serve(
             (None, None) => {
                 connections.spawn(async move { h1::refuse_busy(stream).await });
             }
-            (None, Some(tls)) => {
-                connections.spawn(async move {
-                    if let Some((stream, _)) = tls.handshake(stream, cfg.header_read_timeout).await {
-                        h1::refuse_busy(stream).await;
-                    }
-                });
-            }
+            // Over TLS an answer would cost a handshake of the busy node: closed.
+            (None, Some(_)) => drop(stream),
         }
     }
     drop(listener);

@@ -126,7 +126,12 @@ pub fn sign(account: &str, key: &PlaybackKey, grant: &Grant) -> Option<String> {
 pub fn split(path: &str) -> (Option<&str>, std::borrow::Cow<'_, str>) {
     let trimmed = path.strip_prefix('/').unwrap_or(path);
     let Some((account, after)) = trimmed.split_once('/') else { return (None, path.into()) };
-    let Some(segment) = after.strip_prefix(MARK) else { return (None, path.into()) };
+    // `~hw1.` only: an asset may be named `~x`.
+    let Some(segment) =
+        after.strip_prefix(MARK).filter(|s| s.starts_with(VERSION) && s[VERSION.len()..].starts_with('.'))
+    else {
+        return (None, path.into());
+    };
     let (token, rest) = segment.split_once('/').unwrap_or((segment, ""));
     (Some(token), format!("/{account}/{rest}").into())
 }
@@ -153,6 +158,13 @@ pub fn check(
     else {
         return Err(Refusal::Malformed);
     };
+    // Digits only, as `sign` writes them: one token has one spelling (one CDN cache key).
+    if expires.is_empty()
+        || !expires.bytes().all(|b| b.is_ascii_digit())
+        || (expires.len() > 1 && expires.starts_with('0'))
+    {
+        return Err(Refusal::Malformed);
+    }
     let expires: u64 = expires.parse().map_err(|_| Refusal::Malformed)?;
     let sig = B64.decode(sig).map_err(|_| Refusal::Malformed)?;
     let key = keys.iter().find(|k| k.id == key_id).ok_or(Refusal::UnknownKey)?;
@@ -175,7 +187,8 @@ pub fn check(
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|s| s.parse().ok())
             .ok_or(Refusal::Malformed)?;
-        if bound != client {
+        // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
+        if bound.to_canonical() != client.to_canonical() {
             return Err(Refusal::WrongClient);
         }
     }
@@ -231,7 +244,8 @@ mod tests {
         }
         let other_key = sign("ana", &key("k1", 2), &g).unwrap();
         assert_eq!(check("ana", Some(&r), Some(&other_key), "demo/a", HERE, 1), Err(Refusal::BadSignature));
-        for bad in ["", "hw1", "hw1.k1.x.a.b.c", "hw2.k1.1.a..c", &format!("{t}.extra"), "hw1.k1.5...%%%"] {
+        let respelled = t.replacen(".1000.", ".01000.", 1);
+        for bad in ["", "hw1", "hw1.k1.x.a.b.c", "hw2.k1.1.a..c", &format!("{t}.extra"), "hw1.k1.5...%%%", &respelled] {
             assert_eq!(check("ana", Some(&r), Some(bad), "demo/a", HERE, 1), Err(Refusal::Malformed), "{bad}");
         }
     }
@@ -242,6 +256,8 @@ mod tests {
         let t = sign("ana", &k, &Grant { expires: 10, prefix: String::new(), client_ip: Some(HERE) }).unwrap();
         let r = rule(vec![k]);
         assert_eq!(check("ana", Some(&r), Some(&t), "any/thing", HERE, 1), Ok(()));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(check("ana", Some(&r), Some(&t), "any/thing", mapped, 1), Ok(()));
         let elsewhere: IpAddr = "198.51.100.1".parse().unwrap();
         assert_eq!(check("ana", Some(&r), Some(&t), "any/thing", elsewhere, 1), Err(Refusal::WrongClient));
     }
@@ -286,11 +302,13 @@ mod tests {
 
     #[test]
     fn the_token_segment_is_split_from_the_path() {
-        assert_eq!(split("/ana/~tok/demo/hls/master.m3u8"), (Some("tok"), "/ana/demo/hls/master.m3u8".into()));
+        assert_eq!(split("/ana/~hw1.t/demo/hls/master.m3u8"), (Some("hw1.t"), "/ana/demo/hls/master.m3u8".into()));
         assert_eq!(split("/ana/demo/hls/master.m3u8"), (None, "/ana/demo/hls/master.m3u8".into()));
-        assert_eq!(split("/ana/~tok"), (Some("tok"), "/ana/".into()));
+        assert_eq!(split("/ana/~hw1.t"), (Some("hw1.t"), "/ana/".into()));
         assert_eq!(split("/ana"), (None, "/ana".into()));
-        // Only right after the account.
-        assert_eq!(split("/ana/demo/~tok/x"), (None, "/ana/demo/~tok/x".into()));
+        // Only right after the account, and only a token: an asset may be named `~x`.
+        assert_eq!(split("/ana/demo/~hw1.t/x"), (None, "/ana/demo/~hw1.t/x".into()));
+        assert_eq!(split("/ana/~x/file"), (None, "/ana/~x/file".into()));
+        assert_eq!(split("/ana/~hw1x/file"), (None, "/ana/~hw1x/file".into()));
     }
 }

@@ -91,7 +91,7 @@ pub struct ServedAccount {
 }
 
 /// A key that signs an account's playback tokens.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlaybackKey {
     pub id: String,
     /// The HMAC key, base64url (in admin's answers to routers and nodes only).
@@ -184,13 +184,26 @@ pub struct Route {
 }
 
 /// An account's own domain, with the certificate routers serve for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomDomain {
     pub name: String,
     /// The certificate chain, PEM.
     pub certificate: String,
     /// Its private key, PEM (in admin's answers to routers only).
     pub private_key: String,
+}
+
+/// Secrets never show in logs: only the key's id.
+impl std::fmt::Debug for PlaybackKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlaybackKey").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for CustomDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustomDomain").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 /// `GET /v1/routing`: account → ready nodes, published by admin for routers.

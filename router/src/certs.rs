@@ -12,6 +12,8 @@ use crate::table::Shared;
 pub struct AccountCerts {
     pub table: Arc<Shared>,
     pub own: Arc<Certs>,
+    /// The router's `--domain`: names under it are the platform's own.
+    pub domain: Option<String>,
 }
 
 impl std::fmt::Debug for AccountCerts {
@@ -23,7 +25,11 @@ impl std::fmt::Debug for AccountCerts {
 impl ResolvesServerCert for AccountCerts {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let sni = hello.server_name();
-        if let Some((_, key)) = sni.and_then(|name| self.table.get().domains.get(name).cloned()) {
+        let platform =
+            |name: &str| self.domain.as_deref().is_some_and(|d| name == d || name.ends_with(&format!(".{d}")));
+        if let Some((_, key)) =
+            sni.filter(|name| !platform(name)).and_then(|name| self.table.get().domains.get(name).cloned())
+        {
             return Some(key);
         }
         Some(self.own.pick(sni))

@@ -133,7 +133,8 @@ pub async fn serve(
     };
     // Accounts' own domains are served with their certificates, by SNI.
     let tls = tls.map(|(l, own)| {
-        let resolver = Arc::new(certs::AccountCerts { table: table.clone(), own: own.certs.clone() });
+        let resolver =
+            Arc::new(certs::AccountCerts { table: table.clone(), own: own.certs.clone(), domain: cfg.domain.clone() });
         (l, Tls::with_resolver(own.certs.clone(), resolver))
     });
     let router = Arc::new(Router::new(table, options)?);

@@ -324,19 +324,22 @@ impl Router {
             .or_else(|| req.uri().authority().map(|a| a.as_str()))
             .map(|h| h.split(':').next().unwrap_or(h));
         let table = self.table.get();
-        // An account's own domain, then `{account}.{domain}`.
-        let own = host
-            .filter(|_| !table.domains.is_empty())
-            .and_then(|h| match table.domains.get(h) {
-                Some(d) => Some(d),
-                None => table.domains.get(&h.to_ascii_lowercase()),
-            })
-            .map(|(a, _)| a.as_str());
-        let by_host = own.or(match (&self.domain, host) {
+        // `{account}.{domain}`, then an account's own domain (never one under
+        // the router's domain: those names are the platform's).
+        let by_host = match (&self.domain, host) {
             (Some(d), Some(h)) => {
                 h.strip_suffix(d.as_str()).and_then(|a| a.strip_suffix('.')).filter(|a| !a.contains('.'))
             }
             _ => None,
+        };
+        let under_domain = |h: &str| self.domain.as_deref().is_some_and(|d| h == d || h.ends_with(&format!(".{d}")));
+        let by_host = by_host.or_else(|| {
+            host.filter(|h| !table.domains.is_empty() && !under_domain(h))
+                .and_then(|h| match table.domains.get(h) {
+                    Some(d) => Some(d),
+                    None => table.domains.get(&h.to_ascii_lowercase()),
+                })
+                .map(|(a, _)| a.as_str())
         });
         let (account, path) = match by_host {
             Some(a) => (a.to_owned(), format!("/{a}{}", req.uri().path())),
@@ -405,6 +408,9 @@ impl Router {
         let only_path = path.split_once('?').map_or(path, |(p, _)| p);
         let (token, unsigned) = headwater_playback::split(only_path);
         let rest = unsigned.trim_start_matches('/').split_once('/').map_or("", |(_, r)| r);
+        // Decoded once, as the node reads the file's path.
+        let rest = percent_encoding::percent_decode_str(rest).decode_utf8_lossy();
+        let rest = rest.as_ref();
         let cdn = req.headers().get(headwater_playback::CDN_HEADER).map(HeaderValue::as_bytes);
         let allowed = headwater_playback::check_cdn(&a.cdn_secrets, cdn).and_then(|via_cdn| {
             // The CDN checks its own viewers; anyone else needs the token.

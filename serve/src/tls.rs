@@ -130,6 +130,18 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     certified(chain, key_der).map_err(|reason| file_error(cert, reason))
 }
 
+/// The certificates of a PEM file (a CA bundle, say).
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no certificate in the file"));
+    }
+    Ok(certs)
+}
+
 /// A chain and its key from PEM text (a customer's upload, say); the reason it
 /// is refused otherwise.
 pub fn parse_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, String> {
@@ -143,6 +155,29 @@ fn certified(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -
     let leaf = chain.first().ok_or("no certificate in the file")?;
     webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("the certificate does not parse: {e}"))?;
     CertifiedKey::from_der(chain, key, &provider()).map_err(|e| format!("the key is not this certificate's: {e}"))
+}
+
+/// Whether `cert`'s chain leads to a root of the web PKI (Mozilla's, as
+/// browsers trust) or one of `extra_roots` (a private CA), and is valid now for
+/// a server; the reason otherwise.
+pub fn verify_chain(cert: &CertifiedKey, extra_roots: &[CertificateDer<'static>]) -> Result<(), String> {
+    let leaf = cert.cert.first().ok_or("no certificate")?;
+    let leaf = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("the certificate does not parse: {e}"))?;
+    let mut anchors = webpki_roots::TLS_SERVER_ROOTS.to_vec();
+    for root in extra_roots {
+        anchors.push(webpki::anchor_from_trusted_cert(root).map_err(|e| format!("a trusted CA: {e}"))?);
+    }
+    leaf.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &cert.cert[1..],
+        rustls::pki_types::UnixTime::now(),
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| format!("the chain is not trusted (a public CA's, and valid now): {e}"))
 }
 
 /// Whether `cert`'s leaf names `name` (wildcards as browsers read them).

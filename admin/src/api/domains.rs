@@ -1,6 +1,8 @@
 //! An account's own domain (`video.customer.com`), served by routers over HTTPS
 //! with the customer's certificate: uploaded as PEM, checked (the chain parses,
-//! the key is the certificate's, the certificate names the domain), the key
+//! the key is the certificate's, the certificate names the domain, the chain
+//! leads to a public root or a `--domain-ca`, so a CA vouched for the name, and
+//! the name is not the platform's own), the key
 //! kept sealed under the master key. Routers pick it by SNI and route its Host
 //! to the account.
 
@@ -75,12 +77,21 @@ pub async fn set(
     if !rules::IS_DOMAIN.matches(&body.domain) {
         return Err(ApiError::invalid("domain", "a lower-case DNS name such as video.example.com"));
     }
+    // The platform's own names (the locators' host and below) are not an account's.
+    let platform = s.settings.locator_base.split("://").nth(1).unwrap_or_default();
+    let platform = platform.split(['/', ':']).next().unwrap_or_default().to_ascii_lowercase();
+    if !platform.is_empty() && (body.domain == platform || body.domain.ends_with(&format!(".{platform}"))) {
+        return Err(ApiError::invalid("domain", format!("{platform} and its subdomains are the platform's own")));
+    }
     let a = find(&s, caller, &name).await?;
     let pair = headwater_serve::tls::parse_pair(body.certificate.as_bytes(), body.private_key.as_bytes())
         .map_err(|why| ApiError::invalid("certificate", why))?;
     if !headwater_serve::tls::covers(&pair, &body.domain) {
         return Err(ApiError::invalid("certificate", format!("the certificate does not name {}", body.domain)));
     }
+    // A CA vouched that the customer holds the name (as browsers will check).
+    headwater_serve::tls::verify_chain(&pair, &s.settings.domain_roots)
+        .map_err(|why| ApiError::invalid("certificate", why))?;
     let key_sealed = s
         .settings
         .sealer

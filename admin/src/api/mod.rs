@@ -64,6 +64,8 @@ pub struct ApiSettings {
     pub quotas: quotas::QuotaDefaults,
     /// Seals and opens secrets kept at rest (playback keys) under the master key.
     pub sealer: Arc<crate::sealed::Sealer>,
+    /// CAs trusted for accounts' own domains besides the web's public roots.
+    pub domain_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// Shared by every handler; cheap to clone.

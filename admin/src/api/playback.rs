@@ -18,6 +18,24 @@ use crate::control::signing::key_context;
 use crate::rules;
 use crate::store::{AccountRow, StoredKey};
 
+/// What a path segment of a URL must escape (RFC 3986 pchar aside).
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
 /// Keys an account holds at once: the current one and the one before it.
 pub const MAX_KEYS: usize = 2;
 /// Longest a token may live.
@@ -150,7 +168,7 @@ pub async fn set_policy(
             field: Some("required".into()),
         });
     }
-    s.store.set_playback(a.id, keys, body.required, keys, s.clock.now_ms()).await?;
+    s.store.set_playback(a.id, (a.playback_required, keys), body.required, keys, s.clock.now_ms()).await?;
     Ok(Json(policy(body.required, keys)))
 }
 
@@ -174,7 +192,7 @@ pub async fn create_key(
     let mut keys = before.clone();
     keys.push(StoredKey { id: id.clone(), sealed, created_at: now });
     let retired = (keys.len() > MAX_KEYS).then(|| keys.remove(0).id);
-    s.store.set_playback(a.id, before, a.playback_required, &keys, now).await?;
+    s.store.set_playback(a.id, (a.playback_required, before), a.playback_required, &keys, now).await?;
     let created = NewPlaybackKey { id, secret, created_at: rfc3339(now), retired };
     Ok((StatusCode::CREATED, Extension(ShownOnce("a playback key")), Json(created)))
 }
@@ -201,7 +219,7 @@ pub async fn delete_key(
             field: None,
         });
     }
-    s.store.set_playback(a.id, before, a.playback_required, &keys, s.clock.now_ms()).await?;
+    s.store.set_playback(a.id, (a.playback_required, before), a.playback_required, &keys, s.clock.now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -249,7 +267,11 @@ pub async fn sign(
     let grant = headwater_playback::Grant { expires, prefix: prefix.clone(), client_ip };
     let token = headwater_playback::sign(&a.name, &key, &grant)
         .ok_or_else(|| ApiError::Internal("a playback key is not base64url".into()))?;
-    let url = format!("{}~{token}/{}", a.locator, body.path);
+    // Each segment percent-encoded as a player sends it; the token's prefix is
+    // the decoded path, as routers and nodes compare it.
+    let encoded: Vec<String> =
+        body.path.split('/').map(|seg| percent_encoding::utf8_percent_encode(seg, SEGMENT).to_string()).collect();
+    let url = format!("{}~{token}/{}", a.locator, encoded.join("/"));
     let expires_at = rfc3339(i64::try_from(expires).unwrap_or(i64::MAX / 1000) * 1000);
     Ok((StatusCode::CREATED, Json(PlaybackToken { token, url, expires_at, key_id: key.id, path_prefix: prefix })))
 }

@@ -10,12 +10,12 @@ use crate::clock::UnixMs;
 
 impl Store {
     /// Replaces the account's playback settings, if they are still `expected`
-    /// (read before): a concurrent change wins and this one is refused
-    /// (`InvalidState`), so no key is lost to a race.
+    /// (required, keys; read before): a concurrent change wins and this one is
+    /// refused (`InvalidState`), so no key and no requirement is lost to a race.
     pub async fn set_playback(
         &self,
         account: Uuid,
-        expected: &[StoredKey],
+        expected: (bool, &[StoredKey]),
         required: bool,
         keys: &[StoredKey],
         now: UnixMs,
@@ -24,13 +24,14 @@ impl Store {
         let done = on_pool!(self, |p| {
             sqlx::query(
                 "UPDATE accounts SET playback_required = $2, playback_keys = $3, updated_at = $4
-                 WHERE id = $1 AND state <> 'deleted' AND playback_keys = $5",
+                 WHERE id = $1 AND state <> 'deleted' AND playback_keys = $5 AND playback_required = $6",
             )
             .bind(account)
             .bind(required)
             .bind(Json(keys))
             .bind(now)
-            .bind(Json(expected))
+            .bind(Json(expected.1))
+            .bind(expected.0)
             .execute(p)
             .await?
             .rows_affected()
