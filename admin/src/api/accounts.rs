@@ -130,7 +130,8 @@ pub async fn get_account(
     Ok(Json(account))
 }
 
-async fn find(s: &AppState, caller: Caller, name: &str) -> Result<AccountRow, ApiError> {
+/// The caller's account `name` (the operator's: any); 404 otherwise.
+pub(super) async fn find(s: &AppState, caller: Caller, name: &str) -> Result<AccountRow, ApiError> {
     s.store.account(name, caller.customer_scope()).await.map_err(not_found(name))
 }
 

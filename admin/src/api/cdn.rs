@@ -13,11 +13,12 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::accounts::find;
 use super::auth::Caller;
 use super::middleware::ShownOnce;
 use super::problem::{ApiError, Problem};
 use crate::clock::rfc3339;
-use crate::store::{AccountRow, CdnSecret};
+use crate::store::CdnSecret;
 
 /// Secrets an account holds at once: the current one and the one before it.
 pub const MAX_SECRETS: usize = 2;
@@ -46,13 +47,6 @@ pub struct NewCdnSecret {
     pub created_at: String,
     /// The secret retired to make room (an account holds two).
     pub retired: Option<String>,
-}
-
-async fn find(s: &AppState, caller: Caller, name: &str) -> Result<AccountRow, ApiError> {
-    s.store.account(name, caller.customer_scope()).await.map_err(|e| match e {
-        crate::store::StoreError::NotFound => ApiError::NotFound(format!("account {name}")),
-        other => other.into(),
-    })
 }
 
 fn view(secrets: &[CdnSecret]) -> CdnAuthorization {

@@ -13,11 +13,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::accounts::find;
 use super::auth::Caller;
 use super::problem::{ApiError, ApiJson, Problem};
 use crate::control::signing::domain_key_context;
 use crate::rules;
-use crate::store::{AccountRow, StoreError, StoredCertificate};
+use crate::store::{StoreError, StoredCertificate};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -35,13 +36,6 @@ pub struct CustomDomainView {
     pub domain: Option<String>,
     /// Where players fetch the account's files: `https://{domain}/{asset}/{file}`.
     pub locator: Option<String>,
-}
-
-async fn find(s: &AppState, caller: Caller, name: &str) -> Result<AccountRow, ApiError> {
-    s.store.account(name, caller.customer_scope()).await.map_err(|e| match e {
-        StoreError::NotFound => ApiError::NotFound(format!("account {name}")),
-        other => other.into(),
-    })
 }
 
 fn view(domain: Option<&str>) -> CustomDomainView {

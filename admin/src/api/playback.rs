@@ -10,13 +10,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::accounts::find;
 use super::auth::Caller;
 use super::middleware::ShownOnce;
 use super::problem::{ApiError, ApiJson, Problem};
 use crate::clock::rfc3339;
 use crate::control::signing::key_context;
 use crate::rules;
-use crate::store::{AccountRow, StoredKey};
+use crate::store::StoredKey;
 
 /// What a path segment of a URL must escape (RFC 3986 pchar aside).
 const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
@@ -118,13 +119,6 @@ pub struct PlaybackToken {
     pub expires_at: String,
     pub key_id: String,
     pub path_prefix: String,
-}
-
-async fn find(s: &AppState, caller: Caller, name: &str) -> Result<AccountRow, ApiError> {
-    s.store.account(name, caller.customer_scope()).await.map_err(|e| match e {
-        crate::store::StoreError::NotFound => ApiError::NotFound(format!("account {name}")),
-        other => other.into(),
-    })
 }
 
 fn policy(required: bool, keys: &[StoredKey]) -> PlaybackPolicy {
