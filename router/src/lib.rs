@@ -100,15 +100,17 @@ pub async fn serve(
     admin.client(|b| b)?;
     // With Redis: changes pushed there, the snapshot and a fallback polled from
     // admin. Without: admin's routing stream.
+    let wake = Arc::new(tokio::sync::Notify::new());
     let followers = match cfg.redis_url.clone() {
         Some(url) => vec![
             tokio::spawn(table::follow(
                 table.clone(),
                 admin.clone(),
                 Duration::from_millis(cfg.refresh_ms),
+                wake.clone(),
                 shutdown.clone(),
             )),
-            tokio::spawn(table::listen(table.clone(), url, cfg.redis_prefix.clone(), shutdown.clone())),
+            tokio::spawn(table::listen(table.clone(), url, cfg.redis_prefix.clone(), wake, shutdown.clone())),
         ],
         None => {
             vec![tokio::spawn(table::stream(table.clone(), admin.clone(), shutdown.clone()))]

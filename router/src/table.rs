@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures_util::{StreamExt, TryStreamExt};
 use headwater_protocol::RoutingTable;
 use ipnet::IpNet;
+use tokio::sync::Notify;
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::io::StreamReader;
 use tokio_util::sync::CancellationToken;
@@ -137,7 +138,9 @@ impl AdminApi {
 }
 
 /// Polls admin every `every` until `stop`; errors keep the last table.
-pub async fn follow(table: Arc<Shared>, admin: AdminApi, every: Duration, stop: CancellationToken) {
+/// Polls admin every `every`, and at once when `wake` is told (a notice on
+/// Redis), until `stop`; errors keep the last table.
+pub async fn follow(table: Arc<Shared>, admin: AdminApi, every: Duration, wake: Arc<Notify>, stop: CancellationToken) {
     let http = match admin.client(|b| b.timeout(Duration::from_secs(5))) {
         Ok(h) => h,
         Err(e) => {
@@ -152,6 +155,7 @@ pub async fn follow(table: Arc<Shared>, admin: AdminApi, every: Duration, stop: 
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            _ = wake.notified() => {}
         }
         let current = table.get().digest.clone();
         let res = http.get(&url).bearer_auth(&token).header("if-none-match", format!("\"{current}\"")).send().await;
@@ -228,7 +232,7 @@ async fn follow_stream(http: &reqwest::Client, url: &str, token: &str, table: &S
 /// Follows the routing table admin publishes on Redis (`{prefix}:routing`), so a
 /// change reaches the router at once; polling admin stays as the snapshot on start
 /// and the fallback. Reconnects and re-subscribes by itself.
-pub async fn listen(table: Arc<Shared>, redis_url: String, prefix: String, stop: CancellationToken) {
+pub async fn listen(table: Arc<Shared>, redis_url: String, prefix: String, wake: Arc<Notify>, stop: CancellationToken) {
     let url = if redis_url.contains("protocol=") {
         redis_url
     } else if redis_url.contains('?') {
@@ -262,11 +266,17 @@ pub async fn listen(table: Arc<Shared>, redis_url: String, prefix: String, stop:
             (redis::PushKind::Message, [_, redis::Value::BulkString(payload)]) => payload.clone(),
             _ => continue,
         };
-        match serde_json::from_slice::<RoutingTable>(&payload) {
-            Ok(t) => {
-                table.offer(t, "redis");
+        // What admin publishes there: which version, not the table (it carries
+        // secrets); the follower then fetches it.
+        let notice = serde_json::from_slice::<serde_json::Value>(&payload).ok();
+        match notice.as_ref().and_then(|n| Some((n["version"].as_u64()?, n["digest"].as_str()?))) {
+            Some((version, digest)) => {
+                let current = table.get();
+                if version > current.version && digest != current.digest {
+                    wake.notify_one();
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "routing table from Redis"),
+            None => tracing::warn!("a routing notice from Redis that does not parse"),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The routing table routers serve from: account → ready nodes, read from the
 //! store, versioned so a router never lets an older table replace a newer one, and
-//! published when it changes — on Redis for routers that subscribe there, and on
+//! published when it changes — on Redis as a notice (its version and digest
+//! only: the table carries playback keys and certificates' private keys, and
+//! Redis is no place for them), on which routers fetch it from admin, and on
 //! `GET /v1/routing/stream` for routers without Redis.
 
 use std::sync::Arc;
@@ -134,8 +136,8 @@ impl Routing {
                 Ok(t) if t.digest != last => {
                     // Sent again next time if Redis did not take it, so routers
                     // catch up when Redis returns.
-                    let delivered =
-                        !bus.is_shared() || bus.publish(ROUTING, serde_json::to_string(&t).unwrap_or_default()).await;
+                    let notice = serde_json::json!({"version": t.version, "digest": t.digest}).to_string();
+                    let delivered = !bus.is_shared() || bus.publish(ROUTING, notice).await;
                     if delivered {
                         last.clone_from(&t.digest);
                     }
