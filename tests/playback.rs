@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{NodeCleanup, value};
+use support::{NodeCleanup, value, wait_status};
 
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
 
@@ -56,19 +56,6 @@ fn tampered(url: &str) -> String {
     let mut fields: Vec<String> = token.split('.').map(str::to_owned).collect();
     fields[2].push('9');
     format!("{head}/~{}/{rest}", fields.join("."))
-}
-
-/// Waits (deadline 30 s) until `url` answers `status`.
-async fn until(http: &reqwest::Client, url: &str, status: StatusCode) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = http.get(url).send().await.unwrap().status();
-        if got == status {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{url}: still {got}, never {status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Fetches the master playlist at `master` and every playlist and segment it
@@ -138,7 +125,7 @@ async fn signed_playback_urls_play_and_everything_else_is_refused() {
     }
 
     // The unsigned locator is refused at the router, and at a node directly.
-    until(&http, &unsigned, StatusCode::FORBIDDEN).await;
+    wait_status(&http, &unsigned, StatusCode::FORBIDDEN, "a playback rule change at the router and the nodes").await;
     refused(&http, &unsigned, "needs a signed playback URL").await;
     let node = http.get(format!("{router}/demo-trial/demo/hls/master.m3u8")).send().await.unwrap();
     let node_id = node.headers()["x-headwater-node"].to_str().unwrap().to_owned();
@@ -163,7 +150,13 @@ async fn signed_playback_urls_play_and_everything_else_is_refused() {
     assert!(!sla_nodes.is_empty(), "a ready node of the SLA pool: {nodes} (trial node {node_id})");
     let node_base = sla_nodes[0].clone();
     for node in &sla_nodes {
-        until(&http, &format!("{node}/demo-sla/demo/hls/master.m3u8"), StatusCode::FORBIDDEN).await;
+        wait_status(
+            &http,
+            &format!("{node}/demo-sla/demo/hls/master.m3u8"),
+            StatusCode::FORBIDDEN,
+            "a playback rule change at the router and the nodes",
+        )
+        .await;
     }
 
     // A signed URL plays: every playlist and segment by relative URIs, byte for byte.
@@ -208,7 +201,7 @@ async fn signed_playback_urls_play_and_everything_else_is_refused() {
     let expires = Instant::now() + Duration::from_secs(3);
     let ok = http.get(&short).send().await.unwrap().status();
     assert!(ok == StatusCode::OK || Instant::now() >= expires, "before expiry: {ok}");
-    until(&http, &short, StatusCode::FORBIDDEN).await;
+    wait_status(&http, &short, StatusCode::FORBIDDEN, "a playback rule change at the router and the nodes").await;
     refused(&http, &short, "expired").await;
 
     // Rotation: a second key, and tokens of both play; a third retires the
@@ -218,16 +211,28 @@ async fn signed_playback_urls_play_and_everything_else_is_refused() {
     let by_second = api.sign(json!({"path": "demo/hls/master.m3u8"})).await;
     // A new key reaches the router and every node within a moment.
     for node in &sla_nodes {
-        until(&http, &by_second.replacen(&router, node, 1), StatusCode::OK).await;
+        wait_status(
+            &http,
+            &by_second.replacen(&router, node, 1),
+            StatusCode::OK,
+            "a playback rule change at the router and the nodes",
+        )
+        .await;
     }
-    until(&http, &by_second, StatusCode::OK).await;
+    wait_status(&http, &by_second, StatusCode::OK, "a playback rule change at the router and the nodes").await;
     assert_eq!(http.get(&signed).send().await.unwrap().status(), StatusCode::OK, "the first key still signs");
     let (_, third) = api.call(Method::POST, "/v1/accounts/demo-sla/playback-keys", None).await;
     assert_eq!(third["retired"], first["id"], "{third}");
-    until(&http, &signed, StatusCode::FORBIDDEN).await;
+    wait_status(&http, &signed, StatusCode::FORBIDDEN, "a playback rule change at the router and the nodes").await;
     refused(&http, &signed, "a key this account does not have").await;
     for node in &sla_nodes {
-        until(&http, &signed.replacen(&router, node, 1), StatusCode::FORBIDDEN).await;
+        wait_status(
+            &http,
+            &signed.replacen(&router, node, 1),
+            StatusCode::FORBIDDEN,
+            "a playback rule change at the router and the nodes",
+        )
+        .await;
     }
     assert_eq!(http.get(&by_second).send().await.unwrap().status(), StatusCode::OK);
 
@@ -245,9 +250,15 @@ async fn signed_playback_urls_play_and_everything_else_is_refused() {
     // Stop requiring tokens: unsigned plays again; a bad token is still refused.
     let (status, _) = api.call(Method::PUT, "/v1/accounts/demo-sla/playback", Some(json!({"required": false}))).await;
     assert_eq!(status, StatusCode::OK);
-    until(&http, &unsigned, StatusCode::OK).await;
+    wait_status(&http, &unsigned, StatusCode::OK, "a playback rule change at the router and the nodes").await;
     for node in &sla_nodes {
-        until(&http, &format!("{node}/demo-sla/demo/hls/master.m3u8"), StatusCode::OK).await;
+        wait_status(
+            &http,
+            &format!("{node}/demo-sla/demo/hls/master.m3u8"),
+            StatusCode::OK,
+            "a playback rule change at the router and the nodes",
+        )
+        .await;
     }
     refused(&http, &tampered(&by_second), "signature").await;
     // Another customer cannot touch this account's keys.
