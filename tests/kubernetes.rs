@@ -160,7 +160,13 @@ async fn an_sla_account_runs_as_pods_spread_over_zones_replaced_and_adopted() {
         pdb.spec.unwrap().max_unavailable,
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
     );
-    // The nodes advertise their pod addresses, on the bridge.
+    // The nodes advertise their pod addresses, on the bridge (each once it has
+    // heartbeated: a pod placed may not have yet).
+    support::eventually(Duration::from_secs(60), "every node to report its address", || async {
+        let nodes = admin.live_nodes(&pool).await;
+        nodes.len() == 4 && nodes.iter().all(|n| n["address"].is_string())
+    })
+    .await;
     let nodes = admin.live_nodes(&pool).await;
     assert_eq!(nodes.len(), 4);
     let prefix = network.host_ip.rsplitn(3, '.').last().unwrap().to_owned();
