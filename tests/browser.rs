@@ -98,6 +98,23 @@ async fn hls_js_in_chromium_plays_the_demo_locator() {
         .await
         .unwrap();
     let signed = signed["url"].as_str().unwrap().to_owned();
+    // The key reaches each node of the pool a moment after the router: wait for
+    // every one to serve the signed URL, so the player meets no node without it.
+    let operator = std::fs::read_to_string(data.path().join("operator-token")).unwrap();
+    let account: Value =
+        call(reqwest::Method::GET, "/v1/accounts/demo-trial", None).await.unwrap().json().await.unwrap();
+    let nodes: Value =
+        api.get(format!("{admin}/v1/nodes")).bearer_auth(operator.trim()).send().await.unwrap().json().await.unwrap();
+    let router = signed.split("/demo-trial/").next().unwrap().to_owned();
+    for n in nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["pool_id"] == account["pool"]["id"] && n["state"] == "ready")
+    {
+        let at_node = signed.replacen(&router, &format!("http://{}", n["address"].as_str().unwrap()), 1);
+        support::wait_status(&api, &at_node, StatusCode::OK, "the signed URL at each node").await;
+    }
     let got = play(&chromium, &signed).await;
     assert_eq!(got["levels"], 2, "both renditions of the signed master playlist: {got}");
 }
