@@ -1,6 +1,6 @@
 //! Every credential is scoped to its job: this walks every operation of admin's
 //! OpenAPI document with each kind of credential (a customer's API key, a node's
-//! token, the router token, the operator token) and asserts 403 wherever the
+//! token, a node's join token, the router token, the operator token) and asserts 403 wherever the
 //! operation is out of that credential's scope, and no 401/403 where it is in.
 //! An operation the table below does not classify fails the test, so a new
 //! route must say who may call it.
@@ -17,6 +17,8 @@ const ROUTER_TOKEN: &str = "hw-test-router-token";
 enum Who {
     Customer,
     Node,
+    /// A node's one-time join token: its own join, nothing else.
+    Joining,
     Router,
     Operator,
 }
@@ -29,6 +31,7 @@ fn allowed(method: &str, path: &str) -> Option<&'static [Who]> {
     const CALLER: &[Who] = &[Customer, Operator];
     const CUSTOMER: &[Who] = &[Customer];
     const NODE: &[Who] = &[Node];
+    const JOINING: &[Who] = &[Joining];
     const ROUTER: &[Who] = &[Router, Operator];
     Some(match (method, path) {
         ("get", "/healthz" | "/readyz") | ("post", "/v1/customers") => return None,
@@ -39,7 +42,10 @@ fn allowed(method: &str, path: &str) -> Option<&'static [Who]> {
         (_, p) if p.starts_with("/v1/accounts/{name}") => CALLER,
         ("get", "/v1/operations" | "/v1/operations/{id}") => CALLER,
         (_, "/v1/nodes/{id}/config" | "/v1/nodes/{id}/heartbeat" | "/v1/nodes/{id}/usage") => NODE,
-        (_, "/v1/routing" | "/v1/routing/stream" | "/v1/routing/sightings") => ROUTER,
+        (_, "/v1/nodes/{id}/certificate") => NODE,
+        (_, "/v1/nodes/{id}/join") => JOINING,
+        (_, "/v1/routing" | "/v1/routing/stream" | "/v1/routing/sightings" | "/v1/routing/certificate") => ROUTER,
+        (_, "/v1/node-ca" | "/v1/node-ca/rotate" | "/v1/node-ca/{id}") => OPERATOR,
         (_, "/v1/allocations" | "/v1/events" | "/v1/pools" | "/v1/test/clock" | "/v1/nodes/{id}/drain") => OPERATOR,
         (_, "/v1/operations/{id}/rollback") => OPERATOR,
         (_, "/v1/customers" | "/v1/customers/{id}" | "/v1/nodes") => OPERATOR,
@@ -69,8 +75,14 @@ async fn every_operation_refuses_every_credential_out_of_its_scope() {
     let node =
         admin.call(Method::POST, "/v1/nodes", Some(&op), Some(json!({"pool_id": pool})), StatusCode::CREATED).await;
     let (node_id, node_token) = (node["id"].as_str().unwrap().to_owned(), node["token"].as_str().unwrap().to_owned());
-    let credentials =
-        [(Customer, key.as_str()), (Node, node_token.as_str()), (Router, ROUTER_TOKEN), (Operator, op.as_str())];
+    let join_token = node["join_token"].as_str().unwrap().to_owned();
+    let credentials = [
+        (Customer, key.as_str()),
+        (Node, node_token.as_str()),
+        (Joining, join_token.as_str()),
+        (Router, ROUTER_TOKEN),
+        (Operator, op.as_str()),
+    ];
 
     // The router token reads the routing table, and that is all it is for.
     let table = admin.call(Method::GET, "/v1/routing", Some(ROUTER_TOKEN), None, StatusCode::OK).await;

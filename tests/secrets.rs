@@ -16,9 +16,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
-/// The node tokens of the running node processes that `data` names, from their
+/// The join tokens of the running node processes that `data` names, from their
 /// environment (as root, `/proc/PID/environ`).
-fn node_tokens(data: &std::path::Path) -> Vec<String> {
+fn join_tokens(data: &std::path::Path) -> Vec<String> {
     let mut tokens = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
@@ -29,7 +29,7 @@ fn node_tokens(data: &std::path::Path) -> Vec<String> {
         }
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
         for var in environ.split(|b| *b == 0) {
-            if let Some(t) = String::from_utf8_lossy(var).strip_prefix("HEADWATER_NODE_TOKEN=") {
+            if let Some(t) = String::from_utf8_lossy(var).strip_prefix("HEADWATER_JOIN_TOKEN=") {
                 tokens.push(t.to_owned());
             }
         }
@@ -121,8 +121,19 @@ async fn no_secret_appears_in_any_log() {
         assert!(std::time::Instant::now() < deadline, "the signed URL never played");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let nodes = node_tokens(&data);
-    assert!(nodes.len() >= 3, "the demo's node processes and their tokens: {}", nodes.len());
+    let nodes = join_tokens(&data);
+    assert!(nodes.len() >= 3, "the demo's node processes and their join tokens: {}", nodes.len());
+    // A join token read from a node's environment opens nothing: it was used
+    // for the node's join (its certificate is its credential now).
+    for t in &nodes {
+        let id = t.strip_prefix("hwj_").and_then(|r| r.split_once('_')).map(|(id, _)| id).unwrap();
+        let id = uuid::Uuid::try_parse(id).unwrap();
+        let joined = call(Method::POST, &format!("/v1/nodes/{id}/join"), t, Some(json!({"csr": "x"}))).await.unwrap();
+        let problem = support::expect_problem(joined, StatusCode::UNAUTHORIZED, "unauthorized", None).await;
+        assert!(problem["detail"].as_str().unwrap().contains("already used"), "{problem}");
+        let heartbeat = call(Method::GET, &format!("/v1/nodes/{id}/config"), t, None).await.unwrap();
+        assert_eq!(heartbeat.status(), StatusCode::UNAUTHORIZED);
+    }
 
     // Stopped cleanly (SIGTERM), so every log is complete.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().unwrap() as i32), nix::sys::signal::Signal::SIGTERM)
@@ -162,8 +173,8 @@ async fn no_secret_appears_in_any_log() {
         }
     }
     for t in &nodes {
-        secrets.push(("a node token", t.clone()));
-        secrets.push(("a node token's secret", support::secret_of(t).to_owned()));
+        secrets.push(("a join token", t.clone()));
+        secrets.push(("a join token's secret", support::secret_of(t).to_owned()));
     }
     for (path, text) in &logs {
         for (what, secret) in &secrets {

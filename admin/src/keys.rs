@@ -1,5 +1,6 @@
-//! API keys, node tokens and the operator token. A key is `hw_<key id>_<secret>`, a
-//! node token `hwn_<node id>_<secret>`: the id finds the row, the secret is checked
+//! API keys, node tokens, join tokens and the operator token. A key is
+//! `hw_<key id>_<secret>`, a node token `hwn_<node id>_<secret>`, a join token
+//! `hwj_<node id>_<secret>`: the id finds the row, the secret is checked
 //! against its SHA-256 in constant time. Secrets are 256-bit random values, so a
 //! fast hash is the right one (a slow password hash would only slow every
 //! request); a credential is shown once and never stored. Only the canonical
@@ -15,6 +16,7 @@ use uuid::Uuid;
 
 pub const PREFIX: &str = "hw_";
 pub const NODE_PREFIX: &str = "hwn_";
+pub const JOIN_PREFIX: &str = "hwj_";
 /// Characters of a secret: 32 random bytes in unpadded base64url.
 const SECRET_LEN: usize = 43;
 
@@ -52,6 +54,19 @@ pub fn node_token(id: Uuid) -> (String, Vec<u8>) {
     let secret = secret();
     let hashed = hash(&secret);
     (format!("{NODE_PREFIX}{}_{secret}", id.simple()), hashed)
+}
+
+/// A new join token for node `id` (good for one join: it makes the node's key
+/// and asks for its certificate): its text and the hash to store.
+pub fn join_token(id: Uuid) -> (String, Vec<u8>) {
+    let secret = secret();
+    let hashed = hash(&secret);
+    (format!("{JOIN_PREFIX}{}_{secret}", id.simple()), hashed)
+}
+
+/// Splits a presented join token into the node's id and the secret.
+pub fn parse_join_token(presented: &str) -> Option<(Uuid, &str)> {
+    split(presented, JOIN_PREFIX)
 }
 
 /// Splits `<prefix><32 lower-case hex>_<43 base64url>` into its id and secret.

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod control;
 pub mod domain;
 pub mod keys;
+pub mod node_ca;
 pub mod probe_content;
 pub mod rules;
 pub mod sealed;

@@ -15,7 +15,7 @@ use crate::bus::Bus;
 use crate::clock::{Clock, SystemClock};
 use crate::control::health::Prober;
 use crate::control::partition::PartitionPolicy;
-use crate::control::reconciler::{HealthPolicy, NodeTemplate, Reconciler, ScalePolicy};
+use crate::control::reconciler::{HealthPolicy, NodeTemplate, NodeTls, Reconciler, ScalePolicy};
 use crate::control::worker::Worker;
 use crate::keys;
 use crate::store::Store;
@@ -117,6 +117,22 @@ pub struct AdminConfig {
     /// environment as HEADWATER_ADMIN_CA).
     #[arg(long, env = "HEADWATER_NODE_ADMIN_CA")]
     pub node_admin_ca: Option<PathBuf>,
+    /// How long a certificate of the node CA (nodes', routers') is valid; they
+    /// renew after two thirds of it.
+    #[arg(long, env = "HEADWATER_NODE_CERT_LIFETIME_SECS", default_value_t = 12 * 3600,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub node_cert_lifetime_secs: u64,
+    /// How long a rotation's new node CA is trusted before it signs, so every
+    /// node and router trusts it before any presents a certificate of it (they
+    /// hear of a new one within a heartbeat).
+    #[arg(long, env = "HEADWATER_NODE_CA_STAGE_SECS", default_value_t = 10)]
+    pub node_ca_stage_secs: u64,
+    /// What the nodes admin runs serve to routers: `off` (plain HTTP), `beside`
+    /// (mutual TLS with their node certificate beside plain HTTP), or
+    /// `routers-only` (accounts' content over mutual TLS to routers'
+    /// certificates only; plain HTTP keeps test content, health and metrics).
+    #[arg(long, env = "HEADWATER_NODE_TLS", value_enum, default_value_t = NodeTls::Off)]
+    pub node_tls: NodeTls,
     /// The routers' addresses (CIDR, repeat or comma-separate): the nodes admin
     /// runs believe the client address a router forwards (`X-Forwarded-For`, for IP
     /// allow-lists) from these only. None by default: no forwarded address is
@@ -230,6 +246,7 @@ impl Admin {
             Some(url) => Bus::redis(url, &cfg.redis_prefix, Duration::from_secs(2)).await.context("the Redis URL")?,
             None => Bus::in_process(),
         };
+        let sealer = Arc::new(master_key(cfg)?);
         let settings = ApiSettings {
             operator_token: token(cfg, cfg.operator_token.as_ref(), "operator-token", "operator token")?,
             metrics_token: token(cfg, cfg.metrics_token.as_ref(), "metrics-token", "metrics token")?,
@@ -240,7 +257,7 @@ impl Admin {
             request_timeout: Duration::from_secs(cfg.request_timeout_secs),
             max_upload_bytes: cfg.max_upload_bytes,
             upload_timeout: Duration::from_secs(3600),
-            sealer: Arc::new(master_key(cfg)?),
+            sealer: sealer.clone(),
             domain_roots: match &cfg.domain_ca {
                 Some(p) => {
                     headwater_serve::tls::read_certs(p).with_context(|| format!("--domain-ca {}", p.display()))?
@@ -274,6 +291,15 @@ impl Admin {
                 signups_per_min: cfg.signup_rate_limit,
             })),
             routing: Arc::default(),
+            node_ca: crate::node_ca::NodeCa::load(
+                &store,
+                &sealer,
+                Duration::from_secs(cfg.node_cert_lifetime_secs),
+                Duration::from_secs(cfg.node_ca_stage_secs),
+                clock.clone(),
+            )
+            .await
+            .context("the node CA")?,
             test_clock: cfg.test_clock.then(Arc::default),
         };
         if let Some(path) = &cfg.targets_file {
@@ -324,6 +350,7 @@ impl Admin {
             self.state.store.clone(),
             self.state.bus.clone(),
             self.state.settings.sealer.clone(),
+            self.state.node_ca.clone(),
             crate::control::routing::PUBLISH_EVERY,
             shutdown.clone(),
         ));
@@ -364,6 +391,7 @@ impl Admin {
                     heartbeat_ms: 1000,
                     trusted_proxies: self.cfg.trusted_proxies.iter().map(ToString::to_string).collect(),
                     metrics_token: self.state.settings.metrics_token.clone(),
+                    node_tls: self.cfg.node_tls,
                     admin_ca: match &self.cfg.node_admin_ca {
                         Some(p) => {
                             Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
@@ -403,6 +431,21 @@ impl Admin {
                     limits.retain_recent();
                 }
             })
+        };
+        self.state.node_ca.clone().watch(
+            self.state.store.clone(),
+            self.state.settings.sealer.clone(),
+            crate::node_ca::REFRESH_EVERY,
+            shutdown.clone(),
+        );
+        // Nodes and routers may present a certificate of the node CA instead of a token.
+        let trust = self.state.node_ca.trust.clone();
+        let tls = match tls {
+            Some((l, t)) => {
+                let certs = t.certs.clone().context("admin's TLS serves certificate files")?;
+                Some((l, Tls::with_clients(certs.clone(), certs, Some(trust))))
+            }
+            None => None,
         };
         let app = api::router(self.state);
         let serve = ServeConfig {

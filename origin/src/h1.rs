@@ -7,7 +7,6 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -57,7 +56,7 @@ enum HeadError {
 pub async fn serve<W: Wire>(
     node: Arc<Node>,
     mut stream: W,
-    peer: SocketAddr,
+    peer: handler::Peer,
     conn: &Conn,
     drain: CancellationToken,
     cfg: headwater_serve::ServeConfig,

@@ -43,12 +43,16 @@ fn problem(status: StatusCode, kind: &str, detail: &str) -> Response<Payload> {
     headwater_serve::problem(status, kind, detail).map(Payload::Full)
 }
 
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// It presented a router's certificate of the node CA (mutual TLS).
+    pub router: bool,
+}
+
 /// An HTTP/2 request, answered through hyper.
-pub async fn handle(
-    node: Arc<Node>,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Response<ResBody>, Infallible> {
+pub async fn handle(node: Arc<Node>, peer: Peer, req: Request<Incoming>) -> Result<Response<ResBody>, Infallible> {
     let res = answer(&node, peer, req.method(), req.uri().path(), req.headers()).await;
     Ok(res.map(|payload| match payload {
         Payload::Full(b) => Full::new(b).map_err(|never| match never {}).boxed_unsync(),
@@ -59,7 +63,7 @@ pub async fn handle(
 /// The answer to a request, whichever protocol carried it.
 pub async fn answer(
     node: &Arc<Node>,
-    peer: SocketAddr,
+    peer: Peer,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
@@ -80,7 +84,7 @@ pub async fn answer(
 async fn route(
     node: &Arc<Node>,
     served: &Served,
-    peer: SocketAddr,
+    peer: Peer,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
@@ -139,8 +143,19 @@ async fn route(
         if !a.active {
             return count(node, &a.name, problem(StatusCode::GONE, "gone", "the account is deactivated"));
         }
+        if node.routers_only && !peer.router {
+            return count(
+                node,
+                &a.name,
+                problem(
+                    StatusCode::FORBIDDEN,
+                    "routers-only",
+                    "this node serves accounts' content to routers only, over mutual TLS",
+                ),
+            );
+        }
         let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-        let client = node.client_ip(peer.ip(), forwarded);
+        let client = node.client_ip(peer.addr.ip(), forwarded, peer.router);
         if !a.allows(client) {
             return count(
                 node,

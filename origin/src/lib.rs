@@ -20,6 +20,8 @@ use std::time::Duration;
 use anyhow::Context;
 use headwater_content::ContentStore;
 use headwater_serve::ServeConfig;
+use headwater_serve::mtls::Credentials;
+use headwater_serve::tls::Tls;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -47,9 +49,24 @@ pub struct OriginConfig {
     /// to the nodes it runs.
     #[arg(long, env = "HEADWATER_ADMIN_CA")]
     pub admin_ca: Option<String>,
-    /// The node's token from its registration.
-    #[arg(long, env = "HEADWATER_NODE_TOKEN", hide_env_values = true)]
-    pub node_token: String,
+    /// The node's token from its registration (`POST /v1/nodes`).
+    #[arg(long, env = "HEADWATER_NODE_TOKEN", hide_env_values = true, required_unless_present = "join_token")]
+    pub node_token: Option<String>,
+    /// A one-time join token (admin puts one in the environment of each node
+    /// it launches): the node makes its own key, sends admin a CSR, and gets a
+    /// short-lived certificate of the node CA it renews by itself. Over an
+    /// https admin URL that certificate is its only credential (mutual TLS).
+    #[arg(long, env = "HEADWATER_JOIN_TOKEN", hide_env_values = true, conflicts_with = "node_token")]
+    pub join_token: Option<String>,
+    /// The address routers reach the TLS listener at, when it differs from the
+    /// bound one (a pod's IP).
+    #[arg(long, env = "HEADWATER_TLS_ADVERTISE")]
+    pub tls_advertise: Option<String>,
+    /// Serve accounts' content only to routers presenting their certificate of
+    /// the node CA on the TLS listener; plain HTTP keeps the test content,
+    /// health and metrics.
+    #[arg(long, env = "HEADWATER_ROUTERS_ONLY", requires = "tls_listen")]
+    pub routers_only: bool,
     /// Total egress limit until admin's configuration says otherwise.
     #[arg(long, env = "HEADWATER_CAPACITY_MBPS", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -104,7 +121,8 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
     let files = files::Files::new(store, cfg.cache_mib);
     let metrics = metrics::Metrics::new()?;
     let shaper = shaper::Shaper::new(cfg.capacity_mbps);
-    let node = Arc::new(node::Node::new(
+    let credentials = Credentials::new().context("making the node's key")?;
+    let mut node = node::Node::new(
         cfg.node_id,
         cfg.image_version.clone(),
         files,
@@ -112,15 +130,42 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
         metrics,
         cfg.trusted_proxies.clone(),
         cfg.metrics_token.clone(),
-    ));
+    );
+    node.routers_only = cfg.routers_only;
+    node.credentials = Some(credentials.clone());
+    let node = Arc::new(node);
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let tls = cfg.tls.bind(&shutdown).await?;
     let public = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let http = headwater_serve::tls::trusting(reqwest::Client::builder(), cfg.admin_ca.as_deref())?
-        .timeout(Duration::from_secs(5))
-        .build()?;
-    let admin = report::Admin::new(http, &cfg.admin_url, cfg.node_token.clone());
+    let roots = headwater_serve::mtls::roots(cfg.admin_ca.as_deref()).context("--admin-ca")?;
+    let admin = report::Admin::new(&cfg.admin_url, roots, credentials.clone(), cfg.node_token.clone())?;
+    // The first certificate: by the join token, or (a registered node) by its token.
+    match &cfg.join_token {
+        Some(join) => admin.join(&node, join).await.context("joining admin")?,
+        None => {
+            if let Err(e) = admin.renew(&node).await {
+                tracing::warn!(error = %e, "no certificate of the node CA: mutual TLS is off for now");
+            }
+        }
+    }
+    // TLS from files, or (without them) with the node's certificate, to routers.
+    let tls = match (&cfg.tls.tls_listen, cfg.tls.tls_cert.is_empty()) {
+        (Some(at), true) => {
+            let l = TcpListener::bind(at).await.with_context(|| format!("binding {at}"))?;
+            Some((l, Tls::of_identity(credentials.clone(), credentials.trust.clone())))
+        }
+        _ => cfg.tls.bind(&shutdown).await?,
+    };
+    let tls_public = match &tls {
+        Some((l, t)) if t.certs.is_none() => {
+            let port = l.local_addr()?.port();
+            Some(cfg.tls_advertise.clone().unwrap_or_else(|| match public.rsplit_once(':') {
+                Some((host, _)) => format!("{host}:{port}"),
+                None => format!("{}:{port}", addr.ip()),
+            }))
+        }
+        _ => None,
+    };
 
     // Content store reachable before we say we listen.
     node.files.store().ping().await.context("content store unreachable")?;
@@ -136,7 +181,7 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
     let hb = tokio::spawn(report::heartbeats(
         node.clone(),
         admin.clone(),
-        public,
+        report::Addresses { public, tls: tls_public },
         Duration::from_millis(cfg.heartbeat_ms),
         drain.clone(),
         stop_reports.clone(),

@@ -75,6 +75,10 @@ pub struct Node {
     pub draining: AtomicBool,
     /// The last heartbeat reached admin.
     pub admin_ok: AtomicBool,
+    /// Accounts' content only to routers' certificates (`--routers-only`).
+    pub routers_only: bool,
+    /// Its key and certificate of the node CA, and the CAs it trusts for routers.
+    pub credentials: Option<Arc<headwater_serve::mtls::Credentials>>,
 }
 
 impl Node {
@@ -108,6 +112,8 @@ impl Node {
             egress_bytes: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            routers_only: false,
+            credentials: None,
             admin_ok: AtomicBool::new(false),
         }
     }
@@ -180,9 +186,10 @@ impl Node {
         *self.pending_usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
-    /// The client's address: the peer, or the last hop a trusted proxy names.
-    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
-        if !self.trusted_proxies.iter().any(|n| n.contains(&peer)) {
+    /// The client's address: the peer, or the last hop a trusted proxy (by
+    /// address, or a router by its certificate) names.
+    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>, router: bool) -> IpAddr {
+        if !router && !self.trusted_proxies.iter().any(|n| n.contains(&peer)) {
             return peer;
         }
         forwarded_for.and_then(|v| v.rsplit(',').next()).and_then(|ip| ip.trim().parse().ok()).unwrap_or(peer)

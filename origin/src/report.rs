@@ -5,7 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use headwater_protocol::{Heartbeat, HeartbeatAck, NodeConfig, NodeState, SelfProbe, UsageReport};
+use std::sync::RwLock;
+
+use headwater_protocol::{
+    CertificateRequest, Heartbeat, HeartbeatAck, IssuedCertificate, NodeConfig, NodeState, SelfProbe, UsageReport,
+};
+use headwater_serve::mtls::{Credentials, Issued, Peer};
 use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
@@ -15,12 +20,25 @@ pub use headwater_protocol::PROBE_PATH;
 
 /// Admin as the node reaches it: one URL or several (replicas), the one in use
 /// first; a request that cannot reach one, or that it answers 5xx, goes to the next.
+/// Over https the node presents its certificate of the node CA; its bearer
+/// token, when it has one, goes with every request.
 #[derive(Clone)]
 pub struct Admin {
-    pub http: reqwest::Client,
+    /// Made again after each new certificate, so no pooled connection keeps
+    /// presenting the one before.
+    http: Arc<RwLock<reqwest::Client>>,
+    roots: rustls::RootCertStore,
     urls: Arc<[String]>,
     current: Arc<std::sync::atomic::AtomicUsize>,
-    pub token: String,
+    token: Arc<RwLock<Option<String>>>,
+    pub credentials: Arc<Credentials>,
+}
+
+/// Where the node is reached: plain, and over mutual TLS when it serves it.
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    pub public: String,
+    pub tls: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,25 +49,129 @@ pub enum ReportError {
     Status(reqwest::StatusCode),
     #[error("no admin URL")]
     NoAdmin,
+    #[error("the certificate admin issued: {0}")]
+    Certificate(String),
+}
+
+fn client(roots: &rustls::RootCertStore, credentials: &Arc<Credentials>) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(credentials.client_config(roots.clone()))
+        .timeout(Duration::from_secs(5))
+        .build()
 }
 
 impl Admin {
-    pub fn new(http: reqwest::Client, urls: &[String], token: String) -> Self {
+    pub fn new(
+        urls: &[String],
+        roots: rustls::RootCertStore,
+        credentials: Arc<Credentials>,
+        token: Option<String>,
+    ) -> anyhow::Result<Self> {
         let urls: Vec<String> =
             urls.iter().map(|u| u.trim().trim_end_matches('/').to_owned()).filter(|u| !u.is_empty()).collect();
-        Self { http, urls: urls.into(), current: Arc::default(), token }
+        Ok(Self {
+            http: Arc::new(RwLock::new(client(&roots, &credentials)?)),
+            roots,
+            urls: urls.into(),
+            current: Arc::default(),
+            token: Arc::new(RwLock::new(token)),
+            credentials,
+        })
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        self.http.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn token(&self) -> Option<String> {
+        self.token.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Installs a certificate admin issued (and the token that came with a join).
+    fn install(&self, issued: IssuedCertificate) -> Result<(), ReportError> {
+        let IssuedCertificate { certificate, ca, generation, not_after_ms, token } = issued;
+        self.credentials
+            .install(&Issued { certificate, ca, generation, not_after_ms })
+            .map_err(ReportError::Certificate)?;
+        if let Some(t) = token {
+            *self.token.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(t);
+        }
+        let fresh = client(&self.roots, &self.credentials)?;
+        *self.http.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        Ok(())
+    }
+
+    /// Joins with the one-time join token: a CSR for the node's key, its first
+    /// certificate back. Tried for up to a minute while admin cannot be reached;
+    /// a refused token (used already, or not this node's) fails at once.
+    pub async fn join(&self, node: &Node, join_token: &str) -> anyhow::Result<()> {
+        let csr = self.credentials.csr(Peer::Node(node.id))?;
+        let path = Self::path(node, "join");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let http = self.http();
+            let sent = self
+                .send_as(Some(join_token), |u| {
+                    http.post(format!("{u}{path}")).json(&CertificateRequest { csr: csr.clone(), name: None })
+                })
+                .await;
+            match sent {
+                Ok(res) if res.status().is_success() => {
+                    self.install(res.json().await?)?;
+                    tracing::info!(not_after_ms = ?self.credentials.not_after_ms(), "joined: certificate of the node CA installed");
+                    return Ok(());
+                }
+                Ok(res) => {
+                    anyhow::bail!("admin refused the join: {} {}", res.status(), res.text().await.unwrap_or_default())
+                }
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "joining admin; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// A new certificate for a new CSR of the same key, as the node (its
+    /// certificate, or its token).
+    pub async fn renew(&self, node: &Node) -> Result<(), ReportError> {
+        let csr = self.credentials.csr(Peer::Node(node.id)).map_err(|e| ReportError::Certificate(e.to_string()))?;
+        let path = Self::path(node, "certificate");
+        let http = self.http();
+        let res = self
+            .send(|u| http.post(format!("{u}{path}")).json(&CertificateRequest { csr: csr.clone(), name: None }))
+            .await?;
+        if !res.status().is_success() {
+            return Err(ReportError::Status(res.status()));
+        }
+        self.install(res.json().await?)?;
+        tracing::info!(generation = ?self.credentials.generation(), "certificate of the node CA renewed");
+        Ok(())
+    }
+
+    async fn send(&self, make: impl Fn(&str) -> reqwest::RequestBuilder) -> Result<reqwest::Response, ReportError> {
+        self.send_as(self.token().as_deref(), make).await
     }
 
     /// Sends `make(url)` to the admin in use, then to the others in turn while one
     /// cannot be reached or answers 5xx; the first that answers is used from then on.
-    async fn send(&self, make: impl Fn(&str) -> reqwest::RequestBuilder) -> Result<reqwest::Response, ReportError> {
+    async fn send_as(
+        &self,
+        token: Option<&str>,
+        make: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ReportError> {
         let n = self.urls.len().max(1);
         let start = self.current.load(Ordering::Relaxed);
         let mut last = None;
         for i in 0..n {
             let k = (start + i) % n;
             let Some(url) = self.urls.get(k) else { break };
-            match make(url).bearer_auth(&self.token).send().await {
+            let req = match token {
+                Some(t) => make(url).bearer_auth(t),
+                None => make(url),
+            };
+            match req.send().await {
                 Ok(r) if !r.status().is_server_error() => {
                     if k != start {
                         tracing::info!(admin = %url, "reporting to another admin");
@@ -70,7 +192,8 @@ impl Admin {
 
     pub async fn config(&self, node: &Node) -> Result<NodeConfig, ReportError> {
         let path = Self::path(node, "config");
-        let res = self.send(|u| self.http.get(format!("{u}{path}"))).await?;
+        let http = self.http();
+        let res = self.send(|u| http.get(format!("{u}{path}"))).await?;
         if !res.status().is_success() {
             return Err(ReportError::Status(res.status()));
         }
@@ -79,7 +202,8 @@ impl Admin {
 
     async fn heartbeat(&self, node: &Node, hb: &Heartbeat) -> Result<HeartbeatAck, ReportError> {
         let path = Self::path(node, "heartbeat");
-        let res = self.send(|u| self.http.post(format!("{u}{path}")).json(hb)).await?;
+        let http = self.http();
+        let res = self.send(|u| http.post(format!("{u}{path}")).json(hb)).await?;
         if !res.status().is_success() {
             return Err(ReportError::Status(res.status()));
         }
@@ -100,7 +224,8 @@ impl Admin {
             }
         };
         let path = Self::path(node, "usage");
-        let res = self.send(|u| self.http.post(format!("{u}{path}")).json(&report)).await?;
+        let http = self.http();
+        let res = self.send(|u| http.post(format!("{u}{path}")).json(&report)).await?;
         if !res.status().is_success() {
             return Err(ReportError::Status(res.status()));
         }
@@ -136,7 +261,7 @@ const IDLE_HEARTBEAT: Duration = Duration::from_millis(250);
 pub async fn heartbeats(
     node: Arc<Node>,
     admin: Admin,
-    public: String,
+    at: Addresses,
     interval: Duration,
     drain: CancellationToken,
     stop: CancellationToken,
@@ -173,7 +298,7 @@ pub async fn heartbeats(
                 Err(e) => tracing::warn!(error = %e, "fetching configuration"),
             }
         }
-        let probe = self_probe(&admin.http, &public).await;
+        let probe = self_probe(&admin.http(), &at.public).await;
         let egress = node.egress_bytes.load(Ordering::Relaxed);
         let secs = last_at.elapsed().as_secs_f64().max(0.001);
         let egress_mbps = (egress - last_egress) as f64 * 8.0 / 1e6 / secs;
@@ -191,12 +316,13 @@ pub async fn heartbeats(
         let hb = Heartbeat {
             image_version: node.image_version.clone(),
             state,
-            address: public.clone(),
+            address: at.public.clone(),
             egress_mbps,
             open_connections: node.in_flight.load(Ordering::Relaxed),
             cache_hit_ratio: if lookups == 0 { 0.0 } else { stats.hits as f64 / lookups as f64 },
             self_probe: probe,
             config_version: node.served().version,
+            tls_address: at.tls.clone(),
         };
         match admin.heartbeat(&node, &hb).await {
             Ok(ack) => {
@@ -207,6 +333,14 @@ pub async fn heartbeats(
                 if ack.drain && !drain.is_cancelled() {
                     tracing::info!("admin asked this node to drain");
                     drain.cancel();
+                }
+                // Two thirds of its life gone, or a CA rotated: a new certificate.
+                // Only for a node that has one (an admin without the node CA issues none).
+                if admin.credentials.current().is_some()
+                    && admin.credentials.due(ack.node_ca.as_deref())
+                    && let Err(e) = admin.renew(&node).await
+                {
+                    tracing::warn!(error = %e, "renewing the certificate; trying again at the next heartbeat");
                 }
             }
             Err(e) => {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::conns::{Conn, Connections};
+use crate::handler::Peer;
 use crate::node::Node;
 use crate::{h1, handler};
 
@@ -77,7 +78,7 @@ async fn connection(
             _ => return,
         },
     };
-    serve_stream(node, stream, h2, peer, conn, drain, cfg).await;
+    serve_stream(node, stream, h2, Peer { addr: peer, router: false }, conn, drain, cfg).await;
 }
 
 /// A connection on the TLS listener: counted from the accept, the handshake
@@ -99,14 +100,19 @@ async fn tls_connection(
             None => return,
         },
     };
-    serve_stream(node, stream, h2, peer, conn, drain, cfg).await;
+    // A router's certificate of the node CA (the handshake verified the chain).
+    let router = match (&node.credentials, stream.get_ref().1.peer_certificates()) {
+        (Some(creds), Some(chain)) => creds.trust.verify_client(chain) == Ok(headwater_serve::mtls::Peer::Router),
+        _ => false,
+    };
+    serve_stream(node, stream, h2, Peer { addr: peer, router }, conn, drain, cfg).await;
 }
 
 async fn serve_stream<W: h1::Wire + AsyncWrite + 'static>(
     node: Arc<Node>,
     stream: W,
     h2: bool,
-    peer: SocketAddr,
+    peer: Peer,
     conn: Conn,
     drain: CancellationToken,
     cfg: ServeConfig,
@@ -117,14 +123,14 @@ async fn serve_stream<W: h1::Wire + AsyncWrite + 'static>(
         h1::serve(node, stream, peer, &conn, drain, cfg).await
     };
     if let Err(e) = served {
-        tracing::debug!(error = %e, %peer, "connection ended with an error");
+        tracing::debug!(error = %e, peer = %peer.addr, "connection ended with an error");
     }
 }
 
 async fn serve_h2<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     node: Arc<Node>,
     stream: I,
-    peer: SocketAddr,
+    peer: Peer,
     slot: &Conn,
     drain: CancellationToken,
     idle_timeout: Duration,

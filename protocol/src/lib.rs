@@ -52,6 +52,10 @@ pub struct Heartbeat {
     pub self_probe: SelfProbe,
     /// The configuration version the node runs with.
     pub config_version: u64,
+    /// Where routers reach the node over mutual TLS (`host:port`), when it serves
+    /// TLS with its node certificate (absent from older nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_address: Option<String>,
 }
 
 /// Admin's answer to a heartbeat.
@@ -61,6 +65,49 @@ pub struct HeartbeatAck {
     pub config_version: u64,
     /// Admin asks the node to drain (finish in-flight requests, then exit).
     pub drain: bool,
+    /// The node CA's generation (its trusted set and active CA): a node whose
+    /// certificate came with another one renews it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_ca: Option<String>,
+}
+
+/// `POST /v1/nodes/{id}/join` (with the join token), `POST /v1/nodes/{id}/certificate`
+/// and `POST /v1/routing/certificate` (renewals): a certificate signing request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRequest {
+    /// PKCS#10, PEM. Admin keeps the key and ignores the names asked for: it
+    /// names the holder itself.
+    pub csr: String,
+    /// A router's name (its sightings name); nodes send none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A certificate of admin's node CA.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedCertificate {
+    /// The certificate, PEM.
+    pub certificate: String,
+    /// Every CA trusted now (two during a rotation), PEM.
+    pub ca: String,
+    /// The node CA's generation this was issued in.
+    pub generation: String,
+    /// When the certificate expires, Unix ms.
+    pub not_after_ms: i64,
+    /// A join over plain HTTP only: the node's bearer token for an admin it
+    /// cannot reach over TLS (shown once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for IssuedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCertificate")
+            .field("generation", &self.generation)
+            .field("not_after_ms", &self.not_after_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One account a node serves, with its limits.
@@ -156,6 +203,9 @@ pub struct RouteNode {
     pub id: Uuid,
     /// `host:port`.
     pub address: String,
+    /// `host:port` of the node's mutual-TLS listener, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_address: Option<String>,
 }
 
 /// How a router treats one account.
@@ -216,4 +266,8 @@ pub struct RoutingTable {
     /// A digest of the content: equal digests, equal tables (the `ETag` of `GET /v1/routing`).
     pub digest: String,
     pub accounts: std::collections::BTreeMap<String, Route>,
+    /// The node CA's generation: a router whose certificate came with another
+    /// one renews it (absent when admin has no node CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_ca: Option<String>,
 }

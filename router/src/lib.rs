@@ -4,6 +4,7 @@
 //! fails before answering, so players see no error. See DESIGN.md §2 (`router/`).
 
 mod certs;
+mod identity;
 mod proxy;
 mod sightings;
 pub mod table;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use headwater_serve::ServeConfig;
+use headwater_serve::mtls::Credentials;
 use headwater_serve::tls::Tls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -97,7 +99,18 @@ pub async fn serve(
     let table = Arc::new(table::Shared::default());
     let admin = table::AdminApi { base: cfg.admin_url.clone(), ca: cfg.admin_ca.clone(), token: cfg.token.clone() };
     // Checked here, so a bad CA stops the router instead of its followers.
-    admin.client(|b| b)?;
+    let http = admin.client(|b| b.timeout(Duration::from_secs(5)))?;
+    // Its certificate of the node CA before the first table, so nodes that
+    // serve mutual TLS are reached over it from the start; `keep` retries.
+    let credentials = Credentials::new().context("making the router's key")?;
+    let name = sightings::router_name(cfg.name.as_deref());
+    match identity::obtain(&http, &admin, &name, &credentials).await {
+        Ok(()) => {
+            table.mtls.store(true, std::sync::atomic::Ordering::Relaxed);
+            table.certificates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Err(e) => tracing::warn!(error = %e, "no router certificate from admin yet: nodes are reached over plain HTTP"),
+    }
     // With Redis: changes pushed there, the snapshot and a fallback polled from
     // admin. Without: admin's routing stream.
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -117,11 +130,18 @@ pub async fn serve(
         }
     };
     let mut followers = followers;
+    followers.push(tokio::spawn(identity::keep(
+        table.clone(),
+        admin.clone(),
+        name.clone(),
+        credentials.clone(),
+        shutdown.clone(),
+    )));
     if cfg.sightings_ms > 0 {
         followers.push(tokio::spawn(sightings::report(
             table.clone(),
             admin.clone(),
-            sightings::router_name(cfg.name.as_deref()),
+            name.clone(),
             Duration::from_millis(cfg.sightings_ms),
             cfg.source_ip,
             shutdown.clone(),
@@ -132,13 +152,18 @@ pub async fn serve(
         domain: cfg.domain.clone(),
         source_ip: cfg.source_ip,
         metrics_token: cfg.metrics_token.clone(),
+        credentials: Some(credentials),
     };
     // Accounts' own domains are served with their certificates, by SNI.
-    let tls = tls.map(|(l, own)| {
-        let resolver =
-            Arc::new(certs::AccountCerts { table: table.clone(), own: own.certs.clone(), domain: cfg.domain.clone() });
-        (l, Tls::with_resolver(own.certs.clone(), resolver))
-    });
+    let tls = match tls {
+        Some((l, own)) => {
+            let own = own.certs.clone().context("the router's TLS serves certificate files")?;
+            let resolver =
+                Arc::new(certs::AccountCerts { table: table.clone(), own: own.clone(), domain: cfg.domain.clone() });
+            Some((l, Tls::with_resolver(own, resolver)))
+        }
+        None => None,
+    };
     let router = Arc::new(Router::new(table, options)?);
     headwater_serve::run_both(
         listener,

@@ -15,10 +15,12 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use rustls::pki_types::ServerName;
 
 use crate::Mode;
 use crate::table::Shared;
@@ -110,6 +112,8 @@ pub struct Options {
     pub source_ip: Option<std::net::IpAddr>,
     /// The bearer token `/metrics` asks for (off without one).
     pub metrics_token: Option<String>,
+    /// The router's certificate of the node CA, for nodes that serve mutual TLS.
+    pub credentials: Option<Arc<headwater_serve::mtls::Credentials>>,
 }
 
 pub struct Router {
@@ -117,7 +121,10 @@ pub struct Router {
     mode: Mode,
     domain: Option<String>,
     metrics_token: Option<String>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    /// The pool of connections to nodes, and the certificate count it was made for.
+    client: RwLock<(u64, Arc<NodeClient>)>,
+    source_ip: Option<std::net::IpAddr>,
+    credentials: Option<Arc<headwater_serve::mtls::Credentials>>,
     nodes: Mutex<HashMap<String, Arc<NodeStats>>>,
     /// The routing table version `nodes` was last pruned for: nodes that left
     /// the table leave the map, so it never grows with the fleet's history.
@@ -153,6 +160,41 @@ impl Drop for SendingGuard {
             }
         }
     }
+}
+
+type NodeClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// A client for nodes: plain HTTP, or mutual TLS with the router's certificate
+/// where the table gives a node's TLS address (its certificate must name the
+/// node the table puts there).
+fn node_client(
+    table: &Arc<Shared>,
+    source_ip: Option<std::net::IpAddr>,
+    credentials: Option<&Arc<headwater_serve::mtls::Credentials>>,
+) -> NodeClient {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(source_ip);
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    connector.set_nodelay(true);
+    connector.enforce_http(false);
+    let tls = match credentials {
+        Some(c) => c.node_client_config(),
+        None => headwater_serve::mtls::anonymous_node_client_config(),
+    };
+    let names = table.clone();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .with_server_name_resolver(move |uri: &Uri| {
+            let at = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+            match names.get().tls_nodes.get(at) {
+                Some(id) => ServerName::try_from(headwater_serve::mtls::node_name(*id)).map_err(|e| e.to_string()),
+                None => Err(format!("{at} is no node of the routing table")),
+            }
+        })
+        .enable_http1()
+        .wrap_connector(connector);
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector)
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -192,14 +234,15 @@ impl Router {
         path: &str,
         headers: &http::HeaderMap,
     ) -> Result<Response<Incoming>, ()> {
-        let uri = format!("http://{node}{path}").parse::<Uri>().map_err(|_| ())?;
+        let uri = format!("{node}{path}").parse::<Uri>().map_err(|_| ())?;
         let mut up = Request::new(Empty::<Bytes>::new());
         *up.method_mut() = method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = headers.clone();
         let stats = self.stats(node);
         stats.outstanding.fetch_add(1, Ordering::Relaxed);
-        let answer = tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(up)).await;
+        let client = self.client();
+        let answer = tokio::time::timeout(UPSTREAM_TIMEOUT, client.request(up)).await;
         stats.outstanding.fetch_sub(1, Ordering::Relaxed);
         let why = match answer {
             Ok(Ok(res)) if !res.status().is_server_error() => return Ok(res),
@@ -214,23 +257,37 @@ impl Router {
     }
 
     pub fn new(table: Arc<Shared>, options: Options) -> Result<Self, prometheus::Error> {
-        let Options { mode, domain, source_ip, metrics_token } = options;
-        let mut connector = HttpConnector::new();
-        connector.set_local_address(source_ip);
-        connector.set_connect_timeout(Some(Duration::from_secs(1)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        let Options { mode, domain, source_ip, metrics_token, credentials } = options;
+        let client = RwLock::new((0, Arc::new(node_client(&table, source_ip, credentials.as_ref()))));
         Ok(Self {
             table,
             mode,
             domain,
             metrics_token,
             client,
+            source_ip,
+            credentials,
             nodes: Mutex::default(),
             pruned: AtomicU64::new(0),
             sending: Arc::default(),
             metrics: Metrics::new()?,
         })
+    }
+
+    /// The pool of connections to nodes, made again once after each new certificate.
+    fn client(&self) -> Arc<NodeClient> {
+        let certificates = self.table.certificates.load(Ordering::Relaxed);
+        {
+            let current = self.client.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if current.0 == certificates {
+                return current.1.clone();
+            }
+        }
+        let mut current = self.client.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.0 != certificates {
+            *current = (certificates, Arc::new(node_client(&self.table, self.source_ip, self.credentials.as_ref())));
+        }
+        current.1.clone()
     }
 
     /// Forgets the stats of nodes no longer in `table` (once per table version).
@@ -428,9 +485,10 @@ impl Router {
         let method = req.method().clone();
         if self.mode == Mode::Redirect {
             let node = &self.order(account, &a.nodes)[0];
+            let plain = table.plain.get(node).map_or(node.as_str(), String::as_str);
             let mut res = Response::new(full(""));
             *res.status_mut() = StatusCode::FOUND;
-            if let Ok(v) = HeaderValue::from_str(&format!("http://{node}{path}")) {
+            if let Ok(v) = HeaderValue::from_str(&format!("http://{plain}{path}")) {
                 res.headers_mut().insert(header::LOCATION, v);
             }
             headwater_serve::cors(res.headers_mut());
@@ -680,6 +738,9 @@ mod tests {
                 accounts: [("a".to_owned(), account)].into(),
                 nodes: Default::default(),
                 domains: Default::default(),
+                tls_nodes: Default::default(),
+                plain: Default::default(),
+                node_ca: None,
             }
         };
         let router = super::Router::new(Default::default(), super::Options::default()).unwrap();

@@ -5,6 +5,7 @@
 //! table stays in force while admin or Redis is unreachable.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -23,7 +24,9 @@ pub struct Account {
     pub allow: Vec<IpNet>,
     /// Web origins whose pages may read the content (CORS); empty: any.
     pub allow_origins: Vec<String>,
-    /// `host:port` of each ready node.
+    /// Where each ready node is reached: `http://host:port`, or
+    /// `https://host:port` (mutual TLS, when both sides have a certificate of
+    /// the node CA).
     pub nodes: Vec<String>,
     /// Signed playback: whether a token is required, and the keys.
     pub playback: Option<headwater_protocol::Playback>,
@@ -47,6 +50,13 @@ pub struct Table {
     pub nodes: std::collections::BTreeMap<uuid::Uuid, String>,
     /// Accounts' own domains: the account, and the certificate served for it.
     pub domains: HashMap<String, (String, Arc<rustls::sign::CertifiedKey>)>,
+    /// The node behind each `https://` entry of `nodes`, by its `host:port`:
+    /// the name its certificate must carry.
+    pub tls_nodes: HashMap<String, uuid::Uuid>,
+    /// The plain `host:port` of each entry of `nodes` (redirects send players there).
+    pub plain: HashMap<String, String>,
+    /// The node CA's generation (see `identity`).
+    pub node_ca: Option<String>,
 }
 
 /// The accounts' own domains of `t` with their certificates; one that does
@@ -65,10 +75,24 @@ fn domains(t: &RoutingTable) -> HashMap<String, (String, Arc<rustls::sign::Certi
     out
 }
 
-impl From<RoutingTable> for Table {
-    fn from(t: RoutingTable) -> Self {
+impl Table {
+    /// The router's table of admin's: nodes reached over mutual TLS where they
+    /// serve it and `mtls` (the router holds a certificate), plain otherwise.
+    fn of(t: RoutingTable, mtls: bool) -> Self {
         let nodes = t.accounts.values().flat_map(|r| r.nodes.iter().map(|n| (n.id, n.address.clone()))).collect();
         let domains = domains(&t);
+        let (mut tls_nodes, mut plain) = (HashMap::new(), HashMap::new());
+        let mut upstream = |n: &headwater_protocol::RouteNode| -> String {
+            let url = match (&n.tls_address, mtls) {
+                (Some(tls), true) => {
+                    tls_nodes.insert(tls.clone(), n.id);
+                    format!("https://{tls}")
+                }
+                _ => format!("http://{}", n.address),
+            };
+            plain.insert(url.clone(), n.address.clone());
+            url
+        };
         let accounts = t
             .accounts
             .into_iter()
@@ -80,37 +104,56 @@ impl From<RoutingTable> for Table {
                         active: r.active,
                         allow,
                         allow_origins: r.allow_origins,
-                        nodes: r.nodes.into_iter().map(|n| n.address).collect(),
+                        nodes: r.nodes.iter().map(&mut upstream).collect(),
                         playback: r.playback,
                         cdn_secrets: r.cdn_secrets,
                     },
                 )
             })
             .collect();
-        Table { version: t.version, digest: t.digest, accounts, nodes, domains }
+        Table { version: t.version, digest: t.digest, accounts, nodes, domains, tls_nodes, plain, node_ca: t.node_ca }
     }
 }
 
 /// The table in force, shared by every request.
 #[derive(Default)]
-pub struct Shared(RwLock<Arc<Table>>);
+pub struct Shared {
+    table: RwLock<Arc<Table>>,
+    /// Admin's table in force, kept to build the router's again (`refresh`).
+    raw: RwLock<Option<RoutingTable>>,
+    /// The router holds a certificate of the node CA: nodes that serve mutual
+    /// TLS are reached over it.
+    pub mtls: AtomicBool,
+    /// Certificates installed so far: each new one starts a new pool of
+    /// connections to nodes, so none keeps presenting the one before.
+    pub certificates: AtomicU64,
+}
 
 impl Shared {
     pub fn get(&self) -> Arc<Table> {
-        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.table.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Puts `t` in force if it is newer than the table in force; says whether it did.
     pub fn offer(&self, t: RoutingTable, via: &str) -> bool {
-        let mut current = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut current = self.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if t.version <= current.version {
             return false;
         }
         if t.digest != current.digest {
             tracing::info!(version = t.version, accounts = t.accounts.len(), via, "routing table updated");
         }
-        *current = Arc::new(t.into());
+        *self.raw.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(t.clone());
+        *current = Arc::new(Table::of(t, self.mtls.load(Ordering::Relaxed)));
         true
+    }
+
+    /// Builds the table in force again (mutual TLS turned on).
+    pub fn refresh(&self) {
+        let mut current = self.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(t) = self.raw.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
+            *current = Arc::new(Table::of(t, self.mtls.load(Ordering::Relaxed)));
+        }
     }
 }
 
@@ -286,7 +329,7 @@ mod tests {
     use super::*;
 
     fn t(version: u64, digest: &str) -> RoutingTable {
-        RoutingTable { version, digest: digest.into(), accounts: Default::default() }
+        RoutingTable { version, digest: digest.into(), accounts: Default::default(), node_ca: None }
     }
 
     #[test]

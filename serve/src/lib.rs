@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod flood;
+pub mod mtls;
 pub mod tls;
 pub use flood::{ControlBudget, FloodGuard};
 
@@ -184,7 +185,8 @@ where
                     None => return Ok(()),
                 },
             };
-            serve_io(stream, h2, service, shutdown, cfg).await
+            let peer = mtls::TlsPeer(stream.get_ref().1.peer_certificates().map(|c| c.to_vec().into()));
+            serve_io(stream, h2, WithExtension { inner: service, value: peer }, shutdown, cfg).await
         }
     }
 }
@@ -443,6 +445,32 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         req.extensions_mut().insert(self.peer);
+        self.inner.call(req)
+    }
+}
+
+/// Adapts a service so each request carries `value` as an extension.
+#[derive(Clone)]
+struct WithExtension<S, T> {
+    inner: S,
+    value: T,
+}
+
+impl<S, B, T> tower::Service<Request<B>> for WithExtension<S, T>
+where
+    S: tower::Service<Request<B>>,
+    T: Clone + Send + Sync + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        req.extensions_mut().insert(self.value.clone());
         self.inner.call(req)
     }
 }

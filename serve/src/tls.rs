@@ -29,8 +29,9 @@ pub struct CertFiles {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TlsArgs {
     /// Serve HTTPS on this address too (HTTP/1.1 and h2 by ALPN), with the
-    /// certificates of --tls-cert and --tls-key.
-    #[arg(long, env = "HEADWATER_TLS_LISTEN", requires = "tls_cert")]
+    /// certificates of --tls-cert and --tls-key (an origin node without them
+    /// serves its certificate of the node CA, to routers).
+    #[arg(long, env = "HEADWATER_TLS_LISTEN")]
     pub tls_listen: Option<std::net::SocketAddr>,
     /// A PEM certificate chain; repeat (or comma-separate), each with its
     /// --tls-key, to serve several names: each connection gets the first whose
@@ -275,7 +276,8 @@ impl ResolvesServerCert for Certs {
 /// A listener's TLS: the acceptor over its certificates.
 pub struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
-    pub certs: Arc<Certs>,
+    /// The certificates of its files (none for a node serving its node-CA certificate).
+    pub certs: Option<Arc<Certs>>,
 }
 
 impl Tls {
@@ -283,20 +285,26 @@ impl Tls {
         Self::with_resolver(certs.clone(), certs)
     }
 
+    /// TLS answering with `identity` (a node's certificate of the node CA) and
+    /// asking clients for theirs, verified against `clients`.
+    pub fn of_identity(identity: Arc<dyn ResolvesServerCert>, clients: Arc<crate::mtls::Trust>) -> Arc<Self> {
+        Arc::new(Self { acceptor: acceptor(identity, Some(clients)), certs: None })
+    }
+
     /// TLS answering with `resolver` (per-account certificates in front of the
     /// listener's own, say); `certs` are the listener's own, reloaded from files.
     pub fn with_resolver(certs: Arc<Certs>, resolver: Arc<dyn ResolvesServerCert>) -> Arc<Self> {
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_no_client_auth()
-            .with_cert_resolver(resolver);
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        // Resumed sessions skip the key exchange: players reconnect often.
-        if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
-            config.ticketer = ticketer;
-        }
-        Arc::new(Self { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), certs })
+        Self::with_clients(certs, resolver, None)
+    }
+
+    /// TLS that also asks clients for a certificate of admin's node CA (nodes,
+    /// routers) and lets ones without in; a certificate presented must verify.
+    pub fn with_clients(
+        certs: Arc<Certs>,
+        resolver: Arc<dyn ResolvesServerCert>,
+        clients: Option<Arc<crate::mtls::Trust>>,
+    ) -> Arc<Self> {
+        Arc::new(Self { acceptor: acceptor(resolver, clients), certs: Some(certs) })
     }
 
     /// The handshake, within `timeout` (counted from the accept, like the wait
@@ -315,6 +323,28 @@ impl Tls {
             Err(_) => None,
         }
     }
+}
+
+/// An acceptor answering with `resolver`, ALPN h2 and HTTP/1.1, session
+/// tickets on, client certificates asked for when `clients` is given.
+fn acceptor(
+    resolver: Arc<dyn ResolvesServerCert>,
+    clients: Option<Arc<crate::mtls::Trust>>,
+) -> tokio_rustls::TlsAcceptor {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    let builder = match clients {
+        Some(trust) => builder.with_client_cert_verifier(Arc::new(crate::mtls::OptionalClientCerts(trust))),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Resumed sessions skip the key exchange: players reconnect often.
+    if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
+        config.ticketer = ticketer;
+    }
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// A client that trusts only `ca` for `https://` URLs when given (PEM text, or

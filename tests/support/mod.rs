@@ -99,6 +99,8 @@ async fn spawn(
     })
     .await
     .expect("admin did not start within 60 s");
+    // Keep draining stdout (the https line follows), so admin never writes to a closed pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, url)
 }
 
@@ -159,6 +161,9 @@ impl Admin {
     /// Another replica, listening on `listen`.
     pub async fn replica_at(&self, extra: &[&str], listen: &str) -> Admin {
         let data_dir = tempfile::tempdir().expect("temp dir");
+        // Every replica needs the same master key (the node CA's key is sealed under it).
+        std::fs::copy(self.data_dir.path().join("master-key"), data_dir.path().join("master-key"))
+            .expect("the first admin's master key");
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         let (child, url) =
             spawn(&self.db_url, data_dir.path(), &self.operator_token, &extra, &self.content, &self.env, listen).await;
@@ -397,7 +402,7 @@ impl Admin {
 }
 
 /// The secret part of a credential as the server splits it: what follows the
-/// id in `hw_{id}_{secret}` and `hwn_{id}_{secret}`, what follows the prefix in
+/// id in `hw_{id}_{secret}`, `hwn_{id}_{secret}` and `hwj_{id}_{secret}`, what follows the prefix in
 /// `hwop_{secret}`, and the whole of any other token. The secret is base64url,
 /// so it may itself hold `_`: splitting from the right would give a short tail
 /// that any text can hold.
@@ -405,7 +410,8 @@ pub fn secret_of(credential: &str) -> &str {
     if let Some(secret) = credential.strip_prefix("hwop_") {
         return secret;
     }
-    match credential.strip_prefix("hw_").or_else(|| credential.strip_prefix("hwn_")) {
+    let id_first = credential.strip_prefix("hw_").or_else(|| credential.strip_prefix("hwn_"));
+    match id_first.or_else(|| credential.strip_prefix("hwj_")) {
         Some(rest) => rest.split_once('_').map_or(rest, |(_id, secret)| secret),
         None => credential,
     }
@@ -807,6 +813,11 @@ impl Players {
         let ok = Arc::new(AtomicU64::new(0));
         let tasks = accounts.iter().map(|a| player(router, a, stop.clone(), ok.clone())).collect();
         Self { stop, ok, tasks }
+    }
+
+    /// Segments played so far.
+    pub fn played(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
     }
 
     /// Stops them and asserts no request failed (and that they did play).

@@ -1,8 +1,10 @@
 //! Who is calling. [`authenticate`] reads `Authorization: Bearer …` once per
 //! request, before rate limits and idempotency, into a [`Principal`]: a customer
-//! (an API key), a node (its token), a router (the router token: the routing
-//! table and its own sightings, nothing else), the operator, nobody, or a
-//! credential that failed. Only the canonical spelling is accepted (`Bearer`, one space, the
+//! (an API key), a node (its token, or its certificate of the node CA when it
+//! sends no token), a node yet to join (its one-time join token: its join
+//! only), a router (the router token or its certificate: the routing table and
+//! its own sightings, nothing else), the operator, nobody, or a credential that
+//! failed. Only the canonical spelling is accepted (`Bearer`, one space, the
 //! token), so one credential has one rate-limit bucket. Secrets are compared in
 //! constant time. The extractors below take the principal a route needs: the
 //! wrong kind of credential is 403, none or a failed one 401.
@@ -13,6 +15,8 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 use uuid::Uuid;
+
+use headwater_serve::mtls::{Peer, TlsPeer};
 
 use super::AppState;
 use super::problem::ApiError;
@@ -42,8 +46,10 @@ pub enum Principal {
     /// No `Authorization` header.
     Anonymous,
     Customer(CustomerAuth),
-    /// An origin node, by its token.
+    /// An origin node, by its token or its certificate.
     Node(Uuid),
+    /// A node launched with a join token, before it has joined (its join only).
+    Joining(Uuid),
     /// A router, by the router token.
     Router,
     Operator,
@@ -57,7 +63,7 @@ impl Principal {
     pub fn key(self) -> Option<String> {
         match self {
             Principal::Customer(c) => Some(format!("customer:{}", c.customer_id)),
-            Principal::Node(id) => Some(format!("node:{id}")),
+            Principal::Node(id) | Principal::Joining(id) => Some(format!("node:{id}")),
             Principal::Router => Some("router".to_owned()),
             Principal::Operator => Some("operator".to_owned()),
             Principal::Anonymous | Principal::Failed(_) => None,
@@ -90,8 +96,24 @@ fn bearer(value: &[u8]) -> Option<&str> {
     (!token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())).then_some(token)
 }
 
-async fn resolve(parts_headers: &axum::http::HeaderMap, state: &AppState) -> Result<Principal, ApiError> {
-    let Some(value) = parts_headers.get(header::AUTHORIZATION) else { return Ok(Principal::Anonymous) };
+/// Who a client certificate of the node CA names, checked again now (expired
+/// or of a retired CA: failed), when there is one and no bearer token.
+async fn by_certificate(peer: Option<&TlsPeer>, state: &AppState) -> Result<Principal, ApiError> {
+    let Some(chain) = peer.and_then(|p| p.0.as_ref()) else { return Ok(Principal::Anonymous) };
+    Ok(match state.node_ca.trust.verify_client(chain) {
+        Ok(Peer::Node(id)) if state.store.node_is_live(id).await? => Principal::Node(id),
+        Ok(Peer::Node(_)) => Principal::Failed("the certificate's node is stopped"),
+        Ok(Peer::Router) => Principal::Router,
+        Err(_) => Principal::Failed("the client certificate is not one of the node CA's valid now"),
+    })
+}
+
+async fn resolve(
+    parts_headers: &axum::http::HeaderMap,
+    peer: Option<&TlsPeer>,
+    state: &AppState,
+) -> Result<Principal, ApiError> {
+    let Some(value) = parts_headers.get(header::AUTHORIZATION) else { return by_certificate(peer, state).await };
     let Some(token) = bearer(value.as_bytes()) else {
         return Ok(Principal::Failed("expected Authorization: Bearer <token>"));
     };
@@ -115,6 +137,15 @@ async fn resolve(parts_headers: &axum::http::HeaderMap, state: &AppState) -> Res
             _ => Principal::Failed("invalid node token"),
         });
     }
+    if token.starts_with(keys::JOIN_PREFIX) {
+        let Some((node, secret)) = keys::parse_join_token(token) else {
+            return Ok(Principal::Failed("invalid join token"));
+        };
+        return Ok(match state.store.join_token_hash(node).await? {
+            Some(hash) if keys::verify(secret, &hash) => Principal::Joining(node),
+            _ => Principal::Failed("invalid or already used join token"),
+        });
+    }
     Ok(if keys::tokens_equal(token, &state.settings.operator_token) {
         Principal::Operator
     } else if keys::tokens_equal(token, &state.settings.router_token) {
@@ -127,7 +158,7 @@ async fn resolve(parts_headers: &axum::http::HeaderMap, state: &AppState) -> Res
 /// Resolves the request's credentials into a [`Principal`] extension, once.
 pub async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     use axum::response::IntoResponse;
-    match resolve(req.headers(), &s).await {
+    match resolve(req.headers(), req.extensions().get::<TlsPeer>(), &s).await {
         Ok(p) => {
             req.extensions_mut().insert(p);
             next.run(req).await
@@ -145,9 +176,11 @@ fn refuse(p: Principal, wanted: &'static str) -> ApiError {
     match p {
         Principal::Anonymous => ApiError::Unauthorized("missing Authorization: Bearer header"),
         Principal::Failed(why) => ApiError::Unauthorized(why),
-        Principal::Customer(_) | Principal::Node(_) | Principal::Router | Principal::Operator => {
-            ApiError::Forbidden(format!("this route needs {wanted}"))
-        }
+        Principal::Customer(_)
+        | Principal::Node(_)
+        | Principal::Joining(_)
+        | Principal::Router
+        | Principal::Operator => ApiError::Forbidden(format!("this route needs {wanted}")),
     }
 }
 
@@ -202,18 +235,35 @@ pub struct NodeAuth(pub Uuid);
 impl FromRequestParts<AppState> for NodeAuth {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(id): axum::extract::Path<String> =
-            axum::extract::Path::from_request_parts(parts, state)
-                .await
-                .map_err(|_| ApiError::NotFound("node".into()))?;
-        let id = Uuid::try_parse(&id).map_err(|_| ApiError::NotFound(format!("node {id}")))?;
+        let id = path_node(parts, state).await?;
         match principal(parts) {
             Principal::Node(node) if node == id => Ok(NodeAuth(id)),
             // Another node's routes are not this node's to call.
             Principal::Node(_) => Err(ApiError::Forbidden("a node calls only its own routes".into())),
-            other => Err(refuse(other, "the node's token")),
+            other => Err(refuse(other, "the node's token or certificate")),
         }
     }
+}
+
+/// A node joining with its join token, on its own join route (`/v1/nodes/{id}/join`).
+pub struct JoinAuth(pub Uuid);
+
+impl FromRequestParts<AppState> for JoinAuth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let id = path_node(parts, state).await?;
+        match principal(parts) {
+            Principal::Joining(node) if node == id => Ok(JoinAuth(id)),
+            Principal::Joining(_) => Err(ApiError::Forbidden("a node joins only as itself".into())),
+            other => Err(refuse(other, "the node's join token")),
+        }
+    }
+}
+
+async fn path_node(parts: &mut Parts, state: &AppState) -> Result<Uuid, ApiError> {
+    let axum::extract::Path(id): axum::extract::Path<String> =
+        axum::extract::Path::from_request_parts(parts, state).await.map_err(|_| ApiError::NotFound("node".into()))?;
+    Uuid::try_parse(&id).map_err(|_| ApiError::NotFound(format!("node {id}")))
 }
 
 #[cfg(test)]

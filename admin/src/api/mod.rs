@@ -9,6 +9,7 @@ mod customers;
 mod domains;
 pub mod middleware;
 pub mod model;
+pub mod node_ca;
 pub mod nodes;
 mod openapi;
 mod operator;
@@ -84,6 +85,8 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// The routing table handed to routers.
     pub routing: Arc<crate::control::routing::Routing>,
+    /// Issues and verifies the certificates of nodes and routers.
+    pub node_ca: Arc<crate::node_ca::NodeCa>,
     /// The retention collector's clock, movable with `--test-clock`.
     pub test_clock: Option<Arc<crate::clock::OffsetClock>>,
 }
@@ -144,6 +147,12 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(targets::get_target, targets::update_target, targets::delete_target))
         .routes(routes!(operator::list_nodes, nodes::register))
         .routes(routes!(nodes::heartbeat))
+        .routes(routes!(node_ca::join))
+        .routes(routes!(node_ca::renew_node))
+        .routes(routes!(node_ca::renew_router))
+        .routes(routes!(node_ca::list))
+        .routes(routes!(node_ca::rotate))
+        .routes(routes!(node_ca::retire))
         .routes(routes!(nodes::config))
         .routes(routes!(nodes::usage))
         .routes(routes!(nodes::drain))

@@ -494,6 +494,10 @@ pub struct Node {
     pub cache_hit_ratio: f64,
     /// The target it runs on (`null`: a node an operator runs by hand).
     pub target: Option<String>,
+    /// Where routers reach it over mutual TLS (`null`: plain HTTP only).
+    pub tls_address: Option<String>,
+    /// When its certificate of the node CA expires (`null`: it has none).
+    pub certificate_expires_at: Option<String>,
     pub created_at: String,
 }
 
@@ -511,6 +515,8 @@ impl From<NodeRow> for Node {
             open_connections: n.open_connections,
             cache_hit_ratio: n.cache_hit_ratio,
             target: n.target,
+            tls_address: n.tls_address,
+            certificate_expires_at: n.cert_not_after.map(rfc3339),
             created_at: rfc3339(n.created_at),
         }
     }

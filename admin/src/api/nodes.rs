@@ -32,6 +32,9 @@ pub struct NodeRegistered {
     pub pool_id: Uuid,
     /// The node's token: shown once, passed to `headwater origin --node-token`.
     pub token: String,
+    /// Or its one-time join token (`headwater origin --join-token`): the node
+    /// makes its own key and gets a certificate of the node CA with it.
+    pub join_token: String,
 }
 
 /// Registers a node that will run elsewhere (`headwater origin … --node-token`).
@@ -44,15 +47,16 @@ pub async fn register(
 ) -> Result<(StatusCode, axum::Extension<super::middleware::ShownOnce>, Json<NodeRegistered>), ApiError> {
     let id = Uuid::now_v7();
     let (token, token_hash) = keys::node_token(id);
+    let (join_token, join_hash) = keys::join_token(id);
     s.store
-        .register_node(id, b.pool_id, &token_hash, Placement::default(), "operator", s.clock.now_ms())
+        .register_node(id, b.pool_id, &token_hash, &join_hash, Placement::default(), "operator", s.clock.now_ms())
         .await
         .map_err(|e| match e {
             StoreError::NotFound => ApiError::NotFound(format!("pool {}", b.pool_id)),
             other => other.into(),
         })?;
     let shown = axum::Extension(super::middleware::ShownOnce("a node token"));
-    Ok((StatusCode::CREATED, shown, Json(NodeRegistered { id, pool_id: b.pool_id, token })))
+    Ok((StatusCode::CREATED, shown, Json(NodeRegistered { id, pool_id: b.pool_id, token, join_token })))
 }
 
 /// A node's heartbeat: its state, load and self-probe.
@@ -75,6 +79,7 @@ pub async fn heartbeat(
         probe_ok: hb.self_probe.ok,
         probe_latency_ms: i32::try_from(hb.self_probe.latency_ms).unwrap_or(i32::MAX),
         probe_error: hb.self_probe.error.clone(),
+        tls_address: hb.tls_address.clone(),
     };
     let state = s.store.node_state(id).await?.after_heartbeat(record.state);
     s.heartbeats.push((id, record, s.clock.now_ms())).await.map_err(|e| ApiError::Internal(e.into()))?;
@@ -84,7 +89,11 @@ pub async fn heartbeat(
         let payload = serde_json::json!({"node": id, "state": state, "heartbeat": hb}).to_string();
         s.bus.notify(HEARTBEATS, payload);
     }
-    Ok(Json(HeartbeatAck { config_version: config.version, drain: state == NodeState::Draining }))
+    Ok(Json(HeartbeatAck {
+        config_version: config.version,
+        drain: state == NodeState::Draining,
+        node_ca: Some(s.node_ca.generation()),
+    }))
 }
 
 /// What the node serves: its accounts, their caps and allow-lists.
@@ -163,7 +172,7 @@ pub async fn routing(
     headers: axum::http::HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let table = s.routing.snapshot(&s.store, &s.settings.sealer).await?;
+    let table = s.routing.snapshot(&s.store, &s.settings.sealer, &s.node_ca).await?;
     let etag = format!("\"{}\"", table.digest);
     if headers.get(axum::http::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         return Ok((StatusCode::NOT_MODIFIED, [(axum::http::header::ETAG, etag)]).into_response());
@@ -219,7 +228,7 @@ pub async fn routing_stream(
     use axum::response::IntoResponse;
     // Subscribe before the snapshot, so no change falls between the two.
     let rx = s.routing.subscribe();
-    let first = s.routing.snapshot(&s.store, &s.settings.sealer).await?;
+    let first = s.routing.snapshot(&s.store, &s.settings.sealer, &s.node_ca).await?;
     let closed = s.routing.closed();
     let line = |t: &headwater_protocol::RoutingTable| {
         let mut v = serde_json::to_vec(t).unwrap_or_default();

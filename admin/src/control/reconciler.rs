@@ -243,6 +243,23 @@ pub struct NodeTemplate {
     pub metrics_token: String,
     /// The CA (PEM) nodes trust for an https admin URL.
     pub admin_ca: Option<String>,
+    /// Nodes serve mutual TLS to routers with their node certificate too
+    /// (`--tls-listen`), and with `routers_only` serve players' requests for
+    /// accounts only there, to routers' certificates.
+    pub node_tls: NodeTls,
+}
+
+/// What TLS the nodes admin launches serve to routers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodeTls {
+    /// Plain HTTP only.
+    #[default]
+    Off,
+    /// Plain HTTP and mutual TLS beside it.
+    Beside,
+    /// Accounts' content over mutual TLS to routers only; plain HTTP keeps the
+    /// test content, health and metrics.
+    RoutersOnly,
 }
 
 pub struct Reconciler {
@@ -756,7 +773,7 @@ impl Reconciler {
                     };
                     let target = targets[at].target.clone();
                     let Some(driver) = self.driver_of(Some(&target.name)) else { return Ok(None) };
-                    let (token, token_hash) = keys::node_token(id);
+                    let (token, token_hash) = keys::join_token(id);
                     let image = pool.image_version.as_deref();
                     // The spec first: a pool whose image cannot be read registers nothing.
                     let spec = self.spec(id, token.clone(), pool, &target, domain).await?;
@@ -907,6 +924,19 @@ impl Reconciler {
             // Others reach a pod at its IP (the driver passes it in as POD_IP).
             args.extend(["--advertise".into(), format!("$(POD_IP):{}", node_port(at))]);
         }
+        if t.node_tls != NodeTls::Off {
+            // Mutual TLS with the node's certificate, on the next port in a pod.
+            if pods {
+                let port = node_port(at) + 1;
+                args.extend(["--tls-listen".into(), format!("0.0.0.0:{port}")]);
+                args.extend(["--tls-advertise".into(), format!("$(POD_IP):{port}")]);
+            } else {
+                args.extend(["--tls-listen".into(), "127.0.0.1:0".into()]);
+            }
+            if t.node_tls == NodeTls::RoutersOnly {
+                args.push("--routers-only".into());
+            }
+        }
         args.extend(["--admin-url".into(), admin_url, "--content".into(), t.content_url.clone()]);
         args.extend(["--capacity-mbps".into(), pool.node_capacity_mbps.to_string()]);
         args.extend(["--heartbeat-ms".into(), t.heartbeat_ms.to_string()]);
@@ -918,9 +948,10 @@ impl Reconciler {
         if let Some(v) = &pool.image_version {
             args.extend(["--image-version".into(), v.clone()]);
         }
-        // Tokens go in the environment, not on the command line.
+        // Tokens go in the environment, not on the command line. The join token
+        // is good for one join: read from the environment later, it opens nothing.
         let mut env =
-            vec![("HEADWATER_NODE_TOKEN".into(), token), ("HEADWATER_METRICS_TOKEN".into(), t.metrics_token.clone())];
+            vec![("HEADWATER_JOIN_TOKEN".into(), token), ("HEADWATER_METRICS_TOKEN".into(), t.metrics_token.clone())];
         if let Some(ca) = &t.admin_ca {
             env.push(("HEADWATER_ADMIN_CA".into(), ca.clone()));
         }
@@ -1234,6 +1265,7 @@ mod driven {
             trusted_proxies: vec![],
             metrics_token: "metrics".into(),
             admin_ca: None,
+            node_tls: NodeTls::Off,
         };
         let reconciler = Reconciler::new(
             store.clone(),
@@ -1276,6 +1308,7 @@ mod driven {
             probe_ok: true,
             probe_latency_ms: 1,
             probe_error: None,
+            tls_address: None,
         };
         store.record_heartbeats(&[(node, hb, now)]).await.unwrap();
     }
@@ -1339,7 +1372,7 @@ mod driven {
         for domain in 0..4 {
             let id = Uuid::now_v7();
             let placement = Placement { upgrade_domain: domain, image_version: None, target: Some("far") };
-            r.store.register_node(id, pool, b"hash", placement, "test", T0).await.unwrap();
+            r.store.register_node(id, pool, b"hash", b"join", placement, "test", T0).await.unwrap();
             r.store.set_node_handle(id, &format!("pod:hw-{}", id.simple()), T0).await.unwrap();
             heartbeat(&r.store, id, T0).await;
             ids.push(id);
@@ -1531,7 +1564,7 @@ mod driven {
         domains.sort();
         assert_eq!(domains, [0, 1]);
         for spec in r.driver.launched() {
-            assert!(spec.env.iter().any(|(k, v)| k == "HEADWATER_NODE_TOKEN" && v.starts_with("hwn_")));
+            assert!(spec.env.iter().any(|(k, v)| k == "HEADWATER_JOIN_TOKEN" && v.starts_with("hwj_")));
             assert!(!spec.args.iter().any(|a| a.starts_with("hwn_")));
         }
         // A starting node given up on is a failed start, and it is stopped.

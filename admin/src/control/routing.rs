@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, ROUTING};
 use crate::control::signing::{domain_key_context, open_rule, sealed_rule};
+use crate::node_ca::NodeCa;
 use crate::sealed::Sealer;
 use crate::store::{RouteRow, Store, StoreError};
 
@@ -43,8 +44,8 @@ impl Default for Routing {
 
 /// The table for `rows`, without a version yet; its digest is taken with the
 /// playback keys sealed, then `sealer` opens them for routers.
-pub fn table(rows: Vec<RouteRow>, sealer: &Sealer) -> RoutingTable {
-    let mut table = RoutingTable::default();
+pub fn table(rows: Vec<RouteRow>, sealer: &Sealer, node_ca: Option<String>) -> RoutingTable {
+    let mut table = RoutingTable { node_ca, ..RoutingTable::default() };
     for r in rows {
         let route = table.accounts.entry(r.name).or_insert_with(|| Route {
             active: r.state != crate::states::AccountState::Deactivated,
@@ -61,10 +62,13 @@ pub fn table(rows: Vec<RouteRow>, sealer: &Sealer) -> RoutingTable {
             }),
         });
         if let (Some(id), Some(address)) = (r.node_id, r.address) {
-            route.nodes.push(RouteNode { id, address });
+            route.nodes.push(RouteNode { id, address, tls_address: r.tls_address });
         }
     }
-    let digest = Sha256::digest(serde_json::to_vec(&table.accounts).unwrap_or_default());
+    let mut digest = Sha256::new();
+    digest.update(serde_json::to_vec(&table.accounts).unwrap_or_default());
+    digest.update(table.node_ca.as_deref().unwrap_or_default());
+    let digest = digest.finalize();
     table.digest = hex::encode(&digest[..16]);
     for (name, route) in &mut table.accounts {
         if let Some(rule) = route.playback.as_mut() {
@@ -97,9 +101,9 @@ impl Routing {
 
     /// The table as the store has it now. The version is taken before the read, so
     /// a table read later always carries the larger version.
-    pub async fn snapshot(&self, store: &Store, sealer: &Sealer) -> Result<RoutingTable, StoreError> {
+    pub async fn snapshot(&self, store: &Store, sealer: &Sealer, ca: &NodeCa) -> Result<RoutingTable, StoreError> {
         let version = self.next_version();
-        let mut t = table(store.routes().await?, sealer);
+        let mut t = table(store.routes().await?, sealer, Some(ca.generation()));
         t.version = version;
         Ok(t)
     }
@@ -122,6 +126,7 @@ impl Routing {
         store: Store,
         bus: Bus,
         sealer: Arc<Sealer>,
+        ca: Arc<NodeCa>,
         every: Duration,
         shutdown: CancellationToken,
     ) {
@@ -132,7 +137,7 @@ impl Routing {
                 last.clear();
                 continue;
             }
-            match self.snapshot(&store, &sealer).await {
+            match self.snapshot(&store, &sealer, &ca).await {
                 Ok(t) if t.digest != last => {
                     // Sent again next time if Redis did not take it, so routers
                     // catch up when Redis returns.

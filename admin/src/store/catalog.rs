@@ -173,7 +173,7 @@ impl Store {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
                 "SELECT id, pool_id, handle, address, image_version, upgrade_domain, state, last_heartbeat, egress_mbps,
-                        open_connections, cache_hit_ratio, created_at, updated_at, target FROM nodes WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2",
+                        open_connections, cache_hit_ratio, created_at, updated_at, target, tls_address, cert_not_after FROM nodes WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2",
             )
             .bind(cursor)
             .bind(limit)

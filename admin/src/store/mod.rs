@@ -11,6 +11,7 @@ mod catalog;
 mod customers;
 mod idempotency;
 mod leases;
+mod node_ca;
 mod nodes;
 mod operations;
 mod playback;
@@ -35,6 +36,7 @@ pub use accounts::{AccountChange, NewAccount};
 pub use catalog::{BUILTIN_TYPES, OriginTypeSettings};
 pub use customers::{AccountLimits, QuotaOverrides, QuotaUse};
 pub use idempotency::{IDEMPOTENCY_TTL_MS, IdempotencyStart};
+pub use node_ca::{IssuedTo, NodeCaRow};
 pub use nodes::{HeartbeatRecord, NodeHealthRow, NodeServing, Placement, ServedAccountRow};
 pub use operations::{Effect, OperationFilter, OperationQuery};
 pub use pools::PoolSpec;
@@ -222,6 +224,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (14, "playback", include_str!("../../../migrations/postgres/0014_playback.sql")),
     (15, "cdn secrets", include_str!("../../../migrations/postgres/0015_cdn_secrets.sql")),
     (16, "custom domains", include_str!("../../../migrations/postgres/0016_custom_domains.sql")),
+    (17, "node ca", include_str!("../../../migrations/postgres/0017_node_ca.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -240,6 +243,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (14, "playback", include_str!("../../../migrations/sqlite/0014_playback.sql")),
     (15, "cdn secrets", include_str!("../../../migrations/sqlite/0015_cdn_secrets.sql")),
     (16, "custom domains", include_str!("../../../migrations/sqlite/0016_custom_domains.sql")),
+    (17, "node ca", include_str!("../../../migrations/sqlite/0017_node_ca.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

@@ -23,6 +23,7 @@ pub struct HeartbeatRecord {
     pub probe_ok: bool,
     pub probe_latency_ms: i32,
     pub probe_error: Option<String>,
+    pub tls_address: Option<String>,
 }
 
 /// An account as a node serves it.
@@ -53,31 +54,37 @@ pub struct NodeServing {
 
 impl Store {
     /// Registers a node of `pool_id` that will authenticate with a token whose
-    /// SHA-256 is `token_hash` (a node an operator runs by hand).
+    /// SHA-256 is `token_hash`, or join with the join token of `join_hash`
+    /// (a node an operator runs by hand).
+    #[allow(clippy::too_many_arguments)]
     pub async fn register_node(
         &self,
         id: Uuid,
         pool_id: Uuid,
         token_hash: &[u8],
+        join_hash: &[u8],
         placement: Placement<'_>,
         actor: &str,
         now: UnixMs,
     ) -> Result<NodeRow> {
-        self.insert_node(id, pool_id, token_hash, placement, false, actor, now).await?.ok_or(StoreError::NotFound)
+        self.insert_node(id, pool_id, Some(token_hash), join_hash, placement, false, actor, now)
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     /// Registers a node the reconciler is about to launch on the pool's image as
     /// it planned it; `None` (nothing registered) when the pool moved to another
     /// image meanwhile (an upgrade superseded), so no node starts on a stale image.
+    /// The node joins with the join token of `join_hash` (it has no other credential yet).
     pub async fn register_launch(
         &self,
         id: Uuid,
         pool_id: Uuid,
-        token_hash: &[u8],
+        join_hash: &[u8],
         placement: Placement<'_>,
         now: UnixMs,
     ) -> Result<Option<NodeRow>> {
-        self.insert_node(id, pool_id, token_hash, placement, true, "reconciler", now).await
+        self.insert_node(id, pool_id, None, join_hash, placement, true, "reconciler", now).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -85,7 +92,8 @@ impl Store {
         &self,
         id: Uuid,
         pool_id: Uuid,
-        token_hash: &[u8],
+        token_hash: Option<&[u8]>,
+        join_hash: &[u8],
         placement: Placement<'_>,
         on_pool_image: bool,
         actor: &str,
@@ -112,11 +120,11 @@ impl Store {
                 }
             }
             let row: Option<NodeRow> = sqlx::query_as(
-                "INSERT INTO nodes (id, pool_id, state, token_hash, upgrade_domain, image_version, target, created_at, updated_at)
-                 SELECT $1, p.id, 'starting', $3, $5, $6, $8, $4, $4 FROM pools p
+                "INSERT INTO nodes (id, pool_id, state, token_hash, join_token_hash, upgrade_domain, image_version, target, created_at, updated_at)
+                 SELECT $1, p.id, 'starting', $3, $9, $5, $6, $8, $4, $4 FROM pools p
                  WHERE p.id = $2 AND (NOT $7 OR COALESCE(p.image_version, '') = COALESCE($6, ''))
                  RETURNING id, pool_id, handle, address, image_version, upgrade_domain, state, last_heartbeat,
-                     egress_mbps, open_connections, cache_hit_ratio, created_at, updated_at, target",
+                     egress_mbps, open_connections, cache_hit_ratio, created_at, updated_at, target, tls_address, cert_not_after",
             )
             .bind(id)
             .bind(pool_id)
@@ -126,6 +134,7 @@ impl Store {
             .bind(placement.image_version)
             .bind(on_pool_image)
             .bind(placement.target)
+            .bind(join_hash)
             .fetch_optional(&mut *tx)
             .await?;
             if row.is_some() {
@@ -172,7 +181,8 @@ impl Store {
                 sqlx::query(
                     "UPDATE nodes SET state = CASE WHEN state IN ('failed', 'stopped', 'draining') THEN state ELSE $2 END,
                          address = $3, image_version = $4, last_heartbeat = $5, egress_mbps = $6,
-                         open_connections = $7, cache_hit_ratio = $8, config_version = $9, updated_at = $5
+                         open_connections = $7, cache_hit_ratio = $8, config_version = $9, updated_at = $5,
+                         tls_address = $10
                      WHERE id = $1",
                 )
                 .bind(id)
@@ -184,6 +194,7 @@ impl Store {
                 .bind(hb.open_connections)
                 .bind(hb.cache_hit_ratio)
                 .bind(hb.config_version)
+                .bind(&hb.tls_address)
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query("INSERT INTO probes (node_id, at, source, ok, latency_ms, detail) VALUES ($1, $2, 'self', $3, $4, $5)")
@@ -221,7 +232,7 @@ impl Store {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
                 "SELECT id, pool_id, handle, address, image_version, upgrade_domain, state, last_heartbeat, egress_mbps,
-                        open_connections, cache_hit_ratio, created_at, updated_at, target FROM nodes WHERE id = $1",
+                        open_connections, cache_hit_ratio, created_at, updated_at, target, tls_address, cert_not_after FROM nodes WHERE id = $1",
             )
             .bind(id)
             .fetch_one(p)

@@ -20,6 +20,7 @@ pub struct RouteRow {
     pub custom_certificate: Option<Json<super::StoredCertificate>>,
     pub node_id: Option<Uuid>,
     pub address: Option<String>,
+    pub tls_address: Option<String>,
 }
 
 impl Store {
@@ -27,7 +28,7 @@ impl Store {
     pub async fn routes(&self) -> Result<Vec<RouteRow>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
-                "SELECT a.name, a.state, a.ip_allow, a.allow_origins, a.playback_required, a.playback_keys, a.cdn_secrets, a.custom_certificate, n.id AS node_id, n.address
+                "SELECT a.name, a.state, a.ip_allow, a.allow_origins, a.playback_required, a.playback_keys, a.cdn_secrets, a.custom_certificate, n.id AS node_id, n.address, n.tls_address
                  FROM accounts a
                  LEFT JOIN account_pool_mappings m ON m.account_id = a.id
                  LEFT JOIN nodes n ON n.pool_id = m.pool_id AND n.state = 'ready' AND n.address IS NOT NULL

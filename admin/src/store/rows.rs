@@ -151,6 +151,10 @@ pub struct NodeRow {
     pub updated_at: UnixMs,
     /// The target it runs on (`None`: run by hand).
     pub target: Option<String>,
+    /// Its mutual-TLS listener, as it reports it.
+    pub tls_address: Option<String>,
+    /// When its certificate of the node CA expires.
+    pub cert_not_after: Option<UnixMs>,
 }
 
 /// One row of the global allocation table: what is live for an account.
