@@ -57,6 +57,9 @@ struct AdminArgs {
     admin: AdminConfig,
 }
 
+/// What the local CA's sealed key belongs to (associated data of the seal).
+const LOCAL_CA_CONTEXT: &str = "local-ca";
+
 pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     headwater_admin::keys::create_private_dir(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
@@ -69,7 +72,15 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     // HTTPS with a certificate of a CA of this data directory's own.
     let tls_dir = data.join("tls");
     headwater_admin::keys::create_private_dir(&tls_dir).with_context(|| format!("creating {}", tls_dir.display()))?;
-    let ca = LocalCa::in_dir(&tls_dir, "Headwater local CA").context("the local CA")?;
+    // The CA's key sealed under the master key, as admin's secrets are.
+    let master = headwater_admin::server::master_key(std::env::var("HEADWATER_MASTER_KEY").ok().as_deref(), &data)?;
+    let ca = LocalCa::in_dir_sealed(
+        &tls_dir,
+        "Headwater local CA",
+        |key| master.seal(key, LOCAL_CA_CONTEXT),
+        |sealed| master.open(sealed, LOCAL_CA_CONTEXT).map(|k| k.to_string()),
+    )
+    .context("the local CA")?;
     let (cert, key) = (tls_dir.join("server.pem"), tls_dir.join("server-key.pem"));
     ca.issue_files(&["localhost", "127.0.0.1", "::1"], 30, &cert, &key).context("a certificate of the local CA")?;
     let tls_args = |listen: &str| -> anyhow::Result<TlsArgs> {

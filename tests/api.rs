@@ -836,11 +836,15 @@ async fn no_secret_is_kept_in_the_database(backend: Backend) {
     let node: Value =
         post("/v1/nodes", Some(op.clone()), json!({"pool_id": pool}), "n-1").await.unwrap().json().await.unwrap();
     let token = node["token"].as_str().unwrap().to_owned();
+    let join = node["join_token"].as_str().unwrap().to_owned();
     // A request each, so the keys are used (and looked up) too.
     admin.call(Method::GET, "/v1/customers/me", Some(&key2), None, StatusCode::OK).await;
     assert_eq!(admin.count("SELECT COUNT(*) FROM idempotency_keys").await, 3);
-    let secrets: Vec<String> =
-        [&key, &key2, &token, &op].iter().flat_map(|s| [s.to_string(), secret_of(s).to_owned()]).collect();
+    let mut secrets: Vec<String> =
+        [&key, &key2, &token, &join, &op].iter().flat_map(|s| [s.to_string(), secret_of(s).to_owned()]).collect();
+    // The node CA's key is sealed under the master key: no PEM key in the store.
+    assert_eq!(admin.count("SELECT COUNT(*) FROM node_cas WHERE key_sealed LIKE 'v1.%'").await, 1);
+    secrets.push("PRIVATE KEY".into());
     if admin.db_url.starts_with("postgres") {
         let tables = db_tables(&admin).await;
         assert!(tables.len() >= 15, "{tables:?}");

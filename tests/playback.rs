@@ -171,6 +171,53 @@ async fn signed_playback_urls_play_and_everything_else_is_refused() {
     let mpd = signed.replace("hls/master.m3u8", "dash/manifest.mpd");
     assert_eq!(http.get(&mpd).send().await.unwrap().status(), StatusCode::OK);
 
+    // A master playlist with absolute URIs (root-relative, and the router's
+    // full URL): the token is carried into them, the rest is as stored.
+    let abs = format!(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-STREAM-INF:BANDWIDTH=800000,RESOLUTION=640x360\n/demo-sla/demo/hls/360p/index.m3u8\n\
+         #EXT-X-STREAM-INF:BANDWIDTH=1600000,RESOLUTION=1280x720\n{router}/demo-sla/demo/hls/720p/index.m3u8\n"
+    );
+    let put = api
+        .http
+        .put(format!("{}/v1/accounts/demo-sla/assets/demo/hls/abs.m3u8", api.admin))
+        .bearer_auth(&api.key)
+        .header("content-type", "application/vnd.apple.mpegurl")
+        .body(abs.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let abs_url = signed.replace("master.m3u8", "abs.m3u8");
+    let token = signed.split('/').find(|s| s.starts_with("~hw1.")).unwrap().to_owned();
+    let res = http.get(&abs_url).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let etag = res.headers()["etag"].to_str().unwrap().to_owned();
+    let carried = res.text().await.unwrap();
+    let uris: Vec<&str> = carried.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    assert_eq!(
+        uris,
+        [
+            format!("/demo-sla/{token}/demo/hls/360p/index.m3u8"),
+            format!("{router}/demo-sla/{token}/demo/hls/720p/index.m3u8")
+        ],
+        "{carried}"
+    );
+    for uri in &uris {
+        let url = if uri.starts_with('/') { format!("{router}{uri}") } else { (*uri).to_owned() };
+        let child = http.get(&url).send().await.unwrap();
+        assert_eq!(child.status(), StatusCode::OK, "{url}");
+    }
+    // Its validator is its own (another token, another one), the same on the
+    // node directly, and revalidates.
+    let other = api.sign(json!({"path": "demo/hls/abs.m3u8", "expires_in_secs": 300})).await;
+    let other_etag = http.get(&other).send().await.unwrap().headers()["etag"].to_str().unwrap().to_owned();
+    assert_ne!(other_etag, etag, "a validator per token");
+    let direct = http.get(abs_url.replacen(&router, &node_base, 1)).send().await.unwrap();
+    assert_eq!(direct.headers()["etag"].to_str().unwrap(), etag, "the same validator on every node");
+    assert_eq!(direct.text().await.unwrap(), carried, "the same bytes on every node");
+    let again = http.get(&abs_url).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+
     // ffmpeg decodes the signed URL.
     match support::which("ffmpeg") {
         Some(ffmpeg) => {

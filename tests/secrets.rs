@@ -166,8 +166,11 @@ async fn no_secret_appears_in_any_log() {
     secrets.push(("a playback signing key", playback_secret.clone()));
     // The TLS private keys (the local CA's and the listeners'), line by line of
     // their PEM (a log would show a line, not the whole file).
-    for (what, file) in [("the local CA's key", "tls/ca-key.pem"), ("the TLS key", "tls/server-key.pem")] {
-        let pem = std::fs::read_to_string(data.join(file)).unwrap();
+    let master = headwater_admin::sealed::Sealer::from_text(&read("master-key")).unwrap();
+    let ca_key = master
+        .open(&read("tls/ca-key.sealed"), "local-ca" /* src/up.rs LOCAL_CA_CONTEXT */)
+        .expect("the sealed CA key");
+    for (what, pem) in [("the local CA's key", ca_key.to_string()), ("the TLS key", read("tls/server-key.pem"))] {
         for line in pem.lines().filter(|l| !l.starts_with("-----") && l.len() >= 16) {
             secrets.push((what, line.to_owned()));
         }

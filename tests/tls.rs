@@ -39,8 +39,12 @@ async fn up_serves_https_with_a_local_ca_that_curl_ffmpeg_and_the_cli_trust() {
     assert!(lines.iter().any(|l| l.contains(&ca_path.display().to_string())), "{lines:?}");
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(data.path().join("tls/ca-key.pem")).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(data.path().join("tls/ca-key.sealed")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "the CA key is {mode:o}");
+        // Sealed under the master key, never in clear on disk.
+        let sealed = std::fs::read_to_string(data.path().join("tls/ca-key.sealed")).unwrap();
+        assert!(sealed.starts_with("v1.") && !sealed.contains("PRIVATE KEY"), "{sealed}");
+        assert!(!data.path().join("tls/ca-key.pem").exists());
     }
     let ca = std::fs::read(&ca_path).unwrap();
 

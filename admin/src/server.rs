@@ -213,15 +213,15 @@ fn token(cfg: &AdminConfig, flag: Option<&String>, file: &str, what: &str) -> an
 
 /// The master key of `--master-key`, or DATA_DIR/master-key (made there,
 /// owner-only, on first start).
-fn master_key(cfg: &AdminConfig) -> anyhow::Result<crate::sealed::Sealer> {
-    if let Some(k) = cfg.master_key.as_ref().filter(|k| !k.is_empty()) {
+pub fn master_key(flag: Option<&str>, data_dir: &std::path::Path) -> anyhow::Result<crate::sealed::Sealer> {
+    if let Some(k) = flag.filter(|k| !k.is_empty()) {
         return crate::sealed::Sealer::from_text(k).context("--master-key");
     }
-    let path = cfg.data_dir.join("master-key");
+    let path = data_dir.join("master-key");
     if let Ok(k) = std::fs::read_to_string(&path) {
         return crate::sealed::Sealer::from_text(&k).with_context(|| path.display().to_string());
     }
-    keys::create_private_dir(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    keys::create_private_dir(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let key = keys::secret();
     keys::write_secret_file(&path, &key).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("master key generated and saved in {}", path.display());
@@ -246,7 +246,7 @@ impl Admin {
             Some(url) => Bus::redis(url, &cfg.redis_prefix, Duration::from_secs(2)).await.context("the Redis URL")?,
             None => Bus::in_process(),
         };
-        let sealer = Arc::new(master_key(cfg)?);
+        let sealer = Arc::new(master_key(cfg.master_key.as_deref(), &cfg.data_dir)?);
         let settings = ApiSettings {
             operator_token: token(cfg, cfg.operator_token.as_ref(), "operator-token", "operator token")?,
             metrics_token: token(cfg, cfg.metrics_token.as_ref(), "metrics-token", "metrics token")?,

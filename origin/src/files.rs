@@ -13,6 +13,7 @@ use headwater_content::{ContentError, ContentPath, ContentStore, Meta};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
+use sha2::Digest;
 use tokio::time::Instant;
 
 /// A cached file and when it was last checked against the store.
@@ -249,6 +250,78 @@ impl Files {
         };
         Ok(Reply { status, headers, body: Some(body) })
     }
+}
+
+/// Largest manifest whose URIs are rewritten (a bigger one is served as stored).
+const MANIFEST_MAX: u64 = 4 << 20;
+
+impl Files {
+    /// Like [`Files::reply`], for a manifest that `rewrite` may change (a playback
+    /// token carried into its absolute URIs; `None`: unchanged, served as
+    /// stored). A rewritten manifest has its own strong validator, the stored
+    /// one's with `variant` (the token) folded in, the same on every node and
+    /// after a restart, and conditional requests and ranges apply to its bytes.
+    pub async fn reply_rewritten(
+        &self,
+        path: &ContentPath,
+        req: &HeaderMap,
+        head: bool,
+        variant: &str,
+        rewrite: impl FnOnce(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<Reply, ContentError> {
+        let found = self.lookup(path).await?;
+        if found.meta.size > MANIFEST_MAX {
+            return self.reply(path, req, head).await;
+        }
+        let stored = match &found.bytes {
+            Some(b) => b.clone(),
+            None => self.store.read_all(path).await?,
+        };
+        let Some(bytes) = rewrite(&stored) else { return self.reply(path, req, head).await };
+        let digest = sha2::Sha256::digest(variant.as_bytes());
+        let meta = Meta {
+            size: bytes.len() as u64,
+            last_modified: found.meta.last_modified,
+            etag: format!("\"{}.{}\"", found.meta.etag.trim_matches('"'), hex::encode(&digest[..6])),
+        };
+        let mut headers = found.headers.clone();
+        if let Ok(v) = HeaderValue::from_str(&meta.etag) {
+            headers.insert(header::ETAG, v);
+        }
+        Ok(answer_in_memory(headers, &meta, req, head, Bytes::from(bytes)))
+    }
+}
+
+/// The answer for a body held in memory: validators, conditional requests, a range.
+fn answer_in_memory(mut headers: HeaderMap, meta: &Meta, req: &HeaderMap, head: bool, bytes: Bytes) -> Reply {
+    if not_modified(req, meta) {
+        return Reply { status: StatusCode::NOT_MODIFIED, headers, body: None };
+    }
+    let (status, span) = match requested_range(req, meta) {
+        Ok(Some(r)) => {
+            let v = format!("bytes {}-{}/{}", r.start, r.end - 1, meta.size);
+            headers.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("bytes */0")),
+            );
+            (StatusCode::PARTIAL_CONTENT, r)
+        }
+        Ok(None) => (StatusCode::OK, 0..meta.size),
+        Err(()) => {
+            let v = HeaderValue::from_str(&format!("bytes */{}", meta.size))
+                .unwrap_or(HeaderValue::from_static("bytes */0"));
+            headers.insert(header::CONTENT_RANGE, v);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            return Reply { status: StatusCode::RANGE_NOT_SATISFIABLE, headers, body: None };
+        }
+    };
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(span.end - span.start));
+    if head {
+        return Reply { status, headers, body: None };
+    }
+    let body =
+        Body::Cached(bytes.slice(usize::try_from(span.start).unwrap_or(0)..usize::try_from(span.end).unwrap_or(0)));
+    Reply { status, headers, body: Some(body) }
 }
 
 /// VOD playlists may be replaced by a re-upload: a short lifetime. Segments are

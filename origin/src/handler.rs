@@ -178,7 +178,17 @@ async fn route(
         }
         (a.name.clone(), true, &a.ok_requests, &a.bytes)
     };
-    let reply = match node.files.reply(&content, headers, head).await {
+    // A token on a manifest goes into its absolute URIs too (relative ones carry it).
+    let manifest = if counted { token.zip(crate::carry::Manifest::of(content.as_str())) } else { None };
+    let reply = match manifest {
+        Some((token, kind)) => {
+            let segment = format!("~{token}");
+            let rewrite = |b: &[u8]| crate::carry::carry_token(b, kind, &account, &segment);
+            node.files.reply_rewritten(&content, headers, head, token, rewrite).await
+        }
+        None => node.files.reply(&content, headers, head).await,
+    };
+    let reply = match reply {
         Ok(r) => r,
         Err(ContentError::NotFound) => {
             return count(node, &account, problem(StatusCode::NOT_FOUND, "not-found", "no such file"));

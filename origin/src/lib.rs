@@ -2,6 +2,7 @@
 //! enforced bandwidth, serves test content, reports heartbeats (with a self-probe)
 //! and usage to admin, and drains gracefully. See DESIGN.md §2 (`origin/`).
 
+mod carry;
 mod conns;
 mod files;
 mod h1;

@@ -384,19 +384,32 @@ pub mod local_ca {
             Ok(Self { cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
         }
 
-        /// The CA kept in `ca.pem` and `ca-key.pem` under `dir`, made there (key
-        /// readable by the owner only) the first time.
-        pub fn in_dir(dir: &Path, name: &str) -> anyhow::Result<Self> {
-            let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
-            if cert.exists() && key.exists() {
+        /// The CA kept in `ca.pem` and `ca-key.sealed` under `dir`, made there
+        /// the first time: its key sealed by `seal` and opened by `open` (admin's
+        /// master key), owner-only. A `ca-key.pem` of an earlier version is
+        /// sealed and removed.
+        pub fn in_dir_sealed(
+            dir: &Path,
+            name: &str,
+            seal: impl Fn(&str) -> anyhow::Result<String>,
+            open: impl Fn(&str) -> Option<String>,
+        ) -> anyhow::Result<Self> {
+            let (cert, sealed, plain) = (dir.join("ca.pem"), dir.join("ca-key.sealed"), dir.join("ca-key.pem"));
+            if cert.exists() && plain.exists() && !sealed.exists() {
+                write_private(&sealed, &seal(&std::fs::read_to_string(&plain)?)?)?;
+                std::fs::remove_file(&plain)?;
+            }
+            if cert.exists() && sealed.exists() {
                 let cert_pem = std::fs::read_to_string(&cert)?;
-                let key = KeyPair::from_pem(&std::fs::read_to_string(&key)?)?;
+                let key_pem = open(std::fs::read_to_string(&sealed)?.trim())
+                    .ok_or_else(|| anyhow::anyhow!("{} does not open under the master key", sealed.display()))?;
+                let key = KeyPair::from_pem(&key_pem)?;
                 // What signing takes from the CA (its name, its key's identifier)
                 // is made again from the same name and key.
                 return Ok(Self { cert_pem, issuer: Issuer::new(ca_params(name), key) });
             }
             let ca = Self::new(name)?;
-            write_private(&key, &ca.issuer.key().serialize_pem())?;
+            write_private(&sealed, &seal(&ca.issuer.key().serialize_pem())?)?;
             std::fs::write(&cert, &ca.cert_pem)?;
             Ok(ca)
         }

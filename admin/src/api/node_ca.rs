@@ -79,7 +79,7 @@ pub async fn join(
     JoinAuth(id): JoinAuth,
     tls: Option<Extension<TlsPeer>>,
     ApiJson(b): ApiJson<CertificateSigningRequest>,
-) -> Result<Json<IssuedCertificate>, ApiError> {
+) -> Result<(Extension<super::middleware::ShownOnce>, Json<IssuedCertificate>), ApiError> {
     let cert = issue(&s, &b.csr, Peer::Node(id))?;
     let used = || ApiError::Unauthorized("invalid or already used join token");
     let expected = s.store.join_token_hash(id).await?.ok_or_else(used)?;
@@ -91,7 +91,8 @@ pub async fn join(
     if !s.store.use_join_token(&expected, issued, &token_hash, s.clock.now_ms()).await? {
         return Err(used());
     }
-    Ok(Json(IssuedCertificate::of(cert, token)))
+    // A replay (Idempotency-Key) never shows the token again.
+    Ok((Extension(super::middleware::ShownOnce("a node token")), Json(IssuedCertificate::of(cert, token))))
 }
 
 /// A node renews its certificate (before two thirds of its life, or at once
