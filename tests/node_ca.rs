@@ -184,4 +184,37 @@ async fn nodes_join_once_serve_routers_over_mutual_tls_and_a_ca_rotation_costs_a
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     players.finish().await;
+
+    // A router's certificate reads the routing table, but never renews itself:
+    // that takes the router token (rotating it cuts a stolen key off).
+    let creds = headwater_serve::mtls::Credentials::new().unwrap();
+    let csr = creds.csr(headwater_serve::mtls::Peer::Router).unwrap();
+    let issued = admin
+        .call(
+            Method::POST,
+            "/v1/routing/certificate",
+            Some(&admin.operator_token),
+            Some(json!({"csr": csr, "name": "test-router"})),
+            StatusCode::OK,
+        )
+        .await;
+    let text = |k: &str| issued[k].as_str().unwrap().to_owned();
+    creds
+        .install(&headwater_serve::mtls::Issued {
+            certificate: text("certificate"),
+            ca: text("ca"),
+            generation: text("generation"),
+            not_after_ms: issued["not_after_ms"].as_i64().unwrap(),
+        })
+        .unwrap();
+    let roots = headwater_serve::mtls::roots(Some(&path(&ca_file))).unwrap();
+    let as_router = reqwest::Client::builder().tls_backend_preconfigured(creds.client_config(roots)).build().unwrap();
+    let table = as_router.get(format!("{https}/v1/routing")).send().await.unwrap();
+    assert_eq!(table.status(), StatusCode::OK, "the certificate authenticates a router");
+    let body = json!({"csr": creds.csr(headwater_serve::mtls::Peer::Router).unwrap()});
+    let renew = as_router.post(format!("{https}/v1/routing/certificate")).json(&body).send().await.unwrap();
+    support::expect_problem(renew, StatusCode::FORBIDDEN, "forbidden", None).await;
+    // Nor does it pass for a node's or the operator's routes.
+    let nodes = as_router.get(format!("{https}/v1/nodes")).send().await.unwrap();
+    support::expect_problem(nodes, StatusCode::FORBIDDEN, "forbidden", None).await;
 }

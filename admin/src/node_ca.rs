@@ -77,6 +77,9 @@ pub struct NodeCa {
     /// How long a rotation's new CA is trusted before it signs.
     pub stage: Duration,
     clock: Arc<dyn Clock>,
+    /// One refresh at a time: the set and the trust are swapped together, so a
+    /// stale read never lands after a fresh one.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for NodeCa {
@@ -113,7 +116,7 @@ fn at(ms: UnixMs) -> time::OffsetDateTime {
 
 /// The CA that signs at `now` among `rows`: the newest not retired whose
 /// `activates_at` has come (the oldest not retired if none has: a clock moved back).
-fn signing(rows: &[NodeCaRow], now: UnixMs) -> Option<&NodeCaRow> {
+pub(crate) fn signing(rows: &[NodeCaRow], now: UnixMs) -> Option<&NodeCaRow> {
     let mut live = rows.iter().filter(|r| r.retired_at.is_none());
     let first = live.clone().next();
     live.rfind(|r| r.activates_at <= now).or(first)
@@ -159,7 +162,14 @@ impl NodeCa {
         let set = build(&rows, sealer, now)?;
         let trust = Trust::new();
         trust.set(&set.bundle, &set.generation).map_err(|e| anyhow::anyhow!(e))?;
-        Ok(Arc::new(Self { set: RwLock::new(Arc::new(set)), trust, lifetime, stage, clock }))
+        Ok(Arc::new(Self {
+            set: RwLock::new(Arc::new(set)),
+            trust,
+            lifetime,
+            stage,
+            clock,
+            refreshing: tokio::sync::Mutex::new(()),
+        }))
     }
 
     fn current(&self) -> Arc<CaSet> {
@@ -179,6 +189,7 @@ impl NodeCa {
     /// Re-reads the CAs; `true` when the set changed (a rotation's CA began
     /// signing, or another replica rotated or retired one).
     pub async fn refresh(&self, store: &Store, sealer: &Sealer) -> anyhow::Result<bool> {
+        let _one = self.refreshing.lock().await;
         let rows = store.node_cas().await?;
         let now = self.clock.now_ms();
         let ids: Vec<Uuid> = rows.iter().filter(|r| r.retired_at.is_none()).map(|r| r.id).collect();
@@ -314,7 +325,7 @@ mod tests {
         assert!(holder.due(Some(&staged)), "holders renew to learn the new CA");
         let during = ca.issue(&csr, Peer::Node(node), clock.now_ms()).unwrap();
         assert_eq!((during.ca, ca.active()), (old, old), "the old CA still signs during the stage");
-        assert!(store.retire_node_ca(new, old, "test", clock.now_ms()).await.is_err(), "not a staged CA");
+        assert!(store.retire_node_ca(new, "test", clock.now_ms()).await.is_err(), "not a staged CA");
 
         // After the stage the new CA signs; both are trusted.
         clock.advance_ms(10_000);
@@ -331,10 +342,10 @@ mod tests {
 
         // A router still on the old CA holds its retirement; the signing CA never retires.
         store.record_router_certificate("r1", old, clock.now_ms() + 60_000, clock.now_ms()).await.unwrap();
-        assert!(store.retire_node_ca(old, new, "test", clock.now_ms()).await.is_err());
-        assert!(store.retire_node_ca(new, new, "test", clock.now_ms()).await.is_err());
+        assert!(store.retire_node_ca(old, "test", clock.now_ms()).await.is_err());
+        assert!(store.retire_node_ca(new, "test", clock.now_ms()).await.is_err());
         store.record_router_certificate("r1", new, clock.now_ms() + 60_000, clock.now_ms()).await.unwrap();
-        store.retire_node_ca(old, new, "test", clock.now_ms()).await.unwrap();
+        store.retire_node_ca(old, "test", clock.now_ms()).await.unwrap();
         assert!(ca.refresh(&store, &sealer).await.unwrap());
         assert!(ca.trust.verify_client(&old_chain).is_err(), "retired: its certificates no longer verify");
         assert_eq!(ca.trust.verify_client(&after.current().unwrap().cert), Ok(Peer::Router));

@@ -277,6 +277,11 @@ impl Files {
             Some(b) => b.clone(),
             None => self.store.read_all(path).await?,
         };
+        // Read after its metadata: a re-upload in between is served as stored
+        // (next time the cache sees the new file).
+        if stored.len() as u64 != found.meta.size {
+            return self.reply(path, req, head).await;
+        }
         let Some(bytes) = rewrite(&stored) else { return self.reply(path, req, head).await };
         let digest = sha2::Sha256::digest(variant.as_bytes());
         let meta = Meta {

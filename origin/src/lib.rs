@@ -66,7 +66,7 @@ pub struct OriginConfig {
     /// Serve accounts' content only to routers presenting their certificate of
     /// the node CA on the TLS listener; plain HTTP keeps the test content,
     /// health and metrics.
-    #[arg(long, env = "HEADWATER_ROUTERS_ONLY", requires = "tls_listen")]
+    #[arg(long, env = "HEADWATER_ROUTERS_ONLY", requires = "tls_listen", conflicts_with = "tls_cert")]
     pub routers_only: bool,
     /// Total egress limit until admin's configuration says otherwise.
     #[arg(long, env = "HEADWATER_CAPACITY_MBPS", default_value_t = 100,

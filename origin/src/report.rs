@@ -258,6 +258,9 @@ async fn self_probe(http: &reqwest::Client, public: &str) -> SelfProbe {
 /// Heartbeat interval of a node that serves no account yet.
 const IDLE_HEARTBEAT: Duration = Duration::from_millis(250);
 
+/// How often a node without a certificate asks for one.
+const NO_CERT_RETRY: Duration = Duration::from_secs(30);
+
 pub async fn heartbeats(
     node: Arc<Node>,
     admin: Admin,
@@ -269,6 +272,7 @@ pub async fn heartbeats(
     let mut last_egress = node.egress_bytes.load(Ordering::Relaxed);
     let mut last_at = Instant::now();
     let mut want_version = 0u64;
+    let mut last_try: Option<Instant> = None;
     // After admin announces a new configuration, fetch it and report at once
     // rather than a tick later: admin waits for that report to call a change done.
     let mut again = false;
@@ -322,7 +326,8 @@ pub async fn heartbeats(
             cache_hit_ratio: if lookups == 0 { 0.0 } else { stats.hits as f64 / lookups as f64 },
             self_probe: probe,
             config_version: node.served().version,
-            tls_address: at.tls.clone(),
+            // Routers are sent there only while the node holds a certificate to serve.
+            tls_address: at.tls.clone().filter(|_| node.credentials.as_ref().is_some_and(|c| c.current().is_some())),
         };
         match admin.heartbeat(&node, &hb).await {
             Ok(ack) => {
@@ -334,13 +339,17 @@ pub async fn heartbeats(
                     tracing::info!("admin asked this node to drain");
                     drain.cancel();
                 }
-                // Two thirds of its life gone, or a CA rotated: a new certificate.
-                // Only for a node that has one (an admin without the node CA issues none).
-                if admin.credentials.current().is_some()
-                    && admin.credentials.due(ack.node_ca.as_deref())
-                    && let Err(e) = admin.renew(&node).await
+                // Two thirds of its life gone, a CA rotated, or none yet: a new
+                // certificate (without one, every 30 s at most: an admin may
+                // have no node CA).
+                let holding = admin.credentials.current().is_some();
+                if admin.credentials.due(ack.node_ca.as_deref())
+                    && (holding || last_try.is_none_or(|t: Instant| t.elapsed() >= NO_CERT_RETRY))
                 {
-                    tracing::warn!(error = %e, "renewing the certificate; trying again at the next heartbeat");
+                    last_try = Some(Instant::now());
+                    if let Err(e) = admin.renew(&node).await {
+                        tracing::warn!(error = %e, "renewing the certificate; trying again");
+                    }
                 }
             }
             Err(e) => {

@@ -120,9 +120,10 @@ impl Trust {
     }
 
     /// Whether `chain` (leaf first) leads to a CA trusted now, is valid at `now`
-    /// for `usage`, and names one of ours: whom. Checked again on every request a
-    /// certificate authenticates, so a kept-alive connection stops counting once
-    /// its certificate expires or its CA is retired.
+    /// for `usage`, and names one of ours: whom. Admin checks it again on every
+    /// request a certificate authenticates, so a kept-alive connection stops
+    /// counting once its certificate expires or its CA is retired (a node checks
+    /// a router's at the handshake).
     pub fn verify_at(
         &self,
         chain: &[CertificateDer<'_>],
@@ -339,9 +340,11 @@ impl Credentials {
         self.held.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The certificate in use, if admin issued one.
+    /// The certificate in use, if admin issued one and it has not expired (an
+    /// expired one is never offered: a peer would refuse the handshake, where
+    /// without one a bearer token still works).
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
-        self.held().map(|h| h.certified.clone())
+        self.held().filter(|h| now_ms() < h.not_after_ms).map(|h| h.certified.clone())
     }
 
     /// The generation the certificate in use came with.
@@ -401,7 +404,7 @@ impl rustls::client::ResolvesClientCert for Credentials {
     }
 
     fn has_certs(&self) -> bool {
-        self.held().is_some()
+        self.current().is_some()
     }
 }
 
@@ -411,12 +414,17 @@ impl rustls::server::ResolvesServerCert for Credentials {
     }
 }
 
-/// The roots of a PEM bundle (text, or the path of a file), or Mozilla's (the
-/// web PKI) without one: whom a client trusts for admin's HTTPS certificate.
+/// The roots of a PEM bundle (text, or the path of a file), or the system's
+/// (Mozilla's when it has none) without one: whom a client trusts for admin's
+/// HTTPS certificate.
 pub fn roots(ca: Option<&str>) -> anyhow::Result<rustls::RootCertStore> {
     let mut store = rustls::RootCertStore::empty();
     let Some(ca) = ca.filter(|c| !c.trim().is_empty()) else {
-        store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        // The system's CAs (as reqwest's default), Mozilla's when it has none.
+        let (added, _) = store.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        if added == 0 {
+            store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
         return Ok(store);
     };
     let pem = if ca.trim_start().starts_with("-----BEGIN") {

@@ -114,7 +114,8 @@ pub async fn renew_node(
 }
 
 /// A router's certificate (`router.headwater`), which it presents to nodes
-/// and may present to admin; by the router token or its current certificate.
+/// and may present to admin; by the router token only (a certificate never
+/// renews itself, so rotating the router token cuts a stolen key off).
 #[utoipa::path(post, path = "/v1/routing/certificate", tag = "nodes", security(("bearer" = [])),
     request_body = CertificateSigningRequest,
     responses((status = 200, body = IssuedCertificate), (status = 401, body = Problem), (status = 403, body = Problem),
@@ -122,8 +123,13 @@ pub async fn renew_node(
 pub async fn renew_router(
     State(s): State<AppState>,
     _router: RouterAuth,
+    headers: axum::http::HeaderMap,
     ApiJson(b): ApiJson<CertificateSigningRequest>,
 ) -> Result<Json<IssuedCertificate>, ApiError> {
+    // A bearer token authenticated it (a certificate counts only without one).
+    if !headers.contains_key(axum::http::header::AUTHORIZATION) {
+        return Err(ApiError::Forbidden("a router's certificate is renewed with the router token".into()));
+    }
     let name = b.name.as_deref().unwrap_or("router");
     if !crate::rules::IS_ZONE.matches(name) {
         return Err(ApiError::invalid("name", "1 to 63 of [A-Za-z0-9._-], a letter or digit at each end"));
@@ -237,7 +243,7 @@ pub async fn retire(
     _op: OperatorAuth,
     Path(id): Path<Uuid>,
 ) -> Result<Json<NodeCaList>, ApiError> {
-    s.store.retire_node_ca(id, s.node_ca.active(), "operator", s.clock.now_ms()).await.map_err(|e| match e {
+    s.store.retire_node_ca(id, "operator", s.clock.now_ms()).await.map_err(|e| match e {
         StoreError::NotFound => ApiError::NotFound(format!("node CA {id} (not retired)")),
         other => other.into(),
     })?;

@@ -919,7 +919,7 @@ impl Reconciler {
             (None, false) => "127.0.0.1:0".to_owned(),
         };
         let admin_url = at.node_admin_url.clone().unwrap_or_else(|| t.admin_url.clone());
-        args.extend(["--listen".into(), listen, "--node-id".into(), id.to_string()]);
+        args.extend(["--listen".into(), listen.clone(), "--node-id".into(), id.to_string()]);
         if pods {
             // Others reach a pod at its IP (the driver passes it in as POD_IP).
             args.extend(["--advertise".into(), format!("$(POD_IP):{}", node_port(at))]);
@@ -931,7 +931,12 @@ impl Reconciler {
                 args.extend(["--tls-listen".into(), format!("0.0.0.0:{port}")]);
                 args.extend(["--tls-advertise".into(), format!("$(POD_IP):{port}")]);
             } else {
-                args.extend(["--tls-listen".into(), "127.0.0.1:0".into()]);
+                // On the host the plain listener binds (a process target's `node_listen`).
+                let host = listen.parse::<std::net::SocketAddr>().map_or("127.0.0.1".to_owned(), |a| match a {
+                    std::net::SocketAddr::V4(a) => a.ip().to_string(),
+                    std::net::SocketAddr::V6(a) => format!("[{}]", a.ip()),
+                });
+                args.extend(["--tls-listen".into(), format!("{host}:0")]);
             }
             if t.node_tls == NodeTls::RoutersOnly {
                 args.push("--routers-only".into());

@@ -108,25 +108,27 @@ impl Store {
         })
     }
 
-    /// Stops trusting CA `id`, which `signing` (the CA that signs now) is not:
-    /// refused (`InvalidState`) for the signing CA, for one yet to sign (a
-    /// rotation's), and while a live node or a router still holds an unexpired
-    /// certificate of it; `NotFound` when there is no such CA not yet retired.
-    pub async fn retire_node_ca(&self, id: Uuid, signing: Uuid, actor: &str, now: UnixMs) -> Result<()> {
+    /// Stops trusting CA `id`: refused (`InvalidState`) for the CA that signs
+    /// now (by the rows, in the transaction), for one yet to sign (a
+    /// rotation's), for the last one, and while a live node or a router still
+    /// holds an unexpired certificate of it; `NotFound` when there is no such
+    /// CA not yet retired.
+    pub async fn retire_node_ca(&self, id: Uuid, actor: &str, now: UnixMs) -> Result<()> {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
-            let activates: Option<UnixMs> =
-                sqlx::query_scalar("SELECT activates_at FROM node_cas WHERE id = $1 AND retired_at IS NULL")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let Some(activates) = activates else { return Err(StoreError::NotFound) };
-            if id == signing {
+            let rows: Vec<NodeCaRow> = sqlx::query_as(
+                "SELECT id, cert_pem, key_sealed, created_at, activates_at, retired_at FROM node_cas
+                 WHERE retired_at IS NULL ORDER BY created_at, id",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(target) = rows.iter().find(|r| r.id == id) else { return Err(StoreError::NotFound) };
+            if crate::node_ca::signing(&rows, now).map(|r| r.id) == Some(id) || rows.len() < 2 {
                 return Err(StoreError::InvalidState(
                     "this is the CA that signs now: rotate first, then retire the previous one".into(),
                 ));
             }
-            if activates > now {
+            if target.activates_at > now {
                 return Err(StoreError::InvalidState(
                     "this CA is a rotation's new one and signs soon: retire the previous one instead".into(),
                 ));
@@ -213,10 +215,13 @@ impl Store {
         })
     }
 
-    /// Records a renewed certificate of a node.
+    /// Records a renewed certificate of a node. Its join token, if unused (a
+    /// node run by hand with its token), is void from now on.
     pub async fn record_node_certificate(&self, issued: IssuedTo, now: UnixMs) -> Result<()> {
         on_pool!(self, |p| {
-            sqlx::query("UPDATE nodes SET cert_ca = $2, cert_not_after = $3, updated_at = $4 WHERE id = $1")
+            sqlx::query(
+                "UPDATE nodes SET cert_ca = $2, cert_not_after = $3, join_token_hash = NULL, updated_at = $4 WHERE id = $1",
+            )
                 .bind(issued.node)
                 .bind(issued.ca)
                 .bind(issued.not_after)
