@@ -422,36 +422,15 @@ pub fn bound_h2<E>(builder: &mut hyper::server::conn::http2::Builder<E>) {
 
 /// Adapts a service so each request carries the peer's `SocketAddr` as an extension.
 pub fn with_peer<S: Clone>(service: S, peer: SocketAddr) -> WithPeer<S> {
-    WithPeer { inner: service, peer }
+    WithExtension { inner: service, value: peer }
 }
 
-#[derive(Clone)]
-pub struct WithPeer<S> {
-    inner: S,
-    peer: SocketAddr,
-}
-
-impl<S, B> tower::Service<Request<B>> for WithPeer<S>
-where
-    S: tower::Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        req.extensions_mut().insert(self.peer);
-        self.inner.call(req)
-    }
-}
+/// A service whose requests carry the peer's `SocketAddr` as an extension.
+pub type WithPeer<S> = WithExtension<S, SocketAddr>;
 
 /// Adapts a service so each request carries `value` as an extension.
 #[derive(Clone)]
-struct WithExtension<S, T> {
+pub struct WithExtension<S, T> {
     inner: S,
     value: T,
 }
