@@ -16,24 +16,6 @@ use tokio::sync::RwLock;
 
 const HEADER: &str = "x-headwater-cdn-secret";
 
-async fn call(
-    http: &reqwest::Client,
-    admin: &str,
-    key: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = http.request(method, format!("{admin}{path}")).bearer_auth(key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status();
-    let text = res.text().await.unwrap();
-    (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
-}
-
 /// Waits (deadline 30 s) until `url`, sent with `secret` (or none), answers `status`.
 async fn until(http: &reqwest::Client, url: &str, secret: Option<&str>, status: StatusCode) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -66,8 +48,8 @@ async fn only_the_cdn_is_served_and_its_secret_rotates_under_load() {
     let want = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo/hls/720p/seg_001.ts")).unwrap();
 
     // The account's nodes, to check each of them too.
-    let account = call(&http, &admin, &key, Method::GET, "/v1/accounts/demo-trial", None).await.1;
-    let nodes = call(&http, &admin, &operator, Method::GET, "/v1/nodes", None).await.1;
+    let account = support::call_json(&http, &admin, &key, Method::GET, "/v1/accounts/demo-trial", None).await.1;
+    let nodes = support::call_json(&http, &admin, &operator, Method::GET, "/v1/nodes", None).await.1;
     let bases: Vec<String> = std::iter::once(router.clone())
         .chain(
             nodes["items"]
@@ -80,14 +62,16 @@ async fn only_the_cdn_is_served_and_its_secret_rotates_under_load() {
         .collect();
     assert!(bases.len() >= 2, "the router and a node: {nodes}");
 
-    let (status, first) = call(&http, &admin, &key, Method::POST, "/v1/accounts/demo-trial/cdn-secrets", None).await;
+    let (status, first) =
+        support::call_json(&http, &admin, &key, Method::POST, "/v1/accounts/demo-trial/cdn-secrets", None).await;
     assert_eq!(status, StatusCode::CREATED, "{first}");
     assert_eq!(first["header"], "X-Headwater-CDN-Secret");
     let a = first["secret"].as_str().unwrap().to_owned();
-    let listed = call(&http, &admin, &key, Method::GET, "/v1/accounts/demo-trial/cdn-secrets", None).await.1;
+    let listed =
+        support::call_json(&http, &admin, &key, Method::GET, "/v1/accounts/demo-trial/cdn-secrets", None).await.1;
     assert_eq!(listed["secrets"].as_array().unwrap().len(), 1);
     assert!(!listed.to_string().contains(&a), "the list shows the secret: {listed}");
-    let shown = call(&http, &admin, &key, Method::GET, "/v1/accounts/demo-trial", None).await.1;
+    let shown = support::call_json(&http, &admin, &key, Method::GET, "/v1/accounts/demo-trial", None).await.1;
     assert_eq!(shown["cdn_only"], true, "{shown}");
 
     // Without the secret (or with a wrong one): 403 at the router and every node.
@@ -103,10 +87,12 @@ async fn only_the_cdn_is_served_and_its_secret_rotates_under_load() {
         assert_eq!(res.bytes().await.unwrap(), want);
     }
     // The CDN needs no playback token, even where tokens are required.
-    let (status, _) = call(&http, &admin, &key, Method::POST, "/v1/accounts/demo-trial/playback-keys", None).await;
+    let (status, _) =
+        support::call_json(&http, &admin, &key, Method::POST, "/v1/accounts/demo-trial/playback-keys", None).await;
     assert_eq!(status, StatusCode::CREATED);
     let body = json!({"required": true});
-    let (status, _) = call(&http, &admin, &key, Method::PUT, "/v1/accounts/demo-trial/playback", Some(body)).await;
+    let (status, _) =
+        support::call_json(&http, &admin, &key, Method::PUT, "/v1/accounts/demo-trial/playback", Some(body)).await;
     assert_eq!(status, StatusCode::OK);
     for base in &bases {
         until(&http, &format!("{base}/demo-trial/demo/hls/master.m3u8"), Some(&a), StatusCode::OK).await;
@@ -152,14 +138,15 @@ async fn only_the_cdn_is_served_and_its_secret_rotates_under_load() {
     let at_start = ok.load(Ordering::Relaxed);
     // Rotation as a customer does it: a second secret, good everywhere; the CDN
     // moves to it; the first is retired.
-    let (_, second) = call(&http, &admin, &key, Method::POST, "/v1/accounts/demo-trial/cdn-secrets", None).await;
+    let (_, second) =
+        support::call_json(&http, &admin, &key, Method::POST, "/v1/accounts/demo-trial/cdn-secrets", None).await;
     assert_eq!(second["retired"], Value::Null, "{second}");
     let b = second["secret"].as_str().unwrap().to_owned();
     for base in &bases {
         until(&http, &format!("{base}/{seg}"), Some(&b), StatusCode::OK).await;
     }
     *current.write().await = b.clone();
-    let (status, _) = call(
+    let (status, _) = support::call_json(
         &http,
         &admin,
         &key,
@@ -187,7 +174,7 @@ async fn only_the_cdn_is_served_and_its_secret_rotates_under_load() {
     println!("CDN requests: {total}, {} during the rotation, 0 failed", total - at_start);
 
     // With no secret left, everyone is served again (tokens aside).
-    let (status, _) = call(
+    let (status, _) = support::call_json(
         &http,
         &admin,
         &key,
@@ -197,9 +184,15 @@ async fn only_the_cdn_is_served_and_its_secret_rotates_under_load() {
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) =
-        call(&http, &admin, &key, Method::PUT, "/v1/accounts/demo-trial/playback", Some(json!({"required": false})))
-            .await;
+    let (status, _) = support::call_json(
+        &http,
+        &admin,
+        &key,
+        Method::PUT,
+        "/v1/accounts/demo-trial/playback",
+        Some(json!({"required": false})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     for base in &bases {
         until(&http, &format!("{base}/{seg}"), None, StatusCode::OK).await;

@@ -209,6 +209,17 @@ impl Files {
     /// Answers a GET or HEAD for `path` given the request headers.
     pub async fn reply(&self, path: &ContentPath, req: &HeaderMap, head: bool) -> Result<Reply, ContentError> {
         let found = self.lookup(path).await?;
+        self.answer(path, &found, req, head).await
+    }
+
+    /// The answer for `found` (looked up already) given the request headers.
+    async fn answer(
+        &self,
+        path: &ContentPath,
+        found: &Found,
+        req: &HeaderMap,
+        head: bool,
+    ) -> Result<Reply, ContentError> {
         let meta = &found.meta;
         let mut headers = found.headers.clone();
         if not_modified(req, meta) {
@@ -271,7 +282,7 @@ impl Files {
     ) -> Result<Reply, ContentError> {
         let found = self.lookup(path).await?;
         if found.meta.size > MANIFEST_MAX {
-            return self.reply(path, req, head).await;
+            return self.answer(path, &found, req, head).await;
         }
         let stored = match &found.bytes {
             Some(b) => b.clone(),
@@ -282,7 +293,7 @@ impl Files {
         if stored.len() as u64 != found.meta.size {
             return self.reply(path, req, head).await;
         }
-        let Some(bytes) = rewrite(&stored) else { return self.reply(path, req, head).await };
+        let Some(bytes) = rewrite(&stored) else { return self.answer(path, &found, req, head).await };
         let digest = sha2::Sha256::digest(variant.as_bytes());
         let meta = Meta {
             size: bytes.len() as u64,

@@ -417,6 +417,25 @@ pub fn secret_of(credential: &str) -> &str {
     }
 }
 
+/// `method path` on `base` with `token`: the status and the JSON body (`null` when empty).
+pub async fn call_json(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = http.request(method, format!("{base}{path}")).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
+}
+
 /// Asserts a problem+json answer and returns its body.
 pub async fn expect_problem(res: Response, status: StatusCode, kind: &str, field: Option<&str>) -> Value {
     assert_eq!(res.status(), status);
