@@ -152,13 +152,7 @@ impl ContentStore {
 
     /// Size, modification time and ETag; `NotFound` when absent.
     pub async fn head(&self, path: &ContentPath) -> Result<Meta> {
-        let m = self.store.head(&Self::key(path)).await?;
-        let last_modified = m.last_modified.timestamp();
-        let etag = match m.e_tag {
-            Some(e) => format!("\"{}\"", e.trim_matches('"')),
-            None => format!("\"{:x}-{:x}\"", m.last_modified.timestamp_nanos_opt().unwrap_or_default(), m.size),
-        };
-        Ok(Meta { size: m.size, last_modified, etag })
+        Ok(object_meta(&self.store.head(&Self::key(path)).await?))
     }
 
     /// Opens `path` when the store is a local directory (`None` for object stores),
@@ -192,6 +186,16 @@ impl ContentStore {
         let opts = GetOptions { range: range.map(GetRange::Bounded), ..GetOptions::default() };
         let got = self.store.get_opts(&Self::key(path), opts).await?;
         Ok(got.into_stream().map_err(ContentError::from).boxed())
+    }
+
+    /// The bytes of `range`, in memory (the pieces a packager reads: an index, a
+    /// segment's samples), never the whole object.
+    pub async fn read_range(&self, path: &ContentPath, range: Range<u64>) -> Result<Bytes> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let opts = GetOptions { range: Some(GetRange::Bounded(range)), ..GetOptions::default() };
+        Ok(self.store.get_opts(&Self::key(path), opts).await?.bytes().await?)
     }
 
     /// The whole object in memory (for small, hot files).
@@ -275,6 +279,15 @@ impl ContentStore {
             Some(Err(e)) => Err(e.into()),
         }
     }
+}
+
+/// Size, modification time and ETag of a listed or looked-up object.
+fn object_meta(m: &object_store::ObjectMeta) -> Meta {
+    let etag = match &m.e_tag {
+        Some(e) => format!("\"{}\"", e.trim_matches('"')),
+        None => format!("\"{:x}-{:x}\"", m.last_modified.timestamp_nanos_opt().unwrap_or_default(), m.size),
+    };
+    Meta { size: m.size, last_modified: m.last_modified.timestamp(), etag }
 }
 
 /// Metadata of a local file as `object_store`'s local backend reports it (ETag

@@ -1,0 +1,131 @@
+//! CMAF output (ISO/IEC 23000-19) written with `mp4-atom`: one track per file, an
+//! init segment (`ftyp` + `moov` with `mvex`) and media segments (`styp` + `moof`
+//! + `mdat`). The same segments serve HLS (fMP4) and DASH.
+
+use mp4_atom::{
+    Dinf, Dref, DrefEntry, Encode, FourCC, Ftyp, Hdlr, Header, Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mvex, Mvhd, Smhd,
+    Stbl, Stco, Stsd, Styp, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry, Url, Vmhd,
+};
+
+use crate::index::{Kind, Sample, Track};
+
+/// The track id in every output file.
+const TRACK_ID: u32 = 1;
+
+fn encode(atom: &impl Encode, out: &mut Vec<u8>) {
+    // Encoding into a Vec fails only on values a box cannot hold (a field past
+    // its width); the packager's boxes are built from values read from one.
+    atom.encode(out).expect("an MP4 box encodes into memory");
+}
+
+/// The init segment of `track`: its sample entry as the source has it, no samples.
+pub fn init_segment(track: &Track) -> Vec<u8> {
+    let (width, height, volume, vmhd, smhd, handler, name) = match track.kind {
+        Kind::Video { width, height } => (width, height, 0, Some(Vmhd::default()), None, b"vide", "Headwater video"),
+        Kind::Audio { .. } => (0, 0, 1, None, Some(Smhd::default()), b"soun", "Headwater audio"),
+    };
+    let moov = Moov {
+        mvhd: Mvhd {
+            timescale: track.timescale,
+            rate: 1.into(),
+            volume: 1.into(),
+            next_track_id: 2,
+            ..Default::default()
+        },
+        mvex: Some(Mvex {
+            mehd: None,
+            trex: vec![Trex { track_id: TRACK_ID, default_sample_description_index: 1, ..Default::default() }],
+        }),
+        trak: vec![Trak {
+            tkhd: Tkhd {
+                track_id: TRACK_ID,
+                enabled: true,
+                in_movie: true,
+                volume: volume.into(),
+                width: width.into(),
+                height: height.into(),
+                ..Default::default()
+            },
+            mdia: Mdia {
+                mdhd: Mdhd { timescale: track.timescale, language: track.language.clone(), ..Default::default() },
+                hdlr: Hdlr { handler: FourCC::new(handler), name: name.into() },
+                minf: Minf {
+                    vmhd,
+                    smhd,
+                    dinf: Dinf { dref: Dref { entries: vec![DrefEntry::Url(Url { location: String::new() })] } },
+                    stbl: Stbl {
+                        stsd: Stsd { codecs: vec![track.codec.clone()] },
+                        stco: Some(Stco::default()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            },
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut out = Vec::with_capacity(1024);
+    encode(&ftyp(), &mut out);
+    encode(&moov, &mut out);
+    out
+}
+
+fn ftyp() -> Ftyp {
+    Ftyp {
+        major_brand: FourCC::new(b"cmfc"),
+        minor_version: 0,
+        compatible_brands: vec![FourCC::new(b"iso6"), FourCC::new(b"cmfc"), FourCC::new(b"dash"), FourCC::new(b"mp41")],
+    }
+}
+
+/// `sample_depends_on` = 2 (an I-frame).
+const SYNC: u32 = 0x0200_0000;
+/// `sample_depends_on` = 1 and `sample_is_non_sync_sample`.
+const NON_SYNC: u32 = 0x0101_0000;
+
+/// Media segment number `sequence` (from 1) of `track`'s `samples`, whose bytes are
+/// `data[i]` for `samples[i]`, in decode order.
+pub fn media_segment(track: &Track, sequence: u32, samples: &[Sample], data: &[&[u8]]) -> Vec<u8> {
+    let video = track.is_video();
+    let entries: Vec<TrunEntry> = samples
+        .iter()
+        .map(|s| TrunEntry {
+            duration: Some(s.duration),
+            size: Some(s.size),
+            flags: video.then_some(if s.sync { SYNC } else { NON_SYNC }),
+            cts: video.then_some(i64::from(s.cts) - i64::from(track.shift)),
+        })
+        .collect();
+    let moof = |data_offset: i32| Moof {
+        mfhd: Mfhd { sequence_number: sequence },
+        traf: vec![Traf {
+            tfhd: Tfhd { track_id: TRACK_ID, default_base_is_moof: true, ..Default::default() },
+            tfdt: Some(Tfdt { base_media_decode_time: samples.first().map_or(0, |s| s.dts) }),
+            trun: vec![Trun { data_offset: Some(data_offset), samples: entries.clone().into() }],
+            ..Default::default()
+        }],
+    };
+    let body: usize = data.iter().map(|d| d.len()).sum();
+    let mut out = Vec::with_capacity(body + 64 + samples.len() * 16);
+    let styp = Styp {
+        major_brand: FourCC::new(b"msdh"),
+        minor_version: 0,
+        compatible_brands: vec![FourCC::new(b"msdh"), FourCC::new(b"msix"), FourCC::new(b"cmfs")],
+    };
+    encode(&styp, &mut out);
+    // The data offset counts from the moof's start to the first sample: the
+    // moof's own length (the same whatever the offset's value) and mdat's header.
+    let mut sized = Vec::new();
+    encode(&moof(0), &mut sized);
+    let mdat = Header { kind: FourCC::new(b"mdat"), size: Some(body) };
+    let mut mdat_header = Vec::with_capacity(16);
+    encode(&mdat, &mut mdat_header);
+    let offset = i32::try_from(sized.len() + mdat_header.len()).unwrap_or(i32::MAX);
+    encode(&moof(offset), &mut out);
+    out.extend_from_slice(&mdat_header);
+    for d in data {
+        out.extend_from_slice(d);
+    }
+    out
+}

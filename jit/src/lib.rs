@@ -1,0 +1,98 @@
+//! Just-in-time packaging: an asset's MP4 files in, HLS and DASH out. The node
+//! reads each file's index (by range), cuts segments at keyframes and writes
+//! CMAF with `mp4-atom`, and the manifests with `m3u8-rs` and `dash-mpd`. Every
+//! byte is a function of the source files and [`Settings`]: the same on every
+//! node and after a restart.
+
+pub mod cmaf;
+pub mod index;
+pub mod manifest;
+pub mod package;
+
+use std::ops::Range;
+
+use headwater_content::{ContentError, ContentPath, ContentStore};
+
+pub use index::{IndexError, Mp4Index, Unpackable, read_index};
+pub use package::{Asset, Rendition, Request, Settings};
+
+use crate::index::Sample;
+
+/// Bumped whenever the packager's output changes for the same input, so
+/// validators change with it.
+pub const PACKAGER_VERSION: u32 = 1;
+
+/// Reads of a segment's samples closer than this are merged into one (the bytes
+/// of the other tracks interleaved between them are read and dropped).
+const MERGE_GAP: u64 = 64 * 1024;
+
+/// Byte ranges covering `samples`, merged where they are close.
+fn runs(samples: &[Sample]) -> Vec<Range<u64>> {
+    let mut spans: Vec<Range<u64>> = samples.iter().map(|s| s.offset..s.offset + u64::from(s.size)).collect();
+    spans.sort_by_key(|r| r.start);
+    let mut runs: Vec<Range<u64>> = Vec::new();
+    for s in spans {
+        match runs.last_mut() {
+            Some(last) if s.start <= last.end + MERGE_GAP => last.end = last.end.max(s.end),
+            _ => runs.push(s),
+        }
+    }
+    runs
+}
+
+/// Media segment `n` (from 1) of `r`, whose file is `file` in the store: its
+/// samples read by range, nothing more. `None` past the last segment.
+pub async fn media_segment(
+    store: &ContentStore,
+    file: &ContentPath,
+    r: &Rendition,
+    n: usize,
+) -> Result<Option<Vec<u8>>, ContentError> {
+    let Some(range) = n.checked_sub(1).and_then(|i| r.segments.get(i)) else { return Ok(None) };
+    let samples = &r.track.samples[range.clone()];
+    let mut read = Vec::new();
+    for run in runs(samples) {
+        let bytes = store.read_range(file, run.clone()).await?;
+        if bytes.len() as u64 != run.end - run.start {
+            return Err(ContentError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file is shorter than its index says",
+            )));
+        }
+        read.push((run, bytes));
+    }
+    let data: Vec<&[u8]> = samples
+        .iter()
+        .map(|s| {
+            let i = read.partition_point(|(run, _)| run.end <= s.offset);
+            let (run, bytes) = &read[i];
+            let at = (s.offset - run.start) as usize;
+            &bytes[at..at + s.size as usize]
+        })
+        .collect();
+    let sequence = u32::try_from(n).unwrap_or(u32::MAX);
+    Ok(Some(cmaf::media_segment(&r.track, sequence, samples, &data)))
+}
+
+/// Bytes a segment's reads fetch from the store (for the benchmark and tests).
+pub fn bytes_read_for(r: &Rendition, n: usize) -> u64 {
+    n.checked_sub(1)
+        .and_then(|i| r.segments.get(i))
+        .map_or(0, |range| runs(&r.track.samples[range.clone()]).iter().map(|r| r.end - r.start).sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(offset: u64, size: u32) -> Sample {
+        Sample { offset, size, dts: 0, duration: 1, cts: 0, sync: true }
+    }
+
+    #[test]
+    fn close_reads_merge_and_far_ones_do_not() {
+        let samples = [s(100, 10), s(110, 10), s(200, 5), s(1_000_000, 7)];
+        assert_eq!(runs(&samples), vec![100..205, 1_000_000..1_000_007]);
+        assert!(runs(&[]).is_empty());
+    }
+}

@@ -1,0 +1,229 @@
+//! The manifests of a packaged asset: HLS master and media playlists (m3u8-rs)
+//! and a DASH MPD (dash-mpd), pointing at the shared CMAF segments.
+
+use std::time::Duration;
+
+use dash_mpd::{AdaptationSet, MPD, Period, Representation, S, SegmentTemplate, SegmentTimeline};
+use m3u8_rs::{
+    AlternativeMedia, AlternativeMediaType, Map, MasterPlaylist, MediaPlaylist, MediaPlaylistType, MediaSegment,
+    Resolution, VariantStream,
+};
+
+use crate::index::Kind;
+use crate::package::{Asset, Rendition};
+
+/// fMP4 segments (EXT-X-MAP) need version 6; 7 for nothing more.
+const HLS_VERSION: usize = 7;
+const AUDIO_GROUP: &str = "audio";
+
+fn frame_rate(r: &Rendition) -> Option<f64> {
+    let secs = r.track.duration() as f64 / f64::from(r.track.timescale);
+    (secs > 0.0).then(|| (r.track.samples.len() as f64 / secs * 1000.0).round() / 1000.0)
+}
+
+/// `hls/master.m3u8`: a variant per video rendition with every audio rendition
+/// as an alternative (or, with no video, a variant per audio rendition).
+pub fn hls_master(asset: &Asset) -> Vec<u8> {
+    let (video, audio): (Vec<&Rendition>, Vec<&Rendition>) = asset.renditions.iter().partition(|r| r.track.is_video());
+    let audio_peak = audio.iter().map(|a| a.peak_bps).max().unwrap_or(0);
+    let audio_average = audio.iter().map(|a| a.average_bps).max().unwrap_or(0);
+    let mut names = std::collections::BTreeSet::new();
+    let alternatives = if video.is_empty() {
+        Vec::new()
+    } else {
+        audio
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let mut name = a.track.language.clone();
+                if !names.insert(name.clone()) {
+                    name = format!("{} ({})", a.track.language, a.name);
+                }
+                let channels = match a.track.kind {
+                    Kind::Audio { channels, .. } => Some(channels.to_string()),
+                    Kind::Video { .. } => None,
+                };
+                AlternativeMedia {
+                    media_type: AlternativeMediaType::Audio,
+                    uri: Some(format!("{}.m3u8", a.name)),
+                    group_id: AUDIO_GROUP.into(),
+                    language: (a.track.language != "und").then(|| a.track.language.clone()),
+                    name,
+                    default: i == 0,
+                    autoselect: true,
+                    channels,
+                    ..Default::default()
+                }
+            })
+            .collect()
+    };
+    let variants = if video.is_empty() {
+        audio
+            .iter()
+            .map(|a| VariantStream {
+                uri: format!("{}.m3u8", a.name),
+                bandwidth: a.peak_bps,
+                average_bandwidth: Some(a.average_bps),
+                codecs: Some(a.track.codec_string.clone()),
+                ..Default::default()
+            })
+            .collect()
+    } else {
+        let audio_codec = audio.first().map(|a| a.track.codec_string.as_str());
+        video
+            .iter()
+            .map(|v| {
+                let (width, height) = match v.track.kind {
+                    Kind::Video { width, height } => (u64::from(width), u64::from(height)),
+                    Kind::Audio { .. } => (0, 0),
+                };
+                let codecs = match audio_codec {
+                    Some(a) => format!("{},{a}", v.track.codec_string),
+                    None => v.track.codec_string.clone(),
+                };
+                VariantStream {
+                    uri: format!("{}.m3u8", v.name),
+                    bandwidth: v.peak_bps + audio_peak,
+                    average_bandwidth: Some(v.average_bps + audio_average),
+                    codecs: Some(codecs),
+                    resolution: Some(Resolution { width, height }),
+                    frame_rate: frame_rate(v),
+                    audio: (!audio.is_empty()).then(|| AUDIO_GROUP.to_owned()),
+                    ..Default::default()
+                }
+            })
+            .collect()
+    };
+    let master = MasterPlaylist {
+        version: Some(HLS_VERSION),
+        variants,
+        alternatives,
+        independent_segments: true,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    master.write_to(&mut out).expect("a playlist writes into memory");
+    out
+}
+
+/// `hls/{rendition}.m3u8`: every segment of the rendition, VOD.
+pub fn hls_media(r: &Rendition) -> Vec<u8> {
+    let durations: Vec<f64> = (0..r.segments.len()).map(|i| r.segment_secs(i)).collect();
+    let segments = durations
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| MediaSegment {
+            uri: format!("../cmaf/{}/{}.m4s", r.name, i + 1),
+            duration: d as f32,
+            map: (i == 0).then(|| Map { uri: format!("../cmaf/{}/init.mp4", r.name), ..Default::default() }),
+            ..Default::default()
+        })
+        .collect();
+    let playlist = MediaPlaylist {
+        version: Some(HLS_VERSION),
+        // EXTINF rounded to the nearest second never exceeds it (RFC 8216 §4.3.3.1).
+        target_duration: durations.iter().map(|d| d.round() as u64).max().unwrap_or(1).max(1),
+        media_sequence: 0,
+        segments,
+        end_list: true,
+        playlist_type: Some(MediaPlaylistType::Vod),
+        independent_segments: true,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    playlist.write_to(&mut out).expect("a playlist writes into memory");
+    out
+}
+
+/// `dash/manifest.mpd`: a static MPD, one adaptation set for the video and one
+/// per audio language, each representation with its own segment timeline.
+pub fn dash_mpd(asset: &Asset) -> Vec<u8> {
+    let representation = |r: &Rendition| {
+        let timescale = r.track.timescale;
+        let starts: Vec<i64> = (0..r.segments.len()).map(|i| r.segment_start(i)).collect();
+        let end = r.track.duration() as i64 + starts.first().copied().unwrap_or(0);
+        let mut timeline: Vec<S> = Vec::new();
+        for (i, &t) in starts.iter().enumerate() {
+            let next = starts.get(i + 1).copied().unwrap_or(end);
+            let d = u64::try_from(next - t).unwrap_or(0);
+            match timeline.last_mut() {
+                Some(last) if last.d == d => last.r = Some(last.r.unwrap_or(0) + 1),
+                _ => timeline.push(S { t: (i == 0).then(|| u64::try_from(t).unwrap_or(0)), d, ..Default::default() }),
+            }
+        }
+        let template = SegmentTemplate {
+            timescale: Some(u64::from(timescale)),
+            initialization: Some("../cmaf/$RepresentationID$/init.mp4".into()),
+            media: Some("../cmaf/$RepresentationID$/$Number$.m4s".into()),
+            startNumber: Some(1),
+            presentationTimeOffset: starts.first().and_then(|&t| u64::try_from(t).ok()),
+            SegmentTimeline: Some(SegmentTimeline { segments: timeline }),
+            ..Default::default()
+        };
+        let mut rep = Representation {
+            id: Some(r.name.clone()),
+            bandwidth: Some(r.peak_bps),
+            codecs: Some(r.track.codec_string.clone()),
+            SegmentTemplate: Some(template),
+            ..Default::default()
+        };
+        match r.track.kind {
+            Kind::Video { width, height } => {
+                rep.width = Some(u64::from(width));
+                rep.height = Some(u64::from(height));
+                rep.frameRate = frame_rate(r).map(|f| f.to_string());
+            }
+            Kind::Audio { sample_rate, .. } => rep.audioSamplingRate = Some(sample_rate.to_string()),
+        }
+        rep
+    };
+    let mut adaptations = Vec::new();
+    let video: Vec<Representation> =
+        asset.renditions.iter().filter(|r| r.track.is_video()).map(&representation).collect();
+    if !video.is_empty() {
+        adaptations.push(AdaptationSet {
+            id: Some("0".into()),
+            contentType: Some("video".into()),
+            mimeType: Some("video/mp4".into()),
+            segmentAlignment: Some(true),
+            startWithSAP: Some(1),
+            representations: video,
+            ..Default::default()
+        });
+    }
+    let mut languages: Vec<&str> = Vec::new();
+    for r in asset.renditions.iter().filter(|r| !r.track.is_video()) {
+        if !languages.contains(&r.track.language.as_str()) {
+            languages.push(&r.track.language);
+        }
+    }
+    for lang in languages {
+        let reps = asset
+            .renditions
+            .iter()
+            .filter(|r| !r.track.is_video() && r.track.language == lang)
+            .map(&representation)
+            .collect();
+        adaptations.push(AdaptationSet {
+            id: Some(adaptations.len().to_string()),
+            contentType: Some("audio".into()),
+            mimeType: Some("audio/mp4".into()),
+            lang: Some(lang.to_owned()),
+            segmentAlignment: Some(true),
+            startWithSAP: Some(1),
+            representations: reps,
+            ..Default::default()
+        });
+    }
+    let duration = Duration::from_millis((asset.duration_secs * 1000.0).round() as u64);
+    let mpd = MPD {
+        xmlns: Some("urn:mpeg:dash:schema:mpd:2011".into()),
+        mpdtype: Some("static".into()),
+        profiles: Some("urn:mpeg:dash:profile:isoff-live:2011".into()),
+        minBufferTime: Some(Duration::from_secs(2)),
+        mediaPresentationDuration: Some(duration),
+        periods: vec![Period { id: Some("0".into()), start: Some(Duration::ZERO), adaptations, ..Default::default() }],
+        ..Default::default()
+    };
+    mpd.to_string().into_bytes()
+}

@@ -1,0 +1,264 @@
+//! The packager against real media: ffmpeg makes MP4 sources (H.264 with
+//! B-frames and AAC; H.265), the packager writes each rendition's init segment
+//! and media segments, and ffprobe decodes them: every frame there, at the
+//! source's times.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use headwater_content::{ContentPath, ContentStore};
+use headwater_jit::{Asset, Settings, manifest};
+
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file());
+    if found.is_none() {
+        assert!(std::env::var("CI").is_err(), "{name} is required in CI (scripts/test installs ffmpeg)");
+        eprintln!("{name} not installed: skipping");
+    }
+    found
+}
+
+fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-y"]).args(args).output().unwrap();
+    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `(pts, keyframe, samples)` of every decoded frame of stream `stream`, in
+/// presentation order, with errors failing the test.
+fn frames(file: &Path, stream: &str, raw_source: bool) -> Vec<(i64, bool, u64)> {
+    let mut cmd = Command::new("ffprobe");
+    cmd.args(["-v", "error"]);
+    if raw_source {
+        // The source's own sample times, edit lists not applied (the packager
+        // carries times, not edits).
+        cmd.args(["-ignore_editlist", "1"]);
+    }
+    let out = cmd
+        .args(["-select_streams", stream, "-show_entries", "frame=pts,key_frame,nb_samples", "-of", "csv=p=0"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "ffprobe {}: {stderr}", file.display());
+    let mut frames: Vec<(i64, bool, u64)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.trim_end_matches(',').split(',').collect();
+            let key = f[0] == "1";
+            let pts = f[1].parse().unwrap_or_else(|_| panic!("pts in {l}"));
+            let samples = f.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
+            (pts, key, samples)
+        })
+        .collect();
+    frames.sort_by_key(|f| f.0);
+    frames
+}
+
+fn rebased(frames: &[(i64, bool, u64)]) -> Vec<i64> {
+    let first = frames.first().map_or(0, |f| f.0);
+    frames.iter().map(|f| f.0 - first).collect()
+}
+
+/// Writes `init.mp4` followed by every media segment of each rendition into
+/// `{dir}/{rendition}.mp4` (a fragmented MP4 ffprobe reads whole).
+async fn package(store: &ContentStore, dir: &Path, files: &[&str]) -> Asset {
+    let mut indexes = Vec::new();
+    for f in files {
+        let path = ContentPath::parse(&format!("acct/vod/{f}")).unwrap();
+        let meta = store.head(&path).await.unwrap();
+        indexes.push((f.to_string(), headwater_jit::read_index(store, &path, meta.size).await.unwrap()));
+    }
+    let asset = Asset::build(&indexes, Settings { segment_secs: 4 }).unwrap();
+    for r in &asset.renditions {
+        let file = ContentPath::parse(&format!("acct/vod/{}", r.file)).unwrap();
+        let mut out = headwater_jit::cmaf::init_segment(&r.track);
+        for n in 1..=r.segments.len() {
+            let seg = headwater_jit::media_segment(store, &file, r, n).await.unwrap().unwrap();
+            // Deterministic: the same request gives the same bytes.
+            assert_eq!(seg, headwater_jit::media_segment(store, &file, r, n).await.unwrap().unwrap());
+            out.extend_from_slice(&seg);
+        }
+        assert!(headwater_jit::media_segment(store, &file, r, r.segments.len() + 1).await.unwrap().is_none());
+        std::fs::write(dir.join(format!("{}.mp4", r.name)), out).unwrap();
+    }
+    asset
+}
+
+#[tokio::test]
+async fn h264_and_aac_decode_frame_for_frame() {
+    if tool("ffmpeg").is_none() || tool("ffprobe").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("store/acct/vod");
+    std::fs::create_dir_all(&src).unwrap();
+    // Two renditions with the same keyframes (every 2 s), B-frames, and AAC.
+    for (name, size) in [("360p", "640x360"), ("180p", "320x180")] {
+        let out = src.join(format!("{name}.mp4"));
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size={size}:rate=25"),
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "9",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-bf",
+            "2",
+            "-g",
+            "50",
+            "-keyint_min",
+            "50",
+            "-sc_threshold",
+            "0",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            out.to_str().unwrap(),
+        ]);
+    }
+    let store = ContentStore::open(dir.path().join("store").to_str().unwrap()).unwrap();
+    let asset = package(&store, dir.path(), &["180p.mp4", "360p.mp4"]).await;
+    let names: Vec<&str> = asset.renditions.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["180p-v1", "360p-v1", "180p-a2"], "one audio rendition for the same audio in both");
+
+    for (rendition, source, stream) in
+        [("180p-v1", "180p.mp4", "v:0"), ("360p-v1", "360p.mp4", "v:0"), ("180p-a2", "180p.mp4", "a:0")]
+    {
+        let ours = frames(&dir.path().join(format!("{rendition}.mp4")), "0", false);
+        let theirs = frames(&src.join(source), stream, true);
+        assert_eq!(ours.len(), theirs.len(), "{rendition}: frames decoded");
+        assert_eq!(rebased(&ours), rebased(&theirs), "{rendition}: presentation times");
+        let samples = |f: &[(i64, bool, u64)]| f.iter().map(|f| f.2).sum::<u64>();
+        assert_eq!(samples(&ours), samples(&theirs), "{rendition}: audio samples");
+        if stream.starts_with('v') {
+            let keys = |f: &[(i64, bool, u64)]| f.iter().filter(|f| f.1).count();
+            assert_eq!(keys(&ours), keys(&theirs), "{rendition}: keyframes");
+        }
+    }
+
+    // Every segment starts with a keyframe and the cuts are the same in both renditions.
+    let v = asset.rendition("360p-v1").unwrap();
+    assert_eq!(v.segments.len(), 3, "9 s at a 4 s target with keyframes every 2 s: 4 + 4 + 1");
+    assert!(v.segments.iter().all(|r| v.track.samples[r.start].sync));
+    let low = asset.rendition("180p-v1").unwrap();
+    assert_eq!(v.segments, low.segments);
+
+    // The manifests parse with the crates players' parsers are modelled on.
+    let master = manifest::hls_master(&asset);
+    let m3u8_rs::Playlist::MasterPlaylist(m) = m3u8_rs::parse_playlist_res(&master).unwrap() else {
+        panic!("a master playlist")
+    };
+    assert_eq!(m.variants.len(), 2);
+    assert!(m.variants.iter().all(|v| v.audio.as_deref() == Some("audio")));
+    assert!(m.variants[0].codecs.as_deref().unwrap().starts_with("avc1.64"), "{:?}", m.variants[0].codecs);
+    assert_eq!(m.alternatives.len(), 1);
+    let media = manifest::hls_media(v);
+    let m3u8_rs::Playlist::MediaPlaylist(p) = m3u8_rs::parse_playlist_res(&media).unwrap() else {
+        panic!("a media playlist")
+    };
+    assert_eq!(p.segments.len(), 3);
+    assert_eq!(p.segments[0].map.as_ref().unwrap().uri, "../cmaf/360p-v1/init.mp4");
+    assert!(p.end_list);
+    let total: f32 = p.segments.iter().map(|s| s.duration).sum();
+    assert!((total - 9.0).abs() < 0.05, "{total}");
+    let mpd = dash_mpd::parse(std::str::from_utf8(&manifest::dash_mpd(&asset)).unwrap()).unwrap();
+    let sets = &mpd.periods[0].adaptations;
+    assert_eq!(sets.len(), 2);
+    assert_eq!(sets[0].representations.len(), 2);
+    let timeline = sets[0].representations[1].SegmentTemplate.as_ref().unwrap().SegmentTimeline.as_ref().unwrap();
+    let count: i64 = timeline.segments.iter().map(|s| 1 + s.r.unwrap_or(0)).sum();
+    assert_eq!(count, 3);
+}
+
+#[tokio::test]
+async fn h265_decodes_and_names_its_codec() {
+    if tool("ffmpeg").is_none() || tool("ffprobe").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("store/acct/vod");
+    std::fs::create_dir_all(&src).unwrap();
+    let out = src.join("hevc.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x180:rate=25",
+        "-t",
+        "5",
+        "-c:v",
+        "libx265",
+        "-preset",
+        "ultrafast",
+        "-x265-params",
+        "keyint=25:min-keyint=25:log-level=error",
+        "-tag:v",
+        "hvc1",
+        out.to_str().unwrap(),
+    ]);
+    let store = ContentStore::open(dir.path().join("store").to_str().unwrap()).unwrap();
+    let asset = package(&store, dir.path(), &["hevc.mp4"]).await;
+    let r = &asset.renditions[0];
+    assert!(r.track.codec_string.starts_with("hvc1.1."), "{}", r.track.codec_string);
+    let ours = frames(&dir.path().join(format!("{}.mp4", r.name)), "0", false);
+    let theirs = frames(&out, "v:0", true);
+    assert_eq!(ours.len(), theirs.len());
+    assert_eq!(rebased(&ours), rebased(&theirs));
+}
+
+#[tokio::test]
+async fn malformed_files_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path().to_str().unwrap()).unwrap();
+    let put = |name: &str, bytes: Vec<u8>| {
+        let store = store.clone();
+        let path = ContentPath::parse(&format!("acct/vod/{name}")).unwrap();
+        async move {
+            store.write(&path, bytes.into()).await.unwrap();
+            let size = store.head(&path).await.unwrap().size;
+            headwater_jit::read_index(&store, &path, size).await.unwrap_err().to_string()
+        }
+    };
+    assert!(put("text.mp4", b"hello, this is not a video at all".to_vec()).await.contains("ftyp"));
+    if tool("ffmpeg").is_none() {
+        return;
+    }
+    let good = dir.path().join("good.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x90:rate=25",
+        "-t",
+        "2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-movflags",
+        "+faststart",
+        good.to_str().unwrap(),
+    ]);
+    let bytes = std::fs::read(&good).unwrap();
+    // Cut in the middle of its media: the index points past the end.
+    let e = put("cut.mp4", bytes[..bytes.len() / 2].to_vec()).await;
+    assert!(e.contains("truncated"), "{e}");
+    // Only the index's first bytes.
+    let e = put("head.mp4", bytes[..200].to_vec()).await;
+    assert!(e.contains("truncated") || e.contains("moov"), "{e}");
+    // Not a codec the packager serves.
+    let mp3 = dir.path().join("audio.mp4");
+    ffmpeg(&["-f", "lavfi", "-i", "sine=sample_rate=44100", "-t", "1", "-c:a", "libmp3lame", mp3.to_str().unwrap()]);
+    let e = put("mp3.mp4", std::fs::read(&mp3).unwrap()).await;
+    assert!(e.contains("no H.264, H.265 or AAC track"), "{e}");
+}
