@@ -300,7 +300,7 @@ fn samples(track: u32, stbl: &mp4_atom::Stbl, file_size: u64) -> Result<Vec<Samp
             for _ in 0..e.samples_per_chunk {
                 let Some(&size) = sizes.get(offsets.len()) else { break };
                 offsets.push(at);
-                at += u64::from(size);
+                at = at.saturating_add(u64::from(size));
             }
         }
     }
@@ -344,14 +344,14 @@ fn samples(track: u32, stbl: &mp4_atom::Stbl, file_size: u64) -> Result<Vec<Samp
     let mut dts = 0u64;
     for i in 0..n {
         let (offset, size) = (offsets[i], sizes[i]);
-        if offset + u64::from(size) > file_size {
+        if offset.saturating_add(u64::from(size)) > file_size {
             return Err(Unpackable(format!(
                 "truncated: track {track}'s sample {} lies past the end of the file",
                 i + 1
             )));
         }
         out.push(Sample { offset, size, dts, duration: durations[i], cts: cts[i], sync: sync[i] });
-        dts += u64::from(durations[i]);
+        dts = dts.saturating_add(u64::from(durations[i]));
     }
     Ok(out)
 }
