@@ -457,7 +457,7 @@ async fn everything_survives_a_restart(backend: Backend) {
     let after = admin.call(Method::GET, "/v1/accounts/ana-vod", Some(&key), None, StatusCode::OK).await;
     assert_eq!(before, after);
     let types = admin.call(Method::GET, "/v1/origin-types", Some(&admin.operator_token), None, StatusCode::OK).await;
-    assert_eq!(types["items"].as_array().unwrap().len(), 2, "built-in types are not seeded twice");
+    assert_eq!(types["items"].as_array().unwrap().len(), 3, "built-in types are not seeded twice");
 }
 
 async fn signups_are_rate_limited_per_ip(backend: Backend) {

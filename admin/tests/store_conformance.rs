@@ -466,7 +466,7 @@ async fn paging_and_events(db: TestDb) {
     assert!(db.store.ready().await.unwrap());
     assert_eq!(
         db.store.origin_types().await.unwrap().iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
-        ["dash", "hls"]
+        ["dash", "hls", "jit"]
     );
 }
 

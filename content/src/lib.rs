@@ -258,6 +258,19 @@ impl ContentStore {
         Ok(assets.into_values().collect())
     }
 
+    /// The files directly under `dir` (not in its subdirectories): name and
+    /// metadata, by name.
+    pub async fn list_files(&self, dir: &ContentPath) -> Result<Vec<(String, Meta)>> {
+        let listed = self.store.list_with_delimiter(Some(&Self::key(dir))).await?;
+        let mut files: Vec<(String, Meta)> = listed
+            .objects
+            .iter()
+            .filter_map(|m| m.location.filename().map(|name| (name.to_owned(), object_meta(m))))
+            .collect();
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(files)
+    }
+
     /// Deletes every file under `prefix`; returns how many.
     pub async fn delete_prefix(&self, prefix: &ContentPath) -> Result<u64> {
         let prefix = Self::key(prefix);
@@ -337,6 +350,22 @@ mod tests {
         assert!(matches!(store.open_file(&missing).await, Err(ContentError::NotFound)));
         let dir_path = ContentPath::parse("acct/my video").unwrap();
         assert!(matches!(store.open_file(&dir_path).await, Err(ContentError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn a_folder_lists_its_own_files_with_their_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path().to_str().unwrap()).unwrap();
+        for (p, b) in [("acct/movie/b.mp4", "bb"), ("acct/movie/a.mp4", "a"), ("acct/movie/hls/x.ts", "x")] {
+            store.write(&ContentPath::parse(p).unwrap(), Bytes::from(b)).await.unwrap();
+        }
+        let folder = ContentPath::parse("acct/movie").unwrap();
+        let listed = store.list_files(&folder).await.unwrap();
+        let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a.mp4", "b.mp4"], "its own files, by name, not the subfolder's");
+        assert_eq!(listed[1].1, store.head(&folder.join("b.mp4").unwrap()).await.unwrap());
+        let empty = ContentPath::parse("acct/none").unwrap();
+        assert!(store.list_files(&empty).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -7,19 +7,19 @@ use mp4_atom::{
     Stbl, Stco, Stsd, Styp, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry, Url, Vmhd,
 };
 
-use crate::index::{Kind, Sample, Track};
+use crate::index::{Kind, Sample, Track, Unpackable};
 
 /// The track id in every output file.
 const TRACK_ID: u32 = 1;
 
-fn encode(atom: &impl Encode, out: &mut Vec<u8>) {
-    // Encoding into a Vec fails only on values a box cannot hold (a field past
-    // its width); the packager's boxes are built from values read from one.
-    atom.encode(out).expect("an MP4 box encodes into memory");
+/// Encoding into a Vec fails only on values a box cannot hold (a field past its
+/// width): a source file the node must refuse, never panic on.
+fn encode(atom: &impl Encode, out: &mut Vec<u8>) -> Result<(), Unpackable> {
+    atom.encode(out).map_err(|e| Unpackable(format!("a box could not be written: {e}")))
 }
 
 /// The init segment of `track`: its sample entry as the source has it, no samples.
-pub fn init_segment(track: &Track) -> Vec<u8> {
+pub fn init_segment(track: &Track) -> Result<Vec<u8>, Unpackable> {
     let (width, height, volume, vmhd, smhd, handler, name) = match track.kind {
         Kind::Video { width, height } => (width, height, 0, Some(Vmhd::default()), None, b"vide", "Headwater video"),
         Kind::Audio { .. } => (0, 0, 1, None, Some(Smhd::default()), b"soun", "Headwater audio"),
@@ -66,9 +66,9 @@ pub fn init_segment(track: &Track) -> Vec<u8> {
         ..Default::default()
     };
     let mut out = Vec::with_capacity(1024);
-    encode(&ftyp(), &mut out);
-    encode(&moov, &mut out);
-    out
+    encode(&ftyp(), &mut out)?;
+    encode(&moov, &mut out)?;
+    Ok(out)
 }
 
 fn ftyp() -> Ftyp {
@@ -86,7 +86,7 @@ const NON_SYNC: u32 = 0x0101_0000;
 
 /// Media segment number `sequence` (from 1) of `track`'s `samples`, whose bytes are
 /// `data[i]` for `samples[i]`, in decode order.
-pub fn media_segment(track: &Track, sequence: u32, samples: &[Sample], data: &[&[u8]]) -> Vec<u8> {
+pub fn media_segment(track: &Track, sequence: u32, samples: &[Sample], data: &[&[u8]]) -> Result<Vec<u8>, Unpackable> {
     let video = track.is_video();
     let entries: Vec<TrunEntry> = samples
         .iter()
@@ -113,19 +113,19 @@ pub fn media_segment(track: &Track, sequence: u32, samples: &[Sample], data: &[&
         minor_version: 0,
         compatible_brands: vec![FourCC::new(b"msdh"), FourCC::new(b"msix"), FourCC::new(b"cmfs")],
     };
-    encode(&styp, &mut out);
+    encode(&styp, &mut out)?;
     // The data offset counts from the moof's start to the first sample: the
     // moof's own length (the same whatever the offset's value) and mdat's header.
     let mut sized = Vec::new();
-    encode(&moof(0), &mut sized);
+    encode(&moof(0), &mut sized)?;
     let mdat = Header { kind: FourCC::new(b"mdat"), size: Some(body) };
     let mut mdat_header = Vec::with_capacity(16);
-    encode(&mdat, &mut mdat_header);
+    encode(&mdat, &mut mdat_header)?;
     let offset = i32::try_from(sized.len() + mdat_header.len()).unwrap_or(i32::MAX);
-    encode(&moof(offset), &mut out);
+    encode(&moof(offset), &mut out)?;
     out.extend_from_slice(&mdat_header);
     for d in data {
         out.extend_from_slice(d);
     }
-    out
+    Ok(out)
 }

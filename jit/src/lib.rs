@@ -11,7 +11,7 @@ pub mod package;
 
 use std::ops::Range;
 
-use headwater_content::{ContentError, ContentPath, ContentStore};
+use headwater_content::{ContentPath, ContentStore};
 
 pub use index::{IndexError, Mp4Index, Unpackable, read_index};
 pub use package::{Asset, Rendition, Request, Settings};
@@ -47,17 +47,14 @@ pub async fn media_segment(
     file: &ContentPath,
     r: &Rendition,
     n: usize,
-) -> Result<Option<Vec<u8>>, ContentError> {
+) -> Result<Option<Vec<u8>>, IndexError> {
     let Some(range) = n.checked_sub(1).and_then(|i| r.segments.get(i)) else { return Ok(None) };
     let samples = &r.track.samples[range.clone()];
     let mut read = Vec::new();
     for run in runs(samples) {
         let bytes = store.read_range(file, run.clone()).await?;
         if bytes.len() as u64 != run.end - run.start {
-            return Err(ContentError::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the file is shorter than its index says",
-            )));
+            return Err(Unpackable("the file is shorter than its index says".into()).into());
         }
         read.push((run, bytes));
     }
@@ -71,7 +68,7 @@ pub async fn media_segment(
         })
         .collect();
     let sequence = u32::try_from(n).unwrap_or(u32::MAX);
-    Ok(Some(cmaf::media_segment(&r.track, sequence, samples, &data)))
+    Ok(Some(cmaf::media_segment(&r.track, sequence, samples, &data)?))
 }
 
 /// Bytes a segment's reads fetch from the store (for the benchmark and tests).

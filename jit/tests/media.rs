@@ -72,7 +72,7 @@ async fn package(store: &ContentStore, dir: &Path, files: &[&str]) -> Asset {
     let asset = Asset::build(&indexes, Settings { segment_secs: 4 }).unwrap();
     for r in &asset.renditions {
         let file = ContentPath::parse(&format!("acct/vod/{}", r.file)).unwrap();
-        let mut out = headwater_jit::cmaf::init_segment(&r.track);
+        let mut out = headwater_jit::cmaf::init_segment(&r.track).unwrap();
         for n in 1..=r.segments.len() {
             let seg = headwater_jit::media_segment(store, &file, r, n).await.unwrap().unwrap();
             // Deterministic: the same request gives the same bytes.

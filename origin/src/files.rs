@@ -309,7 +309,13 @@ impl Files {
 }
 
 /// The answer for a body held in memory: validators, conditional requests, a range.
-fn answer_in_memory(mut headers: HeaderMap, meta: &Meta, req: &HeaderMap, head: bool, bytes: Bytes) -> Reply {
+pub(crate) fn answer_in_memory(
+    mut headers: HeaderMap,
+    meta: &Meta,
+    req: &HeaderMap,
+    head: bool,
+    bytes: Bytes,
+) -> Reply {
     if not_modified(req, meta) {
         return Reply { status: StatusCode::NOT_MODIFIED, headers, body: None };
     }
@@ -379,7 +385,7 @@ fn requested_range(req: &HeaderMap, meta: &Meta) -> Result<Option<Range<u64>>, (
     }
 }
 
-fn httpdate(secs: i64) -> String {
+pub(crate) fn httpdate(secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
     httpdate::fmt_http_date(t)
 }

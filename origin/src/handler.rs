@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use headwater_content::{ContentError, ContentPath};
-use headwater_protocol::PROBE_PREFIX;
+use headwater_protocol::{PROBE_PREFIX, Packaging};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -22,6 +22,7 @@ use prometheus::{Encoder, IntCounter};
 
 use crate::files::{Body, Reply};
 use crate::node::{Node, Served};
+use crate::packaging::PackError;
 use crate::shaper::CHUNK;
 
 pub type ResBody = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -178,6 +179,28 @@ async fn route(
         }
         (a.name.clone(), true, &a.ok_requests, &a.bytes)
     };
+    // A `jit` pool packages the packager's paths; everything else is a file
+    // (the MP4s themselves download as stored).
+    if counted
+        && served.packaging == Packaging::Jit
+        && let Some((dir, rest, request)) = packaged_request(&content)
+    {
+        return match node.packager.reply(&dir, &request, rest, headers, head).await {
+            Ok(reply) => finish(node, account, counted, bytes_counter, ok_counter, reply),
+            Err(e) => {
+                // An unpackable asset is logged once, when it is packaged.
+                if let PackError::Store(e) = &e {
+                    tracing::warn!(error = %e, path = %content, "content store");
+                }
+                let (status, kind) = e.status_kind();
+                let detail = match &e {
+                    PackError::Store(_) => "the content store failed".to_owned(),
+                    e => e.to_string(),
+                };
+                count(node, &account, problem(status, kind, &detail))
+            }
+        };
+    }
     // A token on a manifest goes into its absolute URIs too (relative ones carry it).
     let manifest = if counted { token.zip(crate::carry::Manifest::of(content.as_str())) } else { None };
     let reply = match manifest {
@@ -202,6 +225,28 @@ async fn route(
             );
         }
     };
+    finish(node, account, counted, bytes_counter, ok_counter, reply)
+}
+
+/// The asset folder (`account/asset`), the path under it and what it asks the
+/// packager for; `None` for any other path.
+fn packaged_request(content: &ContentPath) -> Option<(ContentPath, &str, headwater_jit::Request<'_>)> {
+    let mut parts = content.as_str().splitn(3, '/');
+    let (account, asset, rest) = (parts.next()?, parts.next()?, parts.next()?);
+    let request = headwater_jit::Request::parse(rest)?;
+    let dir = ContentPath::parse(&format!("{account}/{asset}")).ok()?;
+    Some((dir, rest, request))
+}
+
+/// Sends `reply`, counting it.
+fn finish(
+    node: &Arc<Node>,
+    account: Arc<str>,
+    counted: bool,
+    bytes_counter: &IntCounter,
+    ok_counter: &IntCounter,
+    reply: Reply,
+) -> Response<Payload> {
     let res = respond(node, account.clone(), counted, bytes_counter.clone(), reply);
     if res.status() == StatusCode::OK {
         ok_counter.inc();
@@ -323,6 +368,10 @@ fn metrics(node: &Node) -> Response<Payload> {
     m.cache_hits.inc_by(stats.hits.saturating_sub(m.cache_hits.get()));
     m.cache_misses.inc_by(stats.misses.saturating_sub(m.cache_misses.get()));
     m.cache_bytes.set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+    let jit = node.packager.stats();
+    m.jit_hits.inc_by(jit.hits.saturating_sub(m.jit_hits.get()));
+    m.jit_misses.inc_by(jit.misses.saturating_sub(m.jit_misses.get()));
+    m.jit_bytes.set(i64::try_from(jit.bytes).unwrap_or(i64::MAX));
     let mut buf = Vec::new();
     if prometheus::TextEncoder::new().encode(&m.registry.gather(), &mut buf).is_err() {
         return problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "metrics encoding failed");

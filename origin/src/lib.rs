@@ -9,6 +9,7 @@ mod h1;
 mod handler;
 mod metrics;
 mod node;
+mod packaging;
 mod report;
 mod server;
 pub mod shaper;
@@ -78,6 +79,10 @@ pub struct OriginConfig {
     /// Memory for hot playlists and segments.
     #[arg(long, env = "HEADWATER_CACHE_MIB", default_value_t = 256)]
     pub cache_mib: u64,
+    /// Memory for just-in-time packaging (`jit` pools): a quarter for MP4
+    /// indexes, the rest for packaged manifests and segments.
+    #[arg(long, env = "HEADWATER_JIT_CACHE_MIB", default_value_t = 256)]
+    pub jit_cache_mib: u64,
     #[arg(long, env = "HEADWATER_HEARTBEAT_MS", default_value_t = 1000)]
     pub heartbeat_ms: u64,
     #[arg(long, env = "HEADWATER_USAGE_REPORT_MS", default_value_t = 10_000)]
@@ -133,6 +138,8 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
         cfg.metrics_token.clone(),
     );
     node.routers_only = cfg.routers_only;
+    node.packager =
+        packaging::Packager::new(node.files.store().clone(), cfg.jit_cache_mib, headwater_jit::Settings::default());
     node.credentials = Some(credentials.clone());
     let node = Arc::new(node);
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;

@@ -12,6 +12,11 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub cache_bytes: IntGauge,
+    /// Packaged manifests and segments served from memory, made, and the
+    /// packager's memory (indexes and outputs).
+    pub jit_hits: IntCounter,
+    pub jit_misses: IntCounter,
+    pub jit_bytes: IntGauge,
     pub latency: Histogram,
     pub in_flight: IntGauge,
 }
@@ -30,6 +35,9 @@ impl Metrics {
         let cache_hits = IntCounter::new("cache_hits_total", "content reads served from memory")?;
         let cache_misses = IntCounter::new("cache_misses_total", "content reads that went to the store")?;
         let cache_bytes = IntGauge::new("cache_bytes", "bytes held in the memory cache")?;
+        let jit_hits = IntCounter::new("jit_hits_total", "packaged answers served from memory")?;
+        let jit_misses = IntCounter::new("jit_misses_total", "packaged answers made (from the MP4s in the store)")?;
+        let jit_bytes = IntGauge::new("jit_cache_bytes", "bytes the packager holds: MP4 indexes and outputs")?;
         let latency = Histogram::with_opts(
             HistogramOpts::new("response_start_seconds", "time from request to response headers")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
@@ -41,6 +49,9 @@ impl Metrics {
         registry.register(Box::new(cache_hits.clone()))?;
         registry.register(Box::new(cache_misses.clone()))?;
         registry.register(Box::new(cache_bytes.clone()))?;
+        registry.register(Box::new(jit_hits.clone()))?;
+        registry.register(Box::new(jit_misses.clone()))?;
+        registry.register(Box::new(jit_bytes.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         Ok(Self {
@@ -51,6 +62,9 @@ impl Metrics {
             cache_hits,
             cache_misses,
             cache_bytes,
+            jit_hits,
+            jit_misses,
+            jit_bytes,
             latency,
             in_flight,
         })

@@ -6,12 +6,13 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use headwater_protocol::{NodeConfig, UsageReport, UsageWindow};
+use headwater_protocol::{NodeConfig, Packaging, UsageReport, UsageWindow};
 use ipnet::IpNet;
 use uuid::Uuid;
 
 use crate::files::Files;
 use crate::metrics::Metrics;
+use crate::packaging::Packager;
 use crate::shaper::Shaper;
 
 /// (account, minute start in ms) → (bytes, requests).
@@ -46,6 +47,8 @@ pub struct Served {
     /// 0 until the first configuration arrives.
     pub version: u64,
     pub accounts: HashMap<String, Account>,
+    /// The pool's packaging: files as stored, or packaged from MP4s.
+    pub packaging: Packaging,
 }
 
 pub struct Node {
@@ -58,6 +61,8 @@ pub struct Node {
     pub probe_bytes: prometheus::IntCounter,
     pub image_version: String,
     pub files: Files,
+    /// Packages `jit` accounts' assets.
+    pub packager: Packager,
     pub shaper: Shaper,
     pub metrics: Metrics,
     pub served: RwLock<Arc<Served>>,
@@ -101,6 +106,8 @@ impl Node {
             probe_ok_requests,
             probe_bytes: metrics.bytes.with_label_values(&[headwater_protocol::PROBE_PREFIX]),
             image_version,
+            // The default size; `run` sets the configured one.
+            packager: Packager::new(files.store().clone(), 256, headwater_jit::Settings::default()),
             files,
             shaper,
             metrics,
@@ -144,7 +151,7 @@ impl Node {
             self.shaper.set_account_cap(&a.name, cap_kbps);
         }
         self.shaper.set_capacity(config.capacity_mbps);
-        let served = Served { version: config.version, accounts };
+        let served = Served { version: config.version, accounts, packaging: config.packaging };
         *self.served.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(served);
     }
 

@@ -153,6 +153,24 @@ pub struct Playback {
     pub keys: Vec<PlaybackKey>,
 }
 
+/// How a node makes what players ask for from an asset's stored files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Packaging {
+    /// The files as uploaded (pre-packaged HLS or DASH): the `hls` and `dash` types.
+    #[default]
+    Files,
+    /// HLS and DASH packaged on request from the asset's MP4 files: the `jit`
+    /// type. Other paths are still served as files (the MP4s themselves).
+    Jit,
+}
+
+impl Packaging {
+    pub fn is_files(&self) -> bool {
+        *self == Self::Files
+    }
+}
+
 /// `GET /v1/nodes/{id}/config`: what the node serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeConfig {
@@ -162,6 +180,9 @@ pub struct NodeConfig {
     /// The node's total egress limit.
     pub capacity_mbps: u32,
     pub accounts: Vec<ServedAccount>,
+    /// The pool's packaging (absent: files, as from older admins).
+    #[serde(default, skip_serializing_if = "Packaging::is_files")]
+    pub packaging: Packaging,
 }
 
 /// Bytes served for one account in one minute (test content excluded).

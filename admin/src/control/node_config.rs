@@ -2,7 +2,7 @@
 //! from what the store says its pool serves. The worker compares it with what a
 //! node runs to know that the node has heard of a change.
 
-use headwater_protocol::{NodeConfig, ServedAccount};
+use headwater_protocol::{NodeConfig, Packaging, ServedAccount};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -44,7 +44,10 @@ pub fn node_config(node_id: Uuid, s: &NodeServing) -> NodeConfig {
         })
         .collect();
     let capacity_mbps = u32::try_from(s.node_capacity_mbps).unwrap_or(1);
-    let mut config = NodeConfig { version: 0, node_id, pool_id: s.pool_id, capacity_mbps, accounts };
+    // The packaging follows the type's name: `jit` is the packager, every other
+    // type (the built-in `hls` and `dash`, an operator's own) serves files.
+    let packaging = if s.origin_type == crate::store::JIT_TYPE { Packaging::Jit } else { Packaging::Files };
+    let mut config = NodeConfig { version: 0, node_id, pool_id: s.pool_id, capacity_mbps, accounts, packaging };
     let digest = Sha256::digest(serde_json::to_vec(&config).unwrap_or_default());
     let mut v = [0u8; 8];
     v.copy_from_slice(&digest[..8]);
@@ -82,6 +85,7 @@ mod tests {
         NodeServing {
             pool_id: Uuid::nil(),
             pool_kind: kind,
+            origin_type: "hls".into(),
             node_capacity_mbps: 100,
             trial_cap_mbps: 5,
             payg_cap_mbps: 10,
@@ -122,5 +126,17 @@ mod tests {
             node_config(Uuid::nil(), &serving(PoolKind::Shared, 2)),
         );
         assert_ne!(one.version, two.version);
+    }
+
+    #[test]
+    fn a_jit_pool_packages_and_every_other_type_serves_files() {
+        let files = node_config(Uuid::nil(), &serving(PoolKind::Shared, 1));
+        assert_eq!(files.packaging, Packaging::Files);
+        let jit = node_config(Uuid::nil(), &NodeServing { origin_type: "jit".into(), ..serving(PoolKind::Shared, 1) });
+        assert_eq!(jit.packaging, Packaging::Jit);
+        assert_ne!(files.version, jit.version);
+        // Older nodes never see the field for files pools.
+        assert!(!serde_json::to_string(&files).unwrap().contains("packaging"));
+        assert!(serde_json::to_string(&jit).unwrap().contains(r#""packaging":"jit""#));
     }
 }

@@ -294,13 +294,14 @@ impl Store {
                     };
                     let allow =
                         ip_allow.as_ref().map(IpAllow::to_strings).unwrap_or_else(|| account.ip_allow.0.clone());
-                    sqlx::query("UPDATE accounts SET offer = $2, sla_mbps = $3, ip_allow = $4, updated_at = $5, allow_origins = $7 WHERE id = $1 AND state = $6")
+                    // Any state but deleted: the worker activating a new account
+                    // meanwhile does not make a change of its offer fail.
+                    sqlx::query("UPDATE accounts SET offer = $2, sla_mbps = $3, ip_allow = $4, updated_at = $5, allow_origins = $6 WHERE id = $1 AND state <> 'deleted'")
                         .bind(account.id)
                         .bind(kind)
                         .bind(sla)
                         .bind(Json(allow))
                         .bind(now)
-                        .bind(account.state)
                         .bind(Json(origins))
                 }
                 AccountChange::Deactivate { retain_until } => sqlx::query(

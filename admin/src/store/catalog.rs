@@ -20,8 +20,12 @@ pub struct OriginTypeSettings {
     pub max_sla_mbps: i32,
 }
 
-/// The types every installation starts with: HLS and DASH from pre-packaged content.
-pub const BUILTIN_TYPES: [&str; 2] = ["hls", "dash"];
+/// The types every installation starts with: HLS and DASH from pre-packaged
+/// content, and `jit`, packaged from MP4 files on request.
+pub const BUILTIN_TYPES: [&str; 3] = ["hls", "dash", JIT_TYPE];
+
+/// The origin type whose nodes package HLS and DASH from MP4 files on request.
+pub const JIT_TYPE: &str = "jit";
 
 impl OriginTypeSettings {
     pub const DEFAULT: Self = Self {

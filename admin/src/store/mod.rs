@@ -33,7 +33,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 pub use accounts::{AccountChange, NewAccount};
-pub use catalog::{BUILTIN_TYPES, OriginTypeSettings};
+pub use catalog::{BUILTIN_TYPES, JIT_TYPE, OriginTypeSettings};
 pub use customers::{AccountLimits, QuotaOverrides, QuotaUse};
 pub use idempotency::{IDEMPOTENCY_TTL_MS, IdempotencyStart};
 pub use node_ca::{IssuedTo, NodeCaRow};

@@ -44,6 +44,8 @@ pub struct ServedAccountRow {
 pub struct NodeServing {
     pub pool_id: Uuid,
     pub pool_kind: PoolKind,
+    /// The pool's origin type: `jit` pools package on request.
+    pub origin_type: String,
     pub node_capacity_mbps: i32,
     pub trial_cap_mbps: i32,
     pub payg_cap_mbps: i32,
@@ -245,18 +247,18 @@ impl Store {
     /// staged to move in, and the ones that left less than
     /// [`MOVE_GRACE_MS`](crate::domain::MOVE_GRACE_MS) ago.
     pub async fn node_serving(&self, id: Uuid, now: UnixMs) -> Result<NodeServing> {
-        let (pool_id, pool_kind, cap, trial, payg, ready_nodes): (Uuid, PoolKind, i32, i32, i32, i64) =
-            on_pool!(self, |p| {
-                sqlx::query_as(
-                    "SELECT p.id, p.kind, t.node_capacity_mbps, t.trial_cap_mbps, t.payg_cap_mbps,
+        type Row = (Uuid, PoolKind, String, i32, i32, i32, i64);
+        let (pool_id, pool_kind, origin_type, cap, trial, payg, ready_nodes): Row = on_pool!(self, |p| {
+            sqlx::query_as(
+                "SELECT p.id, p.kind, p.origin_type, t.node_capacity_mbps, t.trial_cap_mbps, t.payg_cap_mbps,
                         (SELECT COUNT(*) FROM nodes r WHERE r.pool_id = p.id AND r.state = 'ready')
                  FROM nodes n JOIN pools p ON p.id = n.pool_id JOIN origin_types t ON t.name = p.origin_type
                  WHERE n.id = $1",
-                )
-                .bind(id)
-                .fetch_one(p)
-                .await?
-            });
+            )
+            .bind(id)
+            .fetch_one(p)
+            .await?
+        });
         let accounts = on_pool!(self, |p| {
             sqlx::query_as(
                 "SELECT a.name, a.offer, a.state, a.ip_allow, a.allow_origins, a.playback_required, a.playback_keys, a.cdn_secrets
@@ -274,6 +276,7 @@ impl Store {
         Ok(NodeServing {
             pool_id,
             pool_kind,
+            origin_type,
             node_capacity_mbps: cap,
             trial_cap_mbps: trial,
             payg_cap_mbps: payg,

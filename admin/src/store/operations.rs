@@ -349,7 +349,7 @@ macro_rules! apply_effect {
                 .await?;
                 let pool = pool.ok_or_else(|| StoreError::Constraint(format!("account {account_id} has no pool")))?;
                 if state == AccountState::Provisioning {
-                    sqlx::query("UPDATE accounts SET state = 'active', updated_at = $2 WHERE id = $1")
+                    sqlx::query("UPDATE accounts SET state = 'active', updated_at = $2 WHERE id = $1 AND state = 'provisioning'")
                         .bind(account_id)
                         .bind($now)
                         .execute(&mut *$tx)

@@ -1,0 +1,316 @@
+//! Just-in-time packaging on the node (the `jit` type): an asset's MP4 files are
+//! indexed once and kept, its manifests and segments are made on request by
+//! `headwater-jit` and kept too, both bounded by `--jit-cache-mib`. They are
+//! answered like files (validators, conditional requests, ranges), with an ETag
+//! made of the source files' ETags, the packager's version and settings, and the
+//! path: the same on every node and after a restart, so a router resumes a
+//! broken body on another node with `If-Range`, and CDNs cache.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use headwater_content::{ContentError, ContentPath, ContentStore, Meta};
+use headwater_jit::{Asset, IndexError, Request, Settings, Unpackable, manifest};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+use sha2::Digest;
+use tokio::time::Instant;
+
+use crate::files::{Reply, answer_in_memory, httpdate};
+
+/// Why a packaged answer could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// No MP4 in the asset, no such rendition, or a segment past the end.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The asset's files cannot be packaged (a corrupt or unsupported file put
+    /// in the store behind admin's back): this asset fails, nothing else.
+    #[error(transparent)]
+    Unpackable(#[from] Unpackable),
+    #[error(transparent)]
+    Store(#[from] ContentError),
+}
+
+impl PackError {
+    /// The problem a player gets.
+    pub fn status_kind(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            Self::Unpackable(_) => (StatusCode::INTERNAL_SERVER_ERROR, "unpackable"),
+            Self::Store(_) => (StatusCode::BAD_GATEWAY, "content-store"),
+        }
+    }
+}
+
+impl From<IndexError> for PackError {
+    fn from(e: IndexError) -> Self {
+        match e {
+            IndexError::Unpackable(u) => Self::Unpackable(u),
+            IndexError::Store(ContentError::NotFound) => Self::NotFound("a file of the asset is gone"),
+            IndexError::Store(e) => Self::Store(e),
+        }
+    }
+}
+
+/// An asset as packaged from the files listed: its tracks and segments, or why
+/// it cannot be packaged (kept too, so a bad file is read once, not per request).
+struct Packaged {
+    /// The asset's MP4 files (name inside the asset, metadata), by name.
+    sources: Vec<(String, Meta)>,
+    asset: Result<Asset, Unpackable>,
+    /// Names the sources, the packager's version and its settings: every
+    /// output's cache key and ETag start from it.
+    tag: Arc<str>,
+    /// The newest source's modification time (seconds).
+    last_modified: i64,
+}
+
+#[derive(Clone)]
+struct AssetEntry {
+    packaged: Arc<Packaged>,
+    checked: Instant,
+}
+
+/// What a sample row costs in memory (offset, size, times, flags).
+const SAMPLE_BYTES: u64 = std::mem::size_of::<headwater_jit::index::Sample>() as u64;
+
+#[derive(Clone)]
+struct AssetWeight;
+
+impl Weighter<String, AssetEntry> for AssetWeight {
+    fn weight(&self, _: &String, e: &AssetEntry) -> u64 {
+        let samples: usize = e
+            .packaged
+            .asset
+            .as_ref()
+            .map_or(0, |a| a.renditions.iter().map(|r| r.track.samples.len() + r.segments.len()).sum());
+        samples as u64 * SAMPLE_BYTES + 1024
+    }
+}
+
+/// A manifest or segment as made, with its validator.
+struct Output {
+    bytes: Bytes,
+    etag: String,
+}
+
+#[derive(Clone)]
+struct OutputWeight;
+
+impl Weighter<String, Arc<Output>> for OutputWeight {
+    fn weight(&self, k: &String, o: &Arc<Output>) -> u64 {
+        (o.bytes.len() + o.etag.len() + k.len()) as u64 + 128
+    }
+}
+
+/// The node's packager.
+pub struct Packager {
+    store: ContentStore,
+    settings: Settings,
+    /// `account/asset` → the asset as packaged.
+    assets: Cache<String, AssetEntry, AssetWeight>,
+    /// `{tag}/{path under the asset}` → the bytes.
+    outputs: Cache<String, Arc<Output>, OutputWeight>,
+    /// Outputs larger than this are made for each request, not kept.
+    max_output: u64,
+    /// A kept asset older than this is checked against the store: a re-upload
+    /// is packaged anew within this time.
+    revalidate: Duration,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// Packaging counters for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct PackStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes: u64,
+}
+
+impl Packager {
+    /// A packager with `cache_mib` of memory: a quarter for indexes, the rest for
+    /// manifests and segments.
+    pub fn new(store: ContentStore, cache_mib: u64, settings: Settings) -> Self {
+        let capacity = cache_mib.max(1) * 1024 * 1024;
+        let indexes = (capacity / 4).max(1);
+        let outputs = (capacity - capacity / 4).max(1);
+        Self {
+            store,
+            settings,
+            assets: Cache::with_weighter(256, indexes, AssetWeight),
+            outputs: Cache::with_weighter(4096, outputs, OutputWeight),
+            max_output: (outputs / 8).max(1),
+            revalidate: Duration::from_secs(2),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> PackStats {
+        PackStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            bytes: self.assets.weight() + self.outputs.weight(),
+        }
+    }
+
+    /// Answers a GET or HEAD for `request`, the path `rest` under the asset
+    /// folder `dir` (`account/asset`).
+    pub async fn reply(
+        &self,
+        dir: &ContentPath,
+        request: &Request<'_>,
+        rest: &str,
+        req: &HeaderMap,
+        head: bool,
+    ) -> Result<Reply, PackError> {
+        let packaged = self.asset(dir).await?;
+        let asset = packaged.asset.as_ref().map_err(|e| PackError::Unpackable(e.clone()))?;
+        let key = format!("{}/{rest}", packaged.tag);
+        let output = match self.outputs.get_value_or_guard_async(&key).await {
+            Ok(o) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                o
+            }
+            Err(guard) => {
+                // Others asking for the same output meanwhile wait for this one.
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                let bytes = Bytes::from(self.make(dir, asset, request).await?);
+                let digest = sha2::Sha256::digest(key.as_bytes());
+                let output = Arc::new(Output { bytes, etag: format!("\"jit-{}\"", hex::encode(&digest[..12])) });
+                if output.bytes.len() as u64 <= self.max_output {
+                    let _ = guard.insert(output.clone());
+                }
+                output
+            }
+        };
+        let mut headers = HeaderMap::with_capacity(8);
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(request.content_type()));
+        if let Ok(v) = HeaderValue::from_str(&output.etag) {
+            headers.insert(header::ETAG, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&httpdate(packaged.last_modified)) {
+            headers.insert(header::LAST_MODIFIED, v);
+        }
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        let lifetime = if request.is_manifest() { "public, max-age=60" } else { "public, max-age=86400" };
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(lifetime));
+        let meta =
+            Meta { size: output.bytes.len() as u64, last_modified: packaged.last_modified, etag: output.etag.clone() };
+        Ok(answer_in_memory(headers, &meta, req, head, output.bytes.clone()))
+    }
+
+    /// The bytes `request` asks for.
+    async fn make(&self, dir: &ContentPath, asset: &Asset, request: &Request<'_>) -> Result<Vec<u8>, PackError> {
+        let rendition = |name: &str| asset.rendition(name).ok_or(PackError::NotFound("no such rendition"));
+        Ok(match *request {
+            Request::HlsMaster => manifest::hls_master(asset),
+            Request::HlsMedia(name) => manifest::hls_media(rendition(name)?),
+            Request::DashManifest => manifest::dash_mpd(asset),
+            Request::Init(name) => headwater_jit::cmaf::init_segment(&rendition(name)?.track)?,
+            Request::Segment(name, n) => {
+                let r = rendition(name)?;
+                let file = dir.join(&r.file).map_err(|_| PackError::NotFound("no such file"))?;
+                headwater_jit::media_segment(&self.store, &file, r, n)
+                    .await?
+                    .ok_or(PackError::NotFound("no such segment"))?
+            }
+        })
+    }
+
+    /// The asset of the folder `dir`: kept, checked against the store's listing
+    /// once it is older than [`Packager::revalidate`], packaged anew when its
+    /// files changed. Concurrent requests for an asset not kept wait for one
+    /// packaging.
+    async fn asset(&self, dir: &ContentPath) -> Result<Arc<Packaged>, PackError> {
+        let key = dir.as_str();
+        let now = Instant::now();
+        if let Some(e) = self.assets.get(key) {
+            if now.duration_since(e.checked) < self.revalidate {
+                return Ok(e.packaged);
+            }
+            let sources = self.sources(dir).await?;
+            if sources == e.packaged.sources {
+                self.assets.insert(key.to_owned(), AssetEntry { packaged: e.packaged.clone(), checked: now });
+                return Ok(e.packaged);
+            }
+            self.assets.remove(key);
+        }
+        match self.assets.get_value_or_guard_async(key).await {
+            Ok(e) => Ok(e.packaged),
+            Err(guard) => {
+                let sources = self.sources(dir).await?;
+                let packaged = Arc::new(self.package(dir, sources).await?);
+                let _ = guard.insert(AssetEntry { packaged: packaged.clone(), checked: Instant::now() });
+                Ok(packaged)
+            }
+        }
+    }
+
+    /// The asset's MP4 files; `NotFound` when it has none.
+    async fn sources(&self, dir: &ContentPath) -> Result<Vec<(String, Meta)>, PackError> {
+        let mut files = self.store.list_files(dir).await?;
+        files.retain(|(name, _)| name.to_ascii_lowercase().ends_with(".mp4"));
+        if files.is_empty() {
+            return Err(PackError::NotFound("the asset has no MP4 file"));
+        }
+        Ok(files)
+    }
+
+    /// Reads every source's index and packages the asset. A file that cannot be
+    /// packaged makes the asset unpackable (kept, and logged once); a store
+    /// failure is returned and nothing is kept.
+    async fn package(&self, dir: &ContentPath, sources: Vec<(String, Meta)>) -> Result<Packaged, PackError> {
+        let mut indexes = Vec::with_capacity(sources.len());
+        let mut refused = None;
+        for (name, meta) in &sources {
+            let path = dir.join(name).map_err(|_| PackError::NotFound("no such file"))?;
+            match headwater_jit::read_index(&self.store, &path, meta.size).await {
+                Ok(index) => indexes.push((name.clone(), index)),
+                Err(IndexError::Unpackable(why)) => {
+                    refused = Some(Unpackable(format!("{name}: {why}")));
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let asset = match refused {
+            Some(why) => Err(why),
+            None => Asset::build(&indexes, self.settings),
+        };
+        if let Err(why) = &asset {
+            tracing::warn!(asset = %dir, reason = %why, "the asset cannot be packaged");
+        }
+        let mut tag = sha2::Sha256::new();
+        tag.update(headwater_jit::PACKAGER_VERSION.to_be_bytes());
+        tag.update(self.settings.segment_secs.to_be_bytes());
+        for (name, meta) in &sources {
+            tag.update(name.as_bytes());
+            tag.update([0]);
+            tag.update(meta.etag.as_bytes());
+            tag.update([0]);
+        }
+        let tag: Arc<str> = Arc::from(hex::encode(&tag.finalize()[..16]));
+        let last_modified = sources.iter().map(|(_, m)| m.last_modified).max().unwrap_or(0);
+        Ok(Packaged { sources, asset, tag, last_modified })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_the_problems_players_get() {
+        assert_eq!(PackError::NotFound("x").status_kind().0, StatusCode::NOT_FOUND);
+        let bad: PackError = IndexError::Unpackable(Unpackable("truncated".into())).into();
+        assert_eq!(bad.status_kind(), (StatusCode::INTERNAL_SERVER_ERROR, "unpackable"));
+        let gone: PackError = IndexError::Store(ContentError::NotFound).into();
+        assert_eq!(gone.status_kind().0, StatusCode::NOT_FOUND);
+    }
+}

@@ -1,0 +1,288 @@
+//! Just-in-time packaging through the real binaries: a customer uploads MP4s to
+//! an account of the `jit` type, a node packages HLS (fMP4) and DASH on request,
+//! and ffprobe decodes what the node serves frame for frame against the sources.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use reqwest::{StatusCode, header};
+use serde_json::{Value, json};
+use support::{Admin, Backend, Origin};
+
+fn tools() -> bool {
+    let found = support::which("ffmpeg").is_some() && support::which("ffprobe").is_some();
+    if !found {
+        assert!(std::env::var("CI").is_err(), "ffmpeg is required in CI (scripts/test installs it)");
+        eprintln!("ffmpeg not installed: skipping");
+    }
+    found
+}
+
+fn ffmpeg(args: &[&str]) {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Two renditions of 9 s with the same keyframes (every 2 s), B-frames and AAC
+/// audio, as an encoder for VOD would make them.
+fn sources(dir: &Path) -> Vec<(String, PathBuf)> {
+    [("180p", "320x180"), ("360p", "640x360")]
+        .into_iter()
+        .map(|(name, size)| {
+            let out = dir.join(format!("{name}.mp4"));
+            ffmpeg(&[
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("testsrc2=size={size}:rate=25"),
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=48000",
+                "-t",
+                "9",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-bf",
+                "2",
+                "-g",
+                "50",
+                "-keyint_min",
+                "50",
+                "-sc_threshold",
+                "0",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "64k",
+                out.to_str().unwrap(),
+            ]);
+            (format!("{name}.mp4"), out)
+        })
+        .collect()
+}
+
+/// One decoded frame: presentation time (s), keyframe, audio samples.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    pts: f64,
+    key: bool,
+    samples: u64,
+}
+
+/// Every frame ffprobe decodes from stream `stream` of `input` (a file or URL),
+/// in presentation order, and the stream's tick (s); any decoding error fails.
+async fn frames(input: &str, stream: &str, raw_source: bool) -> (Vec<Frame>, f64) {
+    let mut cmd = tokio::process::Command::new("ffprobe");
+    cmd.args(["-v", "error"]);
+    if raw_source {
+        // The source's own sample times, edit lists not applied (the packager
+        // carries times, not edits).
+        cmd.args(["-ignore_editlist", "1"]);
+    }
+    let out = cmd
+        .args(["-select_streams", stream])
+        .args(["-show_entries", "frame=pts_time,key_frame,nb_samples:stream=time_base", "-of", "json", input])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "ffprobe {input}: {stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut frames: Vec<Frame> = v["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| Frame {
+            pts: f["pts_time"].as_str().unwrap().parse().unwrap(),
+            key: f["key_frame"] == 1,
+            samples: f["nb_samples"].as_u64().unwrap_or(0),
+        })
+        .collect();
+    frames.sort_by(|a, b| a.pts.total_cmp(&b.pts));
+    let base = v["streams"][0]["time_base"].as_str().unwrap();
+    let (num, den) = base.split_once('/').unwrap();
+    (frames, num.parse::<f64>().unwrap() / den.parse::<f64>().unwrap())
+}
+
+/// The packaged stream decodes to the source's frames: as many, the same
+/// keyframes and audio samples, and every presentation time within one tick of
+/// the source's once both start at 0.
+async fn same_frames(what: &str, packaged: &str, source: &Path, stream: &str) {
+    let (ours, _) = frames(packaged, "0", false).await;
+    let (theirs, tick) = frames(source.to_str().unwrap(), stream, true).await;
+    assert_eq!(ours.len(), theirs.len(), "{what}: frames decoded");
+    let keys = |f: &[Frame]| f.iter().filter(|f| f.key).count();
+    assert_eq!(keys(&ours), keys(&theirs), "{what}: keyframes");
+    let samples = |f: &[Frame]| f.iter().map(|f| f.samples).sum::<u64>();
+    assert_eq!(samples(&ours), samples(&theirs), "{what}: audio samples");
+    let (o0, t0) = (ours[0].pts, theirs[0].pts);
+    for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
+        // ffprobe prints times to the microsecond.
+        let off = ((o.pts - o0) - (t.pts - t0)).abs();
+        assert!(off <= tick + 2e-6, "{what}: frame {i} at {} s, the source's at {} s", o.pts - o0, t.pts - t0);
+    }
+}
+
+async fn upload(admin: &Admin, key: &str, path: &str, bytes: Vec<u8>) -> reqwest::Response {
+    admin
+        .http
+        .put(format!("{}/v1/accounts/ana-jit/assets/{path}", admin.url))
+        .bearer_auth(key)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get(http: &reqwest::Client, url: &str, headers: &[(header::HeaderName, &str)]) -> reqwest::Response {
+    let mut req = http.get(url);
+    for (k, v) in headers {
+        req = req.header(k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
+    if !tools() {
+        return;
+    }
+    let media = tempfile::tempdir().unwrap();
+    let files = sources(media.path());
+    let admin = Admin::start(Backend::Sqlite, &[]).await;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let body = json!({"name": "ana-jit", "origin_type": "jit", "offer": {"kind": "payg"}});
+    let pool = admin.account(&key, body).await;
+    for (name, path) in &files {
+        let res = upload(&admin, &key, &format!("movie/{name}"), std::fs::read(path).unwrap()).await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{name}: {}", res.text().await.unwrap());
+    }
+    let (id, token) = admin.register_node(&pool).await;
+    let node = Origin::start(&admin, &id, &token, 1000, &[]).await;
+    node.wait_state(&admin, "ready").await;
+    let http = reqwest::Client::new();
+    let base = format!("{}/ana-jit/movie", node.url);
+
+    // The master playlist names both video renditions and the one audio track.
+    let res = get(&http, &format!("{base}/hls/master.m3u8"), &[]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "application/vnd.apple.mpegurl");
+    assert!(res.headers()[header::ETAG].to_str().unwrap().starts_with("\"jit-"));
+    assert_eq!(res.headers()[header::CACHE_CONTROL], "public, max-age=60");
+    let master = res.bytes().await.unwrap();
+    let m3u8_rs::Playlist::MasterPlaylist(m) = m3u8_rs::parse_playlist_res(&master).unwrap() else {
+        panic!("a master playlist: {}", String::from_utf8_lossy(&master))
+    };
+    let variants: Vec<&str> = m.variants.iter().map(|v| v.uri.as_str()).collect();
+    assert_eq!(variants, ["180p-v1.m3u8", "360p-v1.m3u8"]);
+    let audio: Vec<&str> = m.alternatives.iter().filter_map(|a| a.uri.as_deref()).collect();
+    assert_eq!(audio, ["180p-a2.m3u8"]);
+
+    // Every rendition, fetched from the node by ffprobe's HLS reader, decodes
+    // to its source's frames.
+    let source = |name: &str| files.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    for (rendition, file, stream) in
+        [("180p-v1", "180p.mp4", "v:0"), ("360p-v1", "360p.mp4", "v:0"), ("180p-a2", "180p.mp4", "a:0")]
+    {
+        let url = format!("{base}/hls/{rendition}.m3u8");
+        same_frames(&format!("HLS {rendition}"), &url, &source(file), stream).await;
+    }
+
+    // DASH: the same segments under one MPD; ffprobe reads it whole.
+    let res = get(&http, &format!("{base}/dash/manifest.mpd"), &[]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "application/dash+xml");
+    let mpd = dash_mpd::parse(&res.text().await.unwrap()).unwrap();
+    let sets = &mpd.periods[0].adaptations;
+    assert_eq!(sets.len(), 2, "video and audio");
+    assert_eq!(sets[0].representations.len(), 2);
+    let out = tokio::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration:stream=codec_type", "-of", "json"])
+        .arg(format!("{base}/dash/manifest.mpd"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "DASH: {stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let duration: f64 = v["format"]["duration"].as_str().unwrap().parse().unwrap();
+    assert!((8.9..=9.1).contains(&duration), "DASH duration {duration} s");
+    let kinds: Vec<&str> = v["streams"].as_array().unwrap().iter().map(|s| s["codec_type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "video").count(), 2, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "audio").count(), 1, "{kinds:?}");
+
+    // A segment has the validators and ranges of a file, and the same bytes and
+    // ETag every time, on every node: a second node (a fresh process) agrees.
+    let segment = format!("{base}/cmaf/360p-v1/2.m4s");
+    let first = get(&http, &segment, &[]).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()[header::CONTENT_TYPE], "video/mp4");
+    assert_eq!(first.headers()[header::CACHE_CONTROL], "public, max-age=86400");
+    let etag = first.headers()[header::ETAG].to_str().unwrap().to_owned();
+    let bytes = first.bytes().await.unwrap();
+    assert!(bytes.len() > 1000 && &bytes[4..8] == b"styp", "a CMAF media segment");
+    let ranged = get(&http, &segment, &[(header::RANGE, "bytes=100-199"), (header::IF_RANGE, &etag)]).await;
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(ranged.headers()[header::CONTENT_RANGE], format!("bytes 100-199/{}", bytes.len()).as_str());
+    assert_eq!(ranged.bytes().await.unwrap(), bytes.slice(100..200));
+    let stale = get(&http, &segment, &[(header::RANGE, "bytes=100-199"), (header::IF_RANGE, "\"other\"")]).await;
+    assert_eq!(stale.status(), StatusCode::OK, "a stale If-Range gets the whole segment");
+    let cached = get(&http, &segment, &[(header::IF_NONE_MATCH, &etag)]).await;
+    assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+    let (id2, token2) = admin.register_node(&pool).await;
+    let other = Origin::start(&admin, &id2, &token2, 1000, &[]).await;
+    other.wait_state(&admin, "ready").await;
+    let again = get(&http, &format!("{}/ana-jit/movie/cmaf/360p-v1/2.m4s", other.url), &[]).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.headers()[header::ETAG].to_str().unwrap(), etag);
+    assert_eq!(again.bytes().await.unwrap(), bytes, "byte-identical on another node");
+    let master_again = get(&http, &format!("{}/ana-jit/movie/hls/master.m3u8", other.url), &[]).await;
+    assert_eq!(master_again.bytes().await.unwrap(), master);
+
+    // The MP4s themselves still download as files.
+    let mp4 = get(&http, &format!("{base}/360p.mp4"), &[]).await;
+    assert_eq!(mp4.status(), StatusCode::OK);
+    assert_eq!(mp4.bytes().await.unwrap(), std::fs::read(source("360p.mp4")).unwrap());
+
+    // What is not there is a 404 problem.
+    for path in ["cmaf/720p-v1/1.m4s", "cmaf/360p-v1/3.m4s", "hls/720p-v1.m3u8", "none/hls/master.m3u8"] {
+        let url =
+            if path.starts_with("none/") { format!("{}/ana-jit/{path}", node.url) } else { format!("{base}/{path}") };
+        let res = get(&http, &url, &[]).await;
+        support::expect_problem(res, StatusCode::NOT_FOUND, "not-found", None).await;
+    }
+
+    // A corrupt file put in the store behind admin's back fails its asset with a
+    // reason, and nothing else: the node keeps serving the good one.
+    let broken = admin.content_dir().join("ana-jit/broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    let mut cut = std::fs::read(source("180p.mp4")).unwrap();
+    cut.truncate(cut.len() / 2);
+    std::fs::write(broken.join("cut.mp4"), cut).unwrap();
+    let res = get(&http, &format!("{}/ana-jit/broken/hls/master.m3u8", node.url), &[]).await;
+    let problem = support::expect_problem(res, StatusCode::INTERNAL_SERVER_ERROR, "unpackable", None).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.starts_with("cut.mp4: ") && detail.contains("truncated"), "{detail}");
+    let still = get(&http, &format!("{base}/hls/master.m3u8"), &[]).await;
+    assert_eq!(still.status(), StatusCode::OK);
+
+    // The node's metrics count what it packaged and what it served from memory.
+    let metrics = support::metrics(&node.url).await;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert!(value("headwater_origin_jit_misses_total ") >= 10.0);
+    assert!(value("headwater_origin_jit_hits_total ") >= 3.0);
+    assert!(value("headwater_origin_jit_cache_bytes ") > 100_000.0);
+}
