@@ -286,3 +286,76 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     assert!(value("headwater_origin_jit_hits_total ") >= 3.0);
     assert!(value("headwater_origin_jit_cache_bytes ") > 100_000.0);
 }
+
+/// A 4 s H.264 clip at 160x90 with a keyframe every `gop` frames (25 fps).
+fn clip(dir: &Path, name: &str, gop: u32, extra: &[&str]) -> Vec<u8> {
+    let out = dir.join(name);
+    let gop = gop.to_string();
+    let mut args = vec!["-f", "lavfi", "-i", "testsrc2=size=160x90:rate=25", "-t", "4", "-c:v", "libx264"];
+    args.extend(["-preset", "ultrafast", "-g", &gop, "-keyint_min", &gop, "-sc_threshold", "0"]);
+    args.extend(extra);
+    args.push(out.to_str().unwrap());
+    ffmpeg(&args);
+    std::fs::read(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_to_a_jit_account_are_checked_by_the_packager() {
+    if !tools() {
+        return;
+    }
+    let media = tempfile::tempdir().unwrap();
+    let admin = Admin::start(Backend::Sqlite, &[]).await;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    admin.account(&key, json!({"name": "ana-jit", "origin_type": "jit", "offer": {"kind": "trial"}})).await;
+    let stored = |path: &str| admin.content_dir().join("ana-jit").join(path).exists();
+    let staged = || std::fs::read_dir(admin.content_dir().join("_uploads/ana-jit")).map_or(0, |d| d.count());
+
+    // Refused with the reason, and nothing is left behind.
+    let good = clip(media.path(), "good.mp4", 50, &[]);
+    let refusals: [(&str, Vec<u8>, &str); 4] = [
+        ("text.mp4", b"hello, this is not a video at all".to_vec(), "ftyp"),
+        ("cut.mp4", good[..good.len() / 2].to_vec(), "truncated"),
+        ("frag.mp4", clip(media.path(), "frag.mp4", 50, &["-movflags", "frag_keyframe+empty_moov"]), "fragmented"),
+        (
+            "mp3.mp4",
+            {
+                let p = media.path().join("mp3.mp4");
+                ffmpeg(&["-f", "lavfi", "-i", "sine", "-t", "1", "-c:a", "libmp3lame", p.to_str().unwrap()]);
+                std::fs::read(p).unwrap()
+            },
+            "no H.264, H.265 or AAC track",
+        ),
+    ];
+    for (name, bytes, reason) in refusals {
+        let res = upload(&admin, &key, &format!("movie/{name}"), bytes).await;
+        let p = support::expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "unpackable", Some("path")).await;
+        let detail = p["detail"].as_str().unwrap();
+        assert!(detail.starts_with(&format!("{name}: ")) && detail.contains(reason), "{name}: {detail}");
+        assert!(!stored(&format!("movie/{name}")), "{name} is not stored");
+    }
+    assert_eq!(staged(), 0, "refused uploads leave nothing aside");
+
+    // A packageable MP4 goes in place; another rendition must have the same
+    // keyframes (every 2 s here), or bitrate switching would break.
+    let res = upload(&admin, &key, "movie/360p.mp4", good.clone()).await;
+    assert_eq!(res.status(), StatusCode::CREATED, "{}", res.text().await.unwrap());
+    assert_eq!(std::fs::read(admin.content_dir().join("ana-jit/movie/360p.mp4")).unwrap(), good);
+    let res = upload(&admin, &key, "movie/180p.mp4", clip(media.path(), "odd.mp4", 30, &[])).await;
+    let p = support::expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "unpackable", Some("path")).await;
+    assert!(p["detail"].as_str().unwrap().contains("the keyframes of 360p-v1 do not line up with those of 180p-v1"), "{p}");
+    assert!(!stored("movie/180p.mp4"));
+    let res = upload(&admin, &key, "movie/180p.mp4", clip(media.path(), "same.mp4", 50, &[])).await;
+    assert_eq!(res.status(), StatusCode::CREATED, "{}", res.text().await.unwrap());
+    // Re-uploading a rendition replaces it, checked against the others.
+    let res = upload(&admin, &key, "movie/360p.mp4", clip(media.path(), "odd2.mp4", 30, &[])).await;
+    support::expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "unpackable", Some("path")).await;
+    assert_eq!(std::fs::read(admin.content_dir().join("ana-jit/movie/360p.mp4")).unwrap(), good, "kept");
+    assert_eq!(staged(), 0);
+
+    // Other files of a jit asset (a poster, files in a folder) are stored as they are.
+    for path in ["movie/poster.jpg", "movie/extra/notes.mp4"] {
+        let res = upload(&admin, &key, path, b"not checked".to_vec()).await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{path}");
+    }
+}

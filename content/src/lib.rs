@@ -271,6 +271,16 @@ impl ContentStore {
         Ok(files)
     }
 
+    /// Moves `from` to `to`, replacing it (on a local store, atomically).
+    pub async fn rename(&self, from: &ContentPath, to: &ContentPath) -> Result<()> {
+        self.store.rename(&Self::key(from), &Self::key(to)).await.map_err(write_error)
+    }
+
+    /// Deletes one file.
+    pub async fn delete(&self, path: &ContentPath) -> Result<()> {
+        Ok(self.store.delete(&Self::key(path)).await?)
+    }
+
     /// Deletes every file under `prefix`; returns how many.
     pub async fn delete_prefix(&self, prefix: &ContentPath) -> Result<u64> {
         let prefix = Self::key(prefix);

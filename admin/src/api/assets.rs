@@ -1,6 +1,8 @@
-//! Asset upload: packaged HLS/DASH files are streamed into the content store, never
-//! held whole in memory. Paths are percent-decoded once (by the router) and every
-//! segment is checked before anything is read or written.
+//! Asset upload: packaged HLS/DASH files (and a `jit` account's MP4s) are
+//! streamed into the content store, never held whole in memory. Paths are
+//! percent-decoded once (by the router) and every segment is checked before
+//! anything is read or written; an MP4 of a `jit` asset is checked by the
+//! packager before it is put in place.
 
 use axum::Json;
 use axum::body::Body;
@@ -13,7 +15,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::auth::Caller;
 use super::problem::{ApiError, Problem};
-use crate::store::StoreError;
+use crate::store::{JIT_TYPE, StoreError};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Uploaded {
@@ -97,7 +99,8 @@ fn asset_path(account: &str, asset: &str, rest: Option<&str>) -> Result<ContentP
 #[utoipa::path(put, path = "/v1/accounts/{name}/assets/{asset}/{path}", tag = "assets", security(("bearer" = [])),
     params(("name" = String, Path), ("asset" = String, Path), ("path" = String, Path, description = "file path inside the asset")),
     request_body(content = Option<Vec<u8>>, content_type = "application/octet-stream", description = "the file's bytes (none for an empty file)"),
-    responses((status = 201, body = Uploaded), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = Uploaded), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem),
+        (status = 422, description = "an invalid path, or (an MP4 in a `jit` asset) a file the packager cannot package: `unpackable`, its reason in `detail`", body = Problem)))]
 pub async fn upload(
     State(s): State<AppState>,
     caller: Caller,
@@ -133,13 +136,78 @@ pub async fn upload(
         return Err(over_quota());
     }
     let limit = s.settings.max_upload_bytes.min(room);
-    let bytes = match s.content.write_stream(&target, body.into_data_stream(), limit).await {
+    // A `jit` asset's MP4 is written aside and put in place only once the
+    // packager can package it with the asset's other MP4s.
+    let staged = if a.origin_type == JIT_TYPE && is_source(&path) {
+        Some(
+            ContentPath::parse(&format!("{STAGING}/{}/{}", a.name, uuid::Uuid::new_v4()))
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let written = s.content.write_stream(staged.as_ref().unwrap_or(&target), body.into_data_stream(), limit).await;
+    let bytes = match written {
         Err(ContentError::TooLarge { .. }) if limit < s.settings.max_upload_bytes => return Err(over_quota()),
         other => other.map_err(content_error)?,
     };
+    if let Some(staged) = &staged {
+        if let Err(e) = check_source(&s.content, &target, staged, bytes).await {
+            if let Err(gone) = s.content.delete(staged).await {
+                tracing::warn!(error = %gone, path = %staged, "a refused upload could not be deleted");
+            }
+            return Err(e);
+        }
+        s.content.rename(staged, &target).await.map_err(content_error)?;
+    }
     s.store.record_stored_file(a.id, rel, i64::try_from(bytes).unwrap_or(i64::MAX), s.clock.now_ms()).await?;
     let url = format!("{}{}", a.locator, target.rest());
     Ok((StatusCode::CREATED, Json(Uploaded { account: name, asset, path, bytes, url })))
+}
+
+/// Where MP4s for `jit` accounts wait while they are checked: not an account
+/// (no account name starts with `_`), so no node serves it.
+const STAGING: &str = "_uploads";
+
+/// An MP4 directly in an asset: one the packager reads.
+fn is_source(path: &str) -> bool {
+    !path.contains('/') && path.to_ascii_lowercase().ends_with(".mp4")
+}
+
+/// Refuses an MP4 (staged at `staged`, for `target`) that the packager cannot
+/// package: malformed, truncated, fragmented or of a codec it does not serve,
+/// or a rendition whose keyframes do not line up with the asset's other MP4s
+/// (bitrate switching would break).
+async fn check_source(
+    store: &headwater_content::ContentStore,
+    target: &ContentPath,
+    staged: &ContentPath,
+    size: u64,
+) -> Result<(), ApiError> {
+    let name = target.as_str().rsplit('/').next().unwrap_or_default().to_owned();
+    let refused = |why: String| ApiError::Unpackable { detail: format!("{name}: {why}") };
+    let index = headwater_jit::read_index(store, staged, size).await.map_err(|e| match e {
+        headwater_jit::IndexError::Unpackable(u) => refused(u.0),
+        headwater_jit::IndexError::Store(e) => content_error(e),
+    })?;
+    let dir = target.as_str().rsplit_once('/').map_or("", |(d, _)| d);
+    let dir = ContentPath::parse(dir).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut files = vec![(name.clone(), index)];
+    for (other, meta) in store.list_files(&dir).await.map_err(content_error)? {
+        if other == name || !is_source(&other) {
+            continue;
+        }
+        let path = dir.join(&other).map_err(|e| ApiError::Internal(e.to_string()))?;
+        match headwater_jit::read_index(store, &path, meta.size).await {
+            Ok(index) => files.push((other, index)),
+            // Put in the store behind admin's back: nodes refuse it already.
+            Err(headwater_jit::IndexError::Unpackable(_)) => {}
+            Err(headwater_jit::IndexError::Store(e)) => return Err(content_error(e)),
+        }
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    headwater_jit::Asset::build(&files, headwater_jit::Settings::default()).map_err(|u| refused(u.0))?;
+    Ok(())
 }
 
 /// The account's assets with file counts and sizes.

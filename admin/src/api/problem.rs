@@ -61,6 +61,9 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("idempotency key reused with a different request")]
     IdempotencyMismatch,
+    /// An MP4 uploaded to a `jit` account that the packager cannot package.
+    #[error("{detail}")]
+    Unpackable { detail: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -98,6 +101,9 @@ impl ApiError {
                 "Idempotency key reused",
                 Some("Idempotency-Key".into()),
             ),
+            ApiError::Unpackable { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "unpackable", "Cannot be packaged", Some("path".into()))
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", None),
         }
     }
