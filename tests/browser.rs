@@ -6,48 +6,15 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use axum::routing::{get, post};
 use reqwest::StatusCode;
 use serde_json::Value;
+use support::browser::{self, Player};
 use support::{NodeCleanup, value};
-use tokio::process::Command;
-
-const PAGE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
-
-/// Serves the player page and hls.js on a port of its own, and keeps what the page reports.
-async fn page_server() -> (String, Arc<Mutex<Option<Value>>>) {
-    let hls = std::fs::read(format!("{PAGE_DIR}/node_modules/hls.js/dist/hls.min.js"))
-        .expect("hls.js is installed: npm ci --prefix tests/browser (scripts/test does it)");
-    let page = std::fs::read_to_string(format!("{PAGE_DIR}/player.html")).unwrap();
-    let report = Arc::new(Mutex::new(None));
-    let app = axum::Router::new()
-        .route("/", get(move || async move { axum::response::Html(page) }))
-        .route("/hls.min.js", get(move || async move { ([("content-type", "text/javascript")], hls) }))
-        .route(
-            "/report",
-            post({
-                let report = report.clone();
-                move |axum::Json(v): axum::Json<Value>| async move {
-                    *report.lock().unwrap() = Some(v);
-                    StatusCode::NO_CONTENT
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, report)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hls_js_in_chromium_plays_the_demo_locator() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let chromium = support::which("chromium")
-        .or_else(|| support::which("chromium-browser"))
-        .expect("chromium is installed (scripts/test installs Debian's chromium)");
+    let chromium = browser::chromium();
     let data = tempfile::tempdir().unwrap();
     let _cleanup = NodeCleanup(data.path().to_path_buf());
     let (_up, lines) = support::up_demo(data.path()).await;
@@ -68,7 +35,7 @@ async fn hls_js_in_chromium_plays_the_demo_locator() {
     assert!(allowed("access-control-allow-headers").unwrap().contains("range"));
     assert!(allowed("access-control-allow-methods").unwrap().contains("get"));
 
-    let got = play(&chromium, &locator).await;
+    let got = browser::play(&chromium, Player::HlsJs, &locator).await;
     assert_eq!(got["levels"], 2, "both renditions of the master playlist: {got}");
 
     // Signed playback: the locator then needs a token, and hls.js plays the
@@ -115,52 +82,6 @@ async fn hls_js_in_chromium_plays_the_demo_locator() {
         let at_node = signed.replacen(&router, &format!("http://{}", n["address"].as_str().unwrap()), 1);
         support::wait_status(&api, &at_node, StatusCode::OK, "the signed URL at each node").await;
     }
-    let got = play(&chromium, &signed).await;
+    let got = browser::play(&chromium, Player::HlsJs, &signed).await;
     assert_eq!(got["levels"], 2, "both renditions of the signed master playlist: {got}");
-}
-
-/// Plays `locator` for 4 s with hls.js in headless Chromium; the page's report,
-/// checked for a clean playback.
-async fn play(chromium: &std::path::Path, locator: &str) -> Value {
-    let (page, report) = page_server().await;
-    let profile = tempfile::tempdir().unwrap();
-    let url = format!("{page}/?seconds=4&src={locator}");
-    let mut browser = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-quic",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--autoplay-policy=no-user-gesture-required",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(&url)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start chromium");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let got = loop {
-        if let Some(r) = report.lock().unwrap().take() {
-            break r;
-        }
-        if let Ok(Some(status)) = browser.try_wait() {
-            panic!("chromium exited ({status}) before the page reported");
-        }
-        assert!(Instant::now() < deadline, "the page never reported (is {url} reachable?)");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let _ = browser.kill().await;
-    println!("player report: {got}");
-    assert_eq!(got["supported"], true, "hls.js says this browser cannot play HLS: {got}");
-    assert_eq!(got["fatal"].as_array().map(Vec::len), Some(0), "fatal player errors: {got}");
-    assert_eq!(got["done"], true, "{got}");
-    assert!(got["currentTime"].as_f64().unwrap() >= 4.0 || got["ended"] == true, "played too little: {got}");
-    assert!(got["fragments"].as_u64().unwrap() >= 2, "{got}");
-    got
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
+use support::browser::Player;
 use support::{Admin, Backend, Origin};
 
 fn tools() -> bool {
@@ -150,11 +151,17 @@ async fn get(http: &reqwest::Client, url: &str, headers: &[(header::HeaderName, 
     req.send().await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
-    if !tools() {
-        return;
-    }
+/// An admin with a `jit` account `ana-jit` whose asset `movie` holds
+/// [`sources`], and a ready node of its pool.
+struct Packaging {
+    admin: Admin,
+    pool: String,
+    node: Origin,
+    files: Vec<(String, PathBuf)>,
+    _media: tempfile::TempDir,
+}
+
+async fn packaging() -> Packaging {
     let media = tempfile::tempdir().unwrap();
     let files = sources(media.path());
     let admin = Admin::start(Backend::Sqlite, &[]).await;
@@ -168,6 +175,15 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     let (id, token) = admin.register_node(&pool).await;
     let node = Origin::start(&admin, &id, &token, 1000, &[]).await;
     node.wait_state(&admin, "ready").await;
+    Packaging { admin, pool, node, files, _media: media }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
+    if !tools() {
+        return;
+    }
+    let Packaging { admin, pool, node, files, _media } = packaging().await;
     let http = reqwest::Client::new();
     let base = format!("{}/ana-jit/movie", node.url);
 
@@ -343,7 +359,10 @@ async fn uploads_to_a_jit_account_are_checked_by_the_packager() {
     assert_eq!(std::fs::read(admin.content_dir().join("ana-jit/movie/360p.mp4")).unwrap(), good);
     let res = upload(&admin, &key, "movie/180p.mp4", clip(media.path(), "odd.mp4", 30, &[])).await;
     let p = support::expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "unpackable", Some("path")).await;
-    assert!(p["detail"].as_str().unwrap().contains("the keyframes of 360p-v1 do not line up with those of 180p-v1"), "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("the keyframes of 360p-v1 do not line up with those of 180p-v1"),
+        "{p}"
+    );
     assert!(!stored("movie/180p.mp4"));
     let res = upload(&admin, &key, "movie/180p.mp4", clip(media.path(), "same.mp4", 50, &[])).await;
     assert_eq!(res.status(), StatusCode::CREATED, "{}", res.text().await.unwrap());
@@ -358,4 +377,19 @@ async fn uploads_to_a_jit_account_are_checked_by_the_packager() {
         let res = upload(&admin, &key, path, b"not checked".to_vec()).await;
         assert_eq!(res.status(), StatusCode::CREATED, "{path}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_js_and_dash_js_play_packaged_streams_in_chromium() {
+    if !tools() {
+        return;
+    }
+    let chromium = support::browser::chromium();
+    // Held to the end: dropping admin stops its nodes.
+    let Packaging { admin: _admin, node, _media, .. } = packaging().await;
+    let base = format!("{}/ana-jit/movie", node.url);
+    let hls = support::browser::play(&chromium, Player::HlsJs, &format!("{base}/hls/master.m3u8")).await;
+    assert_eq!(hls["levels"], 2, "both video renditions: {hls}");
+    let dash = support::browser::play(&chromium, Player::DashJs, &format!("{base}/dash/manifest.mpd")).await;
+    assert_eq!(dash["levels"], 2, "both video renditions: {dash}");
 }

@@ -7,6 +7,8 @@
 #[path = "../../admin/tests/support/mod.rs"]
 mod db;
 
+pub mod browser;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
