@@ -263,6 +263,15 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     let master_again = get(&http, &format!("{}/ana-jit/movie/hls/master.m3u8", other.url), &[]).await;
     assert_eq!(master_again.bytes().await.unwrap(), master);
 
+    // Players reach it through the router like any account: the same bytes.
+    let (_router, router) = support::router_of(&admin, &[]).await;
+    let via_router = format!("{router}/ana-jit/movie/hls/master.m3u8");
+    support::wait_status(&http, &via_router, StatusCode::OK, "the jit account through the router").await;
+    assert_eq!(get(&http, &via_router, &[]).await.bytes().await.unwrap(), master);
+    let segment_via_router = get(&http, &format!("{router}/ana-jit/movie/cmaf/360p-v1/2.m4s"), &[]).await;
+    assert_eq!(segment_via_router.headers()[header::ETAG].to_str().unwrap(), etag);
+    assert_eq!(segment_via_router.bytes().await.unwrap(), bytes);
+
     // The MP4s themselves still download as files.
     let mp4 = get(&http, &format!("{base}/360p.mp4"), &[]).await;
     assert_eq!(mp4.status(), StatusCode::OK);
@@ -392,4 +401,44 @@ async fn hls_js_and_dash_js_play_packaged_streams_in_chromium() {
     assert_eq!(hls["levels"], 2, "both video renditions: {hls}");
     let dash = support::browser::play(&chromium, Player::DashJs, &format!("{base}/dash/manifest.mpd")).await;
     assert_eq!(dash["levels"], 2, "both video renditions: {dash}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_asset_is_read_by_range_never_whole() {
+    if !tools() {
+        return;
+    }
+    let Some(s3) = support::moto().await else { return };
+    s3.bucket("headwater-jit").await;
+    // Admin and the node reach S3 through a link that counts what S3 sends.
+    let link = support::Link::to(s3.url.trim_start_matches("http://").parse().unwrap()).await;
+    let env = support::s3_env(&format!("http://{}", link.addr));
+    let admin = Admin::start_with(Backend::Sqlite, &[], Some("s3://headwater-jit/t".into()), env).await;
+    let media = tempfile::tempdir().unwrap();
+    let files = sources(media.path());
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let pool = admin.account(&key, json!({"name": "ana-jit", "origin_type": "jit", "offer": {"kind": "payg"}})).await;
+    for (name, path) in &files {
+        let res = upload(&admin, &key, &format!("movie/{name}"), std::fs::read(path).unwrap()).await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{name}: {}", res.text().await.unwrap());
+    }
+    let (id, token) = admin.register_node(&pool).await;
+    let node = Origin::start(&admin, &id, &token, 1000, &[]).await;
+    node.wait_state(&admin, "ready").await;
+
+    // The first request reads both files' indexes and one segment's samples.
+    let before = link.downstream_bytes();
+    let res = get(&reqwest::Client::new(), &format!("{}/ana-jit/movie/cmaf/360p-v1/2.m4s", node.url), &[]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let segment = res.bytes().await.unwrap();
+    let fetched = link.downstream_bytes() - before;
+    let size = |name: &str| std::fs::metadata(media.path().join(name)).unwrap().len();
+    let (big, small) = (size("360p.mp4"), size("180p.mp4"));
+    println!("fetched {fetched} bytes from S3 for a {} byte segment; the files are {big} and {small}", segment.len());
+    assert!(fetched >= segment.len() as u64 / 2, "{fetched} bytes fetched for a {} byte segment", segment.len());
+    assert!(
+        fetched < big / 2,
+        "{fetched} bytes fetched from S3 for one 3 s segment of a 9 s file of {big} bytes (and {small} more)"
+    );
+    assert!(segment.windows(4).any(|w| w == b"mdat"));
 }

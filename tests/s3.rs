@@ -3,58 +3,17 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use support::{Admin, Backend, Origin};
 
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
 
-/// A moto S3 server on a free port, stopped when dropped.
-struct Moto {
-    url: String,
-    _child: tokio::process::Child,
-}
-
-async fn moto() -> Option<Moto> {
-    let Some(path) = support::which("moto_server") else {
-        assert!(std::env::var("CI").is_err(), "moto_server is required in CI (scripts/test installs moto[server])");
-        eprintln!("moto_server not installed: skipping the S3 test");
-        return None;
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = tokio::process::Command::new(path)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start moto_server");
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(&url).await.is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not answer within 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Some(Moto { url, _child: child })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_land_in_the_bucket_and_nodes_serve_from_it() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let Some(s3) = moto().await else { return };
-    let res = reqwest::Client::new().put(format!("{}/headwater-test", s3.url)).send().await.unwrap();
-    assert!(res.status().is_success(), "create bucket: {}", res.status());
-    let env = [
-        ("AWS_ENDPOINT", s3.url.as_str()),
-        ("AWS_ALLOW_HTTP", "true"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-    ]
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .to_vec();
+    let Some(s3) = support::moto().await else { return };
+    s3.bucket("headwater-test").await;
+    let env = support::s3_env(&s3.url);
     let admin = Admin::start_with(Backend::Sqlite, &[], Some("s3://headwater-test/tenant-a".into()), env).await;
     let (_, key) = admin.sign_up("ana@example.com").await;
     let pool = admin.account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;

@@ -885,13 +885,66 @@ fn player(
     })
 }
 
+/// A moto S3 server on a free port, stopped when dropped.
+pub struct Moto {
+    pub url: String,
+    _child: tokio::process::Child,
+}
+
+pub async fn moto() -> Option<Moto> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(path) = which("moto_server") else {
+        assert!(std::env::var("CI").is_err(), "moto_server is required in CI (scripts/test installs moto[server])");
+        eprintln!("moto_server not installed: skipping the S3 test");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = tokio::process::Command::new(path)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start moto_server");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while reqwest::get(&url).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "moto_server did not answer within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Some(Moto { url, _child: child })
+}
+
+impl Moto {
+    /// Creates bucket `name`.
+    pub async fn bucket(&self, name: &str) {
+        let res = reqwest::Client::new().put(format!("{}/{name}", self.url)).send().await.unwrap();
+        assert!(res.status().is_success(), "create bucket: {}", res.status());
+    }
+}
+
+/// The environment admin and nodes read an S3 store at `endpoint` from.
+pub fn s3_env(endpoint: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT", endpoint),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .to_vec()
+}
+
 /// A TCP link to `upstream` that the test can cut and heal: cut, every open
 /// connection is dropped and new ones are closed at once (as a network cut off
-/// would look to a client); healed, it forwards again.
+/// would look to a client); healed, it forwards again. It counts the bytes
+/// `upstream` sends as they pass.
 pub struct Link {
     pub addr: std::net::SocketAddr,
     cut: tokio::sync::watch::Sender<u64>,
     down: Arc<std::sync::atomic::AtomicBool>,
+    downstream: Arc<AtomicU64>,
 }
 
 impl Link {
@@ -900,23 +953,45 @@ impl Link {
         let addr = listener.local_addr().unwrap();
         let (cut, _) = tokio::sync::watch::channel(0u64);
         let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (cuts, is_down) = (cut.clone(), down.clone());
+        let downstream = Arc::new(AtomicU64::new(0));
+        let (cuts, is_down, counted) = (cut.clone(), down.clone(), downstream.clone());
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if is_down.load(Ordering::SeqCst) {
                     continue;
                 }
                 let mut cuts = cuts.subscribe();
+                let counted = counted.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let (mut client_read, mut client_write) = client.split();
+                    let (mut server_read, mut server_write) = server.split();
+                    let up = tokio::io::copy(&mut client_read, &mut server_write);
+                    let down = async {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = server_read.read(&mut buf).await?;
+                            if n == 0 {
+                                return client_write.shutdown().await;
+                            }
+                            counted.fetch_add(n as u64, Ordering::SeqCst);
+                            client_write.write_all(&buf[..n]).await?;
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = futures_util::future::try_join(up, down) => {}
                         _ = cuts.changed() => {}
                     }
                 });
             }
         });
-        Link { addr, cut, down }
+        Link { addr, cut, down, downstream }
+    }
+
+    /// Bytes `upstream` has sent through the link so far.
+    pub fn downstream_bytes(&self) -> u64 {
+        self.downstream.load(Ordering::SeqCst)
     }
 
     pub fn cut(&self) {
