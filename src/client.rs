@@ -200,10 +200,12 @@ pub enum AccountsCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum AssetsCmd {
-    /// Upload a packaged HLS/DASH folder (every file under DIR) as ASSET.
+    /// Upload a packaged HLS/DASH folder (every file under DIR) as ASSET, or one
+    /// file (a `jit` account's MP4).
     Upload {
         account: String,
         asset: String,
+        #[arg(value_name = "DIR_OR_FILE")]
         dir: std::path::PathBuf,
     },
     List {
@@ -740,8 +742,14 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Every file under `dir`, as (path relative to it with `/` separators, full path, size).
+/// Every file under `dir`, as (path relative to it with `/` separators, full path,
+/// size); `dir` itself when it is a file (a `jit` asset's MP4), by its name.
 fn files_under(dir: &std::path::Path) -> Result<Vec<(String, std::path::PathBuf, u64)>, Failure> {
+    let meta = std::fs::metadata(dir).map_err(|e| Failure::Transport(format!("{}: {e}", dir.display())))?;
+    if meta.is_file() {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        return Ok(vec![(name, dir.to_path_buf(), meta.len())]);
+    }
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -373,8 +373,30 @@ async fn uploads_to_a_jit_account_are_checked_by_the_packager() {
         "{p}"
     );
     assert!(!stored("movie/180p.mp4"));
-    let res = upload(&admin, &key, "movie/180p.mp4", clip(media.path(), "same.mp4", 50, &[])).await;
-    assert_eq!(res.status(), StatusCode::CREATED, "{}", res.text().await.unwrap());
+    // The CLI uploads one file, and prints the reason of a refusal.
+    let cli = |file: PathBuf| {
+        let (url, key) = (admin.url.clone(), key.clone());
+        async move {
+            tokio::process::Command::new(support::BIN)
+                .args(["assets", "upload", "ana-jit", "movie"])
+                .arg(file)
+                .env("HEADWATER_ADMIN_URL", url)
+                .env("HEADWATER_API_KEY", key)
+                .env_remove("HEADWATER_OPERATOR_TOKEN")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    std::fs::write(media.path().join("180p.mp4"), clip(media.path(), "odd3.mp4", 30, &[])).unwrap();
+    let out = cli(media.path().join("180p.mp4")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("do not line up"), "{stderr}");
+    std::fs::write(media.path().join("180p.mp4"), clip(media.path(), "same.mp4", 50, &[])).unwrap();
+    let out = cli(media.path().join("180p.mp4")).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stored("movie/180p.mp4"));
     // Re-uploading a rendition replaces it, checked against the others.
     let res = upload(&admin, &key, "movie/360p.mp4", clip(media.path(), "odd2.mp4", 30, &[])).await;
     support::expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "unpackable", Some("path")).await;
