@@ -155,6 +155,8 @@ async fn get(http: &reqwest::Client, url: &str, headers: &[(header::HeaderName, 
 /// [`sources`], and a ready node of its pool.
 struct Packaging {
     admin: Admin,
+    /// The customer's API key.
+    key: String,
     pool: String,
     node: Origin,
     files: Vec<(String, PathBuf)>,
@@ -175,7 +177,7 @@ async fn packaging() -> Packaging {
     let (id, token) = admin.register_node(&pool).await;
     let node = Origin::start(&admin, &id, &token, 1000, &[]).await;
     node.wait_state(&admin, "ready").await;
-    Packaging { admin, pool, node, files, _media: media }
+    Packaging { admin, key, pool, node, files, _media: media }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +185,7 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     if !tools() {
         return;
     }
-    let Packaging { admin, pool, node, files, _media } = packaging().await;
+    let Packaging { admin, pool, node, files, _media, .. } = packaging().await;
     let http = reqwest::Client::new();
     let base = format!("{}/ana-jit/movie", node.url);
 
@@ -463,4 +465,92 @@ async fn an_s3_asset_is_read_by_range_never_whole() {
         "{fetched} bytes fetched from S3 for one 3 s segment of a 9 s file of {big} bytes (and {small} more)"
     );
     assert!(segment.windows(4).any(|w| w == b"mdat"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aes_128_encrypts_hls_and_hands_keys_to_signed_urls_only() {
+    if !tools() {
+        return;
+    }
+    let Packaging { admin, key, node, files, _media, .. } = packaging().await;
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let (http, url, key) = (http.clone(), admin.url.clone(), key.clone());
+        let path = path.to_owned();
+        async move { support::call_json(&http, &url, &key, method, &path, body).await }
+    };
+    let aes = json!({"scheme": "aes128"});
+    let (status, p) = call(reqwest::Method::PUT, "/v1/accounts/ana-jit/encryption", Some(aes.clone())).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("create a playback key first"), "{p}");
+    let (status, _) = call(reqwest::Method::POST, "/v1/accounts/ana-jit/playback-keys", None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, set) = call(reqwest::Method::PUT, "/v1/accounts/ana-jit/encryption", Some(aes)).await;
+    assert_eq!((status, set), (StatusCode::OK, json!({"scheme": "aes128"})));
+    let (_, got) = call(reqwest::Method::GET, "/v1/accounts/ana-jit/encryption", None).await;
+    assert_eq!(got, json!({"scheme": "aes128"}));
+    let secret = admin.text("SELECT content_secret FROM accounts WHERE name = 'ana-jit'").await.unwrap();
+    assert!(!secret.is_empty(), "a content secret, sealed");
+
+    // A signed URL for the asset, at the node.
+    let body = json!({"path": "movie/hls/master.m3u8", "expires_in_secs": 600});
+    let (status, signed) = call(reqwest::Method::POST, "/v1/accounts/ana-jit/playback-tokens", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{signed}");
+    let signed = signed["url"].as_str().unwrap();
+    let locator = signed.split("/ana-jit/").next().unwrap();
+    let master = signed.replacen(locator, &node.url, 1);
+    let media = master.replace("master.m3u8", "360p-v1.m3u8");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let playlist = loop {
+        let text = get(&http, &media, &[]).await.text().await.unwrap();
+        if text.contains("#EXT-X-KEY:METHOD=AES-128") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "the node never encrypted: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let kid = playlist.split("../keys/").nth(1).and_then(|r| r.split(".key").next()).unwrap().to_owned();
+    assert_eq!(kid.len(), 32, "{playlist}");
+    assert!(
+        playlist.find("#EXT-X-MAP").unwrap() < playlist.find("#EXT-X-KEY").unwrap(),
+        "the init segment stays clear: {playlist}"
+    );
+
+    // Segments leave encrypted; the init segment is clear.
+    let base = format!("{}/ana-jit/movie", node.url);
+    let segment = get(&http, &format!("{base}/cmaf/360p-v1/1.m4s"), &[]).await.bytes().await.unwrap();
+    assert!(&segment[4..8] != b"styp" && segment.len() % 16 == 0, "an AES-128-CBC body");
+    let init = get(&http, &format!("{base}/cmaf/360p-v1/init.mp4"), &[]).await.bytes().await.unwrap();
+    assert_eq!(&init[4..8], b"ftyp");
+    // The key: to the signed URL only, and only the asset's.
+    let res = get(&http, &format!("{base}/keys/{kid}.key"), &[]).await;
+    support::expect_problem(res, StatusCode::FORBIDDEN, "playback-token", None).await;
+    let signed_key = master.replace("hls/master.m3u8", &format!("keys/{kid}.key"));
+    let res = get(&http, &signed_key, &[]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::CACHE_CONTROL], "private, no-store");
+    assert_eq!(res.bytes().await.unwrap().len(), 16);
+    let other = master.replace("hls/master.m3u8", &format!("keys/{}.key", "0".repeat(32)));
+    support::expect_problem(get(&http, &other, &[]).await, StatusCode::NOT_FOUND, "not-found", None).await;
+    let res = get(&http, &format!("{base}/dash/manifest.mpd"), &[]).await;
+    let p = support::expect_problem(res, StatusCode::NOT_FOUND, "not-found", None).await;
+    assert!(p["detail"].as_str().unwrap().contains("CENC"), "{p}");
+
+    // ffprobe follows the signed URL to the key and decodes every frame; hls.js
+    // plays it in Chromium.
+    let source = files.iter().find(|(n, _)| n == "360p.mp4").unwrap().1.clone();
+    same_frames("HLS AES-128 360p-v1", &media, &source, "v:0").await;
+    let chromium = support::browser::chromium();
+    let played = support::browser::play(&chromium, Player::HlsJs, &master).await;
+    assert_eq!(played["levels"], 2, "{played}");
+
+    // Off again: segments leave clear.
+    let (status, _) =
+        call(reqwest::Method::PUT, "/v1/accounts/ana-jit/encryption", Some(json!({"scheme": "none"}))).await;
+    assert_eq!(status, StatusCode::OK);
+    support::eventually(std::time::Duration::from_secs(30), "clear segments again", || {
+        let (http, url) = (http.clone(), format!("{base}/cmaf/360p-v1/1.m4s"));
+        async move { &get(&http, &url, &[]).await.bytes().await.unwrap()[4..8] == b"styp" }
+    })
+    .await;
 }

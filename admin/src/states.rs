@@ -113,6 +113,15 @@ impl AccountState {
 }
 
 text_enum! {
+    /// What a `jit` account's packaged answers are encrypted with.
+    pub enum EncryptionScheme ("encryption scheme") {
+        None = "none",
+        /// HLS AES-128: each media segment encrypted whole (AES-128-CBC).
+        Aes128 = "aes128",
+    }
+}
+
+text_enum! {
     /// Shared pools serve many trial/payg accounts; a dedicated pool one SLA account
     /// (or none yet: a warm pool).
     pub enum PoolKind ("pool kind") {
@@ -296,6 +305,7 @@ mod tests {
         spelled_alike(crate::domain::OfferKind::ALL);
         spelled_alike(TargetKind::ALL);
         spelled_alike(TargetState::ALL);
+        spelled_alike(EncryptionScheme::ALL);
         assert_eq!("scale".parse::<OperationKind>().unwrap_err().what, "operation kind");
         // A word outside the enum read from the store is an error, never a default.
         assert!("gold".parse::<crate::domain::OfferKind>().is_err());

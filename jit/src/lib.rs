@@ -5,6 +5,7 @@
 //! node and after a restart.
 
 pub mod cmaf;
+pub mod encrypt;
 pub mod index;
 pub mod manifest;
 pub mod package;

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use dash_mpd::{AdaptationSet, MPD, Period, Representation, S, SegmentTemplate, SegmentTimeline};
 use m3u8_rs::{
-    AlternativeMedia, AlternativeMediaType, Map, MasterPlaylist, MediaPlaylist, MediaPlaylistType, MediaSegment,
-    Resolution, VariantStream,
+    AlternativeMedia, AlternativeMediaType, Key, KeyMethod, Map, MasterPlaylist, MediaPlaylist, MediaPlaylistType,
+    MediaSegment, Resolution, VariantStream,
 };
 
 use crate::index::Kind;
@@ -106,8 +106,10 @@ pub fn hls_master(asset: &Asset) -> Vec<u8> {
     out
 }
 
-/// `hls/{rendition}.m3u8`: every segment of the rendition, VOD.
-pub fn hls_media(r: &Rendition) -> Vec<u8> {
+/// `hls/{rendition}.m3u8`: every segment of the rendition, VOD; with `key` (the
+/// URI of an AES-128 key), every media segment encrypted with it (the init
+/// segment stays clear: its `EXT-X-MAP` comes before the `EXT-X-KEY`).
+pub fn hls_media(r: &Rendition, key: Option<&str>) -> Vec<u8> {
     let durations: Vec<f64> = (0..r.segments.len()).map(|i| r.segment_secs(i)).collect();
     let segments = durations
         .iter()
@@ -116,6 +118,11 @@ pub fn hls_media(r: &Rendition) -> Vec<u8> {
             uri: format!("../cmaf/{}/{}.m4s", r.name, i + 1),
             duration: d as f32,
             map: (i == 0).then(|| Map { uri: format!("../cmaf/{}/init.mp4", r.name), ..Default::default() }),
+            key: key.filter(|_| i == 0).map(|uri| Key {
+                method: KeyMethod::AES128,
+                uri: Some(uri.to_owned()),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .collect();

@@ -5,6 +5,7 @@
 //! - `hls/master.m3u8`, `hls/{track}.m3u8` — HLS with fMP4 (CMAF) segments
 //! - `dash/manifest.mpd` — DASH with the same segments
 //! - `cmaf/{track}/init.mp4`, `cmaf/{track}/{n}.m4s` — the segments (n from 1)
+//! - `keys/{kid}.key` — an encrypted asset's content key (to signed URLs only)
 
 use std::ops::Range;
 
@@ -72,6 +73,8 @@ pub enum Request<'a> {
     Init(&'a str),
     /// A rendition's media segment, numbered from 1.
     Segment(&'a str, usize),
+    /// An encrypted asset's content key, by its key id (hex).
+    Key(&'a str),
 }
 
 impl<'a> Request<'a> {
@@ -83,6 +86,7 @@ impl<'a> Request<'a> {
             "hls" if file == "master.m3u8" => Some(Self::HlsMaster),
             "hls" => file.strip_suffix(".m3u8").filter(|n| !n.contains('/')).map(Self::HlsMedia),
             "dash" if file == "manifest.mpd" => Some(Self::DashManifest),
+            "keys" => file.strip_suffix(".key").filter(|k| !k.contains('/')).map(Self::Key),
             "cmaf" => {
                 let (name, file) = file.split_once('/')?;
                 if file == "init.mp4" {
@@ -104,6 +108,7 @@ impl<'a> Request<'a> {
             Self::HlsMaster | Self::HlsMedia(_) => "application/vnd.apple.mpegurl",
             Self::DashManifest => "application/dash+xml",
             Self::Init(_) | Self::Segment(..) => "video/mp4",
+            Self::Key(_) => "application/octet-stream",
         }
     }
 
@@ -336,6 +341,7 @@ mod tests {
         assert_eq!(Request::parse("dash/manifest.mpd"), Some(Request::DashManifest));
         assert_eq!(Request::parse("cmaf/720p-v1/init.mp4"), Some(Request::Init("720p-v1")));
         assert_eq!(Request::parse("cmaf/720p-v1/12.m4s"), Some(Request::Segment("720p-v1", 12)));
+        assert_eq!(Request::parse("keys/00ff.key"), Some(Request::Key("00ff")));
         for not in
             ["cmaf/x/0.m4s", "cmaf/x/01.m4s", "cmaf/x/+1.m4s", "cmaf/x/a.m4s", "hls/a/b.m3u8", "video.mp4", "x/y"]
         {

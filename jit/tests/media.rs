@@ -162,7 +162,7 @@ async fn h264_and_aac_decode_frame_for_frame() {
     assert!(m.variants.iter().all(|v| v.audio.as_deref() == Some("audio")));
     assert!(m.variants[0].codecs.as_deref().unwrap().starts_with("avc1.64"), "{:?}", m.variants[0].codecs);
     assert_eq!(m.alternatives.len(), 1);
-    let media = manifest::hls_media(v);
+    let media = manifest::hls_media(v, None);
     let m3u8_rs::Playlist::MediaPlaylist(p) = m3u8_rs::parse_playlist_res(&media).unwrap() else {
         panic!("a media playlist")
     };

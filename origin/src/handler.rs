@@ -131,8 +131,8 @@ async fn route(
     if content.as_str().split('/').count() < 3 {
         return problem(StatusCode::NOT_FOUND, "not-found", "no such file");
     }
-    let (account, counted, ok_counter, bytes_counter) = if content.first() == PROBE_PREFIX {
-        (node.probe_account.clone(), false, &node.probe_ok_requests, &node.probe_bytes)
+    let (account, counted, ok_counter, bytes_counter, encryption) = if content.first() == PROBE_PREFIX {
+        (node.probe_account.clone(), false, &node.probe_ok_requests, &node.probe_bytes, None)
     } else {
         let Some(a) = served.accounts.get(content.first()) else {
             return count(
@@ -177,7 +177,13 @@ async fn route(
         if let Err(refused) = allowed {
             return count(node, &a.name, problem(StatusCode::FORBIDDEN, refused.kind(), refused.detail()));
         }
-        (a.name.clone(), true, &a.ok_requests, &a.bytes)
+        // A content key goes to a valid token only, whoever forwards the request
+        // (a CDN's secret included): checked again for `.key` paths alone.
+        let signed = rest.ends_with(".key")
+            && token.is_some()
+            && headwater_playback::check(&a.name, a.playback.as_ref(), token, rest, client, now_ms() as u64 / 1000)
+                .is_ok();
+        (a.name.clone(), true, &a.ok_requests, &a.bytes, a.encryption.as_ref().map(|e| (e, signed)))
     };
     // A `jit` pool packages the packager's paths; everything else is a file
     // (the MP4s themselves download as stored).
@@ -185,7 +191,12 @@ async fn route(
         && served.packaging == Packaging::Jit
         && let Some((dir, rest, request)) = packaged_request(&content)
     {
-        return match node.packager.reply(&dir, &request, rest, headers, head).await {
+        let (encryption, signed) = (encryption.map(|(e, _)| e), encryption.is_some_and(|(_, s)| s));
+        if matches!(request, headwater_jit::Request::Key(_)) && encryption.is_some() && !signed {
+            let detail = "a content key is handed to signed playback URLs only";
+            return count(node, &account, problem(StatusCode::FORBIDDEN, "playback-token", detail));
+        }
+        return match node.packager.reply(&dir, &request, rest, headers, head, encryption).await {
             Ok(reply) => finish(node, account, counted, bytes_counter, ok_counter, reply),
             Err(e) => {
                 // An unpackable asset is logged once, when it is packaged.

@@ -33,6 +33,31 @@ pub struct Account {
     pub playback: Option<headwater_protocol::Playback>,
     /// Hashes of the secrets the account's CDN sends (none: no CDN rule).
     pub cdn_secrets: Vec<String>,
+    /// A `jit` account's encryption of packaged answers.
+    pub encryption: Option<Encrypted>,
+}
+
+/// How an account's packaged answers are encrypted: the scheme, and the secret
+/// asset keys are derived from (`None` when it did not decode: packaged answers
+/// then fail rather than go out clear).
+#[derive(Clone)]
+pub struct Encrypted {
+    pub scheme: headwater_protocol::EncryptionScheme,
+    pub secret: Option<Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for Encrypted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encrypted").field("scheme", &self.scheme).finish_non_exhaustive()
+    }
+}
+
+impl Encrypted {
+    fn of(e: &headwater_protocol::Encryption) -> Self {
+        use base64::Engine;
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&e.secret).ok().filter(|s| s.len() >= 16);
+        Self { scheme: e.scheme, secret: secret.map(Arc::from) }
+    }
 }
 
 impl Account {
@@ -145,6 +170,7 @@ impl Node {
                     active: a.active,
                     playback: a.playback.clone(),
                     cdn_secrets: a.cdn_secrets.clone(),
+                    encryption: a.encryption.as_ref().map(Encrypted::of),
                 },
             );
             let cap_kbps = a.cap_kbps.or(a.cap_mbps.map(|m| m.saturating_mul(1000)));

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use headwater_content::{ContentError, ContentPath, ContentStore, Meta};
+use headwater_jit::encrypt::{self, AssetKey};
 use headwater_jit::{Asset, IndexError, Request, Settings, Unpackable, manifest};
+use headwater_protocol::EncryptionScheme;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
@@ -20,6 +22,7 @@ use sha2::Digest;
 use tokio::time::Instant;
 
 use crate::files::{Reply, answer_in_memory, httpdate};
+use crate::node::Encrypted;
 
 /// Why a packaged answer could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,10 @@ pub enum PackError {
     Unpackable(#[from] Unpackable),
     #[error(transparent)]
     Store(#[from] ContentError),
+    /// The account encrypts, and this node cannot make its keys (the secret it
+    /// was handed did not decode): nothing goes out clear.
+    #[error("this node cannot make the account's content keys")]
+    KeyUnavailable,
 }
 
 impl PackError {
@@ -42,6 +49,7 @@ impl PackError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             Self::Unpackable(_) => (StatusCode::INTERNAL_SERVER_ERROR, "unpackable"),
             Self::Store(_) => (StatusCode::BAD_GATEWAY, "content-store"),
+            Self::KeyUnavailable => (StatusCode::INTERNAL_SERVER_ERROR, "encryption"),
         }
     }
 }
@@ -168,11 +176,29 @@ impl Packager {
         rest: &str,
         req: &HeaderMap,
         head: bool,
+        encryption: Option<&Encrypted>,
     ) -> Result<Reply, PackError> {
+        let key = match encryption {
+            None => None,
+            Some(e) => {
+                let secret = e.secret.as_deref().ok_or(PackError::KeyUnavailable)?;
+                let asset = dir.as_str().rsplit('/').next().unwrap_or_default();
+                Some((e.scheme, AssetKey::derive(secret, asset)))
+            }
+        };
         let packaged = self.asset(dir).await?;
         let asset = packaged.asset.as_ref().map_err(|e| PackError::Unpackable(e.clone()))?;
-        let key = format!("{}/{rest}", packaged.tag);
-        let output = match self.outputs.get_value_or_guard_async(&key).await {
+        if let Request::Key(kid) = request {
+            return key_reply(key.as_ref().map(|(_, k)| k), kid, req, head);
+        }
+        // Clear and encrypted answers are kept apart (and have other ETags).
+        let variant = match &key {
+            None => "clear".to_owned(),
+            Some((EncryptionScheme::Aes128, k)) => format!("aes128.{}", k.kid_hex()),
+        };
+        let key_string = format!("{}/{variant}/{rest}", packaged.tag);
+        let key_ref = key.as_ref().map(|(_, k)| k);
+        let output = match self.outputs.get_value_or_guard_async(&key_string).await {
             Ok(o) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 o
@@ -180,8 +206,8 @@ impl Packager {
             Err(guard) => {
                 // Others asking for the same output meanwhile wait for this one.
                 self.misses.fetch_add(1, Ordering::Relaxed);
-                let bytes = Bytes::from(self.make(dir, asset, request).await?);
-                let digest = sha2::Sha256::digest(key.as_bytes());
+                let bytes = Bytes::from(self.make(dir, asset, request, key_ref).await?);
+                let digest = sha2::Sha256::digest(key_string.as_bytes());
                 let output = Arc::new(Output { bytes, etag: format!("\"jit-{}\"", hex::encode(&digest[..12])) });
                 if output.bytes.len() as u64 <= self.max_output {
                     let _ = guard.insert(output.clone());
@@ -205,21 +231,42 @@ impl Packager {
         Ok(answer_in_memory(headers, &meta, req, head, output.bytes.clone()))
     }
 
-    /// The bytes `request` asks for.
-    async fn make(&self, dir: &ContentPath, asset: &Asset, request: &Request<'_>) -> Result<Vec<u8>, PackError> {
+    /// The bytes `request` asks for, media segments encrypted with `key` when
+    /// the account encrypts (HLS AES-128).
+    async fn make(
+        &self,
+        dir: &ContentPath,
+        asset: &Asset,
+        request: &Request<'_>,
+        key: Option<&AssetKey>,
+    ) -> Result<Vec<u8>, PackError> {
         let rendition = |name: &str| asset.rendition(name).ok_or(PackError::NotFound("no such rendition"));
         Ok(match *request {
             Request::HlsMaster => manifest::hls_master(asset),
-            Request::HlsMedia(name) => manifest::hls_media(rendition(name)?),
+            Request::HlsMedia(name) => {
+                let uri = key.map(|k| format!("../keys/{}.key", k.kid_hex()));
+                manifest::hls_media(rendition(name)?, uri.as_deref())
+            }
+            Request::DashManifest if key.is_some() => {
+                return Err(PackError::NotFound(
+                    "this account encrypts for HLS (AES-128): DASH needs CENC, which is not built yet",
+                ));
+            }
             Request::DashManifest => manifest::dash_mpd(asset),
             Request::Init(name) => headwater_jit::cmaf::init_segment(&rendition(name)?.track)?,
             Request::Segment(name, n) => {
                 let r = rendition(name)?;
                 let file = dir.join(&r.file).map_err(|_| PackError::NotFound("no such file"))?;
-                headwater_jit::media_segment(&self.store, &file, r, n)
+                let segment = headwater_jit::media_segment(&self.store, &file, r, n)
                     .await?
-                    .ok_or(PackError::NotFound("no such segment"))?
+                    .ok_or(PackError::NotFound("no such segment"))?;
+                match key {
+                    // The playlist's media sequence starts at 0 with segment 1.
+                    Some(k) => encrypt::aes128_segment(k, n as u64 - 1, &segment),
+                    None => segment,
+                }
             }
+            Request::Key(_) => return Err(PackError::NotFound("no such key")),
         })
     }
 
@@ -299,6 +346,21 @@ impl Packager {
         let last_modified = sources.iter().map(|(_, m)| m.last_modified).max().unwrap_or(0);
         Ok(Packaged { sources, asset, tag, last_modified })
     }
+}
+
+/// The content key `kid` names, if it is the asset's: 16 bytes, never cached
+/// by anyone on the way.
+fn key_reply(key: Option<&AssetKey>, kid: &str, req: &HeaderMap, head: bool) -> Result<Reply, PackError> {
+    let key = key.ok_or(PackError::NotFound("the asset is not encrypted"))?;
+    // The key id is public (every playlist names it): a plain comparison.
+    if key.kid_hex() != kid {
+        return Err(PackError::NotFound("no such key"));
+    }
+    let mut headers = HeaderMap::with_capacity(4);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    let meta = Meta { size: 16, last_modified: 0, etag: format!("\"key-{kid}\"") };
+    Ok(answer_in_memory(headers, &meta, req, head, Bytes::copy_from_slice(&key.key)))
 }
 
 #[cfg(test)]

@@ -135,6 +135,32 @@ pub struct ServedAccount {
     /// requests carrying one are served.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cdn_secrets: Vec<String>,
+    /// A `jit` account's encryption (absent: clear).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// What a `jit` account's packaged answers are encrypted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncryptionScheme {
+    /// HLS AES-128: each media segment encrypted whole (AES-128-CBC).
+    Aes128,
+}
+
+/// An account's encryption as nodes get it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    pub scheme: EncryptionScheme,
+    /// The secret every asset's content key is derived from (base64url; sealed
+    /// until admin hands the configuration to a node).
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Encryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encryption").field("scheme", &self.scheme).finish_non_exhaustive()
+    }
 }
 
 /// A key that signs an account's playback tokens.

@@ -7,6 +7,7 @@ pub mod auth;
 mod cdn;
 mod customers;
 mod domains;
+mod encryption;
 pub mod middleware;
 pub mod model;
 pub mod node_ca;
@@ -129,6 +130,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(accounts::reactivate))
         .routes(routes!(accounts::usage))
         .routes(routes!(playback::get_policy, playback::set_policy))
+        .routes(routes!(encryption::get_encryption, encryption::set_encryption))
         .routes(routes!(playback::create_key))
         .routes(routes!(playback::delete_key))
         .routes(routes!(playback::sign))

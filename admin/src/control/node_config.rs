@@ -2,12 +2,12 @@
 //! from what the store says its pool serves. The worker compares it with what a
 //! node runs to know that the node has heard of a change.
 
-use headwater_protocol::{NodeConfig, Packaging, ServedAccount};
+use headwater_protocol::{Encryption, NodeConfig, Packaging, ServedAccount};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::domain::OfferKind;
-use crate::states::PoolKind;
+use crate::states::{EncryptionScheme, PoolKind};
 use crate::store::NodeServing;
 
 /// The configuration a node of this pool serves. Its version is a digest of its
@@ -40,6 +40,15 @@ pub fn node_config(node_id: Uuid, s: &NodeServing) -> NodeConfig {
                 active: a.state.serves(),
                 playback: crate::control::signing::sealed_rule(a.playback_required, &a.playback_keys.0),
                 cdn_secrets: a.cdn_secrets.0.iter().map(|c| c.sha256.clone()).collect(),
+                encryption: match a.encryption {
+                    EncryptionScheme::None => None,
+                    // Without a secret, an empty one: the node refuses to package
+                    // rather than send anything clear.
+                    EncryptionScheme::Aes128 => Some(Encryption {
+                        scheme: headwater_protocol::EncryptionScheme::Aes128,
+                        secret: a.content_secret.clone().unwrap_or_default(),
+                    }),
+                },
             }
         })
         .collect();
@@ -56,14 +65,30 @@ pub fn node_config(node_id: Uuid, s: &NodeServing) -> NodeConfig {
     config
 }
 
-/// The configuration as the node gets it: playback secrets opened.
+/// The configuration as the node gets it: playback and content secrets opened.
+/// A content secret that does not open is handed as empty (logged): the node
+/// then refuses the account's packaged answers rather than send them clear.
 pub fn opened(mut config: NodeConfig, sealer: &crate::sealed::Sealer) -> NodeConfig {
     for a in &mut config.accounts {
         if let Some(rule) = a.playback.as_mut() {
             crate::control::signing::open_rule(&a.name, rule, sealer);
         }
+        if let Some(e) = a.encryption.as_mut() {
+            e.secret = match sealer.open(&e.secret, &content_secret_context(&a.name)) {
+                Some(secret) => secret.to_string(),
+                None => {
+                    tracing::error!(account = %a.name, "the content secret does not open under this master key");
+                    String::new()
+                }
+            };
+        }
     }
     config
+}
+
+/// What an account's sealed content secret is bound to.
+pub fn content_secret_context(account: &str) -> String {
+    format!("content-secret|{account}")
 }
 
 #[cfg(test)]
@@ -81,6 +106,8 @@ mod tests {
             playback_required: false,
             playback_keys: sqlx::types::Json(vec![]),
             cdn_secrets: sqlx::types::Json(vec![]),
+            encryption: EncryptionScheme::None,
+            content_secret: None,
         };
         NodeServing {
             pool_id: Uuid::nil(),

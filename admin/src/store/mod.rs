@@ -9,6 +9,7 @@
 mod accounts;
 mod catalog;
 mod customers;
+mod encryption;
 mod idempotency;
 mod leases;
 mod node_ca;
@@ -225,6 +226,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (15, "cdn secrets", include_str!("../../../migrations/postgres/0015_cdn_secrets.sql")),
     (16, "custom domains", include_str!("../../../migrations/postgres/0016_custom_domains.sql")),
     (17, "node ca", include_str!("../../../migrations/postgres/0017_node_ca.sql")),
+    (18, "encryption", include_str!("../../../migrations/postgres/0018_encryption.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -244,6 +246,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (15, "cdn secrets", include_str!("../../../migrations/sqlite/0015_cdn_secrets.sql")),
     (16, "custom domains", include_str!("../../../migrations/sqlite/0016_custom_domains.sql")),
     (17, "node ca", include_str!("../../../migrations/sqlite/0017_node_ca.sql")),
+    (18, "encryption", include_str!("../../../migrations/sqlite/0018_encryption.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

@@ -1,0 +1,90 @@
+//! Encryption of a `jit` account's packaged answers: HLS AES-128 for now. Each
+//! asset gets its own content key, derived on the nodes from the account's
+//! content secret (made here, sealed at rest, never shown); a key is handed
+//! only to a signed playback URL, so turning encryption on needs a playback key.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::accounts::find;
+use super::auth::Caller;
+use super::problem::{ApiError, ApiJson, Problem};
+use crate::control::node_config::content_secret_context;
+use crate::states::EncryptionScheme;
+use crate::store::JIT_TYPE;
+
+/// An account's encryption.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EncryptionPolicy {
+    /// `aes128`: every HLS media segment encrypted whole (AES-128-CBC), its
+    /// key at `{asset}/keys/{kid}.key` for signed URLs only; DASH then answers
+    /// 404 until CENC is built. `none`: clear.
+    pub scheme: EncryptionScheme,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetEncryption {
+    pub scheme: EncryptionScheme,
+}
+
+/// The account's encryption.
+#[utoipa::path(get, path = "/v1/accounts/{name}/encryption", tag = "encryption", security(("bearer" = [])),
+    params(("name" = String, Path)),
+    responses((status = 200, body = EncryptionPolicy), (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn get_encryption(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<EncryptionPolicy>, ApiError> {
+    let a = find(&s, caller, &name).await?;
+    let (scheme, _) = s.store.encryption(a.id).await?;
+    Ok(Json(EncryptionPolicy { scheme }))
+}
+
+/// Encrypts the account's packaged answers, or stops. Nodes apply it within a
+/// second or two; players then need a signed URL to get the keys.
+#[utoipa::path(put, path = "/v1/accounts/{name}/encryption", tag = "encryption", security(("bearer" = [])),
+    params(("name" = String, Path)), request_body = SetEncryption,
+    responses((status = 200, body = EncryptionPolicy), (status = 401, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem, description = "not a jit account, or no playback key to sign the key URLs with"),
+              (status = 422, body = Problem)))]
+pub async fn set_encryption(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<SetEncryption>,
+) -> Result<Json<EncryptionPolicy>, ApiError> {
+    let a = find(&s, caller, &name).await?;
+    if body.scheme != EncryptionScheme::None {
+        if a.origin_type != JIT_TYPE {
+            return Err(ApiError::Conflict {
+                detail: format!(
+                    "account {name} serves pre-packaged files ({}): encryption is for jit accounts",
+                    a.origin_type
+                ),
+                field: Some("scheme".into()),
+            });
+        }
+        if a.playback_keys.0.is_empty() {
+            return Err(ApiError::Conflict {
+                detail: format!(
+                    "keys are handed to signed playback URLs only: create a playback key first \
+                     (POST /v1/accounts/{name}/playback-keys)"
+                ),
+                field: Some("scheme".into()),
+            });
+        }
+    }
+    let secret = crate::keys::secret();
+    let sealed = s
+        .settings
+        .sealer
+        .seal(&secret, &content_secret_context(&a.name))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    s.store.set_encryption(a.id, body.scheme, &sealed, s.clock.now_ms()).await?;
+    Ok(Json(EncryptionPolicy { scheme: body.scheme }))
+}
