@@ -199,8 +199,10 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     let m3u8_rs::Playlist::MasterPlaylist(m) = m3u8_rs::parse_playlist_res(&master).unwrap() else {
         panic!("a master playlist: {}", String::from_utf8_lossy(&master))
     };
-    let variants: Vec<&str> = m.variants.iter().map(|v| v.uri.as_str()).collect();
+    let variants: Vec<&str> = m.variants.iter().filter(|v| !v.is_i_frame).map(|v| v.uri.as_str()).collect();
     assert_eq!(variants, ["180p-v1.m3u8", "360p-v1.m3u8"]);
+    let iframes: Vec<&str> = m.variants.iter().filter(|v| v.is_i_frame).map(|v| v.uri.as_str()).collect();
+    assert_eq!(iframes, ["180p-v1-iframes.m3u8", "360p-v1-iframes.m3u8"], "trick play per video rendition");
     let audio: Vec<&str> = m.alternatives.iter().filter_map(|a| a.uri.as_deref()).collect();
     assert_eq!(audio, ["180p-a2.m3u8"]);
 
@@ -213,6 +215,26 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
         let url = format!("{base}/hls/{rendition}.m3u8");
         same_frames(&format!("HLS {rendition}"), &url, &source(file), stream).await;
     }
+
+    // Trick play: the I-frame playlist decodes to the source's keyframes alone,
+    // each at the source's time.
+    let (ours, _) = frames(&format!("{base}/hls/360p-v1-iframes.m3u8"), "0", false).await;
+    let (theirs, tick) = frames(source("360p.mp4").to_str().unwrap(), "v:0", true).await;
+    let keyframes: Vec<f64> = theirs.iter().filter(|f| f.key).map(|f| f.pts - theirs[0].pts).collect();
+    assert_eq!(ours.len(), keyframes.len(), "one frame per keyframe: {ours:?}");
+    assert!(ours.iter().all(|f| f.key), "only keyframes: {ours:?}");
+    for (o, k) in ours.iter().zip(&keyframes) {
+        assert!(((o.pts - ours[0].pts) - k).abs() <= tick + 2e-6, "a keyframe at {} s, the source's at {k} s", o.pts);
+    }
+    let iframe_playlist = get(&http, &format!("{base}/hls/360p-v1-iframes.m3u8"), &[]).await.bytes().await.unwrap();
+    let m3u8_rs::Playlist::MediaPlaylist(p) = m3u8_rs::parse_playlist_res(&iframe_playlist).unwrap() else {
+        panic!("a media playlist")
+    };
+    assert!(p.i_frames_only);
+    let total: f32 = p.segments.iter().map(|s| s.duration).sum();
+    assert!((total - 9.0).abs() < 0.05, "the keyframes' intervals cover the rendition: {total}");
+    let res = get(&http, &format!("{base}/hls/180p-a2-iframes.m3u8"), &[]).await;
+    support::expect_problem(res, StatusCode::NOT_FOUND, "not-found", None).await;
 
     // DASH: the same segments under one MPD; ffprobe reads it whole.
     let res = get(&http, &format!("{base}/dash/manifest.mpd"), &[]).await;
@@ -280,7 +302,9 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     assert_eq!(mp4.bytes().await.unwrap(), std::fs::read(source("360p.mp4")).unwrap());
 
     // What is not there is a 404 problem.
-    for path in ["cmaf/720p-v1/1.m4s", "cmaf/360p-v1/3.m4s", "hls/720p-v1.m3u8", "none/hls/master.m3u8"] {
+    for path in
+        ["cmaf/720p-v1/1.m4s", "cmaf/360p-v1/3.m4s", "cmaf/360p-v1/i6.m4s", "hls/720p-v1.m3u8", "none/hls/master.m3u8"]
+    {
         let url =
             if path.starts_with("none/") { format!("{}/ana-jit/{path}", node.url) } else { format!("{base}/{path}") };
         let res = get(&http, &url, &[]).await;

@@ -50,7 +50,29 @@ pub async fn media_segment(
     n: usize,
 ) -> Result<Option<Vec<u8>>, IndexError> {
     let Some(range) = n.checked_sub(1).and_then(|i| r.segments.get(i)) else { return Ok(None) };
-    let samples = &r.track.samples[range.clone()];
+    segment_of(store, file, r, n, &r.track.samples[range.clone()]).await.map(Some)
+}
+
+/// Keyframe `n` (from 1) of video rendition `r` alone, as a media segment (for
+/// its I-frame playlist). `None` past the last keyframe.
+pub async fn iframe_segment(
+    store: &ContentStore,
+    file: &ContentPath,
+    r: &Rendition,
+    n: usize,
+) -> Result<Option<Vec<u8>>, IndexError> {
+    let Some(&i) = n.checked_sub(1).and_then(|k| r.keyframes.get(k)) else { return Ok(None) };
+    segment_of(store, file, r, n, &r.track.samples[i..=i]).await.map(Some)
+}
+
+/// A media segment numbered `n` of `samples` (of `r`), read by range.
+async fn segment_of(
+    store: &ContentStore,
+    file: &ContentPath,
+    r: &Rendition,
+    n: usize,
+    samples: &[Sample],
+) -> Result<Vec<u8>, IndexError> {
     let mut read = Vec::new();
     for run in runs(samples) {
         let bytes = store.read_range(file, run.clone()).await?;
@@ -69,7 +91,7 @@ pub async fn media_segment(
         })
         .collect();
     let sequence = u32::try_from(n).unwrap_or(u32::MAX);
-    Ok(Some(cmaf::media_segment(&r.track, sequence, samples, &data)?))
+    Ok(cmaf::media_segment(&r.track, sequence, samples, &data)?)
 }
 
 /// Bytes a segment's reads fetch from the store (for the benchmark and tests).

@@ -57,7 +57,7 @@ pub fn hls_master(asset: &Asset) -> Vec<u8> {
             })
             .collect()
     };
-    let variants = if video.is_empty() {
+    let variants: Vec<VariantStream> = if video.is_empty() {
         audio
             .iter()
             .map(|a| VariantStream {
@@ -94,6 +94,22 @@ pub fn hls_master(asset: &Asset) -> Vec<u8> {
             })
             .collect()
     };
+    // Trick play: an I-frame playlist per video rendition.
+    let iframes = video.iter().map(|v| {
+        let (width, height) = match v.track.kind {
+            Kind::Video { width, height } => (u64::from(width), u64::from(height)),
+            Kind::Audio { .. } => (0, 0),
+        };
+        VariantStream {
+            is_i_frame: true,
+            uri: format!("{}-iframes.m3u8", v.name),
+            bandwidth: v.keyframe_peak_bps(),
+            codecs: Some(v.track.codec_string.clone()),
+            resolution: Some(Resolution { width, height }),
+            ..Default::default()
+        }
+    });
+    let variants = variants.into_iter().chain(iframes).collect();
     let master = MasterPlaylist {
         version: Some(HLS_VERSION),
         variants,
@@ -134,6 +150,42 @@ pub fn hls_media(r: &Rendition, key: Option<&str>) -> Vec<u8> {
         segments,
         end_list: true,
         playlist_type: Some(MediaPlaylistType::Vod),
+        independent_segments: true,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    playlist.write_to(&mut out).expect("a playlist writes into memory");
+    out
+}
+
+/// `hls/{rendition}-iframes.m3u8`: a video rendition's keyframes, each alone
+/// in a segment, for trick play (fast forward, thumbnails); with `key`,
+/// encrypted as the media segments are.
+pub fn hls_iframes(r: &Rendition, key: Option<&str>) -> Vec<u8> {
+    let durations: Vec<f64> = (0..r.keyframes.len()).map(|k| r.keyframe_secs(k)).collect();
+    let segments = durations
+        .iter()
+        .enumerate()
+        .map(|(k, &d)| MediaSegment {
+            uri: format!("../cmaf/{}/i{}.m4s", r.name, k + 1),
+            duration: d as f32,
+            map: (k == 0).then(|| Map { uri: format!("../cmaf/{}/init.mp4", r.name), ..Default::default() }),
+            key: key.filter(|_| k == 0).map(|uri| Key {
+                method: KeyMethod::AES128,
+                uri: Some(uri.to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let playlist = MediaPlaylist {
+        version: Some(HLS_VERSION),
+        target_duration: durations.iter().map(|d| d.round() as u64).max().unwrap_or(1).max(1),
+        media_sequence: 0,
+        segments,
+        end_list: true,
+        playlist_type: Some(MediaPlaylistType::Vod),
+        i_frames_only: true,
         independent_segments: true,
         ..Default::default()
     };

@@ -3,8 +3,10 @@
 //! ask for under `{account}/{asset}/`:
 //!
 //! - `hls/master.m3u8`, `hls/{track}.m3u8` — HLS with fMP4 (CMAF) segments
+//! - `hls/{track}-iframes.m3u8` — a video rendition's I-frame playlist (trick play)
 //! - `dash/manifest.mpd` — DASH with the same segments
 //! - `cmaf/{track}/init.mp4`, `cmaf/{track}/{n}.m4s` — the segments (n from 1)
+//! - `cmaf/{track}/i{n}.m4s` — a video rendition's keyframe `n` alone (from 1)
 //! - `keys/{kid}.key` — an encrypted asset's content key (to signed URLs only)
 
 use std::ops::Range;
@@ -38,6 +40,8 @@ pub struct Rendition {
     /// Bits per second over the whole track and of its largest segment.
     pub average_bps: u64,
     pub peak_bps: u64,
+    /// The sample index of each keyframe (video), in decode order.
+    pub keyframes: Vec<usize>,
 }
 
 impl Rendition {
@@ -46,6 +50,31 @@ impl Rendition {
         let s = &self.track.samples[self.segments[i].clone()];
         let ticks: u64 = s.iter().map(|s| u64::from(s.duration)).sum();
         ticks as f64 / f64::from(self.track.timescale)
+    }
+
+    /// Seconds from keyframe `k` (from 0) to the next one (or the track's end):
+    /// its duration in an I-frame playlist.
+    pub fn keyframe_secs(&self, k: usize) -> f64 {
+        let samples = &self.track.samples;
+        let start = samples[self.keyframes[k]].dts;
+        let end = match self.keyframes.get(k + 1) {
+            Some(&next) => samples[next].dts,
+            None => samples.last().map_or(start, |s| s.dts + u64::from(s.duration)),
+        };
+        end.saturating_sub(start) as f64 / f64::from(self.track.timescale)
+    }
+
+    /// Bits per second of the I-frame playlist at its peak (the largest keyframe
+    /// over its interval).
+    pub fn keyframe_peak_bps(&self) -> u64 {
+        (0..self.keyframes.len())
+            .map(|k| {
+                let bits = u64::from(self.track.samples[self.keyframes[k]].size) * 8;
+                let secs = self.keyframe_secs(k);
+                if secs > 0.0 { (bits as f64 / secs).ceil() as u64 } else { 0 }
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// The earliest presentation time of segment `i`, in the track's timescale.
@@ -73,6 +102,10 @@ pub enum Request<'a> {
     Init(&'a str),
     /// A rendition's media segment, numbered from 1.
     Segment(&'a str, usize),
+    /// A video rendition's I-frame playlist.
+    IframePlaylist(&'a str),
+    /// A video rendition's keyframe alone, numbered from 1.
+    Iframe(&'a str, usize),
     /// An encrypted asset's content key, by its key id (hex).
     Key(&'a str),
 }
@@ -84,7 +117,13 @@ impl<'a> Request<'a> {
         let (format, file) = rest.split_once('/')?;
         match format {
             "hls" if file == "master.m3u8" => Some(Self::HlsMaster),
-            "hls" => file.strip_suffix(".m3u8").filter(|n| !n.contains('/')).map(Self::HlsMedia),
+            "hls" => {
+                let name = file.strip_suffix(".m3u8").filter(|n| !n.contains('/'))?;
+                Some(match name.strip_suffix("-iframes") {
+                    Some(video) => Self::IframePlaylist(video),
+                    None => Self::HlsMedia(name),
+                })
+            }
             "dash" if file == "manifest.mpd" => Some(Self::DashManifest),
             "keys" => file.strip_suffix(".key").filter(|k| !k.contains('/')).map(Self::Key),
             "cmaf" => {
@@ -93,11 +132,16 @@ impl<'a> Request<'a> {
                     return Some(Self::Init(name));
                 }
                 let n = file.strip_suffix(".m4s")?;
+                let (iframe, n) = match n.strip_prefix('i') {
+                    Some(n) => (true, n),
+                    None => (false, n),
+                };
                 // Canonical numbers only: one URL per segment (caches, validators).
                 if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
                     return None;
                 }
-                n.parse().ok().filter(|&n| n >= 1).map(|n| Self::Segment(name, n))
+                let n = n.parse().ok().filter(|&n| n >= 1)?;
+                Some(if iframe { Self::Iframe(name, n) } else { Self::Segment(name, n) })
             }
             _ => None,
         }
@@ -105,16 +149,16 @@ impl<'a> Request<'a> {
 
     pub fn content_type(&self) -> &'static str {
         match self {
-            Self::HlsMaster | Self::HlsMedia(_) => "application/vnd.apple.mpegurl",
+            Self::HlsMaster | Self::HlsMedia(_) | Self::IframePlaylist(_) => "application/vnd.apple.mpegurl",
             Self::DashManifest => "application/dash+xml",
-            Self::Init(_) | Self::Segment(..) => "video/mp4",
+            Self::Init(_) | Self::Segment(..) | Self::Iframe(..) => "video/mp4",
             Self::Key(_) => "application/octet-stream",
         }
     }
 
     /// A manifest (a short cache lifetime) rather than a segment.
     pub fn is_manifest(&self) -> bool {
-        matches!(self, Self::HlsMaster | Self::HlsMedia(_) | Self::DashManifest)
+        matches!(self, Self::HlsMaster | Self::HlsMedia(_) | Self::IframePlaylist(_) | Self::DashManifest)
     }
 }
 
@@ -176,7 +220,12 @@ impl Asset {
             duration_secs = duration_secs.max(secs);
             let bytes: u64 = track.samples.iter().map(|s| u64::from(s.size)).sum();
             let average_bps = if secs > 0.0 { (bytes as f64 * 8.0 / secs).ceil() as u64 } else { 0 };
-            let mut r = Rendition { name, file, track, segments, average_bps, peak_bps: 0 };
+            let keyframes = if track.is_video() {
+                track.samples.iter().enumerate().filter(|(_, s)| s.sync).map(|(i, _)| i).collect()
+            } else {
+                Vec::new()
+            };
+            let mut r = Rendition { name, file, track, segments, average_bps, peak_bps: 0, keyframes };
             r.peak_bps = (0..r.segments.len())
                 .map(|i| {
                     let bytes: u64 = r.track.samples[r.segments[i].clone()].iter().map(|s| u64::from(s.size)).sum();
@@ -342,6 +391,10 @@ mod tests {
         assert_eq!(Request::parse("cmaf/720p-v1/init.mp4"), Some(Request::Init("720p-v1")));
         assert_eq!(Request::parse("cmaf/720p-v1/12.m4s"), Some(Request::Segment("720p-v1", 12)));
         assert_eq!(Request::parse("keys/00ff.key"), Some(Request::Key("00ff")));
+        assert_eq!(Request::parse("hls/720p-v1-iframes.m3u8"), Some(Request::IframePlaylist("720p-v1")));
+        assert_eq!(Request::parse("cmaf/720p-v1/i3.m4s"), Some(Request::Iframe("720p-v1", 3)));
+        assert_eq!(Request::parse("cmaf/720p-v1/i03.m4s"), None);
+        assert_eq!(Request::parse("cmaf/720p-v1/i0.m4s"), None);
         for not in
             ["cmaf/x/0.m4s", "cmaf/x/01.m4s", "cmaf/x/+1.m4s", "cmaf/x/a.m4s", "hls/a/b.m3u8", "video.mp4", "x/y"]
         {

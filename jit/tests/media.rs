@@ -158,9 +158,13 @@ async fn h264_and_aac_decode_frame_for_frame() {
     let m3u8_rs::Playlist::MasterPlaylist(m) = m3u8_rs::parse_playlist_res(&master).unwrap() else {
         panic!("a master playlist")
     };
-    assert_eq!(m.variants.len(), 2);
-    assert!(m.variants.iter().all(|v| v.audio.as_deref() == Some("audio")));
-    assert!(m.variants[0].codecs.as_deref().unwrap().starts_with("avc1.64"), "{:?}", m.variants[0].codecs);
+    let (iframes, variants): (Vec<_>, Vec<_>) = m.variants.iter().partition(|v| v.is_i_frame);
+    assert_eq!(variants.len(), 2);
+    assert!(variants.iter().all(|v| v.audio.as_deref() == Some("audio")));
+    assert!(variants[0].codecs.as_deref().unwrap().starts_with("avc1.64"), "{:?}", variants[0].codecs);
+    // An I-frame playlist per video rendition, its bandwidth that of keyframes alone.
+    assert_eq!(iframes.len(), 2);
+    assert!(iframes.iter().zip(&variants).all(|(i, v)| i.bandwidth > 0 && i.bandwidth < v.bandwidth));
     assert_eq!(m.alternatives.len(), 1);
     let media = manifest::hls_media(v, None);
     let m3u8_rs::Playlist::MediaPlaylist(p) = m3u8_rs::parse_playlist_res(&media).unwrap() else {

@@ -247,6 +247,25 @@ impl Packager {
                 let uri = key.map(|k| format!("../keys/{}.key", k.kid_hex()));
                 manifest::hls_media(rendition(name)?, uri.as_deref())
             }
+            Request::IframePlaylist(name) => {
+                let r = rendition(name)
+                    .ok()
+                    .filter(|r| r.track.is_video())
+                    .ok_or(PackError::NotFound("no such video rendition"))?;
+                let uri = key.map(|k| format!("../keys/{}.key", k.kid_hex()));
+                manifest::hls_iframes(r, uri.as_deref())
+            }
+            Request::Iframe(name, n) => {
+                let r = rendition(name)?;
+                let file = dir.join(&r.file).map_err(|_| PackError::NotFound("no such file"))?;
+                let segment = headwater_jit::iframe_segment(&self.store, &file, r, n)
+                    .await?
+                    .ok_or(PackError::NotFound("no such keyframe"))?;
+                match key {
+                    Some(k) => encrypt::aes128_segment(k, n as u64 - 1, &segment),
+                    None => segment,
+                }
+            }
             Request::DashManifest if key.is_some() => {
                 return Err(PackError::NotFound(
                     "this account encrypts for HLS (AES-128): DASH needs CENC, which is not built yet",
@@ -281,7 +300,16 @@ impl Packager {
             if now.duration_since(e.checked) < self.revalidate {
                 return Ok(e.packaged);
             }
-            let sources = self.sources(dir).await?;
+            let sources = match self.sources(dir).await {
+                Ok(sources) => sources,
+                // The store is down: what was packaged is still right as far as
+                // anyone knows (the files cannot change while it is down).
+                Err(PackError::Store(error)) => {
+                    tracing::warn!(%error, asset = %dir, "the content store did not list the asset: serving it as kept");
+                    return Ok(e.packaged);
+                }
+                Err(other) => return Err(other),
+            };
             if sources == e.packaged.sources {
                 self.assets.insert(key.to_owned(), AssetEntry { packaged: e.packaged.clone(), checked: now });
                 return Ok(e.packaged);
