@@ -259,6 +259,42 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     assert_eq!(kinds.iter().filter(|k| **k == "video").count(), 2, "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| **k == "audio").count(), 1, "{kinds:?}");
 
+    // Filters by query: bitrate and codecs keep renditions, a time window clips
+    // the presentation to its segments (their numbers kept).
+    let low = m.variants.iter().find(|v| v.uri == "180p-v1.m3u8").unwrap().bandwidth;
+    let text = |url: String| {
+        let http = http.clone();
+        async move { get(&http, &url, &[]).await.bytes().await.unwrap() }
+    };
+    let playlist = text(format!("{base}/hls/master.m3u8?max_bitrate={low}")).await;
+    let m3u8_rs::Playlist::MasterPlaylist(f) = m3u8_rs::parse_playlist_res(&playlist).unwrap() else { panic!() };
+    let kept: Vec<&str> = f.variants.iter().map(|v| v.uri.as_str()).collect();
+    assert_eq!(kept, ["180p-v1.m3u8", "180p-v1-iframes.m3u8"], "{}", String::from_utf8_lossy(&playlist));
+    let res = get(&http, &format!("{base}/hls/master.m3u8?codecs=hvc1"), &[]).await;
+    support::expect_problem(res, StatusCode::NOT_FOUND, "not-found", None).await;
+    let res = get(&http, &format!("{base}/dash/manifest.mpd?start=soon"), &[]).await;
+    let p = support::expect_problem(res, StatusCode::BAD_REQUEST, "invalid-filter", None).await;
+    assert!(p["detail"].as_str().unwrap().starts_with("start: "), "{p}");
+    let playlist = text(format!("{base}/hls/master.m3u8?start=6")).await;
+    assert!(String::from_utf8_lossy(&playlist).contains("360p-v1.m3u8?start=6"), "the window reaches the children");
+    let playlist = text(format!("{base}/hls/360p-v1.m3u8?start=6")).await;
+    let m3u8_rs::Playlist::MediaPlaylist(p) = m3u8_rs::parse_playlist_res(&playlist).unwrap() else { panic!() };
+    let uris: Vec<&str> = p.segments.iter().map(|s| s.uri.as_str()).collect();
+    assert_eq!((p.media_sequence, uris), (1, vec!["../cmaf/360p-v1/2.m4s"]));
+    for manifest in ["hls/master.m3u8?start=6", "dash/manifest.mpd?start=6", "hls/master.m3u8?end=5"] {
+        let out = tokio::process::Command::new("ffprobe")
+            .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
+            .arg(format!("{base}/{manifest}"))
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && stderr.trim().is_empty(), "{manifest}: {stderr}");
+        let secs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let expected = if manifest.contains("end=5") { 6.0 } else { 3.0 };
+        assert!((secs - expected).abs() < 0.1, "{manifest}: {secs} s, not {expected}");
+    }
+
     // A segment has the validators and ranges of a file, and the same bytes and
     // ETag every time, on every node: a second node (a fresh process) agrees.
     let segment = format!("{base}/cmaf/360p-v1/2.m4s");

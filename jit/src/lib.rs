@@ -6,6 +6,7 @@
 
 pub mod cmaf;
 pub mod encrypt;
+pub mod filter;
 pub mod index;
 pub mod manifest;
 pub mod package;
@@ -14,6 +15,7 @@ use std::ops::Range;
 
 use headwater_content::{ContentPath, ContentStore};
 
+pub use filter::{BadFilter, Filter};
 pub use index::{IndexError, Mp4Index, Unpackable, read_index};
 pub use package::{Asset, Rendition, Request, Settings};
 

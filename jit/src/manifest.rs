@@ -1,6 +1,7 @@
 //! The manifests of a packaged asset: HLS master and media playlists (m3u8-rs)
 //! and a DASH MPD (dash-mpd), pointing at the shared CMAF segments.
 
+use std::ops::Range;
 use std::time::Duration;
 
 use dash_mpd::{AdaptationSet, MPD, Period, Representation, S, SegmentTemplate, SegmentTimeline};
@@ -9,6 +10,7 @@ use m3u8_rs::{
     MediaSegment, Resolution, VariantStream,
 };
 
+use crate::filter::Filter;
 use crate::index::Kind;
 use crate::package::{Asset, Rendition};
 
@@ -22,9 +24,12 @@ fn frame_rate(r: &Rendition) -> Option<f64> {
 }
 
 /// `hls/master.m3u8`: a variant per video rendition with every audio rendition
-/// as an alternative (or, with no video, a variant per audio rendition).
-pub fn hls_master(asset: &Asset) -> Vec<u8> {
-    let (video, audio): (Vec<&Rendition>, Vec<&Rendition>) = asset.renditions.iter().partition(|r| r.track.is_video());
+/// as an alternative (or, with no video, a variant per audio rendition), the
+/// renditions `filter` keeps; child playlists carry its time window.
+pub fn hls_master(asset: &Asset, filter: &Filter) -> Vec<u8> {
+    let (video, audio): (Vec<&Rendition>, Vec<&Rendition>) =
+        asset.renditions.iter().filter(|r| filter.keeps(r)).partition(|r| r.track.is_video());
+    let window = filter.window_query();
     let audio_peak = audio.iter().map(|a| a.peak_bps).max().unwrap_or(0);
     let audio_average = audio.iter().map(|a| a.average_bps).max().unwrap_or(0);
     let mut names = std::collections::BTreeSet::new();
@@ -45,7 +50,7 @@ pub fn hls_master(asset: &Asset) -> Vec<u8> {
                 };
                 AlternativeMedia {
                     media_type: AlternativeMediaType::Audio,
-                    uri: Some(format!("{}.m3u8", a.name)),
+                    uri: Some(format!("{}.m3u8{window}", a.name)),
                     group_id: AUDIO_GROUP.into(),
                     language: (a.track.language != "und").then(|| a.track.language.clone()),
                     name,
@@ -61,7 +66,7 @@ pub fn hls_master(asset: &Asset) -> Vec<u8> {
         audio
             .iter()
             .map(|a| VariantStream {
-                uri: format!("{}.m3u8", a.name),
+                uri: format!("{}.m3u8{window}", a.name),
                 bandwidth: a.peak_bps,
                 average_bandwidth: Some(a.average_bps),
                 codecs: Some(a.track.codec_string.clone()),
@@ -82,7 +87,7 @@ pub fn hls_master(asset: &Asset) -> Vec<u8> {
                     None => v.track.codec_string.clone(),
                 };
                 VariantStream {
-                    uri: format!("{}.m3u8", v.name),
+                    uri: format!("{}.m3u8{window}", v.name),
                     bandwidth: v.peak_bps + audio_peak,
                     average_bandwidth: Some(v.average_bps + audio_average),
                     codecs: Some(codecs),
@@ -102,7 +107,7 @@ pub fn hls_master(asset: &Asset) -> Vec<u8> {
         };
         VariantStream {
             is_i_frame: true,
-            uri: format!("{}-iframes.m3u8", v.name),
+            uri: format!("{}-iframes.m3u8{window}", v.name),
             bandwidth: v.keyframe_peak_bps(),
             codecs: Some(v.track.codec_string.clone()),
             resolution: Some(Resolution { width, height }),
@@ -122,19 +127,20 @@ pub fn hls_master(asset: &Asset) -> Vec<u8> {
     out
 }
 
-/// `hls/{rendition}.m3u8`: every segment of the rendition, VOD; with `key` (the
-/// URI of an AES-128 key), every media segment encrypted with it (the init
+/// `hls/{rendition}.m3u8`: the rendition's segments `kept` (all, or those of a
+/// time window, with their own numbers and media sequence), VOD; with `key`
+/// (the URI of an AES-128 key), every media segment encrypted with it (the init
 /// segment stays clear: its `EXT-X-MAP` comes before the `EXT-X-KEY`).
-pub fn hls_media(r: &Rendition, key: Option<&str>) -> Vec<u8> {
-    let durations: Vec<f64> = (0..r.segments.len()).map(|i| r.segment_secs(i)).collect();
+pub fn hls_media(r: &Rendition, key: Option<&str>, kept: Range<usize>) -> Vec<u8> {
+    let first = kept.start;
+    let durations: Vec<(usize, f64)> = kept.map(|i| (i, r.segment_secs(i))).collect();
     let segments = durations
         .iter()
-        .enumerate()
-        .map(|(i, &d)| MediaSegment {
+        .map(|&(i, d)| MediaSegment {
             uri: format!("../cmaf/{}/{}.m4s", r.name, i + 1),
             duration: d as f32,
-            map: (i == 0).then(|| Map { uri: format!("../cmaf/{}/init.mp4", r.name), ..Default::default() }),
-            key: key.filter(|_| i == 0).map(|uri| Key {
+            map: (i == first).then(|| Map { uri: format!("../cmaf/{}/init.mp4", r.name), ..Default::default() }),
+            key: key.filter(|_| i == first).map(|uri| Key {
                 method: KeyMethod::AES128,
                 uri: Some(uri.to_owned()),
                 ..Default::default()
@@ -145,8 +151,9 @@ pub fn hls_media(r: &Rendition, key: Option<&str>) -> Vec<u8> {
     let playlist = MediaPlaylist {
         version: Some(HLS_VERSION),
         // EXTINF rounded to the nearest second never exceeds it (RFC 8216 §4.3.3.1).
-        target_duration: durations.iter().map(|d| d.round() as u64).max().unwrap_or(1).max(1),
-        media_sequence: 0,
+        target_duration: durations.iter().map(|d| d.1.round() as u64).max().unwrap_or(1).max(1),
+        // Segment n has sequence n - 1 (an AES-128 segment's IV).
+        media_sequence: first as u64,
         segments,
         end_list: true,
         playlist_type: Some(MediaPlaylistType::Vod),
@@ -158,19 +165,26 @@ pub fn hls_media(r: &Rendition, key: Option<&str>) -> Vec<u8> {
     out
 }
 
-/// `hls/{rendition}-iframes.m3u8`: a video rendition's keyframes, each alone
-/// in a segment, for trick play (fast forward, thumbnails); with `key`,
-/// encrypted as the media segments are.
-pub fn hls_iframes(r: &Rendition, key: Option<&str>) -> Vec<u8> {
-    let durations: Vec<f64> = (0..r.keyframes.len()).map(|k| r.keyframe_secs(k)).collect();
+/// `hls/{rendition}-iframes.m3u8`: a video rendition's keyframes in its
+/// segments `kept`, each alone in a segment, for trick play (fast forward,
+/// thumbnails); with `key`, encrypted as the media segments are.
+pub fn hls_iframes(r: &Rendition, key: Option<&str>, kept: Range<usize>) -> Vec<u8> {
+    let samples = match (r.segments.get(kept.start), kept.end.checked_sub(1).and_then(|i| r.segments.get(i))) {
+        (Some(a), Some(b)) => a.start..b.end,
+        _ => 0..0,
+    };
+    let durations: Vec<(usize, f64)> = (0..r.keyframes.len())
+        .filter(|&k| samples.contains(&r.keyframes[k]))
+        .map(|k| (k, r.keyframe_secs(k)))
+        .collect();
+    let first = durations.first().map_or(0, |d| d.0);
     let segments = durations
         .iter()
-        .enumerate()
-        .map(|(k, &d)| MediaSegment {
+        .map(|&(k, d)| MediaSegment {
             uri: format!("../cmaf/{}/i{}.m4s", r.name, k + 1),
             duration: d as f32,
-            map: (k == 0).then(|| Map { uri: format!("../cmaf/{}/init.mp4", r.name), ..Default::default() }),
-            key: key.filter(|_| k == 0).map(|uri| Key {
+            map: (k == first).then(|| Map { uri: format!("../cmaf/{}/init.mp4", r.name), ..Default::default() }),
+            key: key.filter(|_| k == first).map(|uri| Key {
                 method: KeyMethod::AES128,
                 uri: Some(uri.to_owned()),
                 ..Default::default()
@@ -180,8 +194,8 @@ pub fn hls_iframes(r: &Rendition, key: Option<&str>) -> Vec<u8> {
         .collect();
     let playlist = MediaPlaylist {
         version: Some(HLS_VERSION),
-        target_duration: durations.iter().map(|d| d.round() as u64).max().unwrap_or(1).max(1),
-        media_sequence: 0,
+        target_duration: durations.iter().map(|d| d.1.round() as u64).max().unwrap_or(1).max(1),
+        media_sequence: first as u64,
         segments,
         end_list: true,
         playlist_type: Some(MediaPlaylistType::Vod),
@@ -195,27 +209,39 @@ pub fn hls_iframes(r: &Rendition, key: Option<&str>) -> Vec<u8> {
 }
 
 /// `dash/manifest.mpd`: a static MPD, one adaptation set for the video and one
-/// per audio language, each representation with its own segment timeline.
-pub fn dash_mpd(asset: &Asset) -> Vec<u8> {
-    let representation = |r: &Rendition| {
+/// per audio language, each representation (of those `filter` keeps) with its
+/// own segment timeline over the segments of its time window.
+pub fn dash_mpd(asset: &Asset, filter: &Filter) -> Vec<u8> {
+    let kept = filter.segments(asset);
+    let mut duration_secs = 0f64;
+    let mut representation = |r: &Rendition| {
         let timescale = r.track.timescale;
         let starts: Vec<i64> = (0..r.segments.len()).map(|i| r.segment_start(i)).collect();
         let end = r.track.duration() as i64 + starts.first().copied().unwrap_or(0);
         let mut timeline: Vec<S> = Vec::new();
-        for (i, &t) in starts.iter().enumerate() {
+        let mut ticks = 0u64;
+        for i in kept.clone() {
+            let t = starts[i];
             let next = starts.get(i + 1).copied().unwrap_or(end);
             let d = u64::try_from(next - t).unwrap_or(0);
+            ticks += d;
             match timeline.last_mut() {
                 Some(last) if last.d == d => last.r = Some(last.r.unwrap_or(0) + 1),
-                _ => timeline.push(S { t: (i == 0).then(|| u64::try_from(t).unwrap_or(0)), d, ..Default::default() }),
+                _ => timeline.push(S {
+                    t: (i == kept.start).then(|| u64::try_from(t).unwrap_or(0)),
+                    d,
+                    ..Default::default()
+                }),
             }
         }
+        duration_secs = duration_secs.max(ticks as f64 / f64::from(timescale));
         let template = SegmentTemplate {
             timescale: Some(u64::from(timescale)),
             initialization: Some("../cmaf/$RepresentationID$/init.mp4".into()),
             media: Some("../cmaf/$RepresentationID$/$Number$.m4s".into()),
-            startNumber: Some(1),
-            presentationTimeOffset: starts.first().and_then(|&t| u64::try_from(t).ok()),
+            startNumber: Some(kept.start as u64 + 1),
+            // The window's first segment starts the period.
+            presentationTimeOffset: starts.get(kept.start).and_then(|&t| u64::try_from(t).ok()),
             SegmentTimeline: Some(SegmentTimeline { segments: timeline }),
             ..Default::default()
         };
@@ -238,7 +264,7 @@ pub fn dash_mpd(asset: &Asset) -> Vec<u8> {
     };
     let mut adaptations = Vec::new();
     let video: Vec<Representation> =
-        asset.renditions.iter().filter(|r| r.track.is_video()).map(&representation).collect();
+        asset.renditions.iter().filter(|r| r.track.is_video() && filter.keeps(r)).map(&mut representation).collect();
     if !video.is_empty() {
         adaptations.push(AdaptationSet {
             id: Some("0".into()),
@@ -251,7 +277,7 @@ pub fn dash_mpd(asset: &Asset) -> Vec<u8> {
         });
     }
     let mut languages: Vec<&str> = Vec::new();
-    for r in asset.renditions.iter().filter(|r| !r.track.is_video()) {
+    for r in asset.renditions.iter().filter(|r| !r.track.is_video() && filter.keeps(r)) {
         if !languages.contains(&r.track.language.as_str()) {
             languages.push(&r.track.language);
         }
@@ -260,8 +286,8 @@ pub fn dash_mpd(asset: &Asset) -> Vec<u8> {
         let reps = asset
             .renditions
             .iter()
-            .filter(|r| !r.track.is_video() && r.track.language == lang)
-            .map(&representation)
+            .filter(|r| !r.track.is_video() && r.track.language == lang && filter.keeps(r))
+            .map(&mut representation)
             .collect();
         adaptations.push(AdaptationSet {
             id: Some(adaptations.len().to_string()),
@@ -274,7 +300,7 @@ pub fn dash_mpd(asset: &Asset) -> Vec<u8> {
             ..Default::default()
         });
     }
-    let duration = Duration::from_millis((asset.duration_secs * 1000.0).round() as u64);
+    let duration = Duration::from_millis((duration_secs * 1000.0).round() as u64);
     let mpd = MPD {
         xmlns: Some("urn:mpeg:dash:schema:mpd:2011".into()),
         mpdtype: Some("static".into()),

@@ -37,6 +37,7 @@ struct Head {
     method: Method,
     /// The path of the request target, without the query.
     path: String,
+    query: Option<String>,
     version: Version,
     headers: HeaderMap,
 }
@@ -87,7 +88,7 @@ pub async fn serve<W: Wire>(
         if let Err((status, detail)) = discard_body(&mut stream, &mut buf, &head.headers).await? {
             return finish(&mut stream, &mut out, refused(status, detail), head.version).await;
         }
-        let res = handler::answer(&node, peer, &head.method, &head.path, &head.headers).await;
+        let res = handler::answer(&node, peer, &head.method, &head.path, head.query.as_deref(), &head.headers).await;
         let keep = keep_alive(&head) && !drain.is_cancelled();
         let bodiless = head.method == Method::HEAD;
         write_response(&mut stream, &mut out, res, bodiless, head.version, keep).await?;
@@ -136,12 +137,15 @@ fn to_head(req: &httparse::Request<'_, '_>) -> Result<Head, HeadError> {
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes()).map_err(|_| bad("invalid method"))?;
     let version = if req.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let target = req.path.unwrap_or_default();
-    let path = if target.starts_with('/') {
-        target.split_once('?').map_or(target, |(p, _)| p).to_owned()
+    let (path, query) = if target.starts_with('/') {
+        match target.split_once('?') {
+            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+            None => (target.to_owned(), None),
+        }
     } else {
         // absolute-form (`http://host/path`), or `*`.
         let uri: http::Uri = target.parse().map_err(|_| bad("invalid request target"))?;
-        uri.path().to_owned()
+        (uri.path().to_owned(), uri.query().map(str::to_owned))
     };
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     for h in req.headers.iter() {
@@ -149,7 +153,7 @@ fn to_head(req: &httparse::Request<'_, '_>) -> Result<Head, HeadError> {
         let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("invalid header value"))?;
         headers.append(name, value);
     }
-    Ok(Head { method, path, version, headers })
+    Ok(Head { method, path, query, version, headers })
 }
 
 /// Reads and drops a request body; `Err` (answered, then the connection closes)

@@ -54,7 +54,7 @@ pub struct Peer {
 
 /// An HTTP/2 request, answered through hyper.
 pub async fn handle(node: Arc<Node>, peer: Peer, req: Request<Incoming>) -> Result<Response<ResBody>, Infallible> {
-    let res = answer(&node, peer, req.method(), req.uri().path(), req.headers()).await;
+    let res = answer(&node, peer, req.method(), req.uri().path(), req.uri().query(), req.headers()).await;
     Ok(res.map(|payload| match payload {
         Payload::Full(b) => Full::new(b).map_err(|never| match never {}).boxed_unsync(),
         Payload::Content(sent, body) => shaped(sent, body),
@@ -67,12 +67,13 @@ pub async fn answer(
     peer: Peer,
     method: &Method,
     path: &str,
+    query: Option<&str>,
     headers: &HeaderMap,
 ) -> Response<Payload> {
     let started = Instant::now();
     // One look at the configuration for the whole request.
     let served = node.served();
-    let mut res = route(node, &served, peer, method, path, headers).await;
+    let mut res = route(node, &served, peer, method, path, query, headers).await;
     // The account's CORS policy (the first path segment names the account).
     let account = path.trim_start_matches('/').split('/').next().unwrap_or_default();
     let allowed = served.accounts.get(account).map_or(&[][..], |a| a.allow_origins.as_slice());
@@ -88,6 +89,7 @@ async fn route(
     peer: Peer,
     method: &Method,
     path: &str,
+    query: Option<&str>,
     headers: &HeaderMap,
 ) -> Response<Payload> {
     match path {
@@ -196,7 +198,7 @@ async fn route(
             let detail = "a content key is handed to signed playback URLs only";
             return count(node, &account, problem(StatusCode::FORBIDDEN, "playback-token", detail));
         }
-        return match node.packager.reply(&dir, &request, rest, headers, head, encryption).await {
+        return match node.packager.reply(&dir, &request, rest, query, headers, head, encryption).await {
             Ok(reply) => finish(node, account, counted, bytes_counter, ok_counter, reply),
             Err(e) => {
                 // An unpackable asset is logged once, when it is packaged.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use headwater_content::{ContentError, ContentPath, ContentStore, Meta};
 use headwater_jit::encrypt::{self, AssetKey};
-use headwater_jit::{Asset, IndexError, Request, Settings, Unpackable, manifest};
+use headwater_jit::{Asset, BadFilter, Filter, IndexError, Request, Settings, Unpackable, manifest};
 use headwater_protocol::EncryptionScheme;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use quick_cache::Weighter;
@@ -40,6 +40,9 @@ pub enum PackError {
     /// was handed did not decode): nothing goes out clear.
     #[error("this node cannot make the account's content keys")]
     KeyUnavailable,
+    /// A manifest's query names a filter wrongly.
+    #[error(transparent)]
+    BadFilter(#[from] BadFilter),
 }
 
 impl PackError {
@@ -50,6 +53,7 @@ impl PackError {
             Self::Unpackable(_) => (StatusCode::INTERNAL_SERVER_ERROR, "unpackable"),
             Self::Store(_) => (StatusCode::BAD_GATEWAY, "content-store"),
             Self::KeyUnavailable => (StatusCode::INTERNAL_SERVER_ERROR, "encryption"),
+            Self::BadFilter(_) => (StatusCode::BAD_REQUEST, "invalid-filter"),
         }
     }
 }
@@ -168,16 +172,20 @@ impl Packager {
     }
 
     /// Answers a GET or HEAD for `request`, the path `rest` under the asset
-    /// folder `dir` (`account/asset`).
+    /// folder `dir` (`account/asset`), whose `query` may filter a manifest.
+    #[allow(clippy::too_many_arguments)]
     pub async fn reply(
         &self,
         dir: &ContentPath,
         request: &Request<'_>,
         rest: &str,
+        query: Option<&str>,
         req: &HeaderMap,
         head: bool,
         encryption: Option<&Encrypted>,
     ) -> Result<Reply, PackError> {
+        // Segments are the same whatever the query; manifests follow it.
+        let filter = if request.is_manifest() { Filter::parse(query)? } else { Filter::default() };
         let key = match encryption {
             None => None,
             Some(e) => {
@@ -196,7 +204,7 @@ impl Packager {
             None => "clear".to_owned(),
             Some((EncryptionScheme::Aes128, k)) => format!("aes128.{}", k.kid_hex()),
         };
-        let key_string = format!("{}/{variant}/{rest}", packaged.tag);
+        let key_string = format!("{}/{variant}/{rest}?{}", packaged.tag, filter.canonical());
         let key_ref = key.as_ref().map(|(_, k)| k);
         let output = match self.outputs.get_value_or_guard_async(&key_string).await {
             Ok(o) => {
@@ -206,7 +214,7 @@ impl Packager {
             Err(guard) => {
                 // Others asking for the same output meanwhile wait for this one.
                 self.misses.fetch_add(1, Ordering::Relaxed);
-                let bytes = Bytes::from(self.make(dir, asset, request, key_ref).await?);
+                let bytes = Bytes::from(self.make(dir, asset, request, &filter, key_ref).await?);
                 let digest = sha2::Sha256::digest(key_string.as_bytes());
                 let output = Arc::new(Output { bytes, etag: format!("\"jit-{}\"", hex::encode(&digest[..12])) });
                 if output.bytes.len() as u64 <= self.max_output {
@@ -238,14 +246,25 @@ impl Packager {
         dir: &ContentPath,
         asset: &Asset,
         request: &Request<'_>,
+        filter: &Filter,
         key: Option<&AssetKey>,
     ) -> Result<Vec<u8>, PackError> {
         let rendition = |name: &str| asset.rendition(name).ok_or(PackError::NotFound("no such rendition"));
+        if request.is_manifest() {
+            let kept = |video: bool| asset.renditions.iter().any(|r| r.track.is_video() == video && filter.keeps(r));
+            let has = |video: bool| asset.renditions.iter().any(|r| r.track.is_video() == video);
+            if (has(true) && !kept(true)) || (!has(true) && !kept(false)) {
+                return Err(PackError::NotFound("no rendition matches the filter"));
+            }
+            if filter.segments(asset).is_empty() {
+                return Err(PackError::NotFound("the time window holds no segment"));
+            }
+        }
         Ok(match *request {
-            Request::HlsMaster => manifest::hls_master(asset),
+            Request::HlsMaster => manifest::hls_master(asset, filter),
             Request::HlsMedia(name) => {
                 let uri = key.map(|k| format!("../keys/{}.key", k.kid_hex()));
-                manifest::hls_media(rendition(name)?, uri.as_deref())
+                manifest::hls_media(rendition(name)?, uri.as_deref(), filter.segments(asset))
             }
             Request::IframePlaylist(name) => {
                 let r = rendition(name)
@@ -253,7 +272,7 @@ impl Packager {
                     .filter(|r| r.track.is_video())
                     .ok_or(PackError::NotFound("no such video rendition"))?;
                 let uri = key.map(|k| format!("../keys/{}.key", k.kid_hex()));
-                manifest::hls_iframes(r, uri.as_deref())
+                manifest::hls_iframes(r, uri.as_deref(), filter.segments(asset))
             }
             Request::Iframe(name, n) => {
                 let r = rendition(name)?;
@@ -271,7 +290,7 @@ impl Packager {
                     "this account encrypts for HLS (AES-128): DASH needs CENC, which is not built yet",
                 ));
             }
-            Request::DashManifest => manifest::dash_mpd(asset),
+            Request::DashManifest => manifest::dash_mpd(asset, filter),
             Request::Init(name) => headwater_jit::cmaf::init_segment(&rendition(name)?.track)?,
             Request::Segment(name, n) => {
                 let r = rendition(name)?;
