@@ -117,7 +117,12 @@ async fn frames(input: &str, stream: &str, raw_source: bool) -> (Vec<Frame>, f64
 /// keyframes and audio samples, and every presentation time within one tick of
 /// the source's once both start at 0.
 async fn same_frames(what: &str, packaged: &str, source: &Path, stream: &str) {
-    let (ours, _) = frames(packaged, "0", false).await;
+    same_stream(what, (packaged, "0"), source, stream).await
+}
+
+/// Like [`same_frames`] for stream `ours.1` of `ours.0` (one of several muxed).
+async fn same_stream(what: &str, ours: (&str, &str), source: &Path, stream: &str) {
+    let (ours, _) = frames(ours.0, ours.1, false).await;
     let (theirs, tick) = frames(source.to_str().unwrap(), stream, true).await;
     assert_eq!(ours.len(), theirs.len(), "{what}: frames decoded");
     let keys = |f: &[Frame]| f.iter().filter(|f| f.key).count();
@@ -215,6 +220,25 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
         let url = format!("{base}/hls/{rendition}.m3u8");
         same_frames(&format!("HLS {rendition}"), &url, &source(file), stream).await;
     }
+
+    // HLS with MPEG-TS segments: each video rendition muxed with the first audio
+    // rendition, both decoded frame for frame.
+    let res = get(&http, &format!("{base}/hls-ts/master.m3u8"), &[]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let ts_master = res.bytes().await.unwrap();
+    let m3u8_rs::Playlist::MasterPlaylist(t) = m3u8_rs::parse_playlist_res(&ts_master).unwrap() else { panic!() };
+    let uris: Vec<&str> = t.variants.iter().map(|v| v.uri.as_str()).collect();
+    assert_eq!(uris, ["180p-v1.m3u8", "360p-v1.m3u8"]);
+    assert!(t.variants.iter().all(|v| v.codecs.as_deref().unwrap().contains(",mp4a.40.2")), "{t:?}");
+    for (rendition, file) in [("180p-v1", "180p.mp4"), ("360p-v1", "360p.mp4")] {
+        let url = format!("{base}/hls-ts/{rendition}.m3u8");
+        same_stream(&format!("TS {rendition} video"), (&url, "v:0"), &source(file), "v:0").await;
+        same_stream(&format!("TS {rendition} audio"), (&url, "a:0"), &source("180p.mp4"), "a:0").await;
+    }
+    let res = get(&http, &format!("{base}/ts/360p-v1/1.ts"), &[]).await;
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "video/mp2t");
+    let ts = res.bytes().await.unwrap();
+    assert!(ts.len() % 188 == 0 && ts.chunks(188).all(|p| p[0] == 0x47), "188-byte packets, each with its sync byte");
 
     // Trick play: the I-frame playlist decodes to the source's keyframes alone,
     // each at the source's time.
@@ -483,6 +507,8 @@ async fn hls_js_and_dash_js_play_packaged_streams_in_chromium() {
     let base = format!("{}/ana-jit/movie", node.url);
     let hls = support::browser::play(&chromium, Player::HlsJs, &format!("{base}/hls/master.m3u8")).await;
     assert_eq!(hls["levels"], 2, "both video renditions: {hls}");
+    let ts = support::browser::play(&chromium, Player::HlsJs, &format!("{base}/hls-ts/master.m3u8")).await;
+    assert_eq!(ts["levels"], 2, "both video renditions, as MPEG-TS: {ts}");
     let dash = support::browser::play(&chromium, Player::DashJs, &format!("{base}/dash/manifest.mpd")).await;
     assert_eq!(dash["levels"], 2, "both video renditions: {dash}");
 }
@@ -600,6 +626,8 @@ async fn aes_128_encrypts_hls_and_hands_keys_to_signed_urls_only() {
     // plays it in Chromium.
     let source = files.iter().find(|(n, _)| n == "360p.mp4").unwrap().1.clone();
     same_frames("HLS AES-128 360p-v1", &media, &source, "v:0").await;
+    let ts_media = master.replace("hls/master.m3u8", "hls-ts/360p-v1.m3u8");
+    same_stream("HLS-TS AES-128 360p-v1", (&ts_media, "v:0"), &source, "v:0").await;
     let chromium = support::browser::chromium();
     let played = support::browser::play(&chromium, Player::HlsJs, &master).await;
     assert_eq!(played["levels"], 2, "{played}");

@@ -10,6 +10,7 @@ pub mod filter;
 pub mod index;
 pub mod manifest;
 pub mod package;
+pub mod ts;
 
 use std::ops::Range;
 
@@ -75,6 +76,47 @@ async fn segment_of(
     n: usize,
     samples: &[Sample],
 ) -> Result<Vec<u8>, IndexError> {
+    let read = read_samples(store, file, samples).await?;
+    let data = slices(&read, samples);
+    let sequence = u32::try_from(n).unwrap_or(u32::MAX);
+    Ok(cmaf::media_segment(&r.track, sequence, samples, &data)?)
+}
+
+/// Segment `n` (from 1) of video rendition `video` (in `video_file`) as MPEG-TS,
+/// with the same segment of `audio` (in `audio_file`) muxed in; an audio-only
+/// asset's rendition may come as `video` too. `None` past the last segment.
+pub async fn ts_segment(
+    store: &ContentStore,
+    (video_file, video): (&ContentPath, &Rendition),
+    audio: Option<(&ContentPath, &Rendition)>,
+    n: usize,
+) -> Result<Option<Vec<u8>>, IndexError> {
+    let Some(range) = n.checked_sub(1).and_then(|i| video.segments.get(i)) else { return Ok(None) };
+    let video_samples = &video.track.samples[range.clone()];
+    let video_read = read_samples(store, video_file, video_samples).await?;
+    let audio_samples = audio.and_then(|(_, a)| n.checked_sub(1).and_then(|i| a.segments.get(i))).map(|r| {
+        let a = audio.map(|(_, a)| a).unwrap_or(video);
+        (a, &a.track.samples[r.clone()])
+    });
+    let audio_read = match (audio, audio_samples) {
+        (Some((file, _)), Some((_, samples))) => Some(read_samples(store, file, samples).await?),
+        _ => None,
+    };
+    let first = ts::Part { track: &video.track, samples: video_samples, data: slices(&video_read, video_samples) };
+    let second = match (audio_samples, &audio_read) {
+        (Some((a, samples)), Some(read)) => Some(ts::Part { track: &a.track, samples, data: slices(read, samples) }),
+        _ => None,
+    };
+    let (v, a) = if video.track.is_video() { (Some(&first), second.as_ref()) } else { (None, Some(&first)) };
+    Ok(Some(ts::segment(v, a)?))
+}
+
+/// The bytes of `samples` of `file`, read by range (close runs merged).
+async fn read_samples(
+    store: &ContentStore,
+    file: &ContentPath,
+    samples: &[Sample],
+) -> Result<Vec<(Range<u64>, bytes::Bytes)>, IndexError> {
     let mut read = Vec::new();
     for run in runs(samples) {
         let bytes = store.read_range(file, run.clone()).await?;
@@ -83,7 +125,12 @@ async fn segment_of(
         }
         read.push((run, bytes));
     }
-    let data: Vec<&[u8]> = samples
+    Ok(read)
+}
+
+/// Each sample's bytes in what [`read_samples`] read.
+fn slices<'a>(read: &'a [(Range<u64>, bytes::Bytes)], samples: &[Sample]) -> Vec<&'a [u8]> {
+    samples
         .iter()
         .map(|s| {
             let i = read.partition_point(|(run, _)| run.end <= s.offset);
@@ -91,9 +138,7 @@ async fn segment_of(
             let at = (s.offset - run.start) as usize;
             &bytes[at..at + s.size as usize]
         })
-        .collect();
-    let sequence = u32::try_from(n).unwrap_or(u32::MAX);
-    Ok(cmaf::media_segment(&r.track, sequence, samples, &data)?)
+        .collect()
 }
 
 /// Bytes a segment's reads fetch from the store (for the benchmark and tests).

@@ -17,6 +17,8 @@ use crate::package::{Asset, Rendition};
 /// fMP4 segments (EXT-X-MAP) need version 6; 7 for nothing more.
 const HLS_VERSION: usize = 7;
 const AUDIO_GROUP: &str = "audio";
+/// MPEG-TS segments with float durations need no more than version 3.
+const TS_VERSION: usize = 3;
 
 fn frame_rate(r: &Rendition) -> Option<f64> {
     let secs = r.track.duration() as f64 / f64::from(r.track.timescale);
@@ -127,19 +129,86 @@ pub fn hls_master(asset: &Asset, filter: &Filter) -> Vec<u8> {
     out
 }
 
+/// `hls-ts/master.m3u8`: HLS with MPEG-TS segments for legacy players, a
+/// variant per video rendition (of those `filter` keeps) with the first audio
+/// rendition muxed in (or, with no video, the first audio rendition alone).
+pub fn hls_ts_master(asset: &Asset, filter: &Filter) -> Vec<u8> {
+    let window = filter.window_query();
+    let audio = asset.renditions.iter().find(|r| !r.track.is_video());
+    let video: Vec<&Rendition> = asset.renditions.iter().filter(|r| r.track.is_video() && filter.keeps(r)).collect();
+    let variants = if video.is_empty() {
+        audio
+            .map(|a| VariantStream {
+                uri: format!("{}.m3u8{window}", a.name),
+                bandwidth: a.peak_bps,
+                average_bandwidth: Some(a.average_bps),
+                codecs: Some(a.track.codec_string.clone()),
+                ..Default::default()
+            })
+            .into_iter()
+            .collect()
+    } else {
+        video
+            .iter()
+            .map(|v| {
+                let (width, height) = match v.track.kind {
+                    Kind::Video { width, height } => (u64::from(width), u64::from(height)),
+                    Kind::Audio { .. } => (0, 0),
+                };
+                let codecs = match audio {
+                    Some(a) => format!("{},{}", v.track.codec_string, a.track.codec_string),
+                    None => v.track.codec_string.clone(),
+                };
+                VariantStream {
+                    uri: format!("{}.m3u8{window}", v.name),
+                    bandwidth: v.peak_bps + audio.map_or(0, |a| a.peak_bps),
+                    average_bandwidth: Some(v.average_bps + audio.map_or(0, |a| a.average_bps)),
+                    codecs: Some(codecs),
+                    resolution: Some(Resolution { width, height }),
+                    frame_rate: frame_rate(v),
+                    ..Default::default()
+                }
+            })
+            .collect()
+    };
+    let master =
+        MasterPlaylist { version: Some(TS_VERSION), variants, independent_segments: true, ..Default::default() };
+    let mut out = Vec::new();
+    master.write_to(&mut out).expect("a playlist writes into memory");
+    out
+}
+
+/// `hls-ts/{rendition}.m3u8`: like [`hls_media`], with MPEG-TS segments.
+pub fn hls_ts_media(r: &Rendition, key: Option<&str>, kept: Range<usize>) -> Vec<u8> {
+    media_playlist(r, key, kept, None, TS_VERSION, |i| format!("../ts/{}/{}.ts", r.name, i + 1))
+}
+
 /// `hls/{rendition}.m3u8`: the rendition's segments `kept` (all, or those of a
 /// time window, with their own numbers and media sequence), VOD; with `key`
 /// (the URI of an AES-128 key), every media segment encrypted with it (the init
 /// segment stays clear: its `EXT-X-MAP` comes before the `EXT-X-KEY`).
 pub fn hls_media(r: &Rendition, key: Option<&str>, kept: Range<usize>) -> Vec<u8> {
+    let init = format!("../cmaf/{}/init.mp4", r.name);
+    media_playlist(r, key, kept, Some(init), HLS_VERSION, |i| format!("../cmaf/{}/{}.m4s", r.name, i + 1))
+}
+
+/// A VOD media playlist of `r`'s segments `kept`, each at `uri(index)`.
+fn media_playlist(
+    r: &Rendition,
+    key: Option<&str>,
+    kept: Range<usize>,
+    init: Option<String>,
+    version: usize,
+    uri: impl Fn(usize) -> String,
+) -> Vec<u8> {
     let first = kept.start;
     let durations: Vec<(usize, f64)> = kept.map(|i| (i, r.segment_secs(i))).collect();
     let segments = durations
         .iter()
         .map(|&(i, d)| MediaSegment {
-            uri: format!("../cmaf/{}/{}.m4s", r.name, i + 1),
+            uri: uri(i),
             duration: d as f32,
-            map: (i == first).then(|| Map { uri: format!("../cmaf/{}/init.mp4", r.name), ..Default::default() }),
+            map: init.as_ref().filter(|_| i == first).map(|u| Map { uri: u.clone(), ..Default::default() }),
             key: key.filter(|_| i == first).map(|uri| Key {
                 method: KeyMethod::AES128,
                 uri: Some(uri.to_owned()),
@@ -149,7 +218,7 @@ pub fn hls_media(r: &Rendition, key: Option<&str>, kept: Range<usize>) -> Vec<u8
         })
         .collect();
     let playlist = MediaPlaylist {
-        version: Some(HLS_VERSION),
+        version: Some(version),
         // EXTINF rounded to the nearest second never exceeds it (RFC 8216 §4.3.3.1).
         target_duration: durations.iter().map(|d| d.1.round() as u64).max().unwrap_or(1).max(1),
         // Segment n has sequence n - 1 (an AES-128 segment's IV).

@@ -4,9 +4,12 @@
 //!
 //! - `hls/master.m3u8`, `hls/{track}.m3u8` — HLS with fMP4 (CMAF) segments
 //! - `hls/{track}-iframes.m3u8` — a video rendition's I-frame playlist (trick play)
+//! - `hls-ts/master.m3u8`, `hls-ts/{track}.m3u8` — HLS with MPEG-TS segments
 //! - `dash/manifest.mpd` — DASH with the same segments
 //! - `cmaf/{track}/init.mp4`, `cmaf/{track}/{n}.m4s` — the segments (n from 1)
 //! - `cmaf/{track}/i{n}.m4s` — a video rendition's keyframe `n` alone (from 1)
+//! - `ts/{track}/{n}.ts` — a video rendition's segment as MPEG-TS, its first
+//!   audio rendition muxed in
 //! - `keys/{kid}.key` — an encrypted asset's content key (to signed URLs only)
 
 use std::ops::Range;
@@ -108,6 +111,11 @@ pub enum Request<'a> {
     Iframe(&'a str, usize),
     /// An encrypted asset's content key, by its key id (hex).
     Key(&'a str),
+    /// HLS with MPEG-TS segments: the master and a media playlist.
+    TsMaster,
+    TsMedia(&'a str),
+    /// A rendition's segment as MPEG-TS, numbered from 1.
+    TsSegment(&'a str, usize),
 }
 
 impl<'a> Request<'a> {
@@ -125,6 +133,16 @@ impl<'a> Request<'a> {
                 })
             }
             "dash" if file == "manifest.mpd" => Some(Self::DashManifest),
+            "hls-ts" if file == "master.m3u8" => Some(Self::TsMaster),
+            "hls-ts" => file.strip_suffix(".m3u8").filter(|n| !n.contains('/')).map(Self::TsMedia),
+            "ts" => {
+                let (name, file) = file.split_once('/')?;
+                let n = file.strip_suffix(".ts")?;
+                if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                n.parse().ok().filter(|&n| n >= 1).map(|n| Self::TsSegment(name, n))
+            }
             "keys" => file.strip_suffix(".key").filter(|k| !k.contains('/')).map(Self::Key),
             "cmaf" => {
                 let (name, file) = file.split_once('/')?;
@@ -149,7 +167,10 @@ impl<'a> Request<'a> {
 
     pub fn content_type(&self) -> &'static str {
         match self {
-            Self::HlsMaster | Self::HlsMedia(_) | Self::IframePlaylist(_) => "application/vnd.apple.mpegurl",
+            Self::HlsMaster | Self::HlsMedia(_) | Self::IframePlaylist(_) | Self::TsMaster | Self::TsMedia(_) => {
+                "application/vnd.apple.mpegurl"
+            }
+            Self::TsSegment(..) => "video/mp2t",
             Self::DashManifest => "application/dash+xml",
             Self::Init(_) | Self::Segment(..) | Self::Iframe(..) => "video/mp4",
             Self::Key(_) => "application/octet-stream",
@@ -158,7 +179,15 @@ impl<'a> Request<'a> {
 
     /// A manifest (a short cache lifetime) rather than a segment.
     pub fn is_manifest(&self) -> bool {
-        matches!(self, Self::HlsMaster | Self::HlsMedia(_) | Self::IframePlaylist(_) | Self::DashManifest)
+        matches!(
+            self,
+            Self::HlsMaster
+                | Self::HlsMedia(_)
+                | Self::IframePlaylist(_)
+                | Self::DashManifest
+                | Self::TsMaster
+                | Self::TsMedia(_)
+        )
     }
 }
 
@@ -395,6 +424,10 @@ mod tests {
         assert_eq!(Request::parse("cmaf/720p-v1/i3.m4s"), Some(Request::Iframe("720p-v1", 3)));
         assert_eq!(Request::parse("cmaf/720p-v1/i03.m4s"), None);
         assert_eq!(Request::parse("cmaf/720p-v1/i0.m4s"), None);
+        assert_eq!(Request::parse("hls-ts/master.m3u8"), Some(Request::TsMaster));
+        assert_eq!(Request::parse("hls-ts/720p-v1.m3u8"), Some(Request::TsMedia("720p-v1")));
+        assert_eq!(Request::parse("ts/720p-v1/4.ts"), Some(Request::TsSegment("720p-v1", 4)));
+        assert_eq!(Request::parse("ts/720p-v1/04.ts"), None);
         for not in
             ["cmaf/x/0.m4s", "cmaf/x/01.m4s", "cmaf/x/+1.m4s", "cmaf/x/a.m4s", "hls/a/b.m3u8", "video.mp4", "x/y"]
         {

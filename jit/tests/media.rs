@@ -218,6 +218,25 @@ async fn h265_decodes_and_names_its_codec() {
     let theirs = frames(&out, "v:0", true);
     assert_eq!(ours.len(), theirs.len());
     assert_eq!(rebased(&ours), rebased(&theirs));
+
+    // As MPEG-TS (stream type 0x24, VPS/SPS/PPS at each keyframe): the same
+    // frames, at 90 kHz (the source's 1/12800 s ticks rounded down).
+    let file = ContentPath::parse(&format!("acct/vod/{}", r.file)).unwrap();
+    let mut ts = Vec::new();
+    for n in 1..=r.segments.len() {
+        ts.extend(headwater_jit::ts_segment(&store, (&file, r), None, n).await.unwrap().unwrap());
+    }
+    let ts_file = dir.path().join("hevc.ts");
+    std::fs::write(&ts_file, ts).unwrap();
+    let ours = frames(&ts_file, "v:0", false);
+    assert_eq!(ours.len(), theirs.len());
+    assert_eq!(ours.iter().filter(|f| f.1).count(), theirs.iter().filter(|f| f.1).count(), "keyframes");
+    let (a, b) = (rebased(&ours), rebased(&theirs));
+    // ffprobe reports TS times in 90 kHz ticks, the source's in 12800 Hz ones.
+    for (x, y) in a.iter().zip(&b) {
+        let (x, y) = (*x as f64 / 90_000.0, *y as f64 / 12_800.0);
+        assert!((x - y).abs() <= 1.0 / 12_800.0, "{x} s against {y} s");
+    }
 }
 
 #[tokio::test]

@@ -304,6 +304,27 @@ impl Packager {
                     None => segment,
                 }
             }
+            Request::TsMaster => manifest::hls_ts_master(asset, filter),
+            Request::TsMedia(name) => {
+                let uri = key.map(|k| format!("../keys/{}.key", k.kid_hex()));
+                manifest::hls_ts_media(rendition(name)?, uri.as_deref(), filter.segments(asset))
+            }
+            Request::TsSegment(name, n) => {
+                let r = rendition(name)?;
+                let path =
+                    |r: &headwater_jit::Rendition| dir.join(&r.file).map_err(|_| PackError::NotFound("no such file"));
+                // The first audio rendition goes with every video rendition.
+                let audio = asset.renditions.iter().find(|a| !a.track.is_video()).filter(|_| r.track.is_video());
+                let (video_file, audio_file) = (path(r)?, audio.map(path).transpose()?);
+                let audio = audio.zip(audio_file.as_ref()).map(|(a, f)| (f, a));
+                let segment = headwater_jit::ts_segment(&self.store, (&video_file, r), audio, n)
+                    .await?
+                    .ok_or(PackError::NotFound("no such segment"))?;
+                match key {
+                    Some(k) => encrypt::aes128_segment(k, n as u64 - 1, &segment),
+                    None => segment,
+                }
+            }
             Request::Key(_) => return Err(PackError::NotFound("no such key")),
         })
     }
