@@ -156,8 +156,12 @@ async fn get(http: &reqwest::Client, url: &str, headers: &[(header::HeaderName, 
     req.send().await.unwrap()
 }
 
+/// English subtitles for the asset.
+const SUBTITLES: &str =
+    "WEBVTT\n\n00:00:01.000 --> 00:00:04.000\nHello from Headwater\n\n00:00:05.000 --> 00:00:08.000\nStill here\n";
+
 /// An admin with a `jit` account `ana-jit` whose asset `movie` holds
-/// [`sources`], and a ready node of its pool.
+/// [`sources`] and English subtitles, and a ready node of its pool.
 struct Packaging {
     admin: Admin,
     /// The customer's API key.
@@ -179,6 +183,8 @@ async fn packaging() -> Packaging {
         let res = upload(&admin, &key, &format!("movie/{name}"), std::fs::read(path).unwrap()).await;
         assert_eq!(res.status(), StatusCode::CREATED, "{name}: {}", res.text().await.unwrap());
     }
+    let res = upload(&admin, &key, "movie/en.vtt", SUBTITLES.as_bytes().to_vec()).await;
+    assert_eq!(res.status(), StatusCode::CREATED, "en.vtt: {}", res.text().await.unwrap());
     let (id, token) = admin.register_node(&pool).await;
     let node = Origin::start(&admin, &id, &token, 1000, &[]).await;
     node.wait_state(&admin, "ready").await;
@@ -208,8 +214,17 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     assert_eq!(variants, ["180p-v1.m3u8", "360p-v1.m3u8"]);
     let iframes: Vec<&str> = m.variants.iter().filter(|v| v.is_i_frame).map(|v| v.uri.as_str()).collect();
     assert_eq!(iframes, ["180p-v1-iframes.m3u8", "360p-v1-iframes.m3u8"], "trick play per video rendition");
-    let audio: Vec<&str> = m.alternatives.iter().filter_map(|a| a.uri.as_deref()).collect();
-    assert_eq!(audio, ["180p-a2.m3u8"]);
+    let alternatives: Vec<(String, &str)> =
+        m.alternatives.iter().map(|a| (a.media_type.to_string(), a.uri.as_deref().unwrap())).collect();
+    let expected = [("AUDIO".to_owned(), "180p-a2.m3u8"), ("SUBTITLES".to_owned(), "en-subtitles.m3u8")];
+    assert_eq!(alternatives, expected);
+    assert!(m.variants.iter().filter(|v| !v.is_i_frame).all(|v| v.subtitles.as_deref() == Some("subs")));
+    // The subtitles playlist's one segment is the WebVTT file, served as stored.
+    let subs = get(&http, &format!("{base}/hls/en-subtitles.m3u8"), &[]).await.text().await.unwrap();
+    assert!(subs.contains("\n../en.vtt\n"), "{subs}");
+    let vtt = get(&http, &format!("{base}/en.vtt"), &[]).await;
+    assert_eq!(vtt.headers()[header::CONTENT_TYPE], "text/vtt");
+    assert_eq!(vtt.text().await.unwrap(), SUBTITLES);
 
     // Every rendition, fetched from the node by ffprobe's HLS reader, decodes
     // to its source's frames.
@@ -266,7 +281,9 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     assert_eq!(res.headers()[header::CONTENT_TYPE], "application/dash+xml");
     let mpd = dash_mpd::parse(&res.text().await.unwrap()).unwrap();
     let sets = &mpd.periods[0].adaptations;
-    assert_eq!(sets.len(), 2, "video and audio");
+    assert_eq!(sets.len(), 3, "video, audio and subtitles");
+    assert_eq!(sets[2].mimeType.as_deref(), Some("text/vtt"));
+    assert_eq!(sets[2].representations[0].BaseURL[0].base, "../en.vtt");
     assert_eq!(sets[0].representations.len(), 2);
     let out = tokio::process::Command::new("ffprobe")
         .args(["-v", "error", "-show_entries", "format=duration:stream=codec_type", "-of", "json"])
@@ -424,10 +441,11 @@ async fn uploads_to_a_jit_account_are_checked_by_the_packager() {
 
     // Refused with the reason, and nothing is left behind.
     let good = clip(media.path(), "good.mp4", 50, &[]);
-    let refusals: [(&str, Vec<u8>, &str); 4] = [
+    let refusals: [(&str, Vec<u8>, &str); 5] = [
         ("text.mp4", b"hello, this is not a video at all".to_vec(), "ftyp"),
         ("cut.mp4", good[..good.len() / 2].to_vec(), "truncated"),
         ("frag.mp4", clip(media.path(), "frag.mp4", 50, &["-movflags", "frag_keyframe+empty_moov"]), "fragmented"),
+        ("subs.vtt", b"1\n00:00:01.000 --> 00:00:02.000\nno header\n".to_vec(), "not a WebVTT file"),
         (
             "mp3.mp4",
             {

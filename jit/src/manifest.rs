@@ -4,7 +4,7 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use dash_mpd::{AdaptationSet, MPD, Period, Representation, S, SegmentTemplate, SegmentTimeline};
+use dash_mpd::{AdaptationSet, BaseURL, MPD, Period, Representation, S, SegmentTemplate, SegmentTimeline};
 use m3u8_rs::{
     AlternativeMedia, AlternativeMediaType, Key, KeyMethod, Map, MasterPlaylist, MediaPlaylist, MediaPlaylistType,
     MediaSegment, Resolution, VariantStream,
@@ -12,11 +12,12 @@ use m3u8_rs::{
 
 use crate::filter::Filter;
 use crate::index::Kind;
-use crate::package::{Asset, Rendition};
+use crate::package::{Asset, Rendition, Subtitles};
 
 /// fMP4 segments (EXT-X-MAP) need version 6; 7 for nothing more.
 const HLS_VERSION: usize = 7;
 const AUDIO_GROUP: &str = "audio";
+const SUBTITLE_GROUP: &str = "subs";
 /// MPEG-TS segments with float durations need no more than version 3.
 const TS_VERSION: usize = 3;
 
@@ -116,7 +117,27 @@ pub fn hls_master(asset: &Asset, filter: &Filter) -> Vec<u8> {
             ..Default::default()
         }
     });
-    let variants = variants.into_iter().chain(iframes).collect();
+    let variants: Vec<VariantStream> = variants.into_iter().chain(iframes).collect();
+    // Subtitles: one rendition per WebVTT file, in a group every variant names.
+    let subtitles = asset.subtitles.iter().map(|t| AlternativeMedia {
+        media_type: AlternativeMediaType::Subtitles,
+        uri: Some(format!("{}-subtitles.m3u8", t.name)),
+        group_id: SUBTITLE_GROUP.into(),
+        language: (t.language != "und").then(|| t.language.clone()),
+        name: t.name.clone(),
+        autoselect: true,
+        ..Default::default()
+    });
+    let alternatives = alternatives.into_iter().chain(subtitles).collect();
+    let variants = variants
+        .into_iter()
+        .map(|mut v| {
+            if !v.is_i_frame && !asset.subtitles.is_empty() {
+                v.subtitles = Some(SUBTITLE_GROUP.into());
+            }
+            v
+        })
+        .collect();
     let master = MasterPlaylist {
         version: Some(HLS_VERSION),
         variants,
@@ -126,6 +147,26 @@ pub fn hls_master(asset: &Asset, filter: &Filter) -> Vec<u8> {
     };
     let mut out = Vec::new();
     master.write_to(&mut out).expect("a playlist writes into memory");
+    out
+}
+
+/// `hls/{subtitles}-subtitles.m3u8`: the WebVTT file as the one segment of a
+/// playlist as long as the presentation.
+pub fn hls_subtitles(asset: &Asset, t: &Subtitles) -> Vec<u8> {
+    let playlist = MediaPlaylist {
+        version: Some(TS_VERSION),
+        target_duration: asset.duration_secs.ceil().max(1.0) as u64,
+        segments: vec![MediaSegment {
+            uri: format!("../{}", t.file),
+            duration: asset.duration_secs as f32,
+            ..Default::default()
+        }],
+        end_list: true,
+        playlist_type: Some(MediaPlaylistType::Vod),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    playlist.write_to(&mut out).expect("a playlist writes into memory");
     out
 }
 
@@ -366,6 +407,22 @@ pub fn dash_mpd(asset: &Asset, filter: &Filter) -> Vec<u8> {
             segmentAlignment: Some(true),
             startWithSAP: Some(1),
             representations: reps,
+            ..Default::default()
+        });
+    }
+    // Subtitles: the WebVTT file itself, one adaptation set each.
+    for t in &asset.subtitles {
+        adaptations.push(AdaptationSet {
+            id: Some(adaptations.len().to_string()),
+            contentType: Some("text".into()),
+            mimeType: Some("text/vtt".into()),
+            lang: Some(t.language.clone()),
+            representations: vec![Representation {
+                id: Some(format!("{}-subtitles", t.name)),
+                bandwidth: Some(256),
+                BaseURL: vec![BaseURL { base: format!("../{}", t.file), ..Default::default() }],
+                ..Default::default()
+            }],
             ..Default::default()
         });
     }

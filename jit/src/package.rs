@@ -5,6 +5,8 @@
 //! - `hls/master.m3u8`, `hls/{track}.m3u8` — HLS with fMP4 (CMAF) segments
 //! - `hls/{track}-iframes.m3u8` — a video rendition's I-frame playlist (trick play)
 //! - `hls-ts/master.m3u8`, `hls-ts/{track}.m3u8` — HLS with MPEG-TS segments
+//! - `hls/{subtitles}-subtitles.m3u8` — a WebVTT file of the asset as a
+//!   subtitle rendition (the file itself its one segment)
 //! - `dash/manifest.mpd` — DASH with the same segments
 //! - `cmaf/{track}/init.mp4`, `cmaf/{track}/{n}.m4s` — the segments (n from 1)
 //! - `cmaf/{track}/i{n}.m4s` — a video rendition's keyframe `n` alone (from 1)
@@ -87,11 +89,36 @@ impl Rendition {
     }
 }
 
+/// A WebVTT file of the asset, served as a subtitle rendition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subtitles {
+    /// The file's stem: `en` for `en.vtt`, `movie.fr` for `movie.fr.vtt`.
+    pub name: String,
+    /// The file (its path inside the asset).
+    pub file: String,
+    /// From the stem's last part when it is a language code (`en`, `fra`),
+    /// else `und`.
+    pub language: String,
+}
+
+impl Subtitles {
+    /// The subtitles of a `.vtt` file; `None` for other files.
+    pub fn of(file: &str) -> Option<Self> {
+        let stem = file.strip_suffix(".vtt")?;
+        let last = stem.rsplit('.').next().unwrap_or(stem);
+        let code = (2..=3).contains(&last.len()) && last.bytes().all(|b| b.is_ascii_lowercase());
+        let language = if code { last.to_owned() } else { "und".to_owned() };
+        Some(Self { name: stem.to_owned(), file: file.to_owned(), language })
+    }
+}
+
 /// The packaged view of an asset.
 #[derive(Debug, Clone)]
 pub struct Asset {
     /// Video renditions first (in file order), then audio.
     pub renditions: Vec<Rendition>,
+    /// WebVTT files, by name.
+    pub subtitles: Vec<Subtitles>,
     /// Seconds of the presentation (its longest track).
     pub duration_secs: f64,
 }
@@ -107,6 +134,8 @@ pub enum Request<'a> {
     Segment(&'a str, usize),
     /// A video rendition's I-frame playlist.
     IframePlaylist(&'a str),
+    /// A subtitle rendition's playlist.
+    SubtitlePlaylist(&'a str),
     /// A video rendition's keyframe alone, numbered from 1.
     Iframe(&'a str, usize),
     /// An encrypted asset's content key, by its key id (hex).
@@ -127,9 +156,12 @@ impl<'a> Request<'a> {
             "hls" if file == "master.m3u8" => Some(Self::HlsMaster),
             "hls" => {
                 let name = file.strip_suffix(".m3u8").filter(|n| !n.contains('/'))?;
-                Some(match name.strip_suffix("-iframes") {
-                    Some(video) => Self::IframePlaylist(video),
-                    None => Self::HlsMedia(name),
+                Some(if let Some(video) = name.strip_suffix("-iframes") {
+                    Self::IframePlaylist(video)
+                } else if let Some(subtitles) = name.strip_suffix("-subtitles") {
+                    Self::SubtitlePlaylist(subtitles)
+                } else {
+                    Self::HlsMedia(name)
                 })
             }
             "dash" if file == "manifest.mpd" => Some(Self::DashManifest),
@@ -167,9 +199,12 @@ impl<'a> Request<'a> {
 
     pub fn content_type(&self) -> &'static str {
         match self {
-            Self::HlsMaster | Self::HlsMedia(_) | Self::IframePlaylist(_) | Self::TsMaster | Self::TsMedia(_) => {
-                "application/vnd.apple.mpegurl"
-            }
+            Self::HlsMaster
+            | Self::HlsMedia(_)
+            | Self::IframePlaylist(_)
+            | Self::SubtitlePlaylist(_)
+            | Self::TsMaster
+            | Self::TsMedia(_) => "application/vnd.apple.mpegurl",
             Self::TsSegment(..) => "video/mp2t",
             Self::DashManifest => "application/dash+xml",
             Self::Init(_) | Self::Segment(..) | Self::Iframe(..) => "video/mp4",
@@ -184,6 +219,7 @@ impl<'a> Request<'a> {
             Self::HlsMaster
                 | Self::HlsMedia(_)
                 | Self::IframePlaylist(_)
+                | Self::SubtitlePlaylist(_)
                 | Self::DashManifest
                 | Self::TsMaster
                 | Self::TsMedia(_)
@@ -266,7 +302,7 @@ impl Asset {
                 .max(average_bps);
             renditions.push(r);
         }
-        Ok(Self { renditions, duration_secs })
+        Ok(Self { renditions, subtitles: Vec::new(), duration_secs })
     }
 
     pub fn rendition(&self, name: &str) -> Option<&Rendition> {
@@ -424,6 +460,7 @@ mod tests {
         assert_eq!(Request::parse("cmaf/720p-v1/i3.m4s"), Some(Request::Iframe("720p-v1", 3)));
         assert_eq!(Request::parse("cmaf/720p-v1/i03.m4s"), None);
         assert_eq!(Request::parse("cmaf/720p-v1/i0.m4s"), None);
+        assert_eq!(Request::parse("hls/en-subtitles.m3u8"), Some(Request::SubtitlePlaylist("en")));
         assert_eq!(Request::parse("hls-ts/master.m3u8"), Some(Request::TsMaster));
         assert_eq!(Request::parse("hls-ts/720p-v1.m3u8"), Some(Request::TsMedia("720p-v1")));
         assert_eq!(Request::parse("ts/720p-v1/4.ts"), Some(Request::TsSegment("720p-v1", 4)));

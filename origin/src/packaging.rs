@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use headwater_content::{ContentError, ContentPath, ContentStore, Meta};
 use headwater_jit::encrypt::{self, AssetKey};
+use headwater_jit::package::Subtitles;
 use headwater_jit::{Asset, BadFilter, Filter, IndexError, Request, Settings, Unpackable, manifest};
 use headwater_protocol::EncryptionScheme;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -304,6 +305,11 @@ impl Packager {
                     None => segment,
                 }
             }
+            Request::SubtitlePlaylist(name) => {
+                let t =
+                    asset.subtitles.iter().find(|t| t.name == name).ok_or(PackError::NotFound("no such subtitles"))?;
+                manifest::hls_subtitles(asset, t)
+            }
             Request::TsMaster => manifest::hls_ts_master(asset, filter),
             Request::TsMedia(name) => {
                 let uri = key.map(|k| format!("../keys/{}.key", k.kid_hex()));
@@ -370,8 +376,8 @@ impl Packager {
     /// The asset's MP4 files; `NotFound` when it has none.
     async fn sources(&self, dir: &ContentPath) -> Result<Vec<(String, Meta)>, PackError> {
         let mut files = self.store.list_files(dir).await?;
-        files.retain(|(name, _)| name.to_ascii_lowercase().ends_with(".mp4"));
-        if files.is_empty() {
+        files.retain(|(name, _)| is_mp4(name) || Subtitles::of(name).is_some());
+        if !files.iter().any(|(name, _)| is_mp4(name)) {
             return Err(PackError::NotFound("the asset has no MP4 file"));
         }
         Ok(files)
@@ -383,7 +389,7 @@ impl Packager {
     async fn package(&self, dir: &ContentPath, sources: Vec<(String, Meta)>) -> Result<Packaged, PackError> {
         let mut indexes = Vec::with_capacity(sources.len());
         let mut refused = None;
-        for (name, meta) in &sources {
+        for (name, meta) in sources.iter().filter(|(name, _)| is_mp4(name)) {
             let path = dir.join(name).map_err(|_| PackError::NotFound("no such file"))?;
             match headwater_jit::read_index(&self.store, &path, meta.size).await {
                 Ok(index) => indexes.push((name.clone(), index)),
@@ -396,7 +402,10 @@ impl Packager {
         }
         let asset = match refused {
             Some(why) => Err(why),
-            None => Asset::build(&indexes, self.settings),
+            None => Asset::build(&indexes, self.settings).map(|mut a| {
+                a.subtitles = sources.iter().filter_map(|(name, _)| Subtitles::of(name)).collect();
+                a
+            }),
         };
         if let Err(why) = &asset {
             tracing::warn!(asset = %dir, reason = %why, "the asset cannot be packaged");
@@ -414,6 +423,11 @@ impl Packager {
         let last_modified = sources.iter().map(|(_, m)| m.last_modified).max().unwrap_or(0);
         Ok(Packaged { sources, asset, tag, last_modified })
     }
+}
+
+/// An MP4 the packager reads (any other file of the asset is served as stored).
+fn is_mp4(name: &str) -> bool {
+    name.to_ascii_lowercase().ends_with(".mp4")
 }
 
 /// The content key `kid` names, if it is the asset's: 16 bytes, never cached

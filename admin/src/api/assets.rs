@@ -138,7 +138,7 @@ pub async fn upload(
     let limit = s.settings.max_upload_bytes.min(room);
     // A `jit` asset's MP4 is written aside and put in place only once the
     // packager can package it with the asset's other MP4s.
-    let staged = if a.origin_type == JIT_TYPE && is_source(&path) {
+    let staged = if a.origin_type == JIT_TYPE && (is_source(&path) || is_subtitles(&path)) {
         Some(
             ContentPath::parse(&format!("{STAGING}/{}/{}", a.name, uuid::Uuid::new_v4()))
                 .map_err(|e| ApiError::Internal(e.to_string()))?,
@@ -152,7 +152,12 @@ pub async fn upload(
         other => other.map_err(content_error)?,
     };
     if let Some(staged) = &staged {
-        if let Err(e) = check_source(&s.content, &target, staged, bytes).await {
+        let checked = if is_subtitles(&path) {
+            check_subtitles(&s.content, &target, staged, bytes).await
+        } else {
+            check_source(&s.content, &target, staged, bytes).await
+        };
+        if let Err(e) = checked {
             if let Err(gone) = s.content.delete(staged).await {
                 tracing::warn!(error = %gone, path = %staged, "a refused upload could not be deleted");
             }
@@ -172,6 +177,28 @@ const STAGING: &str = "_uploads";
 /// An MP4 directly in an asset: one the packager reads.
 fn is_source(path: &str) -> bool {
     !path.contains('/') && path.to_ascii_lowercase().ends_with(".mp4")
+}
+
+/// A WebVTT file directly in an asset: a subtitle rendition.
+fn is_subtitles(path: &str) -> bool {
+    !path.contains('/') && path.ends_with(".vtt")
+}
+
+/// Refuses a subtitle file that is not WebVTT (it must start with `WEBVTT`).
+async fn check_subtitles(
+    store: &headwater_content::ContentStore,
+    target: &ContentPath,
+    staged: &ContentPath,
+    size: u64,
+) -> Result<(), ApiError> {
+    let head = store.read_range(staged, 0..size.min(16)).await.map_err(content_error)?;
+    let text = head.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&head);
+    let webvtt = text.starts_with(b"WEBVTT") && text.get(6).is_none_or(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if webvtt {
+        return Ok(());
+    }
+    let name = target.as_str().rsplit('/').next().unwrap_or_default();
+    Err(ApiError::Unpackable { detail: format!("{name}: not a WebVTT file (it must start with WEBVTT)") })
 }
 
 /// Refuses an MP4 (staged at `staged`, for `target`) that the packager cannot
