@@ -401,6 +401,18 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     assert!(detail.starts_with("cut.mp4: ") && detail.contains("truncated"), "{detail}");
     let still = get(&http, &format!("{base}/hls/master.m3u8"), &[]).await;
     assert_eq!(still.status(), StatusCode::OK);
+    // The operator sees it in the events, from the node's next heartbeat.
+    support::eventually(std::time::Duration::from_secs(30), "an asset.unpackable event", || async {
+        let events = admin
+            .call(reqwest::Method::GET, "/v1/events?limit=100", Some(&admin.operator_token), None, StatusCode::OK)
+            .await;
+        events["items"].as_array().unwrap().iter().any(|e| {
+            e["action"] == "asset.unpackable"
+                && e["actor"] == format!("node:{}", node.id)
+                && e["reason"].as_str().is_some_and(|d| d.starts_with("broken: cut.mp4: truncated"))
+        })
+    })
+    .await;
 
     // The node's metrics count what it packaged and what it served from memory.
     let metrics = support::metrics(&node.url).await;

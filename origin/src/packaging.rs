@@ -15,7 +15,7 @@ use headwater_content::{ContentError, ContentPath, ContentStore, Meta};
 use headwater_jit::encrypt::{self, AssetKey};
 use headwater_jit::package::Subtitles;
 use headwater_jit::{Asset, BadFilter, Filter, IndexError, Request, Settings, Unpackable, manifest};
-use headwater_protocol::EncryptionScheme;
+use headwater_protocol::{EncryptionScheme, UnpackableAsset};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
@@ -135,7 +135,13 @@ pub struct Packager {
     revalidate: Duration,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Assets found unpackable, for the next heartbeat to report (at most
+    /// [`REPORTED_MAX`]).
+    unpackable: std::sync::Mutex<Vec<UnpackableAsset>>,
 }
+
+/// Unpackable assets kept for one heartbeat at most.
+const REPORTED_MAX: usize = 16;
 
 /// Packaging counters for metrics.
 #[derive(Debug, Clone, Copy)]
@@ -161,7 +167,21 @@ impl Packager {
             revalidate: Duration::from_secs(2),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            unpackable: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// The assets found unpackable since the last call (for a heartbeat).
+    pub fn take_unpackable(&self) -> Vec<UnpackableAsset> {
+        std::mem::take(&mut *self.unpackable.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Puts back what a heartbeat that did not reach admin carried.
+    pub fn keep_unpackable(&self, mut assets: Vec<UnpackableAsset>) {
+        let mut kept = self.unpackable.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        assets.append(&mut kept);
+        assets.truncate(REPORTED_MAX);
+        *kept = assets;
     }
 
     pub fn stats(&self) -> PackStats {
@@ -409,6 +429,12 @@ impl Packager {
         };
         if let Err(why) = &asset {
             tracing::warn!(asset = %dir, reason = %why, "the asset cannot be packaged");
+            if let Some((account, name)) = dir.as_str().split_once('/') {
+                let mut kept = self.unpackable.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if kept.len() < REPORTED_MAX {
+                    kept.push(UnpackableAsset { account: account.into(), asset: name.into(), reason: why.to_string() });
+                }
+            }
         }
         let mut tag = sha2::Sha256::new();
         tag.update(headwater_jit::PACKAGER_VERSION.to_be_bytes());

@@ -328,6 +328,7 @@ pub async fn heartbeats(
             config_version: node.served().version,
             // Routers are sent there only while the node holds a certificate to serve.
             tls_address: at.tls.clone().filter(|_| node.credentials.as_ref().is_some_and(|c| c.current().is_some())),
+            unpackable: node.packager.take_unpackable(),
         };
         match admin.heartbeat(&node, &hb).await {
             Ok(ack) => {
@@ -355,6 +356,7 @@ pub async fn heartbeats(
             Err(e) => {
                 node.admin_ok.store(false, Ordering::Relaxed);
                 tracing::warn!(error = %e, "heartbeat");
+                node.packager.keep_unpackable(hb.unpackable);
             }
         }
         if stopping {

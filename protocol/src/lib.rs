@@ -56,6 +56,18 @@ pub struct Heartbeat {
     /// TLS with its node certificate (absent from older nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_address: Option<String>,
+    /// Assets the node found it cannot package since its last heartbeat that
+    /// reached admin (a `jit` pool's; absent from older nodes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unpackable: Vec<UnpackableAsset>,
+}
+
+/// An asset a node cannot package, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnpackableAsset {
+    pub account: String,
+    pub asset: String,
+    pub reason: String,
 }
 
 /// Admin's answer to a heartbeat.

@@ -84,6 +84,19 @@ pub async fn heartbeat(
     let state = s.store.node_state(id).await?.after_heartbeat(record.state);
     s.heartbeats.push((id, record, s.clock.now_ms())).await.map_err(|e| ApiError::Internal(e.into()))?;
     let serving = s.store.node_serving(id, s.clock.now_ms()).await?;
+    // An asset the node cannot package is an event of its account (one the
+    // node serves; at most a few per heartbeat).
+    for u in hb.unpackable.iter().take(16) {
+        if !serving.accounts.iter().any(|a| a.name == u.account) {
+            continue;
+        }
+        let Ok(account) = s.store.account(&u.account, None).await else { continue };
+        let reason: String = u.reason.chars().take(500).collect();
+        let asset: String = u.asset.chars().take(100).collect();
+        let detail = format!("{asset}: {reason}");
+        let subject = format!("account:{}", account.id);
+        s.store.record_event(&format!("node:{id}"), "asset.unpackable", &subject, &detail, s.clock.now_ms()).await?;
+    }
     let config = node_config(id, &serving);
     if s.bus.is_shared() {
         let payload = serde_json::json!({"node": id, "state": state, "heartbeat": hb}).to_string();
