@@ -199,6 +199,10 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     let Packaging { admin, pool, node, files, _media, .. } = packaging().await;
     let http = reqwest::Client::new();
     let base = format!("{}/ana-jit/movie", node.url);
+    let text = |url: String| {
+        let http = http.clone();
+        async move { get(&http, &url, &[]).await.bytes().await.unwrap() }
+    };
 
     // The master playlist names both video renditions and the one audio track.
     let res = get(&http, &format!("{base}/hls/master.m3u8"), &[]).await;
@@ -245,6 +249,16 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     let uris: Vec<&str> = t.variants.iter().map(|v| v.uri.as_str()).collect();
     assert_eq!(uris, ["180p-v1.m3u8", "360p-v1.m3u8"]);
     assert!(t.variants.iter().all(|v| v.codecs.as_deref().unwrap().contains(",mp4a.40.2")), "{t:?}");
+    // BANDWIDTH bounds the TS segments' real peak (packets and headers included).
+    for v in &t.variants {
+        let playlist = text(format!("{base}/hls-ts/{}", v.uri)).await;
+        let m3u8_rs::Playlist::MediaPlaylist(p) = m3u8_rs::parse_playlist_res(&playlist).unwrap() else { panic!() };
+        for s in &p.segments {
+            let bytes = text(format!("{base}/ts/{}", s.uri.trim_start_matches("../ts/"))).await.len();
+            let bps = bytes as f64 * 8.0 / f64::from(s.duration);
+            assert!(bps <= v.bandwidth as f64, "{}: {bps} bit/s past BANDWIDTH {}", s.uri, v.bandwidth);
+        }
+    }
     for (rendition, file) in [("180p-v1", "180p.mp4"), ("360p-v1", "360p.mp4")] {
         let url = format!("{base}/hls-ts/{rendition}.m3u8");
         same_stream(&format!("TS {rendition} video"), (&url, "v:0"), &source(file), "v:0").await;
@@ -303,10 +317,6 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     // Filters by query: bitrate and codecs keep renditions, a time window clips
     // the presentation to its segments (their numbers kept).
     let low = m.variants.iter().find(|v| v.uri == "180p-v1.m3u8").unwrap().bandwidth;
-    let text = |url: String| {
-        let http = http.clone();
-        async move { get(&http, &url, &[]).await.bytes().await.unwrap() }
-    };
     let playlist = text(format!("{base}/hls/master.m3u8?max_bitrate={low}")).await;
     let m3u8_rs::Playlist::MasterPlaylist(f) = m3u8_rs::parse_playlist_res(&playlist).unwrap() else { panic!() };
     let kept: Vec<&str> = f.variants.iter().map(|v| v.uri.as_str()).collect();
@@ -320,8 +330,10 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     assert!(String::from_utf8_lossy(&playlist).contains("360p-v1.m3u8?start=6"), "the window reaches the children");
     let playlist = text(format!("{base}/hls/360p-v1.m3u8?start=6")).await;
     let m3u8_rs::Playlist::MediaPlaylist(p) = m3u8_rs::parse_playlist_res(&playlist).unwrap() else { panic!() };
-    let uris: Vec<&str> = p.segments.iter().map(|s| s.uri.as_str()).collect();
+    let uris: Vec<&str> = p.segments.iter().map(|s| s.uri.split('?').next().unwrap()).collect();
     assert_eq!((p.media_sequence, uris), (1, vec!["../cmaf/360p-v1/2.m4s"]));
+    let version = |uri: &str| uri.split_once("?v=").map(|(_, v)| v.to_owned()).unwrap();
+    assert_eq!(version(&p.segments[0].uri).len(), 8, "segment URLs carry their version: {}", p.segments[0].uri);
     for manifest in ["hls/master.m3u8?start=6", "dash/manifest.mpd?start=6", "hls/master.m3u8?end=5"] {
         let out = tokio::process::Command::new("ffprobe")
             .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
@@ -595,6 +607,11 @@ async fn aes_128_encrypts_hls_and_hands_keys_to_signed_urls_only() {
         let path = path.to_owned();
         async move { support::call_json(&http, &url, &key, method, &path, body).await }
     };
+    // Segment URLs carry a version, which changes with encryption (so caches
+    // never hand a clear segment to a player that expects an encrypted one).
+    let clear_playlist =
+        get(&http, &format!("{}/ana-jit/movie/hls/360p-v1.m3u8", node.url), &[]).await.text().await.unwrap();
+    let clear_version = clear_playlist.split("?v=").nth(1).unwrap()[..8].to_owned();
     let aes = json!({"scheme": "aes128"});
     let (status, p) = call(reqwest::Method::PUT, "/v1/accounts/ana-jit/encryption", Some(aes.clone())).await;
     assert_eq!(status, StatusCode::CONFLICT, "{p}");
@@ -626,6 +643,8 @@ async fn aes_128_encrypts_hls_and_hands_keys_to_signed_urls_only() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     let kid = playlist.split("../keys/").nth(1).and_then(|r| r.split(".key").next()).unwrap().to_owned();
+    let encrypted_version = playlist.split("?v=").nth(1).unwrap()[..8].to_owned();
+    assert_ne!(encrypted_version, clear_version, "{playlist}");
     assert_eq!(kid.len(), 32, "{playlist}");
     assert!(
         playlist.find("#EXT-X-MAP").unwrap() < playlist.find("#EXT-X-KEY").unwrap(),
@@ -651,6 +670,9 @@ async fn aes_128_encrypts_hls_and_hands_keys_to_signed_urls_only() {
     let res = get(&http, &format!("{base}/dash/manifest.mpd"), &[]).await;
     let p = support::expect_problem(res, StatusCode::NOT_FOUND, "not-found", None).await;
     assert!(p["detail"].as_str().unwrap().contains("CENC"), "{p}");
+    // The source MP4s are the clear media: not served while the account encrypts.
+    let res = get(&http, &format!("{base}/360p.mp4"), &[]).await;
+    support::expect_problem(res, StatusCode::FORBIDDEN, "encrypted", None).await;
 
     // ffprobe follows the signed URL to the key and decodes every frame; hls.js
     // plays it in Chromium.

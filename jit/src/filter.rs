@@ -131,11 +131,15 @@ impl Filter {
             && self.max_bps.is_none_or(|hi| r.peak_bps <= hi)
     }
 
-    /// The asset's segments (by index, the same for every rendition) that
-    /// overlap the time window; all of them without one.
+    /// The asset's segments (by index: the cuts are its first rendition's, the
+    /// same for every rendition; one that ends early has fewer, and callers
+    /// clamp to its own) that overlap the time window; all without one.
     pub fn segments(&self, asset: &Asset) -> Range<usize> {
         let Some(reference) = asset.renditions.first() else { return 0..0 };
-        let count = asset.renditions.iter().map(|r| r.segments.len()).min().unwrap_or(0);
+        let count = reference.segments.len();
+        if count == 0 {
+            return 0..0;
+        }
         if self.start.is_none() && self.end.is_none() {
             return 0..count;
         }

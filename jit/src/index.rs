@@ -115,7 +115,7 @@ where
             return Err(Unpackable("not an MP4 file: it does not start with an ftyp box".into()).into());
         }
         first = false;
-        let end = at + header_len + body;
+        let end = at.checked_add(header_len).and_then(|e| e.checked_add(body)).unwrap_or(u64::MAX);
         if end > size {
             return Err(Unpackable(format!("truncated: the {kind} box ends past the end of the file")).into());
         }

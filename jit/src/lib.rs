@@ -32,7 +32,8 @@ const MERGE_GAP: u64 = 64 * 1024;
 
 /// Byte ranges covering `samples`, merged where they are close.
 fn runs(samples: &[Sample]) -> Vec<Range<u64>> {
-    let mut spans: Vec<Range<u64>> = samples.iter().map(|s| s.offset..s.offset + u64::from(s.size)).collect();
+    let mut spans: Vec<Range<u64>> =
+        samples.iter().filter(|s| s.size > 0).map(|s| s.offset..s.offset.saturating_add(u64::from(s.size))).collect();
     spans.sort_by_key(|r| r.start);
     let mut runs: Vec<Range<u64>> = Vec::new();
     for s in spans {
@@ -77,7 +78,7 @@ async fn segment_of(
     samples: &[Sample],
 ) -> Result<Vec<u8>, IndexError> {
     let read = read_samples(store, file, samples).await?;
-    let data = slices(&read, samples);
+    let data = slices(&read, samples)?;
     let sequence = u32::try_from(n).unwrap_or(u32::MAX);
     Ok(cmaf::media_segment(&r.track, sequence, samples, &data)?)
 }
@@ -102,9 +103,9 @@ pub async fn ts_segment(
         (Some((file, _)), Some((_, samples))) => Some(read_samples(store, file, samples).await?),
         _ => None,
     };
-    let first = ts::Part { track: &video.track, samples: video_samples, data: slices(&video_read, video_samples) };
+    let first = ts::Part { track: &video.track, samples: video_samples, data: slices(&video_read, video_samples)? };
     let second = match (audio_samples, &audio_read) {
-        (Some((a, samples)), Some(read)) => Some(ts::Part { track: &a.track, samples, data: slices(read, samples) }),
+        (Some((a, samples)), Some(read)) => Some(ts::Part { track: &a.track, samples, data: slices(read, samples)? }),
         _ => None,
     };
     let (v, a) = if video.track.is_video() { (Some(&first), second.as_ref()) } else { (None, Some(&first)) };
@@ -128,15 +129,20 @@ async fn read_samples(
     Ok(read)
 }
 
-/// Each sample's bytes in what [`read_samples`] read.
-fn slices<'a>(read: &'a [(Range<u64>, bytes::Bytes)], samples: &[Sample]) -> Vec<&'a [u8]> {
+/// Each sample's bytes in what [`read_samples`] read (an empty sample has none).
+fn slices<'a>(read: &'a [(Range<u64>, bytes::Bytes)], samples: &[Sample]) -> Result<Vec<&'a [u8]>, Unpackable> {
     samples
         .iter()
         .map(|s| {
+            if s.size == 0 {
+                return Ok(&[][..]);
+            }
             let i = read.partition_point(|(run, _)| run.end <= s.offset);
-            let (run, bytes) = &read[i];
-            let at = (s.offset - run.start) as usize;
-            &bytes[at..at + s.size as usize]
+            let (run, bytes) = read.get(i).ok_or_else(|| Unpackable("a sample lies outside what was read".into()))?;
+            let at = usize::try_from(s.offset.saturating_sub(run.start)).unwrap_or(usize::MAX);
+            bytes
+                .get(at..at.saturating_add(s.size as usize))
+                .ok_or_else(|| Unpackable("a sample lies outside what was read".into()))
         })
         .collect()
 }
@@ -154,6 +160,17 @@ mod tests {
 
     fn s(offset: u64, size: u32) -> Sample {
         Sample { offset, size, dts: 0, duration: 1, cts: 0, sync: true }
+    }
+
+    #[test]
+    fn empty_samples_have_no_bytes_and_stray_ones_are_refused() {
+        // A zero-size sample at the end of a run (its span is empty).
+        let samples = [s(100, 10), s(110, 0), s(2_000_000, 0)];
+        let read = vec![(100..110, bytes::Bytes::from_static(&[7; 10]))];
+        let got = slices(&read, &samples).unwrap();
+        assert_eq!(got, [&[7u8; 10][..], &[][..], &[][..]]);
+        assert!(slices(&read, &[s(5_000, 3)]).is_err(), "outside the reads: refused, no panic");
+        assert!(slices(&read, &[s(105, 10)]).is_err(), "past the run's end");
     }
 
     #[test]

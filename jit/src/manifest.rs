@@ -181,7 +181,7 @@ pub fn hls_ts_master(asset: &Asset, filter: &Filter) -> Vec<u8> {
         audio
             .map(|a| VariantStream {
                 uri: format!("{}.m3u8{window}", a.name),
-                bandwidth: a.peak_bps,
+                bandwidth: ts_peak_bps(a),
                 average_bandwidth: Some(a.average_bps),
                 codecs: Some(a.track.codec_string.clone()),
                 ..Default::default()
@@ -202,7 +202,7 @@ pub fn hls_ts_master(asset: &Asset, filter: &Filter) -> Vec<u8> {
                 };
                 VariantStream {
                     uri: format!("{}.m3u8{window}", v.name),
-                    bandwidth: v.peak_bps + audio.map_or(0, |a| a.peak_bps),
+                    bandwidth: ts_peak_bps(v) + audio.map_or(0, ts_peak_bps),
                     average_bandwidth: Some(v.average_bps + audio.map_or(0, |a| a.average_bps)),
                     codecs: Some(codecs),
                     resolution: Some(Resolution { width, height }),
@@ -219,18 +219,44 @@ pub fn hls_ts_master(asset: &Asset, filter: &Filter) -> Vec<u8> {
     out
 }
 
+/// A rendition's peak bits per second as MPEG-TS: each sample in whole
+/// 188-byte packets with room for its PES header, delimiter or ADTS header and,
+/// at a keyframe, parameter sets (an upper bound, as `BANDWIDTH` must be).
+fn ts_peak_bps(r: &Rendition) -> u64 {
+    const HEADERS: u64 = 128;
+    (0..r.segments.len())
+        .map(|i| {
+            let bytes: u64 = r.track.samples[r.segments[i].clone()]
+                .iter()
+                .map(|s| (u64::from(s.size) + HEADERS).div_ceil(184) * 188)
+                .sum();
+            let secs = r.segment_secs(i);
+            if secs > 0.0 { (bytes as f64 * 8.0 / secs).ceil() as u64 } else { 0 }
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// `hls-ts/{rendition}.m3u8`: like [`hls_media`], with MPEG-TS segments.
-pub fn hls_ts_media(r: &Rendition, key: Option<&str>, kept: Range<usize>) -> Vec<u8> {
-    media_playlist(r, key, kept, None, TS_VERSION, |i| format!("../ts/{}/{}.ts", r.name, i + 1))
+pub fn hls_ts_media(r: &Rendition, key: Option<&str>, kept: Range<usize>, v: &str) -> Vec<u8> {
+    media_playlist(r, key, kept, None, TS_VERSION, |i| versioned(format!("../ts/{}/{}.ts", r.name, i + 1), v))
+}
+
+/// `uri` with the version `v` of what it names as its query (none for ""): a
+/// segment's URL changes whenever its bytes may (a re-upload, encryption
+/// turned on or off, a new packager), so caches never mix old and new.
+fn versioned(uri: String, v: &str) -> String {
+    if v.is_empty() { uri } else { format!("{uri}?v={v}") }
 }
 
 /// `hls/{rendition}.m3u8`: the rendition's segments `kept` (all, or those of a
 /// time window, with their own numbers and media sequence), VOD; with `key`
 /// (the URI of an AES-128 key), every media segment encrypted with it (the init
 /// segment stays clear: its `EXT-X-MAP` comes before the `EXT-X-KEY`).
-pub fn hls_media(r: &Rendition, key: Option<&str>, kept: Range<usize>) -> Vec<u8> {
-    let init = format!("../cmaf/{}/init.mp4", r.name);
-    media_playlist(r, key, kept, Some(init), HLS_VERSION, |i| format!("../cmaf/{}/{}.m4s", r.name, i + 1))
+pub fn hls_media(r: &Rendition, key: Option<&str>, kept: Range<usize>, v: &str) -> Vec<u8> {
+    let init = versioned(format!("../cmaf/{}/init.mp4", r.name), v);
+    let segment = |i: usize| versioned(format!("../cmaf/{}/{}.m4s", r.name, i + 1), v);
+    media_playlist(r, key, kept, Some(init), HLS_VERSION, segment)
 }
 
 /// A VOD media playlist of `r`'s segments `kept`, each at `uri(index)`.
@@ -242,6 +268,8 @@ fn media_playlist(
     version: usize,
     uri: impl Fn(usize) -> String,
 ) -> Vec<u8> {
+    let n = r.segments.len();
+    let kept = kept.start.min(n)..kept.end.min(n);
     let first = kept.start;
     let durations: Vec<(usize, f64)> = kept.map(|i| (i, r.segment_secs(i))).collect();
     let segments = durations
@@ -278,7 +306,7 @@ fn media_playlist(
 /// `hls/{rendition}-iframes.m3u8`: a video rendition's keyframes in its
 /// segments `kept`, each alone in a segment, for trick play (fast forward,
 /// thumbnails); with `key`, encrypted as the media segments are.
-pub fn hls_iframes(r: &Rendition, key: Option<&str>, kept: Range<usize>) -> Vec<u8> {
+pub fn hls_iframes(r: &Rendition, key: Option<&str>, kept: Range<usize>, v: &str) -> Vec<u8> {
     let samples = match (r.segments.get(kept.start), kept.end.checked_sub(1).and_then(|i| r.segments.get(i))) {
         (Some(a), Some(b)) => a.start..b.end,
         _ => 0..0,
@@ -291,9 +319,10 @@ pub fn hls_iframes(r: &Rendition, key: Option<&str>, kept: Range<usize>) -> Vec<
     let segments = durations
         .iter()
         .map(|&(k, d)| MediaSegment {
-            uri: format!("../cmaf/{}/i{}.m4s", r.name, k + 1),
+            uri: versioned(format!("../cmaf/{}/i{}.m4s", r.name, k + 1), v),
             duration: d as f32,
-            map: (k == first).then(|| Map { uri: format!("../cmaf/{}/init.mp4", r.name), ..Default::default() }),
+            map: (k == first)
+                .then(|| Map { uri: versioned(format!("../cmaf/{}/init.mp4", r.name), v), ..Default::default() }),
             key: key.filter(|_| k == first).map(|uri| Key {
                 method: KeyMethod::AES128,
                 uri: Some(uri.to_owned()),
@@ -321,7 +350,7 @@ pub fn hls_iframes(r: &Rendition, key: Option<&str>, kept: Range<usize>) -> Vec<
 /// `dash/manifest.mpd`: a static MPD, one adaptation set for the video and one
 /// per audio language, each representation (of those `filter` keeps) with its
 /// own segment timeline over the segments of its time window.
-pub fn dash_mpd(asset: &Asset, filter: &Filter) -> Vec<u8> {
+pub fn dash_mpd(asset: &Asset, filter: &Filter, v: &str) -> Vec<u8> {
     let kept = filter.segments(asset);
     let mut duration_secs = 0f64;
     let mut representation = |r: &Rendition| {
@@ -330,7 +359,8 @@ pub fn dash_mpd(asset: &Asset, filter: &Filter) -> Vec<u8> {
         let end = r.track.duration() as i64 + starts.first().copied().unwrap_or(0);
         let mut timeline: Vec<S> = Vec::new();
         let mut ticks = 0u64;
-        for i in kept.clone() {
+        let n = starts.len();
+        for i in kept.start.min(n)..kept.end.min(n) {
             let t = starts[i];
             let next = starts.get(i + 1).copied().unwrap_or(end);
             let d = u64::try_from(next - t).unwrap_or(0);
@@ -347,8 +377,8 @@ pub fn dash_mpd(asset: &Asset, filter: &Filter) -> Vec<u8> {
         duration_secs = duration_secs.max(ticks as f64 / f64::from(timescale));
         let template = SegmentTemplate {
             timescale: Some(u64::from(timescale)),
-            initialization: Some("../cmaf/$RepresentationID$/init.mp4".into()),
-            media: Some("../cmaf/$RepresentationID$/$Number$.m4s".into()),
+            initialization: Some(versioned("../cmaf/$RepresentationID$/init.mp4".into(), v)),
+            media: Some(versioned("../cmaf/$RepresentationID$/$Number$.m4s".into(), v)),
             startNumber: Some(kept.start as u64 + 1),
             // The window's first segment starts the period.
             presentationTimeOffset: starts.get(kept.start).and_then(|&t| u64::try_from(t).ok()),

@@ -166,7 +166,7 @@ async fn h264_and_aac_decode_frame_for_frame() {
     assert_eq!(iframes.len(), 2);
     assert!(iframes.iter().zip(&variants).all(|(i, v)| i.bandwidth > 0 && i.bandwidth < v.bandwidth));
     assert_eq!(m.alternatives.len(), 1);
-    let media = manifest::hls_media(v, None, 0..v.segments.len());
+    let media = manifest::hls_media(v, None, 0..v.segments.len(), "");
     let m3u8_rs::Playlist::MediaPlaylist(p) = m3u8_rs::parse_playlist_res(&media).unwrap() else {
         panic!("a media playlist")
     };
@@ -175,7 +175,8 @@ async fn h264_and_aac_decode_frame_for_frame() {
     assert!(p.end_list);
     let total: f32 = p.segments.iter().map(|s| s.duration).sum();
     assert!((total - 9.0).abs() < 0.05, "{total}");
-    let mpd = dash_mpd::parse(std::str::from_utf8(&manifest::dash_mpd(&asset, &Filter::default())).unwrap()).unwrap();
+    let mpd =
+        dash_mpd::parse(std::str::from_utf8(&manifest::dash_mpd(&asset, &Filter::default(), "")).unwrap()).unwrap();
     let sets = &mpd.periods[0].adaptations;
     assert_eq!(sets.len(), 2);
     assert_eq!(sets[0].representations.len(), 2);

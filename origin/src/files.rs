@@ -385,7 +385,7 @@ fn requested_range(req: &HeaderMap, meta: &Meta) -> Result<Option<Range<u64>>, (
     }
 }
 
-pub(crate) fn httpdate(secs: i64) -> String {
+fn httpdate(secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
     httpdate::fmt_http_date(t)
 }

@@ -214,6 +214,15 @@ async fn route(
             }
         };
     }
+    // An encrypting account's MP4s are its clear media: never served as files.
+    if counted
+        && served.packaging == Packaging::Jit
+        && encryption.is_some()
+        && content.as_str().to_ascii_lowercase().ends_with(".mp4")
+    {
+        let detail = "the account encrypts its streams: its MP4 files are not served";
+        return count(node, &account, problem(StatusCode::FORBIDDEN, "encrypted", detail));
+    }
     // A token on a manifest goes into its absolute URIs too (relative ones carry it).
     let manifest = if counted { token.zip(crate::carry::Manifest::of(content.as_str())) } else { None };
     let reply = match manifest {

@@ -22,7 +22,7 @@ use quick_cache::sync::Cache;
 use sha2::Digest;
 use tokio::time::Instant;
 
-use crate::files::{Reply, answer_in_memory, httpdate};
+use crate::files::{Reply, answer_in_memory};
 use crate::node::Encrypted;
 
 /// Why a packaged answer could not be made.
@@ -78,8 +78,6 @@ struct Packaged {
     /// Names the sources, the packager's version and its settings: every
     /// output's cache key and ETag start from it.
     tag: Arc<str>,
-    /// The newest source's modification time (seconds).
-    last_modified: i64,
 }
 
 #[derive(Clone)]
@@ -161,7 +159,10 @@ impl Packager {
         Self {
             store,
             settings,
-            assets: Cache::with_weighter(256, indexes, AssetWeight),
+            // Few items, some large (a two-hour film's index is ~10 MB): 32
+            // estimated items make quick_cache keep one shard, so an index
+            // may use the whole budget rather than a shard's share of it.
+            assets: Cache::with_weighter(32, indexes, AssetWeight),
             outputs: Cache::with_weighter(4096, outputs, OutputWeight),
             max_output: (outputs / 8).max(1),
             revalidate: Duration::from_secs(2),
@@ -226,6 +227,8 @@ impl Packager {
             Some((EncryptionScheme::Aes128, k)) => format!("aes128.{}", k.kid_hex()),
         };
         let key_string = format!("{}/{variant}/{rest}?{}", packaged.tag, filter.canonical());
+        // What segment URLs carry, so caches on the way never mix versions.
+        let version = hex::encode(&sha2::Sha256::digest(format!("{}/{variant}", packaged.tag).as_bytes())[..4]);
         let key_ref = key.as_ref().map(|(_, k)| k);
         let output = match self.outputs.get_value_or_guard_async(&key_string).await {
             Ok(o) => {
@@ -235,7 +238,7 @@ impl Packager {
             Err(guard) => {
                 // Others asking for the same output meanwhile wait for this one.
                 self.misses.fetch_add(1, Ordering::Relaxed);
-                let bytes = Bytes::from(self.make(dir, asset, request, &filter, key_ref).await?);
+                let bytes = Bytes::from(self.make(dir, asset, request, &filter, key_ref, &version).await?);
                 let digest = sha2::Sha256::digest(key_string.as_bytes());
                 let output = Arc::new(Output { bytes, etag: format!("\"jit-{}\"", hex::encode(&digest[..12])) });
                 if output.bytes.len() as u64 <= self.max_output {
@@ -249,14 +252,13 @@ impl Packager {
         if let Ok(v) = HeaderValue::from_str(&output.etag) {
             headers.insert(header::ETAG, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&httpdate(packaged.last_modified)) {
-            headers.insert(header::LAST_MODIFIED, v);
-        }
+        // No Last-Modified: an answer changes with more than its sources' times
+        // (encryption, the packager's version, a rendition removed), so only its
+        // ETag validates it.
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         let lifetime = if request.is_manifest() { "public, max-age=60" } else { "public, max-age=86400" };
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(lifetime));
-        let meta =
-            Meta { size: output.bytes.len() as u64, last_modified: packaged.last_modified, etag: output.etag.clone() };
+        let meta = Meta { size: output.bytes.len() as u64, last_modified: i64::MAX, etag: output.etag.clone() };
         Ok(answer_in_memory(headers, &meta, req, head, output.bytes.clone()))
     }
 
@@ -269,6 +271,7 @@ impl Packager {
         request: &Request<'_>,
         filter: &Filter,
         key: Option<&AssetKey>,
+        version: &str,
     ) -> Result<Vec<u8>, PackError> {
         let rendition = |name: &str| asset.rendition(name).ok_or(PackError::NotFound("no such rendition"));
         if request.is_manifest() {
@@ -285,7 +288,7 @@ impl Packager {
             Request::HlsMaster => manifest::hls_master(asset, filter),
             Request::HlsMedia(name) => {
                 let uri = key.map(|k| format!("../keys/{}.key", k.kid_hex()));
-                manifest::hls_media(rendition(name)?, uri.as_deref(), filter.segments(asset))
+                manifest::hls_media(rendition(name)?, uri.as_deref(), filter.segments(asset), version)
             }
             Request::IframePlaylist(name) => {
                 let r = rendition(name)
@@ -293,7 +296,7 @@ impl Packager {
                     .filter(|r| r.track.is_video())
                     .ok_or(PackError::NotFound("no such video rendition"))?;
                 let uri = key.map(|k| format!("../keys/{}.key", k.kid_hex()));
-                manifest::hls_iframes(r, uri.as_deref(), filter.segments(asset))
+                manifest::hls_iframes(r, uri.as_deref(), filter.segments(asset), version)
             }
             Request::Iframe(name, n) => {
                 let r = rendition(name)?;
@@ -311,7 +314,7 @@ impl Packager {
                     "this account encrypts for HLS (AES-128): DASH needs CENC, which is not built yet",
                 ));
             }
-            Request::DashManifest => manifest::dash_mpd(asset, filter),
+            Request::DashManifest => manifest::dash_mpd(asset, filter, version),
             Request::Init(name) => headwater_jit::cmaf::init_segment(&rendition(name)?.track)?,
             Request::Segment(name, n) => {
                 let r = rendition(name)?;
@@ -333,7 +336,7 @@ impl Packager {
             Request::TsMaster => manifest::hls_ts_master(asset, filter),
             Request::TsMedia(name) => {
                 let uri = key.map(|k| format!("../keys/{}.key", k.kid_hex()));
-                manifest::hls_ts_media(rendition(name)?, uri.as_deref(), filter.segments(asset))
+                manifest::hls_ts_media(rendition(name)?, uri.as_deref(), filter.segments(asset), version)
             }
             Request::TsSegment(name, n) => {
                 let r = rendition(name)?;
@@ -446,8 +449,7 @@ impl Packager {
             tag.update([0]);
         }
         let tag: Arc<str> = Arc::from(hex::encode(&tag.finalize()[..16]));
-        let last_modified = sources.iter().map(|(_, m)| m.last_modified).max().unwrap_or(0);
-        Ok(Packaged { sources, asset, tag, last_modified })
+        Ok(Packaged { sources, asset, tag })
     }
 }
 
@@ -467,7 +469,7 @@ fn key_reply(key: Option<&AssetKey>, kid: &str, req: &HeaderMap, head: bool) -> 
     let mut headers = HeaderMap::with_capacity(4);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
-    let meta = Meta { size: 16, last_modified: 0, etag: format!("\"key-{kid}\"") };
+    let meta = Meta { size: 16, last_modified: i64::MAX, etag: format!("\"key-{kid}\"") };
     Ok(answer_in_memory(headers, &meta, req, head, Bytes::copy_from_slice(&key.key)))
 }
 
