@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use support::browser::Player;
+use support::media::{ffmpeg, renditions};
 use support::{Admin, Backend, Origin};
 
 fn tools() -> bool {
@@ -18,56 +19,6 @@ fn tools() -> bool {
         eprintln!("ffmpeg not installed: skipping");
     }
     found
-}
-
-fn ffmpeg(args: &[&str]) {
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Two renditions of 9 s with the same keyframes (every 2 s), B-frames and AAC
-/// audio, as an encoder for VOD would make them.
-fn sources(dir: &Path) -> Vec<(String, PathBuf)> {
-    [("180p", "320x180"), ("360p", "640x360")]
-        .into_iter()
-        .map(|(name, size)| {
-            let out = dir.join(format!("{name}.mp4"));
-            ffmpeg(&[
-                "-f",
-                "lavfi",
-                "-i",
-                &format!("testsrc2=size={size}:rate=25"),
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:sample_rate=48000",
-                "-t",
-                "9",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "veryfast",
-                "-bf",
-                "2",
-                "-g",
-                "50",
-                "-keyint_min",
-                "50",
-                "-sc_threshold",
-                "0",
-                "-c:a",
-                "aac",
-                "-b:a",
-                "64k",
-                out.to_str().unwrap(),
-            ]);
-            (format!("{name}.mp4"), out)
-        })
-        .collect()
 }
 
 /// One decoded frame: presentation time (s), keyframe, audio samples.
@@ -161,7 +112,7 @@ const SUBTITLES: &str =
     "WEBVTT\n\n00:00:01.000 --> 00:00:04.000\nHello from Headwater\n\n00:00:05.000 --> 00:00:08.000\nStill here\n";
 
 /// An admin with a `jit` account `ana-jit` whose asset `movie` holds
-/// [`sources`] and English subtitles, and a ready node of its pool.
+/// [`renditions`] and English subtitles, and a ready node of its pool.
 struct Packaging {
     admin: Admin,
     /// The customer's API key.
@@ -174,7 +125,7 @@ struct Packaging {
 
 async fn packaging() -> Packaging {
     let media = tempfile::tempdir().unwrap();
-    let files = sources(media.path());
+    let files = renditions(media.path());
     let admin = Admin::start(Backend::Sqlite, &[]).await;
     let (_, key) = admin.sign_up("ana@example.com").await;
     let body = json!({"name": "ana-jit", "origin_type": "jit", "offer": {"kind": "payg"}});
@@ -567,7 +518,7 @@ async fn an_s3_asset_is_read_by_range_never_whole() {
     let env = support::s3_env(&format!("http://{}", link.addr));
     let admin = Admin::start_with(Backend::Sqlite, &[], Some("s3://headwater-jit/t".into()), env).await;
     let media = tempfile::tempdir().unwrap();
-    let files = sources(media.path());
+    let files = renditions(media.path());
     let (_, key) = admin.sign_up("ana@example.com").await;
     let pool = admin.account(&key, json!({"name": "ana-jit", "origin_type": "jit", "offer": {"kind": "payg"}})).await;
     for (name, path) in &files {

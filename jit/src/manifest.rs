@@ -153,21 +153,7 @@ pub fn hls_master(asset: &Asset, filter: &Filter) -> Vec<u8> {
 /// `hls/{subtitles}-subtitles.m3u8`: the WebVTT file as the one segment of a
 /// playlist as long as the presentation.
 pub fn hls_subtitles(asset: &Asset, t: &Subtitles) -> Vec<u8> {
-    let playlist = MediaPlaylist {
-        version: Some(TS_VERSION),
-        target_duration: asset.duration_secs.ceil().max(1.0) as u64,
-        segments: vec![MediaSegment {
-            uri: format!("../{}", t.file),
-            duration: asset.duration_secs as f32,
-            ..Default::default()
-        }],
-        end_list: true,
-        playlist_type: Some(MediaPlaylistType::Vod),
-        ..Default::default()
-    };
-    let mut out = Vec::new();
-    playlist.write_to(&mut out).expect("a playlist writes into memory");
-    out
+    vod_playlist(&[(0, asset.duration_secs)], None, None, TS_VERSION, false, |_| format!("../{}", t.file))
 }
 
 /// `hls-ts/master.m3u8`: HLS with MPEG-TS segments for legacy players, a
@@ -269,10 +255,23 @@ fn media_playlist(
     uri: impl Fn(usize) -> String,
 ) -> Vec<u8> {
     let n = r.segments.len();
-    let kept = kept.start.min(n)..kept.end.min(n);
-    let first = kept.start;
-    let durations: Vec<(usize, f64)> = kept.map(|i| (i, r.segment_secs(i))).collect();
-    let segments = durations
+    let entries: Vec<(usize, f64)> = (kept.start.min(n)..kept.end.min(n)).map(|i| (i, r.segment_secs(i))).collect();
+    vod_playlist(&entries, key, init, version, false, uri)
+}
+
+/// A VOD playlist of `entries` (index, seconds), the first one's index its
+/// media sequence (segment n has sequence n - 1: an AES-128 segment's IV), each
+/// at `uri(index)`; `init` and `key` apply from the first.
+fn vod_playlist(
+    entries: &[(usize, f64)],
+    key: Option<&str>,
+    init: Option<String>,
+    version: usize,
+    i_frames_only: bool,
+    uri: impl Fn(usize) -> String,
+) -> Vec<u8> {
+    let first = entries.first().map_or(0, |e| e.0);
+    let segments = entries
         .iter()
         .map(|&(i, d)| MediaSegment {
             uri: uri(i),
@@ -289,12 +288,12 @@ fn media_playlist(
     let playlist = MediaPlaylist {
         version: Some(version),
         // EXTINF rounded to the nearest second never exceeds it (RFC 8216 §4.3.3.1).
-        target_duration: durations.iter().map(|d| d.1.round() as u64).max().unwrap_or(1).max(1),
-        // Segment n has sequence n - 1 (an AES-128 segment's IV).
+        target_duration: entries.iter().map(|d| d.1.round() as u64).max().unwrap_or(1).max(1),
         media_sequence: first as u64,
         segments,
         end_list: true,
         playlist_type: Some(MediaPlaylistType::Vod),
+        i_frames_only,
         independent_segments: true,
         ..Default::default()
     };
@@ -311,40 +310,14 @@ pub fn hls_iframes(r: &Rendition, key: Option<&str>, kept: Range<usize>, v: &str
         (Some(a), Some(b)) => a.start..b.end,
         _ => 0..0,
     };
-    let durations: Vec<(usize, f64)> = (0..r.keyframes.len())
+    let entries: Vec<(usize, f64)> = (0..r.keyframes.len())
         .filter(|&k| samples.contains(&r.keyframes[k]))
         .map(|k| (k, r.keyframe_secs(k)))
         .collect();
-    let first = durations.first().map_or(0, |d| d.0);
-    let segments = durations
-        .iter()
-        .map(|&(k, d)| MediaSegment {
-            uri: versioned(format!("../cmaf/{}/i{}.m4s", r.name, k + 1), v),
-            duration: d as f32,
-            map: (k == first)
-                .then(|| Map { uri: versioned(format!("../cmaf/{}/init.mp4", r.name), v), ..Default::default() }),
-            key: key.filter(|_| k == first).map(|uri| Key {
-                method: KeyMethod::AES128,
-                uri: Some(uri.to_owned()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .collect();
-    let playlist = MediaPlaylist {
-        version: Some(HLS_VERSION),
-        target_duration: durations.iter().map(|d| d.1.round() as u64).max().unwrap_or(1).max(1),
-        media_sequence: first as u64,
-        segments,
-        end_list: true,
-        playlist_type: Some(MediaPlaylistType::Vod),
-        i_frames_only: true,
-        independent_segments: true,
-        ..Default::default()
-    };
-    let mut out = Vec::new();
-    playlist.write_to(&mut out).expect("a playlist writes into memory");
-    out
+    let init = versioned(format!("../cmaf/{}/init.mp4", r.name), v);
+    vod_playlist(&entries, key, Some(init), HLS_VERSION, true, |k| {
+        versioned(format!("../cmaf/{}/i{}.m4s", r.name, k + 1), v)
+    })
 }
 
 /// `dash/manifest.mpd`: a static MPD, one adaptation set for the video and one

@@ -9,6 +9,10 @@ use std::process::Command;
 use headwater_content::{ContentPath, ContentStore};
 use headwater_jit::{Asset, Filter, Settings, manifest};
 
+#[path = "../../tests/support/media.rs"]
+mod shared;
+use shared::ffmpeg;
+
 fn tool(name: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file());
     if found.is_none() {
@@ -16,11 +20,6 @@ fn tool(name: &str) -> Option<PathBuf> {
         eprintln!("{name} not installed: skipping");
     }
     found
-}
-
-fn ffmpeg(args: &[&str]) {
-    let out = Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-y"]).args(args).output().unwrap();
-    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// `(pts, keyframe, samples)` of every decoded frame of stream `stream`, in
@@ -94,38 +93,7 @@ async fn h264_and_aac_decode_frame_for_frame() {
     let src = dir.path().join("store/acct/vod");
     std::fs::create_dir_all(&src).unwrap();
     // Two renditions with the same keyframes (every 2 s), B-frames, and AAC.
-    for (name, size) in [("360p", "640x360"), ("180p", "320x180")] {
-        let out = src.join(format!("{name}.mp4"));
-        ffmpeg(&[
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("testsrc2=size={size}:rate=25"),
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            "9",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-bf",
-            "2",
-            "-g",
-            "50",
-            "-keyint_min",
-            "50",
-            "-sc_threshold",
-            "0",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "64k",
-            out.to_str().unwrap(),
-        ]);
-    }
+    shared::renditions(&src);
     let store = ContentStore::open(dir.path().join("store").to_str().unwrap()).unwrap();
     let asset = package(&store, dir.path(), &["180p.mp4", "360p.mp4"]).await;
     let names: Vec<&str> = asset.renditions.iter().map(|r| r.name.as_str()).collect();

@@ -8,6 +8,7 @@
 mod db;
 
 pub mod browser;
+pub mod media;
 
 use std::process::Stdio;
 use std::sync::Arc;
