@@ -570,9 +570,9 @@ async fn aes_128_encrypts_hls_and_hands_keys_to_signed_urls_only() {
     let (status, _) = call(reqwest::Method::POST, "/v1/accounts/ana-jit/playback-keys", None).await;
     assert_eq!(status, StatusCode::CREATED);
     let (status, set) = call(reqwest::Method::PUT, "/v1/accounts/ana-jit/encryption", Some(aes)).await;
-    assert_eq!((status, set), (StatusCode::OK, json!({"scheme": "aes128"})));
+    assert_eq!((status, set), (StatusCode::OK, json!({"scheme": "aes128", "dash": "cenc"})));
     let (_, got) = call(reqwest::Method::GET, "/v1/accounts/ana-jit/encryption", None).await;
-    assert_eq!(got, json!({"scheme": "aes128"}));
+    assert_eq!(got, json!({"scheme": "aes128", "dash": "cenc"}));
     let secret = admin.text("SELECT content_secret FROM accounts WHERE name = 'ana-jit'").await.unwrap();
     assert!(!secret.is_empty(), "a content secret, sealed");
 
@@ -618,9 +618,6 @@ async fn aes_128_encrypts_hls_and_hands_keys_to_signed_urls_only() {
     assert_eq!(res.bytes().await.unwrap().len(), 16);
     let other = master.replace("hls/master.m3u8", &format!("keys/{}.key", "0".repeat(32)));
     support::expect_problem(get(&http, &other, &[]).await, StatusCode::NOT_FOUND, "not-found", None).await;
-    let res = get(&http, &format!("{base}/dash/manifest.mpd"), &[]).await;
-    let p = support::expect_problem(res, StatusCode::NOT_FOUND, "not-found", None).await;
-    assert!(p["detail"].as_str().unwrap().contains("CENC"), "{p}");
     // The source MP4s are the clear media: not served while the account encrypts.
     let res = get(&http, &format!("{base}/360p.mp4"), &[]).await;
     support::expect_problem(res, StatusCode::FORBIDDEN, "encrypted", None).await;
@@ -644,4 +641,176 @@ async fn aes_128_encrypts_hls_and_hands_keys_to_signed_urls_only() {
         async move { &get(&http, &url, &[]).await.bytes().await.unwrap()[4..8] == b"styp" }
     })
     .await;
+}
+
+/// The MD5 of every frame ffmpeg decodes from stream `stream` of `input`,
+/// decrypted with `key` (hex) when given; `Err` with ffmpeg's complaint when it
+/// cannot decode.
+async fn decoded(input: &Path, stream: &str, key: Option<&str>, raw_source: bool) -> Result<Vec<String>, String> {
+    let mut cmd = tokio::process::Command::new("ffmpeg");
+    cmd.args(["-v", "error"]);
+    if let Some(key) = key {
+        cmd.args(["-decryption_key", key]);
+    }
+    if raw_source {
+        cmd.args(["-ignore_editlist", "1"]);
+    }
+    if key.is_some() {
+        // Read as a stream: ffmpeg 5.1 decrypts a seekable fragmented file's
+        // samples with the last fragment's encryption info (it reads every moof
+        // first); a pipe has it read each moof before its samples.
+        cmd.args(["-i", "pipe:0"]).stdin(std::fs::File::open(input).unwrap());
+    } else {
+        cmd.arg("-i").arg(input);
+    }
+    let out = cmd.args(["-map", &format!("0:{stream}"), "-f", "framemd5", "-"]).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if !out.status.success() || !stderr.is_empty() {
+        return Err(stderr);
+    }
+    // framemd5 rows: stream, dts, pts, duration, size, hash.
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(',').next().map(|h| h.trim().to_owned()))
+        .collect())
+}
+
+/// A rendition's init segment and every media segment under `base` (`…/cenc/{r}`),
+/// one after the other in a file.
+async fn whole_rendition(http: &reqwest::Client, base: &str, dir: &Path, name: &str) -> PathBuf {
+    let mut bytes = get(http, &format!("{base}/init.mp4"), &[]).await.bytes().await.unwrap().to_vec();
+    for n in 1.. {
+        let res = get(http, &format!("{base}/{n}.m4s"), &[]).await;
+        if res.status() == StatusCode::NOT_FOUND {
+            assert!(n > 1, "{base}: no segment");
+            break;
+        }
+        assert_eq!(res.status(), StatusCode::OK, "{base}/{n}.m4s");
+        bytes.extend_from_slice(&res.bytes().await.unwrap());
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dash_is_encrypted_with_cenc_or_cbcs_and_plays_with_clearkey() {
+    if !tools() {
+        return;
+    }
+    let Packaging { admin, key, node, files, _media, .. } = packaging().await;
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let (http, url, key) = (http.clone(), admin.url.clone(), key.clone());
+        let path = path.to_owned();
+        async move { support::call_json(&http, &url, &key, method, &path, body).await }
+    };
+    let (status, _) = call(reqwest::Method::POST, "/v1/accounts/ana-jit/playback-keys", None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let bad = json!({"scheme": "aes128", "dash": "cens"});
+    let (status, p) = call(reqwest::Method::PUT, "/v1/accounts/ana-jit/encryption", Some(bad)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    let (_, got) = call(reqwest::Method::GET, "/v1/accounts/ana-jit/encryption", None).await;
+    assert_eq!(got, json!({"scheme": "none", "dash": "cenc"}), "a refused change changes nothing");
+    let body = json!({"path": "movie/dash/manifest.mpd", "expires_in_secs": 600});
+    let (status, signed) = call(reqwest::Method::POST, "/v1/accounts/ana-jit/playback-tokens", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{signed}");
+    let signed = signed["url"].as_str().unwrap();
+    let locator = signed.split("/ana-jit/").next().unwrap();
+    let mpd_url = signed.replacen(locator, &node.url, 1);
+    let signed_base = mpd_url.replace("/dash/manifest.mpd", "");
+    let chromium = support::browser::chromium();
+    let work = tempfile::tempdir().unwrap();
+    let source = |name: &str| files.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    let mut kids = Vec::new();
+
+    for scheme in ["cenc", "cbcs"] {
+        let set = json!({"scheme": "aes128", "dash": scheme});
+        let (status, got) = call(reqwest::Method::PUT, "/v1/accounts/ana-jit/encryption", Some(set.clone())).await;
+        assert_eq!((status, got), (StatusCode::OK, set), "{scheme}");
+        // The MPD says how its segments are protected once the node has it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mpd = loop {
+            let text = get(&http, &mpd_url, &[]).await.text().await.unwrap();
+            if text.contains(&format!("value=\"{scheme}\"")) {
+                break dash_mpd::parse(&text).unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "the node never encrypted DASH with {scheme}: {text}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        let sets = &mpd.periods[0].adaptations;
+        for set in sets.iter().filter(|s| s.contentType.as_deref() != Some("text")) {
+            let schemes: Vec<&str> = set.ContentProtection.iter().map(|c| c.schemeIdUri.as_str()).collect();
+            assert_eq!(
+                schemes,
+                ["urn:mpeg:dash:mp4protection:2011", "urn:uuid:e2719d58-a985-b3c9-781a-b030af78d30e"],
+                "{set:?}"
+            );
+            let template = set.representations[0].SegmentTemplate.as_ref().unwrap();
+            assert!(template.media.as_deref().unwrap().starts_with("../cenc/"), "{template:?}");
+        }
+        let kid = sets[0].ContentProtection[0].default_KID.clone().unwrap().replace('-', "");
+        assert_eq!(kid.len(), 32);
+        kids.push(kid.clone());
+
+        // The protected init segment: encv with sinf naming the scheme, a pssh.
+        let init = get(&http, &format!("{signed_base}/cenc/360p-v1/init.mp4"), &[]).await.bytes().await.unwrap();
+        for b in [&b"encv"[..], b"sinf", b"frma", b"tenc", b"pssh", scheme.as_bytes(), &hex::decode(&kid).unwrap()] {
+            assert!(init.windows(b.len()).any(|w| w == b), "{scheme}: init has {:?}", String::from_utf8_lossy(b));
+        }
+        let audio_init = get(&http, &format!("{signed_base}/cenc/180p-a2/init.mp4"), &[]).await.bytes().await.unwrap();
+        assert!(audio_init.windows(4).any(|w| w == b"enca"), "{scheme}: audio sample entry protected");
+
+        // ffmpeg decrypts every frame to the source's decoded frames, video and
+        // audio; without the key the video does not decode to them.
+        let key_url = format!("{signed_base}/keys/{kid}.key");
+        let res = get(&http, &key_url, &[]).await;
+        assert_eq!(res.status(), StatusCode::OK, "{key_url}");
+        let content_key = hex::encode(res.bytes().await.unwrap());
+        for (rendition, file, stream) in [("360p-v1", "360p.mp4", "v:0"), ("180p-a2", "180p.mp4", "a:0")] {
+            let whole = whole_rendition(
+                &http,
+                &format!("{signed_base}/cenc/{rendition}"),
+                work.path(),
+                &format!("{scheme}-{rendition}.mp4"),
+            )
+            .await;
+            let ours = decoded(&whole, "0", Some(&content_key), false).await.unwrap();
+            let theirs = decoded(&source(file), stream, None, true).await.unwrap();
+            assert_eq!(ours.len(), theirs.len(), "{scheme} {rendition}: frames");
+            assert!(ours == theirs, "{scheme} {rendition}: the decrypted frames are the source's");
+            if stream == "v:0" {
+                let wrong = decoded(&whole, "0", Some(&"00".repeat(16)), false).await;
+                assert!(wrong.is_err() || wrong.as_ref().unwrap() != &theirs, "{scheme}: a wrong key opened it");
+            }
+        }
+
+        // dash.js plays it in Chromium, with the key from the signed key URL.
+        let played = support::browser::play_clearkey(&chromium, &mpd_url, &kid, &key_url).await;
+        assert_eq!(played["levels"], 2, "{scheme}: {played}");
+    }
+    assert_eq!(kids[0], kids[1], "one DASH key per asset, whatever the scheme");
+
+    // HLS keeps its own key; a key goes to a signed URL only.
+    let hls = get(&http, &format!("{signed_base}/hls/360p-v1.m3u8"), &[]).await.text().await.unwrap();
+    let hls_kid = hls.split("../keys/").nth(1).and_then(|r| r.split(".key").next()).unwrap();
+    assert_ne!(hls_kid, kids[0], "HLS AES-128 and DASH CENC have keys of their own");
+    let res = get(&http, &format!("{}/ana-jit/movie/keys/{}.key", node.url, kids[0]), &[]).await;
+    support::expect_problem(res, StatusCode::FORBIDDEN, "playback-token", None).await;
+    // Clear again: the MPD points at clear CMAF and cenc/ is gone.
+    let (status, _) =
+        call(reqwest::Method::PUT, "/v1/accounts/ana-jit/encryption", Some(json!({"scheme": "none"}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let clear = format!("{}/ana-jit/movie", node.url);
+    support::eventually(std::time::Duration::from_secs(30), "clear DASH again", || {
+        let (http, url) = (http.clone(), format!("{clear}/dash/manifest.mpd"));
+        async move {
+            let res = get(&http, &url, &[]).await;
+            res.status() == StatusCode::OK && !res.text().await.unwrap().contains("ContentProtection")
+        }
+    })
+    .await;
+    let res = get(&http, &format!("{clear}/cenc/360p-v1/init.mp4"), &[]).await;
+    support::expect_problem(res, StatusCode::NOT_FOUND, "not-found", None).await;
 }

@@ -122,6 +122,16 @@ text_enum! {
 }
 
 text_enum! {
+    /// How a `jit` account's DASH segments are encrypted when it encrypts.
+    pub enum DashScheme ("DASH encryption scheme") {
+        /// Common Encryption with AES-128-CTR.
+        Cenc = "cenc",
+        /// Common Encryption with AES-128-CBC, a 1:9 pattern over video.
+        Cbcs = "cbcs",
+    }
+}
+
+text_enum! {
     /// Shared pools serve many trial/payg accounts; a dedicated pool one SLA account
     /// (or none yet: a warm pool).
     pub enum PoolKind ("pool kind") {
@@ -306,6 +316,7 @@ mod tests {
         spelled_alike(TargetKind::ALL);
         spelled_alike(TargetState::ALL);
         spelled_alike(EncryptionScheme::ALL);
+        spelled_alike(DashScheme::ALL);
         assert_eq!("scale".parse::<OperationKind>().unwrap_err().what, "operation kind");
         // A word outside the enum read from the store is an error, never a default.
         assert!("gold".parse::<crate::domain::OfferKind>().is_err());

@@ -3,10 +3,12 @@
 //! + `mdat`). The same segments serve HLS (fMP4) and DASH.
 
 use mp4_atom::{
-    Dinf, Dref, DrefEntry, Encode, FourCC, Ftyp, Hdlr, Header, Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mvex, Mvhd, Smhd,
-    Stbl, Stco, Stsd, Styp, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry, Url, Vmhd,
+    Dinf, Dref, DrefEntry, Encode, FourCC, Ftyp, Hdlr, Header, Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mvex, Mvhd, Saio,
+    Saiz, Senc, SencBoxVersion, Smhd, Stbl, Stco, Stsd, Styp, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry, Url,
+    Vmhd,
 };
 
+use crate::cenc::{self, SampleInfo};
 use crate::index::{Kind, Sample, Track, Unpackable};
 
 /// The track id in every output file.
@@ -87,6 +89,29 @@ const NON_SYNC: u32 = 0x0101_0000;
 /// Media segment number `sequence` (from 1) of `track`'s `samples`, whose bytes are
 /// `data[i]` for `samples[i]`, in decode order.
 pub fn media_segment(track: &Track, sequence: u32, samples: &[Sample], data: &[&[u8]]) -> Result<Vec<u8>, Unpackable> {
+    segment(track, sequence, samples, data, None)
+}
+
+/// A media segment of samples encrypted with Common Encryption: `data` holds
+/// their encrypted bytes, `info` each sample's IV and subsamples, which go in
+/// the fragment's `senc` (located by `saiz` and `saio`).
+pub fn protected_segment(
+    track: &Track,
+    sequence: u32,
+    samples: &[Sample],
+    data: &[&[u8]],
+    info: &SampleInfo,
+) -> Result<Vec<u8>, Unpackable> {
+    segment(track, sequence, samples, data, Some(info))
+}
+
+fn segment(
+    track: &Track,
+    sequence: u32,
+    samples: &[Sample],
+    data: &[&[u8]],
+    info: Option<&SampleInfo>,
+) -> Result<Vec<u8>, Unpackable> {
     let video = track.is_video();
     let entries: Vec<TrunEntry> = samples
         .iter()
@@ -97,12 +122,32 @@ pub fn media_segment(track: &Track, sequence: u32, samples: &[Sample], data: &[&
             cts: video.then_some(i64::from(s.cts) - i64::from(track.shift)),
         })
         .collect();
-    let moof = |data_offset: i32| Moof {
+    // A constant IV and no subsamples (cbcs audio) leave nothing to say per sample.
+    let info = info.filter(|i| i.entries.iter().any(|e| !e.is_empty()));
+    let aux = info.map(|i| {
+        let mut data = (i.entries.len() as u32).to_be_bytes().to_vec();
+        for e in &i.entries {
+            data.extend_from_slice(e);
+        }
+        let sizes: Vec<u8> = i.entries.iter().map(|e| e.len() as u8).collect();
+        let same = sizes.windows(2).all(|w| w[0] == w[1]);
+        let saiz = Saiz {
+            aux_info: None,
+            default_sample_info_size: if same { sizes.first().copied().unwrap_or(0) } else { 0 },
+            sample_count: sizes.len() as u32,
+            sample_info_size: if same { Vec::new() } else { sizes },
+        };
+        (Senc { version: SencBoxVersion::V0, use_subsamples: i.subsamples, data }, saiz)
+    });
+    let moof = |data_offset: i32, aux_offset: u64| Moof {
         mfhd: Mfhd { sequence_number: sequence },
         traf: vec![Traf {
             tfhd: Tfhd { track_id: TRACK_ID, default_base_is_moof: true, ..Default::default() },
             tfdt: Some(Tfdt { base_media_decode_time: samples.first().map_or(0, |s| s.dts) }),
             trun: vec![Trun { data_offset: Some(data_offset), samples: entries.clone().into() }],
+            senc: aux.as_ref().map(|(senc, _)| senc.clone()),
+            saiz: aux.iter().map(|(_, saiz)| saiz.clone()).collect(),
+            saio: aux.iter().map(|_| Saio { aux_info: None, offsets: vec![aux_offset] }).collect(),
             ..Default::default()
         }],
     };
@@ -115,14 +160,25 @@ pub fn media_segment(track: &Track, sequence: u32, samples: &[Sample], data: &[&
     };
     encode(&styp, &mut out)?;
     // The data offset counts from the moof's start to the first sample: the
-    // moof's own length (the same whatever the offset's value) and mdat's header.
+    // moof's own length (the same whatever the offsets' values) and mdat's
+    // header. The auxiliary information (saio) is the senc's first entry,
+    // also counted from the moof's start.
     let mut sized = Vec::new();
-    encode(&moof(0), &mut sized)?;
+    encode(&moof(0, 0), &mut sized)?;
+    let aux_offset = match aux {
+        None => 0,
+        Some(_) => {
+            let traf = cenc::child(&sized, 8..sized.len(), b"traf");
+            let senc = traf.and_then(|t| cenc::child(&sized, t + 8..sized.len(), b"senc"));
+            // senc: its header, version and flags, the sample count.
+            senc.map(|s| s as u64 + 16).ok_or_else(|| Unpackable("the fragment lost its senc".into()))?
+        }
+    };
     let mdat = Header { kind: FourCC::new(b"mdat"), size: Some(body) };
     let mut mdat_header = Vec::with_capacity(16);
     encode(&mdat, &mut mdat_header)?;
     let offset = i32::try_from(sized.len() + mdat_header.len()).unwrap_or(i32::MAX);
-    encode(&moof(offset), &mut out)?;
+    encode(&moof(offset, aux_offset), &mut out)?;
     out.extend_from_slice(&mdat_header);
     for d in data {
         out.extend_from_slice(d);

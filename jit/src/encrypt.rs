@@ -22,14 +22,23 @@ impl std::fmt::Debug for AssetKey {
 }
 
 impl AssetKey {
-    /// The key of `asset` under the account's `secret`.
+    /// The key of `asset` under the account's `secret` (HLS AES-128).
     pub fn derive(secret: &[u8], asset: &str) -> Self {
+        Self::derive_with(secret, &[asset.as_bytes()])
+    }
+
+    /// The key of `asset`'s Common Encryption (DASH): another key and key id
+    /// than HLS's, so no key serves two cipher modes.
+    pub fn derive_cenc(secret: &[u8], asset: &str) -> Self {
+        Self::derive_with(secret, &[asset.as_bytes(), b"\0cenc"])
+    }
+
+    fn derive_with(secret: &[u8], info: &[&[u8]]) -> Self {
         let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"headwater content key v1");
         let prk = salt.extract(secret);
-        let info = [asset.as_bytes()];
         let mut out = [0u8; 32];
         // 32 bytes is within HKDF-SHA256's limit (255 x 32): this cannot fail.
-        if let Ok(okm) = prk.expand(&info, ring::hkdf::HKDF_SHA256) {
+        if let Ok(okm) = prk.expand(info, ring::hkdf::HKDF_SHA256) {
             let _ = okm.fill(&mut out);
         }
         let (mut key, mut kid) = ([0u8; 16], [0u8; 16]);
@@ -63,6 +72,9 @@ mod tests {
         assert_ne!(a.key, AssetKey::derive(b"secret one", "trailer").key);
         assert_ne!(a.key, AssetKey::derive(b"secret two", "movie").key);
         assert_ne!(a.key, a.kid);
+        let dash = AssetKey::derive_cenc(b"secret one", "movie");
+        assert!(dash.key != a.key && dash.kid != a.kid, "DASH has a key of its own");
+        assert_eq!(dash, AssetKey::derive_cenc(b"secret one", "movie"));
         assert!(!format!("{a:?}").contains(&hex::encode(a.key)), "the key never shows in logs");
     }
 

@@ -4,6 +4,7 @@
 //! byte is a function of the source files and [`Settings`]: the same on every
 //! node and after a restart.
 
+pub mod cenc;
 pub mod cmaf;
 pub mod encrypt;
 pub mod filter;
@@ -55,6 +56,25 @@ pub async fn media_segment(
 ) -> Result<Option<Vec<u8>>, IndexError> {
     let Some(range) = n.checked_sub(1).and_then(|i| r.segments.get(i)) else { return Ok(None) };
     segment_of(store, file, r, n, &r.track.samples[range.clone()]).await.map(Some)
+}
+
+/// Media segment `n` (from 1) of `r` encrypted with Common Encryption as `p`
+/// says. `None` past the last segment.
+pub async fn protected_segment(
+    store: &ContentStore,
+    file: &ContentPath,
+    r: &Rendition,
+    n: usize,
+    p: &cenc::Protection,
+) -> Result<Option<Vec<u8>>, IndexError> {
+    let Some(range) = n.checked_sub(1).and_then(|i| r.segments.get(i)) else { return Ok(None) };
+    let samples = &r.track.samples[range.clone()];
+    let read = read_samples(store, file, samples).await?;
+    let mut owned: Vec<Vec<u8>> = slices(&read, samples)?.into_iter().map(<[u8]>::to_vec).collect();
+    let info = cenc::encrypt_samples(p, &r.track, range.start, &mut owned)?;
+    let data: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+    let sequence = u32::try_from(n).unwrap_or(u32::MAX);
+    Ok(Some(cmaf::protected_segment(&r.track, sequence, samples, &data, &info)?))
 }
 
 /// Keyframe `n` (from 1) of video rendition `r` alone, as a media segment (for

@@ -4,12 +4,15 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use dash_mpd::{AdaptationSet, BaseURL, MPD, Period, Representation, S, SegmentTemplate, SegmentTimeline};
+use dash_mpd::{
+    AdaptationSet, BaseURL, ContentProtection, MPD, Period, Representation, S, SegmentTemplate, SegmentTimeline,
+};
 use m3u8_rs::{
     AlternativeMedia, AlternativeMediaType, Key, KeyMethod, Map, MasterPlaylist, MediaPlaylist, MediaPlaylistType,
     MediaSegment, Resolution, VariantStream,
 };
 
+use crate::cenc::{CLEARKEY_URN, Scheme};
 use crate::filter::Filter;
 use crate::index::Kind;
 use crate::package::{Asset, Rendition, Subtitles};
@@ -324,6 +327,40 @@ pub fn hls_iframes(r: &Rendition, key: Option<&str>, kept: Range<usize>, v: &str
 /// per audio language, each representation (of those `filter` keeps) with its
 /// own segment timeline over the segments of its time window.
 pub fn dash_mpd(asset: &Asset, filter: &Filter, v: &str) -> Vec<u8> {
+    dash(asset, filter, v, None)
+}
+
+/// The DASH MPD of an asset encrypted with Common Encryption (`scheme`, key
+/// `kid`): its segments under `cenc/`, each audio and video adaptation set
+/// saying how they are protected and that a ClearKey license opens them.
+pub fn dash_mpd_protected(asset: &Asset, filter: &Filter, v: &str, scheme: Scheme, kid: [u8; 16]) -> Vec<u8> {
+    dash(asset, filter, v, Some((scheme, kid)))
+}
+
+/// A key id as DASH writes it (`cenc:default_KID`): a UUID.
+pub fn kid_uuid(kid: [u8; 16]) -> String {
+    let h = hex::encode(kid);
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+fn dash(asset: &Asset, filter: &Filter, v: &str, protection: Option<(Scheme, [u8; 16])>) -> Vec<u8> {
+    let segments = if protection.is_some() { "cenc" } else { "cmaf" };
+    let content_protection: Vec<ContentProtection> = match protection {
+        None => Vec::new(),
+        Some((scheme, kid)) => vec![
+            ContentProtection {
+                schemeIdUri: "urn:mpeg:dash:mp4protection:2011".into(),
+                value: Some(scheme.as_str().into()),
+                default_KID: Some(kid_uuid(kid)),
+                ..Default::default()
+            },
+            ContentProtection {
+                schemeIdUri: CLEARKEY_URN.into(),
+                value: Some("ClearKey1.0".into()),
+                ..Default::default()
+            },
+        ],
+    };
     let kept = filter.segments(asset);
     let mut duration_secs = 0f64;
     let mut representation = |r: &Rendition| {
@@ -350,8 +387,8 @@ pub fn dash_mpd(asset: &Asset, filter: &Filter, v: &str) -> Vec<u8> {
         duration_secs = duration_secs.max(ticks as f64 / f64::from(timescale));
         let template = SegmentTemplate {
             timescale: Some(u64::from(timescale)),
-            initialization: Some(versioned("../cmaf/$RepresentationID$/init.mp4".into(), v)),
-            media: Some(versioned("../cmaf/$RepresentationID$/$Number$.m4s".into(), v)),
+            initialization: Some(versioned(format!("../{segments}/$RepresentationID$/init.mp4"), v)),
+            media: Some(versioned(format!("../{segments}/$RepresentationID$/$Number$.m4s"), v)),
             startNumber: Some(kept.start as u64 + 1),
             // The window's first segment starts the period.
             presentationTimeOffset: starts.get(kept.start).and_then(|&t| u64::try_from(t).ok()),
@@ -385,6 +422,7 @@ pub fn dash_mpd(asset: &Asset, filter: &Filter, v: &str) -> Vec<u8> {
             mimeType: Some("video/mp4".into()),
             segmentAlignment: Some(true),
             startWithSAP: Some(1),
+            ContentProtection: content_protection.clone(),
             representations: video,
             ..Default::default()
         });
@@ -409,6 +447,7 @@ pub fn dash_mpd(asset: &Asset, filter: &Filter, v: &str) -> Vec<u8> {
             lang: Some(lang.to_owned()),
             segmentAlignment: Some(true),
             startWithSAP: Some(1),
+            ContentProtection: content_protection.clone(),
             representations: reps,
             ..Default::default()
         });

@@ -12,6 +12,8 @@
 //! - `cmaf/{track}/i{n}.m4s` — a video rendition's keyframe `n` alone (from 1)
 //! - `ts/{track}/{n}.ts` — a video rendition's segment as MPEG-TS, its first
 //!   audio rendition muxed in
+//! - `cenc/{track}/init.mp4`, `cenc/{track}/{n}.m4s` — the segments with Common
+//!   Encryption, for DASH when the account encrypts
 //! - `keys/{kid}.key` — an encrypted asset's content key (to signed URLs only)
 
 use std::ops::Range;
@@ -140,6 +142,9 @@ pub enum Request<'a> {
     Iframe(&'a str, usize),
     /// An encrypted asset's content key, by its key id (hex).
     Key(&'a str),
+    /// A rendition's init and media segments with Common Encryption (DASH).
+    ProtectedInit(&'a str),
+    ProtectedSegment(&'a str, usize),
     /// HLS with MPEG-TS segments: the master and a media playlist.
     TsMaster,
     TsMedia(&'a str),
@@ -176,22 +181,29 @@ impl<'a> Request<'a> {
                 n.parse().ok().filter(|&n| n >= 1).map(|n| Self::TsSegment(name, n))
             }
             "keys" => file.strip_suffix(".key").filter(|k| !k.contains('/')).map(Self::Key),
-            "cmaf" => {
+            "cmaf" | "cenc" => {
+                let protected = format == "cenc";
                 let (name, file) = file.split_once('/')?;
                 if file == "init.mp4" {
-                    return Some(Self::Init(name));
+                    return Some(if protected { Self::ProtectedInit(name) } else { Self::Init(name) });
                 }
                 let n = file.strip_suffix(".m4s")?;
                 let (iframe, n) = match n.strip_prefix('i') {
-                    Some(n) => (true, n),
-                    None => (false, n),
+                    Some(n) if !protected => (true, n),
+                    _ => (false, n),
                 };
                 // Canonical numbers only: one URL per segment (caches, validators).
                 if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
                     return None;
                 }
                 let n = n.parse().ok().filter(|&n| n >= 1)?;
-                Some(if iframe { Self::Iframe(name, n) } else { Self::Segment(name, n) })
+                Some(if iframe {
+                    Self::Iframe(name, n)
+                } else if protected {
+                    Self::ProtectedSegment(name, n)
+                } else {
+                    Self::Segment(name, n)
+                })
             }
             _ => None,
         }
@@ -207,7 +219,11 @@ impl<'a> Request<'a> {
             | Self::TsMedia(_) => "application/vnd.apple.mpegurl",
             Self::TsSegment(..) => "video/mp2t",
             Self::DashManifest => "application/dash+xml",
-            Self::Init(_) | Self::Segment(..) | Self::Iframe(..) => "video/mp4",
+            Self::Init(_)
+            | Self::Segment(..)
+            | Self::Iframe(..)
+            | Self::ProtectedInit(_)
+            | Self::ProtectedSegment(..) => "video/mp4",
             Self::Key(_) => "application/octet-stream",
         }
     }
@@ -460,6 +476,9 @@ mod tests {
         assert_eq!(Request::parse("cmaf/720p-v1/i3.m4s"), Some(Request::Iframe("720p-v1", 3)));
         assert_eq!(Request::parse("cmaf/720p-v1/i03.m4s"), None);
         assert_eq!(Request::parse("cmaf/720p-v1/i0.m4s"), None);
+        assert_eq!(Request::parse("cenc/720p-v1/init.mp4"), Some(Request::ProtectedInit("720p-v1")));
+        assert_eq!(Request::parse("cenc/720p-v1/3.m4s"), Some(Request::ProtectedSegment("720p-v1", 3)));
+        assert_eq!(Request::parse("cenc/720p-v1/i3.m4s"), None, "no trick play in DASH");
         assert_eq!(Request::parse("hls/en-subtitles.m3u8"), Some(Request::SubtitlePlaylist("en")));
         assert_eq!(Request::parse("hls-ts/master.m3u8"), Some(Request::TsMaster));
         assert_eq!(Request::parse("hls-ts/720p-v1.m3u8"), Some(Request::TsMedia("720p-v1")));

@@ -43,12 +43,13 @@ pub struct Account {
 #[derive(Clone)]
 pub struct Encrypted {
     pub scheme: headwater_protocol::EncryptionScheme,
+    pub dash: headwater_protocol::DashScheme,
     pub secret: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for Encrypted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Encrypted").field("scheme", &self.scheme).finish_non_exhaustive()
+        f.debug_struct("Encrypted").field("scheme", &self.scheme).field("dash", &self.dash).finish_non_exhaustive()
     }
 }
 
@@ -56,7 +57,7 @@ impl Encrypted {
     fn of(e: &headwater_protocol::Encryption) -> Self {
         use base64::Engine;
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&e.secret).ok().filter(|s| s.len() >= 16);
-        Self { scheme: e.scheme, secret: secret.map(Arc::from) }
+        Self { scheme: e.scheme, dash: e.dash, secret: secret.map(Arc::from) }
     }
 }
 

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use headwater_content::{ContentError, ContentPath, ContentStore, Meta};
+use headwater_jit::cenc::{self, Protection};
 use headwater_jit::encrypt::{self, AssetKey};
 use headwater_jit::package::Subtitles;
 use headwater_jit::{Asset, BadFilter, Filter, IndexError, Request, Settings, Unpackable, manifest};
-use headwater_protocol::{EncryptionScheme, UnpackableAsset};
+use headwater_protocol::{DashScheme, EncryptionScheme, UnpackableAsset};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
@@ -208,28 +209,33 @@ impl Packager {
     ) -> Result<Reply, PackError> {
         // Segments are the same whatever the query; manifests follow it.
         let filter = if request.is_manifest() { Filter::parse(query)? } else { Filter::default() };
-        let key = match encryption {
+        let keys = match encryption {
             None => None,
             Some(e) => {
                 let secret = e.secret.as_deref().ok_or(PackError::KeyUnavailable)?;
                 let asset = dir.as_str().rsplit('/').next().unwrap_or_default();
-                Some((e.scheme, AssetKey::derive(secret, asset)))
+                let dash = match e.dash {
+                    DashScheme::Cenc => cenc::Scheme::Cenc,
+                    DashScheme::Cbcs => cenc::Scheme::Cbcs,
+                };
+                let EncryptionScheme::Aes128 = e.scheme;
+                Some(Keys { hls: AssetKey::derive(secret, asset), dash: (dash, AssetKey::derive_cenc(secret, asset)) })
             }
         };
         let packaged = self.asset(dir).await?;
         let asset = packaged.asset.as_ref().map_err(|e| PackError::Unpackable(e.clone()))?;
         if let Request::Key(kid) = request {
-            return key_reply(key.as_ref().map(|(_, k)| k), kid, req, head);
+            return key_reply(keys.as_ref(), kid, req, head);
         }
         // Clear and encrypted answers are kept apart (and have other ETags).
-        let variant = match &key {
+        let variant = match &keys {
             None => "clear".to_owned(),
-            Some((EncryptionScheme::Aes128, k)) => format!("aes128.{}", k.kid_hex()),
+            Some(k) => format!("aes128.{}.{}.{}", k.hls.kid_hex(), k.dash.0.as_str(), k.dash.1.kid_hex()),
         };
         let key_string = format!("{}/{variant}/{rest}?{}", packaged.tag, filter.canonical());
         // What segment URLs carry, so caches on the way never mix versions.
         let version = hex::encode(&sha2::Sha256::digest(format!("{}/{variant}", packaged.tag).as_bytes())[..4]);
-        let key_ref = key.as_ref().map(|(_, k)| k);
+        let key_ref = keys.as_ref();
         let output = match self.outputs.get_value_or_guard_async(&key_string).await {
             Ok(o) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
@@ -238,7 +244,8 @@ impl Packager {
             Err(guard) => {
                 // Others asking for the same output meanwhile wait for this one.
                 self.misses.fetch_add(1, Ordering::Relaxed);
-                let bytes = Bytes::from(self.make(dir, asset, request, &filter, key_ref, &version).await?);
+                let made = self.make(dir, asset, request, &filter, key_ref, (&packaged.tag, &version)).await?;
+                let bytes = Bytes::from(made);
                 let digest = sha2::Sha256::digest(key_string.as_bytes());
                 let output = Arc::new(Output { bytes, etag: format!("\"jit-{}\"", hex::encode(&digest[..12])) });
                 if output.bytes.len() as u64 <= self.max_output {
@@ -262,18 +269,27 @@ impl Packager {
         Ok(answer_in_memory(headers, &meta, req, head, output.bytes.clone()))
     }
 
-    /// The bytes `request` asks for, media segments encrypted with `key` when
-    /// the account encrypts (HLS AES-128).
+    /// The bytes `request` asks for, media segments encrypted with `keys` when
+    /// the account encrypts (HLS AES-128, DASH Common Encryption). `tag` names
+    /// the asset's sources (the IVs follow it), `version` is what segment URLs
+    /// carry.
     async fn make(
         &self,
         dir: &ContentPath,
         asset: &Asset,
         request: &Request<'_>,
         filter: &Filter,
-        key: Option<&AssetKey>,
-        version: &str,
+        keys: Option<&Keys>,
+        (tag, version): (&str, &str),
     ) -> Result<Vec<u8>, PackError> {
         let rendition = |name: &str| asset.rendition(name).ok_or(PackError::NotFound("no such rendition"));
+        let key = keys.map(|k| &k.hls);
+        // DASH's protection of rendition `r`: its IVs never repeat across
+        // renditions or versions of the asset under the one key.
+        let protection = |r: &headwater_jit::Rendition| {
+            keys.map(|k| Protection::new(k.dash.0, k.dash.1.clone(), format!("{tag}/{}", r.name).as_bytes()))
+                .ok_or(PackError::NotFound("the asset is not encrypted: its segments are under cmaf/"))
+        };
         if request.is_manifest() {
             let kept = |video: bool| asset.renditions.iter().any(|r| r.track.is_video() == video && filter.keeps(r));
             let has = |video: bool| asset.renditions.iter().any(|r| r.track.is_video() == video);
@@ -309,13 +325,24 @@ impl Packager {
                     None => segment,
                 }
             }
-            Request::DashManifest if key.is_some() => {
-                return Err(PackError::NotFound(
-                    "this account encrypts for HLS (AES-128): DASH needs CENC, which is not built yet",
-                ));
-            }
-            Request::DashManifest => manifest::dash_mpd(asset, filter, version),
+            Request::DashManifest => match keys {
+                Some(k) => manifest::dash_mpd_protected(asset, filter, version, k.dash.0, k.dash.1.kid),
+                None => manifest::dash_mpd(asset, filter, version),
+            },
             Request::Init(name) => headwater_jit::cmaf::init_segment(&rendition(name)?.track)?,
+            Request::ProtectedInit(name) => {
+                let r = rendition(name)?;
+                let clear = headwater_jit::cmaf::init_segment(&r.track)?;
+                cenc::protect_init(&clear, &r.track, &protection(r)?)?
+            }
+            Request::ProtectedSegment(name, n) => {
+                let r = rendition(name)?;
+                let p = protection(r)?;
+                let file = dir.join(&r.file).map_err(|_| PackError::NotFound("no such file"))?;
+                headwater_jit::protected_segment(&self.store, &file, r, n, &p)
+                    .await?
+                    .ok_or(PackError::NotFound("no such segment"))?
+            }
             Request::Segment(name, n) => {
                 let r = rendition(name)?;
                 let file = dir.join(&r.file).map_err(|_| PackError::NotFound("no such file"))?;
@@ -458,14 +485,20 @@ fn is_mp4(name: &str) -> bool {
     name.to_ascii_lowercase().ends_with(".mp4")
 }
 
-/// The content key `kid` names, if it is the asset's: 16 bytes, never cached
+/// An encrypting account's keys for one asset: HLS AES-128's, and DASH's with
+/// its Common Encryption scheme.
+struct Keys {
+    hls: AssetKey,
+    dash: (cenc::Scheme, AssetKey),
+}
+
+/// The content key `kid` names, if it is one of the asset's: 16 bytes, never cached
 /// by anyone on the way.
-fn key_reply(key: Option<&AssetKey>, kid: &str, req: &HeaderMap, head: bool) -> Result<Reply, PackError> {
-    let key = key.ok_or(PackError::NotFound("the asset is not encrypted"))?;
-    // The key id is public (every playlist names it): a plain comparison.
-    if key.kid_hex() != kid {
-        return Err(PackError::NotFound("no such key"));
-    }
+fn key_reply(keys: Option<&Keys>, kid: &str, req: &HeaderMap, head: bool) -> Result<Reply, PackError> {
+    let keys = keys.ok_or(PackError::NotFound("the asset is not encrypted"))?;
+    // Key ids are public (every manifest names them): a plain comparison.
+    let key =
+        [&keys.hls, &keys.dash.1].into_iter().find(|k| k.kid_hex() == kid).ok_or(PackError::NotFound("no such key"))?;
     let mut headers = HeaderMap::with_capacity(4);
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));

@@ -160,10 +160,24 @@ pub enum EncryptionScheme {
     Aes128,
 }
 
+/// How a `jit` account's DASH segments are encrypted (Common Encryption).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DashScheme {
+    /// AES-128-CTR, full subsample encryption.
+    #[default]
+    Cenc,
+    /// AES-128-CBC with a pattern (1:9 for video) and a constant IV.
+    Cbcs,
+}
+
 /// An account's encryption as nodes get it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Encryption {
     pub scheme: EncryptionScheme,
+    /// DASH's Common Encryption scheme (absent from older admins: `cenc`).
+    #[serde(default)]
+    pub dash: DashScheme,
     /// The secret every asset's content key is derived from (base64url; sealed
     /// until admin hands the configuration to a node).
     pub secret: String,
@@ -171,7 +185,7 @@ pub struct Encryption {
 
 impl std::fmt::Debug for Encryption {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Encryption").field("scheme", &self.scheme).finish_non_exhaustive()
+        f.debug_struct("Encryption").field("scheme", &self.scheme).field("dash", &self.dash).finish_non_exhaustive()
     }
 }
 

@@ -59,13 +59,26 @@ async fn page_server() -> (String, Arc<Mutex<Option<Value>>>) {
 /// Plays `locator` for 4 s with `player` in headless Chromium; the page's
 /// report, checked for a clean playback.
 pub async fn play(chromium: &std::path::Path, player: Player, locator: &str) -> Value {
+    play_page(chromium, player, locator, "").await
+}
+
+/// Plays ClearKey-encrypted DASH at `mpd` with dash.js: the page fetches the
+/// key `kid` (hex) from `key_url` and gives it to the player.
+pub async fn play_clearkey(chromium: &std::path::Path, mpd: &str, kid: &str, key_url: &str) -> Value {
+    let key_url: String = form_urlencoded::byte_serialize(key_url.as_bytes()).collect();
+    let got = play_page(chromium, Player::DashJs, mpd, &format!("&kid={kid}&keyurl={key_url}")).await;
+    assert!(got["keySessions"].as_u64().unwrap_or(0) >= 1, "dash.js opened no key session: {got}");
+    got
+}
+
+async fn play_page(chromium: &std::path::Path, player: Player, locator: &str, extra: &str) -> Value {
     let (page, report) = page_server().await;
     let profile = tempfile::tempdir().unwrap();
     let which = match player {
         Player::HlsJs => "hls",
         Player::DashJs => "dash",
     };
-    let url = format!("{page}/?player={which}&seconds=4&src={locator}");
+    let url = format!("{page}/?player={which}&seconds=4{extra}&src={locator}");
     let mut browser = Command::new(chromium)
         .args([
             "--headless",
@@ -78,10 +91,19 @@ pub async fn play(chromium: &std::path::Path, player: Player, locator: &str) -> 
             "--no-first-run",
             "--autoplay-policy=no-user-gesture-required",
         ])
+        .args(if std::env::var("HEADWATER_BROWSER_LOG").is_ok() {
+            &["--enable-logging=stderr", "--v=0"][..]
+        } else {
+            &[][..]
+        })
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(&url)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(if std::env::var("HEADWATER_BROWSER_LOG").is_ok() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
         .kill_on_drop(true)
         .spawn()
         .expect("start chromium");

@@ -1,7 +1,9 @@
-//! Encryption of a `jit` account's packaged answers: HLS AES-128 for now. Each
-//! asset gets its own content key, derived on the nodes from the account's
-//! content secret (made here, sealed at rest, never shown); a key is handed
-//! only to a signed playback URL, so turning encryption on needs a playback key.
+//! Encryption of a `jit` account's packaged answers: HLS with AES-128, DASH
+//! with Common Encryption (`cenc` or `cbcs`, ClearKey). Each asset gets its own
+//! content keys (one for HLS, one for DASH), derived on the nodes from the
+//! account's content secret (made here, sealed at rest, never shown); a key is
+//! handed only to a signed playback URL, so turning encryption on needs a
+//! playback key.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -13,22 +15,29 @@ use super::accounts::find;
 use super::auth::Caller;
 use super::problem::{ApiError, ApiJson, Problem};
 use crate::control::node_config::content_secret_context;
-use crate::states::EncryptionScheme;
+use crate::states::{DashScheme, EncryptionScheme};
 use crate::store::JIT_TYPE;
 
 /// An account's encryption.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EncryptionPolicy {
-    /// `aes128`: every HLS media segment encrypted whole (AES-128-CBC), its
-    /// key at `{asset}/keys/{kid}.key` for signed URLs only; DASH then answers
-    /// 404 until CENC is built. `none`: clear.
+    /// `aes128`: every HLS media segment encrypted whole (AES-128-CBC) and
+    /// every DASH segment with Common Encryption (`dash`), the keys at
+    /// `{asset}/keys/{kid}.key` for signed URLs only. `none`: clear.
     pub scheme: EncryptionScheme,
+    /// DASH's Common Encryption scheme while `scheme` is `aes128`: `cenc`
+    /// (AES-128-CTR) or `cbcs` (AES-128-CBC, a 1:9 pattern over video). The MPD
+    /// names it, with the key id and ClearKey.
+    pub dash: DashScheme,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetEncryption {
     pub scheme: EncryptionScheme,
+    /// DASH's scheme; `cenc` when absent.
+    #[serde(default)]
+    pub dash: Option<DashScheme>,
 }
 
 /// The account's encryption.
@@ -41,8 +50,8 @@ pub async fn get_encryption(
     Path(name): Path<String>,
 ) -> Result<Json<EncryptionPolicy>, ApiError> {
     let a = find(&s, caller, &name).await?;
-    let (scheme, _) = s.store.encryption(a.id).await?;
-    Ok(Json(EncryptionPolicy { scheme }))
+    let (scheme, dash, _) = s.store.encryption(a.id).await?;
+    Ok(Json(EncryptionPolicy { scheme, dash }))
 }
 
 /// Encrypts the account's packaged answers, or stops. Nodes apply it within a
@@ -85,6 +94,7 @@ pub async fn set_encryption(
         .sealer
         .seal(&secret, &content_secret_context(&a.name))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    s.store.set_encryption(a.id, body.scheme, &sealed, s.clock.now_ms()).await?;
-    Ok(Json(EncryptionPolicy { scheme: body.scheme }))
+    let dash = body.dash.unwrap_or(DashScheme::Cenc);
+    s.store.set_encryption(a.id, (body.scheme, dash), &sealed, s.clock.now_ms()).await?;
+    Ok(Json(EncryptionPolicy { scheme: body.scheme, dash }))
 }

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::domain::OfferKind;
-use crate::states::{EncryptionScheme, PoolKind};
+use crate::states::{DashScheme, EncryptionScheme, PoolKind};
 use crate::store::NodeServing;
 
 /// The configuration a node of this pool serves. Its version is a digest of its
@@ -46,6 +46,10 @@ pub fn node_config(node_id: Uuid, s: &NodeServing) -> NodeConfig {
                     // rather than send anything clear.
                     EncryptionScheme::Aes128 => Some(Encryption {
                         scheme: headwater_protocol::EncryptionScheme::Aes128,
+                        dash: match a.dash_encryption {
+                            DashScheme::Cenc => headwater_protocol::DashScheme::Cenc,
+                            DashScheme::Cbcs => headwater_protocol::DashScheme::Cbcs,
+                        },
                         secret: a.content_secret.clone().unwrap_or_default(),
                     }),
                 },
@@ -107,6 +111,7 @@ mod tests {
             playback_keys: sqlx::types::Json(vec![]),
             cdn_secrets: sqlx::types::Json(vec![]),
             encryption: EncryptionScheme::None,
+            dash_encryption: DashScheme::Cenc,
             content_secret: None,
         };
         NodeServing {

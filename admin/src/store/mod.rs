@@ -227,6 +227,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (16, "custom domains", include_str!("../../../migrations/postgres/0016_custom_domains.sql")),
     (17, "node ca", include_str!("../../../migrations/postgres/0017_node_ca.sql")),
     (18, "encryption", include_str!("../../../migrations/postgres/0018_encryption.sql")),
+    (19, "dash encryption", include_str!("../../../migrations/postgres/0019_dash_encryption.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -247,6 +248,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (16, "custom domains", include_str!("../../../migrations/sqlite/0016_custom_domains.sql")),
     (17, "node ca", include_str!("../../../migrations/sqlite/0017_node_ca.sql")),
     (18, "encryption", include_str!("../../../migrations/sqlite/0018_encryption.sql")),
+    (19, "dash encryption", include_str!("../../../migrations/sqlite/0019_dash_encryption.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

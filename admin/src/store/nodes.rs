@@ -38,6 +38,7 @@ pub struct ServedAccountRow {
     pub playback_keys: Json<Vec<super::StoredKey>>,
     pub cdn_secrets: Json<Vec<super::CdnSecret>>,
     pub encryption: crate::states::EncryptionScheme,
+    pub dash_encryption: crate::states::DashScheme,
     /// Sealed.
     pub content_secret: Option<String>,
 }
@@ -265,7 +266,7 @@ impl Store {
         let accounts = on_pool!(self, |p| {
             sqlx::query_as(
                 "SELECT a.name, a.offer, a.state, a.ip_allow, a.allow_origins, a.playback_required, a.playback_keys, a.cdn_secrets,
-                        a.encryption, a.content_secret
+                        a.encryption, a.dash_encryption, a.content_secret
                  FROM accounts a
                  LEFT JOIN account_pool_mappings m ON m.account_id = a.id
                  WHERE (m.pool_id = $1 OR a.staged_pool_id = $1 OR (m.previous_pool_id = $1 AND m.moved_at > $2))
