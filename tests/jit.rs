@@ -147,7 +147,7 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     if !tools() {
         return;
     }
-    let Packaging { admin, pool, node, files, _media, .. } = packaging().await;
+    let Packaging { admin, key, pool, node, files, _media } = packaging().await;
     let http = reqwest::Client::new();
     let base = format!("{}/ana-jit/movie", node.url);
     let text = |url: String| {
@@ -388,6 +388,25 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     assert!(value("headwater_origin_jit_misses_total ") >= 10.0);
     assert!(value("headwater_origin_jit_hits_total ") >= 3.0);
     assert!(value("headwater_origin_jit_cache_bytes ") > 100_000.0);
+
+    // An asset manifest sets the segment length and the audio's language: the
+    // node cuts the 9 s asset (a keyframe every 2 s) into 2 s segments anew.
+    let res =
+        upload(&admin, &key, "movie/asset.json", br#"{"segment_secs": 2, "languages": {"180p.mp4": "fra"}}"#.to_vec())
+            .await;
+    assert_eq!(res.status(), StatusCode::CREATED, "{}", res.text().await.unwrap());
+    support::eventually(std::time::Duration::from_secs(30), "2 s segments", || {
+        let (http, url) = (http.clone(), format!("{base}/hls/360p-v1.m3u8"));
+        async move { get(&http, &url, &[]).await.text().await.unwrap().matches("#EXTINF:").count() == 5 }
+    })
+    .await;
+    let playlist = get(&http, &format!("{base}/hls/360p-v1.m3u8"), &[]).await.text().await.unwrap();
+    assert!(playlist.contains("#EXT-X-TARGETDURATION:2"), "{playlist}");
+    let master = get(&http, &format!("{base}/hls/master.m3u8"), &[]).await.text().await.unwrap();
+    assert!(master.contains("LANGUAGE=\"fra\""), "{master}");
+    let mpd = get(&http, &format!("{base}/dash/manifest.mpd"), &[]).await.text().await.unwrap();
+    assert!(mpd.contains("lang=\"fra\""), "{mpd}");
+    same_frames("2 s segments 360p-v1", &format!("{base}/hls/360p-v1.m3u8"), &source("360p.mp4"), "v:0").await;
 }
 
 /// A 4 s H.264 clip at 160x90 with a keyframe every `gop` frames (25 fps).
@@ -416,10 +435,12 @@ async fn uploads_to_a_jit_account_are_checked_by_the_packager() {
 
     // Refused with the reason, and nothing is left behind.
     let good = clip(media.path(), "good.mp4", 50, &[]);
-    let refusals: [(&str, Vec<u8>, &str); 5] = [
+    let refusals: [(&str, Vec<u8>, &str); 7] = [
         ("text.mp4", b"hello, this is not a video at all".to_vec(), "ftyp"),
         ("cut.mp4", good[..good.len() / 2].to_vec(), "truncated"),
         ("frag.mp4", clip(media.path(), "frag.mp4", 50, &["-movflags", "frag_keyframe+empty_moov"]), "fragmented"),
+        ("asset.json", br#"{"segment_secs": 0}"#.to_vec(), "segment_secs is 0: it must be 1 to 30"),
+        ("asset.json", br#"{"languages": {"360p.mp4": "fr"}}"#.to_vec(), "ISO 639-2"),
         ("subs.vtt", b"1\n00:00:01.000 --> 00:00:02.000\nno header\n".to_vec(), "not a WebVTT file"),
         (
             "mp3.mp4",

@@ -4,6 +4,7 @@
 //! byte is a function of the source files and [`Settings`]: the same on every
 //! node and after a restart.
 
+pub mod asset_manifest;
 pub mod cenc;
 pub mod cmaf;
 pub mod encrypt;
@@ -17,6 +18,7 @@ use std::ops::Range;
 
 use headwater_content::{ContentPath, ContentStore};
 
+pub use asset_manifest::AssetManifest;
 pub use filter::{BadFilter, Filter};
 pub use index::{IndexError, Mp4Index, Unpackable, read_index};
 pub use package::{Asset, Rendition, Request, Settings};

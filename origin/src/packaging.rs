@@ -15,7 +15,9 @@ use headwater_content::{ContentError, ContentPath, ContentStore, Meta};
 use headwater_jit::cenc::{self, Protection};
 use headwater_jit::encrypt::{self, AssetKey};
 use headwater_jit::package::Subtitles;
-use headwater_jit::{Asset, BadFilter, Filter, IndexError, Request, Settings, Unpackable, manifest};
+use headwater_jit::{
+    Asset, AssetManifest, BadFilter, Filter, IndexError, Request, Settings, Unpackable, asset_manifest, manifest,
+};
 use headwater_protocol::{DashScheme, EncryptionScheme, UnpackableAsset};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use quick_cache::Weighter;
@@ -426,7 +428,7 @@ impl Packager {
     /// The asset's MP4 files; `NotFound` when it has none.
     async fn sources(&self, dir: &ContentPath) -> Result<Vec<(String, Meta)>, PackError> {
         let mut files = self.store.list_files(dir).await?;
-        files.retain(|(name, _)| is_mp4(name) || Subtitles::of(name).is_some());
+        files.retain(|(name, _)| is_mp4(name) || Subtitles::of(name).is_some() || name == asset_manifest::FILE);
         if !files.iter().any(|(name, _)| is_mp4(name)) {
             return Err(PackError::NotFound("the asset has no MP4 file"));
         }
@@ -450,9 +452,23 @@ impl Packager {
                 Err(e) => return Err(e.into()),
             }
         }
+        // The asset's manifest, when it has one, sets how it is cut.
+        let manifest = match sources.iter().find(|(name, _)| name == asset_manifest::FILE) {
+            None => Ok(AssetManifest::default()),
+            Some((name, meta)) => {
+                let path = dir.join(name).map_err(|_| PackError::NotFound("no such file"))?;
+                let bytes = self.store.read_range(&path, 0..meta.size.min(asset_manifest::MAX_BYTES + 1)).await?;
+                AssetManifest::parse(&bytes)
+            }
+        };
+        let settings = manifest.as_ref().map_or(self.settings, |m| m.settings(self.settings));
+        let refused = refused.or(manifest.as_ref().err().cloned());
+        if let Ok(m) = &manifest {
+            m.apply(&mut indexes);
+        }
         let asset = match refused {
             Some(why) => Err(why),
-            None => Asset::build(&indexes, self.settings).map(|mut a| {
+            None => Asset::build(&indexes, settings).map(|mut a| {
                 a.subtitles = sources.iter().filter_map(|(name, _)| Subtitles::of(name)).collect();
                 a
             }),
@@ -468,7 +484,7 @@ impl Packager {
         }
         let mut tag = sha2::Sha256::new();
         tag.update(headwater_jit::PACKAGER_VERSION.to_be_bytes());
-        tag.update(self.settings.segment_secs.to_be_bytes());
+        tag.update(settings.segment_secs.to_be_bytes());
         for (name, meta) in &sources {
             tag.update(name.as_bytes());
             tag.update([0]);
