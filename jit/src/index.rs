@@ -1,12 +1,16 @@
 //! The index of an MP4 file: where its `moov` box is (read by range, never the
 //! whole file), and each usable track's sample table expanded into one row per
 //! sample — offset, size, decode time, duration, composition offset, keyframe.
+//! A fragmented MP4's samples are in its `moof` boxes: each is read (with the
+//! header of the `mdat` after it, in one read), never its media.
 
 use std::ops::Range;
 
 use bytes::Bytes;
 use headwater_content::{ContentError, ContentPath, ContentStore};
-use mp4_atom::{Codec, Decode, FourCC, Header, Moov, StszSamples};
+use std::collections::HashMap;
+
+use mp4_atom::{Codec, Decode, FourCC, Header, Moof, Moov, StszSamples};
 
 /// Why a file cannot be packaged: shown to whoever uploaded it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,29 +91,52 @@ pub struct Mp4Index {
 const MOOV_MAX: u64 = 64 << 20;
 /// The most samples one track may have.
 const SAMPLES_MAX: u64 = 4_000_000;
-/// The most top-level boxes looked through for `moov`.
-const BOXES_MAX: usize = 10_000;
+/// The most top-level boxes looked through (a fragmented file has two per
+/// fragment: hours of 1 s fragments).
+const BOXES_MAX: usize = 100_000;
+/// Bytes read at a box's start: a fragment's `moof` and the header of the
+/// `mdat` after it, most often, in one read.
+const READ_AHEAD: u64 = 64 * 1024;
 
 /// Reads the index of `path` (`size` bytes) by ranges: the top-level box headers,
-/// then the `moov` box.
+/// then the `moov` box (and a fragmented file's `moof` boxes).
 pub async fn read_index(store: &ContentStore, path: &ContentPath, size: u64) -> Result<Mp4Index, IndexError> {
-    let moov = find_moov(size, |r| store.read_range(path, r)).await?;
-    Ok(parse_moov(&moov, size)?)
+    let boxes = find_moov(size, |r| store.read_range(path, r)).await?;
+    Ok(parse(&boxes, size)?)
 }
 
-/// Walks the top-level boxes for `moov` and reads it whole.
-async fn find_moov<F, Fut>(size: u64, read: F) -> Result<Bytes, IndexError>
+/// The boxes an index is read from: `moov`, and each `moof` with its offset.
+#[derive(Debug, Default)]
+pub struct IndexBoxes {
+    pub moov: Bytes,
+    pub moofs: Vec<(u64, Bytes)>,
+}
+
+/// Walks the top-level boxes for `moov` and reads it whole; when it says the
+/// file is fragmented (`mvex`), goes on through the file for every `moof`.
+async fn find_moov<F, Fut>(size: u64, read: F) -> Result<IndexBoxes, IndexError>
 where
     F: Fn(Range<u64>) -> Fut,
     Fut: std::future::Future<Output = Result<Bytes, ContentError>>,
 {
     let mut at = 0u64;
     let mut first = true;
+    let mut found: Option<IndexBoxes> = None;
+    let mut kept = 0u64;
+    // What the last read brought: a box's header is most often in it.
+    let mut window: (u64, Bytes) = (0, Bytes::new());
     for _ in 0..BOXES_MAX {
         if at >= size {
             break;
         }
-        let head = read(at..(at + 16).min(size)).await?;
+        let covered = |w: &(u64, Bytes), r: &Range<u64>| r.start >= w.0 && r.end <= w.0 + w.1.len() as u64;
+        let want = at..(at + 16).min(size);
+        if !covered(&window, &want) {
+            let ahead = if found.is_some() { READ_AHEAD } else { 16 };
+            window = (at, read(at..(at + ahead).min(size)).await?);
+        }
+        let offset = (at - window.0) as usize;
+        let head = window.1.slice(offset..window.1.len().min(offset + 16));
         let (kind, header_len, body) = box_header(&head, size - at)?;
         if first && kind != FourCC::new(b"ftyp") {
             return Err(Unpackable("not an MP4 file: it does not start with an ftyp box".into()).into());
@@ -119,18 +146,54 @@ where
         if end > size {
             return Err(Unpackable(format!("truncated: the {kind} box ends past the end of the file")).into());
         }
+        let whole = |window: &(u64, Bytes)| covered(window, &(at..end));
         if kind == FourCC::new(b"moof") {
-            return Err(Unpackable("fragmented MP4 input is not supported yet: upload a progressive MP4".into()).into());
-        }
-        if kind == FourCC::new(b"moov") {
+            let Some(boxes) = found.as_mut() else {
+                return Err(Unpackable("a moof box comes before the moov box".into()).into());
+            };
+            kept += end - at;
+            if kept > MOOV_MAX {
+                return Err(Unpackable(format!("the moov and moof boxes are larger than {MOOV_MAX} bytes")).into());
+            }
+            let bytes = if whole(&window) {
+                window.1.slice((at - window.0) as usize..(end - window.0) as usize)
+            } else {
+                window = (at, read(at..(end + 16).min(size)).await?);
+                window.1.slice(0..(end - at) as usize)
+            };
+            boxes.moofs.push((at, bytes));
+        } else if kind == FourCC::new(b"moov") {
+            if found.is_some() {
+                return Err(Unpackable("two moov boxes".into()).into());
+            }
             if end - at > MOOV_MAX {
                 return Err(Unpackable(format!("the moov box is larger than {MOOV_MAX} bytes")).into());
             }
-            return Ok(read(at..end).await?);
+            let moov = read(at..end).await?;
+            kept = end - at;
+            // A progressive file's index is its moov: nothing more to read.
+            if !has_child(&moov, b"mvex") {
+                return Ok(IndexBoxes { moov, moofs: Vec::new() });
+            }
+            found = Some(IndexBoxes { moov, moofs: Vec::new() });
         }
         at = end;
     }
-    Err(Unpackable("no moov box: the file is truncated or not an MP4 file".into()).into())
+    found.ok_or_else(|| Unpackable("no moov box: the file is truncated or not an MP4 file".into()).into())
+}
+
+/// Whether the box `parent` (header included) has a child box of kind `kind`.
+fn has_child(parent: &[u8], kind: &[u8; 4]) -> bool {
+    let Ok((_, header_len, _)) = box_header(parent, parent.len() as u64) else { return false };
+    let mut at = header_len as usize;
+    while at + 8 <= parent.len() {
+        let Ok((k, h, body)) = box_header(&parent[at..], (parent.len() - at) as u64) else { return false };
+        if k == FourCC::new(kind) {
+            return true;
+        }
+        at = at.saturating_add((h + body) as usize);
+    }
+    false
 }
 
 /// A box's kind, header length and body length from the bytes at its start
@@ -148,15 +211,19 @@ fn box_header(head: &[u8], left: u64) -> Result<(FourCC, u64, u64), Unpackable> 
     Ok((header.kind, header_len, body))
 }
 
-/// The usable tracks of a `moov` box (with its header) of a file of `file_size` bytes.
+/// The usable tracks of a `moov` box (with its header) of a progressive file of
+/// `file_size` bytes.
 pub fn parse_moov(moov: &[u8], file_size: u64) -> Result<Mp4Index, Unpackable> {
-    let moov = match Moov::decode(&mut &moov[..]) {
+    parse(&IndexBoxes { moov: Bytes::copy_from_slice(moov), moofs: Vec::new() }, file_size)
+}
+
+/// The usable tracks of a file of `file_size` bytes from its `moov` and `moof`s.
+pub fn parse(boxes: &IndexBoxes, file_size: u64) -> Result<Mp4Index, Unpackable> {
+    let moov = match Moov::decode(&mut &boxes.moov[..]) {
         Ok(m) => m,
         Err(e) => return refuse(format!("the moov box cannot be read: {e}")),
     };
-    if moov.mvex.is_some() {
-        return refuse("fragmented MP4 input is not supported yet: upload a progressive MP4");
-    }
+    let mut fragmented = fragment_samples(&moov, &boxes.moofs, file_size)?;
     let mut tracks = Vec::new();
     let mut skipped = Vec::new();
     for trak in &moov.trak {
@@ -176,7 +243,20 @@ pub fn parse_moov(moov: &[u8], file_size: u64) -> Result<Mp4Index, Unpackable> {
         if timescale == 0 {
             return refuse(format!("track {}: its timescale is 0", trak.tkhd.track_id));
         }
-        let samples = samples(trak.tkhd.track_id, stbl, file_size)?;
+        let mut samples = samples(trak.tkhd.track_id, stbl, file_size)?;
+        if let Some(more) = fragmented.remove(&trak.tkhd.track_id) {
+            let dts = samples.last().map_or(0, |s| s.dts + u64::from(s.duration));
+            if more.first().is_some_and(|s| s.dts < dts) {
+                return refuse(format!(
+                    "track {}: a fragment starts before the samples before it end",
+                    trak.tkhd.track_id
+                ));
+            }
+            samples.extend(more);
+            if samples.len() as u64 > SAMPLES_MAX {
+                return refuse(format!("track {}: too many samples", trak.tkhd.track_id));
+            }
+        }
         if samples.is_empty() {
             continue;
         }
@@ -263,6 +343,77 @@ fn hevc(prefix: &str, c: &mp4_atom::Hvcc) -> String {
         s.push_str(&format!(".{b:X}"));
     }
     s
+}
+
+/// `sample_is_non_sync_sample` in a sample's flags.
+const NON_SYNC: u32 = 0x0001_0000;
+
+/// The samples of each track in the fragments `moofs` (offset, box), in file
+/// order, with the defaults of the moov's `trex` boxes.
+fn fragment_samples(
+    moov: &Moov,
+    moofs: &[(u64, Bytes)],
+    file_size: u64,
+) -> Result<HashMap<u32, Vec<Sample>>, Unpackable> {
+    let mut out: HashMap<u32, Vec<Sample>> = HashMap::new();
+    if moofs.is_empty() {
+        return Ok(out);
+    }
+    let trex = moov.mvex.as_ref().map(|m| m.trex.as_slice()).unwrap_or_default();
+    let mut count = 0u64;
+    for (n, (at, bytes)) in moofs.iter().enumerate() {
+        let moof = Moof::decode(&mut &bytes[..])
+            .map_err(|e| Unpackable(format!("fragment {} (at byte {at}) cannot be read: {e}", n + 1)))?;
+        // Without an explicit base, a track fragment's data follows the one before.
+        let mut implicit = *at;
+        for traf in &moof.traf {
+            let track = traf.tfhd.track_id;
+            let bad = |what: &str| Unpackable(format!("track {track}, fragment {}: {what}", n + 1));
+            let defaults = trex.iter().find(|t| t.track_id == track).ok_or_else(|| bad("no trex defaults"))?;
+            if traf.tfhd.sample_description_index.unwrap_or(defaults.default_sample_description_index) > 1 {
+                return Err(bad("one sample description is supported"));
+            }
+            let base = match (traf.tfhd.base_data_offset, traf.tfhd.default_base_is_moof) {
+                (Some(b), _) => b,
+                (None, true) => *at,
+                (None, false) => implicit,
+            };
+            let samples = out.entry(track).or_default();
+            let mut dts = match &traf.tfdt {
+                Some(t) => t.base_media_decode_time,
+                None => samples.last().map_or(0, |s| s.dts + u64::from(s.duration)),
+            };
+            let mut pos = base;
+            for trun in &traf.trun {
+                if let Some(offset) = trun.data_offset {
+                    pos = base.checked_add_signed(offset.into()).ok_or_else(|| bad("a data offset before the file"))?;
+                }
+                count += trun.samples.len() as u64;
+                if count > SAMPLES_MAX {
+                    return Err(bad("too many samples"));
+                }
+                for e in trun.samples.iter() {
+                    let size = e.size.or(traf.tfhd.default_sample_size).unwrap_or(defaults.default_sample_size);
+                    let duration =
+                        e.duration.or(traf.tfhd.default_sample_duration).unwrap_or(defaults.default_sample_duration);
+                    let flags = e.flags.or(traf.tfhd.default_sample_flags).unwrap_or(defaults.default_sample_flags);
+                    let cts =
+                        i32::try_from(e.cts.unwrap_or(0)).map_err(|_| bad("a composition offset is out of range"))?;
+                    if pos.saturating_add(u64::from(size)) > file_size {
+                        return Err(Unpackable(format!(
+                            "truncated: track {track}'s samples in fragment {} lie past the end of the file",
+                            n + 1
+                        )));
+                    }
+                    samples.push(Sample { offset: pos, size, dts, duration, cts, sync: flags & NON_SYNC == 0 });
+                    pos += u64::from(size);
+                    dts = dts.saturating_add(u64::from(duration));
+                }
+            }
+            implicit = pos;
+        }
+    }
+    Ok(out)
 }
 
 /// One row per sample from the sample table boxes, checked against each other

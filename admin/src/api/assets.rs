@@ -247,7 +247,7 @@ async fn check_subtitles(
 }
 
 /// Refuses an MP4 (staged at `staged`, for `target`) that the packager cannot
-/// package: malformed, truncated, fragmented or of a codec it does not serve,
+/// package: malformed, truncated or of a codec it does not serve,
 /// or a rendition whose keyframes do not line up with the asset's other MP4s
 /// (bitrate switching would break).
 async fn check_source(
