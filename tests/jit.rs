@@ -407,6 +407,29 @@ async fn a_jit_node_packages_uploaded_mp4s_into_hls_and_dash() {
     let mpd = get(&http, &format!("{base}/dash/manifest.mpd"), &[]).await.text().await.unwrap();
     assert!(mpd.contains("lang=\"fra\""), "{mpd}");
     same_frames("2 s segments 360p-v1", &format!("{base}/hls/360p-v1.m3u8"), &source("360p.mp4"), "v:0").await;
+
+    // Two audio languages now (180p.mp4's is French): HLS-TS muxes the first
+    // into the video and offers the other as audio-only TS beside it, and names
+    // the subtitles.
+    let ts_master = get(&http, &format!("{base}/hls-ts/master.m3u8"), &[]).await.text().await.unwrap();
+    let ts = m3u8_rs::parse_master_playlist_res(ts_master.as_bytes()).unwrap();
+    let media: Vec<(String, Option<String>, bool)> =
+        ts.alternatives.iter().map(|m| (m.media_type.to_string(), m.uri.clone(), m.default)).collect();
+    assert_eq!(
+        media,
+        [
+            ("AUDIO".to_owned(), None, true),
+            ("AUDIO".to_owned(), Some("360p-a2.m3u8".to_owned()), false),
+            ("SUBTITLES".to_owned(), Some("../hls/en-subtitles.m3u8".to_owned()), false),
+        ],
+        "{ts_master}"
+    );
+    assert_eq!(ts.alternatives[0].language.as_deref(), Some("fra"), "{ts_master}");
+    assert!(ts.variants.iter().all(|v| v.audio.is_some() && v.subtitles.is_some()), "{ts_master}");
+    let other_audio = format!("{base}/hls-ts/360p-a2.m3u8");
+    same_stream("TS audio-only 360p-a2", (&other_audio, "a:0"), &source("360p.mp4"), "a:0").await;
+    let subtitles = get(&http, &format!("{base}/hls/en-subtitles.m3u8"), &[]).await;
+    assert_eq!(subtitles.status(), StatusCode::OK);
 }
 
 /// A 4 s H.264 clip at 160x90 with a keyframe every `gop` frames (25 fps).
@@ -520,7 +543,7 @@ async fn hls_js_and_dash_js_play_packaged_streams_in_chromium() {
     }
     let chromium = support::browser::chromium();
     // Held to the end: dropping admin stops its nodes.
-    let Packaging { admin: _admin, node, _media, .. } = packaging().await;
+    let Packaging { admin, key, node, _media, .. } = packaging().await;
     let base = format!("{}/ana-jit/movie", node.url);
     let hls = support::browser::play(&chromium, Player::HlsJs, &format!("{base}/hls/master.m3u8")).await;
     assert_eq!(hls["levels"], 2, "both video renditions: {hls}");
@@ -528,6 +551,19 @@ async fn hls_js_and_dash_js_play_packaged_streams_in_chromium() {
     assert_eq!(ts["levels"], 2, "both video renditions, as MPEG-TS: {ts}");
     let dash = support::browser::play(&chromium, Player::DashJs, &format!("{base}/dash/manifest.mpd")).await;
     assert_eq!(dash["levels"], 2, "both video renditions: {dash}");
+
+    // Two audio languages: hls.js plays HLS-TS with the muxed audio as the
+    // default and the other one offered beside it.
+    let res = upload(&admin, &key, "movie/asset.json", br#"{"languages": {"180p.mp4": "fra"}}"#.to_vec()).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let http = reqwest::Client::new();
+    support::eventually(std::time::Duration::from_secs(30), "a second audio rendition", || {
+        let (http, url) = (http.clone(), format!("{base}/hls-ts/master.m3u8"));
+        async move { get(&http, &url, &[]).await.text().await.unwrap().contains("360p-a2.m3u8") }
+    })
+    .await;
+    let ts = support::browser::play(&chromium, Player::HlsJs, &format!("{base}/hls-ts/master.m3u8")).await;
+    assert_eq!(ts["levels"], 2, "both video renditions, as MPEG-TS with two audio languages: {ts}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -162,11 +162,13 @@ pub fn hls_subtitles(asset: &Asset, t: &Subtitles) -> Vec<u8> {
 /// `hls-ts/master.m3u8`: HLS with MPEG-TS segments for legacy players, a
 /// variant per video rendition (of those `filter` keeps) with the first audio
 /// rendition muxed in (or, with no video, the first audio rendition alone).
+/// Other audio renditions are alternatives of their own (audio-only TS), the
+/// muxed one the default (no URI); subtitles are the fMP4 master's.
 pub fn hls_ts_master(asset: &Asset, filter: &Filter) -> Vec<u8> {
     let window = filter.window_query();
     let audio = asset.renditions.iter().find(|r| !r.track.is_video());
     let video: Vec<&Rendition> = asset.renditions.iter().filter(|r| r.track.is_video() && filter.keeps(r)).collect();
-    let variants = if video.is_empty() {
+    let variants: Vec<VariantStream> = if video.is_empty() {
         audio
             .map(|a| VariantStream {
                 uri: format!("{}.m3u8{window}", a.name),
@@ -201,8 +203,61 @@ pub fn hls_ts_master(asset: &Asset, filter: &Filter) -> Vec<u8> {
             })
             .collect()
     };
-    let master =
-        MasterPlaylist { version: Some(TS_VERSION), variants, independent_segments: true, ..Default::default() };
+    // With video, the first audio rendition is muxed in; the others kept play
+    // beside it, from playlists of their own.
+    let others: Vec<&Rendition> = match (video.is_empty(), audio) {
+        (false, Some(first)) => {
+            asset.renditions.iter().filter(|r| !r.track.is_video() && r.name != first.name && filter.keeps(r)).collect()
+        }
+        _ => Vec::new(),
+    };
+    let mut alternatives = Vec::new();
+    if let (Some(first), false) = (audio, others.is_empty()) {
+        let media = |a: &Rendition, uri: Option<String>, default: bool| AlternativeMedia {
+            media_type: AlternativeMediaType::Audio,
+            uri,
+            group_id: AUDIO_GROUP.into(),
+            language: (a.track.language != "und").then(|| a.track.language.clone()),
+            name: format!("{} ({})", a.track.language, a.name),
+            default,
+            autoselect: true,
+            ..Default::default()
+        };
+        alternatives.push(media(first, None, true));
+        alternatives.extend(others.iter().map(|a| media(a, Some(format!("{}.m3u8{window}", a.name)), false)));
+    }
+    // Subtitles: the fMP4 master's playlists (the WebVTT file as its segment).
+    let subtitles = !video.is_empty() && !asset.subtitles.is_empty();
+    if subtitles {
+        alternatives.extend(asset.subtitles.iter().map(|t| AlternativeMedia {
+            media_type: AlternativeMediaType::Subtitles,
+            uri: Some(format!("../hls/{}-subtitles.m3u8", t.name)),
+            group_id: SUBTITLE_GROUP.into(),
+            language: (t.language != "und").then(|| t.language.clone()),
+            name: t.name.clone(),
+            autoselect: true,
+            ..Default::default()
+        }));
+    }
+    let variants = variants
+        .into_iter()
+        .map(|mut v| {
+            if !others.is_empty() {
+                v.audio = Some(AUDIO_GROUP.into());
+            }
+            if subtitles {
+                v.subtitles = Some(SUBTITLE_GROUP.into());
+            }
+            v
+        })
+        .collect();
+    let master = MasterPlaylist {
+        version: Some(TS_VERSION),
+        variants,
+        alternatives,
+        independent_segments: true,
+        ..Default::default()
+    };
     let mut out = Vec::new();
     master.write_to(&mut out).expect("a playlist writes into memory");
     out
