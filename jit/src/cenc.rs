@@ -515,7 +515,10 @@ pub fn encrypt_samples(
             }
         }
         if entry.len() > usize::from(u8::MAX) {
-            return Err(Unpackable("a video frame has too many slices to encrypt (more than 40)".into()));
+            return Err(Unpackable(
+                "a video frame has too many slices to encrypt (its subsample map passes the 255 bytes saiz allows)"
+                    .into(),
+            ));
         }
         entries.push(entry);
     }

@@ -27,10 +27,11 @@ impl AssetKey {
         Self::derive_with(secret, &[asset.as_bytes()])
     }
 
-    /// The key of `asset`'s Common Encryption (DASH): another key and key id
-    /// than HLS's, so no key serves two cipher modes.
-    pub fn derive_cenc(secret: &[u8], asset: &str) -> Self {
-        Self::derive_with(secret, &[asset.as_bytes(), b"\0cenc"])
+    /// The key of `asset`'s Common Encryption (DASH) with `scheme`: another
+    /// key and key id than HLS's and than the other scheme's, so no key serves
+    /// two cipher modes.
+    pub fn derive_cenc(secret: &[u8], asset: &str, scheme: crate::cenc::Scheme) -> Self {
+        Self::derive_with(secret, &[asset.as_bytes(), b"\0", scheme.as_str().as_bytes()])
     }
 
     fn derive_with(secret: &[u8], info: &[&[u8]]) -> Self {
@@ -72,9 +73,11 @@ mod tests {
         assert_ne!(a.key, AssetKey::derive(b"secret one", "trailer").key);
         assert_ne!(a.key, AssetKey::derive(b"secret two", "movie").key);
         assert_ne!(a.key, a.kid);
-        let dash = AssetKey::derive_cenc(b"secret one", "movie");
+        let dash = AssetKey::derive_cenc(b"secret one", "movie", crate::cenc::Scheme::Cenc);
         assert!(dash.key != a.key && dash.kid != a.kid, "DASH has a key of its own");
-        assert_eq!(dash, AssetKey::derive_cenc(b"secret one", "movie"));
+        assert_eq!(dash, AssetKey::derive_cenc(b"secret one", "movie", crate::cenc::Scheme::Cenc));
+        let cbcs = AssetKey::derive_cenc(b"secret one", "movie", crate::cenc::Scheme::Cbcs);
+        assert!(cbcs.key != dash.key && cbcs.kid != dash.kid, "each scheme has a key of its own");
         assert!(!format!("{a:?}").contains(&hex::encode(a.key)), "the key never shows in logs");
     }
 

@@ -159,6 +159,9 @@ where
                 window.1.slice((at - window.0) as usize..(end - window.0) as usize)
             } else {
                 window = (at, read(at..(end + 16).min(size)).await?);
+                if (window.1.len() as u64) < end - at {
+                    return Err(Unpackable("the file is shorter than its boxes say".into()).into());
+                }
                 window.1.slice(0..(end - at) as usize)
             };
             boxes.moofs.push((at, bytes));
@@ -178,6 +181,9 @@ where
             found = Some(IndexBoxes { moov, moofs: Vec::new() });
         }
         at = end;
+    }
+    if at < size && found.is_some() {
+        return Err(Unpackable(format!("more than {BOXES_MAX} top-level boxes: use longer fragments")).into());
     }
     found.ok_or_else(|| Unpackable("no moov box: the file is truncated or not an MP4 file".into()).into())
 }
@@ -347,6 +353,9 @@ fn hevc(prefix: &str, c: &mp4_atom::Hvcc) -> String {
 
 /// `sample_is_non_sync_sample` in a sample's flags.
 const NON_SYNC: u32 = 0x0001_0000;
+/// The largest decode time a fragment may start at (far from overflowing
+/// with the durations added to it).
+const DTS_MAX: u64 = 1 << 52;
 
 /// The samples of each track in the fragments `moofs` (offset, box), in file
 /// order, with the defaults of the moov's `trex` boxes.
@@ -379,9 +388,13 @@ fn fragment_samples(
                 (None, false) => implicit,
             };
             let samples = out.entry(track).or_default();
+            let end = samples.last().map_or(0, |s| s.dts + u64::from(s.duration));
             let mut dts = match &traf.tfdt {
+                // Decode times only go forward, and stay far from overflowing.
+                Some(t) if t.base_media_decode_time < end => return Err(bad("its decode time goes backwards")),
+                Some(t) if t.base_media_decode_time > DTS_MAX => return Err(bad("its decode time is out of range")),
                 Some(t) => t.base_media_decode_time,
-                None => samples.last().map_or(0, |s| s.dts + u64::from(s.duration)),
+                None => end,
             };
             let mut pos = base;
             for trun in &traf.trun {

@@ -212,8 +212,8 @@ async fn h265_decodes_and_names_its_codec() {
     // With Common Encryption, both schemes: ffmpeg decrypts every frame to the
     // clear rendition's decoded frames (H.265 slices, two-byte NAL headers).
     let clear = framemd5(&dir.path().join(format!("{}.mp4", r.name)), None);
-    let key = AssetKey::derive_cenc(b"an account's secret", "vod");
     for scheme in [Scheme::Cenc, Scheme::Cbcs] {
+        let key = AssetKey::derive_cenc(b"an account's secret", "vod", scheme);
         let p = Protection::new(scheme, key.clone(), b"v1/hevc");
         let init = headwater_jit::cmaf::init_segment(&r.track).unwrap();
         let mut bytes = headwater_jit::cenc::protect_init(&init, &r.track, &p).unwrap();
@@ -359,6 +359,20 @@ async fn malformed_files_are_refused_with_a_reason() {
     // Only the index's first bytes.
     let e = put("head.mp4", bytes[..200].to_vec()).await;
     assert!(e.contains("truncated") || e.contains("moov"), "{e}");
+    // Fragmented, with a fragment whose decode time goes backwards.
+    let fragmented = dir.path().join("frag.mp4");
+    let flags = "empty_moov+default_base_moof";
+    let source = good.to_str().unwrap();
+    ffmpeg(&["-i", source, "-c", "copy", "-movflags", flags, "-frag_duration", "500000", fragmented.to_str().unwrap()]);
+    let mut bytes = std::fs::read(&fragmented).unwrap();
+    let tfdts: Vec<usize> = bytes.windows(4).enumerate().filter(|(_, w)| w == b"tfdt").map(|(i, _)| i).collect();
+    assert!(tfdts.len() >= 2, "{} fragments", tfdts.len());
+    // After the kind: version, flags, then the time (32 or 64 bits): zeroed.
+    let at = tfdts[1] + 4;
+    let width = if bytes[at] == 1 { 8 } else { 4 };
+    bytes[at + 4..at + 4 + width].fill(0);
+    let e = put("backwards.mp4", bytes).await;
+    assert!(e.contains("fragment 2: its decode time goes backwards"), "{e}");
     // Not a codec the packager serves.
     let mp3 = dir.path().join("audio.mp4");
     ffmpeg(&["-f", "lavfi", "-i", "sine=sample_rate=44100", "-t", "1", "-c:a", "libmp3lame", mp3.to_str().unwrap()]);

@@ -221,7 +221,10 @@ impl Packager {
                     DashScheme::Cbcs => cenc::Scheme::Cbcs,
                 };
                 let EncryptionScheme::Aes128 = e.scheme;
-                Some(Keys { hls: AssetKey::derive(secret, asset), dash: (dash, AssetKey::derive_cenc(secret, asset)) })
+                Some(Keys {
+                    hls: AssetKey::derive(secret, asset),
+                    dash: (dash, AssetKey::derive_cenc(secret, asset, dash)),
+                })
             }
         };
         let packaged = self.asset(dir).await?;
@@ -246,7 +249,7 @@ impl Packager {
             Err(guard) => {
                 // Others asking for the same output meanwhile wait for this one.
                 self.misses.fetch_add(1, Ordering::Relaxed);
-                let made = self.make(dir, asset, request, &filter, key_ref, (&packaged.tag, &version)).await?;
+                let made = self.make(dir, asset, request, &filter, key_ref, (&packaged.sources, &version)).await?;
                 let bytes = Bytes::from(made);
                 let digest = sha2::Sha256::digest(key_string.as_bytes());
                 let output = Arc::new(Output { bytes, etag: format!("\"jit-{}\"", hex::encode(&digest[..12])) });
@@ -272,9 +275,9 @@ impl Packager {
     }
 
     /// The bytes `request` asks for, media segments encrypted with `keys` when
-    /// the account encrypts (HLS AES-128, DASH Common Encryption). `tag` names
-    /// the asset's sources (the IVs follow it), `version` is what segment URLs
-    /// carry.
+    /// the account encrypts (HLS AES-128, DASH Common Encryption). `sources`
+    /// are the asset's files with their metadata (a rendition's IVs follow its
+    /// file's ETag), `version` is what segment URLs carry.
     async fn make(
         &self,
         dir: &ContentPath,
@@ -282,14 +285,17 @@ impl Packager {
         request: &Request<'_>,
         filter: &Filter,
         keys: Option<&Keys>,
-        (tag, version): (&str, &str),
+        (sources, version): (&[(String, Meta)], &str),
     ) -> Result<Vec<u8>, PackError> {
         let rendition = |name: &str| asset.rendition(name).ok_or(PackError::NotFound("no such rendition"));
         let key = keys.map(|k| &k.hls);
-        // DASH's protection of rendition `r`: its IVs never repeat across
-        // renditions or versions of the asset under the one key.
+        // DASH's protection of rendition `r`: its IVs follow its file's version
+        // and its name, so they never repeat across renditions or re-uploads
+        // under the one key, and stay the same while only other files change
+        // (a cbcs init segment a CDN keeps goes with the segments made later).
         let protection = |r: &headwater_jit::Rendition| {
-            keys.map(|k| Protection::new(k.dash.0, k.dash.1.clone(), format!("{tag}/{}", r.name).as_bytes()))
+            let etag = sources.iter().find(|(name, _)| *name == r.file).map_or("", |(_, m)| m.etag.as_str());
+            keys.map(|k| Protection::new(k.dash.0, k.dash.1.clone(), format!("{etag}/{}", r.name).as_bytes()))
                 .ok_or(PackError::NotFound("the asset is not encrypted: its segments are under cmaf/"))
         };
         if request.is_manifest() {

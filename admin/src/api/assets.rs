@@ -156,7 +156,7 @@ pub async fn upload(
         let checked = if is_subtitles(&path) {
             check_subtitles(&s.content, &target, staged, bytes).await
         } else if is_asset_manifest(&path) {
-            check_asset_manifest(&s.content, &target, staged, bytes).await
+            check_asset_manifest(&s.content, staged, bytes).await
         } else {
             check_source(&s.content, &target, staged, bytes).await
         };
@@ -192,40 +192,18 @@ fn is_asset_manifest(path: &str) -> bool {
     path == headwater_jit::asset_manifest::FILE
 }
 
-/// Refuses an asset manifest the packager would refuse, or one with which the
-/// asset's MP4s could not be packaged.
+/// Refuses an asset manifest the packager would refuse (its settings and
+/// languages cannot make the asset's MP4s unpackable: nothing else to check).
 async fn check_asset_manifest(
     store: &headwater_content::ContentStore,
-    target: &ContentPath,
     staged: &ContentPath,
     size: u64,
 ) -> Result<(), ApiError> {
-    let refused = |u: headwater_jit::Unpackable| ApiError::Unpackable { detail: u.0 };
     let bytes = store
         .read_range(staged, 0..size.min(headwater_jit::asset_manifest::MAX_BYTES + 1))
         .await
         .map_err(content_error)?;
-    let manifest = headwater_jit::AssetManifest::parse(&bytes).map_err(refused)?;
-    let dir = target.as_str().rsplit_once('/').map_or("", |(d, _)| d);
-    let dir = ContentPath::parse(dir).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut files = Vec::new();
-    for (name, meta) in store.list_files(&dir).await.map_err(content_error)? {
-        if !is_source(&name) {
-            continue;
-        }
-        let path = dir.join(&name).map_err(|e| ApiError::Internal(e.to_string()))?;
-        match headwater_jit::read_index(store, &path, meta.size).await {
-            Ok(index) => files.push((name, index)),
-            Err(headwater_jit::IndexError::Unpackable(_)) => {}
-            Err(headwater_jit::IndexError::Store(e)) => return Err(content_error(e)),
-        }
-    }
-    if !files.is_empty() {
-        files.sort_by(|a, b| a.0.cmp(&b.0));
-        manifest.apply(&mut files);
-        let settings = manifest.settings(headwater_jit::Settings::default());
-        headwater_jit::Asset::build(&files, settings).map_err(refused)?;
-    }
+    headwater_jit::AssetManifest::parse(&bytes).map_err(|u| ApiError::Unpackable { detail: u.0 })?;
     Ok(())
 }
 
