@@ -15,6 +15,10 @@ pub type SlaTimeline = Vec<(u64, Option<u32>)>;
 #[derive(Debug, Serialize)]
 pub struct SlaCheck {
     pub sla_mbps: u32,
+    /// The seconds the SLA applied to the account (from its change to the next
+    /// or the run's end), settling included.
+    pub from_secs: u64,
+    pub to_secs: u64,
     /// Share of the checked seconds that delivered at least the SLA.
     pub share_of_seconds_at_sla: f64,
     /// The worst window's mean Mbit/s, and where it starts.
@@ -55,6 +59,9 @@ pub struct Report {
     /// (second, what happened).
     pub events: Vec<(u64, String)>,
     pub payg_jain_index: Option<f64>,
+    /// The accounts the index is over: payg for the whole run (neither signed
+    /// up during it nor moved to an SLA).
+    pub payg_fairness_accounts: Vec<String>,
     /// Sign-up (account made, demo asset uploaded) → first segment, over every
     /// account signed up during the run.
     pub signup_to_first_segment_ms_p50: Option<f64>,
@@ -131,6 +138,8 @@ fn check_sla(mbps: &[f64], sla: &SlaTimeline, from: u64, settle: u64, window: u6
         let at_sla = secs.iter().filter(|v| **v >= f64::from(target)).count();
         checks.push(SlaCheck {
             sla_mbps: target,
+            from_secs: start,
+            to_secs: sla.get(i + 1).map_or(end, |n| n.0).min(end),
             share_of_seconds_at_sla: at_sla as f64 / secs.len() as f64,
             worst_window_mbps: worst,
             worst_window_start_secs: span_start + worst_at as u64,
@@ -202,7 +211,16 @@ pub fn evaluate(
     if rebuffers > budgets.max_rebuffers {
         failures.push(format!("{rebuffers} rebuffers (budget {})", budgets.max_rebuffers));
     }
-    let payg: Vec<f64> = accounts.iter().filter(|a| a.offer == "payg").map(|a| a.mean_mbps).collect();
+    // Fairness among the accounts that were payg over the whole run: one that
+    // signed up late or bought an SLA mid-run had other rights for a while.
+    let whole_run_payg: Vec<&AccountReport> = accounts
+        .iter()
+        .zip(observed)
+        .filter(|(a, o)| a.offer == "payg" && o.checked_from == 0 && o.sla.iter().all(|(_, sla)| sla.is_none()))
+        .map(|(a, _)| a)
+        .collect();
+    let payg: Vec<f64> = whole_run_payg.iter().map(|a| a.mean_mbps).collect();
+    let payg_fairness_accounts = whole_run_payg.iter().map(|a| a.name.clone()).collect();
     let payg_jain_index = (payg.len() > 1).then(|| jain(&payg));
     if let (Some(min), Some(j)) = (budgets.jain_min, payg_jain_index)
         && j < min
@@ -225,6 +243,7 @@ pub fn evaluate(
         accounts,
         events,
         payg_jain_index,
+        payg_fairness_accounts,
         failures,
     }
 }
@@ -275,7 +294,10 @@ impl Report {
             out.push_str(&format!("sign-up → first segment: p50 {p50:.0} ms, p99 {p99:.0} ms\n"));
         }
         if let Some(j) = self.payg_jain_index {
-            out.push_str(&format!("payg fairness (Jain's index): {j:.3}\n"));
+            out.push_str(&format!(
+                "payg fairness (Jain's index over the {} accounts payg for the whole run): {j:.3}\n",
+                self.payg_fairness_accounts.len()
+            ));
         }
         for (at, what) in &self.events {
             out.push_str(&format!("event at {at} s: {what}\n"));
@@ -296,23 +318,30 @@ impl Report {
         out
     }
 
-    /// Mbit/s per account over time, each SLA as a thin line, each event marked.
+    /// Mbit/s per account over time; each SLA a dashed line of its account's
+    /// colour over the seconds it applied, in the legend; each event a numbered
+    /// marker (numbers close together staggered), listed under the plot.
     pub fn plot(&self, path: &std::path::Path) -> anyhow::Result<()> {
         use plotters::prelude::*;
-        let root = SVGBackend::new(path, (1100, 620)).into_drawing_area();
+        const CHART_HEIGHT: u32 = 620;
+        const EVENT_ROW: u32 = 20;
+        let list_height = if self.events.is_empty() { 0 } else { 16 + EVENT_ROW * self.events.len() as u32 };
+        let root = SVGBackend::new(path, (1100, CHART_HEIGHT + list_height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (upper, lower) = root.split_vertically(CHART_HEIGHT);
+        let duration = self.duration_secs.max(1) as f64;
         let top = self
             .accounts
             .iter()
             .flat_map(|a| a.mbps_per_second.iter().copied().chain(a.sla.iter().map(|c| f64::from(c.sla_mbps))))
             .fold(1.0, f64::max)
             * 1.15;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(&upper)
             .caption(format!("{}: delivered Mbit/s per account", self.scenario), ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d(0f64..self.duration_secs as f64, 0f64..top)
+            .build_cartesian_2d(0f64..duration, 0f64..top)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         chart.configure_mesh().x_desc("seconds").y_desc("Mbit/s").draw().map_err(|e| anyhow::anyhow!("{e}"))?;
         for (i, a) in self.accounts.iter().enumerate() {
@@ -325,17 +354,34 @@ impl Report {
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
             for c in &a.sla {
                 let y = f64::from(c.sla_mbps);
-                let sla = [(0.0, y), (self.duration_secs as f64, y)];
-                chart.draw_series(LineSeries::new(sla, color.mix(0.5))).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let span = [(c.from_secs as f64, y), (c.to_secs as f64, y)];
+                chart
+                    .draw_series(DashedLineSeries::new(span, 8, 5, color.stroke_width(1)))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .label(format!("{} SLA {} Mbit/s", a.name, c.sla_mbps))
+                    .legend(move |(x, y)| {
+                        plotters::element::DashedPathElement::new(
+                            vec![(x, y), (x + 16, y)],
+                            4,
+                            3,
+                            color.stroke_width(1),
+                        )
+                    });
             }
         }
-        for (at, what) in &self.events {
+        // Markers within 3 % of the run of each other go one row lower each.
+        let mut last_x = f64::NEG_INFINITY;
+        let mut row = 0;
+        for (n, (at, _)) in self.events.iter().enumerate() {
             let x = *at as f64;
+            row = if x - last_x < duration * 0.03 { (row + 1) % 4 } else { 0 };
+            last_x = x;
             chart
                 .draw_series(LineSeries::new([(x, 0.0), (x, top)], BLACK.mix(0.6)))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let y = top * (0.97 - 0.05 * f64::from(row));
             chart
-                .draw_series(std::iter::once(Text::new(what.clone(), (x + 0.3, top * 0.97), ("sans-serif", 13))))
+                .draw_series(std::iter::once(Text::new(format!("{}", n + 1), (x + 0.3, y), ("sans-serif", 14))))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         chart
@@ -344,6 +390,12 @@ impl Report {
             .border_style(BLACK)
             .draw()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (n, (at, what)) in self.events.iter().enumerate() {
+            let y = 8 + EVENT_ROW as i32 * n as i32;
+            lower
+                .draw(&Text::new(format!("{}. at {at} s: {what}", n + 1), (68, y), ("sans-serif", 14)))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())
     }
@@ -369,6 +421,73 @@ mod tests {
         let checks = check_sla(&mbps, &changed, 0, 1, 5, 0.99);
         assert_eq!(checks.len(), 1);
         assert_eq!(checks[0].worst_window_start_secs, 7);
+    }
+
+    #[test]
+    fn fairness_counts_only_accounts_payg_for_the_whole_run() {
+        let start = std::time::Instant::now();
+        let stats: Vec<AccountStats> =
+            ["ana", "bo", "moved", "late"].iter().map(|n| AccountStats::new((*n).to_owned(), start, 10)).collect();
+        for (s, bytes) in stats.iter().zip([10_000_000, 10_000_000, 1_000_000, 500_000]) {
+            s.bytes(bytes);
+        }
+        let observed = |i: usize, sla: SlaTimeline, checked_from: u64| Observed {
+            stats: &stats[i],
+            offer: "payg".into(),
+            players: 1,
+            mode: Mode::Saturate,
+            sla,
+            checked_from,
+        };
+        let all = [
+            observed(0, vec![(0, None)], 0),
+            observed(1, vec![(0, None)], 0),
+            // Bought an SLA at second 4, signed up at second 5: not payg all along.
+            observed(2, vec![(0, None), (4, Some(100))], 0),
+            observed(3, vec![(0, None)], 5),
+        ];
+        let r = evaluate("t", 10, 0, &Budgets::default(), &all, vec![]);
+        assert_eq!(r.payg_fairness_accounts, ["ana", "bo"]);
+        assert!((r.payg_jain_index.unwrap() - 1.0).abs() < 1e-9, "{:?}", r.payg_jain_index);
+        let sla = &r.accounts[2].sla[0];
+        assert_eq!((sla.sla_mbps, sla.from_secs, sla.to_secs), (100, 4, 10));
+    }
+
+    #[test]
+    fn the_plot_numbers_events_and_lists_each_on_a_line_of_its_own() {
+        let start = std::time::Instant::now();
+        let stats = AccountStats::new("ana".into(), start, 75);
+        let observed = [Observed {
+            stats: &stats,
+            offer: "payg".into(),
+            players: 1,
+            mode: Mode::Saturate,
+            sla: vec![(0, None), (30, Some(40))],
+            checked_from: 0,
+        }];
+        // Seven events a few seconds apart, as the report that ran together had.
+        let events: Vec<(u64, String)> =
+            [10, 12, 14, 30, 31, 50, 52].iter().map(|&at| (at, format!("kill node (node-{at})"))).collect();
+        let r = evaluate("faults", 75, 0, &Budgets::default(), &observed, events);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plot.svg");
+        r.plot(&path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        // Each event's line in the list under the plot, at a height of its own.
+        let mut heights = Vec::new();
+        for (n, (at, what)) in r.events.iter().enumerate() {
+            let line = format!("{}. at {at} s: {what}", n + 1);
+            let text = svg.split("<text").find(|t| t.contains(&line)).unwrap_or_else(|| panic!("{line} in the plot"));
+            let y = text.split("y=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
+            heights.push(y);
+        }
+        let distinct: std::collections::BTreeSet<&String> = heights.iter().collect();
+        assert_eq!(distinct.len(), r.events.len(), "{heights:?}");
+        // The markers are numbers, not the labels; the SLA is in the legend.
+        for n in 1..=r.events.len() {
+            assert!(svg.contains(&format!(">\n{n}\n</text>")), "marker {n}");
+        }
+        assert!(svg.contains("ana SLA 40 Mbit/s"));
     }
 
     #[test]
