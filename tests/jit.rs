@@ -99,6 +99,17 @@ async fn upload(admin: &Admin, key: &str, path: &str, bytes: Vec<u8>) -> reqwest
         .unwrap()
 }
 
+/// The customer's call to admin's API: the status and the body.
+async fn api(
+    admin: &Admin,
+    key: &str,
+    method: reqwest::Method,
+    path: String,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    support::call_json(&admin.http, &admin.url, key, method, &path, body).await
+}
+
 async fn get(http: &reqwest::Client, url: &str, headers: &[(header::HeaderName, &str)]) -> reqwest::Response {
     let mut req = http.get(url);
     for (k, v) in headers {
@@ -613,11 +624,7 @@ async fn aes_128_encrypts_hls_and_hands_keys_to_signed_urls_only() {
     }
     let Packaging { admin, key, node, files, _media, .. } = packaging().await;
     let http = reqwest::Client::new();
-    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
-        let (http, url, key) = (http.clone(), admin.url.clone(), key.clone());
-        let path = path.to_owned();
-        async move { support::call_json(&http, &url, &key, method, &path, body).await }
-    };
+    let call = |method, path: &str, body| api(&admin, &key, method, path.to_owned(), body);
     // Segment URLs carry a version, which changes with encryption (so caches
     // never hand a clear segment to a player that expects an encrypted one).
     let clear_playlist =
@@ -761,11 +768,7 @@ async fn dash_is_encrypted_with_cenc_or_cbcs_and_plays_with_clearkey() {
     }
     let Packaging { admin, key, node, files, _media, .. } = packaging().await;
     let http = reqwest::Client::new();
-    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
-        let (http, url, key) = (http.clone(), admin.url.clone(), key.clone());
-        let path = path.to_owned();
-        async move { support::call_json(&http, &url, &key, method, &path, body).await }
-    };
+    let call = |method, path: &str, body| api(&admin, &key, method, path.to_owned(), body);
     let (status, _) = call(reqwest::Method::POST, "/v1/accounts/ana-jit/playback-keys", None).await;
     assert_eq!(status, StatusCode::CREATED);
     let bad = json!({"scheme": "aes128", "dash": "cens"});

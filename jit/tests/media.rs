@@ -263,31 +263,7 @@ async fn fragmented_mp4s_package_like_progressive_ones() {
     let src = dir.path().join("store/acct/vod");
     std::fs::create_dir_all(&src).unwrap();
     let progressive = src.join("progressive.mp4");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=320x180:rate=25",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=48000",
-        "-t",
-        "6",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-bf",
-        "2",
-        "-g",
-        "25",
-        "-sc_threshold",
-        "0",
-        "-c:a",
-        "aac",
-        progressive.to_str().unwrap(),
-    ]);
+    shared::h264_aac(&progressive, "320x180", 6, 25);
     // The same samples, fragmented three ways: a base offset in every tfhd, the
     // base at each moof, and an initial moov describing the first fragment.
     let store = ContentStore::open(dir.path().join("store").to_str().unwrap()).unwrap();
