@@ -431,7 +431,8 @@ impl Packager {
         }
     }
 
-    /// The asset's MP4 files; `NotFound` when it has none.
+    /// The asset's files the packager reads (its MP4s, WebVTT files and
+    /// `asset.json`); `NotFound` when it has no MP4.
     async fn sources(&self, dir: &ContentPath) -> Result<Vec<(String, Meta)>, PackError> {
         let mut files = self.store.list_files(dir).await?;
         files.retain(|(name, _)| is_mp4(name) || Subtitles::of(name).is_some() || name == asset_manifest::FILE);
