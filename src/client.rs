@@ -3,7 +3,7 @@
 //! a problem answer is printed readably and exits non-zero.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use futures_util::StreamExt;
@@ -310,17 +310,22 @@ impl Client {
     }
 
     /// Customer routes prefer the API key; operator routes the operator token.
-    async fn call(&self, method: Method, path: &str, body: Option<Value>, operator: bool) -> Result<Value, Failure> {
-        let url = format!("{}{}", self.conn.admin_url.trim_end_matches('/'), path);
-        let mut req = self.http.request(method, &url);
+    fn request(&self, method: Method, url: &str, operator: bool) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url);
         let token = if operator {
             self.conn.operator_token.as_ref().or(self.conn.api_key.as_ref())
         } else {
             self.conn.api_key.as_ref().or(self.conn.operator_token.as_ref())
         };
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
+        match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
         }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>, operator: bool) -> Result<Value, Failure> {
+        let url = format!("{}{}", self.conn.admin_url.trim_end_matches('/'), path);
+        let mut req = self.request(method, &url, operator);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -330,6 +335,19 @@ impl Client {
         let value: Value =
             if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         if status.is_success() { Ok(value) } else { Err(Failure::Problem(value, status)) }
+    }
+
+    /// The event stream at `path` (a customer route), open for up to `timeout`.
+    async fn events(&self, path: &str, timeout: Duration) -> Result<reqwest::Response, Failure> {
+        let url = format!("{}{}", self.conn.admin_url.trim_end_matches('/'), path);
+        let req = self.request(Method::GET, &url, false).header(reqwest::header::ACCEPT, "text/event-stream");
+        let res = req.timeout(timeout).send().await.map_err(|e| Failure::Transport(format!("{url}: {e}")))?;
+        let status = res.status();
+        if status.is_success() {
+            return Ok(res);
+        }
+        let text = res.text().await.map_err(|e| Failure::Transport(e.to_string()))?;
+        Err(Failure::Problem(serde_json::from_str(&text).unwrap_or(Value::String(text)), status))
     }
 }
 
@@ -388,22 +406,55 @@ fn print_operation(op: &Value) {
     }
 }
 
-async fn wait_operation(c: &Client, id: &str, timeout: Duration) -> Result<Value, Failure> {
-    let started = Instant::now();
+/// Waits until the operation succeeds (its last state) or fails, following its
+/// event stream (`GET /v1/operations/{id}/watch`, opened again if it breaks);
+/// with `live`, prints each step as it finishes.
+async fn wait_operation(c: &Client, id: &str, timeout: Duration, live: bool) -> Result<Value, Failure> {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let late = |op: &Value| {
+        Failure::Transport(format!("operation {id} still {} after {}s", s(op, "state"), timeout.as_secs()))
+    };
+    let mut last = Value::Null;
+    let mut printed = 0;
     loop {
-        let op = c.call(Method::GET, &format!("/v1/operations/{id}"), None, false).await?;
-        match op["state"].as_str() {
-            Some("succeeded") => return Ok(op),
-            Some("failed" | "superseded") => return Err(Failure::Problem(op, StatusCode::OK)),
-            _ if started.elapsed() > timeout => {
-                return Err(Failure::Transport(format!(
-                    "operation {id} still {} after {}s",
-                    s(&op, "state"),
-                    timeout.as_secs()
-                )));
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let res = c.events(&format!("/v1/operations/{id}/watch"), left.max(Duration::from_millis(1))).await?;
+        let mut events = res.bytes_stream().eventsource();
+        loop {
+            let event = match tokio::time::timeout_at(deadline, events.next()).await {
+                Err(_) => return Err(late(&last)),
+                Ok(None) | Ok(Some(Err(_))) => break,
+                Ok(Some(Ok(e))) => e,
+            };
+            if event.event != "operation" {
+                continue;
             }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            let op: Value = serde_json::from_str(&event.data)
+                .map_err(|e| Failure::Transport(format!("operation {id}: an event that is not an operation: {e}")))?;
+            if live {
+                if last.is_null() {
+                    println!("operation {}  {}", s(&op, "id"), s(&op, "kind"));
+                }
+                let steps = op["steps"].as_array().map(Vec::as_slice).unwrap_or_default();
+                for st in steps.iter().skip(printed) {
+                    println!("  {}  {}", s(st, "at"), s(st, "step"));
+                }
+                printed = printed.max(steps.len());
+            }
+            last = op;
+            match last["state"].as_str() {
+                Some("succeeded") => return Ok(last),
+                Some("failed" | "superseded") => return Err(Failure::Problem(last, StatusCode::OK)),
+                _ => {}
+            }
         }
+        // The stream broke before the operation ended (admin restarted, say).
+        if tokio::time::Instant::now() >= deadline {
+            return Err(late(&last));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -588,7 +639,7 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
             if let Some(op) = v.get("operation") {
                 if wait {
                     let id = s(op, "id");
-                    let done = wait_operation(&c, &id, Duration::from_secs(120)).await?;
+                    let done = wait_operation(&c, &id, Duration::from_secs(120), false).await?;
                     v["operation"] = done;
                 }
             }
@@ -629,7 +680,13 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
                 }
                 OperationsCmd::Show { id } => c.call(Method::GET, &format!("/v1/operations/{id}"), None, false).await?,
                 OperationsCmd::Wait { id, timeout_secs } => {
-                    wait_operation(&c, &id, Duration::from_secs(timeout_secs)).await?
+                    let v = wait_operation(&c, &id, Duration::from_secs(timeout_secs), !json_out).await?;
+                    if !json_out {
+                        // Its steps are printed as they finished.
+                        println!("operation {}  {}", s(&v, "id"), s(&v, "state"));
+                        return Ok(());
+                    }
+                    v
                 }
             };
             if json_out {

@@ -113,3 +113,61 @@ async fn an_origin_node_refuses_impossible_flags() {
         assert!(err.contains(flag) && err.contains("not in 1.."), "{flag}: {err}");
     }
 }
+
+/// An operation followed as it goes: `GET /v1/operations/{id}/watch` streams
+/// it (Server-Sent Events) until it ends, and `headwater operations wait`
+/// prints each step from that stream.
+#[tokio::test]
+async fn an_operation_is_watched_as_server_sent_events() {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    let admin = Admin::start(Backend::Sqlite, &[]).await;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let body = serde_json::json!({"name": "ana-live", "origin_type": "hls", "offer": {"kind": "payg"}});
+    let created =
+        admin.call(reqwest::Method::POST, "/v1/accounts", Some(&key), Some(body), reqwest::StatusCode::ACCEPTED).await;
+    let id = created["operation"]["id"].as_str().unwrap().to_owned();
+    let watch = format!("{}/v1/operations/{id}/watch", admin.url);
+    let res = admin.http.get(&watch).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut events = res.bytes_stream().eventsource();
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while let Some(event) = tokio::time::timeout_at(deadline, events.next()).await.expect("the stream ends") {
+        let event = event.unwrap();
+        assert_eq!(event.event, "operation");
+        seen.push(serde_json::from_str(&event.data).unwrap());
+    }
+    let last = seen.last().expect("at least the operation as it is");
+    assert_eq!(last["state"], "succeeded", "the stream ends with the operation: {seen:?}");
+    assert!(seen[..seen.len() - 1].iter().all(|op| op["state"] != "succeeded"), "it ends there: {seen:?}");
+    let steps = |op: &serde_json::Value| -> Vec<String> {
+        op["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap().to_owned()).collect()
+    };
+    for pair in seen.windows(2) {
+        let (before, after) = (steps(&pair[0]), steps(&pair[1]));
+        assert!(after.starts_with(&before), "steps only ever finish: {before:?} then {after:?}");
+        assert_ne!(pair[0], pair[1], "an event is sent for a change only");
+    }
+    assert!(steps(last).contains(&"allocation_recorded".to_owned()), "{last}");
+
+    // Another customer's operation, or none: a problem, not a stream.
+    let (_, other) = admin.sign_up("bo@example.com").await;
+    let res = admin.http.get(&watch).bearer_auth(&other).send().await.unwrap();
+    support::expect_problem(res, reqwest::StatusCode::NOT_FOUND, "not-found", None).await;
+    let none = format!("{}/v1/operations/{}/watch", admin.url, uuid::Uuid::now_v7());
+    let res = admin.http.get(&none).bearer_auth(&key).send().await.unwrap();
+    support::expect_problem(res, reqwest::StatusCode::NOT_FOUND, "not-found", None).await;
+
+    // The CLI prints each step, then how it ended.
+    let env = [("HEADWATER_API_KEY", key.as_str())];
+    let out = cli(&admin, &env, &["operations", "wait", &id]).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with(&format!("operation {id}")), "{stdout}");
+    let printed: Vec<&str> = lines[1..lines.len() - 1].iter().filter_map(|l| l.split_whitespace().nth(1)).collect();
+    assert_eq!(printed, steps(last), "{stdout}");
+    assert_eq!(lines.last().unwrap().split_whitespace().collect::<Vec<_>>(), ["operation", id.as_str(), "succeeded"]);
+}

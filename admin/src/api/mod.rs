@@ -19,6 +19,7 @@ pub mod problem;
 pub mod quotas;
 mod system;
 pub(crate) mod targets;
+mod watch;
 mod whole;
 
 use std::sync::Arc;
@@ -141,6 +142,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(assets::delete))
         .routes(routes!(accounts::list_operations))
         .routes(routes!(accounts::get_operation))
+        .routes(routes!(watch::watch_operation))
         .routes(routes!(operator::list_origin_types, operator::create_origin_type))
         .routes(routes!(operator::get_origin_type, operator::update_origin_type))
         .routes(routes!(operator::create_image))
