@@ -40,7 +40,7 @@ fn allowed(method: &str, path: &str) -> Option<&'static [Who]> {
         ("get" | "post", "/v1/accounts") | ("get", "/v1/customers/me") => CUSTOMER,
         (_, "/v1/customers/me/keys" | "/v1/customers/me/keys/{id}") => CUSTOMER,
         (_, p) if p.starts_with("/v1/accounts/{name}") => CALLER,
-        ("get", "/v1/operations" | "/v1/operations/{id}") => CALLER,
+        ("get", "/v1/operations" | "/v1/operations/{id}" | "/v1/operations/{id}/watch") => CALLER,
         (_, "/v1/nodes/{id}/config" | "/v1/nodes/{id}/heartbeat" | "/v1/nodes/{id}/usage") => NODE,
         (_, "/v1/nodes/{id}/certificate") => NODE,
         (_, "/v1/nodes/{id}/join") => JOINING,
