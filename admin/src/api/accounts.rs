@@ -245,8 +245,19 @@ pub async fn get_operation(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Operation>, ApiError> {
+    let (op, _) = find_operation(&s, caller, &id).await?;
+    Ok(Json(op.into()))
+}
+
+/// The operation `id` names, if the caller may see it (a customer only its
+/// own), and the filter that says so.
+pub(super) async fn find_operation(
+    s: &AppState,
+    caller: Caller,
+    id: &str,
+) -> Result<(crate::store::OperationRow, OperationFilter), ApiError> {
     let missing = || ApiError::NotFound(format!("operation {id}"));
-    let op_id = Uuid::try_parse(&id).map_err(|_| missing())?;
+    let op_id = Uuid::try_parse(id).map_err(|_| missing())?;
     let filter = match caller.customer_scope() {
         Some(c) => OperationFilter::Customer(c),
         None => OperationFilter::Any,
@@ -255,7 +266,7 @@ pub async fn get_operation(
         StoreError::NotFound => missing(),
         other => other.into(),
     })?;
-    Ok(Json(op.into()))
+    Ok((op, filter))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]

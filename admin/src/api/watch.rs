@@ -13,7 +13,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::model::Operation;
 use super::problem::{ApiError, Problem};
-use crate::store::{OperationFilter, StoreError};
+use crate::store::OperationFilter;
 
 /// How often a watched operation is read again.
 const POLL: Duration = Duration::from_millis(250);
@@ -34,17 +34,9 @@ pub async fn watch_operation(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let missing = || ApiError::NotFound(format!("operation {id}"));
-    let op_id = Uuid::try_parse(&id).map_err(|_| missing())?;
-    let filter = match caller.customer_scope() {
-        Some(c) => OperationFilter::Customer(c),
-        None => OperationFilter::Any,
-    };
     // A 404 before the stream starts, never an empty stream.
-    let first = s.store.operation(op_id, filter).await.map_err(|e| match e {
-        StoreError::NotFound => missing(),
-        other => other.into(),
-    })?;
+    let (first, filter) = super::accounts::find_operation(&s, caller, &id).await?;
+    let op_id = first.id;
     struct Watch {
         s: AppState,
         id: Uuid,
