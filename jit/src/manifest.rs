@@ -122,16 +122,7 @@ pub fn hls_master(asset: &Asset, filter: &Filter) -> Vec<u8> {
     });
     let variants: Vec<VariantStream> = variants.into_iter().chain(iframes).collect();
     // Subtitles: one rendition per WebVTT file, in a group every variant names.
-    let subtitles = asset.subtitles.iter().map(|t| AlternativeMedia {
-        media_type: AlternativeMediaType::Subtitles,
-        uri: Some(format!("{}-subtitles.m3u8", t.name)),
-        group_id: SUBTITLE_GROUP.into(),
-        language: (t.language != "und").then(|| t.language.clone()),
-        name: t.name.clone(),
-        autoselect: true,
-        ..Default::default()
-    });
-    let alternatives = alternatives.into_iter().chain(subtitles).collect();
+    let alternatives = alternatives.into_iter().chain(subtitle_renditions(asset, "")).collect();
     let variants = variants
         .into_iter()
         .map(|mut v| {
@@ -151,6 +142,20 @@ pub fn hls_master(asset: &Asset, filter: &Filter) -> Vec<u8> {
     let mut out = Vec::new();
     master.write_to(&mut out).expect("a playlist writes into memory");
     out
+}
+
+/// An `EXT-X-MEDIA` `SUBTITLES` rendition per WebVTT file of the asset, its
+/// playlist under `prefix` (relative to the master).
+fn subtitle_renditions<'a>(asset: &'a Asset, prefix: &'a str) -> impl Iterator<Item = AlternativeMedia> + 'a {
+    asset.subtitles.iter().map(move |t| AlternativeMedia {
+        media_type: AlternativeMediaType::Subtitles,
+        uri: Some(format!("{prefix}{}-subtitles.m3u8", t.name)),
+        group_id: SUBTITLE_GROUP.into(),
+        language: (t.language != "und").then(|| t.language.clone()),
+        name: t.name.clone(),
+        autoselect: true,
+        ..Default::default()
+    })
 }
 
 /// `hls/{subtitles}-subtitles.m3u8`: the WebVTT file as the one segment of a
@@ -229,15 +234,7 @@ pub fn hls_ts_master(asset: &Asset, filter: &Filter) -> Vec<u8> {
     // Subtitles: the fMP4 master's playlists (the WebVTT file as its segment).
     let subtitles = !video.is_empty() && !asset.subtitles.is_empty();
     if subtitles {
-        alternatives.extend(asset.subtitles.iter().map(|t| AlternativeMedia {
-            media_type: AlternativeMediaType::Subtitles,
-            uri: Some(format!("../hls/{}-subtitles.m3u8", t.name)),
-            group_id: SUBTITLE_GROUP.into(),
-            language: (t.language != "und").then(|| t.language.clone()),
-            name: t.name.clone(),
-            autoselect: true,
-            ..Default::default()
-        }));
+        alternatives.extend(subtitle_renditions(asset, "../hls/"));
     }
     let variants = variants
         .into_iter()
