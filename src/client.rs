@@ -1,5 +1,5 @@
 //! The command-line client of the admin REST API: `customers`, `accounts`,
-//! `operations`, `origin-types`. Human tables by default, `--json` for scripts;
+//! `operations`, `assets`, `usage`, `events`, `origin-types`. Human tables by default, `--json` for scripts;
 //! a problem answer is printed readably and exits non-zero.
 
 use std::process::ExitCode;
@@ -60,6 +60,36 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// An account's usage: bytes, requests and Mbit/s (peak minute, 95th
+    /// percentile of 5-minute samples) per minute, hour or day.
+    Usage {
+        account: String,
+        #[arg(long, value_enum, default_value = "hour")]
+        granularity: GranularityArg,
+        /// Start (RFC 3339); default 24 hours before `--to` (30 days for `day`).
+        #[arg(long)]
+        from: Option<String>,
+        /// End (RFC 3339), exclusive; default now.
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the API's CSV export instead of a table.
+        #[arg(long)]
+        csv: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Operator: the audit trail (who changed what), oldest first;
+    /// `--follow` keeps printing events as they are written.
+    Events {
+        /// How many of the newest events to print first (1–500).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: u32,
+        /// Then follow the trail (`GET /v1/events/watch`) until interrupted.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Operator: origin types and their images.
     OriginTypes {
         #[command(subcommand)]
@@ -105,6 +135,13 @@ impl OfferArg {
             None => json!({"kind": kind}),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GranularityArg {
+    Minute,
+    Hour,
+    Day,
 }
 
 #[derive(Debug, Subcommand)]
@@ -337,10 +374,10 @@ impl Client {
         if status.is_success() { Ok(value) } else { Err(Failure::Problem(value, status)) }
     }
 
-    /// The event stream at `path` (a customer route), open for up to `timeout`.
-    async fn events(&self, path: &str, timeout: Duration) -> Result<reqwest::Response, Failure> {
+    /// The event stream at `path`, open for up to `timeout`.
+    async fn events(&self, path: &str, timeout: Duration, operator: bool) -> Result<reqwest::Response, Failure> {
         let url = format!("{}{}", self.conn.admin_url.trim_end_matches('/'), path);
-        let req = self.request(Method::GET, &url, false).header(reqwest::header::ACCEPT, "text/event-stream");
+        let req = self.request(Method::GET, &url, operator).header(reqwest::header::ACCEPT, "text/event-stream");
         let res = req.timeout(timeout).send().await.map_err(|e| Failure::Transport(format!("{url}: {e}")))?;
         let status = res.status();
         if status.is_success() {
@@ -420,7 +457,7 @@ async fn wait_operation(c: &Client, id: &str, timeout: Duration, live: bool) -> 
     let mut printed = 0;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let res = c.events(&format!("/v1/operations/{id}/watch"), left.max(Duration::from_millis(1))).await?;
+        let res = c.events(&format!("/v1/operations/{id}/watch"), left.max(Duration::from_millis(1)), false).await?;
         let mut events = res.bytes_stream().eventsource();
         loop {
             let event = match tokio::time::timeout_at(deadline, events.next()).await {
@@ -455,6 +492,53 @@ async fn wait_operation(c: &Client, id: &str, timeout: Duration, live: bool) -> 
             return Err(late(&last));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One audit event: a line of the table, or its JSON with `--json`.
+fn print_event(e: &Value, json_out: bool) {
+    if json_out {
+        println!("{e}");
+    } else {
+        println!(
+            "{}  {}  {}  {}  {}  {}",
+            s(e, "id"),
+            s(e, "at"),
+            s(e, "actor"),
+            s(e, "action"),
+            s(e, "subject"),
+            s(e, "reason")
+        );
+    }
+}
+
+/// Prints the audit trail after event `after` as it is written, following
+/// `GET /v1/events/watch` and opening it again with the last id seen when it
+/// breaks (admin restarted, say), so no event is missed or printed twice.
+/// Returns only on a problem answer (a wrong token, say).
+async fn follow_events(c: &Client, mut after: i64, json_out: bool) -> Result<(), Failure> {
+    use eventsource_stream::Eventsource;
+    /// One connection lasts at most this long before it is opened again.
+    const CONNECTION: Duration = Duration::from_secs(24 * 3600);
+    loop {
+        match c.events(&format!("/v1/events/watch?after={after}"), CONNECTION, true).await {
+            Ok(res) => {
+                let mut events = res.bytes_stream().eventsource();
+                while let Some(Ok(event)) = events.next().await {
+                    if event.event != "event" {
+                        continue;
+                    }
+                    let Ok(e) = serde_json::from_str::<Value>(&event.data) else { continue };
+                    let Some(id) = e["id"].as_i64().filter(|id| *id > after) else { continue };
+                    after = id;
+                    print_event(&e, json_out);
+                }
+            }
+            Err(p @ Failure::Problem(..)) => return Err(p),
+            // Admin unreachable for now: try again.
+            Err(Failure::Transport(_)) => {}
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -693,6 +777,77 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
                 print_operation(&v);
+            }
+        }
+        ClientCommand::Usage { account, granularity, from, to, csv, conn } => {
+            let json_out = conn.json;
+            let c = Client::new(conn)?;
+            let mut url =
+                reqwest::Url::parse("http://admin/v1/accounts/").map_err(|e| Failure::Transport(e.to_string()))?;
+            url.path_segments_mut()
+                .map_err(|()| Failure::Transport("a URL".into()))?
+                .pop_if_empty()
+                .extend([account.as_str(), "usage"]);
+            let g = match granularity {
+                GranularityArg::Minute => "minute",
+                GranularityArg::Hour => "hour",
+                GranularityArg::Day => "day",
+            };
+            url.query_pairs_mut().append_pair("granularity", g);
+            for (k, v) in [("from", from), ("to", to)] {
+                if let Some(v) = v {
+                    url.query_pairs_mut().append_pair(k, &v);
+                }
+            }
+            if csv {
+                url.query_pairs_mut().append_pair("format", "csv");
+            }
+            let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+            let v = c.call(Method::GET, &path, None, false).await?;
+            match v {
+                Value::String(text) if csv => print!("{text}"),
+                v if json_out => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+                v => {
+                    println!("{} usage per {g}, {} to {}", s(&v, "account"), s(&v, "from"), s(&v, "to"));
+                    let mut rows: Vec<Vec<String>> = v["windows"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|w| {
+                            vec![
+                                s(w, "window_start"),
+                                s(w, "bytes"),
+                                s(w, "requests"),
+                                s(w, "peak_mbps"),
+                                s(w, "p95_mbps"),
+                            ]
+                        })
+                        .collect();
+                    rows.push(vec![
+                        "total".into(),
+                        s(&v, "total_bytes"),
+                        s(&v, "total_requests"),
+                        s(&v, "peak_mbps"),
+                        s(&v, "p95_mbps"),
+                    ]);
+                    table(&["window", "bytes", "requests", "peak mbit/s", "p95 mbit/s"], rows);
+                }
+            }
+        }
+        ClientCommand::Events { limit, follow, conn } => {
+            let json_out = conn.json;
+            let c = Client::new(conn)?;
+            let page = c.call(Method::GET, &format!("/v1/events?limit={limit}"), None, true).await?;
+            // The page is newest first; print it oldest first.
+            let mut trail = page["items"].as_array().cloned().unwrap_or_default();
+            trail.reverse();
+            for e in &trail {
+                print_event(e, json_out);
+            }
+            if follow {
+                // With no event yet, every event to come is after 0.
+                let after = trail.last().and_then(|e| e["id"].as_i64()).unwrap_or(0);
+                follow_events(&c, after, json_out).await?;
             }
         }
         ClientCommand::Assets { cmd, conn } => {

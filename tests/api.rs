@@ -601,6 +601,101 @@ async fn usage_reports_count_once_and_within_what_a_node_can_send(backend: Backe
     assert_eq!((u["total_bytes"].as_u64(), u["total_requests"].as_u64()), (Some(1500), Some(6)), "{u}");
 }
 
+/// Usage rolls up per hour and per day, every window of the range (those
+/// without traffic as 0), with the busiest minute and the 95th percentile of
+/// 5-minute samples; as JSON or CSV; a resent report and an admin restart
+/// change nothing.
+async fn usage_rolls_up_per_hour_and_day(backend: Backend) {
+    let mut admin = Admin::start(backend, &[]).await;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let pool = admin.account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
+    let (node, token) = admin.register_node(&pool).await;
+    // 2026-11-02T00:00:00Z, a past day.
+    let day = 1_793_577_600_000i64;
+    let (h, m) = (3_600_000i64, 60_000i64);
+    let w = |at: i64, bytes: u64, requests: u64| json!({"account": "ana-vod", "window_start": at, "bytes": bytes, "requests": requests});
+    let report = json!({"id": uuid::Uuid::now_v7(), "windows": [
+        w(day + 8 * h, 1500, 6),
+        // 75 MB in a minute: 10 Mbit/s that minute, 2 Mbit/s over its 5 minutes.
+        w(day + 8 * h + 7 * m, 75_000_000, 10),
+        // 1 Mbit/s for a minute, 0.2 Mbit/s over five.
+        w(day + 9 * h + 30 * m, 7_500_000, 2),
+        w(day + 24 * h + 10 * m, 375_000, 1),
+    ]});
+    let path = format!("/v1/nodes/{node}/usage");
+    let first = admin.call(Method::POST, &path, Some(&token), Some(report.clone()), StatusCode::OK).await;
+    assert_eq!(first["accepted"], 4, "{first}");
+    let again = admin.call(Method::POST, &path, Some(&token), Some(report), StatusCode::OK).await;
+    assert_eq!(again["duplicate"], true);
+
+    // Asked from 08:30 to 09:10: the whole hours 08:00 and 09:00.
+    let hours = "/v1/accounts/ana-vod/usage?granularity=hour&from=2026-11-02T08:30:00Z&to=2026-11-02T09:10:00Z";
+    let u = admin.call(Method::GET, hours, Some(&key), None, StatusCode::OK).await;
+    assert_eq!(
+        u,
+        json!({
+            "account": "ana-vod", "granularity": "hour",
+            "from": "2026-11-02T08:00:00Z", "to": "2026-11-02T10:00:00Z",
+            "total_bytes": 82_501_500, "total_requests": 18,
+            // 24 samples: the 23rd smallest is the 0.2 of 09:30; the 2.0 is dropped.
+            "peak_mbps": 10.0, "p95_mbps": 0.2,
+            "windows": [
+                {"window_start": "2026-11-02T08:00:00Z", "bytes": 75_001_500, "requests": 16, "peak_mbps": 10.0, "p95_mbps": 2.0},
+                {"window_start": "2026-11-02T09:00:00Z", "bytes": 7_500_000, "requests": 2, "peak_mbps": 1.0, "p95_mbps": 0.2},
+            ],
+        })
+    );
+    let days = "/v1/accounts/ana-vod/usage?granularity=day&from=2026-11-02T00:00:00Z&to=2026-11-04T00:00:00Z";
+    let d = admin.call(Method::GET, days, Some(&key), None, StatusCode::OK).await;
+    let per_day: Vec<(&str, i64, i64)> = d["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["window_start"].as_str().unwrap(), w["bytes"].as_i64().unwrap(), w["requests"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(per_day, [("2026-11-02T00:00:00Z", 82_501_500, 18), ("2026-11-03T00:00:00Z", 375_000, 1)], "{d}");
+    // Three busy samples of 288 a day: under the 95th percentile.
+    assert_eq!((d["windows"][0]["p95_mbps"].as_f64(), d["peak_mbps"].as_f64()), (Some(0.0), Some(10.0)), "{d}");
+    // Minutes: only those that served, and no percentile of their own.
+    let minutes = "/v1/accounts/ana-vod/usage?granularity=minute&from=2026-11-02T08:00:00Z&to=2026-11-02T08:10:00Z";
+    let mm = admin.call(Method::GET, minutes, Some(&key), None, StatusCode::OK).await;
+    assert_eq!(mm["windows"].as_array().unwrap().len(), 2, "{mm}");
+    assert_eq!((mm["windows"][1]["peak_mbps"].as_f64(), &mm["windows"][1]["p95_mbps"]), (Some(10.0), &Value::Null));
+
+    // The same hours as CSV.
+    let res = admin.request(Method::GET, &format!("{hours}&format=csv"), Some(&key), None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(res.headers()["content-disposition"], "attachment; filename=\"ana-vod-usage-hour.csv\"");
+    assert_eq!(
+        res.text().await.unwrap(),
+        "window_start,bytes,requests,peak_mbps,p95_mbps\n\
+         2026-11-02T08:00:00Z,75001500,16,10.0,2.0\n\
+         2026-11-02T09:00:00Z,7500000,2,1.0,0.2\n"
+    );
+
+    // Bad input: a problem naming the parameter.
+    for (query, field) in [
+        ("granularity=week", "granularity"),
+        ("format=xml", "format"),
+        ("granularity=minute&from=2026-10-01T00:00:00Z&to=2026-11-01T00:00:00Z", "from"),
+        ("from=yesterday", "from"),
+        ("from=2026-11-02T00:00:00Z&to=2026-11-01T00:00:00Z", "to"),
+        ("limit=3", "limit"),
+    ] {
+        let res = admin.request(Method::GET, &format!("/v1/accounts/ana-vod/usage?{query}"), Some(&key), None).await;
+        expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some(field)).await;
+    }
+    // Another customer's account is not found.
+    let (_, other) = admin.sign_up("bo@example.com").await;
+    let res = admin.request(Method::GET, hours, Some(&other), None).await;
+    expect_problem(res, StatusCode::NOT_FOUND, "not-found", None).await;
+
+    // The rollups are the durable minutes: a restart changes nothing.
+    admin.restart().await;
+    assert_eq!(admin.call(Method::GET, hours, Some(&key), None, StatusCode::OK).await, u);
+}
+
 /// A revoked key replays nothing (authentication comes before replay), and a
 /// replay never shows a secret again, even to a valid key of the same customer.
 async fn replays_follow_authentication_and_never_show_a_secret_twice(backend: Backend) {
@@ -922,6 +1017,7 @@ e2e_on_both_backends!(
     replays_follow_authentication_and_never_show_a_secret_twice,
     rate_limits_follow_the_principal_and_failures_write_nothing,
     usage_reports_count_once_and_within_what_a_node_can_send,
+    usage_rolls_up_per_hour_and_day,
     operations_and_accounts_are_listed_a_page_at_a_time,
     signup_and_accounts_of_each_offer,
     every_error_is_a_problem_and_writes_nothing,

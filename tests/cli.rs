@@ -171,3 +171,180 @@ async fn an_operation_is_watched_as_server_sent_events() {
     assert_eq!(printed, steps(last), "{stdout}");
     assert_eq!(lines.last().unwrap().split_whitespace().collect::<Vec<_>>(), ["operation", id.as_str(), "succeeded"]);
 }
+
+/// The audit trail followed as it is written: `GET /v1/events/watch` sends
+/// each event once, oldest first, with its id as the SSE id, resumes after
+/// `Last-Event-ID`, and `headwater events --follow` prints from it.
+#[tokio::test]
+async fn the_audit_trail_is_followed_as_server_sent_events() {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    use serde_json::{Value, json};
+    use tokio::io::AsyncBufReadExt;
+    let admin = Admin::start(Backend::Sqlite, &[]).await;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let op = admin.operator_token.clone();
+    let watch = format!("{}/v1/events/watch", admin.url);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+
+    // Opened before the change: only what is written from now on.
+    let res = admin.http.get(&watch).bearer_auth(&op).send().await.unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let before: Value =
+        admin.call(reqwest::Method::GET, "/v1/events?limit=1", Some(&op), None, reqwest::StatusCode::OK).await;
+    let newest_before = before["items"][0]["id"].as_i64().unwrap_or(0);
+    let mut stream = res.bytes_stream().eventsource();
+    let body = json!({"name": "ana-feed", "origin_type": "hls", "offer": {"kind": "payg"}});
+    let created =
+        admin.call(reqwest::Method::POST, "/v1/accounts", Some(&key), Some(body), reqwest::StatusCode::ACCEPTED).await;
+    let subject = format!("account:{}", created["account"]["id"].as_str().unwrap());
+    let mut seen: Vec<(String, Value)> = Vec::new();
+    while !seen.iter().any(|(_, e)| e["action"] == "account.mapped" && e["subject"] == subject) {
+        let event =
+            tokio::time::timeout_at(deadline, stream.next()).await.expect("the account is mapped").unwrap().unwrap();
+        assert_eq!(event.event, "event");
+        seen.push((event.id, serde_json::from_str(&event.data).unwrap()));
+    }
+    for (sse_id, e) in &seen {
+        assert_eq!(sse_id, &e["id"].to_string(), "the SSE id is the event's id");
+    }
+    let ids: Vec<i64> = seen.iter().map(|(_, e)| e["id"].as_i64().unwrap()).collect();
+    assert!(ids[0] > newest_before && ids.windows(2).all(|w| w[0] < w[1]), "oldest first, once each: {ids:?}");
+    assert!(seen.iter().any(|(_, e)| e["action"] == "account.created" && e["subject"] == subject), "{seen:?}");
+    // What was streamed is the durable trail, in the same order.
+    let listed =
+        admin.call(reqwest::Method::GET, "/v1/events?limit=500", Some(&op), None, reqwest::StatusCode::OK).await;
+    let mut trail: Vec<Value> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["id"].as_i64().unwrap() > newest_before)
+        .cloned()
+        .collect();
+    trail.reverse();
+    let streamed: Vec<Value> = seen.iter().map(|(_, e)| e.clone()).collect();
+    assert_eq!(streamed, trail[..streamed.len()]);
+
+    // Reconnecting with Last-Event-ID (it wins over `?after=`): the rest, none twice.
+    let res = admin
+        .http
+        .get(format!("{watch}?after=0"))
+        .bearer_auth(&op)
+        .header("Last-Event-ID", ids[0].to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut resumed = res.bytes_stream().eventsource();
+    for expected in &streamed[1..] {
+        let event = tokio::time::timeout_at(deadline, resumed.next()).await.expect("resumed").unwrap().unwrap();
+        assert_eq!(&serde_json::from_str::<Value>(&event.data).unwrap(), expected);
+    }
+
+    // Not the operator, or a bad id: a problem, not a stream.
+    let res = admin.http.get(&watch).bearer_auth(&key).send().await.unwrap();
+    support::expect_problem(res, reqwest::StatusCode::FORBIDDEN, "forbidden", None).await;
+    let res = admin.http.get(&watch).bearer_auth(&op).header("Last-Event-ID", "tomorrow").send().await.unwrap();
+    support::expect_problem(res, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some("Last-Event-ID"))
+        .await;
+    let res = admin.http.get(format!("{watch}?after=-1")).bearer_auth(&op).send().await.unwrap();
+    support::expect_problem(res, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some("after")).await;
+
+    // The CLI: the newest events oldest first, then each new one as it is written.
+    let env = [("HEADWATER_OPERATOR_TOKEN", op.as_str())];
+    let out = cli(&admin, &env, &["events", "--limit", "2", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut newest: Vec<Value> = listed["items"].as_array().unwrap()[..2].to_vec();
+    newest.reverse();
+    assert_eq!(printed, newest);
+    let mut follow = tokio::process::Command::new(BIN);
+    follow
+        .args(["events", "--follow", "--limit", "1"])
+        .env("HEADWATER_ADMIN_URL", &admin.url)
+        .env("HEADWATER_OPERATOR_TOKEN", &op)
+        .env_remove("HEADWATER_API_KEY")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = follow.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout_at(deadline, lines.next_line()).await.expect("the newest event").unwrap().unwrap();
+    let id_of =
+        |line: &str| line.split("  ").next().and_then(|id| id.parse::<i64>().ok()).unwrap_or_else(|| panic!("{line}"));
+    let mut last = id_of(&first);
+    assert!(last >= newest[1]["id"].as_i64().unwrap(), "{first}");
+    admin.wait_operation(created["operation"]["id"].as_str().unwrap(), &key).await;
+    let res = admin
+        .http
+        .post(format!("{}/v1/accounts/ana-feed/deactivate", admin.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::ACCEPTED);
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line()).await.expect("a new event").unwrap().unwrap();
+        assert!(id_of(&line) > last, "each event once, oldest first: {line}");
+        last = id_of(&line);
+        let cells: Vec<&str> = line.split("  ").collect();
+        if cells[3..5] == ["account.deactivate", subject.as_str()] {
+            break;
+        }
+    }
+    child.kill().await.unwrap();
+}
+
+/// `headwater usage`: the rollup as a table, and the API's CSV as it is.
+#[tokio::test]
+async fn usage_from_the_cli() {
+    use serde_json::json;
+    let admin = Admin::start(Backend::Sqlite, &[]).await;
+    let (_, key) = admin.sign_up("ana@example.com").await;
+    let pool = admin.account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
+    let (node, token) = admin.register_node(&pool).await;
+    // 2026-11-02T08:07:00Z: 7.5 MB, 1 Mbit/s for that minute.
+    let report = json!({"id": uuid::Uuid::now_v7(), "windows": [
+        {"account": "ana-vod", "window_start": 1_793_606_820_000i64, "bytes": 7_500_000, "requests": 4}]});
+    admin
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/nodes/{node}/usage"),
+            Some(&token),
+            Some(report),
+            reqwest::StatusCode::OK,
+        )
+        .await;
+    let env = [("HEADWATER_API_KEY", key.as_str())];
+    let range = ["--from", "2026-11-02T07:00:00Z", "--to", "2026-11-02T09:00:00Z"];
+    let out = cli(&admin, &env, &[&["usage", "ana-vod"][..], &range].concat()).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let rows: Vec<Vec<&str>> = stdout.lines().skip(2).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["2026-11-02T07:00:00Z", "0", "0", "0.0", "0.0"],
+            vec!["2026-11-02T08:00:00Z", "7500000", "4", "1.0", "0.2"],
+            // Of 24 samples, the 23rd smallest is idle.
+            vec!["total", "7500000", "4", "1.0", "0.0"],
+        ],
+        "{stdout}"
+    );
+    let out = cli(&admin, &env, &[&["usage", "ana-vod", "--granularity", "day", "--csv"][..], &range].concat()).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let res = admin
+        .request(
+            reqwest::Method::GET,
+            "/v1/accounts/ana-vod/usage?granularity=day&from=2026-11-02T07:00:00Z&to=2026-11-02T09:00:00Z&format=csv",
+            Some(&key),
+            None,
+        )
+        .await;
+    let csv = res.text().await.unwrap();
+    assert_eq!(text(&out.stdout), csv);
+    assert_eq!(csv.lines().nth(1), Some("2026-11-02T00:00:00Z,7500000,4,1.0,0.0"), "{csv}");
+    // A wrong range prints the problem and exits 1.
+    let out = cli(&admin, &env, &["usage", "ana-vod", "--from", "yesterday"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("(field: from)"), "{}", text(&out.stderr));
+}

@@ -341,6 +341,13 @@ async fn usage_counts_account_bytes_but_never_test_content() {
         if total >= expected {
             assert_eq!(total, expected, "exactly the account's bytes: {u}");
             assert_eq!(u["total_requests"].as_u64(), Some(5), "{u}");
+            // The hourly rollup adds up to what the player counted too.
+            let hourly = "/v1/accounts/ana-vod/usage?granularity=hour";
+            let r = admin.call(Method::GET, hourly, Some(&key), None, StatusCode::OK).await;
+            let windows = r["windows"].as_array().unwrap();
+            assert_eq!(windows.len(), 24, "a day of hours: {r}");
+            assert_eq!(windows.iter().map(|w| w["bytes"].as_u64().unwrap()).sum::<u64>(), expected, "{r}");
+            assert!(r["peak_mbps"].as_f64().unwrap() > 0.0, "{r}");
             break;
         }
         assert!(Instant::now() < deadline, "usage stuck at {total} of {expected}");

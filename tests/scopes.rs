@@ -46,7 +46,15 @@ fn allowed(method: &str, path: &str) -> Option<&'static [Who]> {
         (_, "/v1/nodes/{id}/join") => JOINING,
         (_, "/v1/routing" | "/v1/routing/stream" | "/v1/routing/sightings" | "/v1/routing/certificate") => ROUTER,
         (_, "/v1/node-ca" | "/v1/node-ca/rotate" | "/v1/node-ca/{id}") => OPERATOR,
-        (_, "/v1/allocations" | "/v1/events" | "/v1/pools" | "/v1/test/clock" | "/v1/nodes/{id}/drain") => OPERATOR,
+        (
+            _,
+            "/v1/allocations"
+            | "/v1/events"
+            | "/v1/events/watch"
+            | "/v1/pools"
+            | "/v1/test/clock"
+            | "/v1/nodes/{id}/drain",
+        ) => OPERATOR,
         (_, "/v1/operations/{id}/rollback") => OPERATOR,
         (_, "/v1/customers" | "/v1/customers/{id}" | "/v1/nodes") => OPERATOR,
         (_, p) if p.starts_with("/v1/origin-types") || p.starts_with("/v1/targets") => OPERATOR,
@@ -117,11 +125,12 @@ async fn every_operation_refuses_every_credential_out_of_its_scope() {
                 }
                 let res = req.send().await.unwrap();
                 let status = res.status();
-                let body: Value = if path == "/v1/routing/stream" && status.is_success() {
-                    Value::Null
-                } else {
-                    res.json().await.unwrap_or(Value::Null)
-                };
+                let body: Value =
+                    if matches!(path.as_str(), "/v1/routing/stream" | "/v1/events/watch") && status.is_success() {
+                        Value::Null
+                    } else {
+                        res.json().await.unwrap_or(Value::Null)
+                    };
                 if path == "/metrics" && kind != Operator {
                     assert_eq!(status, StatusCode::UNAUTHORIZED, "{kind:?} {method} {path}: {body}");
                 } else if who.contains(&kind) {

@@ -14,3 +14,4 @@ pub mod sealed;
 pub mod server;
 pub mod states;
 pub mod store;
+pub mod usage_rollup;

@@ -19,6 +19,7 @@ pub mod problem;
 pub mod quotas;
 mod system;
 pub(crate) mod targets;
+mod usage;
 mod watch;
 mod whole;
 
@@ -129,7 +130,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(accounts::get_account, accounts::update_account, accounts::delete_account))
         .routes(routes!(accounts::deactivate))
         .routes(routes!(accounts::reactivate))
-        .routes(routes!(accounts::usage))
+        .routes(routes!(usage::usage))
         .routes(routes!(playback::get_policy, playback::set_policy))
         .routes(routes!(encryption::get_encryption, encryption::set_encryption))
         .routes(routes!(playback::create_key))
@@ -165,6 +166,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(nodes::sightings))
         .routes(routes!(operator::list_allocations))
         .routes(routes!(operator::list_events))
+        .routes(routes!(watch::watch_events))
         .routes(routes!(operator::advance_test_clock))
         .routes(routes!(operator::rollback))
         .routes(routes!(system::healthz))

@@ -1,18 +1,22 @@
 //! Live updates as Server-Sent Events: an operation's steps as they finish, for
-//! `headwater operations wait` (and a console) instead of polling.
+//! `headwater operations wait`, and the audit trail as it is written, for
+//! `headwater events --follow` (and a console) instead of polling.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use uuid::Uuid;
 
 use super::AppState;
 use super::auth::Caller;
-use super::model::Operation;
-use super::problem::{ApiError, Problem};
+use super::auth::OperatorAuth;
+use super::model::{Event as AuditEvent, Operation};
+use super::problem::{ApiError, ApiQuery, Problem};
 use crate::store::OperationFilter;
 
 /// How often a watched operation is read again.
@@ -70,6 +74,83 @@ pub async fn watch_operation(
             w.ended = !op.state.open();
             w.last = Some(json.clone());
             return Some((Ok(Event::default().event("operation").data(json)), w));
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Where a watch of the audit trail starts.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EventsWatchQuery {
+    /// Send the events after this id first (from `GET /v1/events`, or an
+    /// event's `id:` line); without it, and without a `Last-Event-ID` header,
+    /// only events written from now on are sent.
+    #[param(minimum = 0)]
+    pub after: Option<i64>,
+}
+
+/// Most events read at once.
+const EVENTS_BATCH: i64 = 200;
+
+/// The audit trail as it is written: an event stream (`text/event-stream`) of
+/// `event` events, oldest first, each an `Event` as JSON with its id as the
+/// SSE `id:`, so a client that reconnects with `Last-Event-ID` (or `?after=`)
+/// misses none and sees none twice. It does not end; a comment every 15 s
+/// keeps it open.
+#[utoipa::path(get, path = "/v1/events/watch", tag = "operator", security(("bearer" = [])),
+    params(EventsWatchQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id (takes precedence over `after`)")),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+         description = "`event: event` lines with an `Event` as `data` and its id as `id`"),
+        (status = 401, body = Problem), (status = 422, body = Problem)))]
+pub async fn watch_events(
+    State(s): State<AppState>,
+    _op: OperatorAuth,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<EventsWatchQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let resume = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<i64>().ok())
+                .filter(|id| *id >= 0)
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID", "an event id (0 or more)"))?,
+        ),
+    };
+    if q.after.is_some_and(|a| a < 0) {
+        return Err(ApiError::invalid("after", "an event id (0 or more)"));
+    }
+    let after = match resume.or(q.after) {
+        Some(id) => id,
+        None => s.store.last_event_id().await?,
+    };
+    struct Follow {
+        s: AppState,
+        after: i64,
+        ready: VecDeque<AuditEvent>,
+    }
+    let start = Follow { s, after, ready: VecDeque::new() };
+    let events = futures_util::stream::unfold(start, |mut f| async move {
+        loop {
+            if let Some(e) = f.ready.pop_front() {
+                let json = serde_json::to_string(&e).unwrap_or_default();
+                return Some((Ok(Event::default().event("event").id(e.id.to_string()).data(json)), f));
+            }
+            match f.s.store.events_after(f.after, EVENTS_BATCH).await {
+                Ok(rows) if !rows.is_empty() => {
+                    f.after = rows.last().map_or(f.after, |r| r.id);
+                    f.ready.extend(rows.into_iter().map(AuditEvent::from));
+                }
+                Ok(_) => tokio::time::sleep(POLL).await,
+                // The store failed: the stream ends and the watcher resumes
+                // with Last-Event-ID.
+                Err(_) => return None,
+            }
         }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))

@@ -217,6 +217,26 @@ impl Store {
 }
 
 impl Store {
+    /// Events after `after`, oldest first (for a live feed).
+    pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRow>> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_as(
+                "SELECT id, at, actor, action, subject, reason FROM events WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(p)
+            .await?)
+        })
+    }
+
+    /// The newest event's id (0 when there is none).
+    pub async fn last_event_id(&self) -> Result<i64> {
+        on_pool!(self, |p| {
+            Ok(sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(id) FROM events").fetch_one(p).await?.unwrap_or(0))
+        })
+    }
+
     /// Writes one event on its own (for changes outside the store's tables).
     pub async fn record_event(
         &self,
