@@ -152,6 +152,7 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
     println!("headwater router listening on {router_https}");
     println!("local CA in {} (trust it: curl --cacert, ffplay -ca_file, headwater --cacert)", ca_path.display());
     println!("operator token in {}", data.join("operator-token").display());
+    println!("web console: {admin_url}/console (sign in with an API key or the operator token)");
     println!("metrics token in {} (Authorization: Bearer for /metrics)", data.join("metrics-token").display());
 
     if cfg.demo {

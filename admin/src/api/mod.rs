@@ -5,6 +5,7 @@ mod accounts;
 mod assets;
 pub mod auth;
 mod cdn;
+mod console;
 mod customers;
 mod domains;
 mod encryption;
@@ -203,6 +204,7 @@ pub fn router(state: AppState) -> Router {
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, settings.upload_timeout));
     api.merge(uploads)
         .route("/openapi.json", axum::routing::get(move || async move { axum::Json(openapi.as_ref().clone()) }))
+        .merge(console::routes())
         .fallback(|| async { problem::ApiError::NotFound("route".into()) })
         .method_not_allowed_fallback(|| async {
             let mut res =

@@ -13,8 +13,7 @@ use futures_util::Stream;
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::Caller;
-use super::auth::OperatorAuth;
+use super::auth::{Caller, OperatorAuth};
 use super::model::{Event as AuditEvent, Operation};
 use super::problem::{ApiError, ApiQuery, Problem};
 use crate::store::OperationFilter;
