@@ -1,5 +1,5 @@
 //! The command-line client of the admin REST API: `customers`, `accounts`,
-//! `operations`, `assets`, `usage`, `events`, `origin-types`. Human tables by default, `--json` for scripts;
+//! `operations`, `assets`, `usage`, `logs`, `events`, `origin-types`. Human tables by default, `--json` for scripts;
 //! a problem answer is printed readably and exits non-zero.
 
 use std::process::ExitCode;
@@ -75,6 +75,22 @@ pub enum ClientCommand {
         /// Print the API's CSV export instead of a table.
         #[arg(long)]
         csv: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// An account's access log: a record per player request, oldest first;
+    /// `--follow` keeps printing new ones.
+    Logs {
+        account: String,
+        /// Requests at or after this time (RFC 3339); default: every record kept.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many records per page (1–500).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: u32,
+        /// Then keep asking for new records (every second) until interrupted.
+        #[arg(long)]
+        follow: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -832,6 +848,55 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
                     ]);
                     table(&["window", "bytes", "requests", "peak mbit/s", "p95 mbit/s"], rows);
                 }
+            }
+        }
+        ClientCommand::Logs { account, since, limit, follow, conn } => {
+            let json_out = conn.json;
+            let c = Client::new(conn)?;
+            let mut cursor = 0i64;
+            loop {
+                let mut url =
+                    reqwest::Url::parse("http://admin/v1/accounts/").map_err(|e| Failure::Transport(e.to_string()))?;
+                url.path_segments_mut()
+                    .map_err(|()| Failure::Transport("a URL".into()))?
+                    .pop_if_empty()
+                    .extend([account.as_str(), "logs"]);
+                url.query_pairs_mut()
+                    .append_pair("limit", &limit.to_string())
+                    .append_pair("cursor", &cursor.to_string());
+                if let Some(since) = &since {
+                    url.query_pairs_mut().append_pair("since", since);
+                }
+                let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+                let page = c.call(Method::GET, &path, None, false).await?;
+                let items = page["items"].as_array().cloned().unwrap_or_default();
+                for r in &items {
+                    if json_out {
+                        println!("{r}");
+                    } else {
+                        println!(
+                            "{}  {}  {}  {}  {} B  {} ms  {}  {}  {}",
+                            s(r, "at"),
+                            s(r, "status"),
+                            s(r, "method"),
+                            s(r, "path"),
+                            s(r, "bytes"),
+                            s(r, "duration_ms"),
+                            s(r, "client"),
+                            s(r, "node"),
+                            s(r, "user_agent")
+                        );
+                    }
+                }
+                cursor = items.last().and_then(|r| r["id"].as_i64()).unwrap_or(cursor);
+                // A full page: there is more now.
+                if items.len() as u32 == limit {
+                    continue;
+                }
+                if !follow {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
         ClientCommand::Events { limit, follow, conn } => {

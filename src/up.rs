@@ -143,6 +143,7 @@ pub async fn run(cfg: UpConfig, shutdown: CancellationToken) -> anyhow::Result<(
         header_read_timeout_ms: 10_000,
         name: Some("up".into()),
         sightings_ms: 1000,
+        access_log: headwater_router::AccessLogArgs { dir: Some(data.join("access-logs")), ..Default::default() },
         tls: TlsArgs::default(),
     };
     let router_task = tokio::spawn(headwater_router::serve(router_cfg, router_listener, router_tls, shutdown.clone()));

@@ -44,7 +44,14 @@ fn allowed(method: &str, path: &str) -> Option<&'static [Who]> {
         (_, "/v1/nodes/{id}/config" | "/v1/nodes/{id}/heartbeat" | "/v1/nodes/{id}/usage") => NODE,
         (_, "/v1/nodes/{id}/certificate") => NODE,
         (_, "/v1/nodes/{id}/join") => JOINING,
-        (_, "/v1/routing" | "/v1/routing/stream" | "/v1/routing/sightings" | "/v1/routing/certificate") => ROUTER,
+        (
+            _,
+            "/v1/routing"
+            | "/v1/routing/stream"
+            | "/v1/routing/sightings"
+            | "/v1/routing/certificate"
+            | "/v1/routing/access-logs",
+        ) => ROUTER,
         (_, "/v1/node-ca" | "/v1/node-ca/rotate" | "/v1/node-ca/{id}") => OPERATOR,
         (
             _,

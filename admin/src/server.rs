@@ -68,6 +68,10 @@ pub struct AdminConfig {
     /// How long a deactivated account's pool is kept, in hours.
     #[arg(long, env = "HEADWATER_RETENTION_HOURS", default_value_t = 168)]
     pub retention_hours: u32,
+    /// How long access records are kept, in hours.
+    #[arg(long, env = "HEADWATER_ACCESS_LOG_RETENTION_HOURS", default_value_t = 168,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub access_log_retention_hours: u32,
     /// API requests per second per customer (all its keys together), node, or the
     /// operator (bursts to twice that).
     #[arg(long, env = "HEADWATER_RATE_LIMIT_PER_KEY", default_value = "20")]
@@ -362,6 +366,7 @@ impl Admin {
                 Some(c) => c.clone(),
                 None => self.state.clock.clone(),
             },
+            access_log_retention_ms: i64::from(self.cfg.access_log_retention_hours) * 3_600_000,
             every: Duration::from_secs(1),
         };
         // One replica at a time runs the loops that act on the whole fleet.

@@ -49,7 +49,8 @@ impl Granularity {
     }
 }
 
-/// The most windows one answer holds (a week of minutes, some 400 days of hours).
+/// The most windows one answer holds (a week of minutes, some 400 days of
+/// hours); a longer range is shortened at its start.
 pub const MAX_WINDOWS: i64 = 10_080;
 
 /// One window of the rollup.

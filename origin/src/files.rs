@@ -169,18 +169,19 @@ impl Files {
 
     /// Looks a file up: from the cache when fresh, else from the store (caching it
     /// when small enough).
-    async fn lookup(&self, path: &ContentPath) -> Result<Arc<Found>, ContentError> {
+    /// Also says whether it was a hit (the cache had it, fresh or still the same).
+    async fn lookup(&self, path: &ContentPath) -> Result<(Arc<Found>, bool), ContentError> {
         let now = Instant::now();
         if let Some(e) = self.cache.get(path) {
             if now.duration_since(e.checked) < self.revalidate {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(e.found);
+                return Ok((e.found, true));
             }
             let meta = self.store.head(path).await?;
             if meta.etag == e.found.meta.etag {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 self.cache.insert(path.clone(), Entry { found: e.found.clone(), checked: now });
-                return Ok(e.found);
+                return Ok((e.found, true));
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
@@ -197,19 +198,24 @@ impl Files {
         } else {
             let meta = self.store.head(path).await?;
             if meta.size > self.max_item {
-                return Ok(Arc::new(Found::new(path, meta, None, None)));
+                return Ok((Arc::new(Found::new(path, meta, None, None)), false));
             }
             let bytes = self.store.read_all(path).await?;
             Arc::new(Found::new(path, meta, Some(bytes), None))
         };
         self.cache.insert(path.clone(), Entry { found: found.clone(), checked: now });
-        Ok(found)
+        Ok((found, false))
     }
 
-    /// Answers a GET or HEAD for `path` given the request headers.
+    /// Answers a GET or HEAD for `path` given the request headers; `X-Cache`
+    /// says whether the cache had the file.
     pub async fn reply(&self, path: &ContentPath, req: &HeaderMap, head: bool) -> Result<Reply, ContentError> {
-        let found = self.lookup(path).await?;
-        self.answer(path, &found, req, head).await
+        let (found, hit) = self.lookup(path).await?;
+        let mut reply = self.answer(path, &found, req, head).await?;
+        reply
+            .headers
+            .insert(headwater_protocol::CACHE_HEADER, HeaderValue::from_static(if hit { "HIT" } else { "MISS" }));
+        Ok(reply)
     }
 
     /// The answer for `found` (looked up already) given the request headers.
@@ -280,7 +286,7 @@ impl Files {
         variant: &str,
         rewrite: impl FnOnce(&[u8]) -> Option<Vec<u8>>,
     ) -> Result<Reply, ContentError> {
-        let found = self.lookup(path).await?;
+        let (found, _) = self.lookup(path).await?;
         if found.meta.size > MANIFEST_MAX {
             return self.answer(path, &found, req, head).await;
         }

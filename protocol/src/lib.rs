@@ -1,5 +1,6 @@
 //! The messages between Headwater's processes: what an origin node reports to admin
-//! (heartbeats, usage) and what admin tells a node (its configuration). Types only:
+//! (heartbeats, usage), what a router reports (sightings, access logs) and what
+//! admin tells them (configuration, the routing table). Types only:
 //! no IO and no logic, so every side agrees on one definition.
 
 use serde::{Deserialize, Serialize};
@@ -343,4 +344,43 @@ pub struct RoutingTable {
     /// one renews it (absent when admin has no node CA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_ca: Option<String>,
+}
+
+/// One player request as the component that answered it saw it: a line of an
+/// account's access log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRecord {
+    /// When the request arrived, Unix milliseconds.
+    pub at_ms: i64,
+    pub account: String,
+    /// The path under the account (`{asset}/{file}`), without a playback token
+    /// or the query.
+    pub path: String,
+    pub method: String,
+    pub status: u16,
+    /// Body bytes sent to the player.
+    pub bytes: u64,
+    /// From the request's arrival to the body's last byte (or the player leaving).
+    pub duration_ms: u64,
+    /// The player's address (its last octets zeroed when the writer truncates).
+    pub client: String,
+    pub user_agent: Option<String>,
+    /// The node that answered (none: the writer answered itself, a refusal).
+    pub node: Option<Uuid>,
+    /// Whether the node served from its cache, when it said.
+    pub cache_hit: Option<bool>,
+    /// Who wrote it: `router:{name}` or `node:{id}`.
+    pub source: String,
+}
+
+/// The response header a node says whether its cache had the file with
+/// (`HIT` or `MISS`), as CDNs do; the router's access records keep it.
+pub const CACHE_HEADER: &str = "x-cache";
+
+/// `POST /v1/routing/access-logs`: a batch of access records. A batch sent
+/// again (its answer was lost) keeps its id, and admin keeps it once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessLogBatch {
+    pub id: Uuid,
+    pub records: Vec<AccessRecord>,
 }

@@ -3,6 +3,7 @@
 //! (or redirects to it), retrying an idempotent request on another node when one
 //! fails before answering, so players see no error. See DESIGN.md §2 (`router/`).
 
+pub mod access_log;
 mod certs;
 mod identity;
 mod proxy;
@@ -86,7 +87,35 @@ pub struct RouterConfig {
     #[arg(long, env = "HEADWATER_SIGHTINGS_MS", default_value_t = 1000)]
     pub sightings_ms: u64,
     #[command(flatten)]
+    pub access_log: AccessLogArgs,
+    #[command(flatten)]
     pub tls: headwater_serve::tls::TlsArgs,
+}
+
+/// The access log: a JSON record per player request, to rotating local files
+/// and to admin (`GET /v1/accounts/{name}/logs`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccessLogArgs {
+    /// Write the records to hourly files here too (`access.{date-hour}.jsonl`).
+    #[arg(long = "access-log-dir", env = "HEADWATER_ACCESS_LOG_DIR")]
+    pub dir: Option<std::path::PathBuf>,
+    /// Hourly files kept in `--access-log-dir`.
+    #[arg(long = "access-log-keep-files", env = "HEADWATER_ACCESS_LOG_KEEP_FILES", default_value_t = 48,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_files: u32,
+    /// How often records are sent to admin, in ms; 0: never (no access log
+    /// at all without `--access-log-dir` either).
+    #[arg(long = "access-log-ship-ms", env = "HEADWATER_ACCESS_LOG_SHIP_MS", default_value_t = 1000)]
+    pub ship_ms: u64,
+    /// Keep only the client's network: an IPv4 /24, an IPv6 /48 (privacy).
+    #[arg(long = "access-log-truncate-clients", env = "HEADWATER_ACCESS_LOG_TRUNCATE_CLIENTS")]
+    pub truncate_clients: bool,
+}
+
+impl Default for AccessLogArgs {
+    fn default() -> Self {
+        Self { dir: None, keep_files: 48, ship_ms: 1000, truncate_clients: false }
+    }
 }
 
 /// Runs a router on `listener` (and over TLS on `tls`) until `shutdown`, then drains.
@@ -147,7 +176,26 @@ pub async fn serve(
             shutdown.clone(),
         )));
     }
+    let access_log = if cfg.access_log.dir.is_some() || cfg.access_log.ship_ms > 0 {
+        let options = access_log::Options {
+            dir: cfg.access_log.dir.clone(),
+            keep_files: usize::try_from(cfg.access_log.keep_files).unwrap_or(48),
+            ship_every: Duration::from_millis(cfg.access_log.ship_ms),
+            truncate_clients: cfg.access_log.truncate_clients,
+        };
+        let dropped = prometheus::IntCounter::new(
+            "access_records_dropped_total",
+            "access records dropped (queue full, or admin away too long)",
+        )?;
+        let (log, task) = access_log::start(options, admin.clone(), &name, dropped, shutdown.clone())
+            .context("starting the access log")?;
+        followers.push(task);
+        Some(log)
+    } else {
+        None
+    };
     let options = Options {
+        access_log,
         mode: cfg.mode,
         domain: cfg.domain.clone(),
         source_ip: cfg.source_ip,

@@ -23,7 +23,9 @@ use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, In
 use rustls::pki_types::ServerName;
 
 use crate::Mode;
+use crate::access_log::AccessLog;
 use crate::table::Shared;
+use headwater_protocol::AccessRecord;
 
 pub type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -114,6 +116,8 @@ pub struct Options {
     pub metrics_token: Option<String>,
     /// The router's certificate of the node CA, for nodes that serve mutual TLS.
     pub credentials: Option<Arc<headwater_serve::mtls::Credentials>>,
+    /// Where a record of each player request goes (none: not logged).
+    pub access_log: Option<AccessLog>,
 }
 
 pub struct Router {
@@ -131,6 +135,30 @@ pub struct Router {
     pruned: AtomicU64,
     sending: Arc<Mutex<Sending>>,
     metrics: Metrics,
+    access_log: Option<AccessLog>,
+}
+
+/// The node that answered a response, for its access record.
+#[derive(Debug, Clone, Copy)]
+struct AnsweredBy(Option<uuid::Uuid>);
+
+/// A request's access record, finished and handed to the log when its body
+/// is done (or the player left).
+struct Pending {
+    log: AccessLog,
+    record: Option<AccessRecord>,
+    started: Instant,
+    bytes: u64,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.record.take() {
+            r.bytes = self.bytes;
+            r.duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.log.record(r);
+        }
+    }
 }
 
 /// Responses being sent (awaiting headers or streaming the body), per account
@@ -257,7 +285,7 @@ impl Router {
     }
 
     pub fn new(table: Arc<Shared>, options: Options) -> Result<Self, prometheus::Error> {
-        let Options { mode, domain, source_ip, metrics_token, credentials } = options;
+        let Options { mode, domain, source_ip, metrics_token, credentials, access_log } = options;
         let client = RwLock::new((0, Arc::new(node_client(&table, source_ip, credentials.as_ref()))));
         Ok(Self {
             table,
@@ -270,7 +298,14 @@ impl Router {
             nodes: Mutex::default(),
             pruned: AtomicU64::new(0),
             sending: Arc::default(),
-            metrics: Metrics::new()?,
+            metrics: {
+                let m = Metrics::new()?;
+                if let Some(log) = &access_log {
+                    m.registry.register(Box::new(log.dropped()))?;
+                }
+                m
+            },
+            access_log,
         })
     }
 
@@ -423,17 +458,51 @@ impl Router {
         let label = if known { account.as_str() } else { UNKNOWN };
         let metrics = self.metrics.account(label);
         let started = Instant::now();
+        let at_ms = now_ms();
         let res = self.route(&table, &metrics, peer, &req, &account, &path_and_query).await;
         metrics.latency.observe(started.elapsed().as_secs_f64());
         self.metrics.requests.with_label_values(&[label, res.status().as_str()]).inc();
         let (mut parts, body) = res.into_parts();
         // The account's CORS policy, whatever the node said.
         headwater_serve::cors_for(&mut parts.headers, allowed, origin);
+        let record = match &self.access_log {
+            Some(log) if known => Some(Pending {
+                log: log.clone(),
+                record: Some(AccessRecord {
+                    at_ms,
+                    path: crate::access_log::clip(&logged_path(&account, &path_and_query), 4096),
+                    account,
+                    method: crate::access_log::clip(req.method().as_str(), 16),
+                    status: parts.status.as_u16(),
+                    bytes: 0,
+                    duration_ms: 0,
+                    client: log.client(peer.ip()),
+                    user_agent: req
+                        .headers()
+                        .get(header::USER_AGENT)
+                        .and_then(|v| v.to_str().ok())
+                        .map(|ua| crate::access_log::clip(ua, 1024)),
+                    node: parts.extensions.get::<AnsweredBy>().and_then(|a| a.0),
+                    cache_hit: parts
+                        .headers
+                        .get(headwater_protocol::CACHE_HEADER)
+                        .map(|v| v.as_bytes().eq_ignore_ascii_case(b"hit")),
+                    source: log.source(),
+                }),
+                started,
+                bytes: 0,
+            }),
+            _ => None,
+        };
         let bytes = metrics.bytes.clone();
+        let mut record = record;
         let body = body
             .map_frame(move |f| {
                 if let Some(d) = f.data_ref() {
                     bytes.inc_by(d.len() as u64);
+                    if let Some(r) = &mut record {
+                        r.bytes += d.len() as u64;
+                    }
                 }
                 f
             })
@@ -519,6 +588,7 @@ impl Router {
                         parts.headers.remove(h);
                     }
                     parts.headers.insert(header::VIA, HeaderValue::from_static("1.1 headwater-router"));
+                    parts.extensions.insert(AnsweredBy(table.ids.get(&node).copied()));
                     let resume = Resume::plan(&method, &parts, path, headers, order.collect());
                     let body = match resume {
                         Some(r) => resumable(self.clone(), metrics.clone(), body, r),
@@ -538,6 +608,15 @@ impl Router {
         }
         problem(StatusCode::BAD_GATEWAY, "no-node-answered", "every node of the account failed")
     }
+}
+
+/// The path under the account as the access log keeps it: no query, no
+/// playback token (it is a credential).
+fn logged_path(account: &str, path_and_query: &str) -> String {
+    let path = path_and_query.split_once('?').map_or(path_and_query, |(p, _)| p);
+    let (_, unsigned) = headwater_playback::split(path);
+    let under = unsigned.trim_start_matches('/');
+    under.strip_prefix(account).and_then(|r| r.strip_prefix('/')).unwrap_or(under).to_owned()
 }
 
 /// The headers sent to a node for a player's request: the player's, less those of
@@ -694,7 +773,14 @@ fn choose(loads: &[(u64, u64)], seed: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::choose;
+    use super::{choose, logged_path};
+
+    #[test]
+    fn the_logged_path_has_no_token_and_no_query() {
+        assert_eq!(logged_path("ana", "/ana/demo/hls/master.m3u8?x=1"), "demo/hls/master.m3u8");
+        assert_eq!(logged_path("ana", "/ana/~hw1.k.1.p.i.sig/demo/seg.ts"), "demo/seg.ts");
+        assert_eq!(logged_path("ana", "/ana/~asset/a.ts"), "~asset/a.ts");
+    }
 
     #[test]
     fn framing_and_connection_headers_are_rebuilt_not_copied() {
@@ -740,6 +826,7 @@ mod tests {
                 domains: Default::default(),
                 tls_nodes: Default::default(),
                 plain: Default::default(),
+                ids: Default::default(),
                 node_ca: None,
             }
         };

@@ -55,6 +55,8 @@ pub struct Table {
     pub tls_nodes: HashMap<String, uuid::Uuid>,
     /// The plain `host:port` of each entry of `nodes` (redirects send players there).
     pub plain: HashMap<String, String>,
+    /// The node behind each entry of `nodes` (access records name it).
+    pub ids: HashMap<String, uuid::Uuid>,
     /// The node CA's generation (see `identity`).
     pub node_ca: Option<String>,
 }
@@ -81,7 +83,7 @@ impl Table {
     fn of(t: RoutingTable, mtls: bool) -> Self {
         let nodes = t.accounts.values().flat_map(|r| r.nodes.iter().map(|n| (n.id, n.address.clone()))).collect();
         let domains = domains(&t);
-        let (mut tls_nodes, mut plain) = (HashMap::new(), HashMap::new());
+        let (mut tls_nodes, mut plain, mut ids) = (HashMap::new(), HashMap::new(), HashMap::new());
         let mut upstream = |n: &headwater_protocol::RouteNode| -> String {
             let url = match (&n.tls_address, mtls) {
                 (Some(tls), true) => {
@@ -91,6 +93,7 @@ impl Table {
                 _ => format!("http://{}", n.address),
             };
             plain.insert(url.clone(), n.address.clone());
+            ids.insert(url.clone(), n.id);
             url
         };
         let accounts = t
@@ -111,7 +114,17 @@ impl Table {
                 )
             })
             .collect();
-        Table { version: t.version, digest: t.digest, accounts, nodes, domains, tls_nodes, plain, node_ca: t.node_ca }
+        Table {
+            version: t.version,
+            digest: t.digest,
+            accounts,
+            nodes,
+            domains,
+            tls_nodes,
+            plain,
+            ids,
+            node_ca: t.node_ca,
+        }
     }
 }
 

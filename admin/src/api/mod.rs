@@ -1,6 +1,7 @@
 //! The provisioning REST API (v1). The stack in [`router`] reads top to bottom in
 //! the order a request meets it.
 
+mod access_logs;
 mod accounts;
 mod assets;
 pub mod auth;
@@ -132,6 +133,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(accounts::deactivate))
         .routes(routes!(accounts::reactivate))
         .routes(routes!(usage::usage))
+        .routes(routes!(access_logs::list))
         .routes(routes!(playback::get_policy, playback::set_policy))
         .routes(routes!(encryption::get_encryption, encryption::set_encryption))
         .routes(routes!(playback::create_key))
@@ -165,6 +167,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(nodes::routing))
         .routes(routes!(nodes::routing_stream))
         .routes(routes!(nodes::sightings))
+        .routes(routes!(access_logs::ingest))
         .routes(routes!(operator::list_allocations))
         .routes(routes!(operator::list_events))
         .routes(routes!(watch::watch_events))

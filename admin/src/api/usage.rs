@@ -28,7 +28,9 @@ pub enum UsageFormat {
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     /// Start (RFC 3339), inclusive; default 24 hours before `to` (30 days for
-    /// `day`). Hours and days are widened to whole UTC hours and days.
+    /// `day`). Hours and days are widened to whole UTC hours and days; a range
+    /// of more than 10,080 windows is shortened at its start (the answer's
+    /// `from` says where it begins).
     #[param(format = DateTime)]
     pub from: Option<String>,
     /// End (RFC 3339), exclusive; default now.
@@ -36,8 +38,10 @@ pub struct UsageQuery {
     pub to: Option<String>,
     /// `minute` (the default: the minutes that served something), `hour` or
     /// `day` (every window of the range, those without traffic as 0).
+    #[param(inline)]
     pub granularity: Option<Granularity>,
     /// `json` (the default) or `csv`.
+    #[param(inline)]
     pub format: Option<UsageFormat>,
 }
 
@@ -142,14 +146,8 @@ pub async fn usage(
         return Err(ApiError::invalid("to", "must not be before from"));
     }
     let (from, to) = align(granularity, from, to);
-    let windows = (to - from).div_euclid(granularity.window_ms());
-    if windows > MAX_WINDOWS {
-        let g = granularity.name();
-        let detail = format!(
-            "at most {MAX_WINDOWS} windows of a {g} (this range has {windows}): narrow from and to, or ask for a coarser granularity"
-        );
-        return Err(ApiError::invalid("from", detail));
-    }
+    // At most MAX_WINDOWS windows: the latest ones.
+    let from = from.max(to - MAX_WINDOWS * granularity.window_ms());
     let minutes = s.store.usage(account.id, from, to).await?;
     let usage = Usage::of(account.name, granularity, rollup(&minutes, granularity, from, to, now));
     Ok(match q.format.unwrap_or_default() {

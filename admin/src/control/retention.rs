@@ -3,7 +3,8 @@
 //! releases its pool and removes its mapping and allocation rows, like
 //! `DELETE /v1/accounts/{name}`), and a released pool whose nodes have all stopped
 //! is removed with its node rows. Content and usage are kept; the ids of usage
-//! reports are forgotten after a day.
+//! reports and access log batches are forgotten after a day, access records
+//! after their retention.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,8 @@ pub struct Collector {
     pub clock: Arc<dyn Clock>,
     /// What `retain_until` is compared with (moved forward by tests with `--test-clock`).
     pub retention_clock: Arc<dyn Clock>,
+    /// Access records older than this are deleted.
+    pub access_log_retention_ms: i64,
     pub every: Duration,
 }
 
@@ -70,6 +73,8 @@ impl Collector {
         let now = self.clock.now_ms();
         let purged = self.store.purge_released_pools(now - MOVE_GRACE_MS, now).await?;
         self.store.forget_usage_reports(now - USAGE_REPORT_IDS_KEPT_MS).await?;
+        let old = self.retention_clock.now_ms() - self.access_log_retention_ms;
+        self.store.forget_access_logs(old, now - USAGE_REPORT_IDS_KEPT_MS).await?;
         self.store.forget_idempotency_keys(now - crate::store::IDEMPOTENCY_TTL_MS).await?;
         for pool in &purged {
             tracing::info!(%pool, "released pool deleted");

@@ -6,6 +6,7 @@
 //! no `Any` driver, no lost types. Migrations are embedded in the binary and run
 //! at start-up.
 
+mod access_logs;
 mod accounts;
 mod catalog;
 mod customers;
@@ -33,6 +34,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
+pub use access_logs::{AccessLogRow, AccessLogsRecorded};
 pub use accounts::{AccountChange, NewAccount};
 pub use catalog::{BUILTIN_TYPES, JIT_TYPE, OriginTypeSettings};
 pub use customers::{AccountLimits, QuotaOverrides, QuotaUse};
@@ -228,6 +230,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (17, "node ca", include_str!("../../../migrations/postgres/0017_node_ca.sql")),
     (18, "encryption", include_str!("../../../migrations/postgres/0018_encryption.sql")),
     (19, "dash encryption", include_str!("../../../migrations/postgres/0019_dash_encryption.sql")),
+    (20, "access logs", include_str!("../../../migrations/postgres/0020_access_logs.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -249,6 +252,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (17, "node ca", include_str!("../../../migrations/sqlite/0017_node_ca.sql")),
     (18, "encryption", include_str!("../../../migrations/sqlite/0018_encryption.sql")),
     (19, "dash encryption", include_str!("../../../migrations/sqlite/0019_dash_encryption.sql")),
+    (20, "access logs", include_str!("../../../migrations/sqlite/0020_access_logs.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

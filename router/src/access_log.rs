@@ -1,0 +1,280 @@
+//! Access logs: one JSON record per player request the router answered, kept
+//! off the serving path. A request hands its record to a bounded channel (when
+//! it is full the record is dropped and counted, never waited for); one task
+//! writes the records to a local file rotated every hour (tracing-appender)
+//! and sends them in batches to admin (`POST /v1/routing/access-logs`), which
+//! keeps them for the account's owner. A batch whose answer was lost is sent
+//! again with its id, and admin keeps it once.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use headwater_protocol::{AccessLogBatch, AccessRecord};
+use prometheus::IntCounter;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing_appender::rolling::{RollingFileAppender, Rotation};
+
+use crate::table::AdminApi;
+
+/// Records waiting for the writer; past this a request's record is dropped.
+const QUEUE: usize = 65_536;
+/// Records kept for admin while it cannot be reached; past this the oldest go.
+const UNSENT_MAX: usize = 200_000;
+/// Most records in one batch to admin (admin takes 2000).
+const BATCH_MAX: usize = 2_000;
+/// A batch stops growing past this much JSON (admin's body limit is 1 MiB).
+const BATCH_BYTES: usize = 512 * 1024;
+
+/// About how long `r` is as JSON (its strings, escapes aside, and the rest).
+fn json_size(r: &AccessRecord) -> usize {
+    let strings = [&r.account, &r.path, &r.method, &r.client, &r.source].iter().map(|s| s.len()).sum::<usize>();
+    strings + r.user_agent.as_ref().map_or(0, String::len) + 220
+}
+
+/// Where and how the router writes its access log.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The folder of the rotating files (`access.{date-hour}.jsonl`); none: no file.
+    pub dir: Option<PathBuf>,
+    /// Hourly files kept.
+    pub keep_files: usize,
+    /// How often records go to admin; zero: never.
+    pub ship_every: Duration,
+    /// Zero the client address's last octet (IPv4) or all but its /48 (IPv6).
+    pub truncate_clients: bool,
+}
+
+/// A request's way into the access log; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AccessLog {
+    tx: mpsc::Sender<AccessRecord>,
+    dropped: IntCounter,
+    truncate: bool,
+    source: std::sync::Arc<str>,
+}
+
+impl AccessLog {
+    /// Queues a record; never waits (a full queue drops it, counted).
+    pub fn record(&self, r: AccessRecord) {
+        if self.tx.try_send(r).is_err() {
+            self.dropped.inc();
+        }
+    }
+
+    /// The client address as the log keeps it.
+    pub fn client(&self, ip: IpAddr) -> String {
+        if self.truncate { truncate(ip).to_string() } else { ip.to_string() }
+    }
+
+    /// Records dropped: the queue was full, or admin unreachable too long.
+    pub fn dropped(&self) -> IntCounter {
+        self.dropped.clone()
+    }
+
+    /// Who writes the records (`router:{name}`).
+    pub fn source(&self) -> String {
+        self.source.to_string()
+    }
+}
+
+/// `s` cut to at most `max` characters: admin keeps a path of 4096, a user
+/// agent of 1024, a method of 16.
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => s[..end].to_owned(),
+        None => s.to_owned(),
+    }
+}
+
+/// `ip` with its host part zeroed: a /24 of IPv4, a /48 of IPv6.
+pub fn truncate(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => ipnet::Ipv4Net::new(a, 24).map_or(ip, |n| IpAddr::V4(n.network())),
+        IpAddr::V6(a) => ipnet::Ipv6Net::new(a, 48).map_or(ip, |n| IpAddr::V6(n.network())),
+    }
+}
+
+/// Starts the writer: the handle requests log through, and the task (it
+/// flushes the file and sends what is left when `stop` is cancelled).
+pub fn start(
+    options: Options,
+    admin: AdminApi,
+    name: &str,
+    dropped: IntCounter,
+    stop: CancellationToken,
+) -> anyhow::Result<(AccessLog, tokio::task::JoinHandle<()>)> {
+    let file = match &options.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            let appender = RollingFileAppender::builder()
+                .rotation(Rotation::HOURLY)
+                .filename_prefix("access")
+                .filename_suffix("jsonl")
+                .max_log_files(options.keep_files.max(1))
+                .build(dir)?;
+            Some(std::io::BufWriter::with_capacity(256 * 1024, appender))
+        }
+        None => None,
+    };
+    let http = admin.client(|b| b.timeout(Duration::from_secs(10)))?;
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let log = AccessLog {
+        tx,
+        dropped: dropped.clone(),
+        truncate: options.truncate_clients,
+        source: format!("router:{name}").into(),
+    };
+    let writer = Writer {
+        file,
+        http,
+        url: admin.url("/v1/routing/access-logs"),
+        token: admin.token,
+        unsent: VecDeque::new(),
+        in_flight: None,
+        dropped,
+    };
+    let task = tokio::spawn(writer.run(rx, options.ship_every, stop));
+    Ok((log, task))
+}
+
+struct Writer {
+    file: Option<std::io::BufWriter<RollingFileAppender>>,
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    /// Records not yet in a batch admin took.
+    unsent: VecDeque<AccessRecord>,
+    /// The batch sent last and not yet taken: sent again as it is.
+    in_flight: Option<AccessLogBatch>,
+    dropped: IntCounter,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<AccessRecord>, ship_every: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(if ship_every.is_zero() { Duration::from_secs(1) } else { ship_every });
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut got = Vec::with_capacity(1024);
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut got, 1024) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.take(&mut got, !ship_every.is_zero());
+                }
+                _ = tick.tick() => {
+                    self.flush();
+                    if !ship_every.is_zero() {
+                        self.ship().await;
+                    }
+                }
+                _ = stop.cancelled() => {
+                    // What was queued before the stop, then one last send.
+                    while let Ok(r) = rx.try_recv() {
+                        got.push(r);
+                    }
+                    self.take(&mut got, !ship_every.is_zero());
+                    break;
+                }
+            }
+        }
+        self.flush();
+        if !ship_every.is_zero() {
+            self.ship().await;
+        }
+    }
+
+    /// Writes `got` to the file and keeps it for admin.
+    fn take(&mut self, got: &mut Vec<AccessRecord>, keep: bool) {
+        if let Some(f) = &mut self.file {
+            for r in got.iter() {
+                let line = serde_json::to_writer(&mut *f, r).map_err(std::io::Error::from);
+                if line.and_then(|()| f.write_all(b"\n")).is_err() {
+                    tracing::warn!("the access log file cannot be written");
+                    break;
+                }
+            }
+        }
+        if keep {
+            self.unsent.extend(got.drain(..));
+            while self.unsent.len() > UNSENT_MAX {
+                self.unsent.pop_front();
+                self.dropped.inc();
+            }
+        } else {
+            got.clear();
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(f) = &mut self.file
+            && let Err(e) = f.flush()
+        {
+            tracing::warn!(error = %e, "the access log file cannot be written");
+        }
+    }
+
+    /// Sends batches until none is left or admin does not take one.
+    async fn ship(&mut self) {
+        loop {
+            let batch = match self.in_flight.take() {
+                Some(b) => b,
+                None if self.unsent.is_empty() => return,
+                None => {
+                    // At most BATCH_MAX records and about BATCH_BYTES of JSON.
+                    let (mut n, mut size) = (0, 0);
+                    while n < self.unsent.len().min(BATCH_MAX) && (n == 0 || size < BATCH_BYTES) {
+                        size += json_size(&self.unsent[n]);
+                        n += 1;
+                    }
+                    AccessLogBatch { id: uuid::Uuid::now_v7(), records: self.unsent.drain(..n).collect() }
+                }
+            };
+            match self.http.post(&self.url).bearer_auth(&self.token).json(&batch).send().await {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r)
+                    if r.status().is_client_error()
+                        && !matches!(
+                            r.status(),
+                            reqwest::StatusCode::TOO_MANY_REQUESTS | reqwest::StatusCode::REQUEST_TIMEOUT
+                        ) =>
+                {
+                    // Admin will never take it: kept in the file only.
+                    tracing::warn!(status = %r.status(), records = batch.records.len(), "admin refused access records");
+                }
+                Ok(r) => {
+                    tracing::debug!(status = %r.status(), "sending access records");
+                    self.in_flight = Some(batch);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "sending access records");
+                    self.in_flight = Some(batch);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clipped_fields_end_on_a_character() {
+        assert_eq!(clip("abcdef", 4), "abcd");
+        assert_eq!(clip("ééé", 2), "éé");
+        assert_eq!(clip("ab", 4), "ab");
+    }
+
+    #[test]
+    fn truncated_clients_keep_their_network_only() {
+        assert_eq!(truncate("192.0.2.77".parse().unwrap()).to_string(), "192.0.2.0");
+        assert_eq!(truncate("2001:db8:1234:5678::9".parse().unwrap()).to_string(), "2001:db8:1234::");
+    }
+}
