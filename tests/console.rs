@@ -3,8 +3,8 @@
 //! `headwater up --demo`: a wrong key shows the problem's detail, a customer
 //! sees the demo accounts, plays a locator, sees its usage, uploads an asset
 //! with a progress bar, changes an offer and sees its steps live; the key is in
-//! no URL and no storage; an operator sees a node killed here fail, in the
-//! nodes table and the live events feed. Screenshots go to
+//! no URL, no storage and no access log; an operator sees a node killed here
+//! fail, in the nodes table and the live events feed. Screenshots go to
 //! `$CARGO_TARGET_DIR/console-screenshots` (or `target/`).
 
 mod support;
@@ -96,4 +96,24 @@ async fn the_console_serves_customers_and_operators_in_chromium() {
     assert_eq!(r["killed_state"], "failed", "{r}");
     assert_eq!(r["player_bytes"], r["usage_bytes"], "{r}");
     assert!(!r.to_string().contains(support::secret_of(&key)), "{r}");
+
+    // Nor is it in an access log: the router's files and admin's copy.
+    let secret = support::secret_of(&key);
+    let files: String = std::fs::read_dir(data.path().join("access-logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(files.contains("demo/hls/master.m3u8"), "the browser's requests are in the router's files");
+    assert!(!files.contains(secret));
+    let logs = http
+        .get(format!("{admin}/v1/accounts/demo-trial/logs?limit=500"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(logs.contains("demo/hls/master.m3u8") && !logs.contains(secret), "{logs}");
 }

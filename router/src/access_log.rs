@@ -130,9 +130,7 @@ pub fn start(
     };
     let writer = Writer {
         file,
-        http,
-        url: admin.url("/v1/routing/access-logs"),
-        token: admin.token,
+        shipper: Shipper { http, url: admin.url("/v1/routing/access-logs"), token: admin.token },
         unsent: VecDeque::new(),
         in_flight: None,
         dropped,
@@ -141,50 +139,115 @@ pub fn start(
     Ok((log, task))
 }
 
-struct Writer {
-    file: Option<std::io::BufWriter<RollingFileAppender>>,
+/// Sends one batch to admin.
+#[derive(Clone)]
+struct Shipper {
     http: reqwest::Client,
     url: String,
     token: String,
-    /// Records not yet in a batch admin took.
+}
+
+/// What admin made of a batch.
+enum Shipped {
+    Taken,
+    /// Never to be taken (a 4xx other than 408 and 429): kept in the file only.
+    Refused,
+    /// Admin unreachable, busy or failing: sent again.
+    Again(AccessLogBatch),
+}
+
+impl Shipper {
+    async fn send(self, batch: AccessLogBatch) -> Shipped {
+        match self.http.post(&self.url).bearer_auth(&self.token).json(&batch).send().await {
+            Ok(r) if r.status().is_success() => Shipped::Taken,
+            Ok(r)
+                if r.status().is_client_error()
+                    && !matches!(
+                        r.status(),
+                        reqwest::StatusCode::TOO_MANY_REQUESTS | reqwest::StatusCode::REQUEST_TIMEOUT
+                    ) =>
+            {
+                tracing::warn!(status = %r.status(), records = batch.records.len(), "admin refused access records");
+                Shipped::Refused
+            }
+            Ok(r) => {
+                tracing::debug!(status = %r.status(), "sending access records");
+                Shipped::Again(batch)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "sending access records");
+                Shipped::Again(batch)
+            }
+        }
+    }
+}
+
+struct Writer {
+    file: Option<std::io::BufWriter<RollingFileAppender>>,
+    shipper: Shipper,
+    /// Records not yet in a batch.
     unsent: VecDeque<AccessRecord>,
-    /// The batch sent last and not yet taken: sent again as it is.
+    /// A batch admin did not take: sent again as it is (same id).
     in_flight: Option<AccessLogBatch>,
     dropped: IntCounter,
 }
 
 impl Writer {
+    /// Takes records as they come and writes them to the file; sends batches
+    /// one at a time in a task of their own (the next as soon as one is taken,
+    /// a failed one again at the next tick), so a slow admin never holds up
+    /// the queue.
     async fn run(mut self, mut rx: mpsc::Receiver<AccessRecord>, ship_every: Duration, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(if ship_every.is_zero() { Duration::from_secs(1) } else { ship_every });
+        let ship = !ship_every.is_zero();
+        let mut tick = tokio::time::interval(if ship { ship_every } else { Duration::from_secs(1) });
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut got = Vec::with_capacity(1024);
+        let mut sending: Option<tokio::task::JoinHandle<Shipped>> = None;
         loop {
             tokio::select! {
                 n = rx.recv_many(&mut got, 1024) => {
                     if n == 0 {
                         break;
                     }
-                    self.take(&mut got, !ship_every.is_zero());
+                    self.take(&mut got, ship);
                 }
                 _ = tick.tick() => {
                     self.flush();
-                    if !ship_every.is_zero() {
-                        self.ship().await;
+                    if ship && sending.is_none() {
+                        sending = self.next_batch().map(|b| tokio::spawn(self.shipper.clone().send(b)));
+                    }
+                }
+                done = async { sending.as_mut().expect("guarded").await }, if sending.is_some() => {
+                    sending = None;
+                    match done {
+                        Ok(Shipped::Taken) => {
+                            sending = self.next_batch().map(|b| tokio::spawn(self.shipper.clone().send(b)));
+                        }
+                        Ok(Shipped::Again(b)) => self.in_flight = Some(b),
+                        Ok(Shipped::Refused) | Err(_) => {}
                     }
                 }
                 _ = stop.cancelled() => {
-                    // What was queued before the stop, then one last send.
+                    // What was queued before the stop.
                     while let Ok(r) = rx.try_recv() {
                         got.push(r);
                     }
-                    self.take(&mut got, !ship_every.is_zero());
+                    self.take(&mut got, ship);
                     break;
                 }
             }
         }
         self.flush();
-        if !ship_every.is_zero() {
-            self.ship().await;
+        // The batch on its way, then what is left, while admin takes them.
+        if let Some(h) = sending
+            && let Ok(Shipped::Again(b)) = h.await
+        {
+            self.in_flight = Some(b);
+        }
+        while ship && let Some(b) = self.next_batch() {
+            if !matches!(self.shipper.clone().send(b).await, Shipped::Taken) {
+                break;
+            }
         }
     }
 
@@ -218,46 +281,21 @@ impl Writer {
         }
     }
 
-    /// Sends batches until none is left or admin does not take one.
-    async fn ship(&mut self) {
-        loop {
-            let batch = match self.in_flight.take() {
-                Some(b) => b,
-                None if self.unsent.is_empty() => return,
-                None => {
-                    // At most BATCH_MAX records and about BATCH_BYTES of JSON.
-                    let (mut n, mut size) = (0, 0);
-                    while n < self.unsent.len().min(BATCH_MAX) && (n == 0 || size < BATCH_BYTES) {
-                        size += json_size(&self.unsent[n]);
-                        n += 1;
-                    }
-                    AccessLogBatch { id: uuid::Uuid::now_v7(), records: self.unsent.drain(..n).collect() }
-                }
-            };
-            match self.http.post(&self.url).bearer_auth(&self.token).json(&batch).send().await {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r)
-                    if r.status().is_client_error()
-                        && !matches!(
-                            r.status(),
-                            reqwest::StatusCode::TOO_MANY_REQUESTS | reqwest::StatusCode::REQUEST_TIMEOUT
-                        ) =>
-                {
-                    // Admin will never take it: kept in the file only.
-                    tracing::warn!(status = %r.status(), records = batch.records.len(), "admin refused access records");
-                }
-                Ok(r) => {
-                    tracing::debug!(status = %r.status(), "sending access records");
-                    self.in_flight = Some(batch);
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "sending access records");
-                    self.in_flight = Some(batch);
-                    return;
-                }
-            }
+    /// The batch to send next: the one admin did not take, else up to
+    /// BATCH_MAX records and about BATCH_BYTES of JSON.
+    fn next_batch(&mut self) -> Option<AccessLogBatch> {
+        if let Some(b) = self.in_flight.take() {
+            return Some(b);
         }
+        if self.unsent.is_empty() {
+            return None;
+        }
+        let (mut n, mut size) = (0, 0);
+        while n < self.unsent.len().min(BATCH_MAX) && (n == 0 || size < BATCH_BYTES) {
+            size += json_size(&self.unsent[n]);
+            n += 1;
+        }
+        Some(AccessLogBatch { id: uuid::Uuid::now_v7(), records: self.unsent.drain(..n).collect() })
     }
 }
 

@@ -465,7 +465,7 @@ impl Router {
         let (mut parts, body) = res.into_parts();
         // The account's CORS policy, whatever the node said.
         headwater_serve::cors_for(&mut parts.headers, allowed, origin);
-        let record = match &self.access_log {
+        let mut record = match &self.access_log {
             Some(log) if known => Some(Pending {
                 log: log.clone(),
                 record: Some(AccessRecord {
@@ -495,7 +495,6 @@ impl Router {
             _ => None,
         };
         let bytes = metrics.bytes.clone();
-        let mut record = record;
         let body = body
             .map_frame(move |f| {
                 if let Some(d) = f.data_ref() {
