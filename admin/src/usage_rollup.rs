@@ -100,8 +100,12 @@ fn mbps(bytes: i64, ms: i64) -> f64 {
 /// that have begun by `now` (a sample without traffic counts as 0).
 fn p95(minutes: &[UsageRow], start: UnixMs, end: UnixMs, now: UnixMs) -> f64 {
     let end = end.min(now.max(start));
+    if end <= start {
+        return 0.0;
+    }
+    // The samples `[start, end)` touches, each aligned to 5 minutes.
     let first = start.div_euclid(SAMPLE_MS);
-    let n = usize::try_from((end - start + SAMPLE_MS - 1).div_euclid(SAMPLE_MS)).unwrap_or(0);
+    let n = usize::try_from((end - 1).div_euclid(SAMPLE_MS) - first + 1).unwrap_or(0);
     if n == 0 {
         return 0.0;
     }
@@ -223,6 +227,15 @@ mod tests {
         // An hour still to come has no sample at all.
         let r = rollup(&[], Granularity::Hour, DAY + H, DAY + 2 * H, DAY);
         assert_eq!(r.windows[0].p95_mbps, Some(0.0));
+    }
+
+    #[test]
+    fn an_unaligned_range_counts_every_sample_it_touches() {
+        // 12:04 to 12:06 touches the samples of 12:00 and 12:05.
+        let at = DAY + 12 * H;
+        let minutes = [minute(at + 5 * MINUTE_MS, 37_500_000)];
+        let r = rollup(&minutes, Granularity::Minute, at + 4 * MINUTE_MS, at + 6 * MINUTE_MS, DAY + 48 * H);
+        assert_eq!(r.p95_mbps, 1.0);
     }
 
     #[test]

@@ -150,8 +150,8 @@ struct Shipper {
 /// What admin made of a batch.
 enum Shipped {
     Taken,
-    /// Never to be taken (a 4xx other than 408 and 429): kept in the file only.
-    Refused,
+    /// Never to be taken (400, 422): kept in the file only; this many records.
+    Refused(usize),
     /// Admin unreachable, busy or failing: sent again.
     Again(AccessLogBatch),
 }
@@ -160,18 +160,20 @@ impl Shipper {
     async fn send(self, batch: AccessLogBatch) -> Shipped {
         match self.http.post(&self.url).bearer_auth(&self.token).json(&batch).send().await {
             Ok(r) if r.status().is_success() => Shipped::Taken,
+            // Malformed for admin: it will never take this batch.
             Ok(r)
-                if r.status().is_client_error()
-                    && !matches!(
-                        r.status(),
-                        reqwest::StatusCode::TOO_MANY_REQUESTS | reqwest::StatusCode::REQUEST_TIMEOUT
-                    ) =>
+                if matches!(
+                    r.status(),
+                    reqwest::StatusCode::BAD_REQUEST | reqwest::StatusCode::UNPROCESSABLE_ENTITY
+                ) =>
             {
                 tracing::warn!(status = %r.status(), records = batch.records.len(), "admin refused access records");
-                Shipped::Refused
+                Shipped::Refused(batch.records.len())
             }
+            // Busy, failing, not yet upgraded (404), a token being rotated
+            // (401): sent again.
             Ok(r) => {
-                tracing::debug!(status = %r.status(), "sending access records");
+                tracing::warn!(status = %r.status(), "admin did not take access records; sending them again");
                 Shipped::Again(batch)
             }
             Err(e) => {
@@ -194,9 +196,9 @@ struct Writer {
 
 impl Writer {
     /// Takes records as they come and writes them to the file; sends batches
-    /// one at a time in a task of their own (the next as soon as one is taken,
-    /// a failed one again at the next tick), so a slow admin never holds up
-    /// the queue.
+    /// one at a time in a task of their own (one a tick, the next full one as
+    /// soon as one is taken, a failed one again at the next tick), so a slow
+    /// admin never holds up the queue.
     async fn run(mut self, mut rx: mpsc::Receiver<AccessRecord>, ship_every: Duration, stop: CancellationToken) {
         let ship = !ship_every.is_zero();
         let mut tick = tokio::time::interval(if ship { ship_every } else { Duration::from_secs(1) });
@@ -220,11 +222,16 @@ impl Writer {
                 done = async { sending.as_mut().expect("guarded").await }, if sending.is_some() => {
                     sending = None;
                     match done {
-                        Ok(Shipped::Taken) => {
+                        // A full batch waiting goes at once (a backlog drains
+                        // as fast as admin takes it); a partial one at the next
+                        // tick, so a quiet router sends one request a tick.
+                        Ok(Shipped::Taken) if self.unsent.len() >= BATCH_MAX => {
                             sending = self.next_batch().map(|b| tokio::spawn(self.shipper.clone().send(b)));
                         }
+                        Ok(Shipped::Taken) => {}
                         Ok(Shipped::Again(b)) => self.in_flight = Some(b),
-                        Ok(Shipped::Refused) | Err(_) => {}
+                        Ok(Shipped::Refused(n)) => self.dropped.inc_by(n as u64),
+                        Err(_) => {}
                     }
                 }
                 _ = stop.cancelled() => {

@@ -176,6 +176,7 @@ pub async fn serve(
             shutdown.clone(),
         )));
     }
+    let access_log_stop = CancellationToken::new();
     let access_log = if cfg.access_log.dir.is_some() || cfg.access_log.ship_ms > 0 {
         let options = access_log::Options {
             dir: cfg.access_log.dir.clone(),
@@ -187,7 +188,9 @@ pub async fn serve(
             "access_records_dropped_total",
             "access records dropped (queue full, or admin away too long)",
         )?;
-        let (log, task) = access_log::start(options, admin.clone(), &name, dropped, shutdown.clone())
+        // Stopped after the drain below, so the requests finished while
+        // draining are logged too.
+        let (log, task) = access_log::start(options, admin.clone(), &name, dropped, access_log_stop.clone())
             .context("starting the access log")?;
         followers.push(task);
         Some(log)
@@ -231,6 +234,7 @@ pub async fn serve(
         },
     )
     .await;
+    access_log_stop.cancel();
     for f in followers {
         let _ = f.await;
     }

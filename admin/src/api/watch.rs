@@ -93,6 +93,22 @@ pub struct EventsWatchQuery {
 /// Most events read at once.
 const EVENTS_BATCH: i64 = 200;
 
+/// How long a gap in the event ids is waited for before the events after it
+/// are sent. PostgreSQL hands a sequence's ids out at insert, not at commit, so
+/// a lower id can become visible after a higher one; a rolled-back insert
+/// leaves a gap that never fills.
+const GAP_WAIT: Duration = Duration::from_secs(2);
+
+/// How many of `ids` (ascending, all after `after`) may be sent now: those
+/// before the first gap in the ids after `after`, or all once the gap has
+/// been waited for.
+fn sendable(after: i64, ids: &[i64], gap_waited: bool) -> usize {
+    if gap_waited {
+        return ids.len();
+    }
+    ids.iter().zip(after.saturating_add(1)..).take_while(|(id, want)| **id == *want).count()
+}
+
 /// The audit trail as it is written: an event stream (`text/event-stream`) of
 /// `event` events, oldest first, each an `Event` as JSON with its id as the
 /// SSE `id:`, so a client that reconnects with `Last-Event-ID` (or `?after=`)
@@ -132,8 +148,10 @@ pub async fn watch_events(
         s: AppState,
         after: i64,
         ready: VecDeque<AuditEvent>,
+        /// Since when the next id has been missing while later ones are there.
+        gap_since: Option<tokio::time::Instant>,
     }
-    let start = Follow { s, after, ready: VecDeque::new() };
+    let start = Follow { s, after, ready: VecDeque::new(), gap_since: None };
     let events = futures_util::stream::unfold(start, |mut f| async move {
         loop {
             if let Some(e) = f.ready.pop_front() {
@@ -142,8 +160,20 @@ pub async fn watch_events(
             }
             match f.s.store.events_after(f.after, EVENTS_BATCH).await {
                 Ok(rows) if !rows.is_empty() => {
-                    f.after = rows.last().map_or(f.after, |r| r.id);
-                    f.ready.extend(rows.into_iter().map(AuditEvent::from));
+                    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                    let waited = f.gap_since.is_some_and(|t| t.elapsed() >= GAP_WAIT);
+                    let n = sendable(f.after, &ids, waited);
+                    if n < ids.len() {
+                        f.gap_since.get_or_insert_with(tokio::time::Instant::now);
+                    } else {
+                        f.gap_since = None;
+                    }
+                    if n == 0 {
+                        tokio::time::sleep(POLL).await;
+                        continue;
+                    }
+                    f.after = ids[n - 1];
+                    f.ready.extend(rows.into_iter().take(n).map(AuditEvent::from));
                 }
                 Ok(_) => tokio::time::sleep(POLL).await,
                 // The store failed: the stream ends and the watcher resumes
@@ -153,4 +183,19 @@ pub async fn watch_events(
         }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sendable;
+
+    #[test]
+    fn events_after_a_gap_wait_for_it_to_fill() {
+        assert_eq!(sendable(4, &[5, 6, 7], false), 3);
+        // 6 not yet committed: 5 goes, 7 waits.
+        assert_eq!(sendable(4, &[5, 7], false), 1);
+        assert_eq!(sendable(5, &[7, 8], false), 0);
+        // Waited long enough (a rolled-back insert): everything goes.
+        assert_eq!(sendable(5, &[7, 8], true), 2);
+    }
 }

@@ -36,6 +36,13 @@ impl Store {
     ) -> Result<AccessLogsRecorded> {
         on_pool!(self, |p| {
             let mut tx = p.begin_write().await?;
+            // Ids in commit order, as followers read `id > cursor`: PostgreSQL
+            // hands a sequence's ids out at insert, so two batches at once
+            // could commit a lower id after a higher one was read. (SQLite's
+            // write transactions are one at a time already.)
+            if matches!(self.backend, super::Backend::Postgres(_)) {
+                sqlx::query("SELECT pg_advisory_xact_lock(7401020)").execute(&mut *tx).await?;
+            }
             let fresh = sqlx::query(
                 "INSERT INTO access_log_batches (source, batch_id, received_at) VALUES ($1, $2, $3)
                  ON CONFLICT (source, batch_id) DO NOTHING",
