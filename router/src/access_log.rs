@@ -310,6 +310,78 @@ impl Writer {
 mod tests {
     use super::*;
 
+    /// A batch admin did not take goes again, with its id, so admin keeps it
+    /// once; the writer meanwhile keeps taking records.
+    #[tokio::test]
+    async fn a_batch_admin_did_not_take_is_sent_again_as_it_was() {
+        use http_body_util::{BodyExt, Full};
+        use std::sync::{Arc, Mutex};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<(u16, AccessLogBatch)>>> = Arc::default();
+        let server_seen = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let seen = server_seen.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let batch: AccessLogBatch = serde_json::from_slice(&body).unwrap();
+                            let mut seen = seen.lock().unwrap();
+                            // The first answer is lost to a failing admin.
+                            let status = if seen.is_empty() { 503 } else { 200 };
+                            seen.push((status, batch));
+                            let res = http::Response::builder().status(status).body(Full::new(bytes::Bytes::new()));
+                            Ok::<_, std::convert::Infallible>(res.unwrap())
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                });
+            }
+        });
+        let admin = AdminApi { base: format!("http://{addr}"), ca: None, token: "t".into() };
+        let options =
+            Options { dir: None, keep_files: 1, ship_every: Duration::from_millis(20), truncate_clients: false };
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let stop = CancellationToken::new();
+        let (log, task) = start(options, admin, "test", dropped.clone(), stop.clone()).unwrap();
+        let record = |path: &str| AccessRecord {
+            at_ms: 1,
+            account: "ana".into(),
+            path: path.into(),
+            method: "GET".into(),
+            status: 200,
+            bytes: 3,
+            duration_ms: 1,
+            client: log.client("192.0.2.7".parse().unwrap()),
+            user_agent: None,
+            node: None,
+            cache_hit: None,
+            source: log.source(),
+        };
+        log.record(record("a.ts"));
+        log.record(record("b.ts"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !seen.lock().unwrap().iter().any(|(s, _)| *s == 200) {
+            assert!(tokio::time::Instant::now() < deadline, "never sent again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        task.await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "one refusal, one resend, nothing else");
+        assert_eq!(seen[0].1, seen[1].1, "the same batch, id and records");
+        let paths: Vec<&str> = seen[1].1.records.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["a.ts", "b.ts"]);
+        assert_eq!(seen[1].1.records[0].source, "router:test");
+        assert_eq!(dropped.get(), 0);
+    }
+
     #[test]
     fn clipped_fields_end_on_a_character() {
         assert_eq!(clip("abcdef", 4), "abcd");
