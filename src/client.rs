@@ -558,6 +558,22 @@ async fn follow_events(c: &Client, mut after: i64, json_out: bool) -> Result<(),
     }
 }
 
+/// `/v1/{segments}?{query}`, each segment and value percent-encoded; a pair
+/// without a value is left out.
+fn api_path(segments: &[&str], query: &[(&str, Option<&str>)]) -> Result<String, Failure> {
+    let mut url = reqwest::Url::parse("http://admin/v1").map_err(|e| Failure::Transport(e.to_string()))?;
+    url.path_segments_mut().map_err(|()| Failure::Transport("a URL".into()))?.extend(segments);
+    for (k, v) in query {
+        if let Some(v) = v {
+            url.query_pairs_mut().append_pair(k, v);
+        }
+    }
+    Ok(match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    })
+}
+
 fn opt_mbps(pairs: &[(&str, Option<u32>)]) -> Value {
     Value::Object(pairs.iter().filter_map(|(k, v)| v.map(|v| ((*k).to_owned(), json!(v)))).collect())
 }
@@ -755,16 +771,17 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
             let c = Client::new(conn)?;
             let v = match cmd {
                 OperationsCmd::List { state, kind, account, origin_type, limit } => {
-                    let mut url = reqwest::Url::parse("http://admin/v1/operations")
-                        .map_err(|e| Failure::Transport(e.to_string()))?;
-                    url.query_pairs_mut().append_pair("limit", &limit.to_string());
-                    for (k, v) in [("state", state), ("kind", kind), ("account", account), ("origin_type", origin_type)]
-                    {
-                        if let Some(v) = v {
-                            url.query_pairs_mut().append_pair(k, &v);
-                        }
-                    }
-                    let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+                    let limit = limit.to_string();
+                    let path = api_path(
+                        &["operations"],
+                        &[
+                            ("limit", Some(&limit)),
+                            ("state", state.as_deref()),
+                            ("kind", kind.as_deref()),
+                            ("account", account.as_deref()),
+                            ("origin_type", origin_type.as_deref()),
+                        ],
+                    )?;
                     let v = c.call(Method::GET, &path, None, false).await?;
                     if !json_out {
                         let rows = v["items"]
@@ -798,27 +815,20 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
         ClientCommand::Usage { account, granularity, from, to, csv, conn } => {
             let json_out = conn.json;
             let c = Client::new(conn)?;
-            let mut url =
-                reqwest::Url::parse("http://admin/v1/accounts/").map_err(|e| Failure::Transport(e.to_string()))?;
-            url.path_segments_mut()
-                .map_err(|()| Failure::Transport("a URL".into()))?
-                .pop_if_empty()
-                .extend([account.as_str(), "usage"]);
             let g = match granularity {
                 GranularityArg::Minute => "minute",
                 GranularityArg::Hour => "hour",
                 GranularityArg::Day => "day",
             };
-            url.query_pairs_mut().append_pair("granularity", g);
-            for (k, v) in [("from", from), ("to", to)] {
-                if let Some(v) = v {
-                    url.query_pairs_mut().append_pair(k, &v);
-                }
-            }
-            if csv {
-                url.query_pairs_mut().append_pair("format", "csv");
-            }
-            let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+            let path = api_path(
+                &["accounts", &account, "usage"],
+                &[
+                    ("granularity", Some(g)),
+                    ("from", from.as_deref()),
+                    ("to", to.as_deref()),
+                    ("format", csv.then_some("csv")),
+                ],
+            )?;
             let v = c.call(Method::GET, &path, None, false).await?;
             match v {
                 Value::String(text) if csv => print!("{text}"),
@@ -855,19 +865,11 @@ async fn execute(cmd: ClientCommand) -> Result<(), Failure> {
             let c = Client::new(conn)?;
             let mut cursor = 0i64;
             loop {
-                let mut url =
-                    reqwest::Url::parse("http://admin/v1/accounts/").map_err(|e| Failure::Transport(e.to_string()))?;
-                url.path_segments_mut()
-                    .map_err(|()| Failure::Transport("a URL".into()))?
-                    .pop_if_empty()
-                    .extend([account.as_str(), "logs"]);
-                url.query_pairs_mut()
-                    .append_pair("limit", &limit.to_string())
-                    .append_pair("cursor", &cursor.to_string());
-                if let Some(since) = &since {
-                    url.query_pairs_mut().append_pair("since", since);
-                }
-                let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+                let (l, after) = (limit.to_string(), cursor.to_string());
+                let path = api_path(
+                    &["accounts", &account, "logs"],
+                    &[("limit", Some(&l)), ("cursor", Some(&after)), ("since", since.as_deref())],
+                )?;
                 let page = c.call(Method::GET, &path, None, false).await?;
                 let items = page["items"].as_array().cloned().unwrap_or_default();
                 for r in &items {

@@ -167,6 +167,8 @@ async fn the_router_logs_each_request_for_the_accounts_owner() {
     expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some("limit")).await;
     let res = logs(operator.clone(), "?limit=1").await;
     assert_eq!(res.status(), StatusCode::OK, "the operator reads any account's");
+    let by_operator: Value = res.json().await.unwrap();
+    assert_eq!(by_operator["items"][0], first["items"][0], "the same records as the owner's");
 
     // `headwater logs --follow` prints what is kept, then each new request.
     let mut follow = tokio::process::Command::new(support::BIN)
