@@ -1,7 +1,9 @@
 //! Access logs: the router writes a record per player request it answered, to
 //! its hourly file and in batches to admin, where the account's owner (and no
-//! one else) reads them, pages them and follows them from the CLI; a batch sent
-//! twice is kept once, and records go when their retention is over.
+//! one else) reads them, pages them and follows them from the CLI; in redirect
+//! mode the node the player is sent to writes them, and no request is logged
+//! twice; a batch sent twice is kept once, and records go when their retention
+//! is over.
 
 mod support;
 
@@ -194,6 +196,114 @@ async fn the_router_logs_each_request_for_the_accounts_owner() {
         }
     }
     follow.kill().await.unwrap();
+
+    // Redirect mode: a second router sends players to a node, which logs what
+    // it serves. The router logs none of its redirects.
+    const REDIRECTED: &str = "headwater-access-log-test/redirected";
+    let router_token = std::fs::read_to_string(data.path().join("router-token")).unwrap().trim().to_owned();
+    let (_redirect_router, lines) = support::start(
+        tokio::process::Command::new(support::BIN).args([
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-url",
+            &admin,
+            "--router-token",
+            &router_token,
+            "--mode",
+            "redirect",
+            "--name",
+            "redirect",
+        ]),
+        "headwater router listening on ",
+    )
+    .await;
+    let redirecting = value(&lines, "headwater router listening on ").to_owned();
+    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    support::wait_status(
+        &no_follow,
+        &format!("{redirecting}/demo-trial/demo/hls/master.m3u8"),
+        StatusCode::FOUND,
+        "the redirecting router's table",
+    )
+    .await;
+    let player = reqwest::Client::builder().user_agent(REDIRECTED).build().unwrap();
+    let mut redirected = Vec::new();
+    for (path, range) in [
+        ("demo/hls/master.m3u8", None),
+        ("demo/hls/360p/seg_002.ts", Some("bytes=0-499")),
+        ("demo/hls/missing.ts", None),
+    ] {
+        let mut req = player.get(format!("{redirecting}/demo-trial/{path}?session=def"));
+        if let Some(r) = range {
+            req = req.header("range", r);
+        }
+        let res = req.send().await.unwrap();
+        assert_ne!(res.url().as_str(), format!("{redirecting}/demo-trial/{path}?session=def"), "redirected");
+        let status = res.status().as_u16();
+        redirected.push(("GET".to_owned(), path.to_owned(), status, res.bytes().await.unwrap().len() as u64));
+    }
+    assert_eq!(redirected.iter().map(|r| r.2).collect::<Vec<_>>(), [200, 206, 404]);
+    // And once straight to every node of the pool, as a redirected player
+    // would: each node's writer sends its records in order, so once these are
+    // in, any record a node made of the proxied requests above would be too.
+    const DIRECT: &str = "headwater-access-log-test/direct";
+    let direct = reqwest::Client::builder().user_agent(DIRECT).build().unwrap();
+    let addresses: Vec<(String, String)> = nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["pool_id"] == account["pool"]["id"])
+        .map(|n| (n["id"].as_str().unwrap().to_owned(), n["address"].as_str().unwrap().to_owned()))
+        .collect();
+    for (_, address) in &addresses {
+        let res = direct.get(format!("http://{address}/demo-trial/demo/hls/master.m3u8")).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let all = loop {
+        let page: Value = logs(key.clone(), "?limit=500").await.json().await.unwrap();
+        let all = page["items"].as_array().unwrap().clone();
+        let by = |ua: &str| all.iter().filter(|r| r["user_agent"] == ua).count();
+        if by(REDIRECTED) >= redirected.len() && by(DIRECT) >= addresses.len() {
+            break all;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the nodes' records never reached admin: {page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let of = |ua: &str| all.iter().filter(|r| r["user_agent"] == ua).cloned().collect::<Vec<Value>>();
+    let fields = |r: &Value| {
+        (
+            r["method"].as_str().unwrap().to_owned(),
+            r["path"].as_str().unwrap().to_owned(),
+            r["status"].as_u64().unwrap() as u16,
+            r["bytes"].as_u64().unwrap(),
+        )
+    };
+    let from_nodes = of(REDIRECTED);
+    // In the order they finished: a body's record is made when it is sent.
+    let mut got: Vec<_> = from_nodes.iter().map(fields).collect();
+    got.sort();
+    redirected.sort();
+    assert_eq!(got, redirected, "one record per request, with the bytes the player got: {from_nodes:#?}");
+    for r in &from_nodes {
+        let node = r["node"].as_str().unwrap();
+        assert!(pool_nodes.contains(&node), "{r}");
+        assert_eq!(r["source"], format!("node:{node}"), "the node that served it wrote it: {r}");
+        assert_eq!(r["client"], "127.0.0.1", "{r}");
+        assert!(!r.to_string().contains("session=def"), "no query: {r}");
+        assert_eq!(r["cache_hit"].is_boolean(), r["status"] != 404, "{r}");
+    }
+    let mut direct_nodes: Vec<String> = of(DIRECT).iter().map(|r| r["node"].as_str().unwrap().to_owned()).collect();
+    direct_nodes.sort();
+    let mut pool_ids: Vec<String> = addresses.iter().map(|(id, _)| id.clone()).collect();
+    pool_ids.sort();
+    assert_eq!(direct_nodes, pool_ids, "one record per node for the direct requests");
+    assert!(all.iter().all(|r| r["source"] != "router:redirect"), "the router logged a redirect");
+    // Never twice: the proxied requests are the router's records alone.
+    let proxied = of(UA);
+    assert!(proxied.iter().all(|r| r["source"].as_str().unwrap().starts_with("router:")), "{proxied:#?}");
+    assert_eq!(proxied.len(), sent.len() + 1, "the four requests and the followed one: {proxied:#?}");
 }
 
 /// A batch sent again (its answer lost) is kept once, a record of an account
@@ -205,7 +315,8 @@ async fn access_log_batches_are_kept_once_and_for_their_retention() {
         Admin::start(Backend::Sqlite, &["--test-clock", "--router-token", ROUTER, "--access-log-retention-hours", "1"])
             .await;
     let (_, key) = admin.sign_up("ana@example.com").await;
-    admin.account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
+    let ana_pool =
+        admin.account(&key, json!({"name": "ana-vod", "origin_type": "hls", "offer": {"kind": "payg"}})).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let record = |account: &str| {
         json!({"at_ms": now, "account": account, "path": "demo/a.ts", "method": "GET", "status": 200, "bytes": 10,
@@ -249,6 +360,36 @@ async fn access_log_batches_are_kept_once_and_for_their_retention() {
     expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", Some("records[1].status")).await;
     let page = admin.call(Method::GET, "/v1/accounts/ana-vod/logs", Some(&key), None, StatusCode::OK).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1, "nothing of the refused batch was kept: {page}");
+
+    // A node's batch: kept for accounts of its pool only, named as the node's
+    // whatever it says; another node's route is not its to call.
+    let (_, bo_key) = admin.sign_up("bo@example.com").await;
+    let bo_pool =
+        admin.account(&bo_key, json!({"name": "bo-vod", "origin_type": "dash", "offer": {"kind": "payg"}})).await;
+    assert_ne!(ana_pool, bo_pool, "the test needs two pools");
+    let (node, node_token) = admin.register_node(&ana_pool).await;
+    let (other_node, _) = admin.register_node(&bo_pool).await;
+    let mut claimed = record("ana-vod");
+    claimed["path"] = json!("demo/from-node.ts");
+    let batch = json!({"id": uuid::Uuid::now_v7(), "records": [claimed, record("bo-vod")]});
+    let from_node = admin
+        .call(Method::POST, &format!("/v1/nodes/{node}/access-logs"), Some(&node_token), Some(batch), StatusCode::OK)
+        .await;
+    assert_eq!(from_node, json!({"kept": 1, "refused": 1, "duplicate": false}), "bo-vod is another pool's");
+    let page = admin.call(Method::GET, "/v1/accounts/ana-vod/logs", Some(&key), None, StatusCode::OK).await;
+    let kept = page["items"].as_array().unwrap().iter().find(|r| r["path"] == "demo/from-node.ts").unwrap().clone();
+    assert_eq!((kept["node"].as_str(), kept["source"].clone()), (Some(node.as_str()), json!(format!("node:{node}"))));
+    let bo_page = admin.call(Method::GET, "/v1/accounts/bo-vod/logs", Some(&bo_key), None, StatusCode::OK).await;
+    assert_eq!(bo_page["items"], json!([]), "{bo_page}");
+    let res = admin
+        .request(
+            Method::POST,
+            &format!("/v1/nodes/{other_node}/access-logs"),
+            Some(&node_token),
+            Some(json!({"id": uuid::Uuid::now_v7(), "records": []})),
+        )
+        .await;
+    expect_problem(res, StatusCode::FORBIDDEN, "forbidden", None).await;
 
     // Two hours on, past the retention of one: gone.
     admin

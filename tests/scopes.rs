@@ -42,6 +42,7 @@ fn allowed(method: &str, path: &str) -> Option<&'static [Who]> {
         (_, p) if p.starts_with("/v1/accounts/{name}") => CALLER,
         ("get", "/v1/operations" | "/v1/operations/{id}" | "/v1/operations/{id}/watch") => CALLER,
         (_, "/v1/nodes/{id}/config" | "/v1/nodes/{id}/heartbeat" | "/v1/nodes/{id}/usage") => NODE,
+        (_, "/v1/nodes/{id}/access-logs") => NODE,
         (_, "/v1/nodes/{id}/certificate") => NODE,
         (_, "/v1/nodes/{id}/join") => JOINING,
         (

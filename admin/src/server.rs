@@ -72,6 +72,10 @@ pub struct AdminConfig {
     #[arg(long, env = "HEADWATER_ACCESS_LOG_RETENTION_HOURS", default_value_t = 168,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub access_log_retention_hours: u32,
+    /// The nodes admin runs keep only the client's network in their access
+    /// records: an IPv4 /24, an IPv6 /48 (routers take the same flag).
+    #[arg(long = "access-log-truncate-clients", env = "HEADWATER_ACCESS_LOG_TRUNCATE_CLIENTS")]
+    pub access_log_truncate_clients: bool,
     /// API requests per second per customer (all its keys together), node, or the
     /// operator (bursts to twice that).
     #[arg(long, env = "HEADWATER_RATE_LIMIT_PER_KEY", default_value = "20")]
@@ -397,6 +401,7 @@ impl Admin {
                     trusted_proxies: self.cfg.trusted_proxies.iter().map(ToString::to_string).collect(),
                     metrics_token: self.state.settings.metrics_token.clone(),
                     node_tls: self.cfg.node_tls,
+                    access_log_truncate_clients: self.cfg.access_log_truncate_clients,
                     admin_ca: match &self.cfg.node_admin_ca {
                         Some(p) => {
                             Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)

@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use headwater_content::{ContentError, ContentPath};
 use headwater_protocol::{PROBE_PREFIX, Packaging};
+use headwater_serve::access_log::{AccessLog, Entry, Pending};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -80,7 +81,64 @@ pub async fn answer(
     headwater_serve::cors_for(res.headers_mut(), allowed, headers.get(header::ORIGIN));
     res.headers_mut().insert("x-headwater-node", node.id_header.clone());
     node.metrics.latency.observe(started.elapsed().as_secs_f64());
+    if let Some(log) = &node.access_log
+        && let Some(a) = served.accounts.get(account)
+        && !via_router(peer, headers, &node.trusted_proxies)
+    {
+        log_answer(node, log, a.name.clone(), peer, method, path, headers, &mut res, started);
+    }
     res
+}
+
+/// The request came through a router, which logs it: over mutual TLS with a
+/// router's certificate, or from a router's address (a trusted proxy) with
+/// the router's `Via`.
+fn via_router(peer: Peer, headers: &HeaderMap, routers: &[ipnet::IpNet]) -> bool {
+    peer.router
+        || (headers.get(header::VIA).is_some_and(|v| v == headwater_protocol::ROUTER_VIA)
+            && routers.iter().any(|n| n.contains(&peer.addr.ip())))
+}
+
+/// Hands the access log the entry of an answer to a player: now for a small
+/// answer, when its body is done for content.
+#[allow(clippy::too_many_arguments)]
+fn log_answer(
+    node: &Node,
+    log: &AccessLog,
+    account: Arc<str>,
+    peer: Peer,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    res: &mut Response<Payload>,
+    started: Instant,
+) {
+    let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(0);
+    let (_, unsigned) = headwater_playback::split(path);
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let entry = Entry {
+        at_ms: now_ms() - elapsed,
+        path: headwater_serve::access_log::path_under(&account, &unsigned).to_owned(),
+        account,
+        method: method.clone(),
+        status: res.status().as_u16(),
+        bytes: 0,
+        duration_ms: 0,
+        client: node.client_ip(peer.addr.ip(), forwarded, peer.router),
+        user_agent: headers.get(header::USER_AGENT).cloned(),
+        node: Some(node.id),
+        cache_hit: res
+            .headers()
+            .get(headwater_protocol::CACHE_HEADER)
+            .map(|v| v.as_bytes().eq_ignore_ascii_case(b"hit")),
+    };
+    let mut pending = Pending::new(log.clone(), entry, started);
+    match res.body_mut() {
+        Payload::Content(sent, _) => sent.log = Some(Box::new(pending)),
+        // Sent with the head (nothing for HEAD): logged now.
+        Payload::Full(b) if method != Method::HEAD => pending.sent(b.len() as u64),
+        Payload::Full(_) => {}
+    }
 }
 
 async fn route(
@@ -341,13 +399,15 @@ pub struct Sent {
     bytes: u64,
     /// `bytes_total{account}`.
     counter: IntCounter,
+    /// The player's request in the access log, finished when this drops.
+    pub log: Option<Box<Pending>>,
 }
 
 impl Sent {
     fn new(node: Arc<Node>, account: Arc<str>, counted: bool, counter: IntCounter) -> Self {
         node.in_flight.fetch_add(1, Ordering::Relaxed);
         node.metrics.in_flight.inc();
-        Self { node, account, counted, bytes: 0, counter }
+        Self { node, account, counted, bytes: 0, counter, log: None }
     }
 
     /// Waits until the shaper lets bytes of a `want`-byte piece go and says how
@@ -370,6 +430,9 @@ impl Sent {
     pub fn record(&mut self, n: usize) {
         self.node.egress_bytes.fetch_add(n as u64, Ordering::Relaxed);
         self.bytes += n as u64;
+        if let Some(p) = &mut self.log {
+            p.sent(n as u64);
+        }
     }
 }
 
@@ -401,4 +464,26 @@ fn metrics(node: &Node) -> Response<Payload> {
     let mut res = full(buf);
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a router forwards is the router's to log; a player saying it is
+    /// a router is logged all the same.
+    #[test]
+    fn only_a_router_s_requests_go_unlogged() {
+        let routers: Vec<ipnet::IpNet> = vec!["127.0.0.2/32".parse().unwrap()];
+        let peer = |ip: &str, router: bool| Peer { addr: SocketAddr::new(ip.parse().unwrap(), 40000), router };
+        let mut via = HeaderMap::new();
+        via.insert(header::VIA, HeaderValue::from_static(headwater_protocol::ROUTER_VIA));
+        assert!(via_router(peer("127.0.0.2", false), &via, &routers), "a router's address and Via");
+        assert!(via_router(peer("192.0.2.9", true), &HeaderMap::new(), &routers), "a router's certificate");
+        assert!(!via_router(peer("127.0.0.1", false), &via, &routers), "Via from a player");
+        assert!(!via_router(peer("127.0.0.2", false), &HeaderMap::new(), &routers), "a router's address, no Via");
+        let mut other = HeaderMap::new();
+        other.insert(header::VIA, HeaderValue::from_static("1.1 some-cdn"));
+        assert!(!via_router(peer("127.0.0.2", false), &other, &routers), "another proxy's Via");
+    }
 }

@@ -117,6 +117,8 @@ pub struct OriginConfig {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
     #[command(flatten)]
+    pub access_log: headwater_serve::access_log::AccessLogArgs,
+    #[command(flatten)]
     pub tls: headwater_serve::tls::TlsArgs,
 }
 
@@ -141,12 +143,27 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
     node.packager =
         packaging::Packager::new(node.files.store().clone(), cfg.jit_cache_mib, headwater_jit::Settings::default());
     node.credentials = Some(credentials.clone());
+    let roots = headwater_serve::mtls::roots(cfg.admin_ca.as_deref()).context("--admin-ca")?;
+    let admin = report::Admin::new(&cfg.admin_url, roots, credentials.clone(), cfg.node_token.clone())?;
+    // The records of the requests the node answers players directly (a
+    // router's are the router's to log); stopped after the drain.
+    let access_log_stop = CancellationToken::new();
+    let access_log = if cfg.access_log.enabled() {
+        use headwater_serve::access_log;
+        let options = access_log::Options::new(&cfg.access_log, format!("node:{}", cfg.node_id));
+        let destination = report::AccessLogs::new(admin.clone(), cfg.node_id);
+        let dropped = node.metrics.access_records_dropped.clone();
+        let (log, task) = access_log::start(options, Arc::new(destination), dropped, access_log_stop.clone())
+            .context("starting the access log")?;
+        node.access_log = Some(log);
+        Some(task)
+    } else {
+        None
+    };
     let node = Arc::new(node);
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let public = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let roots = headwater_serve::mtls::roots(cfg.admin_ca.as_deref()).context("--admin-ca")?;
-    let admin = report::Admin::new(&cfg.admin_url, roots, credentials.clone(), cfg.node_token.clone())?;
     // The first certificate: by the join token, or (a registered node) by its token.
     match &cfg.join_token {
         Some(join) => admin.join(&node, join).await.context("joining admin")?,
@@ -216,6 +233,10 @@ pub async fn run(cfg: OriginConfig, shutdown: CancellationToken) -> anyhow::Resu
     let mut left = serving.await.unwrap_or(0);
     if let Some(t) = serving_tls {
         left += t.await.unwrap_or(0);
+    }
+    access_log_stop.cancel();
+    if let Some(t) = access_log {
+        let _ = t.await;
     }
     stop_reports.cancel();
     let _ = tokio::join!(hb, usage);

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub jit_bytes: IntGauge,
     pub latency: Histogram,
     pub in_flight: IntGauge,
+    /// Access records dropped (the writer's queue full, or admin away too long).
+    pub access_records_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -43,6 +45,10 @@ impl Metrics {
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
         )?;
         let in_flight = IntGauge::new("responses_in_flight", "responses being sent")?;
+        let access_records_dropped = IntCounter::new(
+            "access_records_dropped_total",
+            "access records dropped (queue full, or admin away too long)",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(throttled_seconds.clone()))?;
@@ -54,6 +60,7 @@ impl Metrics {
         registry.register(Box::new(jit_bytes.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(access_records_dropped.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -67,6 +74,7 @@ impl Metrics {
             jit_bytes,
             latency,
             in_flight,
+            access_records_dropped,
         })
     }
 }

@@ -110,6 +110,8 @@ pub struct Node {
     pub routers_only: bool,
     /// Its key and certificate of the node CA, and the CAs it trusts for routers.
     pub credentials: Option<Arc<headwater_serve::mtls::Credentials>>,
+    /// Where the records of players' requests it answers go (none: not logged).
+    pub access_log: Option<headwater_serve::access_log::AccessLog>,
 }
 
 impl Node {
@@ -147,6 +149,7 @@ impl Node {
             draining: AtomicBool::new(false),
             routers_only: false,
             credentials: None,
+            access_log: None,
             admin_ok: AtomicBool::new(false),
         }
     }

@@ -234,6 +234,32 @@ impl Admin {
     }
 }
 
+/// Admin as the node's access log sends to it: `POST /v1/nodes/{id}/access-logs`,
+/// with the node's credentials, to the replica in use.
+pub struct AccessLogs {
+    admin: Admin,
+    path: String,
+}
+
+impl AccessLogs {
+    pub fn new(admin: Admin, node: uuid::Uuid) -> Self {
+        Self { admin, path: format!("/v1/nodes/{node}/access-logs") }
+    }
+}
+
+impl headwater_serve::access_log::Destination for AccessLogs {
+    fn send<'a>(&'a self, batch: &'a headwater_protocol::AccessLogBatch) -> headwater_serve::access_log::Sending<'a> {
+        Box::pin(async move {
+            let http = self.admin.http();
+            match self.admin.send(|u| http.post(format!("{u}{}", self.path)).json(batch)).await {
+                Ok(res) => Ok(res.status().as_u16()),
+                Err(ReportError::Status(s)) => Ok(s.as_u16()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
+
 /// Fetches the node's own test content through its public listener.
 async fn self_probe(http: &reqwest::Client, public: &str) -> SelfProbe {
     let started = Instant::now();

@@ -373,6 +373,10 @@ pub struct AccessRecord {
     pub source: String,
 }
 
+/// The `Via` a router puts on what it forwards to a node: such a request is
+/// the router's to log, not the node's.
+pub const ROUTER_VIA: &str = "1.1 headwater-router";
+
 /// The response header a node says whether its cache had the file with
 /// (`HIT` or `MISS`), as CDNs do; the router's access records keep it.
 pub const CACHE_HEADER: &str = "x-cache";

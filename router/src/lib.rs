@@ -3,7 +3,6 @@
 //! (or redirects to it), retrying an idempotent request on another node when one
 //! fails before answering, so players see no error. See DESIGN.md §2 (`router/`).
 
-pub mod access_log;
 mod certs;
 mod identity;
 mod proxy;
@@ -21,6 +20,7 @@ use headwater_serve::tls::Tls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use headwater_serve::access_log::AccessLogArgs;
 pub use proxy::{Options, Router};
 
 /// Proxy through the router, or redirect players to a node.
@@ -92,32 +92,6 @@ pub struct RouterConfig {
     pub tls: headwater_serve::tls::TlsArgs,
 }
 
-/// The access log: a JSON record per player request, to rotating local files
-/// and to admin (`GET /v1/accounts/{name}/logs`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct AccessLogArgs {
-    /// Write the records to hourly files here too (`access.{date-hour}.jsonl`).
-    #[arg(long = "access-log-dir", env = "HEADWATER_ACCESS_LOG_DIR")]
-    pub dir: Option<std::path::PathBuf>,
-    /// Hourly files kept in `--access-log-dir`.
-    #[arg(long = "access-log-keep-files", env = "HEADWATER_ACCESS_LOG_KEEP_FILES", default_value_t = 48,
-        value_parser = clap::value_parser!(u32).range(1..))]
-    pub keep_files: u32,
-    /// How often records are sent to admin, in ms; 0: never (no access log
-    /// at all without `--access-log-dir` either).
-    #[arg(long = "access-log-ship-ms", env = "HEADWATER_ACCESS_LOG_SHIP_MS", default_value_t = 1000)]
-    pub ship_ms: u64,
-    /// Keep only the client's network: an IPv4 /24, an IPv6 /48 (privacy).
-    #[arg(long = "access-log-truncate-clients", env = "HEADWATER_ACCESS_LOG_TRUNCATE_CLIENTS")]
-    pub truncate_clients: bool,
-}
-
-impl Default for AccessLogArgs {
-    fn default() -> Self {
-        Self { dir: None, keep_files: 48, ship_ms: 1000, truncate_clients: false }
-    }
-}
-
 /// Runs a router on `listener` (and over TLS on `tls`) until `shutdown`, then drains.
 pub async fn serve(
     cfg: RouterConfig,
@@ -177,12 +151,13 @@ pub async fn serve(
         )));
     }
     let access_log_stop = CancellationToken::new();
-    let access_log = if cfg.access_log.dir.is_some() || cfg.access_log.ship_ms > 0 {
-        let options = access_log::Options {
-            dir: cfg.access_log.dir.clone(),
-            keep_files: usize::try_from(cfg.access_log.keep_files).unwrap_or(48),
-            ship_every: Duration::from_millis(cfg.access_log.ship_ms),
-            truncate_clients: cfg.access_log.truncate_clients,
+    let access_log = if cfg.access_log.enabled() {
+        use headwater_serve::access_log;
+        let options = access_log::Options::new(&cfg.access_log, format!("router:{name}"));
+        let destination = access_log::HttpDestination {
+            http: admin.client(|b| b.timeout(Duration::from_secs(10)))?,
+            url: admin.url("/v1/routing/access-logs"),
+            token: admin.token.clone(),
         };
         let dropped = prometheus::IntCounter::new(
             "access_records_dropped_total",
@@ -190,7 +165,7 @@ pub async fn serve(
         )?;
         // Stopped after the drain below, so the requests finished while
         // draining are logged too.
-        let (log, task) = access_log::start(options, admin.clone(), &name, dropped, access_log_stop.clone())
+        let (log, task) = access_log::start(options, Arc::new(destination), dropped, access_log_stop.clone())
             .context("starting the access log")?;
         followers.push(task);
         Some(log)

@@ -23,9 +23,8 @@ use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, In
 use rustls::pki_types::ServerName;
 
 use crate::Mode;
-use crate::access_log::AccessLog;
 use crate::table::Shared;
-use headwater_protocol::AccessRecord;
+use headwater_serve::access_log::{AccessLog, Entry, Pending};
 
 pub type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -141,25 +140,6 @@ pub struct Router {
 /// The node that answered a response, for its access record.
 #[derive(Debug, Clone, Copy)]
 struct AnsweredBy(Option<uuid::Uuid>);
-
-/// A request's access record, finished and handed to the log when its body
-/// is done (or the player left).
-struct Pending {
-    log: AccessLog,
-    record: Option<AccessRecord>,
-    started: Instant,
-    bytes: u64,
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if let Some(mut r) = self.record.take() {
-            r.bytes = self.bytes;
-            r.duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            self.log.record(r);
-        }
-    }
-}
 
 /// Responses being sent (awaiting headers or streaming the body), per account
 /// and node. Spreading an account evenly is what lets it reach its cap in a
@@ -466,32 +446,27 @@ impl Router {
         // The account's CORS policy, whatever the node said.
         headwater_serve::cors_for(&mut parts.headers, allowed, origin);
         let mut record = match &self.access_log {
-            Some(log) if known => Some(Pending {
-                log: log.clone(),
-                record: Some(AccessRecord {
+            // In redirect mode the node a player is sent to logs what it
+            // serves; the router logs only what it answers itself.
+            Some(log) if known && !(self.mode == Mode::Redirect && parts.status == StatusCode::FOUND) => {
+                let entry = Entry {
                     at_ms,
-                    path: crate::access_log::clip(&logged_path(&account, &path_and_query), 4096),
-                    account,
-                    method: crate::access_log::clip(req.method().as_str(), 16),
+                    path: logged_path(&account, &path_and_query),
+                    account: account.into(),
+                    method: req.method().clone(),
                     status: parts.status.as_u16(),
                     bytes: 0,
                     duration_ms: 0,
-                    client: log.client(peer.ip()),
-                    user_agent: req
-                        .headers()
-                        .get(header::USER_AGENT)
-                        .and_then(|v| v.to_str().ok())
-                        .map(|ua| crate::access_log::clip(ua, 1024)),
+                    client: peer.ip(),
+                    user_agent: req.headers().get(header::USER_AGENT).cloned(),
                     node: parts.extensions.get::<AnsweredBy>().and_then(|a| a.0),
                     cache_hit: parts
                         .headers
                         .get(headwater_protocol::CACHE_HEADER)
                         .map(|v| v.as_bytes().eq_ignore_ascii_case(b"hit")),
-                    source: log.source(),
-                }),
-                started,
-                bytes: 0,
-            }),
+                };
+                Some(Pending::new(log.clone(), entry, started))
+            }
             _ => None,
         };
         let bytes = metrics.bytes.clone();
@@ -500,7 +475,7 @@ impl Router {
                 if let Some(d) = f.data_ref() {
                     bytes.inc_by(d.len() as u64);
                     if let Some(r) = &mut record {
-                        r.bytes += d.len() as u64;
+                        r.sent(d.len() as u64);
                     }
                 }
                 f
@@ -586,7 +561,7 @@ impl Router {
                     for h in HOP_BY_HOP {
                         parts.headers.remove(h);
                     }
-                    parts.headers.insert(header::VIA, HeaderValue::from_static("1.1 headwater-router"));
+                    parts.headers.insert(header::VIA, HeaderValue::from_static(headwater_protocol::ROUTER_VIA));
                     parts.extensions.insert(AnsweredBy(table.ids.get(&node).copied()));
                     let resume = Resume::plan(&method, &parts, path, headers, order.collect());
                     let body = match resume {
@@ -614,8 +589,7 @@ impl Router {
 fn logged_path(account: &str, path_and_query: &str) -> String {
     let path = path_and_query.split_once('?').map_or(path_and_query, |(p, _)| p);
     let (_, unsigned) = headwater_playback::split(path);
-    let under = unsigned.trim_start_matches('/');
-    under.strip_prefix(account).and_then(|r| r.strip_prefix('/')).unwrap_or(under).to_owned()
+    headwater_serve::access_log::path_under(account, &unsigned).to_owned()
 }
 
 /// The headers sent to a node for a player's request: the player's, less those of
@@ -649,7 +623,7 @@ fn upstream_headers(from: &http::HeaderMap, peer: SocketAddr) -> http::HeaderMap
     if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert(header::VIA, HeaderValue::from_static("1.1 headwater-router"));
+    headers.insert(header::VIA, HeaderValue::from_static(headwater_protocol::ROUTER_VIA));
     headers
 }
 

@@ -1,6 +1,7 @@
 //! Access logs: routers send the records of the player requests they answered
-//! (`POST /v1/routing/access-logs`); an account's owner reads them
-//! (`GET /v1/accounts/{name}/logs`), oldest first, paged by id.
+//! (`POST /v1/routing/access-logs`), nodes those of players they served
+//! directly (`POST /v1/nodes/{id}/access-logs`, redirect mode); an account's
+//! owner reads them (`GET /v1/accounts/{name}/logs`), oldest first, paged by id.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -10,7 +11,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::accounts::find;
-use super::auth::{Caller, RouterAuth};
+use super::auth::{Caller, NodeAuth, RouterAuth};
 use super::model::{Page, page_limit};
 use super::problem::{ApiError, ApiJson, ApiQuery, Problem};
 use crate::clock::{parse_rfc3339, rfc3339};
@@ -20,7 +21,7 @@ use crate::store::AccessLogsRecorded;
 /// the 1 MiB body limit).
 const BATCH_MAX: usize = 2_000;
 
-/// One player request as the router that answered it saw it
+/// One player request as the router or node that answered it saw it
 /// (`headwater_protocol::AccessRecord`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -45,7 +46,8 @@ pub struct AccessRecordBody {
     /// The node that answered.
     pub node: Option<Uuid>,
     pub cache_hit: Option<bool>,
-    /// Who wrote it: `router:{name}`.
+    /// Who wrote it: `router:{name}` (a node's records are `node:{id}`,
+    /// whatever it sends).
     #[schema(max_length = 80)]
     pub source: String,
 }
@@ -64,7 +66,8 @@ pub struct AccessLogBatchBody {
 pub struct AccessLogsAccepted {
     /// Records kept.
     pub kept: usize,
-    /// Records of accounts admin does not have.
+    /// Records of accounts admin does not have (from a node: accounts its
+    /// pool does not serve).
     pub refused: usize,
     /// The batch was kept before: nothing was added.
     pub duplicate: bool,
@@ -78,6 +81,37 @@ pub async fn ingest(
     State(s): State<AppState>,
     _router: RouterAuth,
     ApiJson(b): ApiJson<AccessLogBatchBody>,
+) -> Result<Json<AccessLogsAccepted>, ApiError> {
+    keep(&s, "router", None, b).await
+}
+
+/// A batch of access records from a node: the players it served directly
+/// (routers log what they proxy). Kept for accounts the node's pool serves;
+/// the others are refused (counted). Each record names this node as its
+/// `node` and `node:{id}` as its `source`.
+#[utoipa::path(post, path = "/v1/nodes/{id}/access-logs", tag = "nodes", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), request_body = AccessLogBatchBody,
+    responses((status = 200, body = AccessLogsAccepted), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn ingest_from_node(
+    State(s): State<AppState>,
+    NodeAuth(id): NodeAuth,
+    ApiJson(mut b): ApiJson<AccessLogBatchBody>,
+) -> Result<Json<AccessLogsAccepted>, ApiError> {
+    let source = format!("node:{id}");
+    for r in &mut b.records {
+        r.node = Some(id);
+        r.source.clone_from(&source);
+    }
+    keep(&s, &source, Some(id), b).await
+}
+
+/// Checks a batch and keeps it once (by its id, per source).
+async fn keep(
+    s: &AppState,
+    source: &str,
+    node: Option<Uuid>,
+    b: AccessLogBatchBody,
 ) -> Result<Json<AccessLogsAccepted>, ApiError> {
     if b.records.len() > BATCH_MAX {
         return Err(ApiError::invalid("records", "at most 2000 records"));
@@ -98,7 +132,7 @@ pub async fn ingest(
         let json = serde_json::to_string(r).map_err(|e| ApiError::Internal(e.to_string()))?;
         rows.push((r.account.clone(), r.at_ms, json));
     }
-    Ok(Json(match s.store.record_access_logs("router", b.id, &rows, s.clock.now_ms()).await? {
+    Ok(Json(match s.store.record_access_logs(source, node, b.id, &rows, s.clock.now_ms()).await? {
         AccessLogsRecorded::Added { kept, refused } => AccessLogsAccepted { kept, refused, duplicate: false },
         AccessLogsRecorded::Duplicate => AccessLogsAccepted { kept: 0, refused: 0, duplicate: true },
     }))
@@ -137,7 +171,8 @@ pub struct AccessLogEntry {
     pub user_agent: Option<String>,
     pub node: Option<Uuid>,
     pub cache_hit: Option<bool>,
-    /// Who answered: `router:{name}`.
+    /// Who answered: `router:{name}`, or `node:{id}` (a player sent to the
+    /// node by a router in redirect mode).
     pub source: String,
 }
 

@@ -163,6 +163,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(node_ca::retire))
         .routes(routes!(nodes::config))
         .routes(routes!(nodes::usage))
+        .routes(routes!(access_logs::ingest_from_node))
         .routes(routes!(nodes::drain))
         .routes(routes!(nodes::routing))
         .routes(routes!(nodes::routing_stream))

@@ -247,6 +247,8 @@ pub struct NodeTemplate {
     /// (`--tls-listen`), and with `routers_only` serve players' requests for
     /// accounts only there, to routers' certificates.
     pub node_tls: NodeTls,
+    /// Nodes truncate clients' addresses in their access records.
+    pub access_log_truncate_clients: bool,
 }
 
 /// What TLS the nodes admin launches serve to routers.
@@ -953,6 +955,9 @@ impl Reconciler {
         if let Some(v) = &pool.image_version {
             args.extend(["--image-version".into(), v.clone()]);
         }
+        if t.access_log_truncate_clients {
+            args.push("--access-log-truncate-clients".into());
+        }
         // Tokens go in the environment, not on the command line. The join token
         // is good for one join: read from the environment later, it opens nothing.
         let mut env =
@@ -1271,6 +1276,7 @@ mod driven {
             metrics_token: "metrics".into(),
             admin_ca: None,
             node_tls: NodeTls::Off,
+            access_log_truncate_clients: false,
         };
         let reconciler = Reconciler::new(
             store.clone(),

@@ -1,4 +1,4 @@
-//! Access logs: the records routers send, kept per account for its owner until
+//! Access logs: the records routers and nodes send, kept per account for its owner until
 //! their retention is over.
 
 use std::collections::HashMap;
@@ -26,10 +26,13 @@ pub enum AccessLogsRecorded {
 
 impl Store {
     /// Keeps a batch of records (account name, time, the record's JSON) from
-    /// `source` once: a batch id seen before adds nothing.
+    /// `source` once: a batch id seen before adds nothing. A node's records
+    /// (`node` given) are kept only for accounts its pool serves (or served,
+    /// mid-move), as its usage is.
     pub async fn record_access_logs(
         &self,
         source: &str,
+        node: Option<Uuid>,
         batch: Uuid,
         records: &[(String, UnixMs, String)],
         now: UnixMs,
@@ -64,10 +67,24 @@ impl Store {
                     Some(id) => *id,
                     None => {
                         let id: Option<Uuid> =
-                            sqlx::query_scalar("SELECT id FROM accounts WHERE name = $1 AND state <> 'deleted'")
+                            match node {
+                                None => {
+                                    sqlx::query_scalar("SELECT id FROM accounts WHERE name = $1 AND state <> 'deleted'")
+                                        .bind(account)
+                                        .fetch_optional(&mut *tx)
+                                        .await?
+                                }
+                                Some(node) => sqlx::query_scalar(
+                                    "SELECT a.id FROM accounts a JOIN account_pool_mappings m ON m.account_id = a.id
+                                     JOIN nodes n ON n.pool_id = m.pool_id OR n.pool_id = m.previous_pool_id
+                                       OR n.pool_id = a.staged_pool_id
+                                     WHERE a.name = $1 AND n.id = $2 AND a.state <> 'deleted'",
+                                )
                                 .bind(account)
+                                .bind(node)
                                 .fetch_optional(&mut *tx)
-                                .await?;
+                                .await?,
+                            };
                         ids.insert(account, id);
                         id
                     }
