@@ -91,12 +91,13 @@ pub async fn answer(
 }
 
 /// The request came through a router, which logs it: over mutual TLS with a
-/// router's certificate, or from a router's address (a trusted proxy) with
-/// the router's `Via`.
+/// router's certificate, or with the router's `Via` from a router's address
+/// (a trusted proxy; from any address when the node was given none, as a
+/// node told nothing of its routers cannot tell them apart).
 fn via_router(peer: Peer, headers: &HeaderMap, routers: &[ipnet::IpNet]) -> bool {
     peer.router
         || (headers.get(header::VIA).is_some_and(|v| v == headwater_protocol::ROUTER_VIA)
-            && routers.iter().any(|n| n.contains(&peer.addr.ip())))
+            && (routers.is_empty() || routers.iter().any(|n| n.contains(&peer.addr.ip()))))
 }
 
 /// Hands the access log the entry of an answer to a player: now for a small
@@ -471,7 +472,7 @@ mod tests {
     use super::*;
 
     /// What a router forwards is the router's to log; a player saying it is
-    /// a router is logged all the same.
+    /// a router is logged all the same when the node knows its routers.
     #[test]
     fn only_a_router_s_requests_go_unlogged() {
         let routers: Vec<ipnet::IpNet> = vec!["127.0.0.2/32".parse().unwrap()];
@@ -485,5 +486,8 @@ mod tests {
         let mut other = HeaderMap::new();
         other.insert(header::VIA, HeaderValue::from_static("1.1 some-cdn"));
         assert!(!via_router(peer("127.0.0.2", false), &other, &routers), "another proxy's Via");
+        // Told of no router, the node takes the router's Via as it comes.
+        assert!(via_router(peer("192.0.2.9", false), &via, &[]), "the router's Via, no routers known");
+        assert!(!via_router(peer("192.0.2.9", false), &other, &[]), "another Via, no routers known");
     }
 }
