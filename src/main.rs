@@ -5,6 +5,11 @@ mod client;
 mod up;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: the router's small-object path spent ~11 % of its CPU in glibc
+/// malloc and free (`perf`, playlists through the router); see ARCHITECTURE.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
