@@ -244,6 +244,11 @@ async fn the_router_logs_each_request_for_the_accounts_owner() {
         redirected.push(("GET".to_owned(), path.to_owned(), status, res.bytes().await.unwrap().len() as u64));
     }
     assert_eq!(redirected.iter().map(|r| r.2).collect::<Vec<_>>(), [200, 206, 404]);
+    // One the router answers itself (a forged playback token): its record, the
+    // router's last, says any it made of the redirects before would be in too.
+    let refused =
+        player.get(format!("{redirecting}/demo-trial/~hw1.k.1.p.i.forged/demo/hls/master.m3u8")).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     // And once straight to every node of the pool, as a redirected player
     // would: each node's writer sends its records in order, so once these are
     // in, any record a node made of the proxied requests above would be too.
@@ -257,7 +262,8 @@ async fn the_router_logs_each_request_for_the_accounts_owner() {
         .map(|n| (n["id"].as_str().unwrap().to_owned(), n["address"].as_str().unwrap().to_owned()))
         .collect();
     for (_, address) in &addresses {
-        let res = direct.get(format!("http://{address}/demo-trial/demo/hls/master.m3u8")).send().await.unwrap();
+        // The account's name percent-encoded: served as the account, logged as it.
+        let res = direct.get(format!("http://{address}/%64emo-trial/demo/hls/master.m3u8")).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -265,7 +271,9 @@ async fn the_router_logs_each_request_for_the_accounts_owner() {
         let page: Value = logs(key.clone(), "?limit=500").await.json().await.unwrap();
         let all = page["items"].as_array().unwrap().clone();
         let by = |ua: &str| all.iter().filter(|r| r["user_agent"] == ua).count();
-        if by(REDIRECTED) >= redirected.len() && by(DIRECT) >= addresses.len() {
+        let router_done = all.iter().any(|r| r["source"] == "router:redirect" && r["status"] == 403);
+        // The nodes' records and the router's refusal.
+        if by(REDIRECTED) > redirected.len() && by(DIRECT) >= addresses.len() && router_done {
             break all;
         }
         assert!(tokio::time::Instant::now() < deadline, "the nodes' records never reached admin: {page}");
@@ -280,7 +288,7 @@ async fn the_router_logs_each_request_for_the_accounts_owner() {
             r["bytes"].as_u64().unwrap(),
         )
     };
-    let from_nodes = of(REDIRECTED);
+    let from_nodes: Vec<Value> = of(REDIRECTED).into_iter().filter(|r| r["source"] != "router:redirect").collect();
     // In the order they finished: a body's record is made when it is sent.
     let mut got: Vec<_> = from_nodes.iter().map(fields).collect();
     got.sort();
@@ -294,12 +302,19 @@ async fn the_router_logs_each_request_for_the_accounts_owner() {
         assert!(!r.to_string().contains("session=def"), "no query: {r}");
         assert_eq!(r["cache_hit"].is_boolean(), r["status"] != 404, "{r}");
     }
+    assert!(of(DIRECT).iter().all(|r| r["path"] == "demo/hls/master.m3u8"), "{:#?}", of(DIRECT));
     let mut direct_nodes: Vec<String> = of(DIRECT).iter().map(|r| r["node"].as_str().unwrap().to_owned()).collect();
     direct_nodes.sort();
     let mut pool_ids: Vec<String> = addresses.iter().map(|(id, _)| id.clone()).collect();
     pool_ids.sort();
     assert_eq!(direct_nodes, pool_ids, "one record per node for the direct requests");
-    assert!(all.iter().all(|r| r["source"] != "router:redirect"), "the router logged a redirect");
+    let by_router: Vec<&Value> = all.iter().filter(|r| r["source"] == "router:redirect").collect();
+    assert_eq!(by_router.len(), 1, "the router logged its refusal and none of its redirects: {by_router:#?}");
+    assert_eq!(
+        (by_router[0]["status"].as_u64(), by_router[0]["path"].as_str()),
+        (Some(403), Some("demo/hls/master.m3u8"))
+    );
+    assert!(!by_router[0].to_string().contains("forged"), "no token in the record: {}", by_router[0]);
     // Never twice: the proxied requests are the router's records alone.
     let proxied = of(UA);
     assert!(proxied.iter().all(|r| r["source"].as_str().unwrap().starts_with("router:")), "{proxied:#?}");
@@ -371,11 +386,14 @@ async fn access_log_batches_are_kept_once_and_for_their_retention() {
     let (other_node, _) = admin.register_node(&bo_pool).await;
     let mut claimed = record("ana-vod");
     claimed["path"] = json!("demo/from-node.ts");
-    let batch = json!({"id": uuid::Uuid::now_v7(), "records": [claimed, record("bo-vod")]});
+    // A day ahead of admin's clock: retention would never delete it.
+    let mut future = record("ana-vod");
+    future["at_ms"] = json!(now + 86_400_000);
+    let batch = json!({"id": uuid::Uuid::now_v7(), "records": [claimed, record("bo-vod"), future]});
     let from_node = admin
         .call(Method::POST, &format!("/v1/nodes/{node}/access-logs"), Some(&node_token), Some(batch), StatusCode::OK)
         .await;
-    assert_eq!(from_node, json!({"kept": 1, "refused": 1, "duplicate": false}), "bo-vod is another pool's");
+    assert_eq!(from_node, json!({"kept": 1, "refused": 2, "duplicate": false}), "another pool's, and the future");
     let page = admin.call(Method::GET, "/v1/accounts/ana-vod/logs", Some(&key), None, StatusCode::OK).await;
     let kept = page["items"].as_array().unwrap().iter().find(|r| r["path"] == "demo/from-node.ts").unwrap().clone();
     assert_eq!((kept["node"].as_str(), kept["source"].clone()), (Some(node.as_str()), json!(format!("node:{node}"))));

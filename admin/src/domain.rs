@@ -13,6 +13,12 @@ use crate::rules;
 /// Routers follow changes within a second (stream or Redis, or their 250 ms poll).
 pub const MOVE_GRACE_MS: i64 = 10_000;
 
+/// How long after an account's move the nodes of the pool it left may still
+/// report its usage and access records (what they served in the grace above,
+/// sent late while admin was away): past this, such a node speaks for it no
+/// more.
+pub const REPORT_GRACE_MS: i64 = 600_000;
+
 /// A value that failed validation: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {detail}")]

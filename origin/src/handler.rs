@@ -75,13 +75,19 @@ pub async fn answer(
     // One look at the configuration for the whole request.
     let served = node.served();
     let mut res = route(node, &served, peer, method, path, query, headers).await;
-    // The account's CORS policy (the first path segment names the account).
-    let account = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+    // The account's CORS policy (the first path segment names the account,
+    // decoded as the file's path is).
+    let raw = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+    let decoded = if raw.contains('%') { ContentPath::from_url(raw).ok() } else { None };
+    let account = decoded.as_ref().map_or(raw, ContentPath::first);
     let allowed = served.accounts.get(account).map_or(&[][..], |a| a.allow_origins.as_slice());
     headwater_serve::cors_for(res.headers_mut(), allowed, headers.get(header::ORIGIN));
     res.headers_mut().insert("x-headwater-node", node.id_header.clone());
     node.metrics.latency.observe(started.elapsed().as_secs_f64());
+    // Preflights are answered for the request that follows (the router logs
+    // none either).
     if let Some(log) = &node.access_log
+        && method != Method::OPTIONS
         && let Some(a) = served.accounts.get(account)
         && !via_router(peer, headers, &node.trusted_proxies)
     {
@@ -116,10 +122,12 @@ fn log_answer(
 ) {
     let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(0);
     let (_, unsigned) = headwater_playback::split(path);
+    // Under the first segment (the account, however it was spelled).
+    let under = unsigned.trim_start_matches('/').split_once('/').map_or("", |(_, r)| r);
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     let entry = Entry {
         at_ms: now_ms() - elapsed,
-        path: headwater_serve::access_log::path_under(&account, &unsigned).to_owned(),
+        path: under.to_owned(),
         account,
         method: method.clone(),
         status: res.status().as_u16(),

@@ -19,8 +19,18 @@ use crate::{BoxFuture, Driver, DriverError, Handle, InstanceSpec, Status};
 
 /// What a node must not take from the environment of the admin that launches
 /// it: admin's own TLS listener and certificates (the same address would not
-/// bind twice). A node gets TLS settings only from its launch spec.
-const NOT_INHERITED: [&str; 3] = ["HEADWATER_TLS_LISTEN", "HEADWATER_TLS_CERT", "HEADWATER_TLS_KEY"];
+/// bind twice), and the access log's settings (a router's beside admin would
+/// have every node write its files: one folder for many writers). A node gets
+/// these only from its launch spec.
+const NOT_INHERITED: [&str; 7] = [
+    "HEADWATER_TLS_LISTEN",
+    "HEADWATER_TLS_CERT",
+    "HEADWATER_TLS_KEY",
+    "HEADWATER_ACCESS_LOG_DIR",
+    "HEADWATER_ACCESS_LOG_KEEP_FILES",
+    "HEADWATER_ACCESS_LOG_SHIP_MS",
+    "HEADWATER_ACCESS_LOG_TRUNCATE_CLIENTS",
+];
 
 /// What a state file records.
 #[derive(Debug, Serialize, Deserialize)]

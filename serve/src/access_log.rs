@@ -263,7 +263,7 @@ pub fn start(
 /// What admin made of a batch.
 enum Shipped {
     Taken,
-    /// Never to be taken (400, 422): kept in the file only; this many records.
+    /// Never to be taken (400, 413, 415, 422): kept in the file only; this many records.
     Refused(usize),
     /// Admin unreachable, busy or failing: sent again.
     Again(AccessLogBatch),
@@ -272,8 +272,8 @@ enum Shipped {
 async fn ship(destination: Arc<dyn Destination>, batch: AccessLogBatch) -> Shipped {
     match destination.send(&batch).await {
         Ok(200..=299) => Shipped::Taken,
-        // Malformed for admin: it will never take this batch.
-        Ok(status @ (400 | 422)) => {
+        // Malformed or too large for admin: it will never take this batch.
+        Ok(status @ (400 | 413 | 415 | 422)) => {
             tracing::warn!(status, records = batch.records.len(), "admin refused access records");
             Shipped::Refused(batch.records.len())
         }

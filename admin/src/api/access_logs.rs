@@ -20,6 +20,8 @@ use crate::store::AccessLogsRecorded;
 /// Most records in one batch (routers send up to 2000, some 700 KB: under
 /// the 1 MiB body limit).
 const BATCH_MAX: usize = 2_000;
+/// How far ahead of admin's clock a record's time may be (writers' clocks drift).
+const FUTURE_MS: i64 = 600_000;
 
 /// One player request as the router or node that answered it saw it
 /// (`headwater_protocol::AccessRecord`).
@@ -67,7 +69,7 @@ pub struct AccessLogsAccepted {
     /// Records kept.
     pub kept: usize,
     /// Records of accounts admin does not have (from a node: accounts its
-    /// pool does not serve).
+    /// pool does not serve), or timed more than 10 minutes ahead of admin.
     pub refused: usize,
     /// The batch was kept before: nothing was added.
     pub duplicate: bool,
@@ -116,7 +118,8 @@ async fn keep(
     if b.records.len() > BATCH_MAX {
         return Err(ApiError::invalid("records", "at most 2000 records"));
     }
-    let mut rows = Vec::with_capacity(b.records.len());
+    let now = s.clock.now_ms();
+    let (mut rows, mut future) = (Vec::with_capacity(b.records.len()), 0);
     for (i, r) in b.records.iter().enumerate() {
         let too_long =
             [(&r.path, 4096, "path"), (&r.method, 16, "method"), (&r.client, 64, "client"), (&r.source, 80, "source")]
@@ -129,11 +132,19 @@ async fn keep(
         if !(100..=599).contains(&r.status) {
             return Err(ApiError::invalid(format!("records[{i}].status"), "an HTTP status, 100 to 599"));
         }
+        // From the future (a writer's clock far ahead): never kept, as
+        // retention would never delete it.
+        if r.at_ms > now + FUTURE_MS {
+            future += 1;
+            continue;
+        }
         let json = serde_json::to_string(r).map_err(|e| ApiError::Internal(e.to_string()))?;
         rows.push((r.account.clone(), r.at_ms, json));
     }
-    Ok(Json(match s.store.record_access_logs(source, node, b.id, &rows, s.clock.now_ms()).await? {
-        AccessLogsRecorded::Added { kept, refused } => AccessLogsAccepted { kept, refused, duplicate: false },
+    Ok(Json(match s.store.record_access_logs(source, node, b.id, &rows, now).await? {
+        AccessLogsRecorded::Added { kept, refused } => {
+            AccessLogsAccepted { kept, refused: refused + future, duplicate: false }
+        }
         AccessLogsRecorded::Duplicate => AccessLogsAccepted { kept: 0, refused: 0, duplicate: true },
     }))
 }
@@ -171,8 +182,8 @@ pub struct AccessLogEntry {
     pub user_agent: Option<String>,
     pub node: Option<Uuid>,
     pub cache_hit: Option<bool>,
-    /// Who answered: `router:{name}`, or `node:{id}` (a player sent to the
-    /// node by a router in redirect mode).
+    /// Who answered: `router:{name}`, or `node:{id}` (a player the node served
+    /// directly: sent there by a router in redirect mode, or not through a router).
     pub source: String,
 }
 

@@ -955,15 +955,17 @@ impl Reconciler {
         if let Some(v) = &pool.image_version {
             args.extend(["--image-version".into(), v.clone()]);
         }
-        if t.access_log_truncate_clients {
-            args.push("--access-log-truncate-clients".into());
-        }
+
         // Tokens go in the environment, not on the command line. The join token
         // is good for one join: read from the environment later, it opens nothing.
         let mut env =
             vec![("HEADWATER_JOIN_TOKEN".into(), token), ("HEADWATER_METRICS_TOKEN".into(), t.metrics_token.clone())];
         if let Some(ca) = &t.admin_ca {
             env.push(("HEADWATER_ADMIN_CA".into(), ca.clone()));
+        }
+        // In the environment, which an older image ignores (a flag it would refuse).
+        if t.access_log_truncate_clients {
+            env.push(("HEADWATER_ACCESS_LOG_TRUNCATE_CLIENTS".into(), "true".into()));
         }
         let labels =
             [(POOL_LABEL.to_owned(), pool.id.to_string()), (DOMAIN_LABEL.to_owned(), domain.to_string())].into();

@@ -28,7 +28,7 @@ impl Store {
     /// Keeps a batch of records (account name, time, the record's JSON) from
     /// `source` once: a batch id seen before adds nothing. A node's records
     /// (`node` given) are kept only for accounts its pool serves (or served,
-    /// mid-move), as its usage is.
+    /// up to `REPORT_GRACE_MS` after a move), as its usage is.
     pub async fn record_access_logs(
         &self,
         source: &str,
@@ -76,12 +76,13 @@ impl Store {
                                 }
                                 Some(node) => sqlx::query_scalar(
                                     "SELECT a.id FROM accounts a JOIN account_pool_mappings m ON m.account_id = a.id
-                                     JOIN nodes n ON n.pool_id = m.pool_id OR n.pool_id = m.previous_pool_id
-                                       OR n.pool_id = a.staged_pool_id
+                                     JOIN nodes n ON n.pool_id = m.pool_id OR n.pool_id = a.staged_pool_id
+                                       OR (n.pool_id = m.previous_pool_id AND m.moved_at > $3)
                                      WHERE a.name = $1 AND n.id = $2 AND a.state <> 'deleted'",
                                 )
                                 .bind(account)
                                 .bind(node)
+                                .bind(now - crate::domain::REPORT_GRACE_MS)
                                 .fetch_optional(&mut *tx)
                                 .await?,
                             };

@@ -80,11 +80,13 @@ impl Store {
                     (i64::try_from(*bytes).unwrap_or(i64::MAX), i64::try_from(*requests).unwrap_or(i64::MAX));
                 let account_id: Option<Uuid> = sqlx::query_scalar(
                     "SELECT a.id FROM accounts a JOIN account_pool_mappings m ON m.account_id = a.id
-                     JOIN nodes n ON n.pool_id = m.pool_id OR n.pool_id = m.previous_pool_id OR n.pool_id = a.staged_pool_id
+                     JOIN nodes n ON n.pool_id = m.pool_id OR n.pool_id = a.staged_pool_id
+                       OR (n.pool_id = m.previous_pool_id AND m.moved_at > $3)
                      WHERE a.name = $1 AND n.id = $2",
                 )
                 .bind(account)
                 .bind(node_id)
+                .bind(now - crate::domain::REPORT_GRACE_MS)
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(account_id) = account_id else {
