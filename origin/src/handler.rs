@@ -122,12 +122,10 @@ fn log_answer(
 ) {
     let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(0);
     let (_, unsigned) = headwater_playback::split(path);
-    // Under the first segment (the account, however it was spelled).
-    let under = unsigned.trim_start_matches('/').split_once('/').map_or("", |(_, r)| r);
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     let entry = Entry {
         at_ms: now_ms() - elapsed,
-        path: under.to_owned(),
+        path: headwater_serve::access_log::path_under(&unsigned).to_owned(),
         account,
         method: method.clone(),
         status: res.status().as_u16(),

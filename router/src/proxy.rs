@@ -451,7 +451,7 @@ impl Router {
             Some(log) if known && !(self.mode == Mode::Redirect && parts.status == StatusCode::FOUND) => {
                 let entry = Entry {
                     at_ms,
-                    path: logged_path(&account, &path_and_query),
+                    path: logged_path(&path_and_query),
                     account: account.into(),
                     method: req.method().clone(),
                     status: parts.status.as_u16(),
@@ -586,10 +586,10 @@ impl Router {
 
 /// The path under the account as the access log keeps it: no query, no
 /// playback token (it is a credential).
-fn logged_path(account: &str, path_and_query: &str) -> String {
+fn logged_path(path_and_query: &str) -> String {
     let path = path_and_query.split_once('?').map_or(path_and_query, |(p, _)| p);
     let (_, unsigned) = headwater_playback::split(path);
-    headwater_serve::access_log::path_under(account, &unsigned).to_owned()
+    headwater_serve::access_log::path_under(&unsigned).to_owned()
 }
 
 /// The headers sent to a node for a player's request: the player's, less those of
@@ -750,9 +750,9 @@ mod tests {
 
     #[test]
     fn the_logged_path_has_no_token_and_no_query() {
-        assert_eq!(logged_path("ana", "/ana/demo/hls/master.m3u8?x=1"), "demo/hls/master.m3u8");
-        assert_eq!(logged_path("ana", "/ana/~hw1.k.1.p.i.sig/demo/seg.ts"), "demo/seg.ts");
-        assert_eq!(logged_path("ana", "/ana/~asset/a.ts"), "~asset/a.ts");
+        assert_eq!(logged_path("/ana/demo/hls/master.m3u8?x=1"), "demo/hls/master.m3u8");
+        assert_eq!(logged_path("/ana/~hw1.k.1.p.i.sig/demo/seg.ts"), "demo/seg.ts");
+        assert_eq!(logged_path("/ana/~asset/a.ts"), "~asset/a.ts");
     }
 
     #[test]
