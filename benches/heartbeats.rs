@@ -8,34 +8,13 @@
 //!
 //! Not run by the test suite (speed is measured, never asserted).
 
-use std::process::Stdio;
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-const BIN: &str = env!("CARGO_BIN_EXE_headwater");
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    // After the command name: state is field 0; utime and stime are fields 11 and 12.
-    fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+use support::{cpu_ticks, env_num, percentile};
 
 #[tokio::main]
 async fn main() {
@@ -46,36 +25,10 @@ async fn main() {
     let db = std::env::var("HEADWATER_BENCH_DATABASE_URL")
         .unwrap_or_else(|_| format!("sqlite://{}/db.sqlite", dir.path().display()));
     let token = "bench-operator";
-    let mut admin = tokio::process::Command::new(BIN)
-        .args([
-            "admin",
-            "--listen",
-            "127.0.0.1:0",
-            "--driver",
-            "none",
-            "--operator-token",
-            token,
-            "--database-url",
-            &db,
-        ])
-        .args(["--rate-limit-per-key", "100000", "--probe-interval-ms", "3600000"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("--content")
-        .arg(dir.path().join("content"))
-        .env("HEADWATER_LOG", "error")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start admin");
-    let pid = admin.id().unwrap();
-    let mut lines = BufReader::new(admin.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next_line().await.unwrap().expect("admin exited");
-        if let Some(u) = line.strip_prefix("headwater admin listening on ") {
-            break u.to_owned();
-        }
-    };
+    let args = ["--driver", "none", "--operator-token", token, "--rate-limit-per-key", "100000"];
+    let mut admin =
+        support::start_admin(dir.path(), &db, &[&args[..], &["--probe-interval-ms", "3600000"]].concat()).await;
+    let (pid, url) = (admin.pid, admin.url.clone());
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
     let signup: Value = http
         .post(format!("{url}/v1/customers"))
@@ -191,7 +144,7 @@ async fn main() {
     );
     println!("  admin p99     <= {server_p99} s (its own histogram bucket)");
     println!("  admin CPU     {:.1} % of one core ({cpu:.1} s over {elapsed:.1} s)", cpu / elapsed * 100.0);
-    let _ = admin.kill().await;
+    let _ = admin.child.kill().await;
 }
 
 /// The upper bound of the histogram bucket holding the 99th percentile.

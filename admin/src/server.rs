@@ -284,6 +284,7 @@ impl Admin {
             tracing::info!(files = seeded, "test content written under _probe/");
         }
         let (heartbeats, heartbeat_rx) = crate::control::heartbeats::HeartbeatQueue::new();
+        let metrics = Arc::new(Metrics::new()?);
         let state = AppState {
             store: store.clone(),
             clock: clock.clone(),
@@ -291,14 +292,14 @@ impl Admin {
             settings: Arc::new(settings),
             heartbeats,
             content,
-            metrics: Arc::new(Metrics::new()?),
+            routing: Arc::new(crate::control::routing::Routing::with_metrics(metrics.control.clone())),
+            metrics,
             limits: Arc::new(RateLimits::new(Rates {
                 per_principal: cfg.rate_limit_per_key,
                 uploads: cfg.upload_rate_limit,
                 unauthenticated: cfg.unauthenticated_rate_limit,
                 signups_per_min: cfg.signup_rate_limit,
             })),
-            routing: Arc::default(),
             node_ca: crate::node_ca::NodeCa::load(
                 &store,
                 &sealer,
@@ -425,6 +426,7 @@ impl Admin {
                     policy,
                     scale,
                 );
+                r.metrics = Some(self.state.metrics.control.clone());
                 r.partition = PartitionPolicy {
                     fraction: self.cfg.partition_fraction.clamp(0.01, 1.0),
                     replacements_per_minute: self.cfg.partition_replacements_per_minute,

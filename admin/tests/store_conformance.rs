@@ -513,7 +513,76 @@ async fn quotas_hold_inside_the_transaction(db: TestDb) {
     assert_eq!((used.accounts, used.total_sla_mbps), (2, 300));
 }
 
+/// Accounts staged to one shared pool in a steady stream: each changes the
+/// pool's configuration, so the nodes are always a configuration behind the
+/// newest. An operation waits for the nodes to serve its own account, not for
+/// them to catch up with the newest (which they never would while sign-ups go on).
+async fn an_account_is_configured_once_its_nodes_fetched_it_whatever_came_after(db: TestDb) {
+    seeded(&db).await;
+    let clock = ManualClock::new(T0);
+    let mut w = worker(&db, &clock);
+    w.wait_for_nodes = true;
+    let (ana, bo) = (customer(&db, "ana@example.com").await, customer(&db, "bo@example.com").await);
+    let (_, ana_op) = enqueue(&db, ana, "ana-vod").await;
+    assert!(w.run_once().await.unwrap(), "ana's account is staged to a new shared pool and waits for a node");
+    let pool = db.store.pools(None, 10).await.unwrap().pop().expect("the shared pool").id;
+    let node = Uuid::now_v7();
+    let (_, token) = keys::node_token(node);
+    let (_, join) = keys::join_token(node);
+    let placement = headwater_admin::store::Placement::default();
+    db.store.register_node(node, pool, &token, &join, placement, "test", T0).await.unwrap();
+    let fetch = || async {
+        let serving = db.store.node_serving(node, clock.now_ms()).await.unwrap();
+        let version = headwater_admin::control::node_config::node_config(node, &serving).version;
+        db.store.set_config_fetched(node, version as i64, serving.generation, clock.now_ms()).await.unwrap();
+        version as i64
+    };
+    let heartbeat = |config_version: i64| headwater_admin::store::HeartbeatRecord {
+        state: headwater_protocol::NodeState::Ready,
+        address: "127.0.0.1:9".into(),
+        image_version: "test".into(),
+        egress_mbps: 0.0,
+        open_connections: 0,
+        cache_hit_ratio: 0.0,
+        config_version,
+        probe_ok: true,
+        probe_latency_ms: 1,
+        probe_error: None,
+        tls_address: None,
+    };
+    // The node comes up with ana's account in its configuration.
+    let with_ana = fetch().await;
+    db.store.record_heartbeats(&[(node, heartbeat(with_ana), T0 + 10)]).await.unwrap();
+    // Bo signs up before ana's operation looks again: the pool's configuration
+    // changes, and the node has not fetched it yet.
+    let (bo_account, bo_op) = enqueue(&db, bo, "bo-vod").await;
+    clock.advance_ms(50);
+    assert!(w.run_once().await.unwrap(), "bo's account is staged while ana's waits out its pause");
+    let current = headwater_admin::control::node_config::node_config(
+        node,
+        &db.store.node_serving(node, clock.now_ms()).await.unwrap(),
+    );
+    assert_ne!(current.version as i64, with_ana, "bo's staging changed the configuration");
+    clock.advance_ms(2_000);
+    drain(&w).await;
+    let store = &db.store;
+    let state = |id| async move { store.operation(id, OperationFilter::Any).await.unwrap().state };
+    assert_eq!(state(ana_op).await, OperationState::Succeeded, "the node serves ana: done");
+    assert_eq!(state(bo_op).await, OperationState::Running, "the node does not serve bo yet");
+    // The node fetches the configuration with bo in it; a heartbeat it sent
+    // before, still saying it runs ana's, is written after the fetch and does
+    // not undo it: bo's account is done too.
+    let with_bo = fetch().await;
+    db.store.record_heartbeats(&[(node, heartbeat(with_ana), clock.now_ms() - 1)]).await.unwrap();
+    let runs: Vec<i64> = db.store.account_node_configs(bo_account).await.unwrap().iter().map(|n| n.running).collect();
+    assert_eq!(runs, [with_bo], "the stale heartbeat left the fetched version");
+    clock.advance_ms(2_000);
+    drain(&w).await;
+    assert_eq!(state(bo_op).await, OperationState::Succeeded);
+}
+
 on_both_backends!(
+    an_account_is_configured_once_its_nodes_fetched_it_whatever_came_after,
     quotas_hold_inside_the_transaction,
     customers_keys_and_unique_emails,
     account_rules_live_in_the_schema,

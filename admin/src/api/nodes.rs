@@ -113,11 +113,13 @@ pub async fn heartbeat(
 #[utoipa::path(get, path = "/v1/nodes/{id}/config", tag = "nodes", security(("bearer" = [])),
     params(("id" = Uuid, Path)), responses((status = 200, description = "NodeConfig"), (status = 401, body = Problem)))]
 pub async fn config(State(s): State<AppState>, NodeAuth(id): NodeAuth) -> Result<Json<NodeConfig>, ApiError> {
-    let config = node_config(id, &s.store.node_serving(id, s.clock.now_ms()).await?);
-    let config = crate::control::node_config::opened(config, &s.settings.sealer);
+    let now = s.clock.now_ms();
+    let serving = s.store.node_serving(id, now).await?;
+    let generation = serving.generation;
+    let config = crate::control::node_config::opened(node_config(id, &serving), &s.settings.sealer);
     // The node applies what it fetched at once: a worker waiting for it to serve
     // an account need not wait for its next heartbeat to say so.
-    s.store.set_config_version(id, i64::try_from(config.version).unwrap_or(0)).await?;
+    s.store.set_config_fetched(id, i64::try_from(config.version).unwrap_or(0), generation, now).await?;
     Ok(Json(config))
 }
 

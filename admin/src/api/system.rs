@@ -23,6 +23,8 @@ pub struct Metrics {
     pub sla_mbps: IntGaugeVec,
     pub ready_capacity_mbps: IntGaugeVec,
     pub upgrade_halted: IntGaugeVec,
+    /// The control loops' own cost (see `ControlMetrics`).
+    pub control: crate::control::ControlMetrics,
 }
 
 impl Metrics {
@@ -60,6 +62,8 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
+        let control = crate::control::ControlMetrics::new()?;
+        control.register(&registry)?;
         Ok(Self {
             registry,
             requests,
@@ -71,6 +75,7 @@ impl Metrics {
             sla_mbps,
             ready_capacity_mbps,
             upgrade_halted,
+            control,
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod every;
 pub mod health;
 pub mod heartbeats;
 pub mod leader;
+pub mod metrics;
 pub mod node_config;
 pub mod partition;
 pub mod reconciler;
@@ -16,3 +17,5 @@ pub mod routing;
 pub mod signing;
 pub mod warm;
 pub mod worker;
+
+pub use metrics::ControlMetrics;

@@ -122,6 +122,7 @@ mod tests {
             trial_cap_mbps: 5,
             payg_cap_mbps: 10,
             ready_nodes,
+            generation: 0,
             accounts: vec![account("p", OfferKind::Payg), account("t", OfferKind::Trial), account("s", OfferKind::Sla)],
         }
     }

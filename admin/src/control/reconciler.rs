@@ -296,6 +296,8 @@ pub struct Reconciler {
     /// Kubernetes targets admin could not connect to: with which settings, when,
     /// and why (tried again after [`RECONNECT_MS`] or when the settings change).
     kube_failed: std::sync::Mutex<HashMap<String, (KubernetesSettings, UnixMs, String)>>,
+    /// Where each pass's time and size go (`/metrics`), when set.
+    pub metrics: Option<crate::control::ControlMetrics>,
 }
 
 /// How long a Kubernetes target admin could not connect to waits before another try.
@@ -329,6 +331,7 @@ impl Reconciler {
             driver_errors: Default::default(),
             kube: Default::default(),
             kube_failed: Default::default(),
+            metrics: None,
         }
     }
 
@@ -453,8 +456,12 @@ impl Reconciler {
             if !leading {
                 continue;
             }
+            let started = std::time::Instant::now();
             if let Err(e) = self.reconcile_once().await {
                 tracing::warn!(error = %e, "reconcile");
+            }
+            if let Some(m) = &self.metrics {
+                m.reconcile_seconds.observe(started.elapsed().as_secs_f64());
             }
         }
     }
@@ -474,6 +481,13 @@ impl Reconciler {
             Err(e) => tracing::warn!(error = %e, "reading targets"),
         }
         let pools = self.store.pools_to_reconcile(now).await?;
+        // Every pool's nodes in one read; a pool reconciled later in the pass
+        // plans from what was read here, as of `observed`.
+        let observed = self.clock.now_ms();
+        let mut health = self.store.fleet_health().await?;
+        if let Some(m) = &self.metrics {
+            m.reconcile_pools.set(i64::try_from(pools.len()).unwrap_or(i64::MAX));
+        }
         let ids: std::collections::HashSet<Uuid> = pools.iter().map(|p| p.id).collect();
         for pool in pools {
             let id = pool.id;
@@ -481,7 +495,8 @@ impl Reconciler {
             if skip {
                 continue;
             }
-            match self.reconcile_pool(pool).await {
+            let nodes = health.remove(&id).unwrap_or_default();
+            match self.reconcile_pool(pool, nodes, observed).await {
                 Ok(()) => {
                     if let Ok(mut e) = self.errors.lock() {
                         e.remove(&id);
@@ -582,23 +597,27 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Observes one pool, plans, applies, and keeps its health: a node that failed
-    /// before it was ready backs its launches off and marks it degraded; a node
-    /// that became ready since clears that.
-    pub async fn reconcile_pool(&self, mut pool: PoolSpec) -> anyhow::Result<()> {
-        let mut nodes = self.store.pool_health(pool.id).await?;
+    /// Plans one pool from its nodes as read at `observed`, applies, and keeps
+    /// its health: a node that failed before it was ready backs its launches off
+    /// and marks it degraded; a node that became ready since clears that.
+    pub async fn reconcile_pool(
+        &self,
+        mut pool: PoolSpec,
+        mut nodes: Vec<NodeHealthRow>,
+        observed: UnixMs,
+    ) -> anyhow::Result<()> {
         // Failures seen now hold back this pass's launches too.
         let exited = self.fail_exited(&mut nodes).await?;
-        self.end_drained(&mut nodes).await?;
+        self.end_drained(&mut nodes, observed).await?;
         self.back_off(&mut pool, &exited).await?;
         if pool.kind == PoolKind::Shared && pool.state.live() {
             self.autoscale(&mut pool, &nodes).await?;
         }
-        let now = self.clock.now_ms();
+        // Silence is judged as of the read: a heartbeat since then is not missed.
         let listening_since = self.started.load(std::sync::atomic::Ordering::Relaxed);
         let mut failed = Vec::new();
         let held = self.held.lock().map(|h| h.clone()).unwrap_or_default();
-        for action in plan(&pool, &nodes, now, listening_since, self.policy, &held) {
+        for action in plan(&pool, &nodes, observed, listening_since, self.policy, &held) {
             if let Some(why) = self.apply(&pool, &nodes, action).await? {
                 failed.push(why);
             }
@@ -677,8 +696,9 @@ impl Reconciler {
     /// SIGTERM from elsewhere) is stopped once it is gone: its instance has
     /// exited, or it has said nothing for a heartbeat timeout (then it is stopped
     /// for good). Left draining, it would count against its pool for ever, and an
-    /// upgrade would wait for it.
-    async fn end_drained(&self, nodes: &mut [NodeHealthRow]) -> anyhow::Result<()> {
+    /// upgrade would wait for it. Silence is judged as of `observed`, when
+    /// `nodes` were read.
+    async fn end_drained(&self, nodes: &mut [NodeHealthRow], observed: UnixMs) -> anyhow::Result<()> {
         let now = self.clock.now_ms();
         let listening_since = self.started.load(std::sync::atomic::Ordering::Relaxed);
         for n in nodes.iter_mut().filter(|n| n.state == NodeState::Draining) {
@@ -687,7 +707,7 @@ impl Reconciler {
                 (Some(h), Some(driver)) => matches!(driver.inspect(h).await, Status::Exited { .. }),
                 _ => false,
             };
-            let silent_for = now - n.last_heartbeat.unwrap_or(n.created_at).max(listening_since);
+            let silent_for = observed - n.last_heartbeat.unwrap_or(n.created_at).max(listening_since);
             if !exited && silent_for <= self.policy.heartbeat_timeout_ms {
                 continue;
             }

@@ -30,6 +30,8 @@ pub struct Routing {
     version: AtomicU64,
     /// Cancelled when admin shuts down, which ends every stream.
     closed: CancellationToken,
+    /// Where each read's time and each published table's size go (`/metrics`).
+    metrics: Option<crate::control::ControlMetrics>,
 }
 
 impl Default for Routing {
@@ -38,7 +40,15 @@ impl Default for Routing {
             latest: watch::Sender::new(Arc::default()),
             version: AtomicU64::new(0),
             closed: CancellationToken::new(),
+            metrics: None,
         }
+    }
+}
+
+impl Routing {
+    /// Tables whose reads and publications are counted in `metrics`.
+    pub fn with_metrics(metrics: crate::control::ControlMetrics) -> Self {
+        Self { metrics: Some(metrics), ..Self::default() }
     }
 }
 
@@ -137,8 +147,20 @@ impl Routing {
                 last.clear();
                 continue;
             }
-            match self.snapshot(&store, &sealer, &ca).await {
+            let started = std::time::Instant::now();
+            let snapshot = self.snapshot(&store, &sealer, &ca).await;
+            let metrics = self.metrics.as_ref();
+            if let Some(m) = metrics {
+                m.routing_build_seconds.observe(started.elapsed().as_secs_f64());
+            }
+            match snapshot {
                 Ok(t) if t.digest != last => {
+                    if let Some(m) = metrics {
+                        m.routing_published.inc();
+                        m.routing_accounts.set(i64::try_from(t.accounts.len()).unwrap_or(i64::MAX));
+                        let bytes = serde_json::to_vec(&t).map_or(0, |b| b.len());
+                        m.routing_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                    }
                     // Sent again next time if Redis did not take it, so routers
                     // catch up when Redis returns.
                     let notice = serde_json::json!({"version": t.version, "digest": t.digest}).to_string();

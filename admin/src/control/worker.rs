@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, UnixMs};
 use crate::domain::{Offer, dedicated_pool_nodes};
 use crate::states::OperationKind;
 use crate::store::{Effect, OperationRow, Store, StoreError, UpgradeStep};
@@ -64,8 +64,11 @@ pub struct AccountFacts {
 /// How far an operation got in one run.
 enum Progress {
     Done,
-    /// Waiting for something outside the store; run again shortly.
-    Waiting,
+    /// Waiting for something outside the store since `since` (when its last
+    /// step finished, or when it was asked for); run again shortly.
+    Waiting {
+        since: UnixMs,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,8 +163,14 @@ pub struct Worker {
     retry_at: std::sync::atomic::AtomicI64,
 }
 
-/// How long an operation waiting for nodes waits before it looks again.
-const WAIT_RECHECK_MS: i64 = 100;
+/// How long an operation waiting for nodes waits before it looks again: a
+/// quarter of how long it has waited so far, from 100 ms up to 1 s. Looking
+/// again every 100 ms whatever the wait, a few waiting operations kept a
+/// worker busy and the operations queued behind them waited their turn (the
+/// fleet bench provisioned 3 accounts a second).
+fn wait_recheck_ms(waited_ms: i64) -> i64 {
+    (waited_ms / 4).clamp(100, 1_000)
+}
 
 impl Worker {
     pub fn new(store: Store, clock: Arc<dyn Clock>, wake: Arc<Notify>) -> Self {
@@ -211,9 +220,9 @@ impl Worker {
             Err(WorkerError::Superseded) => {
                 tracing::info!(operation = %op.id, "upgrade superseded by a newer one; left as it is");
             }
-            Ok(Progress::Waiting) => {
+            Ok(Progress::Waiting { since }) => {
                 let now = self.clock.now_ms();
-                let at = now + WAIT_RECHECK_MS;
+                let at = now + wait_recheck_ms(now - since);
                 self.store.defer_operation(&op, &self.owner, at, now).await?;
                 let _ = self.retry_at.fetch_update(
                     std::sync::atomic::Ordering::Relaxed,
@@ -252,7 +261,8 @@ impl Worker {
             if let Some(wait) = step.wait
                 && !self.holds(wait, op).await?
             {
-                return Ok(Progress::Waiting);
+                let since = current.steps.0.last().map_or(current.created_at, |s| s.at);
+                return Ok(Progress::Waiting { since });
             }
             current = match self
                 .store
@@ -286,10 +296,9 @@ impl Worker {
             }
             (Wait::NodesConfigured, Some(account)) => {
                 let mut all = true;
-                for (node, running) in self.store.account_ready_node_versions(account).await? {
-                    let serving = self.store.node_serving(node, self.clock.now_ms()).await?;
-                    let want = crate::control::node_config::node_config(node, &serving).version;
-                    all &= u64::try_from(running).ok() == Some(want);
+                for node in self.store.account_node_configs(account).await? {
+                    let serving = self.store.node_serving(node.id, self.clock.now_ms()).await?;
+                    all &= node.serves(crate::control::node_config::node_config(node.id, &serving).version);
                 }
                 all
             }
@@ -335,6 +344,14 @@ mod tests {
     use super::*;
     use crate::domain::OfferKind;
     use sqlx::types::Json;
+
+    #[test]
+    fn waiting_operations_look_again_less_often_the_longer_they_wait() {
+        assert_eq!(wait_recheck_ms(0), 100);
+        assert_eq!(wait_recheck_ms(2_000), 500);
+        assert_eq!(wait_recheck_ms(60_000), 1_000);
+        assert_eq!(wait_recheck_ms(-5), 100, "a clock that stepped back");
+    }
 
     fn op(kind: OperationKind) -> OperationRow {
         OperationRow {

@@ -40,7 +40,7 @@ pub use catalog::{BUILTIN_TYPES, JIT_TYPE, OriginTypeSettings};
 pub use customers::{AccountLimits, QuotaOverrides, QuotaUse};
 pub use idempotency::{IDEMPOTENCY_TTL_MS, IdempotencyStart};
 pub use node_ca::{IssuedTo, NodeCaRow};
-pub use nodes::{HeartbeatRecord, NodeHealthRow, NodeServing, Placement, ServedAccountRow};
+pub use nodes::{HeartbeatRecord, NodeConfigState, NodeHealthRow, NodeServing, Placement, ServedAccountRow};
 pub use operations::{Effect, OperationFilter, OperationQuery};
 pub use pools::PoolSpec;
 pub use probes::FleetGauges;
@@ -231,6 +231,7 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (18, "encryption", include_str!("../../../migrations/postgres/0018_encryption.sql")),
     (19, "dash encryption", include_str!("../../../migrations/postgres/0019_dash_encryption.sql")),
     (20, "access logs", include_str!("../../../migrations/postgres/0020_access_logs.sql")),
+    (21, "config generations", include_str!("../../../migrations/postgres/0021_config_generations.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -253,6 +254,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (18, "encryption", include_str!("../../../migrations/sqlite/0018_encryption.sql")),
     (19, "dash encryption", include_str!("../../../migrations/sqlite/0019_dash_encryption.sql")),
     (20, "access logs", include_str!("../../../migrations/sqlite/0020_access_logs.sql")),
+    (21, "config generations", include_str!("../../../migrations/sqlite/0021_config_generations.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {

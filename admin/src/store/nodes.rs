@@ -26,6 +26,32 @@ pub struct HeartbeatRecord {
     pub tls_address: Option<String>,
 }
 
+/// The configuration a ready node runs, as an operation waiting for it to
+/// serve an account sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct NodeConfigState {
+    pub id: Uuid,
+    /// The version the node says it runs.
+    pub running: i64,
+    /// The version it last fetched, and the pool's generation that was built at.
+    pub fetched: Option<i64>,
+    pub fetched_generation: Option<i64>,
+    /// The pool's generation when the account was staged to it.
+    pub staged_generation: Option<i64>,
+}
+
+impl NodeConfigState {
+    /// Whether the node serves the account: it runs the configuration as it is
+    /// now (`current`), or one it fetched at or after the account's staging,
+    /// which includes the account, however the pool's configuration has changed
+    /// since (other accounts staged after it).
+    pub fn serves(&self, current: u64) -> bool {
+        u64::try_from(self.running).ok() == Some(current)
+            || (self.fetched == Some(self.running)
+                && self.staged_generation.is_some_and(|g| self.fetched_generation.is_some_and(|f| f >= g)))
+    }
+}
+
 /// An account as a node serves it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ServedAccountRow {
@@ -55,6 +81,9 @@ pub struct NodeServing {
     pub payg_cap_mbps: i32,
     /// Ready nodes of the pool: the router spreads an account's requests over them.
     pub ready_nodes: i64,
+    /// The pool's configuration generation, read before `accounts`: every
+    /// account staged at this generation or before is among them.
+    pub generation: i64,
     pub accounts: Vec<ServedAccountRow>,
 }
 
@@ -173,58 +202,64 @@ impl Store {
     /// its self-probe. Admin's verdicts stick: a failed or stopped node stays so, and
     /// a node told to drain stays draining whatever it says.
     pub async fn record_heartbeats(&self, batch: &[(Uuid, HeartbeatRecord, UnixMs)]) -> Result<()> {
-        on_pool!(self, |p| {
-            let mut tx = p.begin_write().await?;
-            for (id, hb, now) in batch {
-                let before: Option<NodeState> = sqlx::query_scalar("SELECT state FROM nodes WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(before) = before else { continue };
-                let state = before.after_heartbeat(hb.state);
-                // The verdict is applied in the statement too: a node stopped or
-                // failed by another transaction since the read above stays so.
-                sqlx::query(
-                    "UPDATE nodes SET state = CASE WHEN state IN ('failed', 'stopped', 'draining') THEN state ELSE $2 END,
-                         address = $3, image_version = $4, last_heartbeat = $5, egress_mbps = $6,
-                         open_connections = $7, cache_hit_ratio = $8, config_version = $9, updated_at = $5,
-                         tls_address = $10
-                     WHERE id = $1",
-                )
-                .bind(id)
-                .bind(state)
-                .bind(&hb.address)
-                .bind(&hb.image_version)
-                .bind(now)
-                .bind(hb.egress_mbps)
-                .bind(hb.open_connections)
-                .bind(hb.cache_hit_ratio)
-                .bind(hb.config_version)
-                .bind(&hb.tls_address)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("INSERT INTO probes (node_id, at, source, ok, latency_ms, detail) VALUES ($1, $2, 'self', $3, $4, $5)")
-                    .bind(id)
-                    .bind(now)
-                    .bind(hb.probe_ok)
-                    .bind(hb.probe_latency_ms)
-                    .bind(&hb.probe_error)
-                    .execute(&mut *tx)
-                    .await?;
-                if state != before {
-                    event!(
-                        tx,
-                        now,
-                        format!("node:{id}"),
-                        "node.state",
-                        format!("node:{id}"),
-                        format!("{before} -> {state}")
-                    )?;
-                }
+        let p = match &self.backend {
+            super::Backend::Postgres(p) => return record_heartbeats_postgres(p, batch).await,
+            super::Backend::Sqlite(p) => p,
+        };
+        // SQLite: one writer in this process, each statement a function call.
+        let mut tx = p.begin_write().await?;
+        for (id, hb, now) in batch {
+            let before: Option<NodeState> =
+                sqlx::query_scalar("SELECT state FROM nodes WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
+            let Some(before) = before else { continue };
+            let state = before.after_heartbeat(hb.state);
+            // The verdict is applied in the statement too: a node stopped or
+            // failed by another transaction since the read above stays so. A
+            // heartbeat received before the node's last configuration fetch (and
+            // written after it) does not undo what the fetch recorded.
+            sqlx::query(
+                "UPDATE nodes SET state = CASE WHEN state IN ('failed', 'stopped', 'draining') THEN state ELSE $2 END,
+                     address = $3, image_version = $4, last_heartbeat = $5, egress_mbps = $6,
+                     open_connections = $7, cache_hit_ratio = $8, updated_at = $5, tls_address = $10,
+                     config_version = CASE WHEN config_fetched_at IS NOT NULL AND $5 <= config_fetched_at
+                                           THEN config_version ELSE $9 END
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(state)
+            .bind(&hb.address)
+            .bind(&hb.image_version)
+            .bind(now)
+            .bind(hb.egress_mbps)
+            .bind(hb.open_connections)
+            .bind(hb.cache_hit_ratio)
+            .bind(hb.config_version)
+            .bind(&hb.tls_address)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO probes (node_id, at, source, ok, latency_ms, detail) VALUES ($1, $2, 'self', $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(hb.probe_ok)
+            .bind(hb.probe_latency_ms)
+            .bind(&hb.probe_error)
+            .execute(&mut *tx)
+            .await?;
+            if state != before {
+                event!(
+                    tx,
+                    now,
+                    format!("node:{id}"),
+                    "node.state",
+                    format!("node:{id}"),
+                    format!("{before} -> {state}")
+                )?;
             }
-            tx.commit().await?;
-            Ok(())
-        })
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// A node's state as admin holds it.
@@ -251,11 +286,13 @@ impl Store {
     /// staged to move in, and the ones that left less than
     /// [`MOVE_GRACE_MS`](crate::domain::MOVE_GRACE_MS) ago.
     pub async fn node_serving(&self, id: Uuid, now: UnixMs) -> Result<NodeServing> {
-        type Row = (Uuid, PoolKind, String, i32, i32, i32, i64);
-        let (pool_id, pool_kind, origin_type, cap, trial, payg, ready_nodes): Row = on_pool!(self, |p| {
+        type Row = (Uuid, PoolKind, String, i32, i32, i32, i64, i64);
+        // The generation first, in a statement of its own: the accounts read
+        // after it include every one staged up to it.
+        let (pool_id, pool_kind, origin_type, cap, trial, payg, ready_nodes, generation): Row = on_pool!(self, |p| {
             sqlx::query_as(
                 "SELECT p.id, p.kind, p.origin_type, t.node_capacity_mbps, t.trial_cap_mbps, t.payg_cap_mbps,
-                        (SELECT COUNT(*) FROM nodes r WHERE r.pool_id = p.id AND r.state = 'ready')
+                        (SELECT COUNT(*) FROM nodes r WHERE r.pool_id = p.id AND r.state = 'ready'), p.config_generation
                  FROM nodes n JOIN pools p ON p.id = n.pool_id JOIN origin_types t ON t.name = p.origin_type
                  WHERE n.id = $1",
             )
@@ -268,8 +305,10 @@ impl Store {
                 "SELECT a.name, a.offer, a.state, a.ip_allow, a.allow_origins, a.playback_required, a.playback_keys, a.cdn_secrets,
                         a.encryption, a.dash_encryption, a.content_secret
                  FROM accounts a
-                 LEFT JOIN account_pool_mappings m ON m.account_id = a.id
-                 WHERE (m.pool_id = $1 OR a.staged_pool_id = $1 OR (m.previous_pool_id = $1 AND m.moved_at > $2))
+                 WHERE a.id IN (SELECT m.account_id FROM account_pool_mappings m WHERE m.pool_id = $1
+                                UNION SELECT s.id FROM accounts s WHERE s.staged_pool_id = $1
+                                UNION SELECT m.account_id FROM account_pool_mappings m
+                                      WHERE m.previous_pool_id = $1 AND m.moved_at > $2)
                    AND a.state <> 'deleted'
                  ORDER BY a.name",
             )
@@ -286,16 +325,28 @@ impl Store {
             trial_cap_mbps: trial,
             payg_cap_mbps: payg,
             ready_nodes,
+            generation,
             accounts,
         })
     }
 }
 
 impl Store {
-    /// Records the configuration a node just fetched (and applies at once).
-    pub async fn set_config_version(&self, id: Uuid, version: i64) -> Result<()> {
+    /// Records the configuration a node fetched at `now` (and applies at once):
+    /// its version, and the pool's generation it was built at.
+    pub async fn set_config_fetched(&self, id: Uuid, version: i64, generation: i64, now: UnixMs) -> Result<()> {
         on_pool!(self, |p| {
-            sqlx::query("UPDATE nodes SET config_version = $2 WHERE id = $1").bind(id).bind(version).execute(p).await?;
+            sqlx::query(
+                "UPDATE nodes SET config_version = $2, config_fetched_version = $2, config_generation = $3,
+                     config_fetched_at = $4
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(version)
+            .bind(generation)
+            .bind(now)
+            .execute(p)
+            .await?;
         });
         Ok(())
     }
@@ -417,12 +468,14 @@ impl Store {
         })
     }
 
-    /// (node, configuration version it runs) of the ready nodes of the pool the
-    /// account is staged to move to, else of its pool.
-    pub async fn account_ready_node_versions(&self, account_id: Uuid) -> Result<Vec<(Uuid, i64)>> {
+    /// The ready nodes of the pool an account is staged to (else its pool), with
+    /// the configuration each runs: see [`NodeConfigState::serves`].
+    pub async fn account_node_configs(&self, account_id: Uuid) -> Result<Vec<NodeConfigState>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
-                "SELECT n.id, n.config_version FROM accounts a LEFT JOIN account_pool_mappings m ON m.account_id = a.id
+                "SELECT n.id, n.config_version AS running, n.config_fetched_version AS fetched,
+                        n.config_generation AS fetched_generation, a.staged_generation
+                 FROM accounts a LEFT JOIN account_pool_mappings m ON m.account_id = a.id
                  JOIN nodes n ON n.pool_id = COALESCE(a.staged_pool_id, m.pool_id)
                  WHERE a.id = $1 AND n.state = 'ready' ORDER BY n.id",
             )
@@ -431,4 +484,93 @@ impl Store {
             .await?)
         })
     }
+}
+
+/// [`Store::record_heartbeats`] on PostgreSQL: the whole batch in three
+/// statements (the states before, the nodes' latest, the probe history) over
+/// arrays, not three a heartbeat. One statement a heartbeat, each a round trip,
+/// kept the writer busy for most of every second at a thousand nodes, and
+/// heartbeats waited in its queue long enough for nodes to count as silent.
+async fn record_heartbeats_postgres(p: &sqlx::PgPool, batch: &[(Uuid, HeartbeatRecord, UnixMs)]) -> Result<()> {
+    let mut tx = p.begin().await?;
+    let ids: Vec<Uuid> = batch.iter().map(|(id, _, _)| *id).collect();
+    let known: Vec<(Uuid, NodeState)> =
+        sqlx::query_as("SELECT id, state FROM nodes WHERE id = ANY($1)").bind(&ids).fetch_all(&mut *tx).await?;
+    let mut states: std::collections::HashMap<Uuid, NodeState> = known.into_iter().collect();
+    // Each node's state after its heartbeats in order; its latest heartbeat;
+    // every heartbeat's probe.
+    let mut latest: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
+    let mut changes = Vec::new();
+    let mut probes = Vec::new();
+    for (i, (id, hb, now)) in batch.iter().enumerate() {
+        let Some(before) = states.get(id).copied() else { continue };
+        let after = before.after_heartbeat(hb.state);
+        if after != before {
+            changes.push((*id, *now, before, after));
+        }
+        states.insert(*id, after);
+        latest.insert(*id, i);
+        probes.push(i);
+    }
+    let mut rows: Vec<(Uuid, usize)> = latest.into_iter().collect();
+    rows.sort_unstable();
+    let node_ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+    let node_states: Vec<&str> = rows.iter().map(|(id, _)| states[id].as_str()).collect();
+    let addresses: Vec<&str> = rows.iter().map(|(_, i)| batch[*i].1.address.as_str()).collect();
+    let images: Vec<&str> = rows.iter().map(|(_, i)| batch[*i].1.image_version.as_str()).collect();
+    let at: Vec<i64> = rows.iter().map(|(_, i)| batch[*i].2).collect();
+    let egress: Vec<f64> = rows.iter().map(|(_, i)| batch[*i].1.egress_mbps).collect();
+    let connections: Vec<i64> = rows.iter().map(|(_, i)| batch[*i].1.open_connections).collect();
+    let hit_ratio: Vec<f64> = rows.iter().map(|(_, i)| batch[*i].1.cache_hit_ratio).collect();
+    let config: Vec<i64> = rows.iter().map(|(_, i)| batch[*i].1.config_version).collect();
+    let tls: Vec<Option<String>> = rows.iter().map(|(_, i)| batch[*i].1.tls_address.clone()).collect();
+    // The verdict is applied in the statement too: a node stopped or failed by
+    // another transaction since the read above stays so. A heartbeat received
+    // before the node's last configuration fetch (and written after it) does not
+    // undo what the fetch recorded.
+    sqlx::query(
+        "UPDATE nodes n SET state = CASE WHEN n.state IN ('failed', 'stopped', 'draining') THEN n.state ELSE h.state END,
+             address = h.address, image_version = h.image_version, last_heartbeat = h.at, egress_mbps = h.egress,
+             open_connections = h.connections, cache_hit_ratio = h.hit_ratio, updated_at = h.at, tls_address = h.tls,
+             config_version = CASE WHEN n.config_fetched_at IS NOT NULL AND h.at <= n.config_fetched_at
+                                   THEN n.config_version ELSE h.config END
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::float8[], $7::int8[],
+                     $8::float8[], $9::int8[], $10::text[])
+              AS h(id, state, address, image_version, at, egress, connections, hit_ratio, config, tls)
+         WHERE n.id = h.id",
+    )
+    .bind(&node_ids)
+    .bind(&node_states)
+    .bind(&addresses)
+    .bind(&images)
+    .bind(&at)
+    .bind(&egress)
+    .bind(&connections)
+    .bind(&hit_ratio)
+    .bind(&config)
+    .bind(&tls)
+    .execute(&mut *tx)
+    .await?;
+    let probe_ids: Vec<Uuid> = probes.iter().map(|i| batch[*i].0).collect();
+    let probe_at: Vec<i64> = probes.iter().map(|i| batch[*i].2).collect();
+    let ok: Vec<bool> = probes.iter().map(|i| batch[*i].1.probe_ok).collect();
+    let latency: Vec<i32> = probes.iter().map(|i| batch[*i].1.probe_latency_ms).collect();
+    let detail: Vec<Option<String>> = probes.iter().map(|i| batch[*i].1.probe_error.clone()).collect();
+    sqlx::query(
+        "INSERT INTO probes (node_id, at, source, ok, latency_ms, detail)
+         SELECT u.id, u.at, 'self', u.ok, u.latency, u.detail
+         FROM UNNEST($1::uuid[], $2::int8[], $3::bool[], $4::int4[], $5::text[]) AS u(id, at, ok, latency, detail)",
+    )
+    .bind(&probe_ids)
+    .bind(&probe_at)
+    .bind(&ok)
+    .bind(&latency)
+    .bind(&detail)
+    .execute(&mut *tx)
+    .await?;
+    for (id, now, before, after) in changes {
+        event!(tx, now, format!("node:{id}"), "node.state", format!("node:{id}"), format!("{before} -> {after}"))?;
+    }
+    tx.commit().await?;
+    Ok(())
 }

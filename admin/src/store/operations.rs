@@ -310,9 +310,18 @@ macro_rules! apply_effect {
                 // The target pool serves the account from now on (staged), before
                 // any router is pointed at it.
                 let (target, _) = target_pool!($tx, account_id, *dedicated_nodes, $now);
-                sqlx::query("UPDATE accounts SET staged_pool_id = $2 WHERE id = $1")
+                // Nodes that fetch their configuration at this generation or later
+                // serve the account (see `Store::account_node_configs`).
+                let generation: i64 = sqlx::query_scalar(
+                    "UPDATE pools SET config_generation = config_generation + 1 WHERE id = $1 RETURNING config_generation",
+                )
+                .bind(target)
+                .fetch_one(&mut *$tx)
+                .await?;
+                sqlx::query("UPDATE accounts SET staged_pool_id = $2, staged_generation = $3 WHERE id = $1")
                     .bind(account_id)
                     .bind(target)
+                    .bind(generation)
                     .execute(&mut *$tx)
                     .await?;
             }

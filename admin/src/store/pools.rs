@@ -34,6 +34,21 @@ pub struct PoolSpec {
     pub waiting_reason: Option<String>,
 }
 
+/// The nodes that are not stopped with their health signals; the callers add
+/// a pool filter and the order. The last two self-probes are read newest first
+/// along `probes_node_at`: ordered by id, every probe a node ever sent was read
+/// and sorted, each pass, for each node.
+macro_rules! node_health {
+    () => {
+        "SELECT n.id, n.pool_id, n.handle, n.state, n.last_heartbeat, n.created_at, n.egress_mbps, n.upgrade_domain,
+                n.image_version, n.target, t.zone, t.state AS target_state,
+                (SELECT COUNT(*) FROM (SELECT ok FROM probes r WHERE r.node_id = n.id AND r.source = 'self'
+                                       ORDER BY r.at DESC, r.id DESC LIMIT 2) last WHERE NOT last.ok) AS recent_probe_failures
+         FROM nodes n LEFT JOIN targets t ON t.name = n.target
+         WHERE n.state <> 'stopped'"
+    };
+}
+
 impl Store {
     /// Pools that need nodes or still have some; failures counted from `now`.
     pub async fn pools_to_reconcile(&self, now: UnixMs) -> Result<Vec<PoolSpec>> {
@@ -57,18 +72,24 @@ impl Store {
     /// The nodes of a pool that are not stopped, with their health signals.
     pub async fn pool_health(&self, pool_id: Uuid) -> Result<Vec<NodeHealthRow>> {
         on_pool!(self, |p| {
-            Ok(sqlx::query_as(
-                "SELECT n.id, n.pool_id, n.handle, n.state, n.last_heartbeat, n.created_at, n.egress_mbps, n.upgrade_domain,
-                        n.image_version, n.target, t.zone, t.state AS target_state,
-                        (SELECT COUNT(*) FROM (SELECT ok FROM probes r WHERE r.node_id = n.id AND r.source = 'self'
-                                               ORDER BY r.id DESC LIMIT 2) last WHERE NOT last.ok) AS recent_probe_failures
-                 FROM nodes n LEFT JOIN targets t ON t.name = n.target
-                 WHERE n.pool_id = $1 AND n.state <> 'stopped' ORDER BY n.id",
-            )
-            .bind(pool_id)
-            .fetch_all(p)
-            .await?)
+            Ok(sqlx::query_as(concat!(node_health!(), " AND n.pool_id = $1 ORDER BY n.id"))
+                .bind(pool_id)
+                .fetch_all(p)
+                .await?)
         })
+    }
+
+    /// [`pool_health`](Self::pool_health) of every pool in one read, by pool: a
+    /// reconcile pass over a thousand pools is one query, not a thousand.
+    pub async fn fleet_health(&self) -> Result<std::collections::HashMap<Uuid, Vec<NodeHealthRow>>> {
+        let rows: Vec<NodeHealthRow> = on_pool!(self, |p| {
+            sqlx::query_as(concat!(node_health!(), " ORDER BY n.pool_id, n.id")).fetch_all(p).await?
+        });
+        let mut by_pool: std::collections::HashMap<Uuid, Vec<NodeHealthRow>> = std::collections::HashMap::new();
+        for n in rows {
+            by_pool.entry(n.pool_id).or_default().push(n);
+        }
+        Ok(by_pool)
     }
 
     /// Ready nodes of the pool the account's offer calls for: its own dedicated pool
