@@ -16,10 +16,13 @@
 //!   cargo bench --bench fleet                          # 10,000 accounts, 1,000 SLA, 60 s
 //!   FLEET_ACCOUNTS=2000 FLEET_SLA=200 FLEET_SECS=20 cargo bench --bench fleet
 //!
+//! Under `cargo test --all-targets` (no `--bench`) it makes a small run of 40
+//! accounts for 3 s, so the suite keeps it working: there every sign-up made
+//! under load must become active and no heartbeat may fail.
+//!
 //! It makes a fresh database next to HEADWATER_BENCH_DATABASE_URL (default
 //! HEADWATER_TEST_DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres)
-//! and drops it at the end. Not run by the test suite (speed is measured, never
-//! asserted).
+//! and drops it at the end. Speed is measured, never asserted.
 
 mod support;
 
@@ -30,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sqlx::Connection;
-use support::{cpu_ticks, env_num, percentile};
+use support::{cpu_ticks, env_num, percentile, size};
 
 const OPERATOR: &str = "bench-operator";
 const ROUTER: &str = "bench-router";
@@ -268,9 +271,9 @@ async fn sign_up(bench: &Bench, name: &str, offer: Value) -> String {
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let accounts = env_num("FLEET_ACCOUNTS", 10_000) as usize;
-    let sla = (env_num("FLEET_SLA", 1_000) as usize).min(accounts);
-    let secs = env_num("FLEET_SECS", 60);
+    let accounts = size("FLEET_ACCOUNTS", 10_000, 40) as usize;
+    let sla = (size("FLEET_SLA", 1_000, 4) as usize).min(accounts);
+    let secs = size("FLEET_SECS", 60, 3);
     let read_rate = env_num("FLEET_READS_PER_SEC", 50);
     let signup_rate = env_num("FLEET_SIGNUPS_PER_SEC", 2);
     let (db, server) = fresh_database().await;
@@ -550,6 +553,11 @@ async fn main() {
         pg_cpu / elapsed * 100.0
     );
     println!("  routing stream   {:.1} MiB streamed to the router", routed.load(Ordering::Relaxed) as f64 / 1048576.0);
+    if !support::measuring() {
+        assert!(waiting.is_empty() && failed == 0, "{} sign-ups still provisioning, {failed} failed", waiting.len());
+        assert_eq!(hb_errors.load(Ordering::Relaxed), 0, "heartbeats failed");
+        assert!(!provisioning.0.lock().unwrap().is_empty(), "no sign-up was made under load");
+    }
     let _ = admin.child.kill().await;
     let _ = admin.child.wait().await;
     drop_database(&server, &db).await;

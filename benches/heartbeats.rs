@@ -6,7 +6,8 @@
 //!   HEARTBEAT_NODES=500 HEARTBEAT_SECS=10 cargo bench --bench heartbeats
 //!   HEADWATER_BENCH_DATABASE_URL=postgres://postgres@127.0.0.1/hwbench cargo bench --bench heartbeats
 //!
-//! Not run by the test suite (speed is measured, never asserted).
+//! Under `cargo test --all-targets` (no `--bench`) it makes a small run of 20
+//! nodes for 2 s, so the suite keeps it working; speed is measured, never asserted.
 
 mod support;
 
@@ -14,13 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{cpu_ticks, env_num, percentile};
+use support::{cpu_ticks, percentile, size};
 
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let nodes = env_num("HEARTBEAT_NODES", 2000) as usize;
-    let secs = env_num("HEARTBEAT_SECS", 20);
+    let nodes = size("HEARTBEAT_NODES", 2000, 20) as usize;
+    let secs = size("HEARTBEAT_SECS", 20, 2);
     let dir = tempfile::tempdir().unwrap();
     let db = std::env::var("HEADWATER_BENCH_DATABASE_URL")
         .unwrap_or_else(|_| format!("sqlite://{}/db.sqlite", dir.path().display()));

@@ -60,3 +60,15 @@ pub async fn start_admin(dir: &Path, database: &str, args: &[&str]) -> Admin {
     };
     Admin { child, pid, url }
 }
+
+/// Whether `cargo bench` runs this (it passes `--bench`); under `cargo test
+/// --all-targets` a bench makes a small run instead, so the test suite keeps it
+/// working without measuring anything.
+pub fn measuring() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// `name` from the environment, else `full` when measuring, else `smoke`.
+pub fn size(name: &str, full: u64, smoke: u64) -> u64 {
+    env_num(name, if measuring() { full } else { smoke })
+}
