@@ -295,12 +295,18 @@ impl Worker {
                 ready
             }
             (Wait::NodesConfigured, Some(account)) => {
-                let mut all = true;
+                // A node that fetched the account's configuration serves it; only
+                // for the others is the configuration as it is now worked out.
                 for node in self.store.account_node_configs(account).await? {
+                    if node.fetched_since_staging() {
+                        continue;
+                    }
                     let serving = self.store.node_serving(node.id, self.clock.now_ms()).await?;
-                    all &= node.serves(crate::control::node_config::node_config(node.id, &serving).version);
+                    if !node.runs(crate::control::node_config::node_config(node.id, &serving).version) {
+                        return Ok(false);
+                    }
                 }
-                all
+                true
             }
         })
     }

@@ -41,14 +41,17 @@ pub struct NodeConfigState {
 }
 
 impl NodeConfigState {
-    /// Whether the node serves the account: it runs the configuration as it is
-    /// now (`current`), or one it fetched at or after the account's staging,
-    /// which includes the account, however the pool's configuration has changed
-    /// since (other accounts staged after it).
-    pub fn serves(&self, current: u64) -> bool {
+    /// Whether the node runs a configuration it fetched at or after the
+    /// account's staging, which includes the account, however the pool's
+    /// configuration has changed since (other accounts staged after it).
+    pub fn fetched_since_staging(&self) -> bool {
+        self.fetched == Some(self.running)
+            && self.staged_generation.is_some_and(|g| self.fetched_generation.is_some_and(|f| f >= g))
+    }
+
+    /// Whether the node runs the configuration as it is now (`current`).
+    pub fn runs(&self, current: u64) -> bool {
         u64::try_from(self.running).ok() == Some(current)
-            || (self.fetched == Some(self.running)
-                && self.staged_generation.is_some_and(|g| self.fetched_generation.is_some_and(|f| f >= g)))
     }
 }
 
