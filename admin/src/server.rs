@@ -293,6 +293,7 @@ impl Admin {
             heartbeats,
             content,
             routing: Arc::new(crate::control::routing::Routing::with_metrics(metrics.control.clone())),
+            serving: Arc::default(),
             metrics,
             limits: Arc::new(RateLimits::new(Rates {
                 per_principal: cfg.rate_limit_per_key,

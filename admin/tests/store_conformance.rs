@@ -581,7 +581,91 @@ async fn an_account_is_configured_once_its_nodes_fetched_it_whatever_came_after(
     assert_eq!(state(bo_op).await, OperationState::Succeeded);
 }
 
+/// The change stamps move with every committed change to what they cover, and
+/// only then: heartbeats that change neither a node's state nor its addresses
+/// move neither. Heartbeats answer from a pool's read while the stamp stands.
+async fn change_stamps_move_with_what_they_cover(db: TestDb) {
+    use headwater_admin::control::node_config::{SERVING_MAX_AGE_MS, ServingCache, node_config};
+    use headwater_admin::store::ChangeStamp;
+    seeded(&db).await;
+    let clock = ManualClock::new(T0);
+    let w = worker(&db, &clock);
+    let store = &db.store;
+    let stamps = || async move {
+        (
+            store.change_stamp(ChangeStamp::Routing).await.unwrap(),
+            store.change_stamp(ChangeStamp::NodeConfig).await.unwrap(),
+        )
+    };
+    let s0 = stamps().await;
+    let ana = customer(&db, "ana@example.com").await;
+    let (account, _) = enqueue(&db, ana, "ana-vod").await;
+    let s1 = stamps().await;
+    assert!(s1.0 > s0.0 && s1.1 > s0.1, "a new account moves both: {s0:?} -> {s1:?}");
+    drain(&w).await;
+    let pool = store.account_by_id(account).await.unwrap().pool_id.expect("ana's pool");
+    let node = Uuid::now_v7();
+    let (_, token) = keys::node_token(node);
+    let (_, join) = keys::join_token(node);
+    let s2 = stamps().await;
+    store
+        .register_node(node, pool, &token, &join, headwater_admin::store::Placement::default(), "test", T0)
+        .await
+        .unwrap();
+    let s3 = stamps().await;
+    assert!(s3.0 > s2.0 && s3.1 > s2.1, "a new node moves both: {s2:?} -> {s3:?}");
+    let heartbeat = |egress_mbps: f64, tls_address: Option<&str>| headwater_admin::store::HeartbeatRecord {
+        state: headwater_protocol::NodeState::Ready,
+        address: "127.0.0.1:9".into(),
+        image_version: "test".into(),
+        egress_mbps,
+        open_connections: 0,
+        cache_hit_ratio: 0.0,
+        config_version: 0,
+        probe_ok: true,
+        probe_latency_ms: 1,
+        probe_error: None,
+        tls_address: tls_address.map(str::to_owned),
+    };
+    store.record_heartbeats(&[(node, heartbeat(0.0, None), T0 + 1)]).await.unwrap();
+    let s4 = stamps().await;
+    assert!(s4.0 > s3.0 && s4.1 > s3.1, "a node turning ready moves both: {s3:?} -> {s4:?}");
+    store.record_heartbeats(&[(node, heartbeat(12.5, None), T0 + 2)]).await.unwrap();
+    assert_eq!(stamps().await, s4, "a heartbeat with only new load moves neither");
+    store.record_heartbeats(&[(node, heartbeat(12.5, Some("127.0.0.1:10")), T0 + 3)]).await.unwrap();
+    let s5 = stamps().await;
+    assert!(s5.0 > s4.0 && s5.1 == s4.1, "a new TLS address is routed, not served: {s4:?} -> {s5:?}");
+
+    // A heartbeat's answer comes from the pool's read until the stamp moves.
+    let cache = ServingCache::default();
+    let read = |at: i64| {
+        let cache = &cache;
+        async move { cache.get(store, node, &store.node_at_stamp(node).await.unwrap(), at).await.unwrap() }
+    };
+    let first = read(T0 + 10).await;
+    assert!(Arc::ptr_eq(&first, &read(T0 + 11).await), "nothing changed: the same read");
+    let row = store.account_by_id(account).await.unwrap();
+    let change = AccountChange::Update {
+        offer: None,
+        ip_allow: Some(IpAllow::parse(&["192.0.2.0/24".into()]).unwrap()),
+        allow_origins: None,
+    };
+    let op = NewOperation { account_id: Some(account), ..NewOperation::new(OperationKind::Update) };
+    store.change_account(&row, &change, &op, &AccountLimits::NONE, "test", T0 + 12).await.unwrap();
+    let s6 = stamps().await;
+    assert!(s6.0 > s5.0 && s6.1 > s5.1, "an account's allow-list moves both: {s5:?} -> {s6:?}");
+    let after = read(T0 + 13).await;
+    let fresh = store.node_serving(node, T0 + 13).await.unwrap();
+    assert_eq!(after.accounts[0].ip_allow.0, ["192.0.2.0/24"]);
+    assert_eq!(node_config(node, &after).version, node_config(node, &fresh).version);
+    assert_ne!(node_config(node, &after).version, node_config(node, &first).version);
+    // Time alone changes what a pool serves too (a move's grace ends): a read
+    // is kept no longer than its age.
+    assert!(!Arc::ptr_eq(&after, &read(T0 + 13 + SERVING_MAX_AGE_MS).await), "read again once old");
+}
+
 on_both_backends!(
+    change_stamps_move_with_what_they_cover,
     an_account_is_configured_once_its_nodes_fetched_it_whatever_came_after,
     quotas_hold_inside_the_transaction,
     customers_keys_and_unique_emails,

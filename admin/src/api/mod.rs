@@ -90,6 +90,8 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// The routing table handed to routers.
     pub routing: Arc<crate::control::routing::Routing>,
+    /// What each pool's nodes serve, for heartbeats' answers.
+    pub serving: Arc<crate::control::node_config::ServingCache>,
     /// Issues and verifies the certificates of nodes and routers.
     pub node_ca: Arc<crate::node_ca::NodeCa>,
     /// The retention collector's clock, movable with `--test-clock`.

@@ -81,9 +81,10 @@ pub async fn heartbeat(
         probe_error: hb.self_probe.error.clone(),
         tls_address: hb.tls_address.clone(),
     };
-    let state = s.store.node_state(id).await?.after_heartbeat(record.state);
+    let node = s.store.node_at_stamp(id).await?;
+    let state = node.state.after_heartbeat(record.state);
     s.heartbeats.push((id, record, s.clock.now_ms())).await.map_err(|e| ApiError::Internal(e.into()))?;
-    let serving = s.store.node_serving(id, s.clock.now_ms()).await?;
+    let serving = s.serving.get(&s.store, id, &node, s.clock.now_ms()).await?;
     // An asset the node cannot package is an event of its account (one the
     // node serves; at most a few per heartbeat).
     for u in hb.unpackable.iter().take(16) {
@@ -187,12 +188,13 @@ pub async fn routing(
     headers: axum::http::HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let table = s.routing.snapshot(&s.store, &s.settings.sealer, &s.node_ca).await?;
-    let etag = format!("\"{}\"", table.digest);
+    let current = s.routing.current(&s.store, &s.settings.sealer, &s.node_ca).await?;
+    let etag = format!("\"{}\"", current.table.digest);
     if headers.get(axum::http::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         return Ok((StatusCode::NOT_MODIFIED, [(axum::http::header::ETAG, etag)]).into_response());
     }
-    Ok(([(axum::http::header::ETAG, etag)], Json(table)).into_response())
+    let json = (axum::http::header::CONTENT_TYPE, "application/json");
+    Ok(([(axum::http::header::ETAG, etag)], [json], current.line.clone()).into_response())
 }
 
 /// What a router reached in its last round of probes (`headwater_protocol::Sightings`).
@@ -243,14 +245,9 @@ pub async fn routing_stream(
     use axum::response::IntoResponse;
     // Subscribe before the snapshot, so no change falls between the two.
     let rx = s.routing.subscribe();
-    let first = s.routing.snapshot(&s.store, &s.settings.sealer, &s.node_ca).await?;
+    let first = s.routing.current(&s.store, &s.settings.sealer, &s.node_ca).await?;
     let closed = s.routing.closed();
-    let line = |t: &headwater_protocol::RoutingTable| {
-        let mut v = serde_json::to_vec(t).unwrap_or_default();
-        v.push(b'\n');
-        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(v))
-    };
-    let start = (rx, first.version, first.digest.clone());
+    let start = (rx, first.table.version, first.table.digest.clone());
     let changes = futures_util::stream::unfold(start, move |(mut rx, mut version, mut digest)| {
         let closed = closed.clone();
         async move {
@@ -263,18 +260,18 @@ pub async fn routing_stream(
                     Err(_) => return Some((Ok(bytes::Bytes::from_static(b"\n")), (rx, version, digest))),
                     Ok(Err(_)) => return None,
                     Ok(Ok(())) => {
-                        let t = rx.borrow_and_update().clone();
-                        if t.version > version && t.digest != digest {
-                            version = t.version;
-                            digest.clone_from(&t.digest);
-                            return Some((line(&t), (rx, version, digest)));
+                        let p = rx.borrow_and_update().clone();
+                        if p.table.version > version && p.table.digest != digest {
+                            version = p.table.version;
+                            digest.clone_from(&p.table.digest);
+                            return Some((Ok::<_, std::convert::Infallible>(p.line.clone()), (rx, version, digest)));
                         }
                     }
                 }
             }
         }
     });
-    let body = futures_util::stream::once(std::future::ready(line(&first))).chain(changes);
+    let body = futures_util::stream::once(std::future::ready(Ok(first.line.clone()))).chain(changes);
     Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(body))
         .into_response())
 }

@@ -26,4 +26,10 @@ impl Every {
             _ = self.tick.tick() => true,
         }
     }
+
+    /// Puts the next pass off until `extra` past the period from now: a pass that
+    /// cost much leaves room before the next one.
+    pub fn delay(&mut self, extra: Duration) {
+        self.tick.reset_after(self.tick.period() + extra);
+    }
 }

@@ -5,8 +5,8 @@
 //! Redis is no place for them), on which routers fetch it from admin, and on
 //! `GET /v1/routing/stream` for routers without Redis.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use headwater_protocol::{CustomDomain, Route, RouteNode, RoutingTable};
@@ -18,14 +18,41 @@ use crate::bus::{Bus, ROUTING};
 use crate::control::signing::{domain_key_context, open_rule, sealed_rule};
 use crate::node_ca::NodeCa;
 use crate::sealed::Sealer;
-use crate::store::{RouteRow, Store, StoreError};
+use crate::store::{ChangeStamp, RouteRow, Store, StoreError};
 
-/// How often the table is read while someone listens for changes.
+/// How often the routing stamp is read while someone listens for changes (the
+/// table itself only when the stamp moved).
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// A table as handed out, with its JSON line (`/v1/routing/stream` sends it as
+/// is, to every router that follows it, serialised once).
+#[derive(Debug, Default)]
+pub struct Published {
+    pub table: RoutingTable,
+    /// The table's JSON and a newline.
+    pub line: bytes::Bytes,
+}
+
+impl Published {
+    fn new(table: RoutingTable) -> Self {
+        let mut line = serde_json::to_vec(&table).unwrap_or_default();
+        line.push(b'\n');
+        Self { table, line: line.into() }
+    }
+}
+
+/// The last table read, and what it was read at: while neither the store's
+/// routing stamp nor the node CA's generation moved, it is the current table.
+struct Built {
+    stamp: i64,
+    node_ca: String,
+    published: Arc<Published>,
+}
 
 /// The tables this admin hands out, newest last.
 pub struct Routing {
-    latest: watch::Sender<Arc<RoutingTable>>,
+    latest: watch::Sender<Arc<Published>>,
+    built: Mutex<Option<Built>>,
     /// The last version handed out.
     version: AtomicU64,
     /// Cancelled when admin shuts down, which ends every stream.
@@ -38,6 +65,7 @@ impl Default for Routing {
     fn default() -> Self {
         Self {
             latest: watch::Sender::new(Arc::default()),
+            built: Mutex::new(None),
             version: AtomicU64::new(0),
             closed: CancellationToken::new(),
             metrics: None,
@@ -109,17 +137,37 @@ impl Routing {
         if prev >= now { self.version.fetch_add(1, Ordering::SeqCst) + 1 } else { now }
     }
 
-    /// The table as the store has it now. The version is taken before the read, so
-    /// a table read later always carries the larger version.
-    pub async fn snapshot(&self, store: &Store, sealer: &Sealer, ca: &NodeCa) -> Result<RoutingTable, StoreError> {
+    /// The table as the store has it now: the last one read while the store's
+    /// routing stamp and the node CA's generation are what they were then (one
+    /// read of the stamp), else read again. The version is taken before the
+    /// read, so a table read later always carries the larger version.
+    pub async fn current(&self, store: &Store, sealer: &Sealer, ca: &NodeCa) -> Result<Arc<Published>, StoreError> {
+        let stamp = store.change_stamp(ChangeStamp::Routing).await?;
+        let node_ca = ca.generation();
+        if let Some(b) = self.built.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+            && b.stamp == stamp
+            && b.node_ca == node_ca
+        {
+            return Ok(b.published.clone());
+        }
+        let started = std::time::Instant::now();
         let version = self.next_version();
-        let mut t = table(store.routes().await?, sealer, Some(ca.generation()));
+        let mut t = table(store.routes().await?, sealer, Some(node_ca.clone()));
         t.version = version;
-        Ok(t)
+        let published = Arc::new(Published::new(t));
+        if let Some(m) = self.metrics.as_ref() {
+            m.routing_build_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        // Two reads at once: the later one (the larger version) stays.
+        if built.as_ref().is_none_or(|b| b.published.table.version < version) {
+            *built = Some(Built { stamp, node_ca, published: published.clone() });
+        }
+        Ok(published)
     }
 
     /// Follows the latest published table (see [`Routing::publish`]).
-    pub fn subscribe(&self) -> watch::Receiver<Arc<RoutingTable>> {
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
         self.latest.subscribe()
     }
 
@@ -128,9 +176,10 @@ impl Routing {
         self.closed.clone()
     }
 
-    /// Reads the table every `every` while anyone listens (a stream here, or
-    /// routers on Redis) and publishes it whenever its content changes, until
-    /// `shutdown`; then ends every stream.
+    /// Reads the routing stamp every `every` while anyone listens (a stream
+    /// here, or routers on Redis), the table when the stamp moved, and publishes
+    /// the table whenever its content changes, until `shutdown`; then ends
+    /// every stream.
     pub async fn publish(
         self: Arc<Self>,
         store: Store,
@@ -148,27 +197,29 @@ impl Routing {
                 continue;
             }
             let started = std::time::Instant::now();
-            let snapshot = self.snapshot(&store, &sealer, &ca).await;
-            let metrics = self.metrics.as_ref();
-            if let Some(m) = metrics {
-                m.routing_build_seconds.observe(started.elapsed().as_secs_f64());
+            let current = self.current(&store, &sealer, &ca).await;
+            // A table that takes long to read (10,000 accounts: ~300 ms) is read
+            // at most a quarter of the time, so changes coming in all the time
+            // do not keep a core reading it.
+            let spent = started.elapsed();
+            if spent > every / 4 {
+                tick.delay(spent * 3);
             }
-            match snapshot {
-                Ok(t) if t.digest != last => {
-                    if let Some(m) = metrics {
+            match current {
+                Ok(p) if p.table.digest != last => {
+                    if let Some(m) = self.metrics.as_ref() {
                         m.routing_published.inc();
-                        m.routing_accounts.set(i64::try_from(t.accounts.len()).unwrap_or(i64::MAX));
-                        let bytes = serde_json::to_vec(&t).map_or(0, |b| b.len());
-                        m.routing_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                        m.routing_accounts.set(i64::try_from(p.table.accounts.len()).unwrap_or(i64::MAX));
+                        m.routing_bytes.set(i64::try_from(p.line.len()).unwrap_or(i64::MAX));
                     }
                     // Sent again next time if Redis did not take it, so routers
                     // catch up when Redis returns.
-                    let notice = serde_json::json!({"version": t.version, "digest": t.digest}).to_string();
+                    let notice = serde_json::json!({"version": p.table.version, "digest": p.table.digest}).to_string();
                     let delivered = !bus.is_shared() || bus.publish(ROUTING, notice).await;
                     if delivered {
-                        last.clone_from(&t.digest);
+                        last.clone_from(&p.table.digest);
                     }
-                    self.latest.send_replace(Arc::new(t));
+                    self.latest.send_replace(p);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "routing table"),

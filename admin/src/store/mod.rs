@@ -21,6 +21,7 @@ mod pools;
 mod probes;
 mod routes;
 mod rows;
+mod stamps;
 mod targets;
 mod upgrades;
 mod usage;
@@ -46,6 +47,7 @@ pub use pools::PoolSpec;
 pub use probes::FleetGauges;
 pub use routes::RouteRow;
 pub use rows::*;
+pub use stamps::{ChangeStamp, NodeAtStamp};
 pub use targets::{
     HeardNode, KubernetesSettings, NewTarget, NodeSettings, TaintEffect, TargetChange, TargetRow, TargetSettings,
     TargetUse, Toleration, TolerationOperator,
@@ -232,6 +234,8 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (19, "dash encryption", include_str!("../../../migrations/postgres/0019_dash_encryption.sql")),
     (20, "access logs", include_str!("../../../migrations/postgres/0020_access_logs.sql")),
     (21, "config generations", include_str!("../../../migrations/postgres/0021_config_generations.sql")),
+    (22, "open operations", include_str!("../../../migrations/postgres/0022_open_operations.sql")),
+    (23, "change stamps", include_str!("../../../migrations/postgres/0023_change_stamps.sql")),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "foundation", include_str!("../../../migrations/sqlite/0001_foundation.sql")),
@@ -255,6 +259,8 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (19, "dash encryption", include_str!("../../../migrations/sqlite/0019_dash_encryption.sql")),
     (20, "access logs", include_str!("../../../migrations/sqlite/0020_access_logs.sql")),
     (21, "config generations", include_str!("../../../migrations/sqlite/0021_config_generations.sql")),
+    (22, "open operations", include_str!("../../../migrations/sqlite/0022_open_operations.sql")),
+    (23, "change stamps", include_str!("../../../migrations/sqlite/0023_change_stamps.sql")),
 ];
 
 fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {
