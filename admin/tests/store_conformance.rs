@@ -586,24 +586,33 @@ async fn an_account_is_configured_once_its_nodes_fetched_it_whatever_came_after(
 /// move neither. Heartbeats answer from a pool's read while the stamp stands.
 async fn change_stamps_move_with_what_they_cover(db: TestDb) {
     use headwater_admin::control::node_config::{SERVING_MAX_AGE_MS, ServingCache, node_config};
-    use headwater_admin::store::ChangeStamp;
     seeded(&db).await;
     let clock = ManualClock::new(T0);
     let w = worker(&db, &clock);
     let store = &db.store;
-    let stamps = || async move {
-        (
-            store.change_stamp(ChangeStamp::Routing).await.unwrap(),
-            store.change_stamp(ChangeStamp::NodeConfig).await.unwrap(),
-        )
-    };
-    let s0 = stamps().await;
+    let r0 = store.routing_stamp().await.unwrap();
     let ana = customer(&db, "ana@example.com").await;
     let (account, _) = enqueue(&db, ana, "ana-vod").await;
-    let s1 = stamps().await;
-    assert!(s1.0 > s0.0 && s1.1 > s0.1, "a new account moves both: {s0:?} -> {s1:?}");
+    assert!(store.routing_stamp().await.unwrap() > r0, "a new account is routed");
+    let bo = customer(&db, "bo@example.com").await;
+    let bo_account = Uuid::now_v7();
+    store
+        .create_account(
+            &new_account(bo, "bo-vod", "hls", sla(100)),
+            &create_op(bo_account, bo),
+            &AccountLimits::NONE,
+            T0,
+        )
+        .await
+        .unwrap();
     drain(&w).await;
     let pool = store.account_by_id(account).await.unwrap().pool_id.expect("ana's pool");
+    let bo_pool = store.account_by_id(bo_account).await.unwrap().pool_id.expect("bo's pool");
+    assert_ne!(pool, bo_pool, "bo's SLA has a pool of its own");
+    // Staged, then mapped: the pool serves the account.
+    assert!(store.serving_stamp(pool).await.unwrap() > 0);
+    let bo_stamp = store.serving_stamp(bo_pool).await.unwrap();
+    let stamps = || async move { (store.routing_stamp().await.unwrap(), store.serving_stamp(pool).await.unwrap()) };
     let node = Uuid::now_v7();
     let (_, token) = keys::node_token(node);
     let (_, join) = keys::join_token(node);
@@ -659,12 +668,42 @@ async fn change_stamps_move_with_what_they_cover(db: TestDb) {
     assert_eq!(after.accounts[0].ip_allow.0, ["192.0.2.0/24"]);
     assert_eq!(node_config(node, &after).version, node_config(node, &fresh).version);
     assert_ne!(node_config(node, &after).version, node_config(node, &first).version);
+    assert_eq!(store.serving_stamp(bo_pool).await.unwrap(), bo_stamp, "bo's pool serves what it did");
     // Time alone changes what a pool serves too (a move's grace ends): a read
     // is kept no longer than its age.
     assert!(!Arc::ptr_eq(&after, &read(T0 + 13 + SERVING_MAX_AGE_MS).await), "read again once old");
 }
 
+/// A burst of sign-ups staged before any is assigned still fills shared pools
+/// up to the policy's limit, not one pool with all of them.
+async fn staged_accounts_count_toward_a_shared_pools_load(db: TestDb) {
+    seeded(&db).await;
+    let clock = ManualClock::new(T0);
+    let mut w = worker(&db, &clock);
+    // Without nodes, every operation stages its account and waits.
+    w.wait_for_nodes = true;
+    let per_pool = headwater_provisioner::Policy::DEFAULT.max_tenants_per_shared_pool;
+    for i in 0..=per_pool {
+        // One account of a type per customer.
+        let c = customer(&db, &format!("burst-{i}@example.com")).await;
+        enqueue(&db, c, &format!("burst-{i}")).await;
+    }
+    while w.run_once().await.unwrap() {}
+    let pools: Vec<_> =
+        db.store.pools(None, 10).await.unwrap().into_iter().filter(|p| p.kind == PoolKind::Shared).collect();
+    assert_eq!(pools.len(), 2, "{} accounts make two pools", per_pool + 1);
+    let total = raw_count(&db.url, "SELECT COUNT(*) FROM accounts WHERE staged_pool_id IS NOT NULL").await;
+    assert_eq!(total, per_pool + 1, "every account is staged");
+    let fullest = raw_count(
+        &db.url,
+        "SELECT MAX(c) FROM (SELECT COUNT(*) AS c FROM accounts WHERE staged_pool_id IS NOT NULL GROUP BY staged_pool_id) t",
+    )
+    .await;
+    assert_eq!(fullest, per_pool, "the first pool takes what the policy allows, the second the rest");
+}
+
 on_both_backends!(
+    staged_accounts_count_toward_a_shared_pools_load,
     change_stamps_move_with_what_they_cover,
     an_account_is_configured_once_its_nodes_fetched_it_whatever_came_after,
     quotas_hold_inside_the_transaction,

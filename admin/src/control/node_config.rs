@@ -19,10 +19,11 @@ use crate::store::{NodeAtStamp, NodeServing, Store, StoreError};
 /// served when its grace ends).
 pub const SERVING_MAX_AGE_MS: UnixMs = 5_000;
 
-/// What each pool's nodes serve, as last read, and the node-configuration stamp
-/// read before it: heartbeats answer from it while the stamp has not moved (one
-/// read of the node and the stamp instead of the pool's accounts, ~2,000 times a
-/// second at fleet size). A configuration fetch always reads the store.
+/// What each pool's nodes serve, as last read, and the pool's serving stamp read
+/// before it: heartbeats answer from it while the stamp has not moved (one read
+/// of the node with its pool's stamp instead of two with the pool's accounts,
+/// ~2,000 times a second at fleet size). A configuration fetch always reads the
+/// store.
 #[derive(Default)]
 pub struct ServingCache {
     pools: Mutex<HashMap<Uuid, Cached>>,

@@ -18,7 +18,7 @@ use crate::bus::{Bus, ROUTING};
 use crate::control::signing::{domain_key_context, open_rule, sealed_rule};
 use crate::node_ca::NodeCa;
 use crate::sealed::Sealer;
-use crate::store::{ChangeStamp, RouteRow, Store, StoreError};
+use crate::store::{RouteRow, Store, StoreError};
 
 /// How often the routing stamp is read while someone listens for changes (the
 /// table itself only when the stamp moved).
@@ -142,7 +142,7 @@ impl Routing {
     /// read of the stamp), else read again. The version is taken before the
     /// read, so a table read later always carries the larger version.
     pub async fn current(&self, store: &Store, sealer: &Sealer, ca: &NodeCa) -> Result<Arc<Published>, StoreError> {
-        let stamp = store.change_stamp(ChangeStamp::Routing).await?;
+        let stamp = store.routing_stamp().await?;
         let node_ca = ca.generation();
         if let Some(b) = self.built.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
             && b.stamp == stamp

@@ -47,7 +47,7 @@ pub use pools::PoolSpec;
 pub use probes::FleetGauges;
 pub use routes::RouteRow;
 pub use rows::*;
-pub use stamps::{ChangeStamp, NodeAtStamp};
+pub use stamps::NodeAtStamp;
 pub use targets::{
     HeardNode, KubernetesSettings, NewTarget, NodeSettings, TaintEffect, TargetChange, TargetRow, TargetSettings,
     TargetUse, Toleration, TolerationOperator,

@@ -90,7 +90,7 @@ const CLAIM_POSTGRES: &str = "UPDATE allocation_operations SET state = 'running'
           AND NOT EXISTS (SELECT 1 FROM allocation_operations u
                           WHERE o.kind = 'upgrade' AND u.kind = 'upgrade' AND u.origin_type = o.origin_type
                             AND u.state IN ('pending', 'running') AND u.id < o.id)
-        ORDER BY o.id LIMIT 1
+        ORDER BY o.not_before, o.id LIMIT 1
         FOR UPDATE SKIP LOCKED)
     RETURNING id, kind, account_id, origin_type, customer_id, state, step, steps, input, attempts,
         last_error, lease_owner, lease_until, not_before, created_at, updated_at, progress";
@@ -108,7 +108,7 @@ const CLAIM_SQLITE: &str = "UPDATE allocation_operations SET state = 'running', 
           AND NOT EXISTS (SELECT 1 FROM allocation_operations u
                           WHERE o.kind = 'upgrade' AND u.kind = 'upgrade' AND u.origin_type = o.origin_type
                             AND u.state IN ('pending', 'running') AND u.id < o.id)
-        ORDER BY o.id LIMIT 1)
+        ORDER BY o.not_before, o.id LIMIT 1)
     RETURNING id, kind, account_id, origin_type, customer_id, state, step, steps, input, attempts,
         last_error, lease_owner, lease_until, not_before, created_at, updated_at, progress";
 
@@ -215,11 +215,18 @@ macro_rules! owned_pool {
 }
 
 /// A shared pool of the type for one more account, chosen by the allocation policy
-/// (least loaded with room, preferring one that serves), else a new one.
+/// (least loaded with room, preferring one that serves), else a new one. A
+/// pool's load counts the accounts staged to it too: a burst of sign-ups is
+/// staged before any of them is assigned, and counted by assignments alone it
+/// all went to one pool (2,700 accounts in one pool made for 100).
 macro_rules! shared_pool {
     ($tx:expr, $origin_type:expr, $now:expr) => {{
         let candidates: Vec<(Uuid, i64, i64)> = sqlx::query_as(
-            "SELECT s.pool_id, CAST(s.accounts AS BIGINT),
+            "SELECT s.pool_id,
+                    CAST(s.accounts AS BIGINT)
+                      + (SELECT COUNT(*) FROM accounts a WHERE a.staged_pool_id = s.pool_id
+                           AND NOT EXISTS (SELECT 1 FROM account_pool_mappings m
+                                           WHERE m.account_id = a.id AND m.pool_id = s.pool_id)),
                     (SELECT COUNT(*) FROM nodes n WHERE n.pool_id = s.pool_id AND n.state = 'ready')
              FROM shared_pools s JOIN pools p ON p.id = s.pool_id
              WHERE s.origin_type = $1 AND p.state IN ('creating', 'ready')",
@@ -487,7 +494,10 @@ impl Store {
         })
     }
 
-    /// Claims the oldest runnable operation for `owner` until `now + lease_ms`.
+    /// Claims the runnable operation that has been runnable longest (the oldest
+    /// of those since the same time) for `owner` until `now + lease_ms`. In that
+    /// order the claim reads only open operations runnable by `now`: operations
+    /// waiting (for nodes, for a back-off) sit past it, however many there are.
     pub async fn claim_operation(&self, owner: &str, now: UnixMs, lease_ms: i64) -> Result<Option<OperationRow>> {
         let row = match &self.backend {
             super::Backend::Postgres(p) => {
