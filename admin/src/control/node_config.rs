@@ -26,7 +26,15 @@ pub const SERVING_MAX_AGE_MS: UnixMs = 5_000;
 /// store.
 #[derive(Default)]
 pub struct ServingCache {
-    pools: Mutex<HashMap<Uuid, Cached>>,
+    pools: Mutex<Pools>,
+}
+
+#[derive(Default)]
+struct Pools {
+    by_id: HashMap<Uuid, Cached>,
+    /// Past this many entries, old ones (pools gone, or not heard for a while)
+    /// are dropped, and the mark set to twice what is left.
+    prune_past: usize,
 }
 
 struct Cached {
@@ -46,7 +54,7 @@ impl ServingCache {
     ) -> Result<Arc<NodeServing>, StoreError> {
         {
             let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(c) = pools.get(&at.pool_id)
+            if let Some(c) = pools.by_id.get(&at.pool_id)
                 && c.stamp == at.stamp
                 && (c.read_at..c.read_at + SERVING_MAX_AGE_MS).contains(&now)
             {
@@ -55,13 +63,13 @@ impl ServingCache {
         }
         let serving = Arc::new(store.node_serving(node, now).await?);
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        // Pools gone (or not heartbeated for a while) leave.
-        if pools.len() >= 1024 && pools.len().is_power_of_two() {
-            pools.retain(|_, c| now - c.read_at < SERVING_MAX_AGE_MS);
+        if pools.by_id.len() > pools.prune_past.max(1024) {
+            pools.by_id.retain(|_, c| now - c.read_at < SERVING_MAX_AGE_MS);
+            pools.prune_past = pools.by_id.len() * 2;
         }
         // Read after `at`: it is at least as new as the stamp it is kept at.
         if serving.pool_id == at.pool_id {
-            pools.insert(at.pool_id, Cached { stamp: at.stamp, read_at: now, serving: serving.clone() });
+            pools.by_id.insert(at.pool_id, Cached { stamp: at.stamp, read_at: now, serving: serving.clone() });
         }
         Ok(serving)
     }

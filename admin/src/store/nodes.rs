@@ -472,7 +472,7 @@ impl Store {
     }
 
     /// The ready nodes of the pool an account is staged to (else its pool), with
-    /// the configuration each runs: see [`NodeConfigState::serves`].
+    /// the configuration each runs (see [`NodeConfigState`]).
     pub async fn account_node_configs(&self, account_id: Uuid) -> Result<Vec<NodeConfigState>> {
         on_pool!(self, |p| {
             Ok(sqlx::query_as(
